@@ -1,0 +1,803 @@
+//! The Duplex connector for SQL tables.
+//!
+//! Streams are tables, discovered from the database's own catalogue. Change capture is
+//! trigger-based: on first use the connector installs a change log (`_duplex_changes`), a table of
+//! row versions (`_duplex_rows`) and three triggers per table that append to the log, so reading
+//! changes never scans a whole table. A cursor is a change-log position. The connector's own
+//! writes are tagged with the host's `origin` (see `sqlite.rs` for how), so the host can tell them
+//! from people's. `remove-capture` takes it all out again.
+//!
+//! Everything dialect-specific sits behind [`dialect::Dialect`].
+
+mod cursor;
+mod dialect;
+mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+
+use duplex_sdk::sql::{Db, Dialect as SqlDialect, Row};
+use duplex_sdk::{
+    register_connector, Capabilities, Change, ChangeBatch, ChangeKind, Connector, CreateOp,
+    Current, DeleteOp, Error, Field, FieldType, FieldValue, Info, LookupKey, Stream, UpdateOp,
+    Value, WriteOp, Written,
+};
+
+use cursor::Cursor;
+use dialect::{Column, Dialect};
+
+/// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
+/// fewer, and long lists plan badly.
+const IN_CHUNK: usize = 500;
+
+/// The connection's config.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The database URL, which the connection's grants must name (`sqlite:///path/to/file.db`).
+    url: String,
+    /// The tables to offer as streams; all user tables when absent.
+    #[serde(default)]
+    tables: Option<Vec<String>>,
+}
+
+const CONFIG_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["url"],
+  "properties": {
+    "url": {"type": "string", "description": "Database URL, granted to the connection: sqlite:///path/file.db"},
+    "tables": {"type": "array", "items": {"type": "string"}, "description": "Tables to offer as streams; all user tables when absent"}
+  }
+}"#;
+
+pub struct SqlConnector {
+    db: Db,
+    dialect: Box<dyn Dialect>,
+    config: Config,
+}
+
+/// A table as the connector works with it.
+struct Table {
+    name: String,
+    columns: Vec<Column>,
+    pk: String,
+    pk_type: FieldType,
+}
+
+impl Table {
+    fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+impl Connector for SqlConnector {
+    type Config = Config;
+
+    fn info() -> Info {
+        Info {
+            name: "sql".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_schema: CONFIG_SCHEMA.into(),
+            capabilities: Capabilities::CHANGE_FEED
+                | Capabilities::DELETES_IN_FEED
+                | Capabilities::CONDITIONAL_WRITES,
+        }
+    }
+
+    fn open(config: Config) -> Result<Self, Error> {
+        let db = Db::open(&config.url)?;
+        let dialect: Box<dyn Dialect> = match db.dialect() {
+            SqlDialect::Sqlite => Box::new(sqlite::Sqlite),
+            other => {
+                return Err(Error::config(format!(
+                    "the sql connector does not speak {other:?} yet"
+                )))
+            }
+        };
+        Ok(SqlConnector {
+            db,
+            dialect,
+            config,
+        })
+    }
+
+    fn check(&mut self) -> Result<(), Error> {
+        self.db.query("SELECT 1", &[])?;
+        if let Some(tables) = &self.config.tables {
+            for t in tables {
+                self.table(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn discover(&mut self) -> Result<Vec<Stream>, Error> {
+        let names = match &self.config.tables {
+            Some(t) => t.clone(),
+            None => self.dialect.tables(&self.db)?,
+        };
+        let mut streams = Vec::new();
+        for name in names {
+            let table = match self.table(&name) {
+                Ok(t) => t,
+                // A table without a usable key cannot be synced, but should not hide the others.
+                Err(Error::Permanent(why)) if self.config.tables.is_none() => {
+                    duplex_sdk::log::warn(&why);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            streams.push(Stream {
+                fields: table
+                    .columns
+                    .iter()
+                    .map(|c| Field {
+                        name: c.name.clone(),
+                        type_: c.field_type,
+                        nullable: c.nullable,
+                        writable: !c.generated,
+                        matchable: !matches!(c.field_type, FieldType::Bytes | FieldType::Json),
+                    })
+                    .collect(),
+                primary_key: vec![table.pk.clone()],
+                name: table.name,
+            });
+        }
+        Ok(streams)
+    }
+
+    fn read(&mut self, stream: &str, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, Error> {
+        let table = self.table(stream)?;
+        let max = max.clamp(1, 10_000);
+        let cursor = cursor.map(Cursor::decode).transpose()?;
+        self.db.transaction(|db| {
+            self.ensure_capture(db, &table)?;
+            match cursor {
+                None => {
+                    let log_from = self.last_seq(db)?;
+                    self.read_snapshot(db, &table, log_from, None, max)
+                }
+                Some(Cursor::Snapshot { log_from, after }) => {
+                    self.read_snapshot(db, &table, log_from, after, max)
+                }
+                Some(Cursor::Log { after }) => self.read_log(db, &table, after, max),
+            }
+        })
+    }
+
+    fn write(
+        &mut self,
+        stream: &str,
+        origin: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<Written, Error>>, Error> {
+        let table = self.table(stream)?;
+        self.db.transaction(|db| {
+            self.ensure_capture(db, &table)?;
+            self.dialect.mark_origin(db, origin)?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                // One savepoint per op: a refused row is undone alone and the batch goes on.
+                self.dialect.savepoint(db, "duplex_op")?;
+                let result = self.apply(db, &table, op);
+                if result.is_err() {
+                    self.dialect.rollback_to(db, "duplex_op")?;
+                }
+                self.dialect.release(db, "duplex_op")?;
+                results.push(result);
+            }
+            self.dialect.clear_origin(db)?;
+            Ok(results)
+        })
+    }
+
+    fn find(&mut self, stream: &str, key: LookupKey) -> Result<Vec<Current>, Error> {
+        let table = self.table(stream)?;
+        // Versions live in the capture's bookkeeping, so a find may be the first use.
+        self.db.transaction(|db| self.ensure_capture(db, &table))?;
+        let rows = match key {
+            LookupKey::Ids(ids) => {
+                let ids: Vec<Value> = ids
+                    .iter()
+                    .map(|id| id_value(&table, id))
+                    .collect::<Result<_, _>>()?;
+                self.select_where(&self.db, &table, &table.pk, &ids, false)?
+            }
+            LookupKey::ByField(m) => {
+                let column = table.column(&m.field).ok_or_else(|| {
+                    Error::validation(
+                        Some(&m.field),
+                        format!("table {} has no column {}", table.name, m.field),
+                    )
+                })?;
+                let name = column.name.clone();
+                self.select_where(&self.db, &table, &name, &m.values, m.ignore_case)?
+            }
+        };
+        let ids: Vec<String> = rows.keys().cloned().collect();
+        let versions = self.versions(&self.db, &table, &ids)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, fields)| Current {
+                version: Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into())),
+                id,
+                fields,
+            })
+            .collect())
+    }
+
+    fn remove_capture(&mut self, stream: Option<&str>) -> Result<(), Error> {
+        let tables = match stream {
+            Some(s) => vec![s.to_owned()],
+            None => self.all_tables_with_triggers()?,
+        };
+        self.db.transaction(|db| {
+            for t in &tables {
+                self.dialect.remove_triggers(db, t)?;
+            }
+            if stream.is_none() {
+                self.dialect.remove_log(db)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl SqlConnector {
+    /// The table behind a stream, with its single-column primary key.
+    fn table(&self, name: &str) -> Result<Table, Error> {
+        if let Some(allowed) = &self.config.tables {
+            if !allowed.iter().any(|t| t == name) {
+                return Err(Error::not_found(format!(
+                    "stream {name} is not among the tables this connection offers ({})",
+                    allowed.join(", ")
+                )));
+            }
+        }
+        if name.starts_with("_duplex_") {
+            return Err(Error::not_found(format!(
+                "{name} is the connector's own bookkeeping, not a stream"
+            )));
+        }
+        let columns = self.dialect.columns(&self.db, name)?;
+        if columns.is_empty() {
+            return Err(Error::not_found(format!("table {name} does not exist")));
+        }
+        let pks: Vec<&Column> = columns.iter().filter(|c| c.pk_position > 0).collect();
+        let [pk] = pks.as_slice() else {
+            return Err(Error::permanent(format!(
+                "table {name} needs a single-column primary key to be synced (it has {})",
+                pks.len()
+            )));
+        };
+        let (pk, pk_type) = (pk.name.clone(), pk.field_type);
+        Ok(Table {
+            name: name.to_owned(),
+            columns,
+            pk,
+            pk_type,
+        })
+    }
+
+    fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {
+        self.dialect.install_log(db)?;
+        if !self.dialect.has_triggers(db, &table.name)? {
+            self.dialect.install_triggers(db, &table.name, &table.pk)?;
+            duplex_sdk::log::info(&format!("installed change capture on table {}", table.name));
+        }
+        Ok(())
+    }
+
+    fn all_tables_with_triggers(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for t in self.dialect.tables(&self.db)? {
+            if self.dialect.has_triggers(&self.db, &t)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn last_seq(&self, db: &Db) -> Result<i64, Error> {
+        let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.at(0)?.as_integer())
+            .unwrap_or(0))
+    }
+
+    fn select_list(&self, table: &Table) -> String {
+        table
+            .columns
+            .iter()
+            .map(|c| self.dialect.ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The id and fields of a row selected with [`Self::select_list`].
+    fn record(&self, table: &Table, row: Row<'_>) -> (String, Vec<FieldValue>) {
+        let fields: Vec<FieldValue> = row
+            .fields()
+            .map(|(name, value)| FieldValue::new(name, value.clone()))
+            .collect();
+        let id = row
+            .get(&table.pk)
+            .map(Value::to_plain_string)
+            .unwrap_or_default();
+        (id, fields)
+    }
+
+    fn read_snapshot(
+        &self,
+        db: &Db,
+        table: &Table,
+        log_from: i64,
+        after: Option<Value>,
+        max: u32,
+    ) -> Result<ChangeBatch, Error> {
+        let pk = self.dialect.ident(&table.pk);
+        let t = self.dialect.ident(&table.name);
+        let cols = self.select_list(table);
+        let rows = match &after {
+            None => db.query(
+                &format!("SELECT {cols} FROM {t} ORDER BY {pk} LIMIT {max}"),
+                &[],
+            )?,
+            Some(after) => db.query(
+                &format!(
+                    "SELECT {cols} FROM {t} WHERE {pk} > {} ORDER BY {pk} LIMIT {max}",
+                    self.dialect.param(1)
+                ),
+                std::slice::from_ref(after),
+            )?,
+        };
+        let records: Vec<(String, Vec<FieldValue>)> =
+            rows.iter().map(|r| self.record(table, r)).collect();
+        let ids: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
+        let versions = self.versions(db, table, &ids)?;
+        let last_key = rows.iter().last().and_then(|r| r.get(&table.pk).cloned());
+        let full = records.len() as u32 >= max;
+        let changes = records
+            .into_iter()
+            .map(|(id, fields)| {
+                let mut c = Change::new(id.clone(), ChangeKind::Create, fields);
+                c.version = Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into()));
+                c
+            })
+            .collect();
+        let (next, has_more) = if full {
+            (
+                Cursor::Snapshot {
+                    log_from,
+                    after: last_key,
+                },
+                true,
+            )
+        } else {
+            let more = self.last_seq(db)? > log_from;
+            (Cursor::Log { after: log_from }, more)
+        };
+        Ok(ChangeBatch {
+            changes,
+            next_cursor: next.encode(),
+            has_more,
+        })
+    }
+
+    fn read_log(&self, db: &Db, table: &Table, after: i64, max: u32) -> Result<ChangeBatch, Error> {
+        let entries = db.query(
+            &format!(
+                "SELECT seq, pk, op, origin, changed_at FROM _duplex_changes \
+                 WHERE tbl = {} AND seq > {} ORDER BY seq LIMIT {max}",
+                self.dialect.param(1),
+                self.dialect.param(2)
+            ),
+            &[Value::Text(table.name.clone()), Value::Integer(after)],
+        )?;
+        // Fold the entries of one record into one change, ordered by its last entry.
+        struct Entry {
+            last_seq: i64,
+            created: bool,
+            origin: Option<String>,
+            changed_at: Option<i64>,
+        }
+        let mut by_id: HashMap<String, Entry> = HashMap::new();
+        let mut last = after;
+        for r in entries.iter() {
+            let seq = r.get("seq").and_then(Value::as_integer).unwrap_or(last);
+            let id = r.get("pk").map(Value::to_plain_string).unwrap_or_default();
+            let op = r.get("op").and_then(Value::as_text).unwrap_or("U");
+            let origin = r.get("origin").and_then(Value::as_text).map(str::to_owned);
+            let changed_at = match r.get("changed_at") {
+                Some(Value::Text(s)) => sqlite::parse_time(s),
+                Some(Value::Timestamp(t)) => Some(*t),
+                _ => None,
+            };
+            last = last.max(seq);
+            let e = by_id.entry(id).or_insert(Entry {
+                last_seq: seq,
+                created: false,
+                origin: None,
+                changed_at: None,
+            });
+            e.last_seq = seq;
+            e.created |= op == "I";
+            e.origin = origin;
+            e.changed_at = changed_at;
+        }
+        let ids: Vec<String> = by_id.keys().cloned().collect();
+        let id_values: Vec<Value> = ids
+            .iter()
+            .map(|id| id_value(table, id))
+            .collect::<Result<_, _>>()?;
+        let mut current = self.select_where(db, table, &table.pk, &id_values, false)?;
+        let versions = self.versions(db, table, &ids)?;
+        let mut changes: Vec<(i64, Change)> = by_id
+            .into_iter()
+            .map(|(id, e)| {
+                let version = versions.get(&id).cloned();
+                // The fields are the row as it is now, which may be later than this batch; the
+                // origin belongs to the batch's last entry, so it only holds when that entry is
+                // also the row's latest. A person's later edit must never pass for Duplex's.
+                let origin = if version.as_deref() == Some(e.last_seq.to_string().as_str()) {
+                    e.origin
+                } else {
+                    None
+                };
+                let mut c = match current.remove(&id) {
+                    Some(fields) => {
+                        let kind = if e.created {
+                            ChangeKind::Create
+                        } else {
+                            ChangeKind::Update
+                        };
+                        Change::new(id, kind, fields)
+                    }
+                    None => Change::new(id, ChangeKind::Delete, Vec::new()),
+                };
+                c.version = version;
+                c.changed_at = e.changed_at;
+                c.origin = origin;
+                (e.last_seq, c)
+            })
+            .collect();
+        changes.sort_by_key(|(seq, _)| *seq);
+        let has_more = entries.rows.len() as u32 >= max;
+        Ok(ChangeBatch {
+            changes: changes.into_iter().map(|(_, c)| c).collect(),
+            next_cursor: Cursor::Log { after: last }.encode(),
+            has_more,
+        })
+    }
+
+    /// Rows whose `column` is one of `values`, by id.
+    fn select_where(
+        &self,
+        db: &Db,
+        table: &Table,
+        column: &str,
+        values: &[Value],
+        ignore_case: bool,
+    ) -> Result<BTreeMap<String, Vec<FieldValue>>, Error> {
+        let mut out = BTreeMap::new();
+        let t = self.dialect.ident(&table.name);
+        let c = self.dialect.ident(column);
+        let cols = self.select_list(table);
+        for chunk in values.chunks(IN_CHUNK) {
+            let params: Vec<String> = (1..=chunk.len())
+                .map(|i| {
+                    if ignore_case {
+                        format!("lower({})", self.dialect.param(i))
+                    } else {
+                        self.dialect.param(i)
+                    }
+                })
+                .collect();
+            let lhs = if ignore_case {
+                format!("lower({c})")
+            } else {
+                c.clone()
+            };
+            let rows = db.query(
+                &format!(
+                    "SELECT {cols} FROM {t} WHERE {lhs} IN ({})",
+                    params.join(", ")
+                ),
+                chunk,
+            )?;
+            for r in rows.iter() {
+                let (id, fields) = self.record(table, r);
+                out.insert(id, fields);
+            }
+        }
+        Ok(out)
+    }
+
+    fn versions(
+        &self,
+        db: &Db,
+        table: &Table,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut params = vec![Value::Text(table.name.clone())];
+            params.extend(chunk.iter().map(|id| Value::Text(id.clone())));
+            let marks: Vec<String> = (2..=chunk.len() + 1)
+                .map(|i| self.dialect.param(i))
+                .collect();
+            let rows = db.query(
+                &format!(
+                    "SELECT pk, version FROM _duplex_rows WHERE tbl = {} AND pk IN ({})",
+                    self.dialect.param(1),
+                    marks.join(", ")
+                ),
+                &params,
+            )?;
+            for r in rows.iter() {
+                if let (Some(pk), Some(v)) = (r.get("pk"), r.get("version")) {
+                    out.insert(pk.to_plain_string(), v.to_plain_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn version_of(&self, db: &Db, table: &Table, id: &str) -> Result<String, Error> {
+        let v = self.versions(db, table, &[id.to_owned()])?;
+        Ok(v.get(id).cloned().unwrap_or_else(|| "0".into()))
+    }
+
+    fn apply(&self, db: &Db, table: &Table, op: WriteOp) -> Result<Written, Error> {
+        match op {
+            WriteOp::Create(c) => self.create(db, table, c),
+            WriteOp::Update(u) => self.update(db, table, u),
+            WriteOp::Delete(d) => self.delete(db, table, d),
+        }
+    }
+
+    fn create(&self, db: &Db, table: &Table, op: CreateOp) -> Result<Written, Error> {
+        check_fields(table, &op.fields)?;
+        let columns: Vec<String> = op.fields.iter().map(|f| f.name.clone()).collect();
+        let values: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
+        let sql = self
+            .dialect
+            .insert_returning(&table.name, &columns, &table.pk);
+        let rows = db
+            .query(&sql, &values)
+            .map_err(|e| in_record(e, "new record"))?;
+        let id = rows
+            .first()
+            .and_then(|r| r.at(0).map(Value::to_plain_string))
+            .ok_or_else(|| Error::permanent("the insert returned no primary key"))?;
+        let version = self.version_of(db, table, &id)?;
+        Ok(Written {
+            id,
+            version: Some(version),
+        })
+    }
+
+    fn check_version(
+        &self,
+        db: &Db,
+        table: &Table,
+        id: &str,
+        expected: Option<&str>,
+    ) -> Result<(), Error> {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        let now = self.version_of(db, table, id)?;
+        if now != expected {
+            return Err(Error::conflict(format!(
+                "record {id} of {} is at version {now}, not {expected}: it changed since it was read",
+                table.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn update(&self, db: &Db, table: &Table, op: UpdateOp) -> Result<Written, Error> {
+        check_fields(table, &op.fields)?;
+        if let Some(f) = op.fields.iter().find(|f| f.name == table.pk) {
+            return Err(Error::validation(
+                Some(&f.name),
+                format!("record {}: the primary key cannot be changed", op.id),
+            ));
+        }
+        let id = id_value(table, &op.id)?;
+        self.check_version(db, table, &op.id, op.if_version.as_deref())?;
+        let t = self.dialect.ident(&table.name);
+        let pk = self.dialect.ident(&table.pk);
+        let changed = if op.fields.is_empty() {
+            let rows = db.query(
+                &format!("SELECT 1 FROM {t} WHERE {pk} = {}", self.dialect.param(1)),
+                &[id],
+            )?;
+            rows.rows.len() as u64
+        } else {
+            let sets: Vec<String> = op
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    format!(
+                        "{} = {}",
+                        self.dialect.ident(&f.name),
+                        self.dialect.param(i + 1)
+                    )
+                })
+                .collect();
+            let mut params: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
+            params.push(id);
+            let sql = format!(
+                "UPDATE {t} SET {} WHERE {pk} = {}",
+                sets.join(", "),
+                self.dialect.param(params.len())
+            );
+            db.execute(&sql, &params)
+                .map_err(|e| in_record(e, &format!("record {}", op.id)))?
+        };
+        if changed == 0 {
+            return Err(Error::not_found(format!(
+                "record {} of {} does not exist",
+                op.id, table.name
+            )));
+        }
+        let version = self.version_of(db, table, &op.id)?;
+        Ok(Written {
+            id: op.id,
+            version: Some(version),
+        })
+    }
+
+    fn delete(&self, db: &Db, table: &Table, op: DeleteOp) -> Result<Written, Error> {
+        let id = id_value(table, &op.id)?;
+        self.check_version(db, table, &op.id, op.if_version.as_deref())?;
+        let t = self.dialect.ident(&table.name);
+        let pk = self.dialect.ident(&table.pk);
+        let changed = db
+            .execute(
+                &format!("DELETE FROM {t} WHERE {pk} = {}", self.dialect.param(1)),
+                &[id],
+            )
+            .map_err(|e| in_record(e, &format!("record {}", op.id)))?;
+        if changed == 0 {
+            return Err(Error::not_found(format!(
+                "record {} of {} does not exist",
+                op.id, table.name
+            )));
+        }
+        Ok(Written {
+            id: op.id,
+            version: None,
+        })
+    }
+}
+
+/// A record id as a value of the primary key's type, so comparisons use the index.
+fn id_value(table: &Table, id: &str) -> Result<Value, Error> {
+    match table.pk_type {
+        FieldType::Integer => id.parse().map(Value::Integer).map_err(|_| {
+            Error::validation(
+                Some(&table.pk),
+                format!(
+                    "{id:?} is not a valid id for {}: it takes integers",
+                    table.name
+                ),
+            )
+        }),
+        _ => Ok(Value::Text(id.to_owned())),
+    }
+}
+
+/// Checks the fields of a write against the table before any SQL runs, so a value is never
+/// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
+fn check_fields(table: &Table, fields: &[FieldValue]) -> Result<(), Error> {
+    for f in fields {
+        let column = table.column(&f.name).ok_or_else(|| {
+            Error::validation(
+                Some(&f.name),
+                format!("table {} has no column {}", table.name, f.name),
+            )
+        })?;
+        if column.generated {
+            return Err(Error::validation(
+                Some(&f.name),
+                format!(
+                    "column {} of {} is generated and cannot be written",
+                    f.name, table.name
+                ),
+            ));
+        }
+        if !compatible(column.field_type, &f.value) {
+            return Err(Error::validation(
+                Some(&f.name),
+                format!(
+                    "column {} of {} holds {:?} values; {} does not fit",
+                    f.name,
+                    table.name,
+                    column.field_type,
+                    describe(&f.value)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compatible(ty: FieldType, v: &Value) -> bool {
+    use FieldType as T;
+    match v {
+        Value::Null => true,
+        Value::Boolean(_) => matches!(ty, T::Boolean | T::Integer),
+        Value::Integer(_) => matches!(ty, T::Integer | T::Float | T::Decimal | T::Boolean),
+        Value::Float(_) => matches!(ty, T::Float | T::Decimal),
+        Value::Decimal(s) => matches!(ty, T::Decimal | T::Float) && is_decimal(s),
+        Value::Text(_) => matches!(ty, T::Text | T::Json),
+        Value::Bytes(_) => matches!(ty, T::Bytes),
+        Value::Timestamp(_) => matches!(ty, T::Timestamp),
+        Value::Json(_) => matches!(ty, T::Json | T::Text),
+    }
+}
+
+fn is_decimal(s: &str) -> bool {
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    !(int.is_empty() && frac.is_empty())
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Boolean(b) => format!("boolean {b}"),
+        Value::Integer(i) => format!("integer {i}"),
+        Value::Float(f) => format!("float {f}"),
+        Value::Decimal(d) => format!("decimal {d:?}"),
+        Value::Text(t) => format!("text {:?}", t.chars().take(40).collect::<String>()),
+        Value::Bytes(b) => format!("{} bytes", b.len()),
+        Value::Timestamp(t) => format!("timestamp {t}"),
+        Value::Json(_) => "json".into(),
+    }
+}
+
+/// Adds which record an error is about.
+fn in_record(e: Error, what: &str) -> Error {
+    match e {
+        Error::Validation(mut v) => {
+            v.message = format!("{what}: {}", v.message);
+            Error::Validation(v)
+        }
+        Error::Permanent(m) => Error::Permanent(format!("{what}: {m}")),
+        Error::NotFound(m) => Error::NotFound(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
+register_connector!(SqlConnector);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_checked_as_exact_text() {
+        assert!(is_decimal("-12.50"));
+        assert!(is_decimal("3"));
+        assert!(is_decimal(".5"));
+        assert!(!is_decimal("1e3"));
+        assert!(!is_decimal("12,50"));
+        assert!(!is_decimal(""));
+    }
+
+    #[test]
+    fn text_never_goes_into_a_number_column() {
+        assert!(!compatible(FieldType::Integer, &Value::Text("12".into())));
+        assert!(compatible(FieldType::Decimal, &Value::Integer(12)));
+        assert!(compatible(FieldType::Text, &Value::Null));
+    }
+}

@@ -1,0 +1,290 @@
+//! The `sql` capability: a plugin opens databases by URL, and only the URLs its connection's
+//! grants name. The check runs before any I/O, so an ungranted URL never touches the network or
+//! the file system, and the refusal names the URL (without credentials) and the connection.
+//!
+//! Each backend (SQLite now; PostgreSQL and MariaDB later) sits behind [`Backend`], which turns
+//! the database's own column types into typed [`Value`]s and its errors into typed [`Error`]s.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use crate::host::Caller;
+use crate::plugin::bindings::duplex::plugin::sql::{self as wit, Dialect, Rows};
+use crate::plugin::bindings::duplex::plugin::types::{Error, Value};
+use crate::plugin::StoreState;
+
+/// Most connections one store may hold open at once.
+const MAX_OPEN_PER_STORE: usize = 16;
+
+/// Per-store state of the capability: who asks, and what they may open.
+#[derive(Debug)]
+pub struct SqlState {
+    caller: Caller,
+    granted: Arc<[String]>,
+    open: usize,
+}
+
+impl SqlState {
+    pub fn new(caller: Caller, granted: Arc<[String]>) -> Self {
+        SqlState {
+            caller,
+            granted,
+            open: 0,
+        }
+    }
+
+    /// Refuses a URL the grants do not name. Runs before anything is opened.
+    fn check_granted(&self, url: &str) -> Result<(), Error> {
+        if self.granted.iter().any(|g| g == url) {
+            return Ok(());
+        }
+        let granted = if self.granted.is_empty() {
+            "none".to_owned()
+        } else {
+            self.granted
+                .iter()
+                .map(|g| redact(g))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(Error::Auth(format!(
+            "connection {} is not granted sql access to {} (granted: {granted}); add it to the \
+             connection's grants.sql to allow it",
+            self.caller.connection,
+            redact(url)
+        )))
+    }
+}
+
+/// The one place `sql` links into wasmtime. Called only for connections whose grants name at
+/// least one database.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(linker, |s| s)
+}
+
+/// Where a URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A SQLite database file. It must exist: a mistyped path must not quietly create an empty
+    /// database and sync it.
+    Sqlite(std::path::PathBuf),
+}
+
+/// Parses a database URL.
+pub fn parse_url(url: &str) -> Result<Target, Error> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(Error::Config(format!(
+                "{url}: the sqlite URL names no file"
+            )));
+        }
+        return Ok(Target::Sqlite(path.into()));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "postgres" | "postgresql" | "mysql" | "mariadb" => Err(Error::Config(format!(
+            "{}: {scheme} databases are not supported by this host yet",
+            redact(url)
+        ))),
+        _ => Err(Error::Config(format!(
+            "{}: not a database URL this host knows (use sqlite:///path/to/file.db)",
+            redact(url)
+        ))),
+    }
+}
+
+/// A URL with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// An open database connection: the resource a plugin holds.
+pub struct Connection {
+    backend: Backend,
+}
+
+/// The databases the capability speaks.
+enum Backend {
+    Sqlite(sqlite::SqliteConnection),
+}
+
+impl Backend {
+    async fn open(target: Target) -> Result<Backend, Error> {
+        match target {
+            Target::Sqlite(path) => {
+                Ok(Backend::Sqlite(sqlite::SqliteConnection::open(path).await?))
+            }
+        }
+    }
+}
+
+impl wit::Host for StoreState {
+    async fn open(&mut self, url: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        if let Err(e) = self.sql.check_granted(&url) {
+            tracing::warn!(plugin = %self.sql.caller.plugin, connection = %self.sql.caller.connection,
+                url = %redact(&url), "refused sql access to a database the connection does not grant");
+            return Ok(Err(e));
+        }
+        if self.sql.open >= MAX_OPEN_PER_STORE {
+            return Ok(Err(Error::Permanent(format!(
+                "a plugin may hold at most {MAX_OPEN_PER_STORE} connections at once"
+            ))));
+        }
+        let target = match parse_url(&url) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        let backend = match Backend::open(target).await {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.sql.open += 1;
+        Ok(Ok(self.table.push(Connection { backend })?))
+    }
+}
+
+impl wit::HostConnection for StoreState {
+    async fn dialect(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Dialect> {
+        Ok(match self.table.get(&conn)?.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+        })
+    }
+
+    async fn query(
+        &mut self,
+        conn: Resource<Connection>,
+        statement: String,
+        params: Vec<Value>,
+        max_rows: u32,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.query(statement, params, max_rows).await,
+        })
+    }
+
+    async fn execute(
+        &mut self,
+        conn: Resource<Connection>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.execute(statement, params).await,
+        })
+    }
+
+    async fn execute_script(
+        &mut self,
+        conn: Resource<Connection>,
+        script: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.execute_script(script).await,
+        })
+    }
+
+    async fn begin(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.execute_script("BEGIN IMMEDIATE".into()).await,
+        })
+    }
+
+    async fn commit(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.execute_script("COMMIT".into()).await,
+        })
+    }
+
+    async fn rollback(
+        &mut self,
+        conn: Resource<Connection>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        Ok(match &self.table.get(&conn)?.backend {
+            Backend::Sqlite(c) => c.execute_script("ROLLBACK".into()).await,
+        })
+    }
+
+    async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(conn)?;
+        self.sql.open = self.sql.open.saturating_sub(1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(granted: &[&str]) -> SqlState {
+        SqlState::new(
+            Caller {
+                plugin: "sql".into(),
+                connection: "crm".into(),
+            },
+            granted.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn denies_sql_url_not_granted_naming_url_and_connection() {
+        let err = state(&["sqlite:///data/crm.db"])
+            .check_granted("sqlite:///data/erp.db")
+            .unwrap_err();
+        let Error::Auth(msg) = err else {
+            panic!("expected an auth error, got {err:?}")
+        };
+        assert!(msg.contains("connection crm"), "{msg}");
+        assert!(msg.contains("sqlite:///data/erp.db"), "{msg}");
+    }
+
+    #[test]
+    fn allows_exactly_the_granted_url() {
+        assert!(state(&["sqlite:///data/crm.db"])
+            .check_granted("sqlite:///data/crm.db")
+            .is_ok());
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.local:5432/crm"),
+            "postgres://app:***@db.local:5432/crm"
+        );
+        assert_eq!(redact("postgres://app@db/crm"), "postgres://app@db/crm");
+        assert_eq!(redact("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
+        let err = state(&[])
+            .check_granted("postgres://u:hunter2@h/db")
+            .unwrap_err();
+        assert!(!format!("{err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parses_sqlite_urls() {
+        assert_eq!(
+            parse_url("sqlite:///tmp/a.db").ok(),
+            Some(Target::Sqlite("/tmp/a.db".into()))
+        );
+        assert!(parse_url("sqlite://").is_err());
+        assert!(parse_url("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! `duplex plugin inspect`: what a component is, what it exports and imports, and what it needs
+//! a connection to grant, without running any of its operations but `info`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::host::Caller;
+use crate::plugin::world::{self, ImportKind, World};
+use crate::plugin::{ConnectorInfo, ConnectorPlugin, LoadError, PluginHost, Surface};
+
+/// What `inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    pub path: PathBuf,
+    pub size: usize,
+    pub sha256: String,
+    pub surface: Surface,
+    pub world: Option<World>,
+    /// Why it would not load as its world, if it would not.
+    pub problem: Option<String>,
+    /// A connector's own description.
+    pub info: Option<ConnectorInfo>,
+}
+
+/// Inspects a component file. Fails only for a file that is not a component at all.
+pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let name = crate::plugin::plugin_name(path);
+    let component = host.compile(&name, &bytes)?;
+    let surface = host.surface(&component);
+    let world = surface.world();
+    let mut problem = None;
+    let mut info = None;
+    match world {
+        None => {
+            problem = Some(format!(
+                "it exports neither {} nor {}, so it is not a Duplex plugin",
+                World::Connector.export_name(),
+                World::Resolver.export_name()
+            ))
+        }
+        Some(w) => match world::check(w, &surface) {
+            Err(m) => problem = Some(m.to_string()),
+            Ok(()) if w == World::Connector => {
+                // Linked with sql but granted nothing: `info` must not do I/O, and any attempt
+                // is refused.
+                let caller = Caller {
+                    plugin: name.as_str().into(),
+                    connection: "inspect".into(),
+                };
+                match ConnectorPlugin::new(
+                    host.engine(),
+                    host.linkers().connector_with_sql(),
+                    &component,
+                    caller,
+                    host.limits(),
+                    Vec::new().into(),
+                )
+                .await
+                {
+                    Ok(p) => info = Some(p.info().clone()),
+                    Err(e) => problem = Some(e.to_string()),
+                }
+            }
+            Ok(()) => {}
+        },
+    }
+    Ok(Inspection {
+        path: path.to_owned(),
+        size: bytes.len(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        surface,
+        world,
+        problem,
+        info,
+    })
+}
+
+fn describe_import(world: Option<World>, name: &str) -> &'static str {
+    let kind = world::classify_import(name);
+    let offered = world.is_none_or(|w| world::offered_to(w, kind));
+    match kind {
+        ImportKind::Types => "the contract's types",
+        ImportKind::Log => "log: always granted to connectors",
+        ImportKind::Sql if offered => "sql: needs grants.sql (the database URLs it may open)",
+        ImportKind::StdLib => "standard library: linked to an empty context",
+        ImportKind::WrongVersion => "NOT OFFERED: another version of the contract",
+        _ => "NOT OFFERED by this host",
+    }
+}
+
+impl fmt::Display for Inspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "file      {}", self.path.display())?;
+        writeln!(f, "size      {} bytes", self.size)?;
+        writeln!(f, "sha256    {}", self.sha256)?;
+        match self.world {
+            Some(w) => writeln!(
+                f,
+                "world     {}@{} ({} plugin)",
+                w.wit_world(),
+                world::VERSION,
+                w
+            )?,
+            None => writeln!(f, "world     none recognised")?,
+        }
+        if let Some(info) = &self.info {
+            let caps: Vec<&str> = [
+                (crate::plugin::Capabilities::CHANGE_FEED, "change-feed"),
+                (
+                    crate::plugin::Capabilities::DELETES_IN_FEED,
+                    "deletes-in-feed",
+                ),
+                (
+                    crate::plugin::Capabilities::CONDITIONAL_WRITES,
+                    "conditional-writes",
+                ),
+                (crate::plugin::Capabilities::REALTIME, "realtime"),
+            ]
+            .into_iter()
+            .filter(|(c, _)| info.capabilities.contains(*c))
+            .map(|(_, n)| n)
+            .collect();
+            writeln!(f, "connector {} {}", info.name, info.version)?;
+            writeln!(
+                f,
+                "features  {}",
+                if caps.is_empty() {
+                    "none".into()
+                } else {
+                    caps.join(", ")
+                }
+            )?;
+        }
+        writeln!(f, "exports")?;
+        for e in &self.surface.exports {
+            writeln!(f, "  {}: {}", e.name, e.functions.join(", "))?;
+        }
+        writeln!(f, "imports")?;
+        let width = self
+            .surface
+            .imports
+            .iter()
+            .map(|i| i.name.len())
+            .max()
+            .unwrap_or(0);
+        for i in &self.surface.imports {
+            writeln!(
+                f,
+                "  {:width$}  {}",
+                i.name,
+                describe_import(self.world, &i.name)
+            )?;
+        }
+        let needs: Vec<&str> = self
+            .surface
+            .imports
+            .iter()
+            .filter(|i| world::classify_import(&i.name) == ImportKind::Sql)
+            .map(|_| "sql (grants.sql)")
+            .collect();
+        writeln!(
+            f,
+            "grants    {}",
+            if needs.is_empty() {
+                "none needed".to_owned()
+            } else {
+                needs.join(", ")
+            }
+        )?;
+        match &self.problem {
+            None => write!(
+                f,
+                "verdict   loads as a {}",
+                self.world.map_or("plugin", World::label)
+            ),
+            Some(p) => write!(f, "verdict   does not load: {p}"),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Host-side bindings generated from `wit/`. Only `plugin` and `host` touch these; the rest of
+//! the runtime sees the types re-exported by `plugin`.
+
+#![allow(missing_docs, clippy::all)]
+
+mod connector_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "connector-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        additional_derives: [PartialEq],
+        with: {
+            "duplex:plugin/sql.connection": crate::host::sql::Connection,
+        },
+    });
+}
+
+mod resolver_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "resolver-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        additional_derives: [PartialEq],
+        with: {
+            "duplex:plugin/types": super::connector_world::duplex::plugin::types,
+        },
+    });
+}
+
+pub use connector_world::duplex;
+pub use connector_world::exports::duplex::plugin::connector;
+pub use connector_world::{
+    ConnectorPlugin as ConnectorWorld, ConnectorPluginPre as ConnectorWorldPre,
+};
+pub use resolver_world::exports::duplex::plugin::resolver;
+pub use resolver_world::{ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre};

@@ -1,0 +1,77 @@
+//! A loaded conflict rule.
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::Engine;
+
+use super::bindings::ResolverWorldPre;
+use super::sandbox::{new_store, Sandbox};
+use super::{CallError, Conflict, Limits, LoadError, Purity, Resolution, StoreState};
+use crate::host::sql::SqlState;
+use crate::host::Caller;
+
+/// A conflict rule, checked and linked. Every `resolve` runs in a fresh, deterministic store.
+pub struct ResolverPlugin {
+    caller: Caller,
+    engine: Engine,
+    pre: ResolverWorldPre<StoreState>,
+    limits: Limits,
+}
+
+impl ResolverPlugin {
+    pub(crate) fn new(
+        engine: &Engine,
+        linker: &Linker<StoreState>,
+        component: &Component,
+        caller: Caller,
+        limits: Limits,
+    ) -> Result<ResolverPlugin, LoadError> {
+        let link = |e: wasmtime::Error| LoadError::Link {
+            plugin: caller.plugin.to_string(),
+            message: format!("{e:#}"),
+        };
+        let pre = linker.instantiate_pre(component).map_err(link)?;
+        let pre = ResolverWorldPre::new(pre).map_err(link)?;
+        Ok(ResolverPlugin {
+            caller,
+            engine: engine.clone(),
+            pre,
+            limits,
+        })
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Decides a batch of conflicts: exactly one resolution each, in order.
+    pub async fn resolve(&self, conflicts: Vec<Conflict>) -> Result<Vec<Resolution>, CallError> {
+        let store = new_store(
+            &self.engine,
+            self.caller.clone(),
+            &self.limits,
+            Purity::Deterministic,
+            SqlState::new(self.caller.clone(), Vec::new().into()),
+        );
+        let mut sandbox = Sandbox::new(store, self.limits);
+        let pre = self.pre.clone();
+        sandbox
+            .instantiate(move |store| Box::pin(async move { pre.instantiate_async(store).await }))
+            .await?;
+        let expected = conflicts.len();
+        let resolutions = sandbox
+            .call("resolve", move |b, s| {
+                Box::pin(
+                    async move { b.duplex_plugin_resolver().call_resolve(s, &conflicts).await },
+                )
+            })
+            .await?;
+        if resolutions.len() != expected {
+            return Err(CallError::Contract {
+                caller: self.caller.clone(),
+                func: "resolve",
+                message: format!("{} resolutions for {expected} conflicts", resolutions.len()),
+            });
+        }
+        Ok(resolutions)
+    }
+}

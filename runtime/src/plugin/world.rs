@@ -1,0 +1,282 @@
+//! Checking a component against the world it claims, before it runs, and describing it for
+//! `duplex plugin inspect`.
+//!
+//! The checks name what is wrong: an export that is missing (and what the component exports
+//! instead), an import the host does not offer (and to which kind of plugin), a capability the
+//! connection does not grant. wasmtime's own link check runs afterwards and catches type
+//! mismatches inside an interface.
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// The contract's package and version, as components name its interfaces.
+pub const PACKAGE: &str = "duplex:plugin";
+/// The version of the contract this host speaks.
+pub const VERSION: &str = "0.1.0";
+
+/// The worlds a Duplex plugin can implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    Connector,
+    Resolver,
+}
+
+impl World {
+    /// The interface the world exports, unversioned (`duplex:plugin/connector`).
+    pub fn export_interface(self) -> &'static str {
+        match self {
+            World::Connector => "duplex:plugin/connector",
+            World::Resolver => "duplex:plugin/resolver",
+        }
+    }
+
+    /// The versioned export name this host calls.
+    pub fn export_name(self) -> String {
+        format!("{}@{VERSION}", self.export_interface())
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            World::Connector => "connector",
+            World::Resolver => "resolver",
+        }
+    }
+
+    pub fn wit_world(self) -> &'static str {
+        match self {
+            World::Connector => "duplex:plugin/connector-plugin",
+            World::Resolver => "duplex:plugin/resolver-plugin",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// What a component imports, as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    /// The contract's shared types (no functions).
+    Types,
+    /// The `log` capability: offered to connectors.
+    Log,
+    /// The `sql` capability: offered to connectors whose connection grants a database.
+    Sql,
+    /// A WASI interface a standard library imports; linked with an empty context (no
+    /// environment, files or sockets; rules also get a fixed clock and seeded randomness).
+    StdLib,
+    /// The contract at a version this host does not speak.
+    WrongVersion,
+    /// Anything else: the host does not offer it.
+    NotOffered,
+}
+
+/// The WASI 0.2 interfaces a Rust (or C) standard library pulls in even when the plugin does no
+/// I/O. They are linked against an empty context. Files and sockets are not among them.
+const STD_LIB: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
+/// Classifies one import name.
+pub fn classify_import(name: &str) -> ImportKind {
+    let (interface, version) = name.split_once('@').unwrap_or((name, ""));
+    if let Some(rest) = interface.strip_prefix("duplex:plugin/") {
+        if version != VERSION {
+            return ImportKind::WrongVersion;
+        }
+        return match rest {
+            "types" => ImportKind::Types,
+            "log" => ImportKind::Log,
+            "sql" => ImportKind::Sql,
+            _ => ImportKind::NotOffered,
+        };
+    }
+    if STD_LIB.contains(&interface) && version.starts_with("0.2.") {
+        return ImportKind::StdLib;
+    }
+    ImportKind::NotOffered
+}
+
+/// Whether `world` may import something of `kind`.
+pub fn offered_to(world: World, kind: ImportKind) -> bool {
+    match kind {
+        ImportKind::Types | ImportKind::StdLib => true,
+        ImportKind::Log | ImportKind::Sql => world == World::Connector,
+        ImportKind::WrongVersion | ImportKind::NotOffered => false,
+    }
+}
+
+/// One import or export of a component, with the functions inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub name: String,
+    pub functions: Vec<String>,
+}
+
+/// A component's outside: its imports and exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Surface {
+    pub imports: Vec<Item>,
+    pub exports: Vec<Item>,
+}
+
+impl Surface {
+    pub fn of(engine: &Engine, component: &Component) -> Surface {
+        let ty = component.component_type();
+        let item = |name: &str, item: ComponentItem| Item {
+            name: name.to_owned(),
+            functions: match item {
+                ComponentItem::ComponentInstance(i) => i
+                    .exports(engine)
+                    .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                    .map(|(n, _)| n.to_owned())
+                    .collect(),
+                _ => Vec::new(),
+            },
+        };
+        Surface {
+            imports: ty.imports(engine).map(|(n, e)| item(n, e.ty)).collect(),
+            exports: ty.exports(engine).map(|(n, e)| item(n, e.ty)).collect(),
+        }
+    }
+
+    /// The Duplex world this component implements, judged by its exports.
+    pub fn world(&self) -> Option<World> {
+        [World::Connector, World::Resolver]
+            .into_iter()
+            .find(|w| self.exports.iter().any(|e| e.name == w.export_name()))
+    }
+
+    fn export_names(&self) -> String {
+        if self.exports.is_empty() {
+            return "nothing".into();
+        }
+        self.exports
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a component does not fit the world it was loaded as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("it does not export {wanted}, so it is not a {world} plugin (it exports {found})")]
+    MissingExport {
+        world: World,
+        wanted: String,
+        found: String,
+    },
+    #[error("it was built against {found}, but this host speaks {PACKAGE}@{VERSION}; rebuild it with a matching SDK")]
+    WrongVersion { found: String },
+    #[error("it imports {import}, which Duplex does not offer to {world} plugins{hint}")]
+    NotOffered {
+        world: World,
+        import: String,
+        hint: &'static str,
+    },
+}
+
+/// Checks a component's surface against `world`. Grants are checked separately.
+pub fn check(world: World, surface: &Surface) -> Result<(), Mismatch> {
+    let wanted = world.export_name();
+    if !surface.exports.iter().any(|e| e.name == wanted) {
+        if let Some(other) = surface.exports.iter().find(|e| {
+            e.name
+                .split_once('@')
+                .is_some_and(|(i, _)| i == world.export_interface())
+        }) {
+            return Err(Mismatch::WrongVersion {
+                found: other.name.clone(),
+            });
+        }
+        return Err(Mismatch::MissingExport {
+            world,
+            wanted,
+            found: surface.export_names(),
+        });
+    }
+    for import in &surface.imports {
+        let kind = classify_import(&import.name);
+        if kind == ImportKind::WrongVersion {
+            return Err(Mismatch::WrongVersion {
+                found: import.name.clone(),
+            });
+        }
+        if !offered_to(world, kind) {
+            let hint = match (world, kind) {
+                (World::Resolver, ImportKind::Log | ImportKind::Sql) => {
+                    ": rules get no I/O, so that their answers depend on their input alone"
+                }
+                _ if import.name.starts_with("wasi:filesystem") => {
+                    ": plugins get no file access (did it use std::fs?)"
+                }
+                _ if import.name.starts_with("wasi:sockets")
+                    || import.name.starts_with("wasi:http") =>
+                {
+                    ": plugins reach the network only through host capabilities such as sql"
+                }
+                _ => "",
+            };
+            return Err(Mismatch::NotOffered {
+                world,
+                import: import.name.clone(),
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_imports() {
+        assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), ImportKind::Sql);
+        assert_eq!(
+            classify_import("duplex:plugin/sql@0.2.0"),
+            ImportKind::WrongVersion
+        );
+        assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportKind::StdLib);
+        assert_eq!(
+            classify_import("wasi:filesystem/types@0.2.6"),
+            ImportKind::NotOffered
+        );
+        assert_eq!(
+            classify_import("wasi:cli/stderr@0.3.0"),
+            ImportKind::NotOffered
+        );
+    }
+
+    #[test]
+    fn rules_are_offered_no_io() {
+        assert!(!offered_to(World::Resolver, ImportKind::Sql));
+        assert!(!offered_to(World::Resolver, ImportKind::Log));
+        assert!(offered_to(World::Resolver, ImportKind::StdLib));
+        assert!(offered_to(World::Connector, ImportKind::Sql));
+    }
+}

@@ -1,0 +1,405 @@
+//! Hostile components are fixtures: each fails its call (or its load) with an error naming the
+//! plugin and the cause, within the configured limits, and the host goes on serving others.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{plugin, Db, HOSTILE, LARGER_WINS, READS_FILES, SQL};
+use duplex::host::Grants;
+use duplex::plugin::{CallError, Conflict, LoadError, Resolution, Side, Value, WitError};
+
+fn hostile(behave: &str, url: Option<&str>) -> String {
+    serde_json::json!({ "behave": behave, "url": url }).to_string()
+}
+
+/// Grants naming a database that is never opened: the fixture imports sql, so it needs some.
+fn unused_grant() -> Grants {
+    Grants {
+        sql: vec!["sqlite:///nonexistent/unused.db".into()],
+    }
+}
+
+async fn load_hostile(
+    host: &duplex::plugin::PluginHost,
+    grants: &Grants,
+) -> duplex::plugin::ConnectorPlugin {
+    host.load_connector_file(&plugin(HOSTILE), "evil", grants)
+        .await
+        .expect("the hostile fixture loads: it misbehaves only when called")
+}
+
+/// The sql connector still answers on the same host.
+async fn well_behaved_still_served(host: &duplex::plugin::PluginHost) {
+    let db = Db::new("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);");
+    let p = db.connector(host).await;
+    let streams = p
+        .session()
+        .await
+        .expect("a new session")
+        .discover(&db.config())
+        .await
+        .expect("discover answers");
+    assert_eq!(streams.len(), 1);
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_fails_its_call_with_its_panic_message() {
+    let host = common::host();
+    let p = load_hostile(&host, &unused_grant()).await;
+    let mut s = p.session().await.unwrap();
+    let err = s.check(&hostile("trap", None)).await.unwrap_err();
+    let CallError::Trap {
+        caller, message, ..
+    } = &err
+    else {
+        panic!("expected a trap, got {err}");
+    };
+    assert_eq!(&*caller.plugin, HOSTILE);
+    assert!(message.contains("deliberate panic"), "{message}");
+    assert!(
+        err.to_string()
+            .contains("plugin duplex_fixture_hostile (connection evil)"),
+        "{err}"
+    );
+    // The trapped store is never entered again.
+    let again = s.check(&hostile("ok", None)).await.unwrap_err();
+    assert!(matches!(again, CallError::Poisoned { .. }), "{again}");
+    // A new session of the same plugin is fine.
+    p.session()
+        .await
+        .unwrap()
+        .check(&hostile("ok", None))
+        .await
+        .unwrap();
+    well_behaved_still_served(&host).await;
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
+    let host = common::host();
+    let p = load_hostile(&host, &unused_grant()).await;
+    let started = Instant::now();
+    let err = p
+        .session()
+        .await
+        .unwrap()
+        .check(&hostile("spin", None))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, CallError::CpuBudget { .. }), "{err}");
+    assert!(err.to_string().contains(HOSTILE));
+    assert!(
+        elapsed < common::test_limits().call_timeout,
+        "stopped by the budget, not the timeout: {elapsed:?}"
+    );
+    well_behaved_still_served(&host).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_stopped_at_the_memory_cap() {
+    let host = common::host();
+    let p = load_hostile(&host, &unused_grant()).await;
+    let err = p
+        .session()
+        .await
+        .unwrap()
+        .check(&hostile("alloc", None))
+        .await
+        .unwrap_err();
+    let CallError::Memory { wanted, limit, .. } = &err else {
+        panic!("expected a memory error, got {err}");
+    };
+    assert_eq!(*limit, common::test_limits().memory_bytes);
+    assert!(wanted > limit);
+    well_behaved_still_served(&host).await;
+}
+
+#[tokio::test]
+async fn time_spent_waiting_in_a_host_call_is_bounded_by_the_wall_clock_timeout() {
+    // The guest itself is idle while SQLite works, so epochs never see it: only the outer
+    // timeout can stop this call.
+    let db = Db::new("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    let mut limits = common::test_limits();
+    limits.call_timeout = Duration::from_secs(1);
+    limits.cpu_per_call = Duration::from_secs(60);
+    let host = common::host_with(limits);
+    let p = load_hostile(&host, &db.grants()).await;
+    let started = Instant::now();
+    let err = p
+        .session()
+        .await
+        .unwrap()
+        .check(&hostile("sleep-in-host", Some(&db.url())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    well_behaved_still_served(&host).await;
+}
+
+#[tokio::test]
+async fn a_sql_url_not_granted_is_refused_with_a_typed_auth_error() {
+    let granted = Db::new("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    let secret = Db::new("CREATE TABLE secrets (id INTEGER PRIMARY KEY);");
+    let host = common::host();
+    let p = load_hostile(&host, &granted.grants()).await;
+    let err = p
+        .session()
+        .await
+        .unwrap()
+        .check(&hostile("sql", Some(&secret.url())))
+        .await
+        .unwrap_err();
+    let Some(WitError::Auth(msg)) = err.plugin_error() else {
+        panic!("expected an auth error, got {err}");
+    };
+    assert!(
+        msg.contains(&secret.url()) && msg.contains("connection evil"),
+        "{msg}"
+    );
+    assert!(err.to_string().contains(HOSTILE));
+}
+
+#[tokio::test]
+async fn a_connector_importing_sql_without_a_grant_does_not_load() {
+    let host = common::host();
+    let err = host
+        .load_connector_file(&plugin(SQL), "crm", &Grants::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            LoadError::NotGranted {
+                capability: "sql",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("duplex:plugin/sql@0.1.0") && msg.contains("connection crm"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
+    let host = common::host();
+    let err = host
+        .load_connector_file(&plugin(LARGER_WINS), "crm", &Grants::default())
+        .await
+        .err()
+        .expect("a rule is not a connector");
+    let msg = err.to_string();
+    assert!(msg.contains("duplex_rule_larger_wins"), "{msg}");
+    assert!(
+        msg.contains("does not export duplex:plugin/connector@0.1.0"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("duplex:plugin/resolver@0.1.0"),
+        "says what it exports instead: {msg}"
+    );
+
+    let db = Db::new("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    let err = host
+        .load_resolver_file(&plugin(SQL), "crm-erp")
+        .await
+        .err()
+        .expect("a connector is not a rule");
+    assert!(
+        err.to_string()
+            .contains("does not export duplex:plugin/resolver@0.1.0"),
+        "{err}"
+    );
+    drop(db);
+}
+
+#[tokio::test]
+async fn a_component_importing_what_the_host_does_not_offer_is_refused_at_load() {
+    let host = common::host();
+    let err = host
+        .load_connector_file(&plugin(READS_FILES), "crm", &Grants::default())
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("duplex_fixture_reads_files"), "{msg}");
+    assert!(msg.contains("imports wasi:filesystem/"), "{msg}");
+    assert!(msg.contains("does not offer"), "{msg}");
+    well_behaved_still_served(&host).await;
+}
+
+#[tokio::test]
+async fn files_that_are_not_components_are_refused_saying_why() {
+    let host = common::host();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "hello").unwrap();
+    let err = host
+        .load_connector_file(&text, "crm", &Grants::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("notes is not a Duplex plugin: it is not WebAssembly"),
+        "{err}"
+    );
+
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let err = host
+        .load_connector_file(&core, "crm", &Grants::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.wasm");
+    let err = host
+        .load_connector_file(&missing, "crm", &Grants::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("missing.wasm"), "{err}");
+}
+
+fn conflict(field: &str, base: Option<Value>, left: Value, right: Value) -> Conflict {
+    Conflict {
+        sync: "crm-erp".into(),
+        field: field.into(),
+        base,
+        left: Side {
+            name: "crm".into(),
+            value: left,
+            changed_at: Some(1),
+        },
+        right: Side {
+            name: "erp".into(),
+            value: right,
+            changed_at: Some(2),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_rule_built_with_the_sdk_resolves_conflicts_through_the_resolver_world() {
+    let host = common::host();
+    let rule = host
+        .load_resolver_file(&plugin(LARGER_WINS), "crm-erp")
+        .await
+        .expect("rule loads");
+    let batch = vec![
+        conflict(
+            "visits",
+            Some(Value::Integer(1)),
+            Value::Integer(5),
+            Value::Integer(7),
+        ),
+        conflict(
+            "note",
+            None,
+            Value::Text("longer note".into()),
+            Value::Text("short".into()),
+        ),
+        conflict("flag", None, Value::Boolean(true), Value::Boolean(false)),
+    ];
+    let first = rule.resolve(batch.clone()).await.unwrap();
+    assert_eq!(first[0], Resolution::TakeRight);
+    assert_eq!(first[1], Resolution::TakeLeft);
+    assert!(matches!(&first[2], Resolution::Manual(why) if why.contains("flag")));
+    // Deterministic: the same input gives the same answer.
+    assert_eq!(rule.resolve(batch).await.unwrap(), first);
+}
+
+#[tokio::test]
+async fn a_restart_loads_compiled_components_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || duplex::plugin::HostOptions {
+        limits: common::test_limits(),
+        cache_dir: Some(dir.path().to_owned()),
+    };
+    let bytes = std::fs::read(plugin(LARGER_WINS)).unwrap();
+    {
+        let first = duplex::plugin::PluginHost::new(options()).unwrap();
+        first.load_resolver("rule", "s", &bytes).await.unwrap();
+        assert_eq!(first.cache_stats().misses, 1);
+    }
+    let second = duplex::plugin::PluginHost::new(options()).unwrap();
+    second.load_resolver("rule", "s", &bytes).await.unwrap();
+    assert_eq!(
+        second.cache_stats(),
+        duplex::plugin::CacheStats { hits: 1, misses: 0 }
+    );
+
+    // A damaged artifact costs a recompile, not a failure.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let third = duplex::plugin::PluginHost::new(options()).unwrap();
+    third.load_resolver("rule", "s", &bytes).await.unwrap();
+    assert_eq!(third.cache_stats().misses, 1);
+}
+
+#[test]
+fn plugin_inspect_prints_world_exports_imports_and_grants() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["plugin", "inspect"])
+        .arg(plugin(SQL))
+        .env("XDG_CACHE_HOME", common::cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("duplex:plugin/connector-plugin@0.1.0 (connector plugin)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.1.0: info, check, discover, read, write, find, remove-capture"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/sql@0.1.0"), "{stdout}");
+    assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["plugin", "inspect"])
+        .arg(plugin(READS_FILES))
+        .env("XDG_CACHE_HOME", common::cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("NOT OFFERED") && stdout.contains("does not load"),
+        "{stdout}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["plugin", "inspect", "Cargo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a Duplex plugin: it is not WebAssembly"),
+        "{stderr}"
+    );
+}
