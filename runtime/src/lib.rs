@@ -4,7 +4,10 @@
 //! - [`plugin`] loads and runs components (wasmtime lives only there);
 //! - [`host`] holds the capabilities plugins may be granted, one module each.
 
+pub mod driver;
+pub mod engine;
 pub mod host;
 pub mod inspect;
 pub mod plugin;
+pub mod state;
 pub mod time;

@@ -1,0 +1,973 @@
+//! Runs syncs: read a bounded batch from each side, plan (engine), write (batched, one result
+//! per record), commit (state). The engine decides; this module does the I/O around it.
+//!
+//! Invariants kept here:
+//! 1. Nothing is committed before the writes it depends on have returned, and the cursors are
+//!    committed with the links, conflicts and rejections that record the changes before them
+//!    (see `state`). A crash at any instant replays at most one cycle.
+//! 2. Writes are recorded as intents before they are sent; an intent found at the start of a
+//!    cycle means a write whose result may be lost, and the system is checked before anything is
+//!    planned again ([`SyncRunner::recover`]): a create is never made twice, and Duplex's own
+//!    write is never mistaken for a person's edit.
+//! 3. A record whose write fails is kept (the link is dirty, retried with backoff, the reason
+//!    shown in `status`); it never fails the cycle or blocks other records.
+
+pub mod io;
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::engine::{
+    self, settle, Candidate, Fields, Input, Link, Observed, OpKind, Outcome, Plan, RuleAnswer,
+    Side, SyncSpec,
+};
+use crate::plugin::{
+    self, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin, UpdateOp,
+    WitError, WriteOp,
+};
+use crate::state::{Activity, CycleCommit, Intent, State, StateError, StoredChange, SyncStats};
+
+pub use io::{IoError, PluginSide, SideIo};
+
+/// Most writes sent to a connector in one call.
+const WRITE_BATCH: usize = 200;
+/// Most dirty links retried in one cycle.
+const RETRY_BATCH: usize = 500;
+
+/// Why a cycle stopped. Nothing of it was committed; the next cycle starts where this one did.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("sync {sync}: reading {side} failed: {error}")]
+    Read {
+        sync: String,
+        side: Side,
+        error: IoError,
+    },
+    #[error("sync {sync}: {source}")]
+    State {
+        sync: String,
+        #[source]
+        source: StateError,
+    },
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    pub read: [usize; 2],
+    pub writes: usize,
+    pub failed: usize,
+    pub echoes: usize,
+    pub conflicts: usize,
+    pub rejected: usize,
+    /// A side has more changes waiting than one batch holds.
+    pub more: bool,
+    /// Dirty links were retried.
+    pub retried: usize,
+}
+
+impl CycleReport {
+    /// Nothing was read and nothing was written: both sides are caught up.
+    pub fn idle(&self) -> bool {
+        self.read == [0, 0] && self.writes == 0 && self.failed == 0 && !self.more
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "read {} left, {} right; wrote {}; {} failed; {} echoes ignored; {} conflicts held; {} rejected",
+            self.read[0], self.read[1], self.writes, self.failed, self.echoes, self.conflicts, self.rejected
+        )
+    }
+}
+
+/// The conflict rules a sync may call, by name.
+pub type Rules = BTreeMap<String, Arc<ResolverPlugin>>;
+
+/// One sync, ready to run cycles.
+pub struct SyncRunner<L, R> {
+    pub spec: SyncSpec,
+    pub left: L,
+    pub right: R,
+    /// Most changes read from each side per cycle.
+    pub batch: u32,
+    pub rules: Rules,
+}
+
+fn state_err(sync: &str) -> impl Fn(StateError) -> CycleError + '_ {
+    move |source| CycleError::State {
+        sync: sync.to_owned(),
+        source,
+    }
+}
+
+impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
+    fn io(&mut self, side: Side) -> &mut dyn SideIoDyn {
+        match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        }
+    }
+
+    /// Deals with writes a crash (or a call that broke off) may have cut short (invariant 2).
+    ///
+    /// Each intent is checked against its side: an update is confirmed when the record now holds
+    /// the written values, a delete when the record is gone, a create when a record with the
+    /// match key and exactly the written values exists unlinked. A confirmed write is settled
+    /// into the link as the lost commit would have done, so the changes read again (the cursors
+    /// did not move) are merged against the right base: Duplex's own write is not mistaken for
+    /// a person's edit, and a create is not made twice. An unconfirmed write is simply planned
+    /// again.
+    pub async fn recover(&mut self, state: &State) -> Result<usize, CycleError> {
+        let sync = self.spec.name.clone();
+        let intents = state.intents(&sync).map_err(state_err(&sync))?;
+        if intents.is_empty() {
+            return Ok(0);
+        }
+        let mut links: BTreeMap<u64, Link> = BTreeMap::new();
+        let mut confirmed = 0;
+        for intent in intents {
+            let (op, outcome) = match self.confirm(state, &intent).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(sync = %sync, link = intent.link.id, error = %e,
+                        "could not check whether a write cut short by a crash was made; planning it again");
+                    continue;
+                }
+            };
+            let link = links
+                .entry(intent.link.id)
+                .or_insert_with(|| intent.link.clone());
+            settle(link, intent.side, &op, &outcome);
+            confirmed += 1;
+            tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
+                "a write cut short by a crash had been made; recorded it");
+        }
+        let links: Vec<Link> = links.into_values().collect();
+        state
+            .commit_links_only(&sync, &links, true)
+            .map_err(state_err(&sync))?;
+        Ok(confirmed)
+    }
+
+    /// Whether an intent's write was made: the part of it that was (for an update, the fields
+    /// that still hold what was written; a person may have edited the others since) and its
+    /// outcome.
+    async fn confirm(
+        &mut self,
+        state: &State,
+        intent: &Intent,
+    ) -> Result<Option<(OpKind, Outcome)>, IoError> {
+        let sync = self.spec.name.clone();
+        let side = intent.side;
+        match &intent.op {
+            OpKind::Update {
+                id,
+                fields,
+                if_version,
+            } => {
+                let found = self
+                    .io(side)
+                    .find_dyn(LookupKey::Ids(vec![id.clone()]))
+                    .await?;
+                let Some(c) = found.into_iter().next() else {
+                    return Ok(Some((intent.op.clone(), Outcome::Gone)));
+                };
+                let now = self.map_current(side, &c);
+                let held: Fields = fields
+                    .iter()
+                    .filter(|(k, v)| now.get(*k) == Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if held.is_empty() || c.version == *if_version {
+                    return Ok(None);
+                }
+                let op = OpKind::Update {
+                    id: id.clone(),
+                    fields: held,
+                    if_version: if_version.clone(),
+                };
+                Ok(Some((
+                    op,
+                    Outcome::Written {
+                        id: c.id,
+                        version: c.version,
+                    },
+                )))
+            }
+            OpKind::Delete { id, .. } => {
+                let found = self
+                    .io(side)
+                    .find_dyn(LookupKey::Ids(vec![id.clone()]))
+                    .await?;
+                Ok(found.is_empty().then(|| {
+                    (
+                        intent.op.clone(),
+                        Outcome::Written {
+                            id: id.clone(),
+                            version: None,
+                        },
+                    )
+                }))
+            }
+            OpKind::Create { fields } => {
+                // The record is found the way matching on first sight would find it: by the
+                // match key, unlinked. (Other fields may have been edited since it was made.)
+                let Some(key) = self.spec.match_key.clone() else {
+                    tracing::warn!(sync = %sync, link = intent.link.id,
+                        "a create may have been cut short and the sync has no match key to find it by; if it was made, the record may now exist twice");
+                    return Ok(None);
+                };
+                let Some(value) = fields.get(&key.field) else {
+                    return Ok(None);
+                };
+                let Ok(out) = self
+                    .spec
+                    .map_out(side, &Fields::from([(key.field.clone(), value.clone())]))
+                else {
+                    return Ok(None);
+                };
+                let Some((field, v)) = out.into_iter().next() else {
+                    return Ok(None);
+                };
+                let found = self
+                    .io(side)
+                    .find_dyn(LookupKey::ByField(FieldMatch {
+                        field,
+                        values: vec![v.into()],
+                        ignore_case: key.ignore_case,
+                    }))
+                    .await?;
+                let mut unlinked = Vec::new();
+                for c in found {
+                    if state
+                        .link_for(&sync, side, &c.id)
+                        .map_err(|e| IoError(e.to_string()))?
+                        .is_none()
+                    {
+                        unlinked.push(c);
+                    }
+                }
+                Ok(match unlinked.as_slice() {
+                    [c] => Some((
+                        intent.op.clone(),
+                        Outcome::Written {
+                            id: c.id.clone(),
+                            version: c.version.clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+            }
+        }
+    }
+
+    fn map_current(&self, side: Side, c: &plugin::Current) -> Fields {
+        self.spec
+            .map_in(
+                side,
+                c.fields
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.value.clone().into())),
+            )
+            .unwrap_or_default()
+    }
+
+    /// Runs one cycle at time `now` (microseconds since the epoch).
+    pub async fn cycle(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
+        let result = self.cycle_inner(state, now).await;
+        self.left.finish();
+        self.right.finish();
+        result
+    }
+
+    async fn cycle_inner(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
+        let sync = self.spec.name.clone();
+        let se = state_err(&sync);
+        let mut report = CycleReport::default();
+        self.recover(state).await?;
+        let [cursor_l, cursor_r] = state.cursors(&sync).map_err(&se)?;
+
+        // 1. Read.
+        let mut batches = Vec::with_capacity(2);
+        let max = self.batch;
+        for (side, cursor) in [(Side::Left, cursor_l), (Side::Right, cursor_r)] {
+            let batch = self
+                .io(side)
+                .read_dyn(cursor.as_deref(), max)
+                .await
+                .map_err(|error| CycleError::Read {
+                    sync: sync.clone(),
+                    side,
+                    error,
+                })?;
+            report.read[side_index(side)] = batch.changes.len();
+            report.more |= batch.has_more;
+            batches.push((side, batch));
+        }
+
+        // 2. Map to common names.
+        let mut changes = Vec::new();
+        let mut commit = CycleCommit::default();
+        let mut fresh: BTreeSet<(Side, String)> = BTreeSet::new();
+        for (side, batch) in &batches {
+            for ch in &batch.changes {
+                fresh.insert((*side, ch.id.clone()));
+                commit.cleared.push((*side, ch.id.clone()));
+                match self.observe(*side, ch) {
+                    Ok(o) => changes.push(o),
+                    Err(reason) => commit.rejected.push((*side, ch.id.clone(), reason, None)),
+                }
+            }
+        }
+        // Changes rejected earlier (an ambiguous match) are tried again, unless superseded.
+        for r in state.rejected(&sync).map_err(&se)? {
+            if let Some(o) = r.observed() {
+                if !fresh.contains(&(r.side, r.id.clone())) {
+                    changes.push(o);
+                }
+            }
+        }
+        changes.sort_by_key(|c| c.side);
+
+        // 3. Load links: of these records, and dirty ones due for a retry.
+        let records: Vec<(Side, String)> = changes.iter().map(|c| (c.side, c.id.clone())).collect();
+        let due = state.due_dirty(&sync, now, RETRY_BATCH).map_err(&se)?;
+        report.retried = due.len();
+        let due_ids: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
+        let mut links = state.links(&sync, &records, &due_ids).map_err(&se)?;
+
+        // 4. Match keys: records on the other side for each unlinked new record.
+        let candidates = self.candidates(state, &changes, &links).await?;
+        let cand_records: Vec<(Side, String)> = candidates
+            .iter()
+            .flat_map(|((side, _), cs)| cs.iter().map(|c| (*side, c.id.clone())))
+            .collect();
+        let known: BTreeSet<u64> = links.iter().map(|l| l.id).collect();
+        for l in state.links(&sync, &cand_records, &[]).map_err(&se)? {
+            if !known.contains(&l.id) {
+                links.push(l);
+            }
+        }
+        let link_ids: Vec<u64> = links.iter().map(|l| l.id).collect();
+        // The engine borrows the spec for the whole cycle while the sides are written.
+        let spec = self.spec.clone();
+        let mut input = Input {
+            spec: &spec,
+            now,
+            links,
+            held: state.held(&sync, &link_ids).map_err(&se)?,
+            changes,
+            candidates,
+            answers: BTreeMap::new(),
+            next_link_id: state.next_link_id(&sync).map_err(&se)?,
+        };
+
+        // 5. Plan; conflicts left to rules are asked, and the plan made again with the answers.
+        let mut plan = engine::plan(&input);
+        if !plan.queries.is_empty() {
+            input.answers = ask_rules(&self.spec, &self.rules, &plan).await;
+            plan = engine::plan(&input);
+        }
+        report.echoes = plan.echoes;
+        for r in &plan.rejected {
+            let c = &r.change;
+            commit.rejected.push((
+                c.side,
+                c.id.clone(),
+                r.reason.clone(),
+                Some(StoredChange {
+                    deleted: c.deleted,
+                    fields: c.fields.clone(),
+                    version: c.version.clone(),
+                    changed_at: c.changed_at,
+                }),
+            ));
+            commit.cleared.retain(|k| k != &(c.side, c.id.clone()));
+        }
+
+        // 6. Record the writes as intents, then write.
+        let intents: Vec<Intent> = plan
+            .ops
+            .iter()
+            .map(|op| Intent {
+                link: plan.links[&op.link].clone(),
+                side: op.side,
+                op: op.kind.clone(),
+            })
+            .collect();
+        state.record_intents(&sync, &intents).map_err(&se)?;
+        let mut failed: BTreeMap<u64, String> = BTreeMap::new();
+        let conflicted = self
+            .write(&mut plan, now, &mut commit, &mut failed, &mut report)
+            .await;
+
+        // 7. Writes refused on a stale version: read those records again and merge once more.
+        if !conflicted.is_empty() {
+            self.retry_conflicts(
+                state,
+                &mut plan,
+                conflicted,
+                now,
+                &input,
+                &mut commit,
+                &mut failed,
+                &mut report,
+            )
+            .await?;
+        }
+
+        // 8. Commit everything, cursors last in the same transaction.
+        for (link, reason) in &failed {
+            commit.dirty.push((*link, reason.clone()));
+        }
+        commit.clean = plan
+            .links
+            .keys()
+            .filter(|id| !failed.contains_key(id))
+            .copied()
+            .collect();
+        report.conflicts = plan.conflicts.len();
+        report.rejected = commit.rejected.len();
+        commit.conflicts = plan.conflicts.clone();
+        commit.agreed = plan.agreed.clone();
+        commit.next_link_id = plan.next_link_id;
+        commit.links = plan.links.into_values().collect();
+        commit.cursors = [
+            Some(batches[0].1.next_cursor.clone()),
+            Some(batches[1].1.next_cursor.clone()),
+        ];
+        let mut stats: SyncStats = state.stats(&sync).map_err(&se)?;
+        stats.cycles += 1;
+        stats.changes_read += (report.read[0] + report.read[1]) as u64;
+        stats.writes += report.writes as u64;
+        stats.write_failures += report.failed as u64;
+        stats.echoes += report.echoes as u64;
+        stats.last_cycle_at = Some(now);
+        stats.last_cycle = Some(report.summary());
+        stats.last_error = None;
+        commit.stats = stats;
+        state.commit_cycle(&sync, now, commit).map_err(&se)?;
+        Ok(report)
+    }
+
+    /// A connector's change as the engine sees it.
+    fn observe(&self, side: Side, ch: &plugin::Change) -> Result<Observed, String> {
+        let deleted = ch.kind == ChangeKind::Delete;
+        let fields = if deleted {
+            Fields::new()
+        } else {
+            self.spec
+                .map_in(
+                    side,
+                    ch.fields
+                        .iter()
+                        .map(|f| (f.name.as_str(), f.value.clone().into())),
+                )
+                .map_err(|e| format!("record {} on the {side} side: {e}", ch.id))?
+        };
+        Ok(Observed {
+            side,
+            id: ch.id.clone(),
+            deleted,
+            fields,
+            version: ch.version.clone(),
+            changed_at: ch.changed_at,
+            own: ch.origin.as_deref() == Some(self.spec.origin.as_str()),
+        })
+    }
+
+    /// Looks up, on the other side, the records whose match key equals that of a new record.
+    async fn candidates(
+        &mut self,
+        state: &State,
+        changes: &[Observed],
+        links: &[Link],
+    ) -> Result<BTreeMap<(Side, String), Vec<Candidate>>, CycleError> {
+        let mut out: BTreeMap<(Side, String), Vec<Candidate>> = BTreeMap::new();
+        let Some(key) = self.spec.match_key.clone() else {
+            return Ok(out);
+        };
+        let sync = self.spec.name.clone();
+        let linked: BTreeSet<(Side, &str)> = links
+            .iter()
+            .flat_map(|l| {
+                [Side::Left, Side::Right]
+                    .into_iter()
+                    .filter_map(move |s| l.side(s).id.as_deref().map(|id| (s, id)))
+            })
+            .collect();
+        for side in [Side::Left, Side::Right] {
+            let other = side.other();
+            let mut values = Vec::new();
+            let mut field = None;
+            for c in changes.iter().filter(|c| c.side == side && !c.deleted) {
+                if linked.contains(&(side, c.id.as_str())) {
+                    continue;
+                }
+                let Some(v) = c.fields.get(&key.field) else {
+                    continue;
+                };
+                if key.normalise(v).is_none() {
+                    continue;
+                }
+                if let Ok(out) = self
+                    .spec
+                    .map_out(other, &Fields::from([(key.field.clone(), v.clone())]))
+                {
+                    if let Some((name, value)) = out.into_iter().next() {
+                        field = Some(name);
+                        values.push(plugin::Value::from(value));
+                    }
+                }
+            }
+            let Some(field) = field else { continue };
+            for chunk in values.chunks(200) {
+                let found = self
+                    .io(other)
+                    .find_dyn(LookupKey::ByField(FieldMatch {
+                        field: field.clone(),
+                        values: chunk.to_vec(),
+                        ignore_case: key.ignore_case,
+                    }))
+                    .await
+                    .map_err(|error| CycleError::Read {
+                        sync: sync.clone(),
+                        side: other,
+                        error,
+                    })?;
+                for c in found {
+                    let Ok(fields) = self.spec.map_in(
+                        other,
+                        c.fields
+                            .iter()
+                            .map(|f| (f.name.as_str(), f.value.clone().into())),
+                    ) else {
+                        continue;
+                    };
+                    let Some(norm) = fields.get(&key.field).and_then(|v| key.normalise(v)) else {
+                        continue;
+                    };
+                    let list = out.entry((other, norm)).or_default();
+                    if !list.iter().any(|x| x.id == c.id) {
+                        list.push(Candidate {
+                            id: c.id,
+                            fields,
+                            version: c.version,
+                        });
+                    }
+                }
+            }
+        }
+        let _ = state;
+        Ok(out)
+    }
+
+    /// Sends the plan's ops, settles each link with its outcome, and returns the links whose
+    /// conditional writes were refused as conflicts.
+    async fn write(
+        &mut self,
+        plan: &mut Plan,
+        now: i64,
+        commit: &mut CycleCommit,
+        failed: &mut BTreeMap<u64, String>,
+        report: &mut CycleReport,
+    ) -> Vec<(Side, u64)> {
+        let mut conflicted = Vec::new();
+        let origin = self.spec.origin.clone();
+        let sync = self.spec.name.clone();
+        for side in [Side::Left, Side::Right] {
+            let conditional = self.io(side).conditional_writes();
+            let ops: Vec<_> = plan
+                .ops
+                .iter()
+                .filter(|o| o.side == side)
+                .cloned()
+                .collect();
+            // Map every op first: a value that cannot be written fails its record alone.
+            let mut sendable = Vec::new();
+            for op in ops {
+                match self.to_write_op(side, &op.kind, conditional) {
+                    Ok(w) => sendable.push((op, w)),
+                    Err(reason) => {
+                        report.failed += 1;
+                        commit.rejected.push((
+                            side,
+                            format!("link {}", op.link),
+                            reason.clone(),
+                            None,
+                        ));
+                        failed.insert(op.link, reason);
+                    }
+                }
+            }
+            for chunk in sendable.chunks(WRITE_BATCH) {
+                let writes: Vec<WriteOp> = chunk.iter().map(|(_, w)| w.clone()).collect();
+                let results = self.io(side).write_dyn(&origin, writes).await;
+                for (i, (op, _)) in chunk.iter().enumerate() {
+                    let result = match &results {
+                        Ok(rs) => rs
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| Err(WitError::Permanent("no result".into()))),
+                        Err(e) => Err(WitError::Transient(e.0.clone())),
+                    };
+                    let outcome = match &result {
+                        Ok(w) => Outcome::Written {
+                            id: w.id.clone(),
+                            version: w.version.clone(),
+                        },
+                        Err(WitError::NotFound(_)) => Outcome::Gone,
+                        Err(_) => Outcome::Failed,
+                    };
+                    let Some(link) = plan.links.get_mut(&op.link) else {
+                        continue;
+                    };
+                    settle(link, side, &op.kind, &outcome);
+                    match (&result, &outcome) {
+                        (Ok(w), _) => {
+                            report.writes += 1;
+                            commit.cleared.push((side, format!("link {}", op.link)));
+                            commit.activity.push(Activity {
+                                at: now,
+                                sync: sync.clone(),
+                                link: op.link,
+                                side,
+                                op: op_name(&op.kind).into(),
+                                record: w.id.clone(),
+                                fields: op_fields(&op.kind),
+                            });
+                        }
+                        (Err(_), Outcome::Gone) => {}
+                        (Err(WitError::Conflict(_)), _) => conflicted.push((side, op.link)),
+                        (Err(e), _) => {
+                            if outcome_unknown(e) {
+                                commit.keep_intents.push(Intent {
+                                    link: link.clone(),
+                                    side,
+                                    op: op.kind.clone(),
+                                });
+                            }
+                            report.failed += 1;
+                            let reason = format!(
+                                "{} on the {side} side failed: {}",
+                                op_name(&op.kind),
+                                describe(e)
+                            );
+                            commit.rejected.push((
+                                side,
+                                format!("link {}", op.link),
+                                reason.clone(),
+                                None,
+                            ));
+                            failed.insert(op.link, reason);
+                        }
+                    }
+                }
+            }
+        }
+        conflicted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_conflicts(
+        &mut self,
+        state: &State,
+        plan: &mut Plan,
+        conflicted: Vec<(Side, u64)>,
+        now: i64,
+        input: &Input<'_>,
+        commit: &mut CycleCommit,
+        failed: &mut BTreeMap<u64, String>,
+        report: &mut CycleReport,
+    ) -> Result<(), CycleError> {
+        let mut fresh = Vec::new();
+        for (side, link_id) in &conflicted {
+            let Some(id) = plan
+                .links
+                .get(link_id)
+                .and_then(|l| l.side(*side).id.clone())
+            else {
+                continue;
+            };
+            match self
+                .io(*side)
+                .find_dyn(LookupKey::Ids(vec![id.clone()]))
+                .await
+            {
+                Ok(found) => match found.into_iter().next() {
+                    Some(c) => {
+                        let change = plugin::Change {
+                            id: c.id,
+                            kind: ChangeKind::Update,
+                            fields: c.fields,
+                            version: c.version,
+                            changed_at: None,
+                            origin: None,
+                        };
+                        if let Ok(o) = self.observe(*side, &change) {
+                            fresh.push(o);
+                        }
+                    }
+                    None => fresh.push(Observed {
+                        side: *side,
+                        id,
+                        deleted: true,
+                        fields: Fields::new(),
+                        version: None,
+                        changed_at: None,
+                        own: false,
+                    }),
+                },
+                Err(e) => {
+                    failed.insert(
+                        *link_id,
+                        format!("re-reading after a write conflict failed: {e}"),
+                    );
+                }
+            }
+        }
+        let ids: BTreeSet<u64> = conflicted.iter().map(|(_, l)| *l).collect();
+        let again = Input {
+            spec: input.spec,
+            now,
+            links: ids
+                .iter()
+                .filter_map(|id| plan.links.get(id).cloned())
+                .collect(),
+            held: input.held.clone(),
+            changes: fresh,
+            candidates: BTreeMap::new(),
+            answers: input.answers.clone(),
+            next_link_id: plan.next_link_id,
+        };
+        let mut second = engine::plan(&again);
+        let intents: Vec<Intent> = second
+            .ops
+            .iter()
+            .map(|op| Intent {
+                link: second.links[&op.link].clone(),
+                side: op.side,
+                op: op.kind.clone(),
+            })
+            .collect();
+        state
+            .record_intents(&input.spec.name, &intents)
+            .map_err(state_err(&input.spec.name))?;
+        let before = report.writes;
+        let still = self.write(&mut second, now, commit, failed, report).await;
+        tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");
+        for (_, link) in still {
+            failed.insert(
+                link,
+                "the record kept changing while Duplex wrote it; will merge again".into(),
+            );
+        }
+        plan.conflicts.extend(second.conflicts);
+        plan.agreed.extend(second.agreed);
+        for (id, link) in second.links {
+            plan.links.insert(id, link);
+        }
+        Ok(())
+    }
+
+    fn to_write_op(&self, side: Side, kind: &OpKind, conditional: bool) -> Result<WriteOp, String> {
+        let fields = |f: &Fields| -> Result<Vec<plugin::FieldValue>, String> {
+            Ok(self
+                .spec
+                .map_out(side, f)
+                .map_err(|e| format!("cannot write to the {side} side: {e}"))?
+                .into_iter()
+                .map(|(name, v)| plugin::FieldValue {
+                    name,
+                    value: v.into(),
+                })
+                .collect())
+        };
+        let version = |v: &Option<String>| if conditional { v.clone() } else { None };
+        Ok(match kind {
+            OpKind::Create { fields: f } => WriteOp::Create(CreateOp { fields: fields(f)? }),
+            OpKind::Update {
+                id,
+                fields: f,
+                if_version,
+            } => WriteOp::Update(UpdateOp {
+                id: id.clone(),
+                fields: fields(f)?,
+                if_version: version(if_version),
+            }),
+            OpKind::Delete { id, if_version } => WriteOp::Delete(DeleteOp {
+                id: id.clone(),
+                if_version: version(if_version),
+            }),
+        })
+    }
+}
+
+/// Asks each rule about its conflicts, in one batch per rule. A rule that is missing or fails
+/// leaves its conflicts to a person, with the reason.
+async fn ask_rules(
+    spec: &SyncSpec,
+    rules: &Rules,
+    plan: &Plan,
+) -> BTreeMap<(u64, String), RuleAnswer> {
+    let mut by_rule: BTreeMap<String, Vec<&engine::RuleQuery>> = BTreeMap::new();
+    for q in &plan.queries {
+        if let engine::Policy::Rule(name) = spec.policy_for(&q.field) {
+            by_rule.entry(name.clone()).or_default().push(q);
+        }
+    }
+    let mut answers = BTreeMap::new();
+    for (name, queries) in by_rule {
+        let Some(rule) = rules.get(&name) else {
+            for q in queries {
+                answers.insert(
+                    (q.link, q.field.clone()),
+                    RuleAnswer::Manual(format!("rule {name} is not loaded")),
+                );
+            }
+            continue;
+        };
+        let conflicts: Vec<plugin::Conflict> = queries
+            .iter()
+            .map(|q| plugin::Conflict {
+                sync: spec.name.clone(),
+                field: q.field.clone(),
+                base: q.base.clone().map(Into::into),
+                left: plugin::Side {
+                    name: spec.left_name.clone(),
+                    value: q.left.clone().into(),
+                    changed_at: q.left_changed_at,
+                },
+                right: plugin::Side {
+                    name: spec.right_name.clone(),
+                    value: q.right.clone().into(),
+                    changed_at: q.right_changed_at,
+                },
+            })
+            .collect();
+        match rule.resolve(conflicts).await {
+            Ok(resolutions) => {
+                for (q, r) in queries.iter().zip(resolutions) {
+                    let a = match r {
+                        plugin::Resolution::TakeLeft => RuleAnswer::TakeLeft,
+                        plugin::Resolution::TakeRight => RuleAnswer::TakeRight,
+                        plugin::Resolution::Value(v) => {
+                            RuleAnswer::Value(engine::Value::from(v).canonical())
+                        }
+                        plugin::Resolution::Manual(why) => RuleAnswer::Manual(why),
+                    };
+                    answers.insert((q.link, q.field.clone()), a);
+                }
+            }
+            Err(e) => {
+                tracing::error!(sync = %spec.name, rule = %name, error = %e, "a conflict rule failed; its conflicts wait for a person");
+                for q in queries {
+                    answers.insert(
+                        (q.link, q.field.clone()),
+                        RuleAnswer::Manual(format!("rule {name} failed: {e}")),
+                    );
+                }
+            }
+        }
+    }
+    answers
+}
+
+/// Whether a failed write may still have reached the system (the call broke off, or the system
+/// said the failure was passing): for a create, the record may exist.
+fn outcome_unknown(e: &WitError) -> bool {
+    matches!(e, WitError::Transient(_) | WitError::RateLimited(_))
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Left => 0,
+        Side::Right => 1,
+    }
+}
+
+fn op_name(kind: &OpKind) -> &'static str {
+    match kind {
+        OpKind::Create { .. } => "create",
+        OpKind::Update { .. } => "update",
+        OpKind::Delete { .. } => "delete",
+    }
+}
+
+fn op_fields(kind: &OpKind) -> Vec<String> {
+    match kind {
+        OpKind::Create { fields } | OpKind::Update { fields, .. } => {
+            fields.keys().cloned().collect()
+        }
+        OpKind::Delete { .. } => Vec::new(),
+    }
+}
+
+fn describe(e: &WitError) -> String {
+    match e {
+        WitError::Config(m) => format!("config: {m}"),
+        WitError::Auth(m) => format!("refused: {m}"),
+        WitError::NotFound(m) => format!("not found: {m}"),
+        WitError::Conflict(m) => format!("conflict: {m}"),
+        WitError::Validation(v) => match &v.field {
+            Some(f) => format!("invalid {f}: {}", v.message),
+            None => format!("invalid: {}", v.message),
+        },
+        WitError::RateLimited(r) => format!(
+            "rate limited, retry after {} ms: {}",
+            r.retry_after_ms, r.message
+        ),
+        WitError::Transient(m) => format!("temporary failure: {m}"),
+        WitError::Permanent(m) => m.clone(),
+    }
+}
+
+/// [`SideIo`] through a vtable, so one runner can hold two different side types and pick one
+/// by [`Side`].
+trait SideIoDyn {
+    fn conditional_writes(&self) -> bool;
+    fn read_dyn<'a>(
+        &'a mut self,
+        cursor: Option<&'a str>,
+        max: u32,
+    ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>>;
+    fn write_dyn<'a>(
+        &'a mut self,
+        origin: &'a str,
+        ops: Vec<WriteOp>,
+    ) -> LocalBoxFuture<'a, Result<Vec<Result<plugin::Written, WitError>>, IoError>>;
+    fn find_dyn(
+        &mut self,
+        key: LookupKey,
+    ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>>;
+}
+
+type LocalBoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+impl<T: SideIo> SideIoDyn for T {
+    fn conditional_writes(&self) -> bool {
+        SideIo::conditional_writes(self)
+    }
+    fn read_dyn<'a>(
+        &'a mut self,
+        cursor: Option<&'a str>,
+        max: u32,
+    ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>> {
+        Box::pin(self.read(cursor, max))
+    }
+    fn write_dyn<'a>(
+        &'a mut self,
+        origin: &'a str,
+        ops: Vec<WriteOp>,
+    ) -> LocalBoxFuture<'a, Result<Vec<Result<plugin::Written, WitError>>, IoError>> {
+        Box::pin(self.write(origin, ops))
+    }
+    fn find_dyn(
+        &mut self,
+        key: LookupKey,
+    ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>> {
+        Box::pin(self.find(key))
+    }
+}

@@ -1,0 +1,165 @@
+//! The driver's view of one side of a sync: read, write, find. The real one calls a connector
+//! plugin; tests and the simulation use in-memory systems behind the same trait.
+
+use crate::engine::{self, FieldType};
+use crate::plugin::{
+    self, CallError, ChangeBatch, ConnectorPlugin, ConnectorSession, Current, LookupKey, WitError,
+    WriteOp, Written,
+};
+
+/// Why a side could not be reached this cycle. The cycle stops and nothing is committed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct IoError(pub String);
+
+impl From<CallError> for IoError {
+    fn from(e: CallError) -> Self {
+        IoError(e.to_string())
+    }
+}
+
+/// One side of a sync.
+#[allow(async_fn_in_trait)]
+pub trait SideIo {
+    /// Whether `if-version` on updates and deletes is honoured.
+    fn conditional_writes(&self) -> bool;
+    async fn read(&mut self, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, IoError>;
+    async fn write(
+        &mut self,
+        origin: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<Written, WitError>>, IoError>;
+    async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError>;
+    /// Ends a unit of work: the next call starts a fresh store.
+    fn finish(&mut self) {}
+}
+
+/// A side served by a connector plugin: one stream of one connection.
+pub struct PluginSide {
+    plugin: std::sync::Arc<ConnectorPlugin>,
+    config: String,
+    stream: String,
+    session: Option<ConnectorSession>,
+}
+
+impl PluginSide {
+    pub fn new(plugin: std::sync::Arc<ConnectorPlugin>, config: String, stream: String) -> Self {
+        PluginSide {
+            plugin,
+            config,
+            stream,
+            session: None,
+        }
+    }
+
+    /// The current session, or a fresh one (after a failure, or at the start of a cycle).
+    async fn session(&mut self) -> Result<&mut ConnectorSession, IoError> {
+        if self.session.is_none() {
+            self.session = Some(self.plugin.session().await?);
+        }
+        Ok(self.session.as_mut().expect("just set"))
+    }
+
+    /// A failed call may have poisoned the store: never reuse it.
+    fn check<T>(&mut self, r: Result<T, CallError>) -> Result<T, IoError> {
+        if let Err(e) = &r {
+            if !matches!(e, CallError::Plugin { .. }) {
+                self.session = None;
+            }
+        }
+        r.map_err(IoError::from)
+    }
+}
+
+impl SideIo for PluginSide {
+    fn conditional_writes(&self) -> bool {
+        self.plugin
+            .info()
+            .capabilities
+            .contains(plugin::Capabilities::CONDITIONAL_WRITES)
+    }
+
+    async fn read(&mut self, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, IoError> {
+        let (config, stream) = (self.config.clone(), self.stream.clone());
+        let r = self
+            .session()
+            .await?
+            .read(&config, &stream, cursor, max)
+            .await;
+        self.check(r)
+    }
+
+    async fn write(
+        &mut self,
+        origin: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<Written, WitError>>, IoError> {
+        let (config, stream) = (self.config.clone(), self.stream.clone());
+        let r = self
+            .session()
+            .await?
+            .write(&config, &stream, origin, ops)
+            .await;
+        self.check(r)
+    }
+
+    async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {
+        let (config, stream) = (self.config.clone(), self.stream.clone());
+        let r = self.session().await?.find(&config, &stream, key).await;
+        self.check(r)
+    }
+
+    fn finish(&mut self) {
+        self.session = None;
+    }
+}
+
+impl From<plugin::Value> for engine::Value {
+    fn from(v: plugin::Value) -> Self {
+        use plugin::Value as P;
+        match v {
+            P::Null => engine::Value::Null,
+            P::Boolean(b) => engine::Value::Bool(b),
+            P::Integer(i) => engine::Value::Int(i),
+            P::Float(f) => engine::Value::Float(f),
+            P::Decimal(d) => engine::Value::Decimal(d),
+            P::Text(t) => engine::Value::Text(t),
+            P::Bytes(b) => engine::Value::Bytes(b),
+            P::Timestamp(t) => engine::Value::Time(t),
+            P::Json(j) => engine::Value::Json(j),
+        }
+    }
+}
+
+impl From<engine::Value> for plugin::Value {
+    fn from(v: engine::Value) -> Self {
+        use engine::Value as E;
+        match v {
+            E::Null => plugin::Value::Null,
+            E::Bool(b) => plugin::Value::Boolean(b),
+            E::Int(i) => plugin::Value::Integer(i),
+            E::Float(f) => plugin::Value::Float(f),
+            E::Decimal(d) => plugin::Value::Decimal(d),
+            E::Text(t) => plugin::Value::Text(t),
+            E::Bytes(b) => plugin::Value::Bytes(b),
+            E::Time(t) => plugin::Value::Timestamp(t),
+            E::Json(j) => plugin::Value::Json(j),
+        }
+    }
+}
+
+impl From<plugin::FieldType> for FieldType {
+    fn from(t: plugin::FieldType) -> Self {
+        use plugin::FieldType as P;
+        match t {
+            P::Boolean => FieldType::Boolean,
+            P::Integer => FieldType::Integer,
+            P::Float => FieldType::Float,
+            P::Decimal => FieldType::Decimal,
+            P::Text => FieldType::Text,
+            P::Bytes => FieldType::Bytes,
+            P::Timestamp => FieldType::Timestamp,
+            P::Json => FieldType::Json,
+        }
+    }
+}

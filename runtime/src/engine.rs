@@ -1,0 +1,121 @@
+//! The sync logic, pure: values in, decisions out.
+//!
+//! `engine` performs no I/O, reads no clock and touches neither redb nor wasmtime: the driver
+//! hands it the links it loaded, the changes it read (already mapped to the sync's common field
+//! names), the records it found by match key, and the current time as a number; the engine
+//! returns what to write to each side, which conflicts to record, and the links as they stand.
+//! That is what lets the tests run thousands of interleavings of edits, crashes and retries.
+//!
+//! Decisions never depend on hash-map order or arrival timing (invariant 7): every collection
+//! the engine iterates is ordered, and ties are broken by documented rules.
+
+mod mapping;
+mod merge;
+mod plan;
+mod value;
+
+pub use mapping::{DeletePolicy, Direction, FieldSpec, MapError, MatchKey, Policy, SyncSpec};
+pub use merge::{settle, ConflictNote, LinkStatus, Outcome, WHOLE_RECORD};
+pub use plan::{
+    plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery,
+};
+pub use value::{canonical_decimal, convert, FieldType, Fields, Value};
+
+use serde::{Deserialize, Serialize};
+
+/// One of the two sides of a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Left,
+    Right,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Left => Side::Right,
+            Side::Right => Side::Left,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Left => "left",
+            Side::Right => "right",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one side holds of a linked record, as Duplex last saw or wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideState {
+    /// The record's id on this side; none until it has been created there.
+    pub id: Option<String>,
+    /// Its mapped field values as last read or written; none when never seen.
+    pub seen: Option<Fields>,
+    /// Its version as last read or written, for conditional writes.
+    pub version: Option<String>,
+    /// When this side last changed the record (the source's time, else when Duplex saw it).
+    pub changed_at: Option<i64>,
+    /// The record was deleted on this side.
+    pub deleted: bool,
+}
+
+impl SideState {
+    /// Whether the record exists on this side as far as Duplex knows.
+    pub fn exists(&self) -> bool {
+        self.id.is_some() && !self.deleted
+    }
+}
+
+/// Duplex's identity for one real-world entity, mapped to its record on each side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub id: u64,
+    pub left: SideState,
+    pub right: SideState,
+    /// The values both sides agreed on last: the base of the three-way merge.
+    pub base: Fields,
+    /// Values a person (or a rule) decided, written until both sides hold them.
+    #[serde(default)]
+    pub pins: Fields,
+    /// A person approved propagating a held delete.
+    #[serde(default)]
+    pub delete_approved: bool,
+    pub status: LinkStatus,
+}
+
+impl Link {
+    pub fn new(id: u64) -> Link {
+        Link {
+            id,
+            left: SideState::default(),
+            right: SideState::default(),
+            base: Fields::new(),
+            pins: Fields::new(),
+            delete_approved: false,
+            status: LinkStatus::Active,
+        }
+    }
+
+    pub fn side(&self, side: Side) -> &SideState {
+        match side {
+            Side::Left => &self.left,
+            Side::Right => &self.right,
+        }
+    }
+
+    pub fn side_mut(&mut self, side: Side) -> &mut SideState {
+        match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        }
+    }
+}

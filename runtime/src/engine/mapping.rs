@@ -1,0 +1,289 @@
+//! A sync's shape: which field of each side is which common field, in which direction it flows,
+//! how values translate, and which policy settles a conflict.
+
+use serde::{Deserialize, Serialize};
+
+use super::value::{canonical_decimal, convert, FieldType, Fields, Value};
+use super::Side;
+
+/// How a conflict on a field is settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    /// The side that changed the record later wins. The time is the source's change time when
+    /// the connector reports it, else when Duplex observed the change; a side whose change time
+    /// is unknown counts as earliest. Ties go to the left side.
+    LastWriterWins,
+    /// This side always wins.
+    Prefer(Side),
+    /// A custom rule component decides (by its name in the config).
+    Rule(String),
+    /// A person decides; the field is held, the rest of the record flows.
+    Manual,
+}
+
+/// Which way a field flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Both,
+    /// The left side owns the field: its value is written to the right, and a change made on the
+    /// right is put back.
+    LeftToRight,
+    /// The right side owns the field.
+    RightToLeft,
+}
+
+impl Direction {
+    /// Whether the engine may write this field to `side`.
+    pub fn writes_to(self, side: Side) -> bool {
+        match self {
+            Direction::Both => true,
+            Direction::LeftToRight => side == Side::Right,
+            Direction::RightToLeft => side == Side::Left,
+        }
+    }
+
+    /// The owning side of a one-way field.
+    pub fn owner(self) -> Option<Side> {
+        match self {
+            Direction::Both => None,
+            Direction::LeftToRight => Some(Side::Left),
+            Direction::RightToLeft => Some(Side::Right),
+        }
+    }
+}
+
+/// What happens to the other side's record when one side deletes its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeletePolicy {
+    /// Delete it too.
+    Propagate,
+    /// Keep it, and stop syncing the pair.
+    Ignore,
+    /// Keep it until a person approves the delete.
+    Hold,
+}
+
+/// How records are matched on first sight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchKey {
+    /// A common field name.
+    pub field: String,
+    /// Compare text ignoring case (and surrounding spaces).
+    pub ignore_case: bool,
+}
+
+impl MatchKey {
+    /// The key's value in normalised form, or none when the record has no usable key.
+    pub fn normalise(&self, v: &Value) -> Option<String> {
+        match v {
+            Value::Null => None,
+            Value::Text(t) if t.trim().is_empty() => None,
+            Value::Text(t) if self.ignore_case => Some(t.trim().to_lowercase()),
+            Value::Text(t) => Some(t.trim().to_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Decimal(d) => Some(canonical_decimal(d)),
+            other => Some(other.display()),
+        }
+    }
+}
+
+/// One mapped field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldSpec {
+    /// The common name (the left's name unless the config gives one).
+    pub name: String,
+    pub left: String,
+    pub right: String,
+    /// The common type is the left field's type.
+    pub left_type: FieldType,
+    pub right_type: FieldType,
+    pub direction: Direction,
+    /// Pairs of (left value, right value): `open` on the left is `To Do` on the right.
+    pub values: Vec<(Value, Value)>,
+    /// Overrides the sync's default policy for this field.
+    pub policy: Option<Policy>,
+}
+
+impl FieldSpec {
+    fn side_name(&self, side: Side) -> &str {
+        match side {
+            Side::Left => &self.left,
+            Side::Right => &self.right,
+        }
+    }
+}
+
+/// A sync, as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncSpec {
+    pub name: String,
+    /// The tag Duplex's writes for this sync carry, so their echoes are known as such.
+    pub origin: String,
+    /// The two sides' names, for conflicts and messages.
+    pub left_name: String,
+    pub right_name: String,
+    pub fields: Vec<FieldSpec>,
+    pub match_key: Option<MatchKey>,
+    pub policy: Policy,
+    pub deletes: DeletePolicy,
+}
+
+/// A value that could not be mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field {field}: {message}")]
+pub struct MapError {
+    /// The side's field name.
+    pub field: String,
+    pub message: String,
+}
+
+impl SyncSpec {
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn policy_for(&self, field: &str) -> &Policy {
+        self.field(field)
+            .and_then(|f| f.policy.as_ref())
+            .unwrap_or(&self.policy)
+    }
+
+    /// A side's record in common names and types. Fields the sync does not map are left out;
+    /// fields the record lacks are absent (not null).
+    pub fn map_in<'a>(
+        &self,
+        side: Side,
+        fields: impl IntoIterator<Item = (&'a str, Value)>,
+    ) -> Result<Fields, MapError> {
+        let mut by_name: std::collections::BTreeMap<&str, Value> = fields.into_iter().collect();
+        let mut out = Fields::new();
+        for f in &self.fields {
+            let name = f.side_name(side);
+            let Some(v) = by_name.remove(name) else {
+                continue;
+            };
+            let v = match side {
+                Side::Left => v,
+                Side::Right => f
+                    .values
+                    .iter()
+                    .find(|(_, r)| *r == v)
+                    .map(|(l, _)| l.clone())
+                    .unwrap_or(v),
+            };
+            let v = convert(v, f.left_type).map_err(|message| MapError {
+                field: name.to_owned(),
+                message,
+            })?;
+            out.insert(f.name.clone(), v);
+        }
+        Ok(out)
+    }
+
+    /// Common fields as a side's field names and types, for writing.
+    pub fn map_out(&self, side: Side, fields: &Fields) -> Result<Vec<(String, Value)>, MapError> {
+        let mut out = Vec::with_capacity(fields.len());
+        for (name, v) in fields {
+            let Some(f) = self.field(name) else { continue };
+            let side_name = f.side_name(side);
+            let (v, ty) = match side {
+                Side::Left => (v.clone(), f.left_type),
+                Side::Right => (
+                    f.values
+                        .iter()
+                        .find(|(l, _)| l == v)
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or_else(|| v.clone()),
+                    f.right_type,
+                ),
+            };
+            let v = convert(v, ty).map_err(|message| MapError {
+                field: side_name.to_owned(),
+                message,
+            })?;
+            out.push((side_name.to_owned(), v));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn spec() -> SyncSpec {
+        let text = |n: &str, l: &str, r: &str| FieldSpec {
+            name: n.into(),
+            left: l.into(),
+            right: r.into(),
+            left_type: FieldType::Text,
+            right_type: FieldType::Text,
+            direction: Direction::Both,
+            values: vec![],
+            policy: None,
+        };
+        SyncSpec {
+            name: "crm-erp".into(),
+            origin: "duplex:crm-erp".into(),
+            left_name: "crm".into(),
+            right_name: "erp".into(),
+            fields: vec![
+                text("email", "email", "mail"),
+                text("name", "name", "full_name"),
+                FieldSpec {
+                    right_type: FieldType::Integer,
+                    values: vec![
+                        (Value::Text("active".into()), Value::Int(1)),
+                        (Value::Text("lead".into()), Value::Int(2)),
+                    ],
+                    ..text("status", "status", "status_code")
+                },
+            ],
+            match_key: Some(MatchKey {
+                field: "email".into(),
+                ignore_case: true,
+            }),
+            policy: Policy::LastWriterWins,
+            deletes: DeletePolicy::Propagate,
+        }
+    }
+
+    #[test]
+    fn maps_renames_and_value_maps_both_ways() {
+        let s = spec();
+        let right = [
+            ("mail", Value::Text("a@x".into())),
+            ("status_code", Value::Int(2)),
+            ("unmapped", Value::Int(7)),
+        ];
+        let common = s.map_in(Side::Right, right).unwrap();
+        assert_eq!(common.get("status"), Some(&Value::Text("lead".into())));
+        assert_eq!(common.get("email"), Some(&Value::Text("a@x".into())));
+        assert!(!common.contains_key("unmapped"));
+        let out = s.map_out(Side::Right, &common).unwrap();
+        assert!(out.contains(&("status_code".into(), Value::Int(2))));
+        assert!(out.contains(&("mail".into(), Value::Text("a@x".into()))));
+    }
+
+    #[test]
+    fn a_value_that_does_not_convert_is_an_error_naming_the_field() {
+        let s = spec();
+        let mut common = Fields::new();
+        common.insert("status".into(), Value::Text("churned".into()));
+        let err = s.map_out(Side::Right, &common).unwrap_err();
+        assert_eq!(err.field, "status_code");
+    }
+
+    #[test]
+    fn match_keys_ignore_case_and_spaces_when_asked() {
+        let k = MatchKey {
+            field: "email".into(),
+            ignore_case: true,
+        };
+        assert_eq!(
+            k.normalise(&Value::Text(" Ada@X.com ".into())),
+            Some("ada@x.com".into())
+        );
+        assert_eq!(k.normalise(&Value::Text("".into())), None);
+    }
+}

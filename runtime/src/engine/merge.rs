@@ -1,0 +1,320 @@
+//! The per-link three-way merge against the base, and settling a link after a write.
+//!
+//! The merge is state-based: a link holds what each side last showed (`seen`) and what both
+//! agreed (`base`); the merge computes the value each field should have and writes it where a
+//! side differs. A change that equals what a side already holds (the echo of Duplex's own
+//! write) therefore changes nothing, and a write that failed is simply computed again next time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::mapping::{DeletePolicy, Policy, SyncSpec};
+use super::plan::{OpKind, RuleAnswer, RuleQuery};
+use super::value::{Fields, Value};
+use super::{Link, Side, SideState};
+
+/// The conflict "field" that stands for the whole record (a delete that waits for a person).
+pub const WHOLE_RECORD: &str = "*";
+
+/// Whether a link still syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkStatus {
+    Active,
+    /// One side deleted its record and the sync ignores deletes: the pair is no longer synced.
+    Detached,
+    /// Both records are gone.
+    Deleted,
+}
+
+/// A conflict to hold for a person, new or with fresh values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictNote {
+    pub link: u64,
+    /// A common field name, or [`WHOLE_RECORD`].
+    pub field: String,
+    pub base: Option<Value>,
+    pub left: Option<Value>,
+    pub right: Option<Value>,
+    pub reason: String,
+}
+
+/// What a merge decided for one link.
+#[derive(Debug, Default)]
+pub(crate) struct Merged {
+    pub ops: Vec<(Side, OpKind)>,
+    pub conflicts: Vec<ConflictNote>,
+    pub queries: Vec<RuleQuery>,
+    /// Held fields on which both sides now agree: their conflicts close by themselves.
+    pub agreed: Vec<String>,
+    pub status: Option<LinkStatus>,
+}
+
+/// Whether a side's record differs from the base on any field it shows.
+fn changed_since_base(side: &SideState, base: &Fields) -> bool {
+    side.seen
+        .as_ref()
+        .is_some_and(|seen| seen.iter().any(|(f, v)| base.get(f) != Some(v)))
+}
+
+fn get<'a>(side: &'a SideState, field: &str) -> Option<&'a Value> {
+    side.seen.as_ref().and_then(|s| s.get(field))
+}
+
+/// How one conflicting field is settled.
+enum Settled {
+    Value(Value),
+    Hold(String),
+    Ask,
+}
+
+fn settle_conflict(
+    link: &Link,
+    spec: &SyncSpec,
+    field: &str,
+    left: &Value,
+    right: &Value,
+    answers: &BTreeMap<(u64, String), RuleAnswer>,
+) -> Settled {
+    match spec.policy_for(field) {
+        Policy::Prefer(Side::Left) => Settled::Value(left.clone()),
+        Policy::Prefer(Side::Right) => Settled::Value(right.clone()),
+        // Option orders None first: a side whose change time is unknown counts as earliest.
+        // Ties go to the left, a rule that does not depend on arrival order.
+        Policy::LastWriterWins => {
+            if link.right.changed_at > link.left.changed_at {
+                Settled::Value(right.clone())
+            } else {
+                Settled::Value(left.clone())
+            }
+        }
+        Policy::Rule(_) => match answers.get(&(link.id, field.to_owned())) {
+            Some(RuleAnswer::TakeLeft) => Settled::Value(left.clone()),
+            Some(RuleAnswer::TakeRight) => Settled::Value(right.clone()),
+            Some(RuleAnswer::Value(v)) => Settled::Value(v.clone()),
+            Some(RuleAnswer::Manual(why)) => {
+                Settled::Hold(format!("the rule left it to a person: {why}"))
+            }
+            None => Settled::Ask,
+        },
+        Policy::Manual => Settled::Hold(format!(
+            "{} and {} both changed {field}",
+            spec.left_name, spec.right_name
+        )),
+    }
+}
+
+/// Merges one link. `held` are the fields (or [`WHOLE_RECORD`]) with open conflicts.
+pub(crate) fn merge_link(
+    link: &Link,
+    spec: &SyncSpec,
+    held: &BTreeSet<String>,
+    answers: &BTreeMap<(u64, String), RuleAnswer>,
+) -> Merged {
+    let mut m = Merged::default();
+    if link.status != LinkStatus::Active {
+        return m;
+    }
+    let (l, r) = (&link.left, &link.right);
+    if l.deleted && r.deleted {
+        m.status = Some(LinkStatus::Deleted);
+        return m;
+    }
+    if l.deleted || r.deleted {
+        let (gone, kept) = if l.deleted {
+            (Side::Left, Side::Right)
+        } else {
+            (Side::Right, Side::Left)
+        };
+        let kept_state = link.side(kept);
+        let Some(id) = kept_state.id.clone() else {
+            m.status = Some(LinkStatus::Deleted);
+            return m;
+        };
+        let note = |reason: String| ConflictNote {
+            link: link.id,
+            field: WHOLE_RECORD.into(),
+            base: None,
+            left: None,
+            right: None,
+            reason,
+        };
+        let gone_name = side_name(spec, gone);
+        let kept_name = side_name(spec, kept);
+        if spec.deletes == DeletePolicy::Ignore {
+            m.status = Some(LinkStatus::Detached);
+        } else if !link.delete_approved && changed_since_base(kept_state, &link.base) {
+            // Deleting now would lose the other side's edit (invariant 1): a person decides.
+            m.conflicts.push(note(format!(
+                "deleted in {gone_name} while changed in {kept_name}"
+            )));
+        } else if link.delete_approved || spec.deletes == DeletePolicy::Propagate {
+            m.ops.push((
+                kept,
+                OpKind::Delete {
+                    id,
+                    if_version: kept_state.version.clone(),
+                },
+            ));
+        } else if !held.contains(WHOLE_RECORD) {
+            m.conflicts.push(note(format!(
+                "deleted in {gone_name}: the delete waits for approval"
+            )));
+        }
+        return m;
+    }
+
+    let mut writes: BTreeMap<Side, Fields> = BTreeMap::new();
+    for fs in &spec.fields {
+        let f = fs.name.as_str();
+        let b = link.base.get(f);
+        let (lv, rv) = (get(l, f), get(r, f));
+        if held.contains(f) {
+            match (lv, rv) {
+                (Some(a), Some(c)) if a == c => m.agreed.push(f.to_owned()),
+                _ => m.conflicts.push(ConflictNote {
+                    link: link.id,
+                    field: f.to_owned(),
+                    base: b.cloned(),
+                    left: lv.cloned(),
+                    right: rv.cloned(),
+                    reason: "held for a person".into(),
+                }),
+            }
+            continue;
+        }
+        let desired: Option<Value> = if let Some(pin) = link.pins.get(f) {
+            Some(pin.clone())
+        } else if let Some(owner) = fs.direction.owner() {
+            get(link.side(owner), f).or(b).cloned()
+        } else {
+            let lc = lv.is_some() && lv != b;
+            let rc = rv.is_some() && rv != b;
+            match (lc, rc, lv, rv) {
+                (false, false, ..) => b.or(lv).or(rv).cloned(),
+                (true, false, ..) => lv.cloned(),
+                (false, true, ..) => rv.cloned(),
+                (true, true, Some(a), Some(c)) if a == c => Some(a.clone()),
+                (true, true, Some(a), Some(c)) => {
+                    match settle_conflict(link, spec, f, a, c, answers) {
+                        Settled::Value(v) => Some(v),
+                        Settled::Hold(reason) => {
+                            m.conflicts.push(ConflictNote {
+                                link: link.id,
+                                field: f.to_owned(),
+                                base: b.cloned(),
+                                left: Some(a.clone()),
+                                right: Some(c.clone()),
+                                reason,
+                            });
+                            continue;
+                        }
+                        Settled::Ask => {
+                            m.queries.push(RuleQuery {
+                                link: link.id,
+                                field: f.to_owned(),
+                                base: b.cloned(),
+                                left: a.clone(),
+                                right: c.clone(),
+                                left_changed_at: l.changed_at,
+                                right_changed_at: r.changed_at,
+                            });
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            }
+        };
+        let Some(d) = desired else { continue };
+        for side in [Side::Left, Side::Right] {
+            if !fs.direction.writes_to(side) {
+                continue;
+            }
+            let st = link.side(side);
+            if st.id.is_none() || get(st, f) != Some(&d) {
+                writes
+                    .entry(side)
+                    .or_default()
+                    .insert(f.to_owned(), d.clone());
+            }
+        }
+    }
+    for (side, fields) in writes {
+        let st = link.side(side);
+        match &st.id {
+            None => m.ops.push((side, OpKind::Create { fields })),
+            Some(id) => m.ops.push((
+                side,
+                OpKind::Update {
+                    id: id.clone(),
+                    fields,
+                    if_version: st.version.clone(),
+                },
+            )),
+        }
+    }
+    m
+}
+
+fn side_name(spec: &SyncSpec, side: Side) -> &str {
+    match side {
+        Side::Left => &spec.left_name,
+        Side::Right => &spec.right_name,
+    }
+}
+
+/// How a write went, as far as the link is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; the record's id and version now.
+    Written { id: String, version: Option<String> },
+    /// The record is not there any more (an update or delete found nothing).
+    Gone,
+    /// Not done; the link stays as it was and the write is computed again later.
+    Failed,
+}
+
+/// Applies a write's outcome to its link, then brings the base up to date.
+pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) {
+    let st = link.side_mut(side);
+    match (op, outcome) {
+        (OpKind::Create { fields }, Outcome::Written { id, version }) => {
+            st.id = Some(id.clone());
+            st.seen = Some(fields.clone());
+            st.version = version.clone();
+            st.deleted = false;
+        }
+        (OpKind::Update { fields, .. }, Outcome::Written { version, .. }) => {
+            st.seen
+                .get_or_insert_with(Fields::new)
+                .extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            st.version = version.clone();
+        }
+        (OpKind::Delete { .. }, Outcome::Written { .. } | Outcome::Gone)
+        | (OpKind::Update { .. }, Outcome::Gone) => {
+            st.deleted = true;
+        }
+        (OpKind::Create { .. }, Outcome::Gone) | (_, Outcome::Failed) => {}
+    }
+    refresh(link);
+}
+
+/// Brings the base up to the values both sides now agree on, drops pins both sides hold, and
+/// marks a link whose records are both gone.
+pub(crate) fn refresh(link: &mut Link) {
+    if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
+        for (f, v) in l {
+            if r.get(f) == Some(v) {
+                link.base.insert(f.clone(), v.clone());
+            }
+        }
+        link.pins
+            .retain(|f, p| !(l.get(f) == Some(p) && r.get(f) == Some(p)));
+    }
+    // Gone on both sides, or gone on one and never created on the other.
+    let gone = |s: &SideState| s.deleted || s.id.is_none();
+    if (link.left.deleted || link.right.deleted) && gone(&link.left) && gone(&link.right) {
+        link.status = LinkStatus::Deleted;
+    }
+}

@@ -1,0 +1,314 @@
+//! One cycle's decisions: identify each change's link, apply it, merge, and say what to write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::mapping::SyncSpec;
+use super::merge::{merge_link, refresh, ConflictNote, LinkStatus};
+use super::value::{Fields, Value};
+use super::{Link, Side};
+
+/// A change read from one side, mapped to common names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub side: Side,
+    pub id: String,
+    pub deleted: bool,
+    pub fields: Fields,
+    pub version: Option<String>,
+    /// The source's change time, when the connector knows it.
+    pub changed_at: Option<i64>,
+    /// The change was made by this sync's own write (the connector reported our origin).
+    pub own: bool,
+}
+
+/// A record found on a side by match key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub fields: Fields,
+    pub version: Option<String>,
+}
+
+/// A conflict a rule must decide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleQuery {
+    pub link: u64,
+    pub field: String,
+    pub base: Option<Value>,
+    pub left: Value,
+    pub right: Value,
+    pub left_changed_at: Option<i64>,
+    pub right_changed_at: Option<i64>,
+}
+
+/// A rule's (or a person's) answer to a conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RuleAnswer {
+    TakeLeft,
+    TakeRight,
+    Value(Value),
+    Manual(String),
+}
+
+/// Everything the engine needs for one cycle. The driver loads it; nothing here is I/O.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub spec: &'a SyncSpec,
+    /// Now, in microseconds since the epoch: the observation time of changes whose source time
+    /// is unknown.
+    pub now: i64,
+    /// The links the changes and candidates refer to, and links left dirty by failed writes.
+    pub links: Vec<Link>,
+    /// Open conflicts: held fields per link.
+    pub held: BTreeMap<u64, BTreeSet<String>>,
+    /// Changes read this cycle: the left's in feed order, then the right's.
+    pub changes: Vec<Observed>,
+    /// Records found by match key: on `Side`, with normalised key `String`.
+    pub candidates: BTreeMap<(Side, String), Vec<Candidate>>,
+    /// Answers to rule queries of an earlier pass over the same input.
+    pub answers: BTreeMap<(u64, String), RuleAnswer>,
+    /// The id the next new link gets.
+    pub next_link_id: u64,
+}
+
+/// A write to make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpKind {
+    Create {
+        fields: Fields,
+    },
+    Update {
+        id: String,
+        fields: Fields,
+        if_version: Option<String>,
+    },
+    Delete {
+        id: String,
+        if_version: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub link: u64,
+    pub side: Side,
+    pub kind: OpKind,
+}
+
+/// A change that could not be applied, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub change: Observed,
+    pub reason: String,
+}
+
+/// The cycle's decisions.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Every link the cycle touched, as it stands after the changes (before the writes).
+    pub links: BTreeMap<u64, Link>,
+    pub ops: Vec<Op>,
+    /// Conflicts to hold, new or with fresh values.
+    pub conflicts: Vec<ConflictNote>,
+    /// Held fields both sides now agree on: their conflicts close.
+    pub agreed: Vec<(u64, String)>,
+    /// Conflicts waiting on a rule: when any, plan again with their answers.
+    pub queries: Vec<RuleQuery>,
+    pub rejected: Vec<Rejection>,
+    pub next_link_id: u64,
+    /// Changes that repeated what Duplex already knew (echoes of its own writes included).
+    pub echoes: usize,
+    /// Changes that were Duplex's own writes coming back.
+    pub own: usize,
+}
+
+/// Plans one cycle. Pure and deterministic: the same input gives the same plan.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let spec = input.spec;
+    let mut out = Plan {
+        next_link_id: input.next_link_id,
+        ..Plan::default()
+    };
+    let mut links: BTreeMap<u64, Link> = input.links.iter().map(|l| (l.id, l.clone())).collect();
+    let mut index: BTreeMap<(Side, String), u64> = BTreeMap::new();
+    for l in links.values() {
+        for side in [Side::Left, Side::Right] {
+            if let Some(id) = &l.side(side).id {
+                index.insert((side, id.clone()), l.id);
+            }
+        }
+    }
+
+    for change in &input.changes {
+        let key = (change.side, change.id.clone());
+        let link_id = match index.get(&key) {
+            Some(id) => *id,
+            None if change.deleted => continue, // a record Duplex never linked is gone: nothing to do
+            None => match identify(input, &links, &index, change) {
+                Ok(Identified::Existing(link_id)) => {
+                    let link = links
+                        .get_mut(&link_id)
+                        .expect("index points at loaded links");
+                    attach(link, change.side, &change.id);
+                    index.insert(key, link_id);
+                    link_id
+                }
+                Ok(found) => {
+                    let mut link = Link::new(out.next_link_id);
+                    out.next_link_id += 1;
+                    attach(&mut link, change.side, &change.id);
+                    if let Identified::NewWith(c) = found {
+                        attach_candidate(&mut link, change.side.other(), c);
+                        index.insert((change.side.other(), c.id.clone()), link.id);
+                    }
+                    index.insert(key, link.id);
+                    let id = link.id;
+                    links.insert(id, link);
+                    id
+                }
+                Err(reason) => {
+                    out.rejected.push(Rejection {
+                        change: change.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            },
+        };
+        let link = links.get_mut(&link_id).expect("link exists");
+        observe(link, change, input.now, &mut out);
+    }
+
+    let empty = BTreeSet::new();
+    for link in links.values_mut() {
+        refresh(link);
+        let held = input.held.get(&link.id).unwrap_or(&empty);
+        let merged = merge_link(link, spec, held, &input.answers);
+        if let Some(status) = merged.status {
+            link.status = status;
+        }
+        out.ops
+            .extend(merged.ops.into_iter().map(|(side, kind)| Op {
+                link: link.id,
+                side,
+                kind,
+            }));
+        out.conflicts.extend(merged.conflicts);
+        out.queries.extend(merged.queries);
+        out.agreed
+            .extend(merged.agreed.into_iter().map(|f| (link.id, f)));
+    }
+    out.links = links;
+    out
+}
+
+/// Where an unlinked change belongs.
+enum Identified<'a> {
+    /// A link made from the other side's record, which this change matched.
+    Existing(u64),
+    /// A new link, paired with the other side's matching record.
+    NewWith(&'a Candidate),
+    /// A new link: the record is new to the other side.
+    New,
+}
+
+/// Finds where an unlinked change belongs; an ambiguous match is an error, never a guess.
+fn identify<'a>(
+    input: &'a Input<'_>,
+    links: &BTreeMap<u64, Link>,
+    index: &BTreeMap<(Side, String), u64>,
+    change: &Observed,
+) -> Result<Identified<'a>, String> {
+    let other = change.side.other();
+    match available_candidates(input, links, index, change).as_slice() {
+        [] => Ok(Identified::New),
+        [one] => Ok(match index.get(&(other, one.id.clone())) {
+            Some(link) => Identified::Existing(*link),
+            None => Identified::NewWith(one),
+        }),
+        many => {
+            let key = input
+                .spec
+                .match_key
+                .as_ref()
+                .map_or("?", |k| k.field.as_str());
+            let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+            Err(format!(
+                "ambiguous match: {key} {} matches {} records on the {other} side ({}); Duplex does not guess",
+                change.fields.get(key).map(Value::display).unwrap_or_default(),
+                many.len(),
+                ids.join(", ")
+            ))
+        }
+    }
+}
+
+/// Records on the other side with the change's match key that are not yet linked to another
+/// record of the change's side.
+fn available_candidates<'a>(
+    input: &'a Input<'_>,
+    links: &BTreeMap<u64, Link>,
+    index: &BTreeMap<(Side, String), u64>,
+    change: &Observed,
+) -> Vec<&'a Candidate> {
+    let Some(key) = &input.spec.match_key else {
+        return Vec::new();
+    };
+    let Some(norm) = change.fields.get(&key.field).and_then(|v| key.normalise(v)) else {
+        return Vec::new();
+    };
+    let other = change.side.other();
+    let Some(cands) = input.candidates.get(&(other, norm)) else {
+        return Vec::new();
+    };
+    cands
+        .iter()
+        .filter(|c| match index.get(&(other, c.id.clone())) {
+            None => true,
+            Some(l) => links.get(l).is_some_and(|l| {
+                l.status == LinkStatus::Active && l.side(change.side).id.is_none()
+            }),
+        })
+        .collect()
+}
+
+fn attach(link: &mut Link, side: Side, id: &str) {
+    let st = link.side_mut(side);
+    st.id = Some(id.to_owned());
+    st.deleted = false;
+}
+
+fn attach_candidate(link: &mut Link, side: Side, c: &Candidate) {
+    let st = link.side_mut(side);
+    st.id = Some(c.id.clone());
+    st.seen = Some(c.fields.clone());
+    st.version = c.version.clone();
+    st.deleted = false;
+}
+
+/// Applies a change to its side of a link.
+fn observe(link: &mut Link, change: &Observed, now: i64, out: &mut Plan) {
+    let st = link.side_mut(change.side);
+    if change.own {
+        out.own += 1;
+    }
+    if change.deleted {
+        if !st.deleted && !change.own {
+            st.changed_at = Some(change.changed_at.unwrap_or(now));
+        }
+        st.deleted = true;
+        st.version = change.version.clone();
+        return;
+    }
+    let same = !st.deleted && st.seen.as_ref() == Some(&change.fields);
+    if same {
+        out.echoes += 1;
+    } else if !change.own {
+        st.changed_at = Some(change.changed_at.unwrap_or(now));
+    }
+    st.deleted = false;
+    st.seen = Some(change.fields.clone());
+    st.version = change.version.clone();
+}

@@ -1,0 +1,843 @@
+//! Duplex's own state, in one redb file. The only module that opens transactions; every table is
+//! defined here.
+//!
+//! Invariants:
+//! 1. A sync's cursors move only in the transaction that records the effects of the changes
+//!    before them (links, bases, conflicts, rejections): [`State::commit_cycle`] writes them all
+//!    at once, so a crash leaves either the old cursors with the old links or both new.
+//! 2. Every write is recorded as an intent, in its own transaction, before it is sent; intents
+//!    are cleared by the commit that records the results (writes whose outcome is unknown are
+//!    kept). An intent found at the start of a cycle marks a write whose result may be lost: the
+//!    driver checks whether it was made before planning anything again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{ConflictNote, Fields, Link, Observed, OpKind, Side, Value};
+
+const LINKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("links");
+const INDEX: TableDefinition<(&str, u8, &str), u64> = TableDefinition::new("link_index");
+const CURSORS: TableDefinition<(&str, u8), &str> = TableDefinition::new("cursors");
+const INTENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("intents");
+const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
+const OPEN_CONFLICTS: TableDefinition<(&str, u64, &str), u64> =
+    TableDefinition::new("open_conflicts");
+const REJECTED: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("rejected");
+const DIRTY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dirty");
+const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const SYNCS: TableDefinition<&str, &[u8]> = TableDefinition::new("syncs");
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path} is damaged and cannot be opened ({message}); move it aside to start over (links are then matched again by the match key)")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state file {path} cannot be opened: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("state file: {0}")]
+    Storage(String),
+    #[error("no conflict {0}; `duplex conflicts list` shows the open ones")]
+    NoSuchConflict(u64),
+    #[error("conflict {0} is already {1}")]
+    NotOpen(u64, String),
+}
+
+macro_rules! storage {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self {
+                StateError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+fn side_key(side: Side) -> u8 {
+    match side {
+        Side::Left => 0,
+        Side::Right => 1,
+    }
+}
+
+fn side_from(key: u8) -> Side {
+    if key == 0 {
+        Side::Left
+    } else {
+        Side::Right
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StateError> {
+    Ok(serde_json::from_slice(b)?)
+}
+
+/// A write about to be sent: the link as planned (before the write) and the op.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub link: Link,
+    pub side: Side,
+    pub op: OpKind,
+}
+
+/// Where a conflict stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictStatus {
+    Open,
+    Resolved,
+    /// Both sides came to the same value by themselves.
+    Agreed,
+}
+
+/// How a person settled a conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Choice {
+    TakeLeft,
+    TakeRight,
+    Value(Value),
+}
+
+/// A conflict as stored and listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub id: u64,
+    pub sync: String,
+    pub link: u64,
+    pub field: String,
+    pub left_id: Option<String>,
+    pub right_id: Option<String>,
+    pub base: Option<Value>,
+    pub left: Option<Value>,
+    pub right: Option<Value>,
+    pub reason: String,
+    pub status: ConflictStatus,
+    pub opened_at: i64,
+    pub updated_at: i64,
+    pub resolved_by: Option<String>,
+    pub choice: Option<Choice>,
+}
+
+/// A change that could not be applied, kept to be retried, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub side: Side,
+    pub id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The change itself, when it was never applied (an ambiguous match), to feed again.
+    pub change: Option<StoredChange>,
+}
+
+/// An [`Observed`] change, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredChange {
+    pub deleted: bool,
+    pub fields: Fields,
+    pub version: Option<String>,
+    pub changed_at: Option<i64>,
+}
+
+impl Rejected {
+    pub fn observed(&self) -> Option<Observed> {
+        self.change.as_ref().map(|c| Observed {
+            side: self.side,
+            id: self.id.clone(),
+            deleted: c.deleted,
+            fields: c.fields.clone(),
+            version: c.version.clone(),
+            changed_at: c.changed_at,
+            own: false,
+        })
+    }
+}
+
+/// A link whose writes failed, and when to try again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dirty {
+    pub due_at: i64,
+    pub attempts: u32,
+    pub reason: String,
+}
+
+/// One thing Duplex wrote, where and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    pub at: i64,
+    pub sync: String,
+    pub link: u64,
+    pub side: Side,
+    pub op: String,
+    pub record: String,
+    pub fields: Vec<String>,
+}
+
+/// A sync's counters and its last cycle, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStats {
+    pub cycles: u64,
+    pub changes_read: u64,
+    pub writes: u64,
+    pub write_failures: u64,
+    pub echoes: u64,
+    pub last_cycle_at: Option<i64>,
+    pub last_cycle: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// What one cycle commits.
+#[derive(Debug, Default)]
+pub struct CycleCommit {
+    pub links: Vec<Link>,
+    pub cursors: [Option<String>; 2],
+    pub next_link_id: u64,
+    pub conflicts: Vec<ConflictNote>,
+    pub agreed: Vec<(u64, String)>,
+    pub rejected: Vec<(Side, String, String, Option<StoredChange>)>,
+    pub cleared: Vec<(Side, String)>,
+    pub dirty: Vec<(u64, String)>,
+    pub clean: Vec<u64>,
+    pub activity: Vec<Activity>,
+    pub stats: SyncStats,
+    /// Creates whose outcome is unknown (the call failed after it may have reached the
+    /// system): kept, so the next cycle looks for the record before creating it again.
+    pub keep_intents: Vec<Intent>,
+}
+
+/// The state file.
+pub struct State {
+    db: Database,
+    path: PathBuf,
+    /// Test hook: the number of write transactions to allow before one "crashes".
+    crash_after: std::sync::atomic::AtomicI64,
+}
+
+impl State {
+    /// Opens (or creates) the state file.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(message)) => {
+                StateError::Corrupt {
+                    path: path.to_owned(),
+                    message,
+                }
+            }
+            other => {
+                let message = other.to_string();
+                if message.contains("corrupt")
+                    || message.contains("Invalid")
+                    || message.contains("invalid")
+                {
+                    StateError::Corrupt {
+                        path: path.to_owned(),
+                        message,
+                    }
+                } else {
+                    StateError::Open {
+                        path: path.to_owned(),
+                        message,
+                    }
+                }
+            }
+        })?;
+        let state = State {
+            db,
+            path: path.to_owned(),
+            crash_after: std::sync::atomic::AtomicI64::new(-1),
+        };
+        state.create_tables()?;
+        Ok(state)
+    }
+
+    /// A state that lives in memory, for simulations.
+    pub fn in_memory() -> Result<State, StateError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StateError::Storage(e.to_string()))?;
+        let state = State {
+            db,
+            path: PathBuf::from(":memory:"),
+            crash_after: std::sync::atomic::AtomicI64::new(-1),
+        };
+        state.create_tables()?;
+        Ok(state)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// For crash simulations: the `n`th write transaction from now fails before committing, as
+    /// if the process died there. Negative: never.
+    #[doc(hidden)]
+    pub fn crash_after_writes(&self, n: i64) {
+        self.crash_after
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StateError> {
+        use std::sync::atomic::Ordering;
+        let left = self.crash_after.load(Ordering::SeqCst);
+        if left == 0 {
+            self.crash_after.store(-1, Ordering::SeqCst);
+            return Err(StateError::Storage("simulated crash before commit".into()));
+        }
+        if left > 0 {
+            self.crash_after.store(left - 1, Ordering::SeqCst);
+        }
+        Ok(self.db.begin_write()?)
+    }
+
+    fn create_tables(&self) -> Result<(), StateError> {
+        let w = self.db.begin_write()?;
+        w.open_table(LINKS)?;
+        w.open_table(INDEX)?;
+        w.open_table(CURSORS)?;
+        w.open_table(INTENTS)?;
+        w.open_table(CONFLICTS)?;
+        w.open_table(OPEN_CONFLICTS)?;
+        w.open_table(REJECTED)?;
+        w.open_table(DIRTY)?;
+        w.open_table(ACTIVITY)?;
+        w.open_table(COUNTERS)?;
+        w.open_table(SYNCS)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn cursors(&self, sync: &str) -> Result<[Option<String>; 2], StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CURSORS)?;
+        let get = |s: Side| -> Result<Option<String>, StateError> {
+            Ok(t.get((sync, side_key(s)))?.map(|v| v.value().to_owned()))
+        };
+        Ok([get(Side::Left)?, get(Side::Right)?])
+    }
+
+    pub fn next_link_id(&self, sync: &str) -> Result<u64, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(COUNTERS)?;
+        Ok(t.get(format!("link:{sync}").as_str())?
+            .map_or(1, |v| v.value()))
+    }
+
+    /// The link a side's record belongs to, if any.
+    pub fn link_for(&self, sync: &str, side: Side, id: &str) -> Result<Option<u64>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(INDEX)?;
+        Ok(t.get((sync, side_key(side), id))?.map(|v| v.value()))
+    }
+
+    /// The links of the given records (those that have one), and the given link ids.
+    pub fn links(
+        &self,
+        sync: &str,
+        records: &[(Side, String)],
+        ids: &[u64],
+    ) -> Result<Vec<Link>, StateError> {
+        let r = self.db.begin_read()?;
+        let index = r.open_table(INDEX)?;
+        let links = r.open_table(LINKS)?;
+        let mut wanted: BTreeSet<u64> = ids.iter().copied().collect();
+        for (side, id) in records {
+            if let Some(l) = index.get((sync, side_key(*side), id.as_str()))? {
+                wanted.insert(l.value());
+            }
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            if let Some(v) = links.get((sync, id))? {
+                out.push(dec(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn link(&self, sync: &str, id: u64) -> Result<Option<Link>, StateError> {
+        Ok(self.links(sync, &[], &[id])?.pop())
+    }
+
+    /// All links of a sync (for status and tests).
+    pub fn all_links(&self, sync: &str) -> Result<Vec<Link>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(LINKS)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            let (_, v) = item?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Dirty links due for a retry at `now`, at most `limit`.
+    pub fn due_dirty(
+        &self,
+        sync: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Dirty)>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(DIRTY)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            let (k, v) = item?;
+            let d: Dirty = dec(v.value())?;
+            if d.due_at <= now {
+                out.push((k.value().1, d));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dirty(&self, sync: &str) -> Result<Vec<(u64, Dirty)>, StateError> {
+        self.due_dirty(sync, i64::MAX, usize::MAX)
+    }
+
+    /// Held fields per link, from open conflicts.
+    pub fn held(
+        &self,
+        sync: &str,
+        links: &[u64],
+    ) -> Result<BTreeMap<u64, BTreeSet<String>>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OPEN_CONFLICTS)?;
+        let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+        for link in links {
+            for item in t.range((sync, *link, "")..=(sync, *link, "\u{10ffff}"))? {
+                let (k, _) = item?;
+                out.entry(*link).or_default().insert(k.value().2.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rejected changes due for another try.
+    pub fn rejected(&self, sync: &str) -> Result<Vec<Rejected>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(REJECTED)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0u8, "")..=(sync, 1u8, "\u{10ffff}"))? {
+            let (_, v) = item?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records creates about to be sent (invariant 2).
+    pub fn record_intents(&self, sync: &str, intents: &[Intent]) -> Result<(), StateError> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let w = self.begin_write()?;
+        {
+            let mut t = w.open_table(INTENTS)?;
+            let mut c = w.open_table(COUNTERS)?;
+            let mut next = c.get("intent")?.map_or(1, |v| v.value());
+            for i in intents {
+                t.insert((sync, next), enc(i)?.as_slice())?;
+                next += 1;
+            }
+            c.insert("intent", next)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn intents(&self, sync: &str) -> Result<Vec<Intent>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(INTENTS)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            let (_, v) = item?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Commits one cycle's effects and its cursors together (invariant 1).
+    pub fn commit_cycle(&self, sync: &str, now: i64, c: CycleCommit) -> Result<(), StateError> {
+        let w = self.begin_write()?;
+        {
+            let mut links = w.open_table(LINKS)?;
+            let mut index = w.open_table(INDEX)?;
+            for link in &c.links {
+                if let Some(old) = links.get((sync, link.id))? {
+                    let old: Link = dec(old.value())?;
+                    for side in [Side::Left, Side::Right] {
+                        if let Some(id) = &old.side(side).id {
+                            if link.side(side).id.as_ref() != Some(id) {
+                                index.remove((sync, side_key(side), id.as_str()))?;
+                            }
+                        }
+                    }
+                }
+                for side in [Side::Left, Side::Right] {
+                    if let Some(id) = &link.side(side).id {
+                        index.insert((sync, side_key(side), id.as_str()), link.id)?;
+                    }
+                }
+                links.insert((sync, link.id), enc(link)?.as_slice())?;
+            }
+            let mut cursors = w.open_table(CURSORS)?;
+            for side in [Side::Left, Side::Right] {
+                if let Some(cur) = &c.cursors[side_key(side) as usize] {
+                    cursors.insert((sync, side_key(side)), cur.as_str())?;
+                }
+            }
+            let mut counters = w.open_table(COUNTERS)?;
+            counters.insert(format!("link:{sync}").as_str(), c.next_link_id)?;
+
+            let mut conflicts = w.open_table(CONFLICTS)?;
+            let mut open = w.open_table(OPEN_CONFLICTS)?;
+            let mut next_conflict = counters.get("conflict")?.map_or(1, |v| v.value());
+            let link_of = |id: u64| c.links.iter().find(|l| l.id == id);
+            for note in &c.conflicts {
+                let existing = open
+                    .get((sync, note.link, note.field.as_str()))?
+                    .map(|v| v.value());
+                let mut record = match existing {
+                    Some(id) => match conflicts.get(id)? {
+                        Some(v) => dec::<Conflict>(v.value())?,
+                        None => continue,
+                    },
+                    None => {
+                        let id = next_conflict;
+                        next_conflict += 1;
+                        open.insert((sync, note.link, note.field.as_str()), id)?;
+                        Conflict {
+                            id,
+                            sync: sync.to_owned(),
+                            link: note.link,
+                            field: note.field.clone(),
+                            left_id: None,
+                            right_id: None,
+                            base: note.base.clone(),
+                            left: None,
+                            right: None,
+                            reason: note.reason.clone(),
+                            status: ConflictStatus::Open,
+                            opened_at: now,
+                            updated_at: now,
+                            resolved_by: None,
+                            choice: None,
+                        }
+                    }
+                };
+                if existing.is_some() && record.left == note.left && record.right == note.right {
+                    continue;
+                }
+                record.left = note.left.clone();
+                record.right = note.right.clone();
+                record.updated_at = now;
+                if let Some(l) = link_of(note.link) {
+                    record.left_id = l.left.id.clone();
+                    record.right_id = l.right.id.clone();
+                }
+                conflicts.insert(record.id, enc(&record)?.as_slice())?;
+            }
+            for (link, field) in &c.agreed {
+                if let Some(id) = open
+                    .remove((sync, *link, field.as_str()))?
+                    .map(|v| v.value())
+                {
+                    let stored = conflicts.get(id)?.map(|v| v.value().to_vec());
+                    if let Some(v) = stored {
+                        let mut record: Conflict = dec(&v)?;
+                        record.status = ConflictStatus::Agreed;
+                        record.updated_at = now;
+                        conflicts.insert(id, enc(&record)?.as_slice())?;
+                    }
+                }
+            }
+            counters.insert("conflict", next_conflict)?;
+
+            let mut rejected = w.open_table(REJECTED)?;
+            for (side, id) in &c.cleared {
+                rejected.remove((sync, side_key(*side), id.as_str()))?;
+            }
+            for (side, id, reason, change) in &c.rejected {
+                let key = (sync, side_key(*side), id.as_str());
+                let previous: Option<Rejected> =
+                    rejected.get(key)?.map(|v| dec(v.value())).transpose()?;
+                let record = Rejected {
+                    side: *side,
+                    id: id.clone(),
+                    reason: reason.clone(),
+                    attempts: previous.as_ref().map_or(1, |p| p.attempts + 1),
+                    first_at: previous.as_ref().map_or(now, |p| p.first_at),
+                    last_at: now,
+                    change: change.clone().or_else(|| previous.and_then(|p| p.change)),
+                };
+                rejected.insert(key, enc(&record)?.as_slice())?;
+            }
+
+            let mut dirty = w.open_table(DIRTY)?;
+            for link in &c.clean {
+                dirty.remove((sync, *link))?;
+            }
+            for (link, reason) in &c.dirty {
+                let attempts = dirty
+                    .get((sync, *link))?
+                    .map(|v| dec::<Dirty>(v.value()))
+                    .transpose()?
+                    .map_or(0, |d| d.attempts)
+                    + 1;
+                // Back off 1 s, 2 s, 4 s ... up to 10 minutes: a bad record never blocks the
+                // others, and never hammers the system either.
+                let delay = 1_000_000i64 << attempts.min(10).saturating_sub(1);
+                let d = Dirty {
+                    due_at: now + delay.min(600_000_000),
+                    attempts,
+                    reason: reason.clone(),
+                };
+                dirty.insert((sync, *link), enc(&d)?.as_slice())?;
+            }
+
+            let mut activity = w.open_table(ACTIVITY)?;
+            let mut next_activity = counters.get("activity")?.map_or(1, |v| v.value());
+            for a in &c.activity {
+                activity.insert(next_activity, enc(a)?.as_slice())?;
+                next_activity += 1;
+            }
+            counters.insert("activity", next_activity)?;
+
+            let mut intents = w.open_table(INTENTS)?;
+            let keys: Vec<u64> = intents
+                .range((sync, 0)..=(sync, u64::MAX))?
+                .map(|i| i.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for k in keys {
+                intents.remove((sync, k))?;
+            }
+            let mut next_intent = counters.get("intent")?.map_or(1, |v| v.value());
+            for i in &c.keep_intents {
+                intents.insert((sync, next_intent), enc(i)?.as_slice())?;
+                next_intent += 1;
+            }
+            counters.insert("intent", next_intent)?;
+
+            let mut syncs = w.open_table(SYNCS)?;
+            syncs.insert(sync, enc(&c.stats)?.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Clears a sync's intents after they were dealt with at start.
+    pub fn clear_intents(&self, sync: &str) -> Result<(), StateError> {
+        self.commit_links_only(sync, &[], true)
+    }
+
+    /// Saves links without touching cursors (intent adoption at start).
+    pub fn commit_links_only(
+        &self,
+        sync: &str,
+        links: &[Link],
+        clear_intents: bool,
+    ) -> Result<(), StateError> {
+        let w = self.begin_write()?;
+        {
+            let mut t = w.open_table(LINKS)?;
+            let mut index = w.open_table(INDEX)?;
+            for link in links {
+                for side in [Side::Left, Side::Right] {
+                    if let Some(id) = &link.side(side).id {
+                        index.insert((sync, side_key(side), id.as_str()), link.id)?;
+                    }
+                }
+                t.insert((sync, link.id), enc(link)?.as_slice())?;
+            }
+            if let Some(max) = links.iter().map(|l| l.id).max() {
+                let mut counters = w.open_table(COUNTERS)?;
+                let key = format!("link:{sync}");
+                let next = counters.get(key.as_str())?.map_or(1, |v| v.value());
+                counters.insert(key.as_str(), next.max(max + 1))?;
+            }
+            if clear_intents {
+                let mut intents = w.open_table(INTENTS)?;
+                let keys: Vec<u64> = intents
+                    .range((sync, 0)..=(sync, u64::MAX))?
+                    .map(|i| i.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?;
+                for k in keys {
+                    intents.remove((sync, k))?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn stats(&self, sync: &str) -> Result<SyncStats, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SYNCS)?;
+        Ok(t.get(sync)?
+            .map(|v| dec(v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Conflicts, newest first; only open ones unless `all`.
+    pub fn conflicts(&self, all: bool) -> Result<Vec<Conflict>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CONFLICTS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            let c: Conflict = dec(v.value())?;
+            if all || c.status == ConflictStatus::Open {
+                out.push(c);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn conflict(&self, id: u64) -> Result<Conflict, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CONFLICTS)?;
+        match t.get(id)? {
+            Some(v) => dec(v.value()),
+            None => Err(StateError::NoSuchConflict(id)),
+        }
+    }
+
+    /// A person settles a conflict: the link is pinned to the chosen value (or, for a held
+    /// delete, the delete is approved or the deleted record restored) and retried at once.
+    pub fn resolve_conflict(
+        &self,
+        id: u64,
+        choice: Choice,
+        by: &str,
+        now: i64,
+    ) -> Result<Conflict, StateError> {
+        let w = self.begin_write()?;
+        let record = {
+            let mut conflicts = w.open_table(CONFLICTS)?;
+            let mut record: Conflict = match conflicts.get(id)? {
+                Some(v) => dec(v.value())?,
+                None => return Err(StateError::NoSuchConflict(id)),
+            };
+            if record.status != ConflictStatus::Open {
+                let status = format!("{:?}", record.status).to_lowercase();
+                return Err(StateError::NotOpen(id, status));
+            }
+            let sync = record.sync.clone();
+            let mut links = w.open_table(LINKS)?;
+            let mut link: Link = match links.get((sync.as_str(), record.link))? {
+                Some(v) => dec(v.value())?,
+                None => {
+                    return Err(StateError::Storage(format!(
+                        "conflict {id} names link {} which does not exist",
+                        record.link
+                    )))
+                }
+            };
+            if record.field == crate::engine::WHOLE_RECORD {
+                let deleted = if link.left.deleted {
+                    Side::Left
+                } else {
+                    Side::Right
+                };
+                let keep = match &choice {
+                    Choice::TakeLeft => deleted == Side::Right,
+                    Choice::TakeRight => deleted == Side::Left,
+                    Choice::Value(_) => true,
+                };
+                if keep {
+                    // Restore: the deleted side's record is created again from the other's.
+                    let st = link.side_mut(deleted);
+                    *st = crate::engine::SideState::default();
+                    link.base.clear();
+                } else {
+                    link.delete_approved = true;
+                }
+            } else {
+                let value = match &choice {
+                    Choice::TakeLeft => record.left.clone(),
+                    Choice::TakeRight => record.right.clone(),
+                    Choice::Value(v) => Some(v.clone()),
+                };
+                if let Some(v) = value {
+                    link.pins.insert(record.field.clone(), v);
+                }
+            }
+            if link.left.id.is_none() || link.right.id.is_none() {
+                let mut index = w.open_table(INDEX)?;
+                for side in [Side::Left, Side::Right] {
+                    if link.side(side).id.is_none() {
+                        let stale: Vec<String> = index
+                            .range(
+                                (sync.as_str(), side_key(side), "")
+                                    ..=(sync.as_str(), side_key(side), "\u{10ffff}"),
+                            )?
+                            .filter_map(|i| i.ok())
+                            .filter(|(_, v)| v.value() == link.id)
+                            .map(|(k, _)| k.value().2.to_owned())
+                            .collect();
+                        for k in stale {
+                            index.remove((sync.as_str(), side_key(side), k.as_str()))?;
+                        }
+                    }
+                }
+            }
+            links.insert((sync.as_str(), link.id), enc(&link)?.as_slice())?;
+            let mut open = w.open_table(OPEN_CONFLICTS)?;
+            open.remove((sync.as_str(), record.link, record.field.as_str()))?;
+            let mut dirty = w.open_table(DIRTY)?;
+            let d = Dirty {
+                due_at: now,
+                attempts: 0,
+                reason: format!("conflict {id} resolved"),
+            };
+            dirty.insert((sync.as_str(), link.id), enc(&d)?.as_slice())?;
+            record.status = ConflictStatus::Resolved;
+            record.resolved_by = Some(by.to_owned());
+            record.choice = Some(choice);
+            record.updated_at = now;
+            conflicts.insert(id, enc(&record)?.as_slice())?;
+            record
+        };
+        w.commit()?;
+        Ok(record)
+    }
+
+    /// The activity log, oldest first, for one sync (or all).
+    pub fn activity(&self, sync: Option<&str>) -> Result<Vec<Activity>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ACTIVITY)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            let a: Activity = dec(v.value())?;
+            if sync.is_none_or(|s| s == a.sync) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn side_of(key: u8) -> Side {
+        side_from(key)
+    }
+}

@@ -1,0 +1,583 @@
+//! Seeded simulations of two systems edited at random while a sync runs between them, with
+//! crashes injected between any two steps of a cycle. The real driver, engine and state (redb,
+//! in memory) run against in-memory systems; after the edits stop, the invariants of DESIGN.md
+//! are checked: no lost update, no echo, no duplicate, field-level merge, crash safety,
+//! convergence, determinism. Each test prints how many schedules it checked.
+
+mod memory;
+
+use std::collections::BTreeMap;
+
+use duplex::driver::{Rules, SyncRunner};
+use duplex::engine::{
+    DeletePolicy, Direction, FieldSpec, FieldType, MatchKey, Policy, Side, SyncSpec, WHOLE_RECORD,
+};
+use duplex::plugin::Value;
+use duplex::state::State;
+use memory::Shared;
+
+/// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn spec(policy: Policy) -> SyncSpec {
+    let field = |name: &str, right: &str, rt: FieldType| FieldSpec {
+        name: name.into(),
+        left: name.into(),
+        right: right.into(),
+        left_type: FieldType::Text,
+        right_type: rt,
+        direction: Direction::Both,
+        values: vec![],
+        policy: None,
+    };
+    SyncSpec {
+        name: "people".into(),
+        origin: "duplex:people".into(),
+        left_name: "crm".into(),
+        right_name: "erp".into(),
+        fields: vec![
+            field("email", "mail", FieldType::Text),
+            field("name", "full_name", FieldType::Text),
+            FieldSpec {
+                values: vec![
+                    (
+                        Value::Text("active".into()).into(),
+                        Value::Integer(1).into(),
+                    ),
+                    (Value::Text("lead".into()).into(), Value::Integer(2).into()),
+                    (Value::Text("gone".into()).into(), Value::Integer(3).into()),
+                ],
+                ..field("status", "state", FieldType::Integer)
+            },
+            field("note", "memo", FieldType::Text),
+        ],
+        match_key: Some(MatchKey {
+            field: "email".into(),
+            ignore_case: true,
+        }),
+        policy,
+        deletes: DeletePolicy::Propagate,
+    }
+}
+
+const STATUSES: [(&str, i64); 3] = [("active", 1), ("lead", 2), ("gone", 3)];
+
+/// What the simulation knows a person did to one entity.
+#[derive(Debug, Clone, Default)]
+struct Entity {
+    email: String,
+    names: Vec<String>,
+    notes: Vec<String>,
+    statuses: Vec<String>,
+    deleted: bool,
+    /// The cycle count when it was created: a person deletes only records Duplex has seen (a
+    /// record deleted before any sync saw it was never linked to its twin).
+    born: u32,
+    /// Typed into both systems before a sync: the first sync merges two records with no base,
+    /// so every field is a possible conflict.
+    twin: bool,
+}
+
+struct Sim {
+    rng: Rng,
+    left: Shared,
+    right: Shared,
+    runner: SyncRunner<Shared, Shared>,
+    state: State,
+    entities: Vec<Entity>,
+    now: i64,
+    crashes: u32,
+    cycles: u32,
+}
+
+impl Sim {
+    fn new(seed: u64, policy: Policy) -> Sim {
+        let left = Shared::new("");
+        let right = Shared::new("r");
+        Sim {
+            rng: Rng::new(seed),
+            runner: SyncRunner {
+                spec: spec(policy),
+                left: left.clone(),
+                right: right.clone(),
+                batch: 7,
+                rules: Rules::new(),
+            },
+            left,
+            right,
+            state: State::in_memory().expect("in-memory state"),
+            entities: Vec::new(),
+            now: 1_000_000,
+            crashes: 0,
+            cycles: 0,
+        }
+    }
+
+    fn record_of(&self, side: Side, email: &str) -> Vec<String> {
+        let (sys, field) = match side {
+            Side::Left => (&self.left, "email"),
+            Side::Right => (&self.right, "mail"),
+        };
+        sys.0
+            .borrow()
+            .records
+            .iter()
+            .filter(|(_, r)| match r.get(field) {
+                Some(Value::Text(t)) => t.eq_ignore_ascii_case(email),
+                _ => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn create(&mut self, side: Side, e: usize) {
+        let ent = self.entities[e].clone();
+        let name = ent.names.last().cloned().unwrap_or_default();
+        let note = ent.notes.last().cloned().unwrap_or_default();
+        let status = ent.statuses.last().cloned().unwrap_or_default();
+        let code = STATUSES
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(1, |(_, c)| *c);
+        match side {
+            Side::Left => {
+                self.left.0.borrow_mut().user_create(&[
+                    ("email", Value::Text(ent.email.clone())),
+                    ("name", Value::Text(name)),
+                    ("status", Value::Text(status)),
+                    ("note", Value::Text(note)),
+                ]);
+            }
+            Side::Right => {
+                // The other system keeps emails in upper case: matching ignores case.
+                self.right.0.borrow_mut().user_create(&[
+                    ("mail", Value::Text(ent.email.to_uppercase())),
+                    ("full_name", Value::Text(name)),
+                    ("state", Value::Integer(code)),
+                    ("memo", Value::Text(note)),
+                ]);
+            }
+        }
+    }
+
+    /// One random edit by a person.
+    fn edit(&mut self, step: usize) {
+        let live: Vec<usize> = (0..self.entities.len())
+            .filter(|i| !self.entities[*i].deleted)
+            .collect();
+        let roll = self.rng.below(100);
+        if live.is_empty() || roll < 15 {
+            let e = self.entities.len();
+            self.entities.push(Entity {
+                email: format!("p{e}@example.com"),
+                names: vec![format!("Name {e}")],
+                notes: vec![format!("note {e}")],
+                statuses: vec!["lead".into()],
+                deleted: false,
+                born: self.cycles,
+                twin: false,
+            });
+            let side = if self.rng.chance(50) {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            self.create(side, e);
+            // Sometimes a person types the same customer into the other system too.
+            if self.rng.chance(20) {
+                self.create(side.other(), e);
+                self.entities[e].twin = true;
+            }
+            return;
+        }
+        let e = live[self.rng.below(live.len() as u64) as usize];
+        let email = self.entities[e].email.clone();
+        if roll < 45 {
+            // Names are edited in the CRM only.
+            if let Some(id) = self.record_of(Side::Left, &email).first() {
+                let v = format!("Name {e}.{step}");
+                self.left
+                    .0
+                    .borrow_mut()
+                    .user_update(id, "name", Value::Text(v.clone()));
+                self.entities[e].names.push(v);
+            }
+        } else if roll < 70 {
+            // Notes are edited in the ERP only.
+            if let Some(id) = self.record_of(Side::Right, &email).first() {
+                let v = format!("note {e}.{step}");
+                self.right
+                    .0
+                    .borrow_mut()
+                    .user_update(id, "memo", Value::Text(v.clone()));
+                self.entities[e].notes.push(v);
+            }
+        } else if roll < 96 {
+            // Statuses are edited on both sides: the conflicts.
+            let (status, code) = STATUSES[self.rng.below(3) as usize];
+            let side = if self.rng.chance(50) {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            if let Some(id) = self.record_of(side, &email).first() {
+                match side {
+                    Side::Left => self.left.0.borrow_mut().user_update(
+                        id,
+                        "status",
+                        Value::Text(status.into()),
+                    ),
+                    Side::Right => {
+                        self.right
+                            .0
+                            .borrow_mut()
+                            .user_update(id, "state", Value::Integer(code))
+                    }
+                }
+                self.entities[e].statuses.push(status.into());
+            }
+        } else if self.entities[e].born + 2 <= self.cycles {
+            let side = if self.rng.chance(50) {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            // A record Duplex has not linked yet (its create's result was lost and not yet
+            // confirmed) is not deleted: the delete of an unknown record carries nothing to
+            // recognise it by. Known limitation, see the notes on create idempotency keys.
+            let linked = |id: &str| {
+                self.state
+                    .link_for("people", side, id)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            };
+            if let Some(id) = self.record_of(side, &email).first().filter(|id| linked(id)) {
+                match side {
+                    Side::Left => self.left.0.borrow_mut().user_delete(id),
+                    Side::Right => self.right.0.borrow_mut().user_delete(id),
+                }
+                self.entities[e].deleted = true;
+            }
+        }
+    }
+
+    /// One cycle, perhaps with a crash injected at a random step.
+    async fn cycle(&mut self, crashes: bool) {
+        self.now += 1_000_000;
+        self.cycles += 1;
+        if crashes && self.rng.chance(30) {
+            self.crashes += 1;
+            if std::env::var("SIM_TRACE").is_ok() {
+                println!("   (crash injected)");
+            }
+            match self.rng.below(3) {
+                0 => self.state.crash_after_writes(self.rng.below(3) as i64),
+                1 => {
+                    let mut l = self.left.0.borrow_mut();
+                    l.fail_in = Some(self.rng.below(4) as u32);
+                    l.apply_before_failing = self.rng.below(4) as usize;
+                }
+                _ => {
+                    let mut r = self.right.0.borrow_mut();
+                    r.fail_in = Some(self.rng.below(4) as u32);
+                    r.apply_before_failing = self.rng.below(4) as usize;
+                }
+            }
+        }
+        let r = self.runner.cycle(&self.state, self.now).await;
+        if std::env::var("SIM_TRACE").is_ok() {
+            println!("   cycle: {r:?}");
+        }
+        self.state.crash_after_writes(-1);
+        self.left.0.borrow_mut().fail_in = None;
+        self.right.0.borrow_mut().fail_in = None;
+    }
+
+    /// Runs cycles until both sides are caught up.
+    async fn settle(&mut self) {
+        let mut idle = 0;
+        for _ in 0..400 {
+            // Time jumps past every retry backoff.
+            self.now += 700_000_000;
+            let report = self
+                .runner
+                .cycle(&self.state, self.now)
+                .await
+                .expect("cycle without faults");
+            if report.idle() && report.retried == 0 {
+                idle += 1;
+                if idle == 2 {
+                    return;
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        panic!("did not settle within 400 cycles");
+    }
+
+    fn open_conflicts(&self) -> Vec<duplex::state::Conflict> {
+        self.state.conflicts(false).expect("conflicts")
+    }
+
+    /// Invariants 1-4 and 6, checked against what people did.
+    fn check(&self, policy: &Policy, seed: u64) {
+        let conflicts = self.open_conflicts();
+        let links = self.state.all_links("people").expect("links");
+        let held = |email: &str, field: &str| {
+            conflicts.iter().any(|c| {
+                (c.field == field || c.field == WHOLE_RECORD)
+                    && links.iter().any(|l| {
+                        l.id == c.link
+                            && [&l.left, &l.right].iter().any(|s| {
+                                s.seen.as_ref().and_then(|f| f.get("email")).is_some_and(
+                                    |v| match v {
+                                        duplex::engine::Value::Text(t) => {
+                                            t.eq_ignore_ascii_case(email)
+                                        }
+                                        _ => false,
+                                    },
+                                )
+                            })
+                    })
+            })
+        };
+        for ent in &self.entities {
+            let l = self.record_of(Side::Left, &ent.email);
+            let r = self.record_of(Side::Right, &ent.email);
+            // Invariant 3: one real-world entity is one record on each side.
+            assert!(
+                l.len() <= 1 && r.len() <= 1,
+                "seed {seed}: {} duplicated: left {l:?} right {r:?}",
+                ent.email
+            );
+            if ent.deleted {
+                if !(l.is_empty() && r.is_empty()) {
+                    assert!(held(&ent.email, WHOLE_RECORD), "seed {seed}: {} deleted on one side but still on the other, with no conflict held", ent.email);
+                }
+                continue;
+            }
+            if l.is_empty() || r.is_empty() {
+                // The entity was deleted and restored by nobody: only a held delete explains it.
+                assert!(
+                    held(&ent.email, WHOLE_RECORD),
+                    "seed {seed}: {} is on one side only ({l:?}, {r:?})",
+                    ent.email
+                );
+                continue;
+            }
+            let lsys = self.left.0.borrow();
+            let rsys = self.right.0.borrow();
+            let lr = &lsys.records[&l[0]];
+            let rr = &rsys.records[&r[0]];
+            let text = |v: Option<&Value>| match v {
+                Some(Value::Text(t)) => t.clone(),
+                other => format!("{other:?}"),
+            };
+            // Invariants 1 and 4: a field edited on one side only ends as its last edit on both
+            // sides. (A twin's first sync merges two records: its fields may conflict.)
+            for (written, lf, rf, field) in [
+                (&ent.names, "name", "full_name", "name"),
+                (&ent.notes, "note", "memo", "note"),
+            ] {
+                let (lv, rv) = (text(lr.get(lf)), text(rr.get(rf)));
+                if ent.twin {
+                    if lv != rv {
+                        assert!(
+                            held(&ent.email, field),
+                            "seed {seed}: {} {field} differs ({lv} vs {rv}) with no conflict held",
+                            ent.email
+                        );
+                    } else {
+                        assert!(
+                            written.contains(&lv),
+                            "seed {seed}: {} {field} {lv} was never written",
+                            ent.email
+                        );
+                    }
+                } else {
+                    let last = written.last().expect("an entity starts with a value");
+                    assert_eq!(
+                        lv,
+                        *last,
+                        "seed {seed}: {} {field} lost on the left",
+                        ent.email
+                    );
+                    assert_eq!(
+                        rv,
+                        *last,
+                        "seed {seed}: {} {field} lost on the right",
+                        ent.email
+                    );
+                }
+            }
+            // Invariant 6: the field edited on both sides converges, to a value a person wrote,
+            // unless it waits on a person.
+            let ls = text(lr.get("status"));
+            let rs = match rr.get("state") {
+                Some(Value::Integer(c)) => STATUSES
+                    .iter()
+                    .find(|(_, k)| k == c)
+                    .map(|(s, _)| s.to_string())
+                    .unwrap_or_default(),
+                other => format!("{other:?}"),
+            };
+            if *policy == Policy::Manual && ls != rs {
+                assert!(
+                    held(&ent.email, "status"),
+                    "seed {seed}: {} status differs ({ls} vs {rs}) with no conflict held",
+                    ent.email
+                );
+            } else {
+                assert_eq!(ls, rs, "seed {seed}: {} status did not converge", ent.email);
+                assert!(
+                    ent.statuses.contains(&ls),
+                    "seed {seed}: {} status {ls} was never written",
+                    ent.email
+                );
+            }
+        }
+    }
+
+    fn fingerprint(&self) -> String {
+        format!(
+            "{:?}|{:?}",
+            self.left.0.borrow().records,
+            self.right.0.borrow().records
+        )
+    }
+
+    fn writes(&self) -> usize {
+        self.left.0.borrow().writes + self.right.0.borrow().writes
+    }
+}
+
+async fn run(seed: u64, policy: Policy, steps: usize, crashes: bool) -> Sim {
+    let mut sim = Sim::new(seed, policy);
+    let trace = std::env::var("SIM_TRACE").is_ok();
+    for step in 0..steps {
+        if sim.rng.chance(35) {
+            sim.cycle(crashes).await;
+            if trace {
+                println!("step {step}: cycle");
+            }
+        } else {
+            sim.edit(step);
+            if trace {
+                println!("step {step}: edit");
+            }
+        }
+    }
+    sim.settle().await;
+    sim
+}
+
+async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
+    let mut crashed = 0;
+    for seed in 0..schedules {
+        let sim = run(seed, policy.clone(), 60, crashes).await;
+        sim.check(&policy, seed);
+        crashed += sim.crashes;
+        // Invariant 2: once caught up, more cycles write nothing.
+        let before = sim.writes();
+        let mut sim = sim;
+        for _ in 0..3 {
+            sim.now += 1_000_000;
+            sim.runner.cycle(&sim.state, sim.now).await.expect("cycle");
+        }
+        assert_eq!(
+            sim.writes(),
+            before,
+            "seed {seed}: writes after convergence (an echo bounced)"
+        );
+    }
+    println!("checked {schedules} schedules ({policy:?}, {crashed} crashes injected)");
+}
+
+#[tokio::test]
+async fn random_edits_converge_with_prefer_left() {
+    check_schedules(Policy::Prefer(Side::Left), false, 300).await;
+}
+
+#[tokio::test]
+async fn random_edits_converge_with_last_writer_wins() {
+    check_schedules(Policy::LastWriterWins, false, 300).await;
+}
+
+#[tokio::test]
+async fn random_edits_converge_or_wait_on_a_person_with_manual() {
+    check_schedules(Policy::Manual, false, 300).await;
+}
+
+#[tokio::test]
+async fn crashes_between_any_two_steps_keep_every_invariant() {
+    check_schedules(Policy::LastWriterWins, true, 400).await;
+}
+
+#[tokio::test]
+async fn the_same_inputs_give_the_same_outcome() {
+    for seed in [3, 17, 42] {
+        let a = run(seed, Policy::LastWriterWins, 80, true).await;
+        let b = run(seed, Policy::LastWriterWins, 80, true).await;
+        assert_eq!(a.fingerprint(), b.fingerprint(), "seed {seed}");
+        assert_eq!(a.writes(), b.writes(), "seed {seed}");
+    }
+    println!("checked 3 schedules twice each");
+}
+
+#[test]
+fn value_maps_cover_every_status() {
+    let s = spec(Policy::Manual);
+    let f = s.field("status").unwrap();
+    let map: BTreeMap<String, String> = f
+        .values
+        .iter()
+        .map(|(l, r)| (l.display(), r.display()))
+        .collect();
+    assert_eq!(map.len(), STATUSES.len());
+}
+
+/// Replays one schedule and prints everything: `SIM_SEED=14 cargo test --test convergence replay -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn replay() {
+    let seed: u64 = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let policy = match std::env::var("SIM_POLICY").as_deref() {
+        Ok("manual") => Policy::Manual,
+        Ok("lww") => Policy::LastWriterWins,
+        _ => Policy::Prefer(Side::Left),
+    };
+    let crashes = std::env::var("SIM_CRASH").is_ok();
+    let sim = run(seed, policy.clone(), 60, crashes).await;
+    println!("entities: {:#?}", sim.entities);
+    println!("left: {:#?}", sim.left.0.borrow().records);
+    println!("right: {:#?}", sim.right.0.borrow().records);
+    for l in sim.state.all_links("people").unwrap() {
+        println!("link {l:?}");
+    }
+    println!("conflicts: {:#?}", sim.state.conflicts(true).unwrap());
+    println!("rejected: {:#?}", sim.state.rejected("people").unwrap());
+    sim.check(&policy, seed);
+}
