@@ -417,14 +417,12 @@ impl Sim {
                 } else {
                     let last = written.last().expect("an entity starts with a value");
                     assert_eq!(
-                        lv,
-                        *last,
+                        lv, *last,
                         "seed {seed}: {} {field} lost on the left",
                         ent.email
                     );
                     assert_eq!(
-                        rv,
-                        *last,
+                        rv, *last,
                         "seed {seed}: {} {field} lost on the right",
                         ent.email
                     );

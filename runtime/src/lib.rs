@@ -4,10 +4,14 @@
 //! - [`plugin`] loads and runs components (wasmtime lives only there);
 //! - [`host`] holds the capabilities plugins may be granted, one module each.
 
+pub mod app;
+pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod engine;
 pub mod host;
 pub mod inspect;
 pub mod plugin;
+pub mod report;
 pub mod state;
 pub mod time;

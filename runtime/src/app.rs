@@ -1,0 +1,429 @@
+//! Wires a config file to running syncs: loads the plugins it names, checks every connection,
+//! discovers the streams, checks every mapping against them, and runs the syncs on their
+//! schedules. Loading changes nothing anywhere: every check runs before the first read (which
+//! installs change capture) or write.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{common_name, split_stream, ConfigError, Loaded};
+use crate::driver::schedule::Schedule;
+use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
+use crate::engine::{
+    convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
+};
+use crate::host::Grants;
+use crate::plugin::{
+    CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
+};
+use crate::state::{State, StateError};
+
+/// The SQL connector, built from `plugins/connectors/sql` and shipped inside the binary, so the
+/// demo and SQLite syncs need nothing installed (`plugin = "builtin:sql"`).
+pub static BUILTIN_SQL: &[u8] = include_bytes!(concat!(
+    env!("DUPLEX_PLUGIN_DIR"),
+    "/duplex_connector_sql.wasm"
+));
+
+/// Why the app could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+    #[error("connection {connection}: {source}")]
+    Connection {
+        connection: String,
+        #[source]
+        source: CallError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    #[error("{0}")]
+    Host(String),
+}
+
+/// A connection, loaded and checked.
+pub struct Connection {
+    pub plugin: Arc<ConnectorPlugin>,
+    pub config: String,
+    pub streams: Vec<Stream>,
+}
+
+/// A sync, checked against both streams.
+pub struct Sync {
+    pub spec: SyncSpec,
+    pub schedule: Schedule,
+    pub batch: u32,
+    pub left: (String, String),
+    pub right: (String, String),
+}
+
+/// A loaded config, ready to run.
+pub struct App {
+    pub loaded: Loaded,
+    pub host: PluginHost,
+    pub connections: BTreeMap<String, Connection>,
+    pub rules: Rules,
+    pub syncs: Vec<Sync>,
+}
+
+impl App {
+    /// Loads and checks everything a config names. Writes nothing anywhere.
+    pub async fn load(path: &Path) -> Result<App, AppError> {
+        let loaded = Loaded::read(path)?;
+        let host = PluginHost::new(HostOptions {
+            limits: loaded.limits()?,
+            cache_dir: CompileCache::default_dir(),
+        })
+        .map_err(|e| AppError::Host(format!("cannot start the plugin host: {e:#}")))?;
+        let mut connections = BTreeMap::new();
+        for (name, c) in &loaded.config.connections {
+            let grants = Grants {
+                sql: c.grants.sql.iter().map(|u| loaded.resolve_url(u)).collect(),
+            };
+            let plugin_ref = c.plugin.get_ref();
+            let plugin = if plugin_ref == "builtin:sql" {
+                host.load_connector("builtin:sql", name, BUILTIN_SQL, &grants)
+                    .await?
+            } else if let Some(other) = plugin_ref.strip_prefix("builtin:") {
+                return Err(loaded
+                    .invalid(
+                        &c.plugin,
+                        format!("connections.{name}.plugin"),
+                        format!("no built-in plugin {other} (built in: sql)"),
+                    )
+                    .into());
+            } else {
+                let file = loaded.resolve(plugin_ref);
+                if !file.exists() {
+                    return Err(loaded
+                        .invalid(
+                            &c.plugin,
+                            format!("connections.{name}.plugin"),
+                            format!("plugin file {} does not exist", file.display()),
+                        )
+                        .into());
+                }
+                host.load_connector_file(&file, name, &grants).await?
+            };
+            let config = loaded.connector_config(c);
+            let mut session = plugin
+                .session()
+                .await
+                .map_err(|source| AppError::Connection {
+                    connection: name.clone(),
+                    source,
+                })?;
+            session
+                .check(&config)
+                .await
+                .map_err(|source| AppError::Connection {
+                    connection: name.clone(),
+                    source,
+                })?;
+            let streams =
+                session
+                    .discover(&config)
+                    .await
+                    .map_err(|source| AppError::Connection {
+                        connection: name.clone(),
+                        source,
+                    })?;
+            connections.insert(
+                name.clone(),
+                Connection {
+                    plugin: Arc::new(plugin),
+                    config,
+                    streams,
+                },
+            );
+        }
+        let mut rules = Rules::new();
+        for (name, r) in &loaded.config.rules {
+            let file = loaded.resolve(r.plugin.get_ref());
+            if !file.exists() {
+                return Err(loaded
+                    .invalid(
+                        &r.plugin,
+                        format!("rules.{name}.plugin"),
+                        format!("plugin file {} does not exist", file.display()),
+                    )
+                    .into());
+            }
+            let rule = host.load_resolver_file(&file, name).await?;
+            rules.insert(name.clone(), Arc::new(rule));
+        }
+        let mut syncs = Vec::new();
+        for name in loaded.config.syncs.keys() {
+            syncs.push(build_sync(&loaded, name, &connections)?);
+        }
+        Ok(App {
+            loaded,
+            host,
+            connections,
+            rules,
+            syncs,
+        })
+    }
+
+    /// Opens the state file.
+    pub fn open_state(&self) -> Result<State, AppError> {
+        Ok(State::open(&self.loaded.state_path())?)
+    }
+
+    /// A runner for each sync, with fresh sessions.
+    pub fn runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
+        let side = |(conn, stream): &(String, String)| {
+            let c = &self.connections[conn];
+            PluginSide::new(c.plugin.clone(), c.config.clone(), stream.clone())
+        };
+        SyncRunner {
+            spec: sync.spec.clone(),
+            left: side(&sync.left),
+            right: side(&sync.right),
+            batch: sync.batch,
+            rules: self.rules.clone(),
+        }
+    }
+
+    /// Runs every sync until both sides of each are caught up. Returns each sync's reports.
+    pub async fn run_once(
+        &self,
+        state: &State,
+        mut progress: impl FnMut(&str, &CycleReport),
+    ) -> Result<BTreeMap<String, Vec<CycleReport>>, AppError> {
+        let mut out = BTreeMap::new();
+        for sync in &self.syncs {
+            let mut runner = self.runner(sync);
+            let mut reports = Vec::new();
+            // Caught up: a cycle that read and wrote nothing. Bounded, so a record that keeps
+            // failing cannot keep --once running; it stays in `status` with its reason.
+            for _ in 0..100_000 {
+                let report = runner.cycle(state, now_micros()).await?;
+                progress(&sync.spec.name, &report);
+                let idle = report.idle();
+                reports.push(report);
+                if idle {
+                    break;
+                }
+            }
+            out.insert(sync.spec.name.clone(), reports);
+        }
+        Ok(out)
+    }
+
+    /// Runs every sync on its schedule until `stop` resolves. A failing cycle is logged and
+    /// retried with backoff; it does not stop the other syncs.
+    pub async fn run(
+        &self,
+        state: &State,
+        stop: impl std::future::Future<Output = ()>,
+        mut progress: impl FnMut(&str, &CycleReport),
+    ) -> Result<(), AppError> {
+        struct Running<'a> {
+            sync: &'a Sync,
+            runner: SyncRunner<PluginSide, PluginSide>,
+            due: tokio::time::Instant,
+            idle_streak: u32,
+            failures: u32,
+        }
+        let mut running: Vec<Running> = self
+            .syncs
+            .iter()
+            .map(|s| Running {
+                sync: s,
+                runner: self.runner(s),
+                due: tokio::time::Instant::now(),
+                idle_streak: 0,
+                failures: 0,
+            })
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        tokio::pin!(stop);
+        loop {
+            let next = running
+                .iter_mut()
+                .min_by_key(|r| r.due)
+                .expect("at least one sync");
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep_until(next.due) => {}
+            }
+            let wait = match next.runner.cycle(state, now_micros()).await {
+                Ok(report) => {
+                    next.failures = 0;
+                    progress(&next.sync.spec.name, &report);
+                    let idle = report.idle();
+                    next.idle_streak = if idle {
+                        next.idle_streak.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    next.sync
+                        .schedule
+                        .wait(chrono::Utc::now(), idle, next.idle_streak)
+                }
+                Err(e) => {
+                    next.failures = next.failures.saturating_add(1);
+                    tracing::warn!(sync = %next.sync.spec.name, error = %e, attempt = next.failures, "cycle failed; retrying with backoff");
+                    Duration::from_millis(500u64 << next.failures.min(7))
+                }
+            };
+            next.due = tokio::time::Instant::now() + wait;
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Checks one sync's mapping against the discovered streams and builds its spec.
+fn build_sync(
+    loaded: &Loaded,
+    name: &str,
+    connections: &BTreeMap<String, Connection>,
+) -> Result<Sync, AppError> {
+    let cfg = &loaded.config.syncs[name];
+    let stream =
+        |key: &str, at: &toml::Spanned<String>| -> Result<(String, String, Stream), ConfigError> {
+            let (conn, stream) = split_stream(at.get_ref()).ok_or_else(|| {
+                loaded.invalid(at, format!("syncs.{name}.{key}"), "not connection.stream")
+            })?;
+            let c = &connections[conn];
+            let s = c.streams.iter().find(|s| s.name == stream).ok_or_else(|| {
+                let names: Vec<&str> = c.streams.iter().map(|s| s.name.as_str()).collect();
+                loaded.invalid(
+                    at,
+                    format!("syncs.{name}.{key}"),
+                    format!(
+                        "connection {conn} has no stream {stream} (it has: {})",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            Ok((conn.to_owned(), stream.to_owned(), s.clone()))
+        };
+    let (lc, ls, lstream) = stream("left", &cfg.left)?;
+    let (rc, rs, rstream) = stream("right", &cfg.right)?;
+    let mut fields = Vec::new();
+    for (i, f) in cfg.fields.iter().enumerate() {
+        let lookup = |side: &str,
+                      at: &toml::Spanned<String>,
+                      s: &Stream,
+                      conn: &str|
+         -> Result<crate::plugin::Field, ConfigError> {
+            s.fields
+                .iter()
+                .find(|x| x.name == *at.get_ref())
+                .cloned()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = s.fields.iter().map(|x| x.name.as_str()).collect();
+                    loaded.invalid(
+                        at,
+                        format!("syncs.{name}.fields[{i}].{side}"),
+                        format!(
+                            "stream {} of connection {conn} has no field {} (it has: {})",
+                            s.name,
+                            at.get_ref(),
+                            names.join(", ")
+                        ),
+                    )
+                })
+        };
+        let lf = lookup("left", &f.left, &lstream, &lc)?;
+        let rf = lookup("right", &f.right, &rstream, &rc)?;
+        let direction: crate::engine::Direction = f.direction.into();
+        for (side, field, at) in [
+            (crate::engine::Side::Left, &lf, &f.left),
+            (crate::engine::Side::Right, &rf, &f.right),
+        ] {
+            if direction.writes_to(side) && !field.writable {
+                return Err(loaded
+                    .invalid(at, format!("syncs.{name}.fields[{i}].{side}"), format!("field {} cannot be written; make the field flow away from it with direction", field.name))
+                    .into());
+            }
+        }
+        let (lt, rt): (FieldType, FieldType) = (lf.type_.into(), rf.type_.into());
+        let mut values = Vec::new();
+        if let Some(table) = &f.values {
+            for (k, v) in table {
+                let left = convert(Value::Text(k.clone()), lt).map_err(|m| {
+                    loaded.invalid(
+                        &f.left,
+                        format!("syncs.{name}.fields[{i}].values"),
+                        format!("{k}: {m}"),
+                    )
+                })?;
+                let right = toml_value(v).and_then(|v| convert(v, rt)).map_err(|m| {
+                    loaded.invalid(
+                        &f.right,
+                        format!("syncs.{name}.fields[{i}].values"),
+                        format!("{k}: {m}"),
+                    )
+                })?;
+                values.push((left, right));
+            }
+        }
+        fields.push(FieldSpec {
+            name: common_name(f).to_owned(),
+            left: lf.name,
+            right: rf.name,
+            left_type: lt,
+            right_type: rt,
+            direction,
+            values,
+            policy: f
+                .conflict
+                .as_ref()
+                .map(|p| loaded.policy(p, &format!("syncs.{name}.fields[{i}].conflict")))
+                .transpose()?,
+        });
+    }
+    let policy = match &cfg.conflict {
+        Some(p) => loaded.policy(p, &format!("syncs.{name}.conflict"))?,
+        None => Policy::LastWriterWins,
+    };
+    let schedule = match &cfg.schedule {
+        Some(s) => Schedule::parse(s.get_ref())
+            .map_err(|m| loaded.invalid(s, format!("syncs.{name}.schedule"), m))?,
+        None => Schedule::Realtime,
+    };
+    Ok(Sync {
+        spec: SyncSpec {
+            name: name.to_owned(),
+            origin: format!("duplex:{name}"),
+            left_name: lc.clone(),
+            right_name: rc.clone(),
+            fields,
+            match_key: cfg.match_key.as_ref().map(|m| MatchKey {
+                field: m.field.get_ref().clone(),
+                ignore_case: m.ignore_case,
+            }),
+            policy,
+            deletes: DeletePolicy::from(cfg.deletes),
+        },
+        schedule,
+        batch: cfg.batch.max(1),
+        left: (lc, ls),
+        right: (rc, rs),
+    })
+}
+
+fn toml_value(v: &toml::Value) -> Result<Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => Value::Text(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        other => return Err(format!("{other} cannot be a field value")),
+    })
+}

@@ -1,0 +1,560 @@
+//! The config file (TOML). Strict: an unknown key is an error naming it and its line, and so is
+//! a mapped field the connector's discovered schema lacks. Every field is documented here; the
+//! README's reference is this file in prose.
+//!
+//! ```toml
+//! state = "duplex.redb"                  # optional; relative to this file
+//!
+//! [limits]                               # optional; per plugin call
+//! memory_mb = 256
+//! cpu_per_call = "10s"
+//! call_timeout = "60s"
+//!
+//! [connections.crm]
+//! plugin = "builtin:sql"                 # or a path to a connector .wasm
+//! config = { url = "sqlite://crm.db" }   # handed to the connector as JSON
+//! grants = { sql = ["sqlite://crm.db"] } # what the plugin may open; nothing else
+//!
+//! [rules.larger-wins]
+//! plugin = "rules/larger_wins.wasm"
+//!
+//! [syncs.customers]
+//! left = "crm.customers"                 # connection.stream
+//! right = "erp.clients"
+//! match = { field = "email", ignore_case = true }
+//! conflict = "last-writer-wins"          # prefer-left | prefer-right | manual | rule:NAME
+//! deletes = "propagate"                  # ignore | hold
+//! schedule = "realtime"                  # "30s", "5m", "cron: 0 */5 * * * *"
+//!
+//! [[syncs.customers.fields]]
+//! left = "email"
+//! right = "mail"
+//!
+//! [[syncs.customers.fields]]
+//! left = "status"
+//! right = "status_code"
+//! values = { active = 1, lead = 2 }      # left value = right value
+//! conflict = "manual"
+//! direction = "both"                     # left-to-right | right-to-left
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::driver::schedule::Schedule;
+use crate::engine::{DeletePolicy, Direction, Policy, Side};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where Duplex keeps links, bases, cursors and conflicts: one redb file. Relative to the
+    /// config file. Default: `duplex.redb` beside it.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Limits for every plugin call.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The systems Duplex talks to, by name.
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Custom conflict rules, by name; a sync uses one with `conflict = "rule:NAME"`.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleConfig>,
+    /// The syncs, by name.
+    #[serde(default)]
+    pub syncs: BTreeMap<String, SyncConfig>,
+}
+
+/// Limits applied to each call into a plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest memory an instance may use, in MiB. Default 256.
+    #[serde(default = "default_memory")]
+    pub memory_mb: usize,
+    /// Guest CPU time per call (`10s`). Default 10 s.
+    #[serde(default = "default_cpu")]
+    pub cpu_per_call: String,
+    /// Wall-clock time per call, including time the host spends on the plugin's behalf
+    /// (`60s`). Default 60 s.
+    #[serde(default = "default_timeout")]
+    pub call_timeout: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mb: default_memory(),
+            cpu_per_call: default_cpu(),
+            call_timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_memory() -> usize {
+    256
+}
+fn default_cpu() -> String {
+    "10s".into()
+}
+fn default_timeout() -> String {
+    "60s".into()
+}
+
+/// One connection: a connector plugin, its config and what it is granted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// `builtin:sql` (the SQL connector shipped inside Duplex) or a path to a connector
+    /// component, relative to this file.
+    pub plugin: Spanned<String>,
+    /// The connector's own config, handed to it as JSON (see `duplex plugin inspect` for its
+    /// schema). `sqlite://` URLs with relative paths are relative to this file.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// What the plugin may use. Nothing is granted unless named here.
+    #[serde(default)]
+    pub grants: GrantsConfig,
+}
+
+/// A connection's grants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Database URLs the plugin may open (`sqlite://crm.db`, relative to this file).
+    #[serde(default)]
+    pub sql: Vec<String>,
+}
+
+/// A custom conflict rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Path to the rule component, relative to this file.
+    pub plugin: Spanned<String>,
+}
+
+/// One sync: two streams kept consistent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// `connection.stream` of the left side.
+    pub left: Spanned<String>,
+    /// `connection.stream` of the right side.
+    pub right: Spanned<String>,
+    /// How records are matched on first sight (else every unlinked record is new to the other
+    /// side). Ambiguous matches are reported, never guessed.
+    #[serde(default, rename = "match")]
+    pub match_key: Option<MatchConfig>,
+    /// The default conflict policy: `last-writer-wins` (default), `prefer-left`,
+    /// `prefer-right`, `manual`, or `rule:NAME`.
+    #[serde(default)]
+    pub conflict: Option<Spanned<String>>,
+    /// What a delete on one side does to the other: `propagate` (default), `ignore`, `hold`.
+    #[serde(default)]
+    pub deletes: DeletesConfig,
+    /// When the sync runs: `realtime` (default), an interval (`5m`), or `cron: <expression>`.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+    /// Most changes read from each side per cycle. Default 500.
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    /// The mapped fields. Fields not listed are left alone.
+    pub fields: Vec<FieldConfig>,
+}
+
+fn default_batch() -> u32 {
+    500
+}
+
+/// A sync's delete policy.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeletesConfig {
+    #[default]
+    Propagate,
+    Ignore,
+    Hold,
+}
+
+/// How records are matched on first sight.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// A mapped field, by its common name.
+    pub field: Spanned<String>,
+    /// Compare text ignoring case and surrounding spaces.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// One mapped field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    /// The left stream's field.
+    pub left: Spanned<String>,
+    /// The right stream's field.
+    pub right: Spanned<String>,
+    /// The common name, used in conflicts and `match`. Default: the left field's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `both` (default), `left-to-right` (the left owns it), `right-to-left`.
+    #[serde(default)]
+    pub direction: DirectionConfig,
+    /// This field's conflict policy, overriding the sync's.
+    #[serde(default)]
+    pub conflict: Option<Spanned<String>>,
+    /// Value translation: `{ left value = right value }`, applied both ways.
+    #[serde(default)]
+    pub values: Option<toml::Table>,
+}
+
+/// A field's direction.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionConfig {
+    #[default]
+    Both,
+    LeftToRight,
+    RightToLeft,
+}
+
+impl From<DirectionConfig> for Direction {
+    fn from(d: DirectionConfig) -> Self {
+        match d {
+            DirectionConfig::Both => Direction::Both,
+            DirectionConfig::LeftToRight => Direction::LeftToRight,
+            DirectionConfig::RightToLeft => Direction::RightToLeft,
+        }
+    }
+}
+
+impl From<DeletesConfig> for DeletePolicy {
+    fn from(d: DeletesConfig) -> Self {
+        match d {
+            DeletesConfig::Propagate => DeletePolicy::Propagate,
+            DeletesConfig::Ignore => DeletePolicy::Ignore,
+            DeletesConfig::Hold => DeletePolicy::Hold,
+        }
+    }
+}
+
+/// A config error, with the file and line it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} line {line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// A parsed config and where it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    source: String,
+}
+
+impl Loaded {
+    /// Reads and parses a config file.
+    pub fn read(path: &Path) -> Result<Loaded, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, source)
+    }
+
+    pub fn parse(path: &Path, source: String) -> Result<Loaded, ConfigError> {
+        let config: Config = toml::from_str(&source).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        let loaded = Loaded {
+            config,
+            path: path.to_owned(),
+            dir,
+            source,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    /// The line of a span in the file, from 1.
+    pub fn line<T>(&self, s: &Spanned<T>) -> usize {
+        let start = s.span().start.min(self.source.len());
+        self.source[..start].matches('\n').count() + 1
+    }
+
+    /// An error about `key`, at the line of `at`.
+    pub fn invalid<T>(
+        &self,
+        at: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line: self.line(at),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks what can be checked without plugins: references between sections, policies,
+    /// schedules, limits.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, sync) in &self.config.syncs {
+            for (key, at) in [("left", &sync.left), ("right", &sync.right)] {
+                let (conn, _) = split_stream(at.get_ref()).ok_or_else(|| {
+                    self.invalid(
+                        at,
+                        format!("syncs.{name}.{key}"),
+                        format!("{:?} is not connection.stream", at.get_ref()),
+                    )
+                })?;
+                if !self.config.connections.contains_key(conn) {
+                    return Err(self.invalid(
+                        at,
+                        format!("syncs.{name}.{key}"),
+                        format!(
+                            "no connection named {conn} (connections: {})",
+                            self.config
+                                .connections
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(p) = &sync.conflict {
+                self.policy(p, &format!("syncs.{name}.conflict"))?;
+            }
+            for (i, f) in sync.fields.iter().enumerate() {
+                if let Some(p) = &f.conflict {
+                    self.policy(p, &format!("syncs.{name}.fields[{i}].conflict"))?;
+                }
+            }
+            if let Some(s) = &sync.schedule {
+                Schedule::parse(s.get_ref())
+                    .map_err(|m| self.invalid(s, format!("syncs.{name}.schedule"), m))?;
+            }
+            if let Some(m) = &sync.match_key {
+                if !sync
+                    .fields
+                    .iter()
+                    .any(|f| common_name(f) == m.field.get_ref())
+                {
+                    return Err(self.invalid(
+                        &m.field,
+                        format!("syncs.{name}.match.field"),
+                        format!(
+                            "{} is not one of the sync's mapped fields",
+                            m.field.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if sync.fields.is_empty() {
+                return Err(self.invalid(
+                    &sync.left,
+                    format!("syncs.{name}.fields"),
+                    "a sync needs at least one mapped field",
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, f) in sync.fields.iter().enumerate() {
+                if !seen.insert(common_name(f).to_owned()) {
+                    return Err(self.invalid(
+                        &f.left,
+                        format!("syncs.{name}.fields[{i}]"),
+                        format!("field {} is mapped twice", common_name(f)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a conflict policy.
+    pub fn policy(&self, p: &Spanned<String>, key: &str) -> Result<Policy, ConfigError> {
+        let s = p.get_ref().trim();
+        Ok(match s {
+            "last-writer-wins" => Policy::LastWriterWins,
+            "prefer-left" => Policy::Prefer(Side::Left),
+            "prefer-right" => Policy::Prefer(Side::Right),
+            "manual" => Policy::Manual,
+            _ => match s.strip_prefix("rule:") {
+                Some(rule) if self.config.rules.contains_key(rule.trim()) => Policy::Rule(rule.trim().to_owned()),
+                Some(rule) => return Err(self.invalid(p, key, format!("no rule named {} in [rules]", rule.trim()))),
+                None => {
+                    return Err(self.invalid(
+                        p,
+                        key,
+                        format!("{s:?} is not a conflict policy: use last-writer-wins, prefer-left, prefer-right, manual or rule:NAME"),
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The state file's path.
+    pub fn state_path(&self) -> PathBuf {
+        self.resolve(self.config.state.as_deref().unwrap_or("duplex.redb"))
+    }
+
+    /// A path relative to the config file.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// `sqlite://relative.db` made absolute against the config file's folder; other URLs as
+    /// they are.
+    pub fn resolve_url(&self, url: &str) -> String {
+        match url.strip_prefix("sqlite://") {
+            Some(path) if !path.starts_with('/') && !path.is_empty() => {
+                format!("sqlite://{}", self.dir.join(path).display())
+            }
+            _ => url.to_owned(),
+        }
+    }
+
+    /// A connection's config as JSON, with relative sqlite URLs resolved.
+    pub fn connector_config(&self, conn: &ConnectionConfig) -> String {
+        let mut json = serde_json::to_value(&conn.config).unwrap_or_default();
+        self.resolve_urls(&mut json);
+        json.to_string()
+    }
+
+    fn resolve_urls(&self, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.starts_with("sqlite://") => *s = self.resolve_url(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.resolve_urls(v)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| self.resolve_urls(v)),
+            _ => {}
+        }
+    }
+
+    pub fn limits(&self) -> Result<crate::plugin::Limits, ConfigError> {
+        let l = &self.config.limits;
+        let dur = |s: &str, key: &str| {
+            crate::driver::schedule::parse_duration(s).ok_or_else(|| ConfigError::Parse {
+                path: self.path.clone(),
+                message: format!("limits.{key}: {s:?} is not a duration (such as \"10s\")"),
+            })
+        };
+        Ok(crate::plugin::Limits {
+            memory_bytes: l.memory_mb << 20,
+            cpu_per_call: dur(&l.cpu_per_call, "cpu_per_call")?,
+            call_timeout: dur(&l.call_timeout, "call_timeout")?,
+        })
+    }
+}
+
+/// `crm.customers` is connection `crm`, stream `customers`.
+pub fn split_stream(s: &str) -> Option<(&str, &str)> {
+    let (c, st) = s.split_once('.')?;
+    (!c.is_empty() && !st.is_empty()).then_some((c, st))
+}
+
+/// A field's common name: its `name`, else the left field's.
+pub fn common_name(f: &FieldConfig) -> &str {
+    f.name.as_deref().unwrap_or(f.left.get_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in this module's documentation parses and validates.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let loaded = Loaded::parse(Path::new("duplex.toml"), example).unwrap();
+        let sync = &loaded.config.syncs["customers"];
+        assert_eq!(sync.fields.len(), 2);
+        assert_eq!(
+            loaded.policy(sync.conflict.as_ref().unwrap(), "x").unwrap(),
+            Policy::LastWriterWins
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_key_and_line() {
+        let src = "[connections.crm]\nplugin = \"builtin:sql\"\ncolour = \"blue\"\n";
+        let err = Loaded::parse(Path::new("d.toml"), src.into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_sync_naming_a_missing_connection_is_an_error_at_its_line() {
+        let src = "[connections.crm]\nplugin = \"builtin:sql\"\n\n[syncs.s]\nleft = \"crm.a\"\nright = \"erp.b\"\nfields = [{ left = \"x\", right = \"y\" }]\n";
+        let err = Loaded::parse(Path::new("d.toml"), src.into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 6")
+                && err.contains("syncs.s.right")
+                && err.contains("no connection named erp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_policies_and_schedules_are_named() {
+        let src = "[connections.a]\nplugin = \"builtin:sql\"\n[syncs.s]\nleft = \"a.x\"\nright = \"a.y\"\nconflict = \"coin-toss\"\nfields = [{ left = \"x\", right = \"y\" }]\n";
+        let err = Loaded::parse(Path::new("d.toml"), src.into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 6") && err.contains("coin-toss"), "{err}");
+        let src = src.replace("conflict = \"coin-toss\"", "schedule = \"sometimes\"");
+        let err = Loaded::parse(Path::new("d.toml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sometimes"), "{err}");
+    }
+}
