@@ -4,6 +4,9 @@
 //! are checked: no lost update, no echo, no duplicate, field-level merge, crash safety,
 //! convergence, determinism. Each test prints how many schedules it checked.
 
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod memory;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Hostile components are fixtures: each fails its call (or its load) with an error naming the
 //! plugin and the cause, within the configured limits, and the host goes on serving others.
 
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

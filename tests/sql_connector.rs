@@ -1,6 +1,9 @@
 //! The sql connector, built from `plugins/connectors/sql` and loaded by the real host, against
 //! real SQLite files.
 
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Db;

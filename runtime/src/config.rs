@@ -15,6 +15,11 @@
 //! config = { url = "sqlite://crm.db" }   # handed to the connector as JSON
 //! grants = { sql = ["sqlite://crm.db"] } # what the plugin may open; nothing else
 //!
+//! [connections.erp]
+//! plugin = "builtin:sql"
+//! config = { url = "sqlite://erp.db" }
+//! grants = { sql = ["sqlite://erp.db"] }
+//!
 //! [rules.larger-wins]
 //! plugin = "rules/larger_wins.wasm"
 //!

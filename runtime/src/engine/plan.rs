@@ -312,3 +312,245 @@ fn observe(link: &mut Link, change: &Observed, now: i64, out: &mut Plan) {
     st.seen = Some(change.fields.clone());
     st.version = change.version.clone();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::mapping::tests::spec;
+    use crate::engine::{Direction, Policy, SideState, WHOLE_RECORD};
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), text(v)))
+            .collect()
+    }
+
+    /// A link both sides agreed on: email a@x, name Ada, status active.
+    fn agreed() -> Link {
+        let f = fields(&[("email", "a@x"), ("name", "Ada"), ("status", "active")]);
+        let side = |id: &str| SideState {
+            id: Some(id.into()),
+            seen: Some(f.clone()),
+            version: Some("1".into()),
+            changed_at: Some(1),
+            deleted: false,
+        };
+        Link {
+            left: side("1"),
+            right: side("r1"),
+            base: f.clone(),
+            ..Link::new(7)
+        }
+    }
+
+    fn change(side: Side, id: &str, f: Fields, at: i64) -> Observed {
+        Observed {
+            side,
+            id: id.into(),
+            deleted: false,
+            fields: f,
+            version: Some(at.to_string()),
+            changed_at: Some(at),
+            own: false,
+        }
+    }
+
+    fn input<'a>(spec: &'a SyncSpec, changes: Vec<Observed>) -> Input<'a> {
+        Input {
+            spec,
+            now: 100,
+            links: vec![agreed()],
+            held: BTreeMap::new(),
+            changes,
+            candidates: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            next_link_id: 8,
+        }
+    }
+
+    fn updates(p: &Plan, side: Side) -> Fields {
+        p.ops
+            .iter()
+            .filter(|o| o.side == side)
+            .filter_map(|o| match &o.kind {
+                OpKind::Update { fields, .. } => Some(fields.clone()),
+                _ => None,
+            })
+            .next()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_both_survive() {
+        let s = spec();
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "Ada L."), ("status", "active")]),
+            5,
+        );
+        let r = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "Ada"), ("status", "lead")]),
+            6,
+        );
+        let p = plan(&input(&s, vec![l, r]));
+        assert_eq!(updates(&p, Side::Right), fields(&[("name", "Ada L.")]));
+        assert_eq!(updates(&p, Side::Left), fields(&[("status", "lead")]));
+        assert!(p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn last_writer_wins_ties_go_to_the_left() {
+        let s = spec();
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "L"), ("status", "active")]),
+            5,
+        );
+        let r = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
+            5,
+        );
+        let p = plan(&input(&s, vec![l.clone(), r.clone()]));
+        assert_eq!(updates(&p, Side::Right), fields(&[("name", "L")]));
+        let r_later = Observed {
+            changed_at: Some(6),
+            ..r
+        };
+        let p = plan(&input(&s, vec![l, r_later]));
+        assert_eq!(updates(&p, Side::Left), fields(&[("name", "R")]));
+    }
+
+    #[test]
+    fn manual_conflict_holds_only_its_field() {
+        let mut s = spec();
+        s.policy = Policy::Manual;
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
+            5,
+        );
+        let r = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
+            6,
+        );
+        let p = plan(&input(&s, vec![l, r]));
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].field, "name");
+        assert_eq!(p.conflicts[0].base, Some(text("Ada")));
+        assert_eq!(updates(&p, Side::Right), fields(&[("status", "lead")]));
+        assert!(!updates(&p, Side::Left).contains_key("name"));
+    }
+
+    #[test]
+    fn an_echo_of_a_write_is_no_change() {
+        let s = spec();
+        let same = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "Ada"), ("status", "active")]),
+            9,
+        );
+        let p = plan(&input(&s, vec![Observed { own: true, ..same }]));
+        assert!(p.ops.is_empty());
+        assert_eq!((p.echoes, p.own), (1, 1));
+    }
+
+    #[test]
+    fn a_field_owned_by_one_side_is_put_back_when_the_other_changes_it() {
+        let mut s = spec();
+        s.fields[1].direction = Direction::LeftToRight;
+        let r = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "Hacked"), ("status", "active")]),
+            9,
+        );
+        let p = plan(&input(&s, vec![r]));
+        assert_eq!(updates(&p, Side::Right), fields(&[("name", "Ada")]));
+        assert!(updates(&p, Side::Left).is_empty());
+    }
+
+    #[test]
+    fn a_delete_racing_an_edit_waits_for_a_person() {
+        let s = spec();
+        let del = Observed {
+            deleted: true,
+            fields: Fields::new(),
+            ..change(Side::Left, "1", Fields::new(), 5)
+        };
+        let edit = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("name", "Ada R."), ("status", "active")]),
+            6,
+        );
+        let p = plan(&input(&s, vec![del, edit]));
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].field, WHOLE_RECORD);
+    }
+
+    #[test]
+    fn an_ambiguous_match_is_reported_not_guessed() {
+        let s = spec();
+        let mut i = input(
+            &s,
+            vec![change(
+                Side::Left,
+                "9",
+                fields(&[("email", "B@x"), ("name", "B")]),
+                5,
+            )],
+        );
+        let cand = |id: &str| Candidate {
+            id: id.into(),
+            fields: fields(&[("email", "b@x")]),
+            version: None,
+        };
+        i.candidates
+            .insert((Side::Right, "b@x".into()), vec![cand("r8"), cand("r9")]);
+        let p = plan(&i);
+        assert!(p.ops.is_empty());
+        assert_eq!(p.rejected.len(), 1);
+        assert!(
+            p.rejected[0].reason.contains("ambiguous"),
+            "{}",
+            p.rejected[0].reason
+        );
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_plan() {
+        let s = spec();
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
+            5,
+        );
+        let n = change(
+            Side::Right,
+            "r5",
+            fields(&[("email", "n@x"), ("name", "New"), ("status", "active")]),
+            6,
+        );
+        let a = plan(&input(&s, vec![l.clone(), n.clone()]));
+        let b = plan(&input(&s, vec![l, n]));
+        assert_eq!(a.ops, b.ops);
+        assert_eq!(a.links, b.links);
+    }
+}

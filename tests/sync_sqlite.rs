@@ -1,0 +1,547 @@
+//! End-to-end: SQLite to SQLite through the real sql connector, the real runtime, and the real
+//! `duplex` binary where a person would use it.
+
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use duplex::app::App;
+use duplex::state::{Choice, State};
+
+const CRM: &str = "
+CREATE TABLE customers (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    full_name TEXT NOT NULL,
+    visits INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'lead'
+);
+INSERT INTO customers (id, email, full_name, visits, status) VALUES
+    (1, 'ada@example.com', 'Ada', 1, 'active'),
+    (2, 'bob@example.com', 'Bob', 1, 'lead');
+";
+
+const ERP: &str = "
+CREATE TABLE clients (
+    no INTEGER PRIMARY KEY,
+    mail TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    visits INTEGER NOT NULL DEFAULT 0,
+    code INTEGER NOT NULL DEFAULT 2
+);
+INSERT INTO clients (no, mail, name, visits, code) VALUES
+    (101, 'ADA@example.com', 'Ada', 1, 1);
+";
+
+/// A folder with two databases and a config whose policies the test chooses.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(conflict: &str, deletes: &str, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        rusqlite::Connection::open(dir.path().join("crm.db"))
+            .unwrap()
+            .execute_batch(CRM)
+            .unwrap();
+        rusqlite::Connection::open(dir.path().join("erp.db"))
+            .unwrap()
+            .execute_batch(ERP)
+            .unwrap();
+        let rule = common::plugin(common::LARGER_WINS);
+        let config = format!(
+            r#"
+[connections.crm]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://crm.db" }}
+grants = {{ sql = ["sqlite://crm.db"] }}
+
+[connections.erp]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://erp.db" }}
+grants = {{ sql = ["sqlite://erp.db"] }}
+
+[rules.larger]
+plugin = "{rule}"
+
+[syncs.people]
+left = "crm.customers"
+right = "erp.clients"
+match = {{ field = "email", ignore_case = true }}
+conflict = "{conflict}"
+deletes = "{deletes}"
+
+[[syncs.people.fields]]
+left = "email"
+right = "mail"
+
+[[syncs.people.fields]]
+left = "full_name"
+right = "name"
+
+[[syncs.people.fields]]
+left = "visits"
+right = "visits"
+
+[[syncs.people.fields]]
+left = "status"
+right = "code"
+values = {{ active = 1, lead = 2 }}
+{extra}
+"#,
+            rule = rule.display()
+        );
+        std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("duplex.toml")
+    }
+    fn crm(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("crm.db")).unwrap()
+    }
+    fn erp(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("erp.db")).unwrap()
+    }
+
+    /// Loads the config afresh (as a restart would) and runs until caught up.
+    async fn sync(&self) -> (App, State, usize) {
+        let app = App::load(&self.config()).await.expect("config loads");
+        let state = app.open_state().expect("state opens");
+        let reports = app.run_once(&state, |_, _| {}).await.expect("sync runs");
+        let writes = reports.values().flatten().map(|r| r.writes).sum();
+        (app, state, writes)
+    }
+
+    fn crm_value(&self, email: &str, column: &str) -> String {
+        self.crm()
+            .query_row(
+                &format!("SELECT CAST({column} AS TEXT) FROM customers WHERE email = ?1"),
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|_| "<missing>".into())
+    }
+    fn erp_value(&self, email: &str, column: &str) -> String {
+        self.erp()
+            .query_row(
+                &format!("SELECT CAST({column} AS TEXT) FROM clients WHERE lower(mail) = ?1"),
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|_| "<missing>".into())
+    }
+
+    /// Both people edit Bob's name, the CRM first.
+    fn conflicting_names(&self) {
+        self.crm()
+            .execute(
+                "UPDATE customers SET full_name = 'Bob (crm)' WHERE id = 2",
+                [],
+            )
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.erp().execute("UPDATE clients SET name = 'Bob (erp, later)' WHERE lower(mail) = 'bob@example.com'", []).unwrap();
+    }
+}
+
+fn duplex(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_CACHE_HOME", common::cache_dir())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_first_sync_matches_by_email_and_creates_what_is_missing() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    let (_, state, writes) = s.sync().await;
+    // Bob is created in the ERP; Ada is matched (case ignored), not duplicated.
+    assert_eq!(s.erp_value("bob@example.com", "name"), "Bob");
+    assert_eq!(s.erp_value("bob@example.com", "code"), "2");
+    let n: i64 = s
+        .erp()
+        .query_row("SELECT count(*) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(state.all_links("people").unwrap().len(), 2);
+    assert!(writes >= 1);
+}
+
+#[tokio::test]
+async fn no_write_is_issued_for_an_echo() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    s.sync().await;
+    s.crm()
+        .execute("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1", [])
+        .unwrap();
+    let (_, state, writes) = s.sync().await;
+    assert_eq!(writes, 1, "one change, one write");
+    drop(state);
+    // Reading the echo of that write again, and again, writes nothing.
+    for _ in 0..3 {
+        let (_, _, writes) = s.sync().await;
+        assert_eq!(writes, 0);
+    }
+    let (_, state, _) = s.sync().await;
+    // Counted at the source too: the ERP saw exactly one write by Duplex for this change.
+    let duplex_writes: i64 = s
+        .erp()
+        .query_row(
+            "SELECT count(*) FROM _duplex_changes WHERE origin = 'duplex:people' AND pk = '101'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        duplex_writes, 2,
+        "the initial email alignment and the rename, nothing more"
+    );
+    assert!(state.stats("people").unwrap().echoes > 0);
+}
+
+#[tokio::test]
+async fn last_writer_wins_takes_the_later_edit() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    s.sync().await;
+    s.conflicting_names();
+    s.sync().await;
+    assert_eq!(
+        s.crm_value("bob@example.com", "full_name"),
+        "Bob (erp, later)"
+    );
+    assert_eq!(s.erp_value("bob@example.com", "name"), "Bob (erp, later)");
+}
+
+#[tokio::test]
+async fn a_preferred_side_always_wins() {
+    for (policy, winner) in [
+        ("prefer-left", "Bob (crm)"),
+        ("prefer-right", "Bob (erp, later)"),
+    ] {
+        let s = Setup::new(policy, "propagate", "");
+        s.sync().await;
+        s.conflicting_names();
+        s.sync().await;
+        assert_eq!(
+            s.crm_value("bob@example.com", "full_name"),
+            winner,
+            "{policy}"
+        );
+        assert_eq!(s.erp_value("bob@example.com", "name"), winner, "{policy}");
+    }
+}
+
+#[tokio::test]
+async fn a_custom_rule_component_decides() {
+    let s = Setup::new("rule:larger", "propagate", "");
+    s.sync().await;
+    s.crm()
+        .execute("UPDATE customers SET visits = 7 WHERE id = 1", [])
+        .unwrap();
+    s.erp()
+        .execute("UPDATE clients SET visits = 5 WHERE no = 101", [])
+        .unwrap();
+    s.sync().await;
+    assert_eq!(s.crm_value("ada@example.com", "visits"), "7");
+    assert_eq!(s.erp_value("ada@example.com", "visits"), "7");
+}
+
+#[tokio::test]
+async fn a_manual_conflict_holds_only_its_field_until_resolved_through_the_cli() {
+    let s = Setup::new("manual", "propagate", "");
+    s.sync().await;
+    s.conflicting_names();
+    s.crm()
+        .execute("UPDATE customers SET visits = 9 WHERE id = 2", [])
+        .unwrap();
+    drop(s.sync().await);
+    // The name waits; the visit count flows.
+    assert_eq!(s.crm_value("bob@example.com", "full_name"), "Bob (crm)");
+    assert_eq!(s.erp_value("bob@example.com", "name"), "Bob (erp, later)");
+    assert_eq!(s.erp_value("bob@example.com", "visits"), "9");
+
+    let out = duplex(&["conflicts", "list", "duplex.toml"], s.dir.path());
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{list}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = list
+        .lines()
+        .find(|l| l.contains("full_name"))
+        .expect("the name conflict is listed");
+    assert!(
+        line.contains("Bob (crm)") && line.contains("Bob (erp, later)"),
+        "{line}"
+    );
+    let id = line
+        .trim_start_matches('#')
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let out = duplex(
+        &[
+            "conflicts",
+            "resolve",
+            "duplex.toml",
+            &id,
+            "--value",
+            "\"Robert\"",
+        ],
+        s.dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = duplex(&["run", "duplex.toml", "--once"], s.dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.crm_value("bob@example.com", "full_name"), "Robert");
+    assert_eq!(s.erp_value("bob@example.com", "name"), "Robert");
+    let out = duplex(&["conflicts", "list", "duplex.toml"], s.dir.path());
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !list.contains("full_name"),
+        "the name conflict is closed: {list}"
+    );
+    let out = duplex(&["conflicts", "list", "duplex.toml", "--all"], s.dir.path());
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        all.contains("full_name") && all.contains("resolved by"),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn deletes_propagate_when_asked() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    s.sync().await;
+    s.erp()
+        .execute(
+            "DELETE FROM clients WHERE lower(mail) = 'bob@example.com'",
+            [],
+        )
+        .unwrap();
+    s.sync().await;
+    assert_eq!(s.crm_value("bob@example.com", "full_name"), "<missing>");
+}
+
+#[tokio::test]
+async fn ignored_deletes_keep_the_other_record_and_stop_syncing_it() {
+    let s = Setup::new("last-writer-wins", "ignore", "");
+    s.sync().await;
+    s.erp()
+        .execute(
+            "DELETE FROM clients WHERE lower(mail) = 'bob@example.com'",
+            [],
+        )
+        .unwrap();
+    s.sync().await;
+    assert_eq!(s.crm_value("bob@example.com", "full_name"), "Bob");
+    // Later edits of the kept record do not bring the deleted one back.
+    s.crm()
+        .execute(
+            "UPDATE customers SET full_name = 'Bob again' WHERE id = 2",
+            [],
+        )
+        .unwrap();
+    s.sync().await;
+    assert_eq!(s.erp_value("bob@example.com", "name"), "<missing>");
+}
+
+#[tokio::test]
+async fn held_deletes_wait_for_approval_and_can_be_approved_or_refused() {
+    let s = Setup::new("last-writer-wins", "hold", "");
+    s.sync().await;
+    s.erp()
+        .execute(
+            "DELETE FROM clients WHERE lower(mail) = 'bob@example.com'",
+            [],
+        )
+        .unwrap();
+    s.erp()
+        .execute(
+            "DELETE FROM clients WHERE lower(mail) = 'ada@example.com'",
+            [],
+        )
+        .unwrap();
+    let (_, state, _) = s.sync().await;
+    assert_eq!(
+        s.crm_value("bob@example.com", "full_name"),
+        "Bob",
+        "held, not deleted"
+    );
+    let open = state.conflicts(false).unwrap();
+    assert_eq!(open.len(), 2, "{open:?}");
+    let now = chrono::Utc::now().timestamp_micros();
+    let bob = open
+        .iter()
+        .find(|c| c.left_id.as_deref() == Some("2"))
+        .unwrap();
+    let ada = open
+        .iter()
+        .find(|c| c.left_id.as_deref() == Some("1"))
+        .unwrap();
+    // Bob's delete is approved (the deleting side, the ERP, wins); Ada's is refused.
+    state
+        .resolve_conflict(bob.id, Choice::TakeRight, "test", now)
+        .unwrap();
+    state
+        .resolve_conflict(ada.id, Choice::TakeLeft, "test", now)
+        .unwrap();
+    drop(state);
+    s.sync().await;
+    assert_eq!(s.crm_value("bob@example.com", "full_name"), "<missing>");
+    assert_eq!(
+        s.erp_value("ada@example.com", "name"),
+        "Ada",
+        "restored in the ERP"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_continues_where_it_stopped() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    let (_, state, _) = s.sync().await;
+    let links = state.all_links("people").unwrap();
+    drop(state);
+    s.crm()
+        .execute(
+            "INSERT INTO customers (email, full_name) VALUES ('cy@example.com', 'Cy')",
+            [],
+        )
+        .unwrap();
+    s.erp()
+        .execute("UPDATE clients SET name = 'Ada (erp)' WHERE no = 101", [])
+        .unwrap();
+    // A new process: config, plugins and state loaded again from the files.
+    let (_, state, writes) = s.sync().await;
+    assert_eq!(
+        writes, 2,
+        "only the two new changes are carried, nothing is redone"
+    );
+    assert_eq!(s.erp_value("cy@example.com", "name"), "Cy");
+    assert_eq!(s.crm_value("ada@example.com", "full_name"), "Ada (erp)");
+    let after = state.all_links("people").unwrap();
+    assert_eq!(after.len(), links.len() + 1);
+}
+
+/// Bad input: each is a clear error naming the problem, and neither database changes.
+#[tokio::test]
+async fn bad_configs_are_refused_before_anything_changes() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "conflict = \"last-writer-wins\"",
+            "conflict = \"last-writer-wins\"\ncolour = \"blue\"",
+            "colour",
+        ),
+        (
+            "plugin = \"builtin:sql\"\nconfig = { url = \"sqlite://erp.db\" }",
+            "plugin = \"missing/erp.wasm\"\nconfig = { url = \"sqlite://erp.db\" }",
+            "missing/erp.wasm does not exist",
+        ),
+        ("right = \"name\"", "right = \"nmae\"", "has no field nmae"),
+        (
+            "right = \"erp.clients\"",
+            "right = \"erp.clinets\"",
+            "has no stream clinets",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let s = Setup::new("last-writer-wins", "propagate", "");
+        let config = std::fs::read_to_string(s.config()).unwrap();
+        assert!(config.contains(from), "{from}");
+        std::fs::write(s.config(), config.replacen(from, to, 1)).unwrap();
+        let out = duplex(&["run", "duplex.toml", "--once"], s.dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        assert!(
+            err.contains("line ") || expect.contains("does not exist"),
+            "names the line: {err}"
+        );
+        for db in [s.crm(), s.erp()] {
+            let installed: i64 = db
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_duplex%' ESCAPE '\\'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(installed, 0, "{expect}: nothing installed");
+        }
+        assert_eq!(
+            s.erp_value("bob@example.com", "name"),
+            "<missing>",
+            "{expect}: nothing synced"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_a_clear_error_and_changes_nothing() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    std::fs::write(
+        s.dir.path().join("duplex.redb"),
+        b"this is not a redb file, it is a note",
+    )
+    .unwrap();
+    let out = duplex(&["run", "duplex.toml", "--once"], s.dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("duplex.redb") && err.contains("state file"),
+        "{err}"
+    );
+    assert_eq!(s.erp_value("bob@example.com", "name"), "<missing>");
+}
+
+#[test]
+fn the_demo_runs_and_leaves_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = duplex(&["demo", "--dir", "demo"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("== 6. A delete"), "{stdout}");
+    for f in ["crm.db", "erp.db", "duplex.toml", "duplex.redb"] {
+        assert!(dir.path().join("demo").join(f).exists(), "{f}");
+    }
+    // The files work with the CLI afterwards: a person's edit is carried by `run --once`.
+    let crm = rusqlite::Connection::open(dir.path().join("demo/crm.db")).unwrap();
+    crm.execute("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1", [])
+        .unwrap();
+    let out = duplex(&["run", "demo/duplex.toml", "--once"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let erp = rusqlite::Connection::open(dir.path().join("demo/erp.db")).unwrap();
+    let name: String = erp
+        .query_row("SELECT name FROM clients WHERE client_no = 1001", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(name, "Ada L.");
+}
