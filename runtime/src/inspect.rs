@@ -60,6 +60,7 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
                     caller,
                     host.limits(),
                     Vec::new().into(),
+                    host.pools(),
                 )
                 .await
                 {

@@ -82,6 +82,7 @@ pub struct HostOptions {
 /// The plugin host: one wasmtime engine, its epoch ticker, the compile cache and the linkers.
 pub struct PluginHost {
     engine: Engine,
+    pools: Arc<host::sql::Pools>,
     cache: CompileCache,
     limits: Limits,
     linkers: Arc<Linkers>,
@@ -110,6 +111,7 @@ impl PluginHost {
         Ok(PluginHost {
             _ticker: EpochTicker::start(engine.clone())?,
             cache: CompileCache::new(options.cache_dir),
+            pools: Arc::default(),
             limits: options.limits,
             linkers,
             engine,
@@ -203,6 +205,7 @@ impl PluginHost {
             caller,
             self.limits,
             grants.sql.clone().into(),
+            self.pools.clone(),
         )
         .await
     }
@@ -262,6 +265,10 @@ impl PluginHost {
 
     pub(crate) fn linkers(&self) -> &Linkers {
         &self.linkers
+    }
+
+    pub(crate) fn pools(&self) -> Arc<host::sql::Pools> {
+        self.pools.clone()
     }
 }
 

@@ -5,9 +5,12 @@
 //! Each backend (SQLite now; PostgreSQL and MariaDB later) sits behind [`Backend`], which turns
 //! the database's own column types into typed [`Value`]s and its errors into typed [`Error`]s.
 
+mod server;
 mod sqlite;
 
 use std::sync::Arc;
+
+pub use server::Pools;
 
 use wasmtime::component::Resource;
 
@@ -19,19 +22,21 @@ use crate::plugin::StoreState;
 /// Most connections one store may hold open at once.
 const MAX_OPEN_PER_STORE: usize = 16;
 
-/// Per-store state of the capability: who asks, and what they may open.
+/// Per-store state of the capability: who asks, what they may open, and the host's pools.
 #[derive(Debug)]
 pub struct SqlState {
     caller: Caller,
     granted: Arc<[String]>,
+    pools: Arc<Pools>,
     open: usize,
 }
 
 impl SqlState {
-    pub fn new(caller: Caller, granted: Arc<[String]>) -> Self {
+    pub fn new(caller: Caller, granted: Arc<[String]>, pools: Arc<Pools>) -> Self {
         SqlState {
             caller,
             granted,
+            pools,
             open: 0,
         }
     }
@@ -71,6 +76,10 @@ pub enum Target {
     /// A SQLite database file. It must exist: a mistyped path must not quietly create an empty
     /// database and sync it.
     Sqlite(std::path::PathBuf),
+    /// A PostgreSQL server (`postgres://user:pass@host:port/db`).
+    Postgres(String),
+    /// A MariaDB or MySQL server (`mysql://` or `mariadb://user:pass@host:port/db`).
+    MySql(String),
 }
 
 /// Parses a database URL.
@@ -83,14 +92,12 @@ pub fn parse_url(url: &str) -> Result<Target, Error> {
         }
         return Ok(Target::Sqlite(path.into()));
     }
-    let scheme = url.split(':').next().unwrap_or_default();
+    let scheme = url.split("://").next().unwrap_or_default();
     match scheme {
-        "postgres" | "postgresql" | "mysql" | "mariadb" => Err(Error::Config(format!(
-            "{}: {scheme} databases are not supported by this host yet",
-            redact(url)
-        ))),
+        "postgres" | "postgresql" => Ok(Target::Postgres(url.to_owned())),
+        "mysql" | "mariadb" => Ok(Target::MySql(url.to_owned())),
         _ => Err(Error::Config(format!(
-            "{}: not a database URL this host knows (use sqlite:///path/to/file.db)",
+            "{}: not a database URL this host knows (sqlite:///file.db, postgres://..., mysql://..., mariadb://...)",
             redact(url)
         ))),
     }
@@ -126,16 +133,44 @@ pub struct Connection {
 /// The databases the capability speaks.
 enum Backend {
     Sqlite(sqlite::SqliteConnection),
+    Postgres(server::PgConnection),
+    MySql(server::MyConnection),
 }
 
 impl Backend {
-    async fn open(target: Target) -> Result<Backend, Error> {
+    async fn open(target: Target, pools: &Pools) -> Result<Backend, Error> {
+        let acquire =
+            |e: sqlx::Error| Error::Transient(format!("no database connection available: {e}"));
         match target {
             Target::Sqlite(path) => {
                 Ok(Backend::Sqlite(sqlite::SqliteConnection::open(path).await?))
             }
+            Target::Postgres(url) => {
+                let conn = pools
+                    .postgres(&url)
+                    .await?
+                    .acquire()
+                    .await
+                    .map_err(acquire)?;
+                Ok(Backend::Postgres(server::ServerConnection::new(conn)))
+            }
+            Target::MySql(url) => {
+                let conn = pools.mysql(&url).await?.acquire().await.map_err(acquire)?;
+                Ok(Backend::MySql(server::ServerConnection::new(conn)))
+            }
         }
     }
+}
+
+/// Runs one method on whichever backend a connection has.
+macro_rules! on_backend {
+    ($self:ident, $conn:ident, $c:ident => $call:expr) => {
+        Ok(match &mut $self.table.get_mut(&$conn)?.backend {
+            Backend::Sqlite($c) => $call,
+            Backend::Postgres($c) => $call,
+            Backend::MySql($c) => $call,
+        })
+    };
 }
 
 impl wit::Host for StoreState {
@@ -154,7 +189,7 @@ impl wit::Host for StoreState {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        let backend = match Backend::open(target).await {
+        let backend = match Backend::open(target, &self.sql.pools).await {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
@@ -167,6 +202,8 @@ impl wit::HostConnection for StoreState {
     async fn dialect(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Dialect> {
         Ok(match self.table.get(&conn)?.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+            Backend::MySql(_) => Dialect::Mysql,
         })
     }
 
@@ -177,9 +214,7 @@ impl wit::HostConnection for StoreState {
         params: Vec<Value>,
         max_rows: u32,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.query(statement, params, max_rows).await,
-        })
+        on_backend!(self, conn, c => c.query(statement, params, max_rows).await)
     }
 
     async fn execute(
@@ -188,9 +223,7 @@ impl wit::HostConnection for StoreState {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.execute(statement, params).await,
-        })
+        on_backend!(self, conn, c => c.execute(statement, params).await)
     }
 
     async fn execute_script(
@@ -198,30 +231,22 @@ impl wit::HostConnection for StoreState {
         conn: Resource<Connection>,
         script: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.execute_script(script).await,
-        })
+        on_backend!(self, conn, c => c.execute_script(script).await)
     }
 
     async fn begin(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.execute_script("BEGIN IMMEDIATE".into()).await,
-        })
+        on_backend!(self, conn, c => c.begin().await)
     }
 
     async fn commit(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.execute_script("COMMIT".into()).await,
-        })
+        on_backend!(self, conn, c => c.commit().await)
     }
 
     async fn rollback(
         &mut self,
         conn: Resource<Connection>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(match &self.table.get(&conn)?.backend {
-            Backend::Sqlite(c) => c.execute_script("ROLLBACK".into()).await,
-        })
+        on_backend!(self, conn, c => c.rollback().await)
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
@@ -242,6 +267,7 @@ mod tests {
                 connection: "crm".into(),
             },
             granted.iter().map(|s| s.to_string()).collect(),
+            Default::default(),
         )
     }
 
@@ -286,5 +312,13 @@ mod tests {
         );
         assert!(parse_url("sqlite://").is_err());
         assert!(parse_url("ftp://x").is_err());
+        assert!(matches!(
+            parse_url("postgres://u:p@h/db"),
+            Ok(Target::Postgres(_))
+        ));
+        assert!(matches!(
+            parse_url("mariadb://root@127.0.0.1/test"),
+            Ok(Target::MySql(_))
+        ));
     }
 }

@@ -20,6 +20,7 @@ pub struct ConnectorPlugin {
     pre: ConnectorWorldPre<StoreState>,
     limits: Limits,
     granted_sql: std::sync::Arc<[String]>,
+    pools: std::sync::Arc<crate::host::sql::Pools>,
     info: ConnectorInfo,
 }
 
@@ -31,6 +32,7 @@ impl ConnectorPlugin {
         caller: Caller,
         limits: Limits,
         granted_sql: std::sync::Arc<[String]>,
+        pools: std::sync::Arc<crate::host::sql::Pools>,
     ) -> Result<ConnectorPlugin, LoadError> {
         let link = |e: wasmtime::Error| LoadError::Link {
             plugin: caller.plugin.to_string(),
@@ -44,6 +46,7 @@ impl ConnectorPlugin {
             pre,
             limits,
             granted_sql,
+            pools,
             info: ConnectorInfo {
                 name: String::new(),
                 version: String::new(),
@@ -83,7 +86,11 @@ impl ConnectorPlugin {
             self.caller.clone(),
             &self.limits,
             Purity::Connector,
-            SqlState::new(self.caller.clone(), self.granted_sql.clone()),
+            SqlState::new(
+                self.caller.clone(),
+                self.granted_sql.clone(),
+                self.pools.clone(),
+            ),
         );
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();

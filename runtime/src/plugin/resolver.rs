@@ -50,7 +50,7 @@ impl ResolverPlugin {
             self.caller.clone(),
             &self.limits,
             Purity::Deterministic,
-            SqlState::new(self.caller.clone(), Vec::new().into()),
+            SqlState::new(self.caller.clone(), Vec::new().into(), Default::default()),
         );
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();

@@ -3,7 +3,8 @@
 //! A first read (no cursor) starts a snapshot of the rows that exist, paged by primary key, and
 //! remembers the change-log position taken when capture was already installed; changes made
 //! while the snapshot pages are read are in the log after that position, so nothing falls between
-//! the snapshot and the log.
+//! the snapshot and the log. Log positions are the dialect's own (a sequence number, or a
+//! transaction id and a sequence number on PostgreSQL).
 
 use duplex_sdk::{Error, Value};
 
@@ -11,41 +12,41 @@ use duplex_sdk::{Error, Value};
 pub enum Cursor {
     /// Reading existing rows: the log position to continue from afterwards, and the last
     /// primary key read (none before the first page).
-    Snapshot { log_from: i64, after: Option<Value> },
+    Snapshot {
+        log_from: String,
+        after: Option<Value>,
+    },
     /// Reading the change log after this position.
-    Log { after: i64 },
+    Log { pos: String },
 }
 
 impl Cursor {
     pub fn encode(&self) -> String {
         match self {
-            Cursor::Log { after } => format!("log:{after}"),
+            Cursor::Log { pos } => format!("log|{pos}"),
             Cursor::Snapshot { log_from, after } => match after {
-                None => format!("snap:{log_from}:-"),
-                Some(Value::Integer(i)) => format!("snap:{log_from}:i:{i}"),
-                Some(v) => format!("snap:{log_from}:t:{}", v.to_plain_string()),
+                None => format!("snap|{log_from}|-"),
+                Some(Value::Integer(i)) => format!("snap|{log_from}|i|{i}"),
+                Some(v) => format!("snap|{log_from}|t|{}", v.to_plain_string()),
             },
         }
     }
 
     pub fn decode(s: &str) -> Result<Cursor, Error> {
         let bad = || Error::permanent(format!("cursor {s:?} was not made by this connector"));
-        if let Some(n) = s.strip_prefix("log:") {
+        if let Some(pos) = s.strip_prefix("log|") {
             return Ok(Cursor::Log {
-                after: n.parse().map_err(|_| bad())?,
+                pos: pos.to_owned(),
             });
         }
-        let rest = s.strip_prefix("snap:").ok_or_else(bad)?;
-        let (from, after) = rest.split_once(':').ok_or_else(bad)?;
-        let log_from = from.parse().map_err(|_| bad())?;
-        let after = if after == "-" {
-            None
-        } else if let Some(i) = after.strip_prefix("i:") {
-            Some(Value::Integer(i.parse().map_err(|_| bad())?))
-        } else if let Some(t) = after.strip_prefix("t:") {
-            Some(Value::Text(t.to_owned()))
-        } else {
-            return Err(bad());
+        let rest = s.strip_prefix("snap|").ok_or_else(bad)?;
+        let mut parts = rest.splitn(3, '|');
+        let log_from = parts.next().ok_or_else(bad)?.to_owned();
+        let after = match (parts.next(), parts.next()) {
+            (Some("-"), None) => None,
+            (Some("i"), Some(i)) => Some(Value::Integer(i.parse().map_err(|_| bad())?)),
+            (Some("t"), Some(t)) => Some(Value::Text(t.to_owned())),
+            _ => return Err(bad()),
         };
         Ok(Cursor::Snapshot { log_from, after })
     }
@@ -58,18 +59,21 @@ mod tests {
     #[test]
     fn cursors_round_trip() {
         for c in [
-            Cursor::Log { after: 42 },
+            Cursor::Log { pos: "42".into() },
+            Cursor::Log {
+                pos: "7301:12".into(),
+            },
             Cursor::Snapshot {
-                log_from: 7,
+                log_from: "7".into(),
                 after: None,
             },
             Cursor::Snapshot {
-                log_from: 7,
+                log_from: "7:-1".into(),
                 after: Some(Value::Integer(-3)),
             },
             Cursor::Snapshot {
-                log_from: 0,
-                after: Some(Value::Text("a:b".into())),
+                log_from: "0".into(),
+                after: Some(Value::Text("a|b:c".into())),
             },
         ] {
             assert_eq!(Cursor::decode(&c.encode()).ok(), Some(c));

@@ -5,11 +5,13 @@
 //! through this trait. PostgreSQL and MariaDB add an implementation each.
 
 use duplex_sdk::sql::Db;
-use duplex_sdk::{Error, FieldType};
+use duplex_sdk::{Error, FieldType, Value};
 
 /// One column, as the catalogue describes it.
 pub struct Column {
     pub name: String,
+    /// The database's name for its type, for casts (`int4`, `numeric`, `jsonb`); may be empty.
+    pub sql_type: String,
     pub field_type: FieldType,
     pub nullable: bool,
     /// Position in the primary key, from 1; 0 when not part of it.
@@ -18,11 +20,73 @@ pub struct Column {
     pub generated: bool,
 }
 
+/// One entry of the change log.
+pub struct LogEntry {
+    pub seq: i64,
+    pub pk: String,
+    pub op: String,
+    pub origin: Option<String>,
+    pub changed_at: Option<i64>,
+}
+
 pub trait Dialect {
     /// Quotes an identifier.
     fn ident(&self, name: &str) -> String;
     /// The placeholder for the `n`th parameter, from 1.
     fn param(&self, n: usize) -> String;
+    /// The placeholder for the `n`th parameter when it is compared with or stored in `column`
+    /// (PostgreSQL casts, since its parameters are strictly typed).
+    fn param_for(&self, n: usize, column: &Column) -> String {
+        let _ = column;
+        self.param(n)
+    }
+    /// The type to cast a column to for a case-insensitive text comparison.
+    fn text_type(&self) -> &'static str {
+        "TEXT"
+    }
+    /// Runs before a read's transaction begins.
+    fn before_read(&self, db: &Db) -> Result<(), Error> {
+        let _ = db;
+        Ok(())
+    }
+    /// The log position from which every change not visible to this transaction is read.
+    /// Called inside the read transaction that installs capture and takes the snapshot.
+    fn log_start(&self, db: &Db) -> Result<String, Error> {
+        let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.at(0)?.as_integer())
+            .unwrap_or(0)
+            .to_string())
+    }
+    /// Up to `max` entries of `table`'s log after `pos`, in commit order, the position after
+    /// them, and whether more are waiting.
+    ///
+    /// This default suits databases whose log positions commit in order (SQLite: one writer at
+    /// a time, so a position is taken and committed before the next is taken).
+    fn log_read(
+        &self,
+        db: &Db,
+        table: &str,
+        pos: &str,
+        max: u32,
+    ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+        let after: i64 = pos
+            .parse()
+            .map_err(|_| Error::permanent(format!("log position {pos:?} is not this dialect's")))?;
+        let rows = db.query(
+            &format!(
+                "SELECT seq, pk, op, origin, changed_at FROM _duplex_changes WHERE tbl = {} AND seq > {} ORDER BY seq LIMIT {max}",
+                self.param(1),
+                self.param(2)
+            ),
+            &[Value::Text(table.to_owned()), Value::Integer(after)],
+        )?;
+        let entries = entries(&rows);
+        let next = entries.last().map_or(after, |e| e.seq);
+        let more = entries.len() as u32 >= max;
+        Ok((entries, next.to_string(), more))
+    }
     /// User tables, sorted, without the connector's own.
     fn tables(&self, db: &Db) -> Result<Vec<String>, Error>;
     /// The columns of `table`, in table order; an empty list when it does not exist.
@@ -42,8 +106,25 @@ pub trait Dialect {
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error>;
     /// Ends the mark, before the transaction commits.
     fn clear_origin(&self, db: &Db) -> Result<(), Error>;
-    /// An INSERT that returns the new row's primary key.
-    fn insert_returning(&self, table: &str, columns: &[String], pk: &str) -> String;
+    /// An INSERT of `columns` that returns the new row's primary key.
+    fn insert_returning(&self, table: &str, columns: &[&Column], pk: &str) -> String {
+        let t = self.ident(table);
+        let p = self.ident(pk);
+        if columns.is_empty() {
+            return format!("INSERT INTO {t} DEFAULT VALUES RETURNING {p}");
+        }
+        let cols: Vec<String> = columns.iter().map(|c| self.ident(&c.name)).collect();
+        let params: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.param_for(i + 1, c))
+            .collect();
+        format!(
+            "INSERT INTO {t} ({}) VALUES ({}) RETURNING {p}",
+            cols.join(", "),
+            params.join(", ")
+        )
+    }
     /// Statement-level savepoints, so one bad row fails alone inside a batch's transaction.
     fn savepoint(&self, db: &Db, name: &str) -> Result<(), Error> {
         db.execute(&format!("SAVEPOINT {name}"), &[]).map(drop)
@@ -56,6 +137,32 @@ pub trait Dialect {
         db.execute(&format!("ROLLBACK TO SAVEPOINT {name}"), &[])
             .map(drop)
     }
+}
+
+/// Log entries from a query selecting `seq, pk, op, origin, changed_at`.
+pub fn entries(rows: &duplex_sdk::sql::Rows) -> Vec<LogEntry> {
+    rows.iter()
+        .map(|r| LogEntry {
+            seq: r.get("seq").and_then(Value::as_integer).unwrap_or(0),
+            pk: r.get("pk").map(Value::to_plain_string).unwrap_or_default(),
+            op: r
+                .get("op")
+                .and_then(Value::as_text)
+                .unwrap_or("U")
+                .trim()
+                .to_owned(),
+            origin: r
+                .get("origin")
+                .and_then(Value::as_text)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+            changed_at: match r.get("changed_at") {
+                Some(Value::Timestamp(t)) => Some(*t),
+                Some(Value::Text(s)) => crate::sqlite::parse_time(s),
+                _ => None,
+            },
+        })
+        .collect()
 }
 
 /// Quotes `s` as an SQL string literal.

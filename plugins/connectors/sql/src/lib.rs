@@ -11,6 +11,8 @@
 
 mod cursor;
 mod dialect;
+mod mysql;
+mod postgres;
 mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -89,11 +91,8 @@ impl Connector for SqlConnector {
         let db = Db::open(&config.url)?;
         let dialect: Box<dyn Dialect> = match db.dialect() {
             SqlDialect::Sqlite => Box::new(sqlite::Sqlite),
-            other => {
-                return Err(Error::config(format!(
-                    "the sql connector does not speak {other:?} yet"
-                )))
-            }
+            SqlDialect::Postgres => Box::new(postgres::Postgres),
+            SqlDialect::Mysql => Box::new(mysql::MySql),
         };
         Ok(SqlConnector {
             db,
@@ -151,17 +150,18 @@ impl Connector for SqlConnector {
         let table = self.table(stream)?;
         let max = max.clamp(1, 10_000);
         let cursor = cursor.map(Cursor::decode).transpose()?;
+        self.dialect.before_read(&self.db)?;
         self.db.transaction(|db| {
             self.ensure_capture(db, &table)?;
             match cursor {
                 None => {
-                    let log_from = self.last_seq(db)?;
+                    let log_from = self.dialect.log_start(db)?;
                     self.read_snapshot(db, &table, log_from, None, max)
                 }
                 Some(Cursor::Snapshot { log_from, after }) => {
                     self.read_snapshot(db, &table, log_from, after, max)
                 }
-                Some(Cursor::Log { after }) => self.read_log(db, &table, after, max),
+                Some(Cursor::Log { pos }) => self.read_log(db, &table, &pos, max),
             }
         })
     }
@@ -280,6 +280,12 @@ impl SqlConnector {
         })
     }
 
+    fn pk_column<'t>(&self, table: &'t Table) -> &'t Column {
+        table
+            .column(&table.pk)
+            .expect("a table's key is one of its columns")
+    }
+
     fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {
         self.dialect.install_log(db)?;
         if !self.dialect.has_triggers(db, &table.name)? {
@@ -299,14 +305,6 @@ impl SqlConnector {
         Ok(out)
     }
 
-    fn last_seq(&self, db: &Db) -> Result<i64, Error> {
-        let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.at(0)?.as_integer())
-            .unwrap_or(0))
-    }
-
     fn select_list(&self, table: &Table) -> String {
         table
             .columns
@@ -320,7 +318,10 @@ impl SqlConnector {
     fn record(&self, table: &Table, row: Row<'_>) -> (String, Vec<FieldValue>) {
         let fields: Vec<FieldValue> = row
             .fields()
-            .map(|(name, value)| FieldValue::new(name, value.clone()))
+            .map(|(name, value)| {
+                let ty = table.column(name).map(|c| c.field_type);
+                FieldValue::new(name, shape(value.clone(), ty))
+            })
             .collect();
         let id = row
             .get(&table.pk)
@@ -333,7 +334,7 @@ impl SqlConnector {
         &self,
         db: &Db,
         table: &Table,
-        log_from: i64,
+        log_from: String,
         after: Option<Value>,
         max: u32,
     ) -> Result<ChangeBatch, Error> {
@@ -348,7 +349,7 @@ impl SqlConnector {
             Some(after) => db.query(
                 &format!(
                     "SELECT {cols} FROM {t} WHERE {pk} > {} ORDER BY {pk} LIMIT {max}",
-                    self.dialect.param(1)
+                    self.dialect.param_for(1, self.pk_column(table))
                 ),
                 std::slice::from_ref(after),
             )?,
@@ -376,8 +377,9 @@ impl SqlConnector {
                 true,
             )
         } else {
-            let more = self.last_seq(db)? > log_from;
-            (Cursor::Log { after: log_from }, more)
+            let (waiting, _, _) = self.dialect.log_read(db, &table.name, &log_from, 1)?;
+            let more = !waiting.is_empty();
+            (Cursor::Log { pos: log_from }, more)
         };
         Ok(ChangeBatch {
             changes,
@@ -386,16 +388,8 @@ impl SqlConnector {
         })
     }
 
-    fn read_log(&self, db: &Db, table: &Table, after: i64, max: u32) -> Result<ChangeBatch, Error> {
-        let entries = db.query(
-            &format!(
-                "SELECT seq, pk, op, origin, changed_at FROM _duplex_changes \
-                 WHERE tbl = {} AND seq > {} ORDER BY seq LIMIT {max}",
-                self.dialect.param(1),
-                self.dialect.param(2)
-            ),
-            &[Value::Text(table.name.clone()), Value::Integer(after)],
-        )?;
+    fn read_log(&self, db: &Db, table: &Table, pos: &str, max: u32) -> Result<ChangeBatch, Error> {
+        let (entries, next, has_more) = self.dialect.log_read(db, &table.name, pos, max)?;
         // Fold the entries of one record into one change, ordered by its last entry.
         struct Entry {
             last_seq: i64,
@@ -404,28 +398,17 @@ impl SqlConnector {
             changed_at: Option<i64>,
         }
         let mut by_id: HashMap<String, Entry> = HashMap::new();
-        let mut last = after;
-        for r in entries.iter() {
-            let seq = r.get("seq").and_then(Value::as_integer).unwrap_or(last);
-            let id = r.get("pk").map(Value::to_plain_string).unwrap_or_default();
-            let op = r.get("op").and_then(Value::as_text).unwrap_or("U");
-            let origin = r.get("origin").and_then(Value::as_text).map(str::to_owned);
-            let changed_at = match r.get("changed_at") {
-                Some(Value::Text(s)) => sqlite::parse_time(s),
-                Some(Value::Timestamp(t)) => Some(*t),
-                _ => None,
-            };
-            last = last.max(seq);
-            let e = by_id.entry(id).or_insert(Entry {
-                last_seq: seq,
+        for e in entries {
+            let entry = by_id.entry(e.pk).or_insert(Entry {
+                last_seq: e.seq,
                 created: false,
                 origin: None,
                 changed_at: None,
             });
-            e.last_seq = seq;
-            e.created |= op == "I";
-            e.origin = origin;
-            e.changed_at = changed_at;
+            entry.last_seq = e.seq;
+            entry.created |= e.op == "I";
+            entry.origin = e.origin;
+            entry.changed_at = e.changed_at;
         }
         let ids: Vec<String> = by_id.keys().cloned().collect();
         let id_values: Vec<Value> = ids
@@ -464,10 +447,9 @@ impl SqlConnector {
             })
             .collect();
         changes.sort_by_key(|(seq, _)| *seq);
-        let has_more = entries.rows.len() as u32 >= max;
         Ok(ChangeBatch {
             changes: changes.into_iter().map(|(_, c)| c).collect(),
-            next_cursor: Cursor::Log { after: last }.encode(),
+            next_cursor: Cursor::Log { pos: next }.encode(),
             has_more,
         })
     }
@@ -484,6 +466,9 @@ impl SqlConnector {
         let mut out = BTreeMap::new();
         let t = self.dialect.ident(&table.name);
         let c = self.dialect.ident(column);
+        let col = table.column(column).ok_or_else(|| {
+            Error::not_found(format!("table {} has no column {column}", table.name))
+        })?;
         let cols = self.select_list(table);
         for chunk in values.chunks(IN_CHUNK) {
             let params: Vec<String> = (1..=chunk.len())
@@ -491,12 +476,12 @@ impl SqlConnector {
                     if ignore_case {
                         format!("lower({})", self.dialect.param(i))
                     } else {
-                        self.dialect.param(i)
+                        self.dialect.param_for(i, col)
                     }
                 })
                 .collect();
             let lhs = if ignore_case {
-                format!("lower({c})")
+                format!("lower(CAST({c} AS {}))", self.dialect.text_type())
             } else {
                 c.clone()
             };
@@ -560,11 +545,16 @@ impl SqlConnector {
 
     fn create(&self, db: &Db, table: &Table, op: CreateOp) -> Result<Written, Error> {
         check_fields(table, &op.fields)?;
-        let columns: Vec<String> = op.fields.iter().map(|f| f.name.clone()).collect();
-        let values: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
+        // check_fields made sure every field is a column.
+        let columns: Vec<&Column> = op
+            .fields
+            .iter()
+            .filter_map(|f| table.column(&f.name))
+            .collect();
         let sql = self
             .dialect
             .insert_returning(&table.name, &columns, &table.pk);
+        let values: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
         let rows = db
             .query(&sql, &values)
             .map_err(|e| in_record(e, "new record"))?;
@@ -613,7 +603,10 @@ impl SqlConnector {
         let pk = self.dialect.ident(&table.pk);
         let changed = if op.fields.is_empty() {
             let rows = db.query(
-                &format!("SELECT 1 FROM {t} WHERE {pk} = {}", self.dialect.param(1)),
+                &format!(
+                    "SELECT 1 FROM {t} WHERE {pk} = {}",
+                    self.dialect.param_for(1, self.pk_column(table))
+                ),
                 &[id],
             )?;
             rows.rows.len() as u64
@@ -623,10 +616,11 @@ impl SqlConnector {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
+                    let column = table.column(&f.name).expect("checked by check_fields");
                     format!(
                         "{} = {}",
                         self.dialect.ident(&f.name),
-                        self.dialect.param(i + 1)
+                        self.dialect.param_for(i + 1, column)
                     )
                 })
                 .collect();
@@ -635,7 +629,7 @@ impl SqlConnector {
             let sql = format!(
                 "UPDATE {t} SET {} WHERE {pk} = {}",
                 sets.join(", "),
-                self.dialect.param(params.len())
+                self.dialect.param_for(params.len(), self.pk_column(table))
             );
             db.execute(&sql, &params)
                 .map_err(|e| in_record(e, &format!("record {}", op.id)))?
@@ -660,7 +654,10 @@ impl SqlConnector {
         let pk = self.dialect.ident(&table.pk);
         let changed = db
             .execute(
-                &format!("DELETE FROM {t} WHERE {pk} = {}", self.dialect.param(1)),
+                &format!(
+                    "DELETE FROM {t} WHERE {pk} = {}",
+                    self.dialect.param_for(1, self.pk_column(table))
+                ),
                 &[id],
             )
             .map_err(|e| in_record(e, &format!("record {}", op.id)))?;
@@ -674,6 +671,23 @@ impl SqlConnector {
             id: op.id,
             version: None,
         })
+    }
+}
+
+/// A value as its column declares it, where the driver could not tell: MariaDB reports text
+/// with a binary collation (its JSON columns, for one) as bytes.
+fn shape(v: Value, ty: Option<FieldType>) -> Value {
+    match (v, ty) {
+        (Value::Bytes(b), Some(FieldType::Text)) => match String::from_utf8(b) {
+            Ok(s) => Value::Text(s),
+            Err(e) => Value::Bytes(e.into_bytes()),
+        },
+        (Value::Bytes(b), Some(FieldType::Json)) => match String::from_utf8(b) {
+            Ok(s) => Value::Json(s),
+            Err(e) => Value::Bytes(e.into_bytes()),
+        },
+        (Value::Text(t), Some(FieldType::Json)) => Value::Json(t),
+        (v, _) => v,
     }
 }
 

@@ -87,6 +87,7 @@ impl Dialect for Sqlite {
             }
             out.push(Column {
                 name: name.to_owned(),
+                sql_type: decl.to_owned(),
                 field_type: field_type(decl),
                 // SQLite lets an INTEGER PRIMARY KEY be omitted on insert; it is still never null.
                 nullable: r.get("notnull").and_then(Value::as_integer) == Some(0) && pk == 0,
@@ -197,21 +198,6 @@ impl Dialect for Sqlite {
 
     fn clear_origin(&self, db: &Db) -> Result<(), Error> {
         db.execute("DELETE FROM _duplex_origin", &[]).map(drop)
-    }
-
-    fn insert_returning(&self, table: &str, columns: &[String], pk: &str) -> String {
-        let t = self.ident(table);
-        let p = self.ident(pk);
-        if columns.is_empty() {
-            return format!("INSERT INTO {t} DEFAULT VALUES RETURNING {p}");
-        }
-        let cols: Vec<String> = columns.iter().map(|c| self.ident(c)).collect();
-        let params: Vec<String> = (1..=columns.len()).map(|i| self.param(i)).collect();
-        format!(
-            "INSERT INTO {t} ({}) VALUES ({}) RETURNING {p}",
-            cols.join(", "),
-            params.join(", ")
-        )
     }
 }
 

@@ -123,6 +123,20 @@ impl SqliteConnection {
         self.with(move |conn| conn.execute_batch(&script).map_err(to_error))
             .await
     }
+
+    /// BEGIN IMMEDIATE: takes the write lock at once, so a batch never fails halfway on
+    /// SQLITE_BUSY after doing work.
+    pub async fn begin(&self) -> Result<(), Error> {
+        self.execute_script("BEGIN IMMEDIATE".into()).await
+    }
+
+    pub async fn commit(&self) -> Result<(), Error> {
+        self.execute_script("COMMIT".into()).await
+    }
+
+    pub async fn rollback(&self) -> Result<(), Error> {
+        self.execute_script("ROLLBACK".into()).await
+    }
 }
 
 async fn blocking<T: Send + 'static>(

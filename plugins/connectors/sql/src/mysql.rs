@@ -1,0 +1,339 @@
+//! MariaDB and MySQL: catalogue through `information_schema`, capture through three row
+//! triggers per table. Needs `INSERT ... RETURNING` (MariaDB 10.5 and later).
+//!
+//! Why the log is read with gap checks: an AUTO_INCREMENT position is taken when a row changes,
+//! not when its transaction commits, so position 10 can commit after 11 (the gap problem of
+//! trigger-based capture). The reader walks positions in order and stops at a missing one
+//! unless it can prove the missing one will never appear: no transaction that started before
+//! the entry after the gap is still running (`information_schema.INNODB_TRX`, judged only once
+//! the gap is a second old, since that table is a cache refreshed every 100 ms), and the missing
+//! entry is still not there when looked at again after that check (it may have committed in
+//! between). A rolled-back transaction leaves a permanent gap, which that proof lets the reader
+//! pass. Reads run at READ COMMITTED so that each statement sees the latest commits. Without the
+//! PROCESS privilege to read INNODB_TRX, a gap is passed once the entry after it is a minute old.
+//!
+//! Own writes are tagged with the session variable `@duplex_origin`, set for the write
+//! transaction and cleared before it commits.
+
+use duplex_sdk::sql::Db;
+use duplex_sdk::{params, Error, FieldType, Value};
+
+use crate::dialect::{entries, literal, Column, Dialect, LogEntry};
+
+pub struct MySql;
+
+fn field_type(data_type: &str, column_type: &str) -> FieldType {
+    match data_type {
+        "tinyint" if column_type.starts_with("tinyint(1)") => FieldType::Boolean,
+        "bool" | "boolean" => FieldType::Boolean,
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" => {
+            FieldType::Integer
+        }
+        "decimal" | "numeric" => FieldType::Decimal,
+        "float" | "double" | "real" => FieldType::Float,
+        "datetime" | "timestamp" => FieldType::Timestamp,
+        "json" => FieldType::Json,
+        "blob" | "tinyblob" | "mediumblob" | "longblob" | "binary" | "varbinary" | "bit" => {
+            FieldType::Bytes
+        }
+        _ => FieldType::Text,
+    }
+}
+
+fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
+    let rows = db.query(sql, params)?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.at(0)?.as_integer())
+        .unwrap_or(0))
+}
+
+fn trigger_name(table: &str, suffix: &str) -> String {
+    format!("_duplex_{table}_{suffix}")
+}
+
+/// How long a gap may stand before it is passed when INNODB_TRX cannot be read.
+const BLIND_GAP_WAIT_SECONDS: i64 = 60;
+
+impl MySql {
+    /// Whether the missing positions between `after` and `next` will never appear.
+    fn gap_closed(&self, db: &Db, after: i64, next: i64) -> Result<bool, Error> {
+        // INNODB_TRX is a cache refreshed at most every 100 ms: a transaction that began just now
+        // may not be in it yet. Give a gap a second before judging it.
+        let settled = count(
+            db,
+            "SELECT count(*) FROM _duplex_changes WHERE seq = ? AND changed_at <= NOW(6) - INTERVAL 1 SECOND",
+            params![next],
+        )?;
+        if settled == 0 {
+            return Ok(false);
+        }
+        let running = db.query(
+            "SELECT count(*) FROM information_schema.INNODB_TRX \
+             WHERE trx_mysql_thread_id <> CONNECTION_ID() \
+               AND trx_started <= (SELECT changed_at FROM _duplex_changes WHERE seq = ?)",
+            params![next],
+        );
+        match running {
+            Ok(rows) => {
+                if rows.first().and_then(|r| r.at(0)?.as_integer()).unwrap_or(1) > 0 {
+                    return Ok(false);
+                }
+                // Nothing that could own the gap is running. If it committed meanwhile, read it
+                // next time, in order; if it is still missing, it was rolled back.
+                Ok(count(db, "SELECT count(*) FROM _duplex_changes WHERE seq > ? AND seq < ?", params![after, next])? == 0)
+            }
+            Err(_) => Ok(count(
+                db,
+                "SELECT count(*) FROM _duplex_changes WHERE seq = ? AND changed_at < NOW(6) - INTERVAL ? SECOND",
+                params![next, BLIND_GAP_WAIT_SECONDS],
+            )? > 0),
+        }
+    }
+}
+
+impl Dialect for MySql {
+    fn ident(&self, name: &str) -> String {
+        format!("`{}`", name.replace('`', "``"))
+    }
+
+    fn param(&self, _n: usize) -> String {
+        "?".into()
+    }
+
+    fn text_type(&self) -> &'static str {
+        "CHAR"
+    }
+
+    fn before_read(&self, db: &Db) -> Result<(), Error> {
+        db.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", &[])
+            .map(drop)
+    }
+
+    fn tables(&self, db: &Db) -> Result<Vec<String>, Error> {
+        let rows = db.query(
+            "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' \
+             AND table_name NOT LIKE '\\_duplex\\_%' ORDER BY 1",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.at(0)?.as_text().map(str::to_owned))
+            .collect())
+    }
+
+    fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error> {
+        let rows = db.query(
+            "SELECT CAST(column_name AS CHAR) AS name, CAST(data_type AS CHAR) AS data_type, \
+                    CAST(column_type AS CHAR) AS column_type, CAST(is_nullable AS CHAR) AS nullable, \
+                    CAST(column_key AS CHAR) AS ckey, CAST(extra AS CHAR) AS extra \
+             FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
+            params![table],
+        )?;
+        let mut pk = 0;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let text = |k: &str| {
+                    r.get(k)
+                        .and_then(Value::as_text)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let data_type = text("data_type").to_ascii_lowercase();
+                let column_type = text("column_type").to_ascii_lowercase();
+                let is_pk = text("ckey") == "PRI";
+                if is_pk {
+                    pk += 1;
+                }
+                Column {
+                    name: text("name"),
+                    field_type: field_type(&data_type, &column_type),
+                    sql_type: column_type,
+                    nullable: text("nullable") == "YES" && !is_pk,
+                    pk_position: if is_pk { pk } else { 0 },
+                    generated: text("extra").to_ascii_uppercase().contains("GENERATED"),
+                }
+            })
+            .collect())
+    }
+
+    fn install_log(&self, db: &Db) -> Result<(), Error> {
+        if count(
+            db,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('_duplex_changes', '_duplex_rows')",
+            &[],
+        )? == 2
+        {
+            return Ok(());
+        }
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS _duplex_changes (
+                 seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                 tbl VARCHAR(191) NOT NULL,
+                 pk VARCHAR(191) NOT NULL,
+                 op CHAR(1) NOT NULL,
+                 origin VARCHAR(191) NULL,
+                 changed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                 KEY _duplex_changes_tbl (tbl, seq)
+             ) ENGINE = InnoDB",
+            "CREATE TABLE IF NOT EXISTS _duplex_rows (
+                 tbl VARCHAR(191) NOT NULL,
+                 pk VARCHAR(191) NOT NULL,
+                 version BIGINT NOT NULL,
+                 PRIMARY KEY (tbl, pk)
+             ) ENGINE = InnoDB",
+        ] {
+            db.execute(statement, &[])?;
+        }
+        Ok(())
+    }
+
+    fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error> {
+        Ok(count(
+            db,
+            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+             AND event_object_table = ? AND trigger_name IN (?, ?, ?)",
+            params![
+                table,
+                trigger_name(table, "ins"),
+                trigger_name(table, "upd"),
+                trigger_name(table, "del")
+            ],
+        )? == 3)
+    }
+
+    fn install_triggers(&self, db: &Db, table: &str, pk: &str) -> Result<(), Error> {
+        let t = self.ident(table);
+        let tl = literal(table);
+        let p = self.ident(pk);
+        // Inside a trigger LAST_INSERT_ID() is the position the trigger just took; it is
+        // restored when the trigger ends.
+        let rows = |key: &str| {
+            format!("INSERT INTO _duplex_rows (tbl, pk, version) VALUES ({tl}, {key}, LAST_INSERT_ID()) ON DUPLICATE KEY UPDATE version = VALUES(version);")
+        };
+        for (suffix, body) in [
+            ("ins", format!(
+                "AFTER INSERT ON {t} FOR EACH ROW BEGIN
+                     INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, NEW.{p}, 'I', @duplex_origin);
+                     {}
+                 END",
+                rows(&format!("NEW.{p}"))
+            )),
+            ("upd", format!(
+                "AFTER UPDATE ON {t} FOR EACH ROW BEGIN
+                     IF NOT (OLD.{p} <=> NEW.{p}) THEN
+                         INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
+                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p};
+                     END IF;
+                     INSERT INTO _duplex_changes (tbl, pk, op, origin)
+                         VALUES ({tl}, NEW.{p}, IF(OLD.{p} <=> NEW.{p}, 'U', 'I'), @duplex_origin);
+                     {}
+                 END",
+                rows(&format!("NEW.{p}"))
+            )),
+            ("del", format!(
+                "AFTER DELETE ON {t} FOR EACH ROW BEGIN
+                     INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
+                     DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p};
+                 END"
+            )),
+        ] {
+            let name = self.ident(&trigger_name(table, suffix));
+            db.execute(&format!("DROP TRIGGER IF EXISTS {name}"), &[])?;
+            db.execute(&format!("CREATE TRIGGER {name} {body}"), &[])?;
+        }
+        Ok(())
+    }
+
+    fn remove_triggers(&self, db: &Db, table: &str) -> Result<(), Error> {
+        for suffix in ["ins", "upd", "del"] {
+            db.execute(
+                &format!(
+                    "DROP TRIGGER IF EXISTS {}",
+                    self.ident(&trigger_name(table, suffix))
+                ),
+                &[],
+            )?;
+        }
+        if count(db, "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_duplex_changes'", &[])? > 0 {
+            db.execute("DELETE FROM _duplex_changes WHERE tbl = ?", params![table])?;
+            db.execute("DELETE FROM _duplex_rows WHERE tbl = ?", params![table])?;
+        }
+        Ok(())
+    }
+
+    fn remove_log(&self, db: &Db) -> Result<(), Error> {
+        db.execute("DROP TABLE IF EXISTS _duplex_changes", &[])?;
+        db.execute("DROP TABLE IF EXISTS _duplex_rows", &[])?;
+        Ok(())
+    }
+
+    fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error> {
+        db.execute("SET @duplex_origin = ?", params![origin])
+            .map(drop)
+    }
+
+    fn clear_origin(&self, db: &Db) -> Result<(), Error> {
+        db.execute("SET @duplex_origin = NULL", &[]).map(drop)
+    }
+
+    fn log_start(&self, db: &Db) -> Result<String, Error> {
+        // A transaction still running may hold positions below the newest: start below every
+        // position a running transaction could hold (re-reading a few entries is harmless).
+        let max = count(db, "SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+        let running = db.query(
+            "SELECT MIN(c.seq) FROM _duplex_changes c WHERE c.changed_at >= \
+             (SELECT MIN(trx_started) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id <> CONNECTION_ID())",
+            &[],
+        );
+        let start = match running {
+            Ok(rows) => match rows.first().and_then(|r| r.at(0)?.as_integer()) {
+                Some(first) => first - 1,
+                None => max,
+            },
+            Err(_) => (max - 10_000).max(0),
+        };
+        Ok(start.min(max).to_string())
+    }
+
+    fn log_read(
+        &self,
+        db: &Db,
+        table: &str,
+        pos: &str,
+        max: u32,
+    ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+        let after: i64 = pos
+            .parse()
+            .map_err(|_| Error::permanent(format!("log position {pos:?} is not MariaDB's")))?;
+        let step = count(db, "SELECT @@auto_increment_increment", &[])?.max(1);
+        // All tables' entries: positions are shared, so a gap can only be seen across them.
+        let rows = db.query(
+            &format!("SELECT seq, tbl, pk, op, origin, changed_at FROM _duplex_changes WHERE seq > ? ORDER BY seq LIMIT {max}"),
+            params![after],
+        )?;
+        let all = entries(&rows);
+        let tables: Vec<String> = rows
+            .iter()
+            .map(|r| r.get("tbl").map(Value::to_plain_string).unwrap_or_default())
+            .collect();
+        let mut upto = after;
+        let mut out = Vec::new();
+        let mut stopped = false;
+        for (e, tbl) in all.into_iter().zip(tables) {
+            if e.seq != upto + step && !self.gap_closed(db, upto, e.seq)? {
+                stopped = true;
+                break;
+            }
+            upto = e.seq;
+            if tbl == table {
+                out.push(e);
+            }
+        }
+        let more = stopped || rows.rows.len() as u32 >= max;
+        Ok((out, upto.to_string(), more))
+    }
+}

@@ -1,0 +1,390 @@
+//! The sql capability and the sql connector on the PostgreSQL and MariaDB servers this machine
+//! runs on loopback. Without a server the tests skip, except under CI (`CI=true`), where a
+//! missing server is a failure.
+
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use duplex::host::Grants;
+use duplex::plugin::{
+    ChangeKind, ConnectorPlugin, CreateOp, FieldValue, PluginHost, Value, WriteOp,
+};
+use sqlx::{Connection, Executor};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const MY: &str = "mysql://root@127.0.0.1:3306";
+
+/// A fresh database on a server, dropped afterwards.
+struct ServerDb {
+    kind: &'static str,
+    name: String,
+    url: String,
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl ServerDb {
+    async fn new(kind: &'static str) -> Option<ServerDb> {
+        let name = format!(
+            "duplex_t_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let admin = match kind {
+            "postgres" => format!("{PG}/test"),
+            _ => format!("{MY}/test"),
+        };
+        let created = async {
+            match kind {
+                "postgres" => {
+                    let mut c = sqlx::PgConnection::connect(&admin).await?;
+                    c.execute(format!("CREATE DATABASE {name}").as_str())
+                        .await?;
+                }
+                _ => {
+                    let mut c = sqlx::MySqlConnection::connect(&admin).await?;
+                    c.execute(format!("CREATE DATABASE {name}").as_str())
+                        .await?;
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        if let Err(e) = created {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI needs the {kind} server on loopback, but it could not be used: {e}");
+            }
+            eprintln!("skipped: no {kind} server on loopback ({e})");
+            return None;
+        }
+        let url = match kind {
+            "postgres" => format!("{PG}/{name}"),
+            _ => format!("{MY}/{name}"),
+        };
+        Some(ServerDb { kind, name, url })
+    }
+
+    async fn exec(&self, sql: &str) {
+        match self.kind {
+            "postgres" => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+            _ => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
+    fn config(&self) -> String {
+        serde_json::json!({ "url": self.url }).to_string()
+    }
+
+    async fn connector(&self, host: &PluginHost) -> ConnectorPlugin {
+        host.load_connector_file(
+            &common::plugin(common::SQL),
+            self.kind,
+            &Grants {
+                sql: vec![self.url.clone()],
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for ServerDb {
+    fn drop(&mut self) {
+        let (kind, name) = (self.kind, self.name.clone());
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if kind == "postgres" {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{PG}/test")).await {
+                        let _ = c
+                            .execute(
+                                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                            )
+                            .await;
+                    }
+                } else if let Ok(mut c) =
+                    sqlx::MySqlConnection::connect(&format!("{MY}/test")).await
+                {
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+const PG_TYPES: &str = "
+CREATE TABLE typed (
+    id SERIAL PRIMARY KEY,
+    i2 SMALLINT, i4 INTEGER, i8 BIGINT,
+    n NUMERIC(20, 6), f4 REAL, f8 DOUBLE PRECISION,
+    b BOOLEAN, t TEXT, vc VARCHAR(40), ch CHAR(3),
+    ts TIMESTAMP, tstz TIMESTAMPTZ, d DATE,
+    j JSON, jb JSONB, u UUID, by BYTEA
+);
+INSERT INTO typed (i2, i4, i8, n, f4, f8, b, t, vc, ch, ts, tstz, d, j, jb, u, by) VALUES
+    (-12, 123456, 9007199254740993, 12345678901234.123456, 1.5, 2.25, true, 'héllo', 'v', 'abc',
+     '2024-02-29 12:34:56.789', '2024-02-29 12:34:56.789+02', '2024-02-29',
+     '{\"a\": 1}', '{\"b\": [1, 2]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff10');
+";
+
+const MY_TYPES: &str = "
+CREATE TABLE typed (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    i2 SMALLINT, i4 INT, i8 BIGINT,
+    n DECIMAL(20, 6), f4 FLOAT, f8 DOUBLE,
+    b TINYINT(1), t TEXT, vc VARCHAR(40), ch CHAR(3),
+    ts DATETIME(6), tstz TIMESTAMP(6) NULL, d DATE,
+    j JSON, jb LONGTEXT, u UUID, by_ BLOB
+);
+INSERT INTO typed (i2, i4, i8, n, f4, f8, b, t, vc, ch, ts, tstz, d, j, jb, u, by_) VALUES
+    (-12, 123456, 9007199254740993, 12345678901234.123456, 1.5, 2.25, 1, 'héllo', 'v', 'abc',
+     '2024-02-29 12:34:56.789', '2024-02-29 10:34:56.789', '2024-02-29',
+     '{\"a\": 1}', '{\"b\": [1, 2]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', X'00ff10');
+";
+
+fn field<'a>(fields: &'a [FieldValue], name: &str) -> &'a Value {
+    &fields
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no field {name}"))
+        .value
+}
+
+/// Every supported type reads typed, and what Duplex writes reads back the same.
+async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
+    let Some(db) = ServerDb::new(kind).await else {
+        return;
+    };
+    db.exec(schema).await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let mut s = plugin.session().await.unwrap();
+    let batch = s.read(&db.config(), "typed", None, 10).await.unwrap();
+    assert_eq!(batch.changes.len(), 1);
+    let f = batch.changes[0].fields.clone();
+    let ts = 1_709_210_096_789_000;
+    assert_eq!(field(&f, "i2"), &Value::Integer(-12), "{kind}");
+    assert_eq!(field(&f, "i4"), &Value::Integer(123_456));
+    assert_eq!(
+        field(&f, "i8"),
+        &Value::Integer(9_007_199_254_740_993),
+        "no float rounding"
+    );
+    assert_eq!(
+        field(&f, "n"),
+        &Value::Decimal("12345678901234.123456".into()),
+        "exact"
+    );
+    assert_eq!(field(&f, "f4"), &Value::Float(1.5));
+    assert_eq!(field(&f, "f8"), &Value::Float(2.25));
+    assert_eq!(field(&f, "b"), &Value::Boolean(true));
+    assert_eq!(field(&f, "t"), &Value::Text("héllo".into()));
+    assert_eq!(field(&f, "vc"), &Value::Text("v".into()));
+    assert_eq!(
+        field(&f, "ts"),
+        &Value::Timestamp(ts),
+        "without zone, read as UTC"
+    );
+    assert_eq!(
+        field(&f, "tstz"),
+        &Value::Timestamp(ts - 2 * 3_600_000_000),
+        "with zone"
+    );
+    assert_eq!(field(&f, "d"), &Value::Text("2024-02-29".into()));
+    assert!(
+        matches!(field(&f, "j"), Value::Json(j) | Value::Text(j) if j.replace(' ', "") == r#"{"a":1}"#)
+    );
+    assert_eq!(
+        field(&f, "u"),
+        &Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into())
+    );
+    assert_eq!(field(&f, bytes_col), &Value::Bytes(vec![0, 255, 16]));
+
+    // The other direction: write the same values as a new row, read both back.
+    let values: Vec<FieldValue> = f.iter().filter(|x| x.name != "id").cloned().collect();
+    let results = s
+        .write(
+            &db.config(),
+            "typed",
+            "t",
+            vec![WriteOp::Create(CreateOp { fields: values })],
+        )
+        .await
+        .unwrap();
+    let new_id = results[0].as_ref().expect("the write succeeds").id.clone();
+    let batch = s
+        .read(&db.config(), "typed", Some(&batch.next_cursor), 10)
+        .await;
+    let batch = match batch {
+        Ok(b) => b,
+        Err(e) => panic!("{kind}: {e}"),
+    };
+    let again = batch
+        .changes
+        .iter()
+        .find(|c| c.id == new_id)
+        .expect("the new row is read");
+    for original in &f {
+        if original.name == "id" {
+            continue;
+        }
+        assert_eq!(
+            field(&again.fields, &original.name),
+            &original.value,
+            "{kind}: {} round trip",
+            original.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_postgres_type_round_trips() {
+    type_round_trip("postgres", PG_TYPES, "by").await;
+}
+
+#[tokio::test]
+async fn every_mariadb_type_round_trips() {
+    type_round_trip("mysql", MY_TYPES, "by_").await;
+}
+
+/// A transaction that took an earlier log position but commits later is read, not skipped.
+async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
+    let Some(db) = ServerDb::new(kind).await else {
+        return;
+    };
+    db.exec(schema).await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let mut s = plugin.session().await.unwrap();
+    let first = s.read(&db.config(), "items", None, 100).await.unwrap();
+    let mut cursor = first.next_cursor;
+
+    // A: takes its position first, commits last.
+    let early = match kind {
+        "postgres" => {
+            let mut a = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("BEGIN").execute(&mut a).await.unwrap();
+            sqlx::raw_sql("INSERT INTO items (name) VALUES ('late')")
+                .execute(&mut a)
+                .await
+                .unwrap();
+            let mut b = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("INSERT INTO items (name) VALUES ('early')")
+                .execute(&mut b)
+                .await
+                .unwrap();
+            let seen = s
+                .read(&db.config(), "items", Some(&cursor), 100)
+                .await
+                .unwrap();
+            cursor = seen.next_cursor.clone();
+            sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+            seen.changes
+        }
+        _ => {
+            let mut a = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("BEGIN").execute(&mut a).await.unwrap();
+            sqlx::raw_sql("INSERT INTO items (name) VALUES ('late')")
+                .execute(&mut a)
+                .await
+                .unwrap();
+            let mut b = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("INSERT INTO items (name) VALUES ('early')")
+                .execute(&mut b)
+                .await
+                .unwrap();
+            let seen = s
+                .read(&db.config(), "items", Some(&cursor), 100)
+                .await
+                .unwrap();
+            cursor = seen.next_cursor.clone();
+            sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+            seen.changes
+        }
+    };
+    let mut names: Vec<Value> = early
+        .iter()
+        .map(|c| field(&c.fields, "name").clone())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = s
+        .read(&db.config(), "items", Some(&cursor), 100)
+        .await
+        .unwrap();
+    names.extend(
+        after
+            .changes
+            .iter()
+            .map(|c| field(&c.fields, "name").clone()),
+    );
+    assert!(
+        names.contains(&Value::Text("late".into())),
+        "{kind}: the late commit was skipped: {names:?}"
+    );
+    assert!(
+        names.contains(&Value::Text("early".into())),
+        "{kind}: {names:?}"
+    );
+    assert!(after.changes.iter().all(|c| c.kind == ChangeKind::Create));
+}
+
+#[tokio::test]
+async fn a_late_commit_is_not_skipped_on_postgres() {
+    late_commit_is_not_skipped(
+        "postgres",
+        "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_late_commit_is_not_skipped_on_mariadb() {
+    late_commit_is_not_skipped(
+        "mysql",
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn credentials_never_appear_in_errors() {
+    let host = common::host();
+    let url = "postgres://postgres:hunter2@127.0.0.1:1/nowhere";
+    let plugin = host
+        .load_connector_file(
+            &common::plugin(common::SQL),
+            "pg",
+            &Grants {
+                sql: vec![url.into()],
+            },
+        )
+        .await
+        .unwrap();
+    let err = plugin
+        .session()
+        .await
+        .unwrap()
+        .check(&serde_json::json!({ "url": url }).to_string())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("***"), "{msg}");
+}
