@@ -377,7 +377,7 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
         "{stdout}"
     );
     assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/connector@0.1.0: info, check, discover, read, write, find, remove-capture"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.1.0: info, check, discover, read, write, find, watch, remove-capture"), "{stdout}");
     assert!(stdout.contains("duplex:plugin/sql@0.1.0"), "{stdout}");
     assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
 

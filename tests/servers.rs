@@ -167,6 +167,32 @@ fn field<'a>(fields: &'a [FieldValue], name: &str) -> &'a Value {
         .value
 }
 
+/// Reads from `cursor` until `done` holds for what was read, or five seconds pass. On
+/// PostgreSQL a change becomes readable only when every older writing transaction in the
+/// cluster has ended, which, with other tests running, can take a moment.
+async fn read_until(
+    s: &mut duplex::plugin::ConnectorSession,
+    db: &ServerDb,
+    stream: &str,
+    mut cursor: String,
+    done: impl Fn(&[duplex::plugin::Change]) -> bool,
+) -> Vec<duplex::plugin::Change> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let batch = s
+            .read(&db.config(), stream, Some(&cursor), 100)
+            .await
+            .unwrap();
+        seen.extend(batch.changes);
+        cursor = batch.next_cursor;
+        if done(&seen) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every supported type reads typed, and what Duplex writes reads back the same.
 async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
     let Some(db) = ServerDb::new(kind).await else {
@@ -229,18 +255,11 @@ async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
         .await
         .unwrap();
     let new_id = results[0].as_ref().expect("the write succeeds").id.clone();
-    let batch = s
-        .read(&db.config(), "typed", Some(&batch.next_cursor), 10)
-        .await;
-    let batch = match batch {
-        Ok(b) => b,
-        Err(e) => panic!("{kind}: {e}"),
-    };
-    let again = batch
-        .changes
-        .iter()
-        .find(|c| c.id == new_id)
-        .expect("the new row is read");
+    let changes = read_until(&mut s, &db, "typed", batch.next_cursor, |c| {
+        c.iter().any(|c| c.id == new_id)
+    })
+    .await;
+    let again = changes.iter().find(|c| c.id == new_id).unwrap();
     for original in &f {
         if original.name == "id" {
             continue;
@@ -319,21 +338,13 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
             seen.changes
         }
     };
-    let mut names: Vec<Value> = early
-        .iter()
-        .map(|c| field(&c.fields, "name").clone())
-        .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let after = s
-        .read(&db.config(), "items", Some(&cursor), 100)
-        .await
-        .unwrap();
-    names.extend(
-        after
-            .changes
-            .iter()
-            .map(|c| field(&c.fields, "name").clone()),
-    );
+    let name_of = |c: &duplex::plugin::Change| field(&c.fields, "name").clone();
+    let mut names: Vec<Value> = early.iter().map(name_of).collect();
+    let after = read_until(&mut s, &db, "items", cursor, |c| {
+        c.iter().any(|c| name_of(c) == Value::Text("late".into()))
+    })
+    .await;
+    names.extend(after.iter().map(name_of));
     assert!(
         names.contains(&Value::Text("late".into())),
         "{kind}: the late commit was skipped: {names:?}"
@@ -342,7 +353,7 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
         names.contains(&Value::Text("early".into())),
         "{kind}: {names:?}"
     );
-    assert!(after.changes.iter().all(|c| c.kind == ChangeKind::Create));
+    assert!(after.iter().all(|c| c.kind == ChangeKind::Create));
 }
 
 #[tokio::test]
@@ -387,4 +398,242 @@ async fn credentials_never_appear_in_errors() {
     let msg = err.to_string();
     assert!(!msg.contains("hunter2"), "{msg}");
     assert!(msg.contains("***"), "{msg}");
+}
+
+const PG_CUSTOMERS: &str = "
+CREATE TABLE customers (
+    id SERIAL PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    full_name TEXT NOT NULL,
+    balance NUMERIC(12, 2),
+    active BOOLEAN NOT NULL DEFAULT true,
+    seen TIMESTAMPTZ
+);
+INSERT INTO customers (email, full_name, balance, active, seen) VALUES
+    ('ada@example.com', 'Ada', 10.50, true, '2024-01-01 10:00:00+00'),
+    ('bob@example.com', 'Bob', NULL, false, NULL);
+";
+
+const MY_CLIENTS: &str = "
+CREATE TABLE clients (
+    no INT AUTO_INCREMENT PRIMARY KEY,
+    mail VARCHAR(120) NOT NULL UNIQUE,
+    name VARCHAR(120) NOT NULL,
+    credit DECIMAL(12, 2),
+    status TINYINT(1) NOT NULL DEFAULT 1,
+    last_seen DATETIME(6)
+);
+INSERT INTO clients (mail, name, credit, status, last_seen) VALUES
+    ('ADA@example.com', 'Ada', 10.5, 1, '2024-01-01 10:00:00'),
+    ('cy@example.com', 'Cy', 99.99, 1, NULL);
+";
+
+const SQLITE_CLIENTS: &str = "
+CREATE TABLE clients (
+    no INTEGER PRIMARY KEY,
+    mail TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    credit DECIMAL(12, 2),
+    status BOOLEAN NOT NULL DEFAULT 1,
+    last_seen TIMESTAMP
+);
+INSERT INTO clients (mail, name, credit, status, last_seen) VALUES
+    ('ADA@example.com', 'Ada', '10.5', 1, '2024-01-01 10:00:00'),
+    ('cy@example.com', 'Cy', '99.99', 1, NULL);
+";
+
+/// A config syncing PostgreSQL customers with `right_url`'s clients.
+fn cross_config(
+    dir: &std::path::Path,
+    left_url: &str,
+    right_url: &str,
+    schedule: &str,
+) -> std::path::PathBuf {
+    let config = format!(
+        r#"
+[connections.pg]
+plugin = "builtin:sql"
+config = {{ url = "{left_url}" }}
+grants = {{ sql = ["{left_url}"] }}
+
+[connections.other]
+plugin = "builtin:sql"
+config = {{ url = "{right_url}" }}
+grants = {{ sql = ["{right_url}"] }}
+
+[syncs.people]
+left = "pg.customers"
+right = "other.clients"
+match = {{ field = "email", ignore_case = true }}
+schedule = "{schedule}"
+fields = [
+    {{ left = "email", right = "mail" }},
+    {{ left = "full_name", right = "name" }},
+    {{ left = "balance", right = "credit" }},
+    {{ left = "active", right = "status" }},
+    {{ left = "seen", right = "last_seen" }},
+]
+"#
+    );
+    let path = dir.join("duplex.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// email, name, balance, active, seen.
+type PersonRow = (String, String, Option<String>, bool, Option<String>);
+
+/// Rows as comparable text: email (lower case) -> the other mapped fields.
+async fn pg_people(db: &ServerDb) -> std::collections::BTreeMap<String, String> {
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<PersonRow> = sqlx::query_as(
+        "SELECT lower(email), full_name, balance::text, active, to_char(seen AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM customers",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(e, n, b, a, s)| {
+            (
+                e,
+                format!(
+                    "{n}|{}|{a}|{}",
+                    b.map(|b| b.trim_end_matches('0').trim_end_matches('.').to_owned())
+                        .unwrap_or_default(),
+                    s.unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn my_people(db: &ServerDb) -> std::collections::BTreeMap<String, String> {
+    let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<PersonRow> = sqlx::query_as(
+        "SELECT CAST(lower(mail) AS CHAR), CAST(name AS CHAR), CAST(credit AS CHAR), status <> 0, CAST(DATE_FORMAT(last_seen, '%Y-%m-%d %H:%i:%s') AS CHAR) FROM clients",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(e, n, b, a, s)| {
+            (
+                e,
+                format!(
+                    "{n}|{}|{a}|{}",
+                    b.map(|b| b.trim_end_matches('0').trim_end_matches('.').to_owned())
+                        .unwrap_or_default(),
+                    s.unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
+}
+
+fn sqlite_people(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut q = c
+        .prepare("SELECT lower(mail), name, CAST(credit AS TEXT), status, substr(last_seen, 1, 19) FROM clients")
+        .unwrap();
+    let rows = q
+        .query_map([], |r| {
+            let credit: Option<String> = r.get(2)?;
+            let active: bool = r.get(3)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                format!(
+                    "{}|{}|{active}|{}",
+                    r.get::<_, String>(1)?,
+                    credit
+                        .map(|b| if b.contains('.') {
+                            b.trim_end_matches('0').trim_end_matches('.').to_owned()
+                        } else {
+                            b
+                        })
+                        .unwrap_or_default(),
+                    r.get::<_, Option<String>>(4)?.unwrap_or_default()
+                ),
+            ))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn postgres_and_mariadb_sync_both_ways_in_different_shapes() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    let Some(my) = ServerDb::new("mysql").await else {
+        return;
+    };
+    pg.exec(PG_CUSTOMERS).await;
+    my.exec(MY_CLIENTS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cross_config(dir.path(), &pg.url, &my.url, "realtime");
+    let sync = || async {
+        let app = duplex::app::App::load(&config).await.unwrap();
+        let state = app.open_state().unwrap();
+        app.run_once(&state, |_, _| {}).await.unwrap();
+    };
+    sync().await;
+    assert_eq!(pg_people(&pg).await, my_people(&my).await);
+    assert_eq!(
+        pg_people(&pg).await.len(),
+        3,
+        "Ada matched, Bob and Cy created"
+    );
+
+    pg.exec("UPDATE customers SET balance = 12.75, full_name = 'Ada L.' WHERE email = 'ada@example.com'").await;
+    my.exec("UPDATE clients SET status = 0, last_seen = '2024-06-01 08:30:00' WHERE mail = 'cy@example.com'").await;
+    my.exec("DELETE FROM clients WHERE mail = 'bob@example.com'")
+        .await;
+    sync().await;
+    let people = pg_people(&pg).await;
+    assert_eq!(people, my_people(&my).await);
+    assert_eq!(
+        people["ada@example.com"],
+        "Ada L.|12.75|true|2024-01-01 10:00:00"
+    );
+    assert_eq!(
+        people["cy@example.com"],
+        "Cy|99.99|false|2024-06-01 08:30:00"
+    );
+    assert!(!people.contains_key("bob@example.com"));
+}
+
+#[tokio::test]
+async fn postgres_and_sqlite_sync_both_ways_in_different_shapes() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    pg.exec(PG_CUSTOMERS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.db");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch(SQLITE_CLIENTS)
+        .unwrap();
+    let config = cross_config(dir.path(), &pg.url, "sqlite://clients.db", "realtime");
+    let sync = || async {
+        let app = duplex::app::App::load(&config).await.unwrap();
+        let state = app.open_state().unwrap();
+        app.run_once(&state, |_, _| {}).await.unwrap();
+    };
+    sync().await;
+    assert_eq!(pg_people(&pg).await, sqlite_people(&file));
+    pg.exec("UPDATE customers SET active = false WHERE email = 'bob@example.com'")
+        .await;
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute(
+            "UPDATE clients SET name = 'Cyrus', credit = '100.01' WHERE mail = 'cy@example.com'",
+            [],
+        )
+        .unwrap();
+    sync().await;
+    let people = pg_people(&pg).await;
+    assert_eq!(people, sqlite_people(&file));
+    assert_eq!(people["cy@example.com"], "Cyrus|100.01|true|");
+    assert!(people["bob@example.com"].contains("|false|"));
 }

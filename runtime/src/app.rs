@@ -204,13 +204,27 @@ impl App {
             let mut reports = Vec::new();
             // Caught up: a cycle that read and wrote nothing. Bounded, so a record that keeps
             // failing cannot keep --once running; it stays in `status` with its reason.
+            let mut stalled = 0u32;
             for _ in 0..100_000 {
                 let report = runner.cycle(state, now_micros()).await?;
                 progress(&sync.spec.name, &report);
                 let idle = report.idle();
+                // Changes announced but not yet readable (held behind a transaction still
+                // running): wait a little rather than spin, and give up after a minute.
+                let waiting = report.more && report.read == [0, 0] && report.writes == 0;
                 reports.push(report);
                 if idle {
                     break;
+                }
+                if waiting {
+                    stalled += 1;
+                    if stalled > 2_400 {
+                        tracing::warn!(sync = %sync.spec.name, "changes have been waiting behind a running transaction for a minute; stopping without them");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                } else {
+                    stalled = 0;
                 }
             }
             out.insert(sync.spec.name.clone(), reports);
@@ -267,9 +281,20 @@ impl App {
                     } else {
                         0
                     };
-                    next.sync
+                    let wait = next
+                        .sync
                         .schedule
-                        .wait(chrono::Utc::now(), idle, next.idle_streak)
+                        .wait(chrono::Utc::now(), idle, next.idle_streak);
+                    // Realtime and idle: wait for an announcement where a side can make one
+                    // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
+                    if idle && matches!(next.sync.schedule, Schedule::Realtime) {
+                        match next.runner.watch(Schedule::REALTIME_MAX).await {
+                            Some(_) => Duration::ZERO,
+                            None => wait,
+                        }
+                    } else {
+                        wait
+                    }
                 }
                 Err(e) => {
                     next.failures = next.failures.saturating_add(1);

@@ -274,6 +274,39 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for either side to announce changes: `Some(true)` when one did,
+    /// `Some(false)` when the wait ran out, `None` at once when neither side can announce (the
+    /// caller then polls).
+    pub async fn watch(&mut self, timeout: std::time::Duration) -> Option<bool> {
+        use plugin::Watched;
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let outcome = {
+            let l = self.left.watch(ms);
+            let r = self.right.watch(ms);
+            tokio::pin!(l, r);
+            let (mut left_done, mut right_done) = (None, None);
+            loop {
+                // The first announcement wins; a side that cannot announce answers at once.
+                tokio::select! {
+                    w = &mut l, if left_done.is_none() => left_done = Some(w),
+                    w = &mut r, if right_done.is_none() => right_done = Some(w),
+                }
+                let announced =
+                    |d: &Option<Result<Watched, IoError>>| matches!(d, Some(Ok(Watched::Changed)));
+                if announced(&left_done) || announced(&right_done) {
+                    break Some(true);
+                }
+                if let (Some(a), Some(b)) = (&left_done, &right_done) {
+                    let waited = |d: &Result<Watched, IoError>| matches!(d, Ok(Watched::Timeout));
+                    break (waited(a) || waited(b)).then_some(false);
+                }
+            }
+        };
+        self.left.finish();
+        self.right.finish();
+        outcome
+    }
+
     /// Runs one cycle at time `now` (microseconds since the epoch).
     pub async fn cycle(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
         let result = self.cycle_inner(state, now).await;

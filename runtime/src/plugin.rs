@@ -23,7 +23,7 @@ use crate::host::{self, Caller, Grants};
 
 pub use bindings::connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, ConnectorInfo, CreateOp, Current, DeleteOp,
-    Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, WriteOp, Written,
+    Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
 };
 pub use bindings::duplex::plugin::types::{
     Error as WitError, FieldValue, Invalid, RateLimit, Timestamp, Value,

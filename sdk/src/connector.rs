@@ -4,7 +4,7 @@ use crate::{Error, Timestamp};
 
 pub use crate::bindings::exports::duplex::plugin::connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, ConnectorInfo as Info, CreateOp, Current,
-    DeleteOp, Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, WriteOp, Written,
+    DeleteOp, Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
 };
 
 /// A connector: reads and writes one kind of system.
@@ -84,6 +84,13 @@ pub trait Connector: Sized {
         Err(Error::permanent("this connector does not support find"))
     }
 
+    /// Waits up to `timeout_ms` for the system to announce changes. By default the system
+    /// cannot, and the host polls.
+    fn watch(&mut self, timeout_ms: u32) -> Result<Watched, Error> {
+        let _ = timeout_ms;
+        Ok(Watched::Unsupported)
+    }
+
     /// Removes what change capture installed. By default there is nothing to remove.
     fn remove_capture(&mut self, stream: Option<&str>) -> Result<(), Error> {
         let _ = stream;
@@ -150,6 +157,9 @@ macro_rules! register_connector {
                 key: $crate::LookupKey,
             ) -> Result<Vec<$crate::Current>, $crate::Error> {
                 $crate::__private::connector::open::<$connector>(&config)?.find(&stream, key)
+            }
+            fn watch(config: String, timeout_ms: u32) -> Result<$crate::Watched, $crate::Error> {
+                $crate::__private::connector::open::<$connector>(&config)?.watch(timeout_ms)
             }
             fn remove_capture(config: String, stream: Option<String>) -> Result<(), $crate::Error> {
                 $crate::__private::connector::open::<$connector>(&config)?

@@ -69,7 +69,7 @@ mod connector;
 #[cfg(feature = "connector")]
 pub use connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, Connector, CreateOp, Current, DeleteOp, Field,
-    FieldMatch, FieldType, Info, LookupKey, Stream, UpdateOp, WriteOp, Written,
+    FieldMatch, FieldType, Info, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
 };
 #[cfg(feature = "connector")]
 pub mod log;

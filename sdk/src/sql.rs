@@ -61,6 +61,11 @@ impl Db {
         self.conn.execute_script(script)
     }
 
+    /// Waits for a notification on `channel` (PostgreSQL), up to `timeout_ms`.
+    pub fn wait_for_change(&self, channel: &str, timeout_ms: u32) -> Result<bool, Error> {
+        self.conn.wait_for_change(channel, timeout_ms)
+    }
+
     /// Runs `body` in a transaction: committed if it returns `Ok`, rolled back otherwise.
     pub fn transaction<T>(&self, body: impl FnOnce(&Db) -> Result<T, Error>) -> Result<T, Error> {
         self.conn.begin()?;

@@ -3,8 +3,8 @@
 
 use crate::engine::{self, FieldType};
 use crate::plugin::{
-    self, CallError, ChangeBatch, ConnectorPlugin, ConnectorSession, Current, LookupKey, WitError,
-    WriteOp, Written,
+    self, CallError, ChangeBatch, ConnectorPlugin, ConnectorSession, Current, LookupKey, Watched,
+    WitError, WriteOp, Written,
 };
 
 /// Why a side could not be reached this cycle. The cycle stops and nothing is committed.
@@ -30,6 +30,11 @@ pub trait SideIo {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, WitError>>, IoError>;
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError>;
+    /// Waits up to `timeout_ms` for the system to announce changes.
+    async fn watch(&mut self, timeout_ms: u32) -> Result<Watched, IoError> {
+        let _ = timeout_ms;
+        Ok(Watched::Unsupported)
+    }
     /// Ends a unit of work: the next call starts a fresh store.
     fn finish(&mut self) {}
 }
@@ -106,6 +111,20 @@ impl SideIo for PluginSide {
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {
         let (config, stream) = (self.config.clone(), self.stream.clone());
         let r = self.session().await?.find(&config, &stream, key).await;
+        self.check(r)
+    }
+
+    async fn watch(&mut self, timeout_ms: u32) -> Result<Watched, IoError> {
+        if !self
+            .plugin
+            .info()
+            .capabilities
+            .contains(plugin::Capabilities::REALTIME)
+        {
+            return Ok(Watched::Unsupported);
+        }
+        let config = self.config.clone();
+        let r = self.session().await?.watch(&config, timeout_ms).await;
         self.check(r)
     }
 

@@ -152,11 +152,11 @@ impl Backend {
                     .acquire()
                     .await
                     .map_err(acquire)?;
-                Ok(Backend::Postgres(server::ServerConnection::new(conn)))
+                Ok(Backend::Postgres(server::ServerConnection::new(conn, url)))
             }
             Target::MySql(url) => {
                 let conn = pools.mysql(&url).await?.acquire().await.map_err(acquire)?;
-                Ok(Backend::MySql(server::ServerConnection::new(conn)))
+                Ok(Backend::MySql(server::ServerConnection::new(conn, url)))
             }
         }
     }
@@ -247,6 +247,28 @@ impl wit::HostConnection for StoreState {
         conn: Resource<Connection>,
     ) -> wasmtime::Result<Result<(), Error>> {
         on_backend!(self, conn, c => c.rollback().await)
+    }
+
+    async fn wait_for_change(
+        &mut self,
+        conn: Resource<Connection>,
+        channel: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        let url = match &self.table.get(&conn)?.backend {
+            Backend::Postgres(c) => c.url.clone(),
+            _ => {
+                return Ok(Err(Error::Permanent(
+                    "only PostgreSQL announces changes; poll this database instead".into(),
+                )))
+            }
+        };
+        let timeout = std::time::Duration::from_millis(timeout_ms.into());
+        Ok(self
+            .sql
+            .pools
+            .wait_for_change(&url, &channel, timeout)
+            .await)
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {

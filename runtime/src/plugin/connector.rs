@@ -229,6 +229,26 @@ impl ConnectorSession {
         self.typed("find", r)
     }
 
+    /// Waits up to `timeout_ms` for the system to announce changes.
+    pub async fn watch(
+        &mut self,
+        config: &str,
+        timeout_ms: u32,
+    ) -> Result<super::Watched, CallError> {
+        let config = config.to_owned();
+        let r = self
+            .sandbox
+            .call("watch", move |b, s| {
+                Box::pin(async move {
+                    b.duplex_plugin_connector()
+                        .call_watch(s, &config, timeout_ms)
+                        .await
+                })
+            })
+            .await;
+        self.typed("watch", r)
+    }
+
     pub async fn remove_capture(
         &mut self,
         config: &str,

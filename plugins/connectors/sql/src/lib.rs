@@ -21,7 +21,7 @@ use duplex_sdk::sql::{Db, Dialect as SqlDialect, Row};
 use duplex_sdk::{
     register_connector, Capabilities, Change, ChangeBatch, ChangeKind, Connector, CreateOp,
     Current, DeleteOp, Error, Field, FieldType, FieldValue, Info, LookupKey, Stream, UpdateOp,
-    Value, WriteOp, Written,
+    Value, Watched, WriteOp, Written,
 };
 
 use cursor::Cursor;
@@ -83,7 +83,8 @@ impl Connector for SqlConnector {
             config_schema: CONFIG_SCHEMA.into(),
             capabilities: Capabilities::CHANGE_FEED
                 | Capabilities::DELETES_IN_FEED
-                | Capabilities::CONDITIONAL_WRITES,
+                | Capabilities::CONDITIONAL_WRITES
+                | Capabilities::REALTIME,
         }
     }
 
@@ -225,6 +226,19 @@ impl Connector for SqlConnector {
                 fields,
             })
             .collect())
+    }
+
+    /// PostgreSQL: the capture trigger notifies `duplex_changes`; the host listens. Others
+    /// cannot announce changes, and the host polls.
+    fn watch(&mut self, timeout_ms: u32) -> Result<Watched, Error> {
+        if self.db.dialect() != SqlDialect::Postgres {
+            return Ok(Watched::Unsupported);
+        }
+        Ok(if self.db.wait_for_change("duplex_changes", timeout_ms)? {
+            Watched::Changed
+        } else {
+            Watched::Timeout
+        })
     }
 
     fn remove_capture(&mut self, stream: Option<&str>) -> Result<(), Error> {

@@ -273,7 +273,17 @@ impl Dialect for Postgres {
             ),
             None => pos.to_owned(),
         };
-        let more = rows.rows.len() as u32 >= max;
+        // Entries of transactions still held back behind an older running one are waiting too:
+        // say so, so that a caller running until caught up does not stop before them.
+        let more = rows.rows.len() as u32 >= max
+            || {
+                let (x, s) = next.split_once(':').unwrap_or((xid, "0"));
+                count(
+                db,
+                "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) LIMIT 1) waiting",
+                &[Value::Text(table.to_owned()), Value::Text(x.to_owned()), Value::Integer(s.parse().unwrap_or(seq))],
+            )? > 0
+            };
         Ok((entries(&rows), next, more))
     }
 }
