@@ -637,3 +637,210 @@ async fn postgres_and_sqlite_sync_both_ways_in_different_shapes() {
     assert_eq!(people["cy@example.com"], "Cyrus|100.01|true|");
     assert!(people["bob@example.com"].contains("|false|"));
 }
+
+/// One writer's work: creates, updates and deletes of its own records, and edits of records
+/// every writer shares. Returns the last name it gave each of its own live records.
+async fn write_load(
+    kind: &'static str,
+    url: String,
+    writer: usize,
+    ops: usize,
+    shared: Vec<String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut own: Vec<String> = Vec::new();
+    let mut last = std::collections::BTreeMap::new();
+    let mut rng = (writer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let pg = if kind == "postgres" {
+        Some(sqlx::PgPool::connect(&url).await.unwrap())
+    } else {
+        None
+    };
+    let my = if kind == "mysql" {
+        Some(sqlx::MySqlPool::connect(&url).await.unwrap())
+    } else {
+        None
+    };
+    // As applications do, a statement chosen as a deadlock victim is run again.
+    let exec = |sql: String| {
+        let (pg, my) = (pg.clone(), my.clone());
+        async move {
+            let mut attempt = 0;
+            loop {
+                let r = match (&pg, &my) {
+                    (Some(p), _) => sqlx::raw_sql(&sql).execute(p).await.map(drop),
+                    (_, Some(m)) => sqlx::raw_sql(&sql).execute(m).await.map(drop),
+                    _ => unreachable!(),
+                };
+                match r {
+                    Err(sqlx::Error::Database(d))
+                        if attempt < 10
+                            && matches!(d.code().as_deref(), Some("40001" | "40P01")) =>
+                    {
+                        attempt += 1
+                    }
+                    other => return other,
+                }
+            }
+        }
+    };
+    let (table, email, name) = if kind == "postgres" {
+        ("customers", "email", "full_name")
+    } else {
+        ("clients", "mail", "name")
+    };
+    for i in 0..ops {
+        let roll = next() % 100;
+        if roll < 35 || own.is_empty() {
+            let e = format!("{kind}-{writer}-{i}@example.com");
+            exec(format!(
+                "INSERT INTO {table} ({email}, {name}) VALUES ('{e}', 'new {i}')"
+            ))
+            .await
+            .unwrap();
+            last.insert(e.clone(), format!("new {i}"));
+            own.push(e);
+        } else if roll < 75 {
+            let e = own[(next() as usize) % own.len()].clone();
+            exec(format!(
+                "UPDATE {table} SET {name} = 'w{writer} {i}' WHERE {email} = '{e}'"
+            ))
+            .await
+            .unwrap();
+            last.insert(e, format!("w{writer} {i}"));
+        } else if roll < 85 {
+            let e = own.swap_remove((next() as usize) % own.len());
+            exec(format!("DELETE FROM {table} WHERE {email} = '{e}'"))
+                .await
+                .unwrap();
+            last.remove(&e);
+        } else {
+            // Everybody edits the shared records: concurrent edits of the same rows.
+            let e = &shared[(next() as usize) % shared.len()];
+            exec(format!("UPDATE {table} SET {name} = 'shared {kind} {writer} {i}' WHERE lower({email}) = '{e}'")).await.unwrap();
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_sync_under_concurrent_writers_converges_without_duplicates_or_echoes() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    let Some(my) = ServerDb::new("mysql").await else {
+        return;
+    };
+    pg.exec(PG_CUSTOMERS).await;
+    my.exec(MY_CLIENTS).await;
+    let shared: Vec<String> = (0..10).map(|i| format!("shared{i}@example.com")).collect();
+    for e in &shared {
+        pg.exec(&format!(
+            "INSERT INTO customers (email, full_name) VALUES ('{e}', 'shared')"
+        ))
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cross_config(dir.path(), &pg.url, &my.url, "realtime");
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ops: usize = std::env::var("LOAD_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let work = async {
+        let writers: Vec<_> = (0..2)
+            .flat_map(|w| {
+                [
+                    tokio::spawn(write_load(
+                        "postgres",
+                        pg.url.clone(),
+                        w,
+                        ops,
+                        shared.clone(),
+                    )),
+                    tokio::spawn(write_load("mysql", my.url.clone(), w, ops, shared.clone())),
+                ]
+            })
+            .collect();
+        let mut expected = std::collections::BTreeMap::new();
+        for w in writers {
+            expected.extend(w.await.unwrap());
+        }
+        if std::env::var("LOAD_TRACE").is_ok() {
+            eprintln!("writers done");
+        }
+        // Converged: both sides hold the same records with the same values.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let (a, b) = (pg_people(&pg).await, my_people(&my).await);
+            if a == b {
+                break;
+            }
+            if std::env::var("LOAD_TRACE").is_ok() {
+                eprintln!("waiting: {} vs {} records", a.len(), b.len());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "did not converge: {} vs {} records",
+                a.len(),
+                b.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = stop_tx.send(());
+        expected
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {},
+    );
+    let (expected, ran) = tokio::join!(work, run);
+    ran.unwrap();
+
+    let people = pg_people(&pg).await;
+    assert_eq!(people, my_people(&my).await);
+    // No lost update: every record only one writer touched ends with its last write.
+    for (email, name) in &expected {
+        let got = people.get(email).unwrap_or_else(|| panic!("{email} lost"));
+        assert!(
+            got.starts_with(&format!("{name}|")),
+            "{email}: {got} instead of {name}"
+        );
+    }
+    // No duplicate: one record per email on each side.
+    assert!(
+        state.rejected("people").unwrap().is_empty(),
+        "{:?}",
+        state.rejected("people").unwrap()
+    );
+    let pg_rows: i64 = {
+        let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM customers")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pg_rows as usize, people.len());
+    // No echo: once caught up, more cycles write nothing.
+    let writes = state.stats("people").unwrap().writes;
+    let reports = app.run_once(&state, |_, _| {}).await.unwrap();
+    let more: usize = reports.values().flatten().map(|r| r.writes).sum();
+    assert_eq!(more, 0, "writes after convergence: echoes bounced");
+    println!(
+        "{} writer operations, {writes} sync writes, {} records",
+        4 * ops,
+        people.len()
+    );
+}
