@@ -36,6 +36,14 @@ enum Command {
     Check { config: PathBuf },
     /// Show each sync: links, open conflicts, rejected records, the last cycle.
     Status { config: PathBuf },
+    /// Remove what change capture installed (triggers, change log) from the connections'
+    /// databases. Syncing again installs it afresh and starts each stream from the beginning.
+    Uninstall {
+        config: PathBuf,
+        /// Only this connection.
+        #[arg(long)]
+        connection: Option<String>,
+    },
     /// List or resolve conflicts left to a person.
     Conflicts {
         #[command(subcommand)]
@@ -210,6 +218,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::load(&config).await?;
             let state = app.open_state()?;
             print_status(&app, &state)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall { config, connection } => {
+            let app = App::load(&config).await?;
+            let mut done = 0;
+            for (name, c) in &app.connections {
+                if connection.as_ref().is_some_and(|only| only != name) {
+                    continue;
+                }
+                let mut session = c.plugin.session().await?;
+                session.remove_capture(&c.config, None).await?;
+                println!("connection {name}: change capture removed");
+                done += 1;
+            }
+            if done == 0 {
+                bail!("no connection named {}", connection.unwrap_or_default());
+            }
+            // The removed change logs' positions mean nothing now: the syncs reading them start
+            // again from a snapshot (their links are kept, so nothing is created twice).
+            if app.loaded.state_path().exists() {
+                let state = app.open_state()?;
+                for s in &app.syncs {
+                    for (side, (conn, _)) in [
+                        (duplex::engine::Side::Left, &s.left),
+                        (duplex::engine::Side::Right, &s.right),
+                    ] {
+                        if connection.as_ref().is_none_or(|only| only == conn) {
+                            state.reset_cursor(&s.spec.name, side)?;
+                        }
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts {

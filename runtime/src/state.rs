@@ -331,6 +331,16 @@ impl State {
         Ok([get(Side::Left)?, get(Side::Right)?])
     }
 
+    /// Forgets where a side's reader stands: it starts again from a snapshot of the records
+    /// (after change capture was removed and its positions mean nothing any more). Links are
+    /// kept, so the records read again are recognised, not created twice.
+    pub fn reset_cursor(&self, sync: &str, side: Side) -> Result<(), StateError> {
+        let w = self.begin_write()?;
+        w.open_table(CURSORS)?.remove((sync, side_key(side)))?;
+        w.commit()?;
+        Ok(())
+    }
+
     pub fn next_link_id(&self, sync: &str) -> Result<u64, StateError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(COUNTERS)?;

@@ -174,12 +174,28 @@ impl Connector for SqlConnector {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, Error>>, Error> {
         let table = self.table(stream)?;
+        // Fast path: the whole batch in one transaction without savepoints, runs of creates as
+        // multi-row INSERTs. If any op is refused, all of it is rolled back and the batch is
+        // done again one op at a time, each under a savepoint, so that the refused op fails
+        // alone and the rest succeed.
+        let fast = self.db.transaction(|db| {
+            self.ensure_capture(db, &table)?;
+            self.dialect.mark_origin(db, origin)?;
+            let results = self.apply_all(db, &table, &ops)?;
+            self.dialect.clear_origin(db)?;
+            Ok(results)
+        });
+        match fast {
+            Ok(results) => return Ok(results.into_iter().map(Ok).collect()),
+            Err(e) => {
+                duplex_sdk::log::debug(&format!("batch refused ({e:?}); writing it op by op"))
+            }
+        }
         self.db.transaction(|db| {
             self.ensure_capture(db, &table)?;
             self.dialect.mark_origin(db, origin)?;
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
-                // One savepoint per op: a refused row is undone alone and the batch goes on.
                 self.dialect.savepoint(db, "duplex_op")?;
                 let result = self.apply(db, &table, op);
                 if result.is_err() {
@@ -547,6 +563,109 @@ impl SqlConnector {
     fn version_of(&self, db: &Db, table: &Table, id: &str) -> Result<String, Error> {
         let v = self.versions(db, table, &[id.to_owned()])?;
         Ok(v.get(id).cloned().unwrap_or_else(|| "0".into()))
+    }
+
+    /// Applies every op or fails at the first refusal (the fast path of `write`).
+    fn apply_all(&self, db: &Db, table: &Table, ops: &[WriteOp]) -> Result<Vec<Written>, Error> {
+        let mut out = Vec::with_capacity(ops.len());
+        let mut i = 0;
+        while i < ops.len() {
+            let WriteOp::Create(first) = &ops[i] else {
+                out.push(self.apply(db, table, ops[i].clone())?);
+                i += 1;
+                continue;
+            };
+            // A run of creates of the same columns goes in one multi-row INSERT, kept under
+            // the parameter limits of every dialect.
+            let names: Vec<&str> = first.fields.iter().map(|f| f.name.as_str()).collect();
+            let per_statement = (30_000 / names.len().max(1)).clamp(1, 1_000);
+            let mut j = i;
+            while j < ops.len() && j - i < per_statement {
+                match &ops[j] {
+                    WriteOp::Create(c)
+                        if c.fields
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .eq(names.iter().copied()) =>
+                    {
+                        j += 1
+                    }
+                    _ => break,
+                }
+            }
+            if names.is_empty() || j - i == 1 {
+                out.push(self.apply(db, table, ops[i].clone())?);
+                i += 1;
+                continue;
+            }
+            let creates: Vec<&CreateOp> = ops[i..j]
+                .iter()
+                .filter_map(|o| match o {
+                    WriteOp::Create(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            out.extend(self.create_many(db, table, &creates)?);
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Creates rows of the same columns in one statement; ids come back in VALUES order.
+    fn create_many(
+        &self,
+        db: &Db,
+        table: &Table,
+        creates: &[&CreateOp],
+    ) -> Result<Vec<Written>, Error> {
+        for c in creates {
+            check_fields(table, &c.fields)?;
+        }
+        let columns: Vec<&Column> = creates[0]
+            .fields
+            .iter()
+            .filter_map(|f| table.column(&f.name))
+            .collect();
+        let mut params = Vec::with_capacity(creates.len() * columns.len());
+        let mut rows = Vec::with_capacity(creates.len());
+        for c in creates {
+            let marks: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(k, col)| self.dialect.param_for(params.len() + k + 1, col))
+                .collect();
+            params.extend(c.fields.iter().map(|f| f.value.clone()));
+            rows.push(format!("({})", marks.join(", ")));
+        }
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|c| self.dialect.ident(&c.name))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {} RETURNING {}",
+            self.dialect.ident(&table.name),
+            cols.join(", "),
+            rows.join(", "),
+            self.dialect.ident(&table.pk)
+        );
+        let returned = db.query(&sql, &params)?;
+        let ids: Vec<String> = returned
+            .iter()
+            .filter_map(|r| r.at(0).map(Value::to_plain_string))
+            .collect();
+        if ids.len() != creates.len() {
+            return Err(Error::permanent(
+                "the insert returned a key per row it did not make",
+            ));
+        }
+        let versions = self.versions(db, table, &ids)?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Written {
+                version: Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into())),
+                id,
+            })
+            .collect())
     }
 
     fn apply(&self, db: &Db, table: &Table, op: WriteOp) -> Result<Written, Error> {

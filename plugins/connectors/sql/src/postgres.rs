@@ -1,4 +1,4 @@
-//! PostgreSQL: catalogue through `information_schema`, capture through one row trigger function.
+//! PostgreSQL: catalogue through `information_schema`, capture through a row trigger per table.
 //!
 //! Why the log is read in transaction-id order and not by sequence: a sequence number is taken
 //! when a row changes, not when its transaction commits, so a transaction holding position 10
@@ -31,6 +31,11 @@ fn field_type(udt: &str) -> FieldType {
         "bytea" => FieldType::Bytes,
         _ => FieldType::Text,
     }
+}
+
+/// The name of a table's capture function.
+fn capture_function(table: &str) -> String {
+    format!("_duplex_capture_{table}")
 }
 
 fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
@@ -111,9 +116,7 @@ impl Dialect for Postgres {
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
-        if count(db, "SELECT count(*) FROM pg_proc WHERE proname = '_duplex_capture'", &[])? > 0
-            && count(db, "SELECT count(*) FROM pg_class WHERE relname = '_duplex_rows' AND relnamespace = current_schema()::regnamespace", &[])? > 0
-        {
+        if count(db, "SELECT count(*) FROM pg_class WHERE relname = '_duplex_rows' AND relnamespace = current_schema()::regnamespace", &[])? > 0 {
             return Ok(());
         }
         for statement in [
@@ -133,31 +136,6 @@ impl Dialect for Postgres {
                  version BIGINT NOT NULL,
                  PRIMARY KEY (tbl, pk)
              )",
-            // One function for every table: the key column's name comes as the trigger's
-            // argument. It also notifies `duplex_changes`, so a realtime reader wakes at once.
-            "CREATE OR REPLACE FUNCTION _duplex_capture() RETURNS trigger LANGUAGE plpgsql AS $$
-             DECLARE
-                 o TEXT := NULLIF(current_setting('duplex.origin', true), '');
-                 newpk TEXT;
-                 oldpk TEXT;
-                 s BIGINT;
-             BEGIN
-                 IF TG_OP <> 'INSERT' THEN EXECUTE format('SELECT ($1).%I::text', TG_ARGV[0]) INTO oldpk USING OLD; END IF;
-                 IF TG_OP <> 'DELETE' THEN EXECUTE format('SELECT ($1).%I::text', TG_ARGV[0]) INTO newpk USING NEW; END IF;
-                 IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND oldpk IS DISTINCT FROM newpk) THEN
-                     INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES (TG_TABLE_NAME, oldpk, 'D', o);
-                     DELETE FROM _duplex_rows WHERE tbl = TG_TABLE_NAME AND pk = oldpk;
-                 END IF;
-                 IF TG_OP <> 'DELETE' THEN
-                     INSERT INTO _duplex_changes (tbl, pk, op, origin)
-                         VALUES (TG_TABLE_NAME, newpk, CASE WHEN TG_OP = 'INSERT' OR oldpk IS DISTINCT FROM newpk THEN 'I' ELSE 'U' END, o)
-                         RETURNING seq INTO s;
-                     INSERT INTO _duplex_rows (tbl, pk, version) VALUES (TG_TABLE_NAME, newpk, s)
-                         ON CONFLICT (tbl, pk) DO UPDATE SET version = EXCLUDED.version;
-                 END IF;
-                 PERFORM pg_notify('duplex_changes', TG_TABLE_NAME);
-                 RETURN NULL;
-             END $$",
         ] {
             db.execute(statement, &[])?;
         }
@@ -173,11 +151,40 @@ impl Dialect for Postgres {
     }
 
     fn install_triggers(&self, db: &Db, table: &str, pk: &str) -> Result<(), Error> {
+        // A function of its own per table, with the key column written in: no dynamic SQL per
+        // row. It also notifies `duplex_changes`, so a realtime reader wakes at once.
+        let function = self.ident(&capture_function(table));
+        let p = self.ident(pk);
+        let tl = literal(table);
         db.execute(
             &format!(
-                "CREATE TRIGGER _duplex_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION _duplex_capture({})",
-                self.ident(table),
-                literal(pk)
+                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+                 DECLARE
+                     o TEXT := NULLIF(current_setting('duplex.origin', true), '');
+                     s BIGINT;
+                 BEGIN
+                     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{p} IS DISTINCT FROM NEW.{p}) THEN
+                         INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}::text, 'D', o);
+                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p}::text;
+                     END IF;
+                     IF TG_OP <> 'DELETE' THEN
+                         INSERT INTO _duplex_changes (tbl, pk, op, origin)
+                             VALUES ({tl}, NEW.{p}::text,
+                                     CASE WHEN TG_OP = 'INSERT' OR OLD.{p} IS DISTINCT FROM NEW.{p} THEN 'I' ELSE 'U' END, o)
+                             RETURNING seq INTO s;
+                         INSERT INTO _duplex_rows (tbl, pk, version) VALUES ({tl}, NEW.{p}::text, s)
+                             ON CONFLICT (tbl, pk) DO UPDATE SET version = EXCLUDED.version;
+                     END IF;
+                     PERFORM pg_notify('duplex_changes', {tl});
+                     RETURN NULL;
+                 END $$"
+            ),
+            &[],
+        )?;
+        db.execute(
+            &format!(
+                "CREATE TRIGGER _duplex_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {function}()",
+                self.ident(table)
             ),
             &[],
         )
@@ -189,6 +196,13 @@ impl Dialect for Postgres {
             &format!(
                 "DROP TRIGGER IF EXISTS _duplex_capture ON {}",
                 self.ident(table)
+            ),
+            &[],
+        )?;
+        db.execute(
+            &format!(
+                "DROP FUNCTION IF EXISTS {}()",
+                self.ident(&capture_function(table))
             ),
             &[],
         )?;
@@ -208,7 +222,6 @@ impl Dialect for Postgres {
         for statement in [
             "DROP TABLE IF EXISTS _duplex_changes",
             "DROP TABLE IF EXISTS _duplex_rows",
-            "DROP FUNCTION IF EXISTS _duplex_capture() CASCADE",
         ] {
             db.execute(statement, &[])?;
         }

@@ -62,7 +62,13 @@ impl Pools {
         }
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| Error::Config(format!("{}: {}", redact(url), clean(&e.to_string(), url))))?
-            .options([("timezone", "UTC")]);
+            // Custom plans always: a plugin's statements take long IN lists against tables
+            // that grow fast, and a cached generic plan chosen while a table was small turns
+            // into a sequential scan per lookup (seen: 1 s for 500 keys in 80,000 rows).
+            .options([
+                ("timezone", "UTC"),
+                ("plan_cache_mode", "force_custom_plan"),
+            ]);
         // One plain connection first: a wrong address or password fails at once with its own
         // error, where a pool would retry until its timeout.
         let probe = opts.connect().await.map_err(|e| connect_error(url, e))?;

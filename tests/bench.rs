@@ -1,0 +1,259 @@
+//! Benchmarks, not tests: each prints its figures beside a baseline measured in the same run.
+//! Run them with `cargo test --release --test bench -- --ignored --nocapture` (or without
+//! `--release` for a quicker build and slower figures). They need the local PostgreSQL.
+//!
+//! - change-to-visible latency in realtime mode, PostgreSQL to PostgreSQL, p50 and p99 over
+//!   1,000 changes, beside the database's own NOTIFY round trip;
+//! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
+//!   native client (batched multi-row INSERTs over one connection).
+
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor, Row};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+async fn fresh_db(name: &str) -> String {
+    let mut admin = sqlx::PgConnection::connect(&format!("{PG}/test"))
+        .await
+        .expect("the local PostgreSQL");
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    format!("{PG}/{name}")
+}
+
+fn config(dir: &std::path::Path, src: &str, dst: &str, batch: u32) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[connections.src]
+plugin = "builtin:sql"
+config = {{ url = "{src}" }}
+grants = {{ sql = ["{src}"] }}
+
+[connections.dst]
+plugin = "builtin:sql"
+config = {{ url = "{dst}" }}
+grants = {{ sql = ["{dst}"] }}
+
+[syncs.items]
+left = "src.items"
+right = "dst.items"
+schedule = "realtime"
+batch = {batch}
+fields = [
+    {{ left = "code", right = "code" }},
+    {{ left = "label", right = "label" }},
+    {{ left = "qty", right = "qty" }},
+    {{ left = "price", right = "price" }},
+]
+"#
+    );
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const TABLE: &str = "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, label TEXT, qty INTEGER, price NUMERIC(12, 2))";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn realtime_latency_postgres_to_postgres() {
+    let n = 1_000;
+    let src = fresh_db("duplex_bench_lat_src").await;
+    let dst = fresh_db("duplex_bench_lat_dst").await;
+    for url in [&src, &dst] {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        c.execute(TABLE).await.unwrap();
+    }
+    // Baseline: the database's own NOTIFY round trip, listener to notifier and back to us.
+    let mut listener = sqlx::postgres::PgListener::connect(&src).await.unwrap();
+    listener.listen("bench").await.unwrap();
+    let mut notifier = sqlx::PgConnection::connect(&src).await.unwrap();
+    let mut base = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        notifier
+            .execute(format!("NOTIFY bench, '{i}'").as_str())
+            .await
+            .unwrap();
+        listener.recv().await.unwrap();
+        base.push(t.elapsed());
+    }
+    base.sort();
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, 500))
+        .await
+        .unwrap();
+    let state = app.open_state().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let measure = async {
+        let mut writer = sqlx::PgConnection::connect(&src).await.unwrap();
+        let mut reader = sqlx::PgConnection::connect(&dst).await.unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let code = format!("c{i}");
+            let t = Instant::now();
+            sqlx::query("INSERT INTO items (code, label, qty, price) VALUES ($1, 'x', $2, 1.25)")
+                .bind(&code)
+                .bind(i as i32)
+                .execute(&mut writer)
+                .await
+                .unwrap();
+            loop {
+                let row = sqlx::query("SELECT count(*) FROM items WHERE code = $1")
+                    .bind(&code)
+                    .fetch_one(&mut reader)
+                    .await
+                    .unwrap();
+                if row.get::<i64, _>(0) == 1 {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "change {i} never arrived"
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            lat.push(t.elapsed());
+        }
+        let _ = stop_tx.send(());
+        lat
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {},
+    );
+    let (mut lat, ran) = tokio::join!(measure, run);
+    ran.unwrap();
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let (b50, b99) = (percentile(&base, 0.5), percentile(&base, 0.99));
+    println!("realtime change-to-visible latency, PostgreSQL -> PostgreSQL, {n} changes:");
+    println!(
+        "  duplex:      p50 {}  p99 {}  max {}",
+        ms(p50),
+        ms(p99),
+        ms(*lat.last().unwrap())
+    );
+    println!("  NOTIFY rtt:  p50 {}  p99 {}", ms(b50), ms(b99));
+    println!(
+        "  ratio:       p50 {:.1}x  p99 {:.1}x the NOTIFY round trip",
+        p50.as_secs_f64() / b50.as_secs_f64(),
+        p99.as_secs_f64() / b99.as_secs_f64()
+    );
+    println!(
+        "  target:      p99 under 250 ms: {}",
+        if p99 < Duration::from_millis(250) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn initial_sync_of_100k_rows() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let src = fresh_db("duplex_bench_init_src").await;
+    let dst = fresh_db("duplex_bench_init_dst").await;
+    let native = fresh_db("duplex_bench_init_native").await;
+    for url in [&src, &dst, &native] {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        c.execute(TABLE).await.unwrap();
+    }
+    let mut c = sqlx::PgConnection::connect(&src).await.unwrap();
+    sqlx::query(
+        "INSERT INTO items (code, label, qty, price) SELECT 'c' || g, 'label ' || g, g % 1000, (g % 10000) / 100.0 FROM generate_series(1, $1) g",
+    )
+    .bind(rows)
+    .execute(&mut c)
+    .await
+    .unwrap();
+
+    // Baseline: a native client copies the rows, 1,000 per multi-row INSERT.
+    let t = Instant::now();
+    let mut from = sqlx::PgConnection::connect(&src).await.unwrap();
+    let mut to = sqlx::PgConnection::connect(&native).await.unwrap();
+    let all = sqlx::query("SELECT code, label, qty, price::text FROM items ORDER BY id")
+        .fetch_all(&mut from)
+        .await
+        .unwrap();
+    for chunk in all.chunks(1_000) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO items (code, label, qty, price) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.get::<String, _>(0))
+                .push_bind(r.get::<String, _>(1))
+                .push_bind(r.get::<i32, _>(2))
+                .push_bind(r.get::<String, _>(3))
+                .push_unseparated("::numeric");
+        });
+        q.build().execute(&mut to).await.unwrap();
+    }
+    let native_time = t.elapsed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, 2_000))
+        .await
+        .unwrap();
+    let state = app.open_state().unwrap();
+    let t = Instant::now();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+    let sync_time = t.elapsed();
+    let mut check = sqlx::PgConnection::connect(&dst).await.unwrap();
+    let copied: i64 = sqlx::query("SELECT count(*) FROM items")
+        .fetch_one(&mut check)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, rows);
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!("initial sync of {rows} rows, PostgreSQL -> PostgreSQL:");
+    println!(
+        "  duplex:      {:.1} s, {:.0} rows/s",
+        sync_time.as_secs_f64(),
+        rate(sync_time)
+    );
+    println!(
+        "  native copy: {:.1} s, {:.0} rows/s",
+        native_time.as_secs_f64(),
+        rate(native_time)
+    );
+    println!(
+        "  ratio:       {:.2} of the native rate (target: at least 0.33)",
+        rate(sync_time) / rate(native_time)
+    );
+}
