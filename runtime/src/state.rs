@@ -70,20 +70,39 @@ fn side_key(side: Side) -> u8 {
     }
 }
 
-fn side_from(key: u8) -> Side {
-    if key == 0 {
-        Side::Left
-    } else {
-        Side::Right
-    }
-}
-
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
     Ok(serde_json::to_vec(v)?)
 }
 
 fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StateError> {
     Ok(serde_json::from_slice(b)?)
+}
+
+/// Stores a link and keeps the index of its records' ids in step: ids it no longer has are
+/// dropped from the index, its ids now point at it.
+fn put_link(
+    links: &mut redb::Table<(&str, u64), &[u8]>,
+    index: &mut redb::Table<(&str, u8, &str), u64>,
+    sync: &str,
+    link: &Link,
+) -> Result<(), StateError> {
+    if let Some(old) = links.get((sync, link.id))? {
+        let old: Link = dec(old.value())?;
+        for side in [Side::Left, Side::Right] {
+            if let Some(id) = &old.side(side).id {
+                if link.side(side).id.as_ref() != Some(id) {
+                    index.remove((sync, side_key(side), id.as_str()))?;
+                }
+            }
+        }
+    }
+    for side in [Side::Left, Side::Right] {
+        if let Some(id) = &link.side(side).id {
+            index.insert((sync, side_key(side), id.as_str()), link.id)?;
+        }
+    }
+    links.insert((sync, link.id), enc(link)?.as_slice())?;
+    Ok(())
 }
 
 /// A write about to be sent: the link as planned (before the write) and the op.
@@ -491,22 +510,7 @@ impl State {
             let mut links = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
             for link in &c.links {
-                if let Some(old) = links.get((sync, link.id))? {
-                    let old: Link = dec(old.value())?;
-                    for side in [Side::Left, Side::Right] {
-                        if let Some(id) = &old.side(side).id {
-                            if link.side(side).id.as_ref() != Some(id) {
-                                index.remove((sync, side_key(side), id.as_str()))?;
-                            }
-                        }
-                    }
-                }
-                for side in [Side::Left, Side::Right] {
-                    if let Some(id) = &link.side(side).id {
-                        index.insert((sync, side_key(side), id.as_str()), link.id)?;
-                    }
-                }
-                links.insert((sync, link.id), enc(link)?.as_slice())?;
+                put_link(&mut links, &mut index, sync, link)?;
             }
             let mut cursors = w.open_table(CURSORS)?;
             for side in [Side::Left, Side::Right] {
@@ -670,12 +674,7 @@ impl State {
             let mut t = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
             for link in links {
-                for side in [Side::Left, Side::Right] {
-                    if let Some(id) = &link.side(side).id {
-                        index.insert((sync, side_key(side), id.as_str()), link.id)?;
-                    }
-                }
-                t.insert((sync, link.id), enc(link)?.as_slice())?;
+                put_link(&mut t, &mut index, sync, link)?;
             }
             if let Some(max) = links.iter().map(|l| l.id).max() {
                 let mut counters = w.open_table(COUNTERS)?;
@@ -845,9 +844,5 @@ impl State {
             }
         }
         Ok(out)
-    }
-
-    pub fn side_of(key: u8) -> Side {
-        side_from(key)
     }
 }

@@ -295,119 +295,67 @@ macro_rules! common {
 common!(Postgres);
 common!(MySql);
 
-impl ServerConnection<Postgres> {
-    pub fn query(
-        &mut self,
-        statement: String,
-        params: Vec<Value>,
-        max_rows: u32,
-    ) -> BoxFuture<'_, Result<Rows, Error>> {
-        Box::pin(async move {
-            let was = self.dirty;
-            self.dirty = true;
-            let mut q = sqlx::query::<Postgres>(&statement);
-            for p in params {
-                q = match p {
-                    Value::Null => q.bind(None::<String>),
-                    Value::Boolean(b) => q.bind(b),
-                    Value::Integer(i) => q.bind(i),
-                    Value::Float(f) => q.bind(f),
-                    Value::Decimal(d) => q.bind(decimal(&d)?),
-                    Value::Text(t) | Value::Json(t) => q.bind(t),
-                    Value::Bytes(b) => q.bind(b),
-                    Value::Timestamp(t) => q.bind(timestamp(t)?),
-                };
+/// Statements with parameters: the same on both servers but for how a timestamp binds and how
+/// a row's values read.
+macro_rules! statements {
+    ($db:ty, $row:ty, $value:path, |$t:ident| $timestamp:expr) => {
+        impl ServerConnection<$db> {
+            fn bind(
+                statement: &str,
+                params: Vec<Value>,
+            ) -> Result<sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments<'_>>, Error>
+            {
+                let mut q = sqlx::query::<$db>(statement);
+                for p in params {
+                    q = match p {
+                        Value::Null => q.bind(None::<String>),
+                        Value::Boolean(b) => q.bind(b),
+                        Value::Integer(i) => q.bind(i),
+                        Value::Float(f) => q.bind(f),
+                        Value::Decimal(d) => q.bind(decimal(&d)?),
+                        Value::Text(t) | Value::Json(t) => q.bind(t),
+                        Value::Bytes(b) => q.bind(b),
+                        Value::Timestamp($t) => q.bind($timestamp),
+                    };
+                }
+                Ok(q)
             }
-            let rows: Vec<PgRow> = q.fetch_all(&mut *self.conn).await.map_err(to_error)?;
-            self.dirty = was;
-            to_rows(&rows, max_rows, pg_value)
-        })
-    }
 
-    pub fn execute(
-        &mut self,
-        statement: String,
-        params: Vec<Value>,
-    ) -> BoxFuture<'_, Result<u64, Error>> {
-        Box::pin(async move {
-            let was = self.dirty;
-            self.dirty = true;
-            let mut q = sqlx::query::<Postgres>(&statement);
-            for p in params {
-                q = match p {
-                    Value::Null => q.bind(None::<String>),
-                    Value::Boolean(b) => q.bind(b),
-                    Value::Integer(i) => q.bind(i),
-                    Value::Float(f) => q.bind(f),
-                    Value::Decimal(d) => q.bind(decimal(&d)?),
-                    Value::Text(t) | Value::Json(t) => q.bind(t),
-                    Value::Bytes(b) => q.bind(b),
-                    Value::Timestamp(t) => q.bind(timestamp(t)?),
-                };
+            pub fn query(
+                &mut self,
+                statement: String,
+                params: Vec<Value>,
+                max_rows: u32,
+            ) -> BoxFuture<'_, Result<Rows, Error>> {
+                Box::pin(async move {
+                    let was = self.dirty;
+                    self.dirty = true;
+                    let q = Self::bind(&statement, params)?;
+                    let rows: Vec<$row> = q.fetch_all(&mut *self.conn).await.map_err(to_error)?;
+                    self.dirty = was;
+                    to_rows(&rows, max_rows, $value)
+                })
             }
-            let done = q.execute(&mut *self.conn).await.map_err(to_error)?;
-            self.dirty = was;
-            Ok(done.rows_affected())
-        })
-    }
+
+            pub fn execute(
+                &mut self,
+                statement: String,
+                params: Vec<Value>,
+            ) -> BoxFuture<'_, Result<u64, Error>> {
+                Box::pin(async move {
+                    let was = self.dirty;
+                    self.dirty = true;
+                    let q = Self::bind(&statement, params)?;
+                    let done = q.execute(&mut *self.conn).await.map_err(to_error)?;
+                    self.dirty = was;
+                    Ok(done.rows_affected())
+                })
+            }
+        }
+    };
 }
-
-impl ServerConnection<MySql> {
-    pub fn query(
-        &mut self,
-        statement: String,
-        params: Vec<Value>,
-        max_rows: u32,
-    ) -> BoxFuture<'_, Result<Rows, Error>> {
-        Box::pin(async move {
-            let was = self.dirty;
-            self.dirty = true;
-            let mut q = sqlx::query::<MySql>(&statement);
-            for p in params {
-                q = match p {
-                    Value::Null => q.bind(None::<String>),
-                    Value::Boolean(b) => q.bind(b),
-                    Value::Integer(i) => q.bind(i),
-                    Value::Float(f) => q.bind(f),
-                    Value::Decimal(d) => q.bind(decimal(&d)?),
-                    Value::Text(t) | Value::Json(t) => q.bind(t),
-                    Value::Bytes(b) => q.bind(b),
-                    Value::Timestamp(t) => q.bind(timestamp(t)?.naive_utc()),
-                };
-            }
-            let rows: Vec<MySqlRow> = q.fetch_all(&mut *self.conn).await.map_err(to_error)?;
-            self.dirty = was;
-            to_rows(&rows, max_rows, my_value)
-        })
-    }
-
-    pub fn execute(
-        &mut self,
-        statement: String,
-        params: Vec<Value>,
-    ) -> BoxFuture<'_, Result<u64, Error>> {
-        Box::pin(async move {
-            let was = self.dirty;
-            self.dirty = true;
-            let mut q = sqlx::query::<MySql>(&statement);
-            for p in params {
-                q = match p {
-                    Value::Null => q.bind(None::<String>),
-                    Value::Boolean(b) => q.bind(b),
-                    Value::Integer(i) => q.bind(i),
-                    Value::Float(f) => q.bind(f),
-                    Value::Decimal(d) => q.bind(decimal(&d)?),
-                    Value::Text(t) | Value::Json(t) => q.bind(t),
-                    Value::Bytes(b) => q.bind(b),
-                    Value::Timestamp(t) => q.bind(timestamp(t)?.naive_utc()),
-                };
-            }
-            let done = q.execute(&mut *self.conn).await.map_err(to_error)?;
-            self.dirty = was;
-            Ok(done.rows_affected())
-        })
-    }
-}
+statements!(Postgres, PgRow, pg_value, |t| timestamp(t)?);
+statements!(MySql, MySqlRow, my_value, |t| timestamp(t)?.naive_utc());
 
 fn decimal(d: &str) -> Result<BigDecimal, Error> {
     BigDecimal::from_str(d.trim()).map_err(|_| {
