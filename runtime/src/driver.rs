@@ -372,7 +372,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let mut links = state.links(&sync, &records, &due_ids).map_err(&se)?;
 
         // 4. Match keys: records on the other side for each unlinked new record.
-        let candidates = self.candidates(state, &changes, &links).await?;
+        let candidates = self.candidates(&changes, &links).await?;
         let cand_records: Vec<(Side, String)> = candidates
             .iter()
             .flat_map(|((side, _), cs)| cs.iter().map(|c| (*side, c.id.clone())))
@@ -514,7 +514,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// Looks up, on the other side, the records whose match key equals that of a new record.
     async fn candidates(
         &mut self,
-        state: &State,
         changes: &[Observed],
         links: &[Link],
     ) -> Result<BTreeMap<(Side, String), Vec<Candidate>>, CycleError> {
@@ -593,7 +592,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 }
             }
         }
-        let _ = state;
         Ok(out)
     }
 
