@@ -1,4 +1,5 @@
-//! PostgreSQL: catalogue through `information_schema`, capture through a row trigger per table.
+//! PostgreSQL: catalogue through `information_schema`, capture through statement-level triggers
+//! per table.
 //!
 //! Why the log is read in transaction-id order and not by sequence: a sequence number is taken
 //! when a row changes, not when its transaction commits, so a transaction holding position 10
@@ -78,16 +79,19 @@ impl Dialect for Postgres {
     }
 
     fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error> {
+        // The catalogue itself, not information_schema: this runs on every call, and the
+        // information_schema views took 18 ms where this takes well under one.
         let rows = db.query(
-            "SELECT c.column_name::text AS name, c.udt_name::text AS udt, c.is_nullable::text AS nullable, \
-                    (c.is_generated = 'ALWAYS' OR c.identity_generation = 'ALWAYS') AS generated, \
-                    COALESCE((SELECT k.ordinal_position::int8 FROM information_schema.table_constraints t \
-                        JOIN information_schema.key_column_usage k ON k.constraint_name = t.constraint_name \
-                         AND k.table_schema = t.table_schema AND k.table_name = t.table_name \
-                        WHERE t.table_schema = c.table_schema AND t.table_name = c.table_name \
-                          AND t.constraint_type = 'PRIMARY KEY' AND k.column_name = c.column_name), 0) AS pk \
-             FROM information_schema.columns c \
-             WHERE c.table_schema = current_schema() AND c.table_name = $1 ORDER BY c.ordinal_position",
+            "SELECT a.attname::text AS name, t.typname::text AS udt, NOT a.attnotnull AS nullable, \
+                    (a.attgenerated <> '' OR a.attidentity = 'a') AS generated, \
+                    (CASE WHEN a.attnum = ANY(i.indkey) \
+                          THEN array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 \
+                          ELSE 0 END)::int8 AS pk \
+             FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
             params![table],
         )?;
         Ok(rows
@@ -107,7 +111,7 @@ impl Dialect for Postgres {
                         .to_owned(),
                     field_type: field_type(&udt),
                     sql_type: udt,
-                    nullable: r.get("nullable").and_then(Value::as_text) == Some("YES") && pk == 0,
+                    nullable: r.get("nullable") == Some(&Value::Boolean(true)) && pk == 0,
                     pk_position: u32::try_from(pk).unwrap_or(0),
                     generated: r.get("generated") == Some(&Value::Boolean(true)),
                 }
@@ -145,35 +149,62 @@ impl Dialect for Postgres {
     fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error> {
         Ok(count(
             db,
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) AND tgname = '_duplex_capture'",
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) \
+             AND tgname IN ('_duplex_capture_ins', '_duplex_capture_upd', '_duplex_capture_del')",
             params![table],
-        )? == 1)
+        )? == 3)
     }
 
     fn install_triggers(&self, db: &Db, table: &str, pk: &str) -> Result<(), Error> {
-        // A function of its own per table, with the key column written in: no dynamic SQL per
-        // row. It also notifies `duplex_changes`, so a realtime reader wakes at once.
+        // Statement-level triggers over transition tables: one INSERT ... SELECT into the log per
+        // statement, not a function call per row, so a bulk write (an initial sync, an import)
+        // costs little more than the rows themselves. A function of its own per table, with the
+        // key column written in. It also notifies `duplex_changes`, so a realtime reader wakes
+        // at once.
         let function = self.ident(&capture_function(table));
+        let t = self.ident(table);
         let p = self.ident(pk);
         let tl = literal(table);
+        let log = |source: &str, op: &str, filter: &str| {
+            format!(
+                "WITH c AS (INSERT INTO _duplex_changes (tbl, pk, op, origin)
+                            SELECT {tl}, n.{p}::text, {op}, o FROM {source} n {filter} ORDER BY n.{p}
+                            RETURNING seq, pk)
+                 INSERT INTO _duplex_rows (tbl, pk, version) SELECT {tl}, pk, seq FROM c
+                     ON CONFLICT (tbl, pk) DO UPDATE SET version = EXCLUDED.version;"
+            )
+        };
+        let gone = |filter: &str| {
+            format!(
+                "WITH d AS (INSERT INTO _duplex_changes (tbl, pk, op, origin)
+                            SELECT {tl}, x.{p}::text, 'D', o FROM _duplex_old x {filter} ORDER BY x.{p}
+                            RETURNING pk)
+                 DELETE FROM _duplex_rows r USING d WHERE r.tbl = {tl} AND r.pk = d.pk;"
+            )
+        };
+        let inserted = log("_duplex_new", "'I'", "");
+        let moved = gone(&format!(
+            "WHERE NOT EXISTS (SELECT 1 FROM _duplex_new n WHERE n.{p} = x.{p})"
+        ));
+        let updated = log(
+            "_duplex_new",
+            &format!("CASE WHEN EXISTS (SELECT 1 FROM _duplex_old x WHERE x.{p} = n.{p}) THEN 'U' ELSE 'I' END"),
+            "",
+        );
+        let deleted = gone("");
         db.execute(
             &format!(
                 "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
                  DECLARE
                      o TEXT := NULLIF(current_setting('duplex.origin', true), '');
-                     s BIGINT;
                  BEGIN
-                     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{p} IS DISTINCT FROM NEW.{p}) THEN
-                         INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}::text, 'D', o);
-                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p}::text;
-                     END IF;
-                     IF TG_OP <> 'DELETE' THEN
-                         INSERT INTO _duplex_changes (tbl, pk, op, origin)
-                             VALUES ({tl}, NEW.{p}::text,
-                                     CASE WHEN TG_OP = 'INSERT' OR OLD.{p} IS DISTINCT FROM NEW.{p} THEN 'I' ELSE 'U' END, o)
-                             RETURNING seq INTO s;
-                         INSERT INTO _duplex_rows (tbl, pk, version) VALUES ({tl}, NEW.{p}::text, s)
-                             ON CONFLICT (tbl, pk) DO UPDATE SET version = EXCLUDED.version;
+                     IF TG_OP = 'INSERT' THEN
+                         {inserted}
+                     ELSIF TG_OP = 'UPDATE' THEN
+                         {moved}
+                         {updated}
+                     ELSE
+                         {deleted}
                      END IF;
                      PERFORM pg_notify('duplex_changes', {tl});
                      RETURN NULL;
@@ -181,24 +212,35 @@ impl Dialect for Postgres {
             ),
             &[],
         )?;
-        db.execute(
-            &format!(
-                "CREATE TRIGGER _duplex_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {function}()",
-                self.ident(table)
+        for (name, event, tables) in [
+            ("_duplex_capture_ins", "INSERT", "NEW TABLE AS _duplex_new"),
+            (
+                "_duplex_capture_upd",
+                "UPDATE",
+                "OLD TABLE AS _duplex_old NEW TABLE AS _duplex_new",
             ),
-            &[],
-        )
-        .map(drop)
+            ("_duplex_capture_del", "DELETE", "OLD TABLE AS _duplex_old"),
+        ] {
+            db.execute(&format!("DROP TRIGGER IF EXISTS {name} ON {t}"), &[])?;
+            db.execute(
+                &format!("CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"),
+                &[],
+            )?;
+        }
+        Ok(())
     }
 
     fn remove_triggers(&self, db: &Db, table: &str) -> Result<(), Error> {
-        db.execute(
-            &format!(
-                "DROP TRIGGER IF EXISTS _duplex_capture ON {}",
-                self.ident(table)
-            ),
-            &[],
-        )?;
+        for name in [
+            "_duplex_capture_ins",
+            "_duplex_capture_upd",
+            "_duplex_capture_del",
+        ] {
+            db.execute(
+                &format!("DROP TRIGGER IF EXISTS {name} ON {}", self.ident(table)),
+                &[],
+            )?;
+        }
         db.execute(
             &format!(
                 "DROP FUNCTION IF EXISTS {}()",
