@@ -268,10 +268,21 @@ fn step(out: &mut impl Write, n: u32, title: &str) -> Result<()> {
 }
 
 fn show(out: &mut impl Write, crm: &Connection, erp: &Connection) -> Result<()> {
-    writeln!(out, "  CRM customers")?;
-    let mut q = crm.prepare(
+    table(
+        out,
+        "CRM customers",
+        crm,
         "SELECT id, email, full_name, coalesce(phone, ''), status FROM customers ORDER BY id",
     )?;
+    table(out, "ERP clients", erp, "SELECT client_no, mail, name, coalesce(tel, ''), CAST(status_code AS TEXT) FROM clients ORDER BY client_no")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints a query's rows of (number, text, text, text, text) as an aligned table.
+fn table(out: &mut impl Write, title: &str, db: &Connection, sql: &str) -> Result<()> {
+    writeln!(out, "  {title}")?;
+    let mut q = db.prepare(sql)?;
     let rows = q.query_map([], |r| {
         Ok(format!(
             "    {:<4} {:<18} {:<16} {:<18} {}",
@@ -285,21 +296,5 @@ fn show(out: &mut impl Write, crm: &Connection, erp: &Connection) -> Result<()> 
     for r in rows {
         writeln!(out, "{}", r?)?;
     }
-    writeln!(out, "  ERP clients")?;
-    let mut q = erp.prepare("SELECT client_no, mail, name, coalesce(tel, ''), status_code FROM clients ORDER BY client_no")?;
-    let rows = q.query_map([], |r| {
-        Ok(format!(
-            "    {:<4} {:<18} {:<16} {:<18} {}",
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?
-        ))
-    })?;
-    for r in rows {
-        writeln!(out, "{}", r?)?;
-    }
-    writeln!(out)?;
     Ok(())
 }

@@ -148,7 +148,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         }
         let links: Vec<Link> = links.into_values().collect();
         state
-            .commit_links_only(&sync, &links, true)
+            .commit_recovered(&sync, &links)
             .map_err(state_err(&sync))?;
         Ok(confirmed)
     }

@@ -78,6 +78,34 @@ fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StateError> {
     Ok(serde_json::from_slice(b)?)
 }
 
+/// Removes every row of `sync` from a table keyed by (sync, number).
+fn clear_sync(table: &mut redb::Table<(&str, u64), &[u8]>, sync: &str) -> Result<(), StateError> {
+    let keys: Vec<u64> = table
+        .range((sync, 0)..=(sync, u64::MAX))?
+        .map(|i| i.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for k in keys {
+        table.remove((sync, k))?;
+    }
+    Ok(())
+}
+
+/// Reads every row of `sync` from a table keyed by (sync, number), in key order.
+fn read_sync<T: for<'de> Deserialize<'de>>(
+    db: &Database,
+    table: TableDefinition<(&str, u64), &[u8]>,
+    sync: &str,
+) -> Result<Vec<T>, StateError> {
+    let r = db.begin_read()?;
+    let t = r.open_table(table)?;
+    let mut out = Vec::new();
+    for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+        let (_, v) = item?;
+        out.push(dec(v.value())?);
+    }
+    Ok(out)
+}
+
 /// Stores a link and keeps the index of its records' ids in step: ids it no longer has are
 /// dropped from the index, its ids now point at it.
 fn put_link(
@@ -405,14 +433,7 @@ impl State {
 
     /// All links of a sync (for status and tests).
     pub fn all_links(&self, sync: &str) -> Result<Vec<Link>, StateError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LINKS)?;
-        let mut out = Vec::new();
-        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            let (_, v) = item?;
-            out.push(dec(v.value())?);
-        }
-        Ok(out)
+        read_sync(&self.db, LINKS, sync)
     }
 
     /// Dirty links due for a retry at `now`, at most `limit`.
@@ -493,14 +514,7 @@ impl State {
     }
 
     pub fn intents(&self, sync: &str) -> Result<Vec<Intent>, StateError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(INTENTS)?;
-        let mut out = Vec::new();
-        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            let (_, v) = item?;
-            out.push(dec(v.value())?);
-        }
-        Ok(out)
+        read_sync(&self.db, INTENTS, sync)
     }
 
     /// Commits one cycle's effects and its cursors together (invariant 1).
@@ -636,13 +650,7 @@ impl State {
             counters.insert("activity", next_activity)?;
 
             let mut intents = w.open_table(INTENTS)?;
-            let keys: Vec<u64> = intents
-                .range((sync, 0)..=(sync, u64::MAX))?
-                .map(|i| i.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()?;
-            for k in keys {
-                intents.remove((sync, k))?;
-            }
+            clear_sync(&mut intents, sync)?;
             let mut next_intent = counters.get("intent")?.map_or(1, |v| v.value());
             for i in &c.keep_intents {
                 intents.insert((sync, next_intent), enc(i)?.as_slice())?;
@@ -657,18 +665,9 @@ impl State {
         Ok(())
     }
 
-    /// Clears a sync's intents after they were dealt with at start.
-    pub fn clear_intents(&self, sync: &str) -> Result<(), StateError> {
-        self.commit_links_only(sync, &[], true)
-    }
-
-    /// Saves links without touching cursors (intent adoption at start).
-    pub fn commit_links_only(
-        &self,
-        sync: &str,
-        links: &[Link],
-        clear_intents: bool,
-    ) -> Result<(), StateError> {
+    /// Saves the links recovery settled and clears the intents it dealt with, in one
+    /// transaction, without touching cursors.
+    pub fn commit_recovered(&self, sync: &str, links: &[Link]) -> Result<(), StateError> {
         let w = self.begin_write()?;
         {
             let mut t = w.open_table(LINKS)?;
@@ -682,16 +681,7 @@ impl State {
                 let next = counters.get(key.as_str())?.map_or(1, |v| v.value());
                 counters.insert(key.as_str(), next.max(max + 1))?;
             }
-            if clear_intents {
-                let mut intents = w.open_table(INTENTS)?;
-                let keys: Vec<u64> = intents
-                    .range((sync, 0)..=(sync, u64::MAX))?
-                    .map(|i| i.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for k in keys {
-                    intents.remove((sync, k))?;
-                }
-            }
+            clear_sync(&mut w.open_table(INTENTS)?, sync)?;
         }
         w.commit()?;
         Ok(())

@@ -318,18 +318,13 @@ impl<B> Sandbox<B> {
         func: &'static str,
         call: impl for<'s> FnOnce(&'s B, &'s mut Store<StoreState>) -> CallFuture<'s, R>,
     ) -> Result<R, CallError> {
-        let Some(bindings) = &self.bindings else {
+        // Not instantiated (instantiation failed) or failed since: never entered again.
+        let (Some(bindings), false) = (&self.bindings, self.poisoned) else {
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
             });
         };
-        if self.poisoned {
-            return Err(CallError::Poisoned {
-                caller: self.caller().clone(),
-                func,
-            });
-        }
         let store = &mut self.store;
         Self::prepare(store);
         let outcome = tokio::time::timeout(self.limits.call_timeout, call(bindings, store)).await;
