@@ -187,7 +187,12 @@ impl SideIo for Shared {
         true
     }
 
-    async fn read(&mut self, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, IoError> {
+    async fn read(
+        &mut self,
+        own: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<ChangeBatch, IoError> {
         let mut s = self.0.borrow_mut();
         if s.fault() {
             return Err(IoError("injected failure while reading".into()));
@@ -202,11 +207,15 @@ impl SideIo for Shared {
             .collect();
         let mut last: BTreeMap<String, Entry> = BTreeMap::new();
         let mut created: BTreeMap<String, bool> = BTreeMap::new();
+        // Like the sql connector: records changed in this batch only by the reader's own
+        // writes are left out.
+        let mut only_own: BTreeMap<String, bool> = BTreeMap::new();
         for e in &entries {
             last.insert(e.id.clone(), e.clone());
             created.entry(e.id.clone()).or_insert(false);
+            *only_own.entry(e.id.clone()).or_insert(true) &= e.origin.as_deref() == Some(own);
         }
-        let mut folded: Vec<&Entry> = last.values().collect();
+        let mut folded: Vec<&Entry> = last.values().filter(|e| !only_own[&e.id]).collect();
         folded.sort_by_key(|e| e.seq);
         let changes = folded
             .into_iter()

@@ -181,7 +181,7 @@ async fn read_until(
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let batch = s
-            .read(&db.config(), stream, Some(&cursor), 100)
+            .read(&db.config(), stream, "test:reader", Some(&cursor), 100)
             .await
             .unwrap();
         seen.extend(batch.changes);
@@ -202,7 +202,10 @@ async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
     let host = common::host();
     let plugin = db.connector(&host).await;
     let mut s = plugin.session().await.unwrap();
-    let batch = s.read(&db.config(), "typed", None, 10).await.unwrap();
+    let batch = s
+        .read(&db.config(), "typed", "test:reader", None, 10)
+        .await
+        .unwrap();
     assert_eq!(batch.changes.len(), 1);
     let f = batch.changes[0].fields.clone();
     let ts = 1_709_210_096_789_000;
@@ -292,7 +295,10 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
     let host = common::host();
     let plugin = db.connector(&host).await;
     let mut s = plugin.session().await.unwrap();
-    let first = s.read(&db.config(), "items", None, 100).await.unwrap();
+    let first = s
+        .read(&db.config(), "items", "test:reader", None, 100)
+        .await
+        .unwrap();
     let mut cursor = first.next_cursor;
 
     // A: takes its position first, commits last.
@@ -310,7 +316,7 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
                 .await
                 .unwrap();
             let seen = s
-                .read(&db.config(), "items", Some(&cursor), 100)
+                .read(&db.config(), "items", "test:reader", Some(&cursor), 100)
                 .await
                 .unwrap();
             cursor = seen.next_cursor.clone();
@@ -330,7 +336,7 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
                 .await
                 .unwrap();
             let seen = s
-                .read(&db.config(), "items", Some(&cursor), 100)
+                .read(&db.config(), "items", "test:reader", Some(&cursor), 100)
                 .await
                 .unwrap();
             cursor = seen.next_cursor.clone();

@@ -66,10 +66,21 @@ fn update(id: &str, fields: &[(&str, Value)], if_version: Option<&str>) -> Write
     })
 }
 
-/// Reads everything waiting after `cursor`, returning the changes and the new cursor.
+/// Reads everything waiting after `cursor`, returning the changes and the new cursor, as a
+/// reader that never writes.
 async fn read_all(
     db: &Db,
     plugin: &duplex::plugin::ConnectorPlugin,
+    cursor: Option<String>,
+) -> (Vec<Change>, String) {
+    read_all_as(db, plugin, "test:reader", cursor).await
+}
+
+/// [`read_all`] as the reader that writes with `origin`.
+async fn read_all_as(
+    db: &Db,
+    plugin: &duplex::plugin::ConnectorPlugin,
+    origin: &str,
     cursor: Option<String>,
 ) -> (Vec<Change>, String) {
     let mut session = plugin.session().await.expect("session");
@@ -77,7 +88,7 @@ async fn read_all(
     let mut changes = Vec::new();
     loop {
         let batch = session
-            .read(&db.config(), "customers", cursor.as_deref(), 100)
+            .read(&db.config(), "customers", origin, cursor.as_deref(), 100)
             .await
             .expect("read");
         changes.extend(batch.changes);
@@ -227,6 +238,32 @@ async fn own_writes_are_tagged_with_their_origin_and_peoples_are_not() {
     let (changes, _) = read_all(&db, &plugin, Some(cursor)).await;
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].origin, None);
+
+    // The writer itself does not read its own writes back, unless someone else changed the
+    // record in the same batch.
+    let (_, before) = read_all(&db, &plugin, None).await;
+    let results = s
+        .write(
+            &db.config(),
+            "customers",
+            "sync:crm-erp",
+            vec![
+                update("1", &[("name", text("Ann"))], None),
+                update("2", &[("name", text("Bo"))], None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    db.user()
+        .execute("UPDATE customers SET name = 'Bob' WHERE id = 2", [])
+        .unwrap();
+    let (changes, _) = read_all_as(&db, &plugin, "sync:crm-erp", Some(before.clone())).await;
+    let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["2"], "only the record a person changed too");
+    assert_eq!(changes[0].origin, None);
+    let (changes, _) = read_all(&db, &plugin, Some(before)).await;
+    assert_eq!(changes.len(), 2, "other readers see both writes");
 
     // The marker never outlives the write transaction.
     let marks: i64 = db

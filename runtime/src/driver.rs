@@ -96,6 +96,38 @@ pub struct SyncRunner<L, R> {
     pub rules: Rules,
 }
 
+/// How long each phase of a cycle took, for the debug log (`DUPLEX_LOG=duplex=debug`).
+struct Laps {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Laps {
+    fn start() -> Laps {
+        Laps {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: std::time::Duration = self.laps.iter().map(|(_, d)| *d).sum();
+        write!(f, "{:.1} ms:", total.as_secs_f64() * 1e3)?;
+        for (phase, d) in &self.laps {
+            write!(f, " {phase} {:.1}", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
+}
+
 fn state_err(sync: &str) -> impl Fn(StateError) -> CycleError + '_ {
     move |source| CycleError::State {
         sync: sync.to_owned(),
@@ -321,16 +353,19 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let sync = self.spec.name.clone();
         let se = state_err(&sync);
         let mut report = CycleReport::default();
+        let mut lap = Laps::start();
         self.recover(state).await?;
+        lap.end("recover");
         let [cursor_l, cursor_r] = state.cursors(&sync).map_err(&se)?;
 
         // 1. Read.
         let mut batches = Vec::with_capacity(2);
         let max = self.batch;
+        let origin = self.spec.origin.clone();
         for (side, cursor) in [(Side::Left, cursor_l), (Side::Right, cursor_r)] {
             let batch = self
                 .io(side)
-                .read_dyn(cursor.as_deref(), max)
+                .read_dyn(&origin, cursor.as_deref(), max)
                 .await
                 .map_err(|error| CycleError::Read {
                     sync: sync.clone(),
@@ -341,6 +376,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             report.more |= batch.has_more;
             batches.push((side, batch));
         }
+        lap.end("read");
         // 2. Map to common names.
         let mut changes = Vec::new();
         let mut commit = CycleCommit::default();
@@ -365,14 +401,17 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         }
         changes.sort_by_key(|c| c.side);
 
+        lap.end("map");
         // 3. Load links: of these records, and dirty ones due for a retry.
         let records: Vec<(Side, String)> = changes.iter().map(|c| (c.side, c.id.clone())).collect();
         let due = state.due_dirty(&sync, now, RETRY_BATCH).map_err(&se)?;
         report.retried = due.len();
         let due_ids: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
         let mut links = state.links(&sync, &records, &due_ids).map_err(&se)?;
+        lap.end("links");
         // 4. Match keys: records on the other side for each unlinked new record.
         let candidates = self.candidates(&changes, &links).await?;
+        lap.end("match");
         let cand_records: Vec<(Side, String)> = candidates
             .iter()
             .flat_map(|((side, _), cs)| cs.iter().map(|c| (*side, c.id.clone())))
@@ -420,6 +459,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             commit.cleared.retain(|k| k != &(c.side, c.id.clone()));
         }
 
+        lap.end("plan");
         // 6. Record the writes as intents, then write.
         let intents: Vec<Intent> = plan
             .ops
@@ -431,11 +471,13 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             })
             .collect();
         state.record_intents(&sync, &intents).map_err(&se)?;
+        lap.end("intents");
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
         let conflicted = self
             .write(&mut plan, now, &mut commit, &mut failed, &mut report)
             .await;
 
+        lap.end("write");
         // 7. Writes refused on a stale version: read those records again and merge once more.
         if !conflicted.is_empty() {
             self.retry_conflicts(
@@ -464,7 +506,15 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         report.rejected = commit.rejected.len();
         commit.conflicts = plan.conflicts.clone();
         commit.agreed = plan.agreed.clone();
+        // A kept intent carries its link as committed now, not as it was when the write was
+        // sent: the other side may have been written since, and recovery settles onto this copy.
+        for intent in &mut commit.keep_intents {
+            if let Some(link) = plan.links.get(&intent.link.id) {
+                intent.link = link.clone();
+            }
+        }
         commit.next_link_id = plan.next_link_id;
+        commit.new_links_from = Some(input.next_link_id);
         commit.links = plan.links.into_values().collect();
         commit.cursors = [
             Some(batches[0].1.next_cursor.clone()),
@@ -481,6 +531,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         stats.last_error = None;
         commit.stats = stats;
         state.commit_cycle(&sync, now, commit).map_err(&se)?;
+        lap.end("commit");
+        tracing::debug!(sync = %sync, read = report.read[0] + report.read[1], writes = report.writes,
+            "cycle took {}", lap);
         Ok(report)
     }
 
@@ -960,6 +1013,7 @@ trait SideIoDyn {
     fn conditional_writes(&self) -> bool;
     fn read_dyn<'a>(
         &'a mut self,
+        origin: &'a str,
         cursor: Option<&'a str>,
         max: u32,
     ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>>;
@@ -982,10 +1036,11 @@ impl<T: SideIo> SideIoDyn for T {
     }
     fn read_dyn<'a>(
         &'a mut self,
+        origin: &'a str,
         cursor: Option<&'a str>,
         max: u32,
     ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>> {
-        Box::pin(self.read(cursor, max))
+        Box::pin(self.read(origin, cursor, max))
     }
     fn write_dyn<'a>(
         &'a mut self,

@@ -90,6 +90,25 @@ fn clear_sync(table: &mut redb::Table<(&str, u64), &[u8]>, sync: &str) -> Result
     Ok(())
 }
 
+/// Whether `sync` has any row in a table keyed by (sync, side, id): most cycles have nothing
+/// to clear there, and asking once is cheaper than a removal per record.
+fn has_rows(table: &redb::Table<(&str, u8, &str), &[u8]>, sync: &str) -> Result<bool, StateError> {
+    Ok(match table.range((sync, 0u8, "")..)?.next() {
+        Some(item) => item?.0.value().0 == sync,
+        None => false,
+    })
+}
+
+/// The intents of one `record_intents` call, stored as one row. Rows written before intents
+/// were grouped hold one intent each.
+fn dec_intents(b: &[u8]) -> Result<Vec<Intent>, StateError> {
+    if b.first() == Some(&b'[') {
+        dec(b)
+    } else {
+        Ok(vec![dec(b)?])
+    }
+}
+
 /// Reads every row of `sync` from a table keyed by (sync, number), in key order.
 fn read_sync<T: for<'de> Deserialize<'de>>(
     db: &Database,
@@ -113,9 +132,17 @@ fn put_link(
     index: &mut redb::Table<(&str, u8, &str), u64>,
     sync: &str,
     link: &Link,
+    is_new: bool,
 ) -> Result<(), StateError> {
-    if let Some(old) = links.get((sync, link.id))? {
-        let old: Link = dec(old.value())?;
+    let old: Option<Link> = if is_new {
+        None
+    } else {
+        links
+            .get((sync, link.id))?
+            .map(|v| dec(v.value()))
+            .transpose()?
+    };
+    if let Some(old) = old {
         for side in [Side::Left, Side::Right] {
             if let Some(id) = &old.side(side).id {
                 if link.side(side).id.as_ref() != Some(id) {
@@ -255,6 +282,8 @@ pub struct CycleCommit {
     pub links: Vec<Link>,
     pub cursors: [Option<String>; 2],
     pub next_link_id: u64,
+    /// Links from this id on were made in this cycle: none of them is stored yet. `None`: look.
+    pub new_links_from: Option<u64>,
     pub conflicts: Vec<ConflictNote>,
     pub agreed: Vec<(u64, String)>,
     pub rejected: Vec<(Side, String, String, Option<StoredChange>)>,
@@ -502,19 +531,23 @@ impl State {
         {
             let mut t = w.open_table(INTENTS)?;
             let mut c = w.open_table(COUNTERS)?;
-            let mut next = c.get("intent")?.map_or(1, |v| v.value());
-            for i in intents {
-                t.insert((sync, next), enc(i)?.as_slice())?;
-                next += 1;
-            }
-            c.insert("intent", next)?;
+            // One row for the lot: a row per intent cost a third of an initial sync's time.
+            let next = c.get("intent")?.map_or(1, |v| v.value());
+            t.insert((sync, next), enc(&intents)?.as_slice())?;
+            c.insert("intent", next + 1)?;
         }
         w.commit()?;
         Ok(())
     }
 
     pub fn intents(&self, sync: &str) -> Result<Vec<Intent>, StateError> {
-        read_sync(&self.db, INTENTS, sync)
+        let r = self.db.begin_read()?;
+        let t = r.open_table(INTENTS)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            out.extend(dec_intents(item?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Commits one cycle's effects and its cursors together (invariant 1).
@@ -524,7 +557,8 @@ impl State {
             let mut links = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
             for link in &c.links {
-                put_link(&mut links, &mut index, sync, link)?;
+                let is_new = c.new_links_from.is_some_and(|from| link.id >= from);
+                put_link(&mut links, &mut index, sync, link, is_new)?;
             }
             let mut cursors = w.open_table(CURSORS)?;
             for side in [Side::Left, Side::Right] {
@@ -600,8 +634,10 @@ impl State {
             counters.insert("conflict", next_conflict)?;
 
             let mut rejected = w.open_table(REJECTED)?;
-            for (side, id) in &c.cleared {
-                rejected.remove((sync, side_key(*side), id.as_str()))?;
+            if has_rows(&rejected, sync)? {
+                for (side, id) in &c.cleared {
+                    rejected.remove((sync, side_key(*side), id.as_str()))?;
+                }
             }
             for (side, id, reason, change) in &c.rejected {
                 let key = (sync, side_key(*side), id.as_str());
@@ -620,8 +656,10 @@ impl State {
             }
 
             let mut dirty = w.open_table(DIRTY)?;
-            for link in &c.clean {
-                dirty.remove((sync, *link))?;
+            if dirty.range((sync, 0)..=(sync, u64::MAX))?.next().is_some() {
+                for link in &c.clean {
+                    dirty.remove((sync, *link))?;
+                }
             }
             for (link, reason) in &c.dirty {
                 let attempts = dirty
@@ -651,12 +689,11 @@ impl State {
 
             let mut intents = w.open_table(INTENTS)?;
             clear_sync(&mut intents, sync)?;
-            let mut next_intent = counters.get("intent")?.map_or(1, |v| v.value());
-            for i in &c.keep_intents {
-                intents.insert((sync, next_intent), enc(i)?.as_slice())?;
-                next_intent += 1;
+            if !c.keep_intents.is_empty() {
+                let next = counters.get("intent")?.map_or(1, |v| v.value());
+                intents.insert((sync, next), enc(&c.keep_intents)?.as_slice())?;
+                counters.insert("intent", next + 1)?;
             }
-            counters.insert("intent", next_intent)?;
 
             let mut syncs = w.open_table(SYNCS)?;
             syncs.insert(sync, enc(&c.stats)?.as_slice())?;
@@ -673,7 +710,7 @@ impl State {
             let mut t = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
             for link in links {
-                put_link(&mut t, &mut index, sync, link)?;
+                put_link(&mut t, &mut index, sync, link, false)?;
             }
             if let Some(max) = links.iter().map(|l| l.id).max() {
                 let mut counters = w.open_table(COUNTERS)?;

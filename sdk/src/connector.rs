@@ -34,7 +34,7 @@ pub use crate::bindings::exports::duplex::plugin::connector::{
 ///     }
 ///     fn open(config: Config) -> Result<Self, Error> { Ok(Notes { config }) }
 ///     fn discover(&mut self) -> Result<Vec<Stream>, Error> { Ok(vec![]) }
-///     fn read(&mut self, stream: &str, cursor: Option<&str>, max: u32)
+///     fn read(&mut self, stream: &str, origin: &str, cursor: Option<&str>, max: u32)
 ///         -> Result<ChangeBatch, Error> {
 ///         Err(Error::not_found(format!("no stream {stream}")))
 ///     }
@@ -66,8 +66,15 @@ pub trait Connector: Sized {
     /// Lists the streams with their fields.
     fn discover(&mut self) -> Result<Vec<Stream>, Error>;
 
-    /// Reads up to `max` changes after `cursor` (none: from the beginning).
-    fn read(&mut self, stream: &str, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, Error>;
+    /// Reads up to `max` changes after `cursor` (none: from the beginning). Records changed in
+    /// the batch only by writes tagged `origin` (the reader's own) may be left out.
+    fn read(
+        &mut self,
+        stream: &str,
+        origin: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<ChangeBatch, Error>;
 
     /// Applies `ops`, returning exactly one result per op in order; tags the changes they make
     /// with `origin`.
@@ -134,11 +141,13 @@ macro_rules! register_connector {
             fn read(
                 config: String,
                 stream: String,
+                origin: String,
                 cursor: Option<String>,
                 max: u32,
             ) -> Result<$crate::ChangeBatch, $crate::Error> {
                 $crate::__private::connector::open::<$connector>(&config)?.read(
                     &stream,
+                    &origin,
                     cursor.as_deref(),
                     max,
                 )

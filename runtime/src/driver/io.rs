@@ -23,7 +23,14 @@ impl From<CallError> for IoError {
 pub trait SideIo {
     /// Whether `if-version` on updates and deletes is honoured.
     fn conditional_writes(&self) -> bool;
-    async fn read(&mut self, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, IoError>;
+    /// Reads up to `max` changes after `cursor`; records changed only by writes tagged `origin`
+    /// may be left out (see the WIT's `read`).
+    async fn read(
+        &mut self,
+        origin: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<ChangeBatch, IoError>;
     async fn write(
         &mut self,
         origin: &str,
@@ -84,12 +91,17 @@ impl SideIo for PluginSide {
             .contains(plugin::Capabilities::CONDITIONAL_WRITES)
     }
 
-    async fn read(&mut self, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, IoError> {
+    async fn read(
+        &mut self,
+        origin: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<ChangeBatch, IoError> {
         let (config, stream) = (self.config.clone(), self.stream.clone());
         let r = self
             .session()
             .await?
-            .read(&config, &stream, cursor, max)
+            .read(&config, &stream, origin, cursor, max)
             .await;
         self.check(r)
     }

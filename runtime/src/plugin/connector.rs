@@ -156,12 +156,14 @@ impl ConnectorSession {
         &mut self,
         config: &str,
         stream: &str,
+        origin: &str,
         cursor: Option<&str>,
         max: u32,
     ) -> Result<ChangeBatch, CallError> {
-        let (config, stream, cursor) = (
+        let (config, stream, origin, cursor) = (
             config.to_owned(),
             stream.to_owned(),
+            origin.to_owned(),
             cursor.map(str::to_owned),
         );
         let r = self
@@ -169,7 +171,7 @@ impl ConnectorSession {
             .call("read", move |b, s| {
                 Box::pin(async move {
                     b.duplex_plugin_connector()
-                        .call_read(s, &config, &stream, cursor.as_deref(), max)
+                        .call_read(s, &config, &stream, &origin, cursor.as_deref(), max)
                         .await
                 })
             })

@@ -23,6 +23,8 @@ pub struct Column {
 /// One entry of the change log.
 pub struct LogEntry {
     pub seq: i64,
+    /// The version the row has when this entry is its latest change.
+    pub version: String,
     pub pk: String,
     pub op: String,
     pub origin: Option<String>,
@@ -39,6 +41,12 @@ pub trait Dialect {
     fn param_for(&self, n: usize, column: &Column) -> String {
         let _ = column;
         self.param(n)
+    }
+    /// An expression over a table's row that changes whenever the row does (PostgreSQL's
+    /// `xmin`), or `None` when the capture keeps versions in `_duplex_rows` instead. A version in
+    /// the row costs a write nothing and lets a conditional write be one statement.
+    fn row_version(&self) -> Option<&'static str> {
+        None
     }
     /// The type to cast a column to for a case-insensitive text comparison.
     fn text_type(&self) -> &'static str {
@@ -106,10 +114,10 @@ pub trait Dialect {
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error>;
     /// Ends the mark, before the transaction commits.
     fn clear_origin(&self, db: &Db) -> Result<(), Error>;
-    /// An INSERT of `columns` that returns the new row's primary key.
-    fn insert_returning(&self, table: &str, columns: &[&Column], pk: &str) -> String {
+    /// An INSERT of `columns` that returns `returning` (a select list) of the new row.
+    fn insert_returning(&self, table: &str, columns: &[&Column], returning: &str) -> String {
         let t = self.ident(table);
-        let p = self.ident(pk);
+        let p = returning;
         if columns.is_empty() {
             return format!("INSERT INTO {t} DEFAULT VALUES RETURNING {p}");
         }
@@ -139,11 +147,17 @@ pub trait Dialect {
     }
 }
 
-/// Log entries from a query selecting `seq, pk, op, origin, changed_at`.
+/// Log entries from a query selecting `seq, pk, op, origin, changed_at` and optionally `version`
+/// (else the sequence number is the version, as `_duplex_rows` keeps it).
 pub fn entries(rows: &duplex_sdk::sql::Rows) -> Vec<LogEntry> {
     rows.iter()
         .map(|r| LogEntry {
             seq: r.get("seq").and_then(Value::as_integer).unwrap_or(0),
+            version: r
+                .get("version")
+                .or_else(|| r.get("seq"))
+                .map(Value::to_plain_string)
+                .unwrap_or_default(),
             pk: r.get("pk").map(Value::to_plain_string).unwrap_or_default(),
             op: r
                 .get("op")

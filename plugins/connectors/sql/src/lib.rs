@@ -1,9 +1,9 @@
 //! The Duplex connector for SQL tables.
 //!
 //! Streams are tables, discovered from the database's own catalogue. Change capture is
-//! trigger-based: on first use the connector installs a change log (`_duplex_changes`), a table of
-//! row versions (`_duplex_rows`) and three triggers per table that append to the log, so reading
-//! changes never scans a whole table. A cursor is a change-log position. The connector's own
+//! trigger-based: on first use the connector installs a change log (`_duplex_changes`), where the
+//! database has no row version of its own a table of row versions (`_duplex_rows`), and three
+//! triggers per table that append to the log, so reading changes never scans a whole table. A cursor is a change-log position. The connector's own
 //! writes are tagged with the host's `origin` (see `sqlite.rs` for how), so the host can tell them
 //! from people's. `remove-capture` takes it all out again.
 //!
@@ -30,6 +30,12 @@ use dialect::{Column, Dialect};
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
 const IN_CHUNK: usize = 500;
+
+/// The name under which a row's own version is selected (see [`Dialect::row_version`]).
+const VERSION_COLUMN: &str = "_duplex_version";
+
+/// A row as read: its id, its fields and, where the dialect keeps it in the row, its version.
+type Record = (String, Vec<FieldValue>, Option<String>);
 
 /// The connection's config.
 #[derive(serde::Deserialize)]
@@ -147,7 +153,13 @@ impl Connector for SqlConnector {
         Ok(streams)
     }
 
-    fn read(&mut self, stream: &str, cursor: Option<&str>, max: u32) -> Result<ChangeBatch, Error> {
+    fn read(
+        &mut self,
+        stream: &str,
+        origin: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<ChangeBatch, Error> {
         let table = self.table(stream)?;
         let max = max.clamp(1, 10_000);
         let cursor = cursor.map(Cursor::decode).transpose()?;
@@ -162,7 +174,7 @@ impl Connector for SqlConnector {
                 Some(Cursor::Snapshot { log_from, after }) => {
                     self.read_snapshot(db, &table, log_from, after, max)
                 }
-                Some(Cursor::Log { pos }) => self.read_log(db, &table, &pos, max),
+                Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
             }
         })
     }
@@ -232,12 +244,11 @@ impl Connector for SqlConnector {
                 self.select_where(&self.db, &table, &name, &m.values, m.ignore_case)?
             }
         };
-        let ids: Vec<String> = rows.keys().cloned().collect();
-        let versions = self.versions(&self.db, &table, &ids)?;
-        Ok(rows
+        Ok(self
+            .with_versions(&self.db, &table, rows.into_values().collect())?
             .into_iter()
-            .map(|(id, fields)| Current {
-                version: Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into())),
+            .map(|(id, fields, version)| Current {
+                version: Some(version),
                 id,
                 fields,
             })
@@ -335,29 +346,66 @@ impl SqlConnector {
         Ok(out)
     }
 
+    /// The table's columns and, where the dialect keeps one in the row, its version.
     fn select_list(&self, table: &Table) -> String {
-        table
+        let mut list: Vec<String> = table
             .columns
             .iter()
             .map(|c| self.dialect.ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        list.extend(
+            self.dialect
+                .row_version()
+                .map(|v| format!("{v} AS {VERSION_COLUMN}")),
+        );
+        list.join(", ")
     }
 
-    /// The id and fields of a row selected with [`Self::select_list`].
-    fn record(&self, table: &Table, row: Row<'_>) -> (String, Vec<FieldValue>) {
+    /// A row selected with [`Self::select_list`].
+    fn record(&self, table: &Table, row: Row<'_>) -> Record {
+        let mut version = None;
         let fields: Vec<FieldValue> = row
             .fields()
-            .map(|(name, value)| {
+            .filter_map(|(name, value)| {
+                if name == VERSION_COLUMN {
+                    version = Some(value.to_plain_string());
+                    return None;
+                }
                 let ty = table.column(name).map(|c| c.field_type);
-                FieldValue::new(name, shape(value.clone(), ty))
+                Some(FieldValue::new(name, shape(value.clone(), ty)))
             })
             .collect();
         let id = row
             .get(&table.pk)
             .map(Value::to_plain_string)
             .unwrap_or_default();
-        (id, fields)
+        (id, fields, version)
+    }
+
+    /// Records with their versions, looked up in `_duplex_rows` where the rows do not carry
+    /// them. A row the capture has no version for yet (written before it was installed) is at
+    /// version 0.
+    fn with_versions(
+        &self,
+        db: &Db,
+        table: &Table,
+        records: Vec<Record>,
+    ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
+        let missing: Vec<String> = records
+            .iter()
+            .filter(|(_, _, v)| v.is_none())
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        let mut versions = self.versions(db, table, &missing)?;
+        Ok(records
+            .into_iter()
+            .map(|(id, fields, v)| {
+                let v = v
+                    .or_else(|| versions.remove(&id))
+                    .unwrap_or_else(|| "0".into());
+                (id, fields, v)
+            })
+            .collect())
     }
 
     fn read_snapshot(
@@ -384,17 +432,15 @@ impl SqlConnector {
                 std::slice::from_ref(after),
             )?,
         };
-        let records: Vec<(String, Vec<FieldValue>)> =
-            rows.iter().map(|r| self.record(table, r)).collect();
-        let ids: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
-        let versions = self.versions(db, table, &ids)?;
+        let records: Vec<Record> = rows.iter().map(|r| self.record(table, r)).collect();
         let last_key = rows.iter().last().and_then(|r| r.get(&table.pk).cloned());
         let full = records.len() as u32 >= max;
-        let changes = records
+        let changes = self
+            .with_versions(db, table, records)?
             .into_iter()
-            .map(|(id, fields)| {
-                let mut c = Change::new(id.clone(), ChangeKind::Create, fields);
-                c.version = Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into()));
+            .map(|(id, fields, version)| {
+                let mut c = Change::new(id, ChangeKind::Create, fields);
+                c.version = Some(version);
                 c
             })
             .collect();
@@ -418,11 +464,23 @@ impl SqlConnector {
         })
     }
 
-    fn read_log(&self, db: &Db, table: &Table, pos: &str, max: u32) -> Result<ChangeBatch, Error> {
+    /// The changes logged after `pos`. A record whose entries in this batch all carry `own`
+    /// (the reader's origin) is left out: those are the reader's own writes coming back, and
+    /// the host knows what it wrote. One changed by anyone else in between is read in full.
+    fn read_log(
+        &self,
+        db: &Db,
+        table: &Table,
+        own: &str,
+        pos: &str,
+        max: u32,
+    ) -> Result<ChangeBatch, Error> {
         let (entries, next, has_more) = self.dialect.log_read(db, &table.name, pos, max)?;
         // Fold the entries of one record into one change, ordered by its last entry.
         struct Entry {
             last_seq: i64,
+            version: String,
+            only_own: bool,
             created: bool,
             origin: Option<String>,
             changed_at: Option<i64>,
@@ -431,35 +489,47 @@ impl SqlConnector {
         for e in entries {
             let entry = by_id.entry(e.pk).or_insert(Entry {
                 last_seq: e.seq,
+                version: String::new(),
+                only_own: true,
                 created: false,
                 origin: None,
                 changed_at: None,
             });
             entry.last_seq = e.seq;
+            entry.version = e.version;
+            entry.only_own &= e.origin.as_deref() == Some(own);
             entry.created |= e.op == "I";
             entry.origin = e.origin;
             entry.changed_at = e.changed_at;
         }
+        by_id.retain(|_, e| !e.only_own);
         let ids: Vec<String> = by_id.keys().cloned().collect();
         let id_values: Vec<Value> = ids
             .iter()
             .map(|id| id_value(table, id))
             .collect::<Result<_, _>>()?;
-        let mut current = self.select_where(db, table, &table.pk, &id_values, false)?;
-        let versions = self.versions(db, table, &ids)?;
+        let found = self.select_where(db, table, &table.pk, &id_values, false)?;
+        let mut current: HashMap<String, (Vec<FieldValue>, String)> = self
+            .with_versions(db, table, found.into_values().collect())?
+            .into_iter()
+            .map(|(id, fields, version)| (id, (fields, version)))
+            .collect();
         let mut changes: Vec<(i64, Change)> = by_id
             .into_iter()
             .map(|(id, e)| {
-                let version = versions.get(&id).cloned();
+                let (fields, version) = match current.remove(&id) {
+                    Some((f, v)) => (Some(f), Some(v)),
+                    None => (None, None),
+                };
                 // The fields are the row as it is now, which may be later than this batch; the
                 // origin belongs to the batch's last entry, so it only holds when that entry is
                 // also the row's latest. A person's later edit must never pass for Duplex's.
-                let origin = if version.as_deref() == Some(e.last_seq.to_string().as_str()) {
+                let origin = if version.as_deref() == Some(e.version.as_str()) {
                     e.origin
                 } else {
                     None
                 };
-                let mut c = match current.remove(&id) {
+                let mut c = match fields {
                     Some(fields) => {
                         let kind = if e.created {
                             ChangeKind::Create
@@ -492,7 +562,7 @@ impl SqlConnector {
         column: &str,
         values: &[Value],
         ignore_case: bool,
-    ) -> Result<BTreeMap<String, Vec<FieldValue>>, Error> {
+    ) -> Result<BTreeMap<String, Record>, Error> {
         let mut out = BTreeMap::new();
         let t = self.dialect.ident(&table.name);
         let c = self.dialect.ident(column);
@@ -523,8 +593,8 @@ impl SqlConnector {
                 chunk,
             )?;
             for r in rows.iter() {
-                let (id, fields) = self.record(table, r);
-                out.insert(id, fields);
+                let record = self.record(table, r);
+                out.insert(record.0.clone(), record);
             }
         }
         Ok(out)
@@ -560,9 +630,25 @@ impl SqlConnector {
         Ok(out)
     }
 
-    fn version_of(&self, db: &Db, table: &Table, id: &str) -> Result<String, Error> {
+    /// The version of one row, `None` when it does not exist (or, where versions live in
+    /// `_duplex_rows`, has none yet: version 0).
+    fn version_of(&self, db: &Db, table: &Table, id: &str) -> Result<Option<String>, Error> {
+        if let Some(expr) = self.dialect.row_version() {
+            let rows = db.query(
+                &format!(
+                    "SELECT {expr} FROM {} WHERE {} = {}",
+                    self.dialect.ident(&table.name),
+                    self.dialect.ident(&table.pk),
+                    self.dialect.param_for(1, self.pk_column(table))
+                ),
+                &[id_value(table, id)?],
+            )?;
+            return Ok(rows
+                .first()
+                .and_then(|r| r.at(0).map(Value::to_plain_string)));
+        }
         let v = self.versions(db, table, &[id.to_owned()])?;
-        Ok(v.get(id).cloned().unwrap_or_else(|| "0".into()))
+        Ok(Some(v.get(id).cloned().unwrap_or_else(|| "0".into())))
     }
 
     /// Applies every op or fails at the first refusal (the fast path of `write`).
@@ -646,26 +732,42 @@ impl SqlConnector {
             self.dialect.ident(&table.name),
             cols.join(", "),
             rows.join(", "),
-            self.dialect.ident(&table.pk)
+            self.returning(table)
         );
         let returned = db.query(&sql, &params)?;
-        let ids: Vec<String> = returned
-            .iter()
-            .filter_map(|r| r.at(0).map(Value::to_plain_string))
-            .collect();
-        if ids.len() != creates.len() {
+        let records: Vec<Record> = returned.iter().map(|r| self.returned(r)).collect();
+        if records.len() != creates.len() {
             return Err(Error::permanent(
                 "the insert returned a key per row it did not make",
             ));
         }
-        let versions = self.versions(db, table, &ids)?;
-        Ok(ids
+        Ok(self
+            .with_versions(db, table, records)?
             .into_iter()
-            .map(|id| Written {
-                version: Some(versions.get(&id).cloned().unwrap_or_else(|| "0".into())),
+            .map(|(id, _, version)| Written {
+                version: Some(version),
                 id,
             })
             .collect())
+    }
+
+    /// What a write returns: the key and, where the row carries it, the new version.
+    fn returning(&self, table: &Table) -> String {
+        let pk = self.dialect.ident(&table.pk);
+        match self.dialect.row_version() {
+            Some(v) => format!("{pk}, {v}"),
+            None => pk,
+        }
+    }
+
+    /// The key and version of a row returned by [`Self::returning`].
+    fn returned(&self, row: Row<'_>) -> Record {
+        let id = row.at(0).map(Value::to_plain_string).unwrap_or_default();
+        let version = self
+            .dialect
+            .row_version()
+            .and_then(|_| row.at(1).map(Value::to_plain_string));
+        (id, Vec::new(), version)
     }
 
     fn apply(&self, db: &Db, table: &Table, op: WriteOp) -> Result<Written, Error> {
@@ -686,40 +788,74 @@ impl SqlConnector {
             .collect();
         let sql = self
             .dialect
-            .insert_returning(&table.name, &columns, &table.pk);
+            .insert_returning(&table.name, &columns, &self.returning(table));
         let values: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
         let rows = db
             .query(&sql, &values)
             .map_err(|e| in_record(e, "new record"))?;
-        let id = rows
+        let record = rows
             .first()
-            .and_then(|r| r.at(0).map(Value::to_plain_string))
+            .map(|r| self.returned(r))
             .ok_or_else(|| Error::permanent("the insert returned no primary key"))?;
-        let version = self.version_of(db, table, &id)?;
+        let [(id, _, version)] =
+            <[_; 1]>::try_from(self.with_versions(db, table, vec![record])?)
+                .map_err(|_| Error::permanent("the insert returned no primary key"))?;
         Ok(Written {
             id,
             version: Some(version),
         })
     }
 
-    fn check_version(
+    /// The condition that makes a write to record `id` conditional, with `params` (already
+    /// holding the write's values) extended by what it needs. Where the row carries its version
+    /// the statement checks it itself, atomically; otherwise the version in `_duplex_rows` is
+    /// checked first, inside the write's transaction.
+    fn guard(
         &self,
         db: &Db,
         table: &Table,
         id: &str,
         expected: Option<&str>,
-    ) -> Result<(), Error> {
+        params: &mut Vec<Value>,
+    ) -> Result<String, Error> {
+        params.push(id_value(table, id)?);
+        let mut filter = format!(
+            "{} = {}",
+            self.dialect.ident(&table.pk),
+            self.dialect.param_for(params.len(), self.pk_column(table))
+        );
         let Some(expected) = expected else {
-            return Ok(());
+            return Ok(filter);
         };
-        let now = self.version_of(db, table, id)?;
-        if now != expected {
-            return Err(Error::conflict(format!(
-                "record {id} of {} is at version {now}, not {expected}: it changed since it was read",
-                table.name
-            )));
+        match self.dialect.row_version() {
+            Some(expr) => {
+                params.push(Value::Text(expected.to_owned()));
+                filter.push_str(&format!(
+                    " AND {expr} = {}",
+                    self.dialect.param(params.len())
+                ));
+            }
+            None => {
+                let now = self.version_of(db, table, id)?.unwrap_or_default();
+                if now != expected {
+                    return Err(moved(table, id, &now, expected));
+                }
+            }
         }
-        Ok(())
+        Ok(filter)
+    }
+
+    /// Why a guarded write to record `id` touched no row: it is gone, or (where the statement
+    /// checked the version) it changed since it was read.
+    fn refused(&self, db: &Db, table: &Table, id: &str, expected: Option<&str>) -> Error {
+        if let (Some(expected), Some(_)) = (expected, self.dialect.row_version()) {
+            match self.version_of(db, table, id) {
+                Ok(Some(now)) => return moved(table, id, &now, expected),
+                Ok(None) => {}
+                Err(e) => return e,
+            }
+        }
+        Error::not_found(format!("record {id} of {} does not exist", table.name))
     }
 
     fn update(&self, db: &Db, table: &Table, op: UpdateOp) -> Result<Written, Error> {
@@ -730,50 +866,61 @@ impl SqlConnector {
                 format!("record {}: the primary key cannot be changed", op.id),
             ));
         }
-        let id = id_value(table, &op.id)?;
-        self.check_version(db, table, &op.id, op.if_version.as_deref())?;
         let t = self.dialect.ident(&table.name);
-        let pk = self.dialect.ident(&table.pk);
-        let changed = if op.fields.is_empty() {
+        let sets: Vec<String> = op
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let column = table.column(&f.name).expect("checked by check_fields");
+                format!(
+                    "{} = {}",
+                    self.dialect.ident(&f.name),
+                    self.dialect.param_for(i + 1, column)
+                )
+            })
+            .collect();
+        let mut params: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
+        let expected = op.if_version.as_deref();
+        let filter = self.guard(db, table, &op.id, expected, &mut params)?;
+        let in_this = |e| in_record(e, &format!("record {}", op.id));
+        // Where the row carries its version, the statement returns the new one.
+        let (changed, version) = if sets.is_empty() {
             let rows = db.query(
-                &format!(
-                    "SELECT 1 FROM {t} WHERE {pk} = {}",
-                    self.dialect.param_for(1, self.pk_column(table))
-                ),
-                &[id],
+                &format!("SELECT {} FROM {t} WHERE {filter}", self.returning(table)),
+                &params,
             )?;
-            rows.rows.len() as u64
+            (
+                rows.rows.len(),
+                rows.first().and_then(|r| self.returned(r).2),
+            )
+        } else if self.dialect.row_version().is_some() {
+            let rows = db
+                .query(
+                    &format!(
+                        "UPDATE {t} SET {} WHERE {filter} RETURNING {}",
+                        sets.join(", "),
+                        self.returning(table)
+                    ),
+                    &params,
+                )
+                .map_err(in_this)?;
+            (
+                rows.rows.len(),
+                rows.first().and_then(|r| self.returned(r).2),
+            )
         } else {
-            let sets: Vec<String> = op
-                .fields
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    let column = table.column(&f.name).expect("checked by check_fields");
-                    format!(
-                        "{} = {}",
-                        self.dialect.ident(&f.name),
-                        self.dialect.param_for(i + 1, column)
-                    )
-                })
-                .collect();
-            let mut params: Vec<Value> = op.fields.into_iter().map(|f| f.value).collect();
-            params.push(id);
-            let sql = format!(
-                "UPDATE {t} SET {} WHERE {pk} = {}",
-                sets.join(", "),
-                self.dialect.param_for(params.len(), self.pk_column(table))
-            );
-            db.execute(&sql, &params)
-                .map_err(|e| in_record(e, &format!("record {}", op.id)))?
+            let sql = format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "));
+            let n = db.execute(&sql, &params).map_err(in_this)?;
+            (usize::try_from(n).unwrap_or(usize::MAX), None)
         };
         if changed == 0 {
-            return Err(Error::not_found(format!(
-                "record {} of {} does not exist",
-                op.id, table.name
-            )));
+            return Err(self.refused(db, table, &op.id, expected));
         }
-        let version = self.version_of(db, table, &op.id)?;
+        let version = match version {
+            Some(v) => v,
+            None => self.version_of(db, table, &op.id)?.unwrap_or_default(),
+        };
         Ok(Written {
             id: op.id,
             version: Some(version),
@@ -781,30 +928,34 @@ impl SqlConnector {
     }
 
     fn delete(&self, db: &Db, table: &Table, op: DeleteOp) -> Result<Written, Error> {
-        let id = id_value(table, &op.id)?;
-        self.check_version(db, table, &op.id, op.if_version.as_deref())?;
-        let t = self.dialect.ident(&table.name);
-        let pk = self.dialect.ident(&table.pk);
+        let mut params = Vec::new();
+        let expected = op.if_version.as_deref();
+        let filter = self.guard(db, table, &op.id, expected, &mut params)?;
         let changed = db
             .execute(
                 &format!(
-                    "DELETE FROM {t} WHERE {pk} = {}",
-                    self.dialect.param_for(1, self.pk_column(table))
+                    "DELETE FROM {} WHERE {filter}",
+                    self.dialect.ident(&table.name)
                 ),
-                &[id],
+                &params,
             )
             .map_err(|e| in_record(e, &format!("record {}", op.id)))?;
         if changed == 0 {
-            return Err(Error::not_found(format!(
-                "record {} of {} does not exist",
-                op.id, table.name
-            )));
+            return Err(self.refused(db, table, &op.id, expected));
         }
         Ok(Written {
             id: op.id,
             version: None,
         })
     }
+}
+
+/// The refusal of a conditional write to a record that changed since it was read.
+fn moved(table: &Table, id: &str, now: &str, expected: &str) -> Error {
+    Error::conflict(format!(
+        "record {id} of {} is at version {now}, not {expected}: it changed since it was read",
+        table.name
+    ))
 }
 
 /// A value as its column declares it, where the driver could not tell: MariaDB reports text

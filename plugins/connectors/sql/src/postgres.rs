@@ -13,6 +13,11 @@
 //!
 //! Own writes are tagged with a transaction-local setting (`set_config('duplex.origin', ..,
 //! true)`) that the trigger reads.
+//!
+//! A row's version is its `xmin`, the id of the transaction that wrote this version of it: every
+//! UPDATE makes a new row version with a new `xmin`, so a conditional write is one statement
+//! (`... WHERE pk = $1 AND xmin::text = $2`, re-checked by PostgreSQL on the newest row version
+//! if another transaction got there first), and the capture writes nothing but the log.
 
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
@@ -54,6 +59,10 @@ impl Dialect for Postgres {
 
     fn param(&self, n: usize) -> String {
         format!("${n}")
+    }
+
+    fn row_version(&self) -> Option<&'static str> {
+        Some("xmin::text")
     }
 
     fn param_for(&self, n: usize, column: &Column) -> String {
@@ -120,7 +129,7 @@ impl Dialect for Postgres {
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
-        if count(db, "SELECT count(*) FROM pg_class WHERE relname = '_duplex_rows' AND relnamespace = current_schema()::regnamespace", &[])? > 0 {
+        if count(db, "SELECT count(*) FROM pg_class WHERE relname = '_duplex_changes' AND relnamespace = current_schema()::regnamespace", &[])? > 0 {
             return Ok(());
         }
         for statement in [
@@ -134,12 +143,6 @@ impl Dialect for Postgres {
                  xid XID8 NOT NULL DEFAULT pg_current_xact_id()
              )",
             "CREATE INDEX IF NOT EXISTS _duplex_changes_order ON _duplex_changes (tbl, xid, seq)",
-            "CREATE TABLE IF NOT EXISTS _duplex_rows (
-                 tbl TEXT NOT NULL,
-                 pk TEXT NOT NULL,
-                 version BIGINT NOT NULL,
-                 PRIMARY KEY (tbl, pk)
-             )",
         ] {
             db.execute(statement, &[])?;
         }
@@ -167,24 +170,14 @@ impl Dialect for Postgres {
         let tl = literal(table);
         let log = |source: &str, op: &str, filter: &str| {
             format!(
-                "WITH c AS (INSERT INTO _duplex_changes (tbl, pk, op, origin)
-                            SELECT {tl}, n.{p}::text, {op}, o FROM {source} n {filter} ORDER BY n.{p}
-                            RETURNING seq, pk)
-                 INSERT INTO _duplex_rows (tbl, pk, version) SELECT {tl}, pk, seq FROM c
-                     ON CONFLICT (tbl, pk) DO UPDATE SET version = EXCLUDED.version;"
+                "INSERT INTO _duplex_changes (tbl, pk, op, origin)
+                     SELECT {tl}, n.{p}::text, {op}, o FROM {source} n {filter} ORDER BY n.{p};"
             )
         };
-        let gone = |filter: &str| {
-            format!(
-                "WITH d AS (INSERT INTO _duplex_changes (tbl, pk, op, origin)
-                            SELECT {tl}, x.{p}::text, 'D', o FROM _duplex_old x {filter} ORDER BY x.{p}
-                            RETURNING pk)
-                 DELETE FROM _duplex_rows r USING d WHERE r.tbl = {tl} AND r.pk = d.pk;"
-            )
-        };
+        let gone = |filter: &str| log("_duplex_old", "'D'", filter);
         let inserted = log("_duplex_new", "'I'", "");
         let moved = gone(&format!(
-            "WHERE NOT EXISTS (SELECT 1 FROM _duplex_new n WHERE n.{p} = x.{p})"
+            "WHERE NOT EXISTS (SELECT 1 FROM _duplex_new x WHERE x.{p} = n.{p})"
         ));
         let updated = log(
             "_duplex_new",
@@ -255,19 +248,13 @@ impl Dialect for Postgres {
         )? > 0
         {
             db.execute("DELETE FROM _duplex_changes WHERE tbl = $1", params![table])?;
-            db.execute("DELETE FROM _duplex_rows WHERE tbl = $1", params![table])?;
         }
         Ok(())
     }
 
     fn remove_log(&self, db: &Db) -> Result<(), Error> {
-        for statement in [
-            "DROP TABLE IF EXISTS _duplex_changes",
-            "DROP TABLE IF EXISTS _duplex_rows",
-        ] {
-            db.execute(statement, &[])?;
-        }
-        Ok(())
+        db.execute("DROP TABLE IF EXISTS _duplex_changes", &[])
+            .map(drop)
     }
 
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error> {
@@ -309,7 +296,8 @@ impl Dialect for Postgres {
         let seq: i64 = seq.parse().map_err(|_| bad())?;
         let rows = db.query(
             &format!(
-                "SELECT seq, pk, op, origin, changed_at, xid::text AS xid FROM _duplex_changes \
+                "SELECT seq, pk, op, origin, changed_at, xid::text AS xid, \
+                        (xid::text::int8 % 4294967296)::text AS version FROM _duplex_changes \
                  WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) \
                    AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
                  ORDER BY xid, seq LIMIT {max}"
