@@ -6,6 +6,9 @@
 //!   1,000 changes, beside the database's own NOTIFY round trip;
 //! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
 //!   native client (batched multi-row INSERTs over one connection).
+//!
+//! `BENCH_ROWS` sets the initial sync's row count (default 100,000), `BENCH_BATCH` the sync's
+//! batch (default 2,000), and `DUPLEX_LOG=duplex=debug` prints each cycle's phases.
 
 // Test helpers unwrap too: a panic there is a failed test with its message.
 #![allow(clippy::unwrap_used)]
@@ -225,9 +228,17 @@ async fn initial_sync_of_100k_rows() {
     let native_time = t.elapsed();
 
     let dir = tempfile::tempdir().unwrap();
-    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, 2_000))
-        .await
-        .unwrap();
+    let app = duplex::app::App::load(&config(
+        dir.path(),
+        &src,
+        &dst,
+        std::env::var("BENCH_BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(2_000),
+    ))
+    .await
+    .unwrap();
     let state = app.open_state().unwrap();
     let t = Instant::now();
     app.run_once(&state, |_, _| {}).await.unwrap();

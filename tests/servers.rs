@@ -371,6 +371,120 @@ async fn a_late_commit_is_not_skipped_on_postgres() {
     .await;
 }
 
+/// Reads as `origin` from `cursor` in batches of `max` until nothing is waiting and `done`
+/// holds, or five seconds pass (see [`read_until`] for why it may have to wait).
+async fn read_as(
+    s: &mut duplex::plugin::ConnectorSession,
+    db: &ServerDb,
+    origin: &str,
+    mut cursor: String,
+    max: u32,
+    done: impl Fn(&[duplex::plugin::Change]) -> bool,
+) -> (Vec<duplex::plugin::Change>, String) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let batch = s
+            .read(&db.config(), "items", origin, Some(&cursor), max)
+            .await
+            .unwrap();
+        seen.extend(batch.changes);
+        cursor = batch.next_cursor;
+        let late = std::time::Instant::now() > deadline;
+        if late || (!batch.has_more && done(&seen)) {
+            return (seen, cursor);
+        }
+        if !batch.has_more {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// PostgreSQL leaves the reader's own writes out in the log query itself: batches made only of
+/// them still move the cursor, a record someone else touched too is delivered, and other
+/// readers see everything.
+#[tokio::test]
+async fn own_writes_are_left_out_for_their_writer_on_postgres() {
+    let Some(db) = ServerDb::new("postgres").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)")
+        .await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let mut s = plugin.session().await.unwrap();
+    let start = s
+        .read(&db.config(), "items", "sync:a", None, 100)
+        .await
+        .unwrap()
+        .next_cursor;
+    let name = |n: &str| FieldValue {
+        name: "name".into(),
+        value: Value::Text(n.into()),
+    };
+    let creates = (0..5)
+        .map(|i| {
+            WriteOp::Create(CreateOp {
+                fields: vec![name(&format!("own {i}"))],
+            })
+        })
+        .collect();
+    let written = s
+        .write(&db.config(), "items", "sync:a", creates)
+        .await
+        .unwrap();
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    let names = |c: &[duplex::plugin::Change]| -> Vec<String> {
+        c.iter()
+            .map(|c| match field(&c.fields, "name") {
+                Value::Text(t) => t.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+
+    // Another reader sees all five; the writer, reading two entries at a time, none, and its
+    // cursor still moves past them: a person's change after them is its next change.
+    let (others, others_end) = read_as(&mut s, &db, "test:reader", start.clone(), 2, |c| {
+        c.len() >= 5
+    })
+    .await;
+    assert_eq!(others.len(), 5, "{:?}", names(&others));
+    let (mine, after_own) = read_as(&mut s, &db, "sync:a", start.clone(), 2, |_| true).await;
+    assert!(mine.is_empty(), "own writes came back: {:?}", names(&mine));
+    assert_eq!(
+        after_own, others_end,
+        "the writer's cursor stopped before its own writes"
+    );
+    db.exec("INSERT INTO items (name) VALUES ('person')").await;
+    let (mine, after_person) =
+        read_as(&mut s, &db, "sync:a", after_own, 2, |c| !c.is_empty()).await;
+    assert_eq!(names(&mine), ["person"]);
+    assert_eq!(mine[0].origin, None);
+
+    // Duplex writes a record and a person edits it before the writer reads: delivered, as the
+    // person's, with the person's value.
+    let id = written[0].as_ref().unwrap().id.clone();
+    let update = WriteOp::Update(duplex::plugin::UpdateOp {
+        id: id.clone(),
+        fields: vec![name("own again")],
+        if_version: None,
+    });
+    let again = s
+        .write(&db.config(), "items", "sync:a", vec![update])
+        .await
+        .unwrap();
+    assert!(again[0].is_ok(), "{again:?}");
+    db.exec(&format!("UPDATE items SET name = 'edited' WHERE id = {id}"))
+        .await;
+    let (mine, _) = read_as(&mut s, &db, "sync:a", after_person, 100, |c| !c.is_empty()).await;
+    assert_eq!(names(&mine), ["edited"]);
+    assert_eq!(
+        (mine[0].id.as_str(), mine[0].origin.as_deref()),
+        (id.as_str(), None)
+    );
+}
+
 #[tokio::test]
 async fn a_late_commit_is_not_skipped_on_mariadb() {
     late_commit_is_not_skipped(

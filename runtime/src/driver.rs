@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::engine::{
-    self, settle, Candidate, Fields, Input, Link, Observed, OpKind, Outcome, Plan, RuleAnswer,
+    self, settle, Candidate, Fields, Input, Link, Observed, Op, OpKind, Outcome, Plan, RuleAnswer,
     Side, SyncSpec,
 };
 use crate::plugin::{
     self, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin, UpdateOp,
-    WitError, WriteOp,
+    WitError, WriteOp, Written,
 };
 use crate::state::{Activity, CycleCommit, Intent, State, StateError, StoredChange, SyncStats};
 
@@ -133,6 +133,22 @@ fn state_err(sync: &str) -> impl Fn(StateError) -> CycleError + '_ {
         sync: sync.to_owned(),
         source,
     }
+}
+
+/// Records a plan's writes as intents, each with its link as planned, before any is sent.
+fn record_intents(state: &State, sync: &str, plan: &Plan) -> Result<(), CycleError> {
+    let intents: Vec<Intent> = plan
+        .ops
+        .iter()
+        .map(|op| Intent {
+            link: plan.links[&op.link].clone(),
+            side: op.side,
+            op: op.kind.clone(),
+        })
+        .collect();
+    state
+        .record_intents(sync, &intents)
+        .map_err(state_err(sync))
 }
 
 impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
@@ -461,16 +477,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 
         lap.end("plan");
         // 6. Record the writes as intents, then write.
-        let intents: Vec<Intent> = plan
-            .ops
-            .iter()
-            .map(|op| Intent {
-                link: plan.links[&op.link].clone(),
-                side: op.side,
-                op: op.kind.clone(),
-            })
-            .collect();
-        state.record_intents(&sync, &intents).map_err(&se)?;
+        record_intents(state, &sync, &plan)?;
         lap.end("intents");
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
         let conflicted = self
@@ -660,17 +667,13 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let mut conflicted = Vec::new();
         let origin = self.spec.origin.clone();
         let sync = self.spec.name.clone();
+        // Taken out while the links are settled; the plan gets them back untouched.
+        let all_ops = std::mem::take(&mut plan.ops);
         for side in [Side::Left, Side::Right] {
             let conditional = self.io(side).conditional_writes();
-            let ops: Vec<_> = plan
-                .ops
-                .iter()
-                .filter(|o| o.side == side)
-                .cloned()
-                .collect();
             // Map every op first: a value that cannot be written fails its record alone.
             let mut sendable = Vec::new();
-            for op in ops {
+            for op in all_ops.iter().filter(|o| o.side == side) {
                 match self.to_write_op(side, &op.kind, conditional) {
                     Ok(w) => sendable.push((op, w)),
                     Err(reason) => {
@@ -685,17 +688,21 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     }
                 }
             }
-            for chunk in sendable.chunks(WRITE_BATCH) {
-                let writes: Vec<WriteOp> = chunk.iter().map(|(_, w)| w.clone()).collect();
+            while !sendable.is_empty() {
+                let rest = sendable.split_off(sendable.len().min(WRITE_BATCH));
+                let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) =
+                    std::mem::replace(&mut sendable, rest).into_iter().unzip();
                 let results = self.io(side).write_dyn(&origin, writes).await;
-                for (i, (op, _)) in chunk.iter().enumerate() {
-                    let result = match &results {
-                        Ok(rs) => rs
-                            .get(i)
-                            .cloned()
-                            .unwrap_or_else(|| Err(WitError::Permanent("no result".into()))),
-                        Err(e) => Err(WitError::Transient(e.0.clone())),
-                    };
+                // The SDK holds connectors to one result per op; a short list still fails safe.
+                let mut results: Vec<Option<Result<Written, WitError>>> = match results {
+                    Ok(rs) => rs.into_iter().map(Some).collect(),
+                    Err(e) => vec![Some(Err(WitError::Transient(e.0))); chunk.len()],
+                };
+                for (i, op) in chunk.into_iter().enumerate() {
+                    let result = results
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .unwrap_or_else(|| Err(WitError::Permanent("no result".into())));
                     let outcome = match &result {
                         Ok(w) => Outcome::Written {
                             id: w.id.clone(),
@@ -750,6 +757,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 }
             }
         }
+        plan.ops = all_ops;
         conflicted
     }
 
@@ -826,18 +834,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             next_link_id: plan.next_link_id,
         };
         let mut second = engine::plan(&again);
-        let intents: Vec<Intent> = second
-            .ops
-            .iter()
-            .map(|op| Intent {
-                link: second.links[&op.link].clone(),
-                side: op.side,
-                op: op.kind.clone(),
-            })
-            .collect();
-        state
-            .record_intents(&input.spec.name, &intents)
-            .map_err(state_err(&input.spec.name))?;
+        record_intents(state, &input.spec.name, &second)?;
         let before = report.writes;
         let still = self.write(&mut second, now, commit, failed, report).await;
         tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");

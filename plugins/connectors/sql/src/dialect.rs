@@ -70,15 +70,21 @@ pub trait Dialect {
     /// Up to `max` entries of `table`'s log after `pos`, in commit order, the position after
     /// them, and whether more are waiting.
     ///
+    /// A dialect may leave out the entries of records whose entries among the `max` all carry
+    /// origin `own` (the reader's own writes, which the reader drops anyway), as long as the
+    /// position still moves past them; keeping them is never wrong.
+    ///
     /// This default suits databases whose log positions commit in order (SQLite: one writer at
     /// a time, so a position is taken and committed before the next is taken).
     fn log_read(
         &self,
         db: &Db,
         table: &str,
+        own: Option<&str>,
         pos: &str,
         max: u32,
     ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+        let _ = own;
         let after: i64 = pos
             .parse()
             .map_err(|_| Error::permanent(format!("log position {pos:?} is not this dialect's")))?;

@@ -15,7 +15,9 @@ mod mysql;
 mod postgres;
 mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 
 use duplex_sdk::sql::{Db, Dialect as SqlDialect, Row};
 use duplex_sdk::{
@@ -58,6 +60,21 @@ const CONFIG_SCHEMA: &str = r#"{
     "tables": {"type": "array", "items": {"type": "string"}, "description": "Tables to offer as streams; all user tables when absent"}
   }
 }"#;
+
+thread_local! {
+    /// What this instance has learned about its databases: the shapes of tables, and the tables
+    /// whose capture it has seen installed. The host starts a fresh instance for every unit of
+    /// work (a cycle), so a schema change is seen by the next one at the latest; meanwhile each
+    /// call saves three catalogue queries.
+    static SEEN: RefCell<Seen> = RefCell::default();
+}
+
+/// Keyed by (database URL, table).
+#[derive(Default)]
+struct Seen {
+    tables: HashMap<(String, String), Rc<Table>>,
+    captured: HashSet<(String, String)>,
+}
 
 pub struct SqlConnector {
     db: Db,
@@ -147,7 +164,7 @@ impl Connector for SqlConnector {
                     })
                     .collect(),
                 primary_key: vec![table.pk.clone()],
-                name: table.name,
+                name: table.name.clone(),
             });
         }
         Ok(streams)
@@ -273,6 +290,7 @@ impl Connector for SqlConnector {
             Some(s) => vec![s.to_owned()],
             None => self.all_tables_with_triggers()?,
         };
+        SEEN.with_borrow_mut(|s| s.captured.clear());
         self.db.transaction(|db| {
             for t in &tables {
                 self.dialect.remove_triggers(db, t)?;
@@ -287,7 +305,7 @@ impl Connector for SqlConnector {
 
 impl SqlConnector {
     /// The table behind a stream, with its single-column primary key.
-    fn table(&self, name: &str) -> Result<Table, Error> {
+    fn table(&self, name: &str) -> Result<Rc<Table>, Error> {
         if let Some(allowed) = &self.config.tables {
             if !allowed.iter().any(|t| t == name) {
                 return Err(Error::not_found(format!(
@@ -301,6 +319,10 @@ impl SqlConnector {
                 "{name} is the connector's own bookkeeping, not a stream"
             )));
         }
+        let key = (self.config.url.clone(), name.to_owned());
+        if let Some(table) = SEEN.with_borrow(|s| s.tables.get(&key).cloned()) {
+            return Ok(table);
+        }
         let columns = self.dialect.columns(&self.db, name)?;
         if columns.is_empty() {
             return Err(Error::not_found(format!("table {name} does not exist")));
@@ -313,12 +335,14 @@ impl SqlConnector {
             )));
         };
         let (pk, pk_type) = (pk.name.clone(), pk.field_type);
-        Ok(Table {
+        let table = Rc::new(Table {
             name: name.to_owned(),
             columns,
             pk,
             pk_type,
-        })
+        });
+        SEEN.with_borrow_mut(|s| s.tables.insert(key, table.clone()));
+        Ok(table)
     }
 
     fn pk_column<'t>(&self, table: &'t Table) -> &'t Column {
@@ -328,8 +352,16 @@ impl SqlConnector {
     }
 
     fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {
+        let key = (self.config.url.clone(), table.name.clone());
+        if SEEN.with_borrow(|s| s.captured.contains(&key)) {
+            return Ok(());
+        }
         self.dialect.install_log(db)?;
-        if !self.dialect.has_triggers(db, &table.name)? {
+        if self.dialect.has_triggers(db, &table.name)? {
+            // Found installed, so committed by an earlier transaction: safe to remember. Capture
+            // installed just now is not remembered, as this transaction may yet roll back.
+            SEEN.with_borrow_mut(|s| s.captured.insert(key));
+        } else {
             self.dialect.install_triggers(db, &table.name, &table.pk)?;
             duplex_sdk::log::info(&format!("installed change capture on table {}", table.name));
         }
@@ -453,7 +485,7 @@ impl SqlConnector {
                 true,
             )
         } else {
-            let (waiting, _, _) = self.dialect.log_read(db, &table.name, &log_from, 1)?;
+            let (waiting, _, _) = self.dialect.log_read(db, &table.name, None, &log_from, 1)?;
             let more = !waiting.is_empty();
             (Cursor::Log { pos: log_from }, more)
         };
@@ -475,7 +507,9 @@ impl SqlConnector {
         pos: &str,
         max: u32,
     ) -> Result<ChangeBatch, Error> {
-        let (entries, next, has_more) = self.dialect.log_read(db, &table.name, pos, max)?;
+        let (entries, next, has_more) =
+            self.dialect
+                .log_read(db, &table.name, Some(own), pos, max)?;
         // Fold the entries of one record into one change, ordered by its last entry.
         struct Entry {
             last_seq: i64,

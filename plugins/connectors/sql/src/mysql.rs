@@ -303,6 +303,7 @@ impl Dialect for MySql {
         &self,
         db: &Db,
         table: &str,
+        _own: Option<&str>,
         pos: &str,
         max: u32,
     ) -> Result<(Vec<LogEntry>, String, bool), Error> {

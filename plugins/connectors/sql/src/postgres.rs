@@ -284,6 +284,7 @@ impl Dialect for Postgres {
         &self,
         db: &Db,
         table: &str,
+        own: Option<&str>,
         pos: &str,
         max: u32,
     ) -> Result<(Vec<LogEntry>, String, bool), Error> {
@@ -294,18 +295,33 @@ impl Dialect for Postgres {
         };
         let (xid, seq) = pos.split_once(':').ok_or_else(bad)?;
         let seq: i64 = seq.parse().map_err(|_| bad())?;
+        // The reader's own writes are left out here rather than in the connector: after a bulk
+        // write they are most of the log, and shipping them out only to drop them cost as much
+        // as reading the changes. A record is left out only when all its entries in the batch
+        // are own; the batch's last entry always comes back, because it carries the position.
         let rows = db.query(
             &format!(
-                "SELECT seq, pk, op, origin, changed_at, xid::text AS xid, \
-                        (xid::text::int8 % 4294967296)::text AS version FROM _duplex_changes \
-                 WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) \
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY xid, seq LIMIT {max}"
+                "WITH batch AS ( \
+                     SELECT seq, pk, op, origin, changed_at, xid FROM _duplex_changes \
+                     WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) \
+                       AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY xid, seq LIMIT {max}), \
+                 marked AS ( \
+                     SELECT b.*, \
+                            bool_and(coalesce(origin = $4::text, false)) OVER (PARTITION BY pk) AS only_own, \
+                            row_number() OVER (ORDER BY xid DESC, seq DESC) AS from_end, \
+                            count(*) OVER () AS in_batch \
+                     FROM batch b) \
+                 SELECT seq, pk, op, origin, changed_at, xid::text AS xid, \
+                        (xid::text::int8 % 4294967296)::text AS version, in_batch \
+                 FROM marked WHERE NOT only_own OR from_end = 1 \
+                 ORDER BY xid, seq"
             ),
             &[
                 Value::Text(table.to_owned()),
                 Value::Text(xid.to_owned()),
                 Value::Integer(seq),
+                own.map_or(Value::Null, |o| Value::Text(o.to_owned())),
             ],
         )?;
         let next = match rows.iter().last() {
@@ -318,7 +334,12 @@ impl Dialect for Postgres {
         };
         // Entries of transactions still held back behind an older running one are waiting too:
         // say so, so that a caller running until caught up does not stop before them.
-        let more = rows.rows.len() as u32 >= max
+        let in_batch = rows
+            .iter()
+            .last()
+            .and_then(|r| r.get("in_batch")?.as_integer())
+            .unwrap_or(0);
+        let more = in_batch >= i64::from(max)
             || {
                 let (x, s) = next.split_once(':').unwrap_or((xid, "0"));
                 count(
