@@ -117,13 +117,7 @@ impl Sim {
         let right = Shared::new("r");
         Sim {
             rng: Rng::new(seed),
-            runner: SyncRunner {
-                spec: spec(policy),
-                left: left.clone(),
-                right: right.clone(),
-                batch: 7,
-                rules: Rules::new(),
-            },
+            runner: SyncRunner::new(spec(policy), left.clone(), right.clone(), 7, Rules::new()),
             left,
             right,
             state: State::in_memory().expect("in-memory state"),

@@ -183,13 +183,13 @@ impl App {
             let c = &self.connections[conn];
             PluginSide::new(c.plugin.clone(), c.config.clone(), stream.clone())
         };
-        SyncRunner {
-            spec: sync.spec.clone(),
-            left: side(&sync.left),
-            right: side(&sync.right),
-            batch: sync.batch,
-            rules: self.rules.clone(),
-        }
+        SyncRunner::new(
+            sync.spec.clone(),
+            side(&sync.left),
+            side(&sync.right),
+            sync.batch,
+            self.rules.clone(),
+        )
     }
 
     /// Runs every sync until both sides of each are caught up. Returns each sync's reports.

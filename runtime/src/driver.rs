@@ -94,6 +94,22 @@ pub struct SyncRunner<L, R> {
     /// Most changes read from each side per cycle.
     pub batch: u32,
     pub rules: Rules,
+    /// Batches read ahead while the last cycle committed, by side, with the cursor they start
+    /// at (see [`SyncRunner::commit_reading_ahead`]).
+    ahead: [Option<(String, plugin::ChangeBatch)>; 2],
+}
+
+impl<L, R> SyncRunner<L, R> {
+    pub fn new(spec: SyncSpec, left: L, right: R, batch: u32, rules: Rules) -> Self {
+        SyncRunner {
+            spec,
+            left,
+            right,
+            batch,
+            rules,
+            ahead: [None, None],
+        }
+    }
 }
 
 /// How long each phase of a cycle took, for the debug log (`DUPLEX_LOG=duplex=debug`).
@@ -378,16 +394,23 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let mut batches = Vec::with_capacity(2);
         let max = self.batch;
         let origin = self.spec.origin.clone();
-        for (side, cursor) in [(Side::Left, cursor_l), (Side::Right, cursor_r)] {
-            let batch = self
-                .io(side)
-                .read_dyn(&origin, cursor.as_deref(), max)
-                .await
-                .map_err(|error| CycleError::Read {
-                    sync: sync.clone(),
-                    side,
-                    error,
-                })?;
+        let ahead = std::mem::take(&mut self.ahead);
+        for ((side, cursor), ahead) in [(Side::Left, cursor_l), (Side::Right, cursor_r)]
+            .into_iter()
+            .zip(ahead)
+        {
+            let batch = match ahead {
+                Some((from, batch)) if cursor.as_deref() == Some(from.as_str()) => batch,
+                _ => self
+                    .io(side)
+                    .read_dyn(&origin, cursor.as_deref(), max)
+                    .await
+                    .map_err(|error| CycleError::Read {
+                        sync: sync.clone(),
+                        side,
+                        error,
+                    })?,
+            };
             report.read[side_index(side)] = batch.changes.len();
             report.more |= batch.has_more;
             batches.push((side, batch));
@@ -527,6 +550,11 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             Some(batches[0].1.next_cursor.clone()),
             Some(batches[1].1.next_cursor.clone()),
         ];
+        let read_ahead: Vec<(Side, String)> = batches
+            .iter()
+            .filter(|(_, b)| b.has_more)
+            .map(|(side, b)| (*side, b.next_cursor.clone()))
+            .collect();
         let mut stats: SyncStats = state.stats(&sync).map_err(&se)?;
         stats.cycles += 1;
         stats.changes_read += (report.read[0] + report.read[1]) as u64;
@@ -537,11 +565,70 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         stats.last_cycle = Some(report.summary());
         stats.last_error = None;
         commit.stats = stats;
-        state.commit_cycle(&sync, now, commit).map_err(&se)?;
+        self.commit_reading_ahead(state, now, commit, read_ahead)
+            .await
+            .map_err(&se)?;
         lap.end("commit");
         tracing::debug!(sync = %sync, read = report.read[0] + report.read[1], writes = report.writes,
             "cycle took {}", lap);
         Ok(report)
+    }
+
+    /// Commits a cycle and, meanwhile, reads the next batch of each side that has more waiting
+    /// (a catch-up: an initial load, a backlog), so that the database and the runtime work at
+    /// once instead of taking turns.
+    ///
+    /// Why a batch read here is as good as one read at the start of the next cycle: every write
+    /// of this cycle has been made (or has failed) before it is read, and nothing writes to a
+    /// side between here and the next cycle's plan (recovery only reads), so it holds what a
+    /// later read would, minus changes made in between, which the cursor keeps for the read
+    /// after. It is used only if the next cycle starts at the cursor it was read from, which
+    /// is this commit's: a commit that fails leaves the old cursor, and the batch is dropped.
+    /// A read that fails is dropped too; the next cycle reads again and reports the error.
+    ///
+    /// On a multi-threaded runtime the commit runs on a thread of its own while this one
+    /// reads; otherwise (the tests' runtime) one after the other, through the same path.
+    async fn commit_reading_ahead(
+        &mut self,
+        state: &State,
+        now: i64,
+        commit: CycleCommit,
+        sides: Vec<(Side, String)>,
+    ) -> Result<(), StateError> {
+        let sync = self.spec.name.clone();
+        let origin = self.spec.origin.clone();
+        let max = self.batch;
+        let reads = async {
+            let mut read = Vec::new();
+            for (side, from) in sides {
+                if let Ok(batch) = self.io(side).read_dyn(&origin, Some(&from), max).await {
+                    read.push((side, from, batch));
+                }
+            }
+            read
+        };
+        let threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let (committed, read) = if threaded {
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let committed = scope.spawn(|| state.commit_cycle(&sync, now, commit));
+                    let read = tokio::runtime::Handle::current().block_on(reads);
+                    let committed = committed
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (committed, read)
+                })
+            })
+        } else {
+            let committed = state.commit_cycle(&sync, now, commit);
+            (committed, reads.await)
+        };
+        committed?;
+        for (side, from, batch) in read {
+            self.ahead[side_index(side)] = Some((from, batch));
+        }
+        Ok(())
     }
 
     /// A connector's change as the engine sees it.
