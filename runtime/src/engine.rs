@@ -76,7 +76,9 @@ impl SideState {
 }
 
 /// Duplex's identity for one real-world entity, mapped to its record on each side.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Stored by `state`, which writes a side's `seen` that equals the base once, not three times.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Link {
     pub id: u64,
     pub left: SideState,
@@ -84,10 +86,8 @@ pub struct Link {
     /// The values both sides agreed on last: the base of the three-way merge.
     pub base: Fields,
     /// Values a person (or a rule) decided, written until both sides hold them.
-    #[serde(default)]
     pub pins: Fields,
     /// A person approved propagating a held delete.
-    #[serde(default)]
     pub delete_approved: bool,
     pub status: LinkStatus,
 }

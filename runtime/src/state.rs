@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ConflictNote, Fields, Link, Observed, OpKind, Side, Value};
+use crate::engine::{
+    ConflictNote, Fields, Link, LinkStatus, Observed, OpKind, Side, SideState, Value,
+};
 
 const LINKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("links");
 const INDEX: TableDefinition<(&str, u8, &str), u64> = TableDefinition::new("link_index");
@@ -158,6 +160,118 @@ fn put_link(
     }
     links.insert((sync, link.id), enc(link)?.as_slice())?;
     Ok(())
+}
+
+/// A link as stored. Once both sides agree, each side's `seen` equals the base; such a side is
+/// written as `seen_is_base` instead of a second and third copy of the fields, which made up
+/// most of every link and of every intent. Links stored before carry `seen` in full and read
+/// the same.
+#[derive(Serialize)]
+struct LinkOut<'a> {
+    id: u64,
+    left: SideOut<'a>,
+    right: SideOut<'a>,
+    base: &'a Fields,
+    pins: &'a Fields,
+    delete_approved: bool,
+    status: LinkStatus,
+}
+
+#[derive(Serialize)]
+struct SideOut<'a> {
+    id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen: Option<&'a Fields>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    seen_is_base: bool,
+    version: &'a Option<String>,
+    changed_at: Option<i64>,
+    deleted: bool,
+}
+
+#[derive(Deserialize)]
+struct LinkIn {
+    id: u64,
+    left: SideIn,
+    right: SideIn,
+    base: Fields,
+    #[serde(default)]
+    pins: Fields,
+    #[serde(default)]
+    delete_approved: bool,
+    status: LinkStatus,
+}
+
+#[derive(Deserialize)]
+struct SideIn {
+    id: Option<String>,
+    #[serde(default)]
+    seen: Option<Fields>,
+    #[serde(default)]
+    seen_is_base: bool,
+    version: Option<String>,
+    changed_at: Option<i64>,
+    deleted: bool,
+}
+
+impl<'a> SideOut<'a> {
+    fn of(side: &'a SideState, base: &Fields) -> SideOut<'a> {
+        let is_base = side.seen.as_ref() == Some(base);
+        SideOut {
+            id: &side.id,
+            seen: if is_base { None } else { side.seen.as_ref() },
+            seen_is_base: is_base,
+            version: &side.version,
+            changed_at: side.changed_at,
+            deleted: side.deleted,
+        }
+    }
+}
+
+impl SideIn {
+    fn into_side(self, base: &Fields) -> SideState {
+        SideState {
+            seen: if self.seen_is_base {
+                Some(base.clone())
+            } else {
+                self.seen
+            },
+            id: self.id,
+            version: self.version,
+            changed_at: self.changed_at,
+            deleted: self.deleted,
+        }
+    }
+}
+
+impl Serialize for Link {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        LinkOut {
+            id: self.id,
+            left: SideOut::of(&self.left, &self.base),
+            right: SideOut::of(&self.right, &self.base),
+            base: &self.base,
+            pins: &self.pins,
+            delete_approved: self.delete_approved,
+            status: self.status,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Link {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Link, D::Error> {
+        let l = LinkIn::deserialize(d)?;
+        Ok(Link {
+            id: l.id,
+            left: l.left.into_side(&l.base),
+            right: l.right.into_side(&l.base),
+            base: l.base,
+            pins: l.pins,
+            delete_approved: l.delete_approved,
+            status: l.status,
+        })
+    }
 }
 
 /// A write about to be sent: the link as planned (before the write) and the op.
@@ -871,5 +985,62 @@ impl State {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::Text(v.to_string())))
+            .collect()
+    }
+
+    fn link() -> Link {
+        let base = fields(&[("name", "Ada"), ("email", "ada@example.com")]);
+        let mut link = Link::new(7);
+        link.base = base.clone();
+        link.left = SideState {
+            id: Some("1".into()),
+            seen: Some(base.clone()),
+            version: Some("v1".into()),
+            changed_at: Some(5),
+            deleted: false,
+        };
+        link.right = SideState {
+            id: Some("r1".into()),
+            seen: Some(fields(&[("name", "Ada L."), ("email", "ada@example.com")])),
+            version: None,
+            changed_at: None,
+            deleted: false,
+        };
+        link
+    }
+
+    #[test]
+    fn a_side_that_saw_the_base_is_stored_once_and_reads_back_whole() {
+        let link = link();
+        let stored = enc(&link).unwrap();
+        let text = String::from_utf8(stored.clone()).unwrap();
+        assert_eq!(text.matches("ada@example.com").count(), 2, "{text}");
+        assert_eq!(dec::<Link>(&stored).unwrap(), link);
+
+        let mut unseen = link.clone();
+        unseen.right.seen = None;
+        unseen.left.seen = Some(Fields::new());
+        assert_eq!(dec::<Link>(&enc(&unseen).unwrap()).unwrap(), unseen);
+    }
+
+    #[test]
+    fn links_stored_before_the_compact_form_still_read() {
+        let old = r#"{"id":7,
+            "left":{"id":"1","seen":{"email":{"type":"text","value":"ada@example.com"},"name":{"type":"text","value":"Ada"}},"version":"v1","changed_at":5,"deleted":false},
+            "right":{"id":"r1","seen":{"email":{"type":"text","value":"ada@example.com"},"name":{"type":"text","value":"Ada L."}},"version":null,"changed_at":null,"deleted":false},
+            "base":{"email":{"type":"text","value":"ada@example.com"},"name":{"type":"text","value":"Ada"}},
+            "status":"Active"}"#;
+        assert_eq!(dec::<Link>(old.as_bytes()).unwrap(), link());
     }
 }
