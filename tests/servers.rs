@@ -167,29 +167,33 @@ fn field<'a>(fields: &'a [FieldValue], name: &str) -> &'a Value {
         .value
 }
 
-/// Reads from `cursor` until `done` holds for what was read, or five seconds pass. On
-/// PostgreSQL a change becomes readable only when every older writing transaction in the
-/// cluster has ended, which, with other tests running, can take a moment.
+/// Reads `stream` as `origin` from `cursor`, `max` entries at a time, until nothing is waiting
+/// and `done` holds for what was read, or five seconds pass. Returns what was read and the
+/// cursor after it. On PostgreSQL a change becomes readable only when every older writing
+/// transaction in the cluster has ended, which, with other tests running, can take a moment.
 async fn read_until(
     s: &mut duplex::plugin::ConnectorSession,
     db: &ServerDb,
-    stream: &str,
+    (stream, origin, max): (&str, &str, u32),
     mut cursor: String,
     done: impl Fn(&[duplex::plugin::Change]) -> bool,
-) -> Vec<duplex::plugin::Change> {
+) -> (Vec<duplex::plugin::Change>, String) {
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let batch = s
-            .read(&db.config(), stream, "test:reader", Some(&cursor), 100)
+            .read(&db.config(), stream, origin, Some(&cursor), max)
             .await
             .unwrap();
         seen.extend(batch.changes);
         cursor = batch.next_cursor;
-        if done(&seen) || std::time::Instant::now() > deadline {
-            return seen;
+        let late = std::time::Instant::now() > deadline;
+        if late || (!batch.has_more && done(&seen)) {
+            return (seen, cursor);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !batch.has_more {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -258,9 +262,13 @@ async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
         .await
         .unwrap();
     let new_id = results[0].as_ref().expect("the write succeeds").id.clone();
-    let changes = read_until(&mut s, &db, "typed", batch.next_cursor, |c| {
-        c.iter().any(|c| c.id == new_id)
-    })
+    let (changes, _) = read_until(
+        &mut s,
+        &db,
+        ("typed", "test:reader", 100),
+        batch.next_cursor,
+        |c| c.iter().any(|c| c.id == new_id),
+    )
     .await;
     let again = changes.iter().find(|c| c.id == new_id).unwrap();
     for original in &f {
@@ -346,7 +354,7 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
     };
     let name_of = |c: &duplex::plugin::Change| field(&c.fields, "name").clone();
     let mut names: Vec<Value> = early.iter().map(name_of).collect();
-    let after = read_until(&mut s, &db, "items", cursor, |c| {
+    let (after, _) = read_until(&mut s, &db, ("items", "test:reader", 100), cursor, |c| {
         c.iter().any(|c| name_of(c) == Value::Text("late".into()))
     })
     .await;
@@ -369,35 +377,6 @@ async fn a_late_commit_is_not_skipped_on_postgres() {
         "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)",
     )
     .await;
-}
-
-/// Reads as `origin` from `cursor` in batches of `max` until nothing is waiting and `done`
-/// holds, or five seconds pass (see [`read_until`] for why it may have to wait).
-async fn read_as(
-    s: &mut duplex::plugin::ConnectorSession,
-    db: &ServerDb,
-    origin: &str,
-    mut cursor: String,
-    max: u32,
-    done: impl Fn(&[duplex::plugin::Change]) -> bool,
-) -> (Vec<duplex::plugin::Change>, String) {
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let batch = s
-            .read(&db.config(), "items", origin, Some(&cursor), max)
-            .await
-            .unwrap();
-        seen.extend(batch.changes);
-        cursor = batch.next_cursor;
-        let late = std::time::Instant::now() > deadline;
-        if late || (!batch.has_more && done(&seen)) {
-            return (seen, cursor);
-        }
-        if !batch.has_more {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// PostgreSQL leaves the reader's own writes out in the log query itself: batches made only of
@@ -445,20 +424,27 @@ async fn own_writes_are_left_out_for_their_writer_on_postgres() {
 
     // Another reader sees all five; the writer, reading two entries at a time, none, and its
     // cursor still moves past them: a person's change after them is its next change.
-    let (others, others_end) = read_as(&mut s, &db, "test:reader", start.clone(), 2, |c| {
-        c.len() >= 5
-    })
+    let (others, others_end) = read_until(
+        &mut s,
+        &db,
+        ("items", "test:reader", 2),
+        start.clone(),
+        |c| c.len() >= 5,
+    )
     .await;
     assert_eq!(others.len(), 5, "{:?}", names(&others));
-    let (mine, after_own) = read_as(&mut s, &db, "sync:a", start.clone(), 2, |_| true).await;
+    let (mine, after_own) =
+        read_until(&mut s, &db, ("items", "sync:a", 2), start.clone(), |_| true).await;
     assert!(mine.is_empty(), "own writes came back: {:?}", names(&mine));
     assert_eq!(
         after_own, others_end,
         "the writer's cursor stopped before its own writes"
     );
     db.exec("INSERT INTO items (name) VALUES ('person')").await;
-    let (mine, after_person) =
-        read_as(&mut s, &db, "sync:a", after_own, 2, |c| !c.is_empty()).await;
+    let (mine, after_person) = read_until(&mut s, &db, ("items", "sync:a", 2), after_own, |c| {
+        !c.is_empty()
+    })
+    .await;
     assert_eq!(names(&mine), ["person"]);
     assert_eq!(mine[0].origin, None);
 
@@ -477,7 +463,10 @@ async fn own_writes_are_left_out_for_their_writer_on_postgres() {
     assert!(again[0].is_ok(), "{again:?}");
     db.exec(&format!("UPDATE items SET name = 'edited' WHERE id = {id}"))
         .await;
-    let (mine, _) = read_as(&mut s, &db, "sync:a", after_person, 100, |c| !c.is_empty()).await;
+    let (mine, _) = read_until(&mut s, &db, ("items", "sync:a", 100), after_person, |c| {
+        !c.is_empty()
+    })
+    .await;
     assert_eq!(names(&mine), ["edited"]);
     assert_eq!(
         (mine[0].id.as_str(), mine[0].origin.as_deref()),
