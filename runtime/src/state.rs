@@ -164,28 +164,34 @@ fn put_link(
 
 /// A link as stored. Once both sides agree, each side's `seen` equals the base; such a side is
 /// written as `seen_is_base` instead of a second and third copy of the fields, which made up
-/// most of every link and of every intent. Links stored before carry `seen` in full and read
-/// the same.
+/// most of every link and of every intent. What is empty, false or unknown is left out. Links
+/// stored before carry `seen` in full and every key, and read the same.
 #[derive(Serialize)]
 struct LinkOut<'a> {
     id: u64,
     left: SideOut<'a>,
     right: SideOut<'a>,
     base: &'a Fields,
+    #[serde(skip_serializing_if = "Fields::is_empty")]
     pins: &'a Fields,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     delete_approved: bool,
     status: LinkStatus,
 }
 
 #[derive(Serialize)]
 struct SideOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seen: Option<&'a Fields>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     seen_is_base: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     version: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     changed_at: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
 }
 
@@ -211,6 +217,7 @@ struct SideIn {
     seen_is_base: bool,
     version: Option<String>,
     changed_at: Option<i64>,
+    #[serde(default)]
     deleted: bool,
 }
 
@@ -271,6 +278,124 @@ impl<'de> Deserialize<'de> for Link {
             delete_approved: l.delete_approved,
             status: l.status,
         })
+    }
+}
+
+/// A value as stored: the common types as plain JSON (text a string, an integer a number, a
+/// boolean, null), the others as a one-key object (`{"d":"12.5"}` for a decimal, `f` float,
+/// `ts` time, `x` bytes in hex, `j` JSON text). Values make up most of every link and intent,
+/// and the earlier form (`{"type":"text","value":"c1"}`) more than doubled a link's size and
+/// the time to store it. Values stored in that form still read.
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Float(f) => one_key(s, "f", f),
+            Value::Decimal(d) => one_key(s, "d", d),
+            Value::Time(t) => one_key(s, "ts", t),
+            Value::Bytes(b) => one_key(s, "x", &hex::encode(b)),
+            Value::Json(j) => one_key(s, "j", j),
+        }
+    }
+}
+
+fn one_key<S: serde::Serializer, T: Serialize + ?Sized>(
+    s: S,
+    key: &str,
+    value: &T,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(1))?;
+    m.serialize_entry(key, value)?;
+    m.end()
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a stored field value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Value, E> {
+        i64::try_from(u)
+            .map(Value::Int)
+            .map_err(|_| E::custom(format!("integer {u} is out of range")))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+    fn visit_str<E>(self, t: &str) -> Result<Value, E> {
+        Ok(Value::Text(t.to_owned()))
+    }
+    fn visit_string<E>(self, t: String) -> Result<Value, E> {
+        Ok(Value::Text(t))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let tag: String = m
+            .next_key()?
+            .ok_or_else(|| A::Error::custom("an empty object is not a value"))?;
+        let value = match tag.as_str() {
+            "f" => Value::Float(m.next_value()?),
+            "d" => Value::Decimal(m.next_value()?),
+            "ts" => Value::Time(m.next_value()?),
+            "j" => Value::Json(m.next_value()?),
+            "x" => {
+                let h: String = m.next_value()?;
+                Value::Bytes(hex::decode(&h).map_err(A::Error::custom)?)
+            }
+            // The earlier form, written by serde as {"type": .., "value": ..} in that order.
+            "type" => {
+                let kind: String = m.next_value()?;
+                if kind == "null" {
+                    return Ok(Value::Null);
+                }
+                match m.next_key::<String>()?.as_deref() {
+                    Some("value") => {}
+                    _ => {
+                        return Err(A::Error::custom(format!(
+                            "a {kind} value without its value"
+                        )))
+                    }
+                }
+                match kind.as_str() {
+                    "bool" => Value::Bool(m.next_value()?),
+                    "int" => Value::Int(m.next_value()?),
+                    "float" => Value::Float(m.next_value()?),
+                    "decimal" => Value::Decimal(m.next_value()?),
+                    "text" => Value::Text(m.next_value()?),
+                    "bytes" => Value::Bytes(m.next_value()?),
+                    "time" => Value::Time(m.next_value()?),
+                    "json" => Value::Json(m.next_value()?),
+                    other => return Err(A::Error::custom(format!("unknown value type {other:?}"))),
+                }
+            }
+            other => return Err(A::Error::custom(format!("unknown value tag {other:?}"))),
+        };
+        Ok(value)
     }
 }
 
@@ -1042,5 +1167,71 @@ mod tests {
             "base":{"email":{"type":"text","value":"ada@example.com"},"name":{"type":"text","value":"Ada"}},
             "status":"Active"}"#;
         assert_eq!(dec::<Link>(old.as_bytes()).unwrap(), link());
+    }
+
+    fn every_kind_of_value() -> Fields {
+        [
+            ("null", Value::Null),
+            ("yes", Value::Bool(true)),
+            ("int", Value::Int(i64::MIN)),
+            ("big", Value::Int(i64::MAX)),
+            ("float", Value::Float(-2.5)),
+            ("whole float", Value::Float(3.0)),
+            ("decimal", Value::Decimal("12.50".into())),
+            ("text", Value::Text("c1".into())),
+            ("numeric text", Value::Text("42".into())),
+            ("empty text", Value::Text(String::new())),
+            ("bytes", Value::Bytes(vec![0, 1, 254, 255])),
+            ("time", Value::Time(1_700_000_000_123_456)),
+            ("json", Value::Json(r#"{"a":[1,2]}"#.into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Equality of `Value` treats decimals by value; storage must keep them as written, and
+    /// keep each type (a float 3.0 is not an integer 3, a text "42" is not a number).
+    fn same(a: &Fields, b: &Fields) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    #[test]
+    fn every_kind_of_value_is_stored_compactly_and_reads_back_as_it_was() {
+        let values = every_kind_of_value();
+        let stored = enc(&values).unwrap();
+        let back: Fields = dec(&stored).unwrap();
+        assert!(same(&back, &values), "{back:?}");
+        let text = String::from_utf8(stored).unwrap();
+        assert!(text.contains(r#""text":"c1""#), "{text}");
+        assert!(text.contains(r#""int":-9223372036854775808"#), "{text}");
+        assert!(text.contains(r#""decimal":{"d":"12.50"}"#), "{text}");
+        assert!(!text.contains("type"), "{text}");
+    }
+
+    #[test]
+    fn values_stored_in_the_earlier_tagged_form_still_read() {
+        let old = r#"{"null":{"type":"null"},"yes":{"type":"bool","value":true},
+            "int":{"type":"int","value":-9223372036854775808},"big":{"type":"int","value":9223372036854775807},
+            "float":{"type":"float","value":-2.5},"whole float":{"type":"float","value":3.0},
+            "decimal":{"type":"decimal","value":"12.50"},"text":{"type":"text","value":"c1"},
+            "numeric text":{"type":"text","value":"42"},"empty text":{"type":"text","value":""},
+            "bytes":{"type":"bytes","value":[0,1,254,255]},"time":{"type":"time","value":1700000000123456},
+            "json":{"type":"json","value":"{\"a\":[1,2]}"}}"#;
+        let back: Fields = dec(old.as_bytes()).unwrap();
+        assert!(same(&back, &every_kind_of_value()), "{back:?}");
+    }
+
+    #[test]
+    fn a_damaged_value_is_an_error_not_a_guess() {
+        for bad in [
+            r#"{"a":{}}"#,
+            r#"{"a":{"q":1}}"#,
+            r#"{"a":{"type":"text"}}"#,
+            r#"{"a":18446744073709551615}"#,
+            r#"{"a":{"x":"zz"}}"#,
+        ] {
+            assert!(dec::<Fields>(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

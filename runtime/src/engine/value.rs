@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 /// A record's mapped fields, by the sync's common names. Ordered, for deterministic output.
 pub type Fields = BTreeMap<String, Value>;
 
-/// One value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+/// One value. How it is stored is the state's business (`state.rs`).
+#[derive(Debug, Clone)]
 pub enum Value {
     Null,
     Bool(bool),
@@ -36,7 +35,8 @@ impl PartialEq for Value {
             (Int(a), Int(b)) => a == b,
             // By bits: a NaN equals itself, so it is not a change forever.
             (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
-            (Decimal(a), Decimal(b)) => canonical_decimal(a) == canonical_decimal(b),
+            // Canonical on the way in, so equal text is the common case and needs no parsing.
+            (Decimal(a), Decimal(b)) => a == b || canonical_decimal(a) == canonical_decimal(b),
             (Text(a), Text(b)) | (Json(a), Json(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
             (Time(a), Time(b)) => a == b,
