@@ -953,3 +953,123 @@ async fn realtime_sync_under_concurrent_writers_converges_without_duplicates_or_
         people.len()
     );
 }
+
+/// Two syncs in one `run`: one idle and realtime on PostgreSQL, so it waits for a NOTIFY for
+/// up to two seconds at a time, and one catching up on a backlog. The backlog must not wait
+/// behind the idle sync's waits (it did when syncs took turns in one loop: a gap of two seconds
+/// between its cycles each time the idle one waited).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_realtime_sync_holds_up_no_other() {
+    let (Some(a), Some(b)) = (
+        ServerDb::new("postgres").await,
+        ServerDb::new("postgres").await,
+    ) else {
+        return;
+    };
+    for db in [&a, &b] {
+        db.exec("CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)")
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 400;
+    for (file, fill) in [("src.db", true), ("dst.db", false)] {
+        let c = rusqlite::Connection::open(dir.path().join(file)).unwrap();
+        c.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .unwrap();
+        if fill {
+            for i in 0..rows {
+                c.execute(
+                    "INSERT INTO notes (body) VALUES (?1)",
+                    [format!("note {i}")],
+                )
+                .unwrap();
+            }
+        }
+    }
+    let config = dir.path().join("duplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[connections.a]
+plugin = "builtin:sql"
+config = {{ url = "{a}" }}
+grants = {{ sql = ["{a}"] }}
+
+[connections.b]
+plugin = "builtin:sql"
+config = {{ url = "{b}" }}
+grants = {{ sql = ["{b}"] }}
+
+[connections.src]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://src.db" }}
+grants = {{ sql = ["sqlite://src.db"] }}
+
+[connections.dst]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://dst.db" }}
+grants = {{ sql = ["sqlite://dst.db"] }}
+
+[syncs.idle]
+left = "a.notes"
+right = "b.notes"
+schedule = "realtime"
+fields = [{{ left = "body", right = "body" }}]
+
+[syncs.backlog]
+left = "src.notes"
+right = "dst.notes"
+schedule = "realtime"
+batch = 10
+fields = [{{ left = "body", right = "body" }}]
+"#,
+            a = a.url,
+            b = b.url
+        ),
+    )
+    .unwrap();
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = app.open_state().unwrap();
+
+    let cycles = std::cell::RefCell::new(Vec::<(String, std::time::Instant)>::new());
+    let copied = || {
+        rusqlite::Connection::open(dir.path().join("dst.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM notes", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let done = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while copied() < rows && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    app.run(&state, done, |sync, _| {
+        cycles
+            .borrow_mut()
+            .push((sync.to_owned(), std::time::Instant::now()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(copied(), rows, "the backlog was not copied");
+
+    let cycles = cycles.into_inner();
+    let of = |name: &str| -> Vec<std::time::Instant> {
+        cycles
+            .iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let (idle, backlog) = (of("idle"), of("backlog"));
+    assert!(!idle.is_empty(), "the idle sync never ran");
+    assert!(backlog.len() >= 40, "{} backlog cycles", backlog.len());
+    // The idle sync's waits are two seconds each; a backlog cycle takes milliseconds. One
+    // second leaves room for a slow machine and none for a wait behind the idle sync.
+    let longest = backlog.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest < Duration::from_secs(1),
+        "the backlog waited {longest:?} between two cycles"
+    );
+}

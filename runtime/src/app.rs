@@ -234,61 +234,59 @@ impl App {
 
     /// Runs every sync on its schedule until `stop` resolves. A failing cycle is logged and
     /// retried with backoff; it does not stop the other syncs.
+    ///
+    /// Each sync waits on its own: an idle realtime sync waiting for an announcement (up to
+    /// [`Schedule::REALTIME_MAX`]) or a sync between scheduled runs holds up no other.
     pub async fn run(
         &self,
         state: &State,
         stop: impl std::future::Future<Output = ()>,
-        mut progress: impl FnMut(&str, &CycleReport),
+        progress: impl FnMut(&str, &CycleReport),
     ) -> Result<(), AppError> {
-        struct Running<'a> {
-            sync: &'a Sync,
-            runner: SyncRunner<PluginSide, PluginSide>,
-            due: tokio::time::Instant,
-            idle_streak: u32,
-            failures: u32,
-        }
-        let mut running: Vec<Running> = self
-            .syncs
-            .iter()
-            .map(|s| Running {
-                sync: s,
-                runner: self.runner(s),
-                due: tokio::time::Instant::now(),
-                idle_streak: 0,
-                failures: 0,
-            })
-            .collect();
-        if running.is_empty() {
+        if self.syncs.is_empty() {
             return Ok(());
         }
-        tokio::pin!(stop);
+        // The syncs take turns on this task (a cycle's own waits let the others run), so the
+        // callback is borrowed between awaits only.
+        let progress = std::cell::RefCell::new(progress);
+        let syncs = futures_util::future::join_all(
+            self.syncs
+                .iter()
+                .map(|sync| self.run_sync(sync, state, &progress)),
+        );
+        tokio::select! {
+            _ = stop => {}
+            _ = syncs => {}
+        }
+        Ok(())
+    }
+
+    /// One sync's loop for [`App::run`]; it ends only when dropped.
+    async fn run_sync(
+        &self,
+        sync: &Sync,
+        state: &State,
+        progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
+    ) {
+        let mut runner = self.runner(sync);
+        let mut idle_streak = 0u32;
+        let mut failures = 0u32;
         loop {
-            let next = running
-                .iter_mut()
-                .min_by_key(|r| r.due)
-                .expect("at least one sync");
-            tokio::select! {
-                _ = &mut stop => return Ok(()),
-                _ = tokio::time::sleep_until(next.due) => {}
-            }
-            let wait = match next.runner.cycle(state, now_micros()).await {
+            let wait = match runner.cycle(state, now_micros()).await {
                 Ok(report) => {
-                    next.failures = 0;
-                    progress(&next.sync.spec.name, &report);
+                    failures = 0;
+                    (progress.borrow_mut())(&sync.spec.name, &report);
                     let idle = report.idle();
-                    next.idle_streak = if idle {
-                        next.idle_streak.saturating_add(1)
+                    idle_streak = if idle {
+                        idle_streak.saturating_add(1)
                     } else {
                         0
                     };
-                    let wait = next
-                        .sync
-                        .schedule
-                        .wait(chrono::Utc::now(), idle, next.idle_streak);
+                    let wait = sync.schedule.wait(chrono::Utc::now(), idle, idle_streak);
                     // Realtime and idle: wait for an announcement where a side can make one
                     // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
-                    if idle && matches!(next.sync.schedule, Schedule::Realtime) {
-                        match next.runner.watch(Schedule::REALTIME_MAX).await {
+                    if idle && matches!(sync.schedule, Schedule::Realtime) {
+                        match runner.watch(Schedule::REALTIME_MAX).await {
                             Some(_) => Duration::ZERO,
                             None => wait,
                         }
@@ -297,12 +295,17 @@ impl App {
                     }
                 }
                 Err(e) => {
-                    next.failures = next.failures.saturating_add(1);
-                    tracing::warn!(sync = %next.sync.spec.name, error = %e, attempt = next.failures, "cycle failed; retrying with backoff");
-                    Duration::from_millis(500u64 << next.failures.min(7))
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(sync = %sync.spec.name, error = %e, attempt = failures, "cycle failed; retrying with backoff");
+                    Duration::from_millis(500u64 << failures.min(7))
                 }
             };
-            next.due = tokio::time::Instant::now() + wait;
+            if wait.is_zero() {
+                // A sync catching up never waits: let the others have their turn.
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }
