@@ -32,6 +32,8 @@ use dialect::{Column, Dialect};
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
 const IN_CHUNK: usize = 500;
+/// Attempts at a write call whose transaction the server undid (deadlock, serialization).
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// The name under which a row's own version is selected (see [`Dialect::row_version`]).
 const VERSION_COLUMN: &str = "_duplex_version";
@@ -203,39 +205,21 @@ impl Connector for SqlConnector {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, Error>>, Error> {
         let table = self.table(stream)?;
-        // Fast path: the whole batch in one transaction without savepoints, runs of creates as
-        // multi-row INSERTs. If any op is refused, all of it is rolled back and the batch is
-        // done again one op at a time, each under a savepoint, so that the refused op fails
-        // alone and the rest succeed.
-        let fast = self.db.transaction(|db| {
-            self.ensure_capture(db, &table)?;
-            self.dialect.mark_origin(db, origin)?;
-            let results = self.apply_all(db, &table, &ops)?;
-            self.dialect.clear_origin(db)?;
-            Ok(results)
-        });
-        match fast {
-            Ok(results) => return Ok(results.into_iter().map(Ok).collect()),
-            Err(e) => {
-                duplex_sdk::log::debug(&format!("batch refused ({e:?}); writing it op by op"))
+        // A deadlock or a serialization failure undoes the whole transaction: nothing of this
+        // call was applied, so it starts over, a few times, before it fails as transient (and
+        // the host tries again later).
+        let mut attempt = 1;
+        loop {
+            match self.write_once(&table, origin, &ops) {
+                Err(Error::Transient(e)) if attempt < WRITE_ATTEMPTS => {
+                    duplex_sdk::log::debug(&format!(
+                        "write attempt {attempt} of {WRITE_ATTEMPTS} undone ({e}); starting over"
+                    ));
+                    attempt += 1;
+                }
+                done => return done,
             }
         }
-        self.db.transaction(|db| {
-            self.ensure_capture(db, &table)?;
-            self.dialect.mark_origin(db, origin)?;
-            let mut results = Vec::with_capacity(ops.len());
-            for op in ops {
-                self.dialect.savepoint(db, "duplex_op")?;
-                let result = self.apply(db, &table, op);
-                if result.is_err() {
-                    self.dialect.rollback_to(db, "duplex_op")?;
-                }
-                self.dialect.release(db, "duplex_op")?;
-                results.push(result);
-            }
-            self.dialect.clear_origin(db)?;
-            Ok(results)
-        })
     }
 
     fn find(&mut self, stream: &str, key: LookupKey) -> Result<Vec<Current>, Error> {
@@ -686,6 +670,55 @@ impl SqlConnector {
     }
 
     /// Applies every op or fails at the first refusal (the fast path of `write`).
+    /// One attempt at a write call. Fast path: the whole batch in one transaction without
+    /// savepoints, runs of creates as multi-row INSERTs. If an op is refused, all of it is
+    /// rolled back and the batch is done again one op at a time, each under a savepoint, so
+    /// that the refused op fails alone and the rest succeed.
+    fn write_once(
+        &self,
+        table: &Table,
+        origin: &str,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Result<Written, Error>>, Error> {
+        let fast = self.db.transaction(|db| {
+            self.ensure_capture(db, table)?;
+            self.dialect.mark_origin(db, origin)?;
+            let results = self.apply_all(db, table, ops)?;
+            self.dialect.clear_origin(db)?;
+            Ok(results)
+        });
+        match fast {
+            Ok(results) => return Ok(results.into_iter().map(Ok).collect()),
+            // Not a refused op: the transaction failed as a whole. Op by op would not help.
+            Err(e @ Error::Transient(_)) => return Err(e),
+            Err(e) => {
+                duplex_sdk::log::debug(&format!("batch refused ({e:?}); writing it op by op"))
+            }
+        }
+        self.db.transaction(|db| {
+            self.ensure_capture(db, table)?;
+            self.dialect.mark_origin(db, origin)?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                self.dialect.savepoint(db, "duplex_op")?;
+                let result = self.apply(db, table, op.clone());
+                if let Err(e) = &result {
+                    if let Err(gone) = self.dialect.rollback_to(db, "duplex_op") {
+                        // The server ended the transaction itself (MariaDB does on a deadlock),
+                        // undoing the ops before this one too: none of them stands.
+                        return Err(Error::Transient(format!(
+                            "the transaction was ended by the server ({e:?}; then {gone:?})"
+                        )));
+                    }
+                }
+                self.dialect.release(db, "duplex_op")?;
+                results.push(result);
+            }
+            self.dialect.clear_origin(db)?;
+            Ok(results)
+        })
+    }
+
     fn apply_all(&self, db: &Db, table: &Table, ops: &[WriteOp]) -> Result<Vec<Written>, Error> {
         let mut out = Vec::with_capacity(ops.len());
         let mut i = 0;
