@@ -232,8 +232,9 @@ impl App {
         Ok(out)
     }
 
-    /// Runs every sync on its schedule until `stop` resolves. A failing cycle is logged and
-    /// retried with backoff; it does not stop the other syncs.
+    /// Runs every sync on its schedule until `stop` resolves; cycles in progress then finish
+    /// first. A failing cycle is logged and retried with backoff; it does not stop the other
+    /// syncs.
     ///
     /// Each sync waits on its own: an idle realtime sync waiting for an announcement (up to
     /// [`Schedule::REALTIME_MAX`]) or a sync between scheduled runs holds up no other.
@@ -249,30 +250,38 @@ impl App {
         // The syncs take turns on this task (a cycle's own waits let the others run), so the
         // callback is borrowed between awaits only.
         let progress = std::cell::RefCell::new(progress);
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
         let syncs = futures_util::future::join_all(
             self.syncs
                 .iter()
-                .map(|sync| self.run_sync(sync, state, &progress)),
+                .map(|sync| self.run_sync(sync, state, &progress, stopped.clone())),
         );
+        tokio::pin!(syncs);
         tokio::select! {
-            _ = stop => {}
-            _ = syncs => {}
+            _ = stop => {
+                let _ = stopping.send(true);
+                syncs.await;
+            }
+            _ = &mut syncs => {}
         }
         Ok(())
     }
 
-    /// One sync's loop for [`App::run`]; it ends only when dropped.
+    /// One sync's loop for [`App::run`], until `stopped` turns true. Only its waits are cut
+    /// short; a cycle, once begun, finishes.
     async fn run_sync(
         &self,
         sync: &Sync,
         state: &State,
         progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut runner = self.runner(sync);
         let mut idle_streak = 0u32;
         let mut failures = 0u32;
-        loop {
-            let wait = match runner.cycle(state, now_micros()).await {
+        while !*stopped.borrow() {
+            let report = runner.cycle(state, now_micros()).await;
+            let wait = match report {
                 Ok(report) => {
                     failures = 0;
                     (progress.borrow_mut())(&sync.spec.name, &report);
@@ -286,7 +295,11 @@ impl App {
                     // Realtime and idle: wait for an announcement where a side can make one
                     // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
                     if idle && matches!(sync.schedule, Schedule::Realtime) {
-                        match runner.watch(Schedule::REALTIME_MAX).await {
+                        let announced = tokio::select! {
+                            w = runner.watch(Schedule::REALTIME_MAX) => w,
+                            _ = stopped.wait_for(|s| *s) => return,
+                        };
+                        match announced {
                             Some(_) => Duration::ZERO,
                             None => wait,
                         }
@@ -304,7 +317,10 @@ impl App {
                 // A sync catching up never waits: let the others have their turn.
                 tokio::task::yield_now().await;
             } else {
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
             }
         }
     }
