@@ -24,7 +24,7 @@ use crate::engine::{
 };
 use crate::plugin::{
     self, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin, UpdateOp,
-    WitError, WriteOp, Written,
+    WitError, WriteOp,
 };
 use crate::state::{Activity, CycleCommit, Intent, State, StateError, StoredChange, SyncStats};
 
@@ -775,20 +775,19 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     }
                 }
             }
-            while !sendable.is_empty() {
-                let rest = sendable.split_off(sendable.len().min(WRITE_BATCH));
+            let mut sendable = sendable.into_iter().peekable();
+            while sendable.peek().is_some() {
                 let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) =
-                    std::mem::replace(&mut sendable, rest).into_iter().unzip();
-                let results = self.io(side).write_dyn(&origin, writes).await;
-                // The SDK holds connectors to one result per op; a short list still fails safe.
-                let mut results: Vec<Option<Result<Written, WitError>>> = match results {
-                    Ok(rs) => rs.into_iter().map(Some).collect(),
-                    Err(e) => vec![Some(Err(WitError::Transient(e.0))); chunk.len()],
+                    sendable.by_ref().take(WRITE_BATCH).unzip();
+                let results = match self.io(side).write_dyn(&origin, writes).await {
+                    Ok(rs) => rs,
+                    Err(e) => vec![Err(WitError::Transient(e.0)); chunk.len()],
                 };
-                for (i, op) in chunk.into_iter().enumerate() {
+                // The SDK holds connectors to one result per op; a short list still fails safe.
+                let mut results = results.into_iter();
+                for op in chunk {
                     let result = results
-                        .get_mut(i)
-                        .and_then(Option::take)
+                        .next()
                         .unwrap_or_else(|| Err(WitError::Permanent("no result".into())));
                     let outcome = match &result {
                         Ok(w) => Outcome::Written {

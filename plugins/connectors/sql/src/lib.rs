@@ -669,7 +669,6 @@ impl SqlConnector {
         Ok(Some(v.get(id).cloned().unwrap_or_else(|| "0".into())))
     }
 
-    /// Applies every op or fails at the first refusal (the fast path of `write`).
     /// One attempt at a write call. Fast path: the whole batch in one transaction without
     /// savepoints, runs of creates as multi-row INSERTs. If an op is refused, all of it is
     /// rolled back and the batch is done again one op at a time, each under a savepoint, so
@@ -719,6 +718,7 @@ impl SqlConnector {
         })
     }
 
+    /// Applies every op or fails at the first refusal (the fast path of `write`).
     fn apply_all(&self, db: &Db, table: &Table, ops: &[WriteOp]) -> Result<Vec<Written>, Error> {
         let mut out = Vec::with_capacity(ops.len());
         let mut i = 0;
