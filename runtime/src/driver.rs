@@ -26,7 +26,9 @@ use crate::plugin::{
     self, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin, UpdateOp,
     WitError, WriteOp,
 };
-use crate::state::{Activity, CycleCommit, Intent, State, StateError, StoredChange, SyncStats};
+use crate::state::{
+    Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats,
+};
 
 pub use io::{IoError, PluginSide, SideIo};
 
@@ -153,13 +155,13 @@ fn state_err(sync: &str) -> impl Fn(StateError) -> CycleError + '_ {
 
 /// Records a plan's writes as intents, each with its link as planned, before any is sent.
 fn record_intents(state: &State, sync: &str, plan: &Plan) -> Result<(), CycleError> {
-    let intents: Vec<Intent> = plan
+    let intents: Vec<IntentRef<'_>> = plan
         .ops
         .iter()
-        .map(|op| Intent {
-            link: plan.links[&op.link].clone(),
+        .map(|op| IntentRef {
+            link: &plan.links[&op.link],
             side: op.side,
-            op: op.kind.clone(),
+            op: &op.kind,
         })
         .collect();
     state

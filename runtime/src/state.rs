@@ -127,38 +127,51 @@ fn read_sync<T: for<'de> Deserialize<'de>>(
     Ok(out)
 }
 
-/// Stores a link and keeps the index of its records' ids in step: ids it no longer has are
-/// dropped from the index, its ids now point at it.
-fn put_link(
+/// Stores links and keeps the index of their records' ids in step: ids a link no longer has
+/// are dropped from the index, its ids now point at it. Links from `new_from` on are new: they
+/// have nothing stored to replace.
+///
+/// The index is written in key order, not link order: record ids rarely sort the way links
+/// were made ("10" before "9"), and inserting them in order touches each page of the index
+/// once instead of jumping about it.
+fn put_links(
     links: &mut redb::Table<(&str, u64), &[u8]>,
     index: &mut redb::Table<(&str, u8, &str), u64>,
     sync: &str,
-    link: &Link,
-    is_new: bool,
+    batch: &[Link],
+    new_from: Option<u64>,
 ) -> Result<(), StateError> {
-    let old: Option<Link> = if is_new {
-        None
-    } else {
-        links
-            .get((sync, link.id))?
-            .map(|v| dec(v.value()))
-            .transpose()?
-    };
-    if let Some(old) = old {
-        for side in [Side::Left, Side::Right] {
-            if let Some(id) = &old.side(side).id {
-                if link.side(side).id.as_ref() != Some(id) {
-                    index.remove((sync, side_key(side), id.as_str()))?;
+    let mut entries: Vec<(u8, &str, u64)> = Vec::with_capacity(batch.len() * 2);
+    for link in batch {
+        let is_new = new_from.is_some_and(|from| link.id >= from);
+        let old: Option<Link> = if is_new {
+            None
+        } else {
+            links
+                .get((sync, link.id))?
+                .map(|v| dec(v.value()))
+                .transpose()?
+        };
+        if let Some(old) = old {
+            for side in [Side::Left, Side::Right] {
+                if let Some(id) = &old.side(side).id {
+                    if link.side(side).id.as_ref() != Some(id) {
+                        index.remove((sync, side_key(side), id.as_str()))?;
+                    }
                 }
             }
         }
-    }
-    for side in [Side::Left, Side::Right] {
-        if let Some(id) = &link.side(side).id {
-            index.insert((sync, side_key(side), id.as_str()), link.id)?;
+        for side in [Side::Left, Side::Right] {
+            if let Some(id) = &link.side(side).id {
+                entries.push((side_key(side), id.as_str(), link.id));
+            }
         }
+        links.insert((sync, link.id), enc(link)?.as_slice())?;
     }
-    links.insert((sync, link.id), enc(link)?.as_slice())?;
+    entries.sort_unstable();
+    for (side, id, link) in entries {
+        index.insert((sync, side, id), link)?;
+    }
     Ok(())
 }
 
@@ -435,15 +448,35 @@ struct IntentIn {
     create_base: bool,
 }
 
-impl Serialize for Intent {
+/// An intent whose link and op are borrowed (from a cycle's plan), so that recording a
+/// cycle's intents copies nothing before it serialises them. Stored as [`Intent`] is.
+#[derive(Debug, Clone, Copy)]
+pub struct IntentRef<'a> {
+    pub link: &'a Link,
+    pub side: Side,
+    pub op: &'a OpKind,
+}
+
+impl Serialize for IntentRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let create_base =
-            matches!(&self.op, OpKind::Create { fields } if same_text(fields, &self.link.base));
+            matches!(self.op, OpKind::Create { fields } if same_text(fields, &self.link.base));
         IntentOut {
+            link: self.link,
+            side: self.side,
+            op: (!create_base).then_some(self.op),
+            create_base,
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for Intent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        IntentRef {
             link: &self.link,
             side: self.side,
-            op: (!create_base).then_some(&self.op),
-            create_base,
+            op: &self.op,
         }
         .serialize(s)
     }
@@ -906,7 +939,7 @@ impl State {
     }
 
     /// Records creates about to be sent (invariant 2).
-    pub fn record_intents(&self, sync: &str, intents: &[Intent]) -> Result<(), StateError> {
+    pub fn record_intents(&self, sync: &str, intents: &[IntentRef<'_>]) -> Result<(), StateError> {
         if intents.is_empty() {
             return Ok(());
         }
@@ -939,10 +972,7 @@ impl State {
         {
             let mut links = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
-            for link in &c.links {
-                let is_new = c.new_links_from.is_some_and(|from| link.id >= from);
-                put_link(&mut links, &mut index, sync, link, is_new)?;
-            }
+            put_links(&mut links, &mut index, sync, &c.links, c.new_links_from)?;
             let mut cursors = w.open_table(CURSORS)?;
             for side in [Side::Left, Side::Right] {
                 if let Some(cur) = &c.cursors[side_key(side) as usize] {
@@ -1092,9 +1122,7 @@ impl State {
         {
             let mut t = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
-            for link in links {
-                put_link(&mut t, &mut index, sync, link, false)?;
-            }
+            put_links(&mut t, &mut index, sync, links, None)?;
             if let Some(max) = links.iter().map(|l| l.id).max() {
                 let mut counters = w.open_table(COUNTERS)?;
                 let key = format!("link:{sync}");
@@ -1287,6 +1315,43 @@ mod tests {
             deleted: false,
         };
         link
+    }
+
+    #[test]
+    fn a_record_id_that_moves_to_an_older_link_in_one_commit_points_at_it() {
+        // Link 5 held left record "x"; in one commit link 3 takes "x" and link 5 lets it go.
+        // Written link by link, link 3's index entry went in first and link 5's clean-up of
+        // its old id then removed it.
+        let state = State::in_memory().unwrap();
+        let with_left = |id: u64, left: Option<&str>| {
+            let mut l = link();
+            l.id = id;
+            l.left.id = left.map(str::to_owned);
+            l.right.id = Some(format!("r{id}"));
+            l
+        };
+        let commit = |links: Vec<Link>| CycleCommit {
+            next_link_id: 6,
+            links,
+            ..CycleCommit::default()
+        };
+        state
+            .commit_cycle(
+                "items",
+                1,
+                commit(vec![with_left(3, None), with_left(5, Some("x"))]),
+            )
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::Left, "x").unwrap(), Some(5));
+        state
+            .commit_cycle(
+                "items",
+                2,
+                commit(vec![with_left(3, Some("x")), with_left(5, None)]),
+            )
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::Left, "x").unwrap(), Some(3));
+        assert_eq!(state.link_for("items", Side::Right, "r5").unwrap(), Some(5));
     }
 
     #[test]

@@ -305,7 +305,8 @@ pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) {
 pub(crate) fn refresh(link: &mut Link) {
     if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
         for (f, v) in l {
-            if r.get(f) == Some(v) {
+            // Most agreed values are already the base: compare before copying.
+            if r.get(f) == Some(v) && link.base.get(f) != Some(v) {
                 link.base.insert(f.clone(), v.clone());
             }
         }
