@@ -67,6 +67,50 @@ fields = [
 
 const TABLE: &str = "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, label TEXT, qty INTEGER, price NUMERIC(12, 2))";
 
+/// CPU seconds used so far by this process (all its threads) and by the PostgreSQL server's
+/// processes on this machine, from `/proc`; `None` where there is no `/proc`. Less noisy than
+/// wall time on a busy machine, and it shows who does the work.
+fn cpu_seconds() -> Option<(f64, f64)> {
+    fn ticks(stat: &str) -> Option<(String, u64)> {
+        let (head, tail) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let mut f = tail.split_whitespace().skip(11);
+        let user: u64 = f.next()?.parse().ok()?;
+        let system: u64 = f.next()?.parse().ok()?;
+        Some((comm, user + system))
+    }
+    let per_second = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    let own = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+    let mut server = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) {
+            if let Some((comm, t)) = ticks(&stat) {
+                if comm.starts_with("postgres") {
+                    server += t;
+                }
+            }
+        }
+    }
+    Some((own as f64 / per_second, server as f64 / per_second))
+}
+
+/// CPU microseconds per row between two [`cpu_seconds`] readings.
+fn cpu_per_row(before: Option<(f64, f64)>, after: Option<(f64, f64)>, rows: i64) -> String {
+    match (before, after) {
+        (Some((c0, s0)), Some((c1, s1))) => format!(
+            "CPU per row: client {:.0} us, PostgreSQL {:.0} us",
+            (c1 - c0) * 1e6 / rows as f64,
+            (s1 - s0) * 1e6 / rows as f64
+        ),
+        _ => "CPU per row: not measured here (no /proc)".into(),
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -205,6 +249,7 @@ async fn initial_sync_of_100k_rows() {
     .unwrap();
 
     // Baseline: a native client copies the rows, 1,000 per multi-row INSERT.
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let mut from = sqlx::PgConnection::connect(&src).await.unwrap();
     let mut to = sqlx::PgConnection::connect(&native).await.unwrap();
@@ -226,6 +271,7 @@ async fn initial_sync_of_100k_rows() {
         q.build().execute(&mut to).await.unwrap();
     }
     let native_time = t.elapsed();
+    let native_cpu = cpu_per_row(cpu, cpu_seconds(), rows);
 
     let dir = tempfile::tempdir().unwrap();
     let app = duplex::app::App::load(&config(
@@ -240,9 +286,11 @@ async fn initial_sync_of_100k_rows() {
     .await
     .unwrap();
     let state = app.open_state().unwrap();
+    let cpu = cpu_seconds();
     let t = Instant::now();
     app.run_once(&state, |_, _| {}).await.unwrap();
     let sync_time = t.elapsed();
+    let sync_cpu = cpu_per_row(cpu, cpu_seconds(), rows);
     let mut check = sqlx::PgConnection::connect(&dst).await.unwrap();
     let copied: i64 = sqlx::query("SELECT count(*) FROM items")
         .fetch_one(&mut check)
@@ -254,12 +302,12 @@ async fn initial_sync_of_100k_rows() {
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!("initial sync of {rows} rows, PostgreSQL -> PostgreSQL:");
     println!(
-        "  duplex:      {:.1} s, {:.0} rows/s",
+        "  duplex:      {:.1} s, {:.0} rows/s; {sync_cpu}",
         sync_time.as_secs_f64(),
         rate(sync_time)
     );
     println!(
-        "  native copy: {:.1} s, {:.0} rows/s",
+        "  native copy: {:.1} s, {:.0} rows/s; {native_cpu}",
         native_time.as_secs_f64(),
         rate(native_time)
     );
