@@ -164,7 +164,10 @@ pub struct SyncConfig {
     /// When the sync runs: `realtime` (default), an interval (`5m`), or `cron: <expression>`.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
-    /// Most changes read from each side per cycle. Default 500.
+    /// Most changes read from each side per cycle. Default 1,000: an initial load of 60,000
+    /// rows between PostgreSQL databases ran about a sixth slower at 500, and no faster at
+    /// 2,000 or 4,000 (see README, Performance), while a larger batch holds more records in a
+    /// plugin's memory at once (its limit is 256 MiB).
     #[serde(default = "default_batch")]
     pub batch: u32,
     /// The mapped fields. Fields not listed are left alone.
@@ -172,7 +175,7 @@ pub struct SyncConfig {
 }
 
 fn default_batch() -> u32 {
-    500
+    1_000
 }
 
 /// A sync's delete policy.
