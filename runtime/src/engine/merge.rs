@@ -305,8 +305,14 @@ pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) {
 pub(crate) fn refresh(link: &mut Link) {
     if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
         for (f, v) in l {
-            // Most agreed values are already the base: compare before copying.
-            if r.get(f) == Some(v) && link.base.get(f) != Some(v) {
+            // Most agreed values are already the base, to the letter: copy only the others
+            // ("12.50" replaces "12.5", as it did before this check).
+            let unchanged = match (link.base.get(f), v) {
+                (Some(Value::Decimal(b)), Value::Decimal(d)) => b == d,
+                (Some(b), _) => b == v,
+                (None, _) => false,
+            };
+            if !unchanged && r.get(f) == Some(v) {
                 link.base.insert(f.clone(), v.clone());
             }
         }
