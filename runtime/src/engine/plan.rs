@@ -348,6 +348,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_base_takes_the_text_both_sides_agree_on() {
+        // "12.50" and "12.5" are the same number, but the base is stored as written.
+        let mut link = agreed();
+        link.base
+            .insert("price".into(), Value::Decimal("12.5".into()));
+        for side in [Side::Left, Side::Right] {
+            let seen = link.side_mut(side).seen.as_mut().unwrap();
+            seen.insert("price".into(), Value::Decimal("12.50".into()));
+        }
+        refresh(&mut link);
+        assert!(matches!(&link.base["price"], Value::Decimal(d) if d == "12.50"));
+        assert_eq!(link.base["name"], text("Ada"));
+    }
+
     fn change(side: Side, id: &str, f: Fields, at: i64) -> Observed {
         Observed {
             side,
