@@ -195,7 +195,7 @@ impl SideIo for Shared {
     ) -> Result<ChangeBatch, IoError> {
         let mut s = self.0.borrow_mut();
         if s.fault() {
-            return Err(IoError("injected failure while reading".into()));
+            return Err(IoError::new("injected failure while reading"));
         }
         let after: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
         let entries: Vec<Entry> = s
@@ -263,7 +263,7 @@ impl SideIo for Shared {
             for op in ops.into_iter().take(n) {
                 let _ = s.apply(origin, op);
             }
-            return Err(IoError("injected failure while writing".into()));
+            return Err(IoError::new("injected failure while writing"));
         }
         Ok(ops.into_iter().map(|op| s.apply(origin, op)).collect())
     }
@@ -271,7 +271,7 @@ impl SideIo for Shared {
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {
         let mut s = self.0.borrow_mut();
         if s.fault() {
-            return Err(IoError("injected failure while finding".into()));
+            return Err(IoError::new("injected failure while finding"));
         }
         let ids: Vec<String> = match key {
             LookupKey::Ids(ids) => ids

@@ -644,3 +644,83 @@ fn sigkill_at_any_moment_is_survivable_and_sigterm_stops_cleanly() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("stopped cleanly"), "{err}");
 }
+
+/// Records too large for a plugin to hold a whole batch of at once: the read that runs the
+/// connector out of memory is tried again with fewer, and everything arrives. Before, the read
+/// failed the same way every cycle and the sync never moved.
+#[tokio::test]
+async fn a_batch_too_big_for_the_plugin_is_read_in_smaller_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE, body TEXT NOT NULL);";
+    let left = rusqlite::Connection::open(dir.path().join("left.db")).unwrap();
+    left.execute_batch(schema).unwrap();
+    // 120 notes of 100 KB: 12 MB, which the connector holds about three times over while it
+    // reads them (rows, records, the answer), against a 16 MiB limit.
+    left.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
+         INSERT INTO notes (title, body) SELECT 'note ' || i, printf('%d:', i) || hex(zeroblob(50000)) FROM n",
+        [],
+    )
+    .unwrap();
+    rusqlite::Connection::open(dir.path().join("right.db"))
+        .unwrap()
+        .execute_batch(schema)
+        .unwrap();
+    let config = r#"
+[limits]
+memory_mb = 16
+
+[connections.left]
+plugin = "builtin:sql"
+config = { url = "sqlite://left.db" }
+grants = { sql = ["sqlite://left.db"] }
+
+[connections.right]
+plugin = "builtin:sql"
+config = { url = "sqlite://right.db" }
+grants = { sql = ["sqlite://right.db"] }
+
+[syncs.notes]
+left = "left.notes"
+right = "right.notes"
+match = { field = "title" }
+schedule = "5m"
+
+[[syncs.notes.fields]]
+left = "title"
+right = "title"
+
+[[syncs.notes.fields]]
+left = "body"
+right = "body"
+"#;
+    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+    let app = App::load(&dir.path().join("duplex.toml"))
+        .await
+        .expect("config loads");
+    let state = app.open_state().expect("state opens");
+    let reports = app
+        .run_once(&state, |_, _| {})
+        .await
+        .expect("the sync runs to the end");
+    let cycles = reports.values().map(Vec::len).sum::<usize>();
+    assert!(
+        cycles > 2,
+        "a smaller batch takes several cycles, not {cycles}"
+    );
+    let right = rusqlite::Connection::open(dir.path().join("right.db")).unwrap();
+    right
+        .execute(
+            "ATTACH ?1 AS l",
+            [dir.path().join("left.db").display().to_string()],
+        )
+        .unwrap();
+    let same: i64 = right
+        .query_row(
+            "SELECT count(*) FROM notes r JOIN l.notes n USING (title) WHERE r.body = n.body",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(same, 120, "every note arrives whole");
+}

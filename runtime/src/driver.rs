@@ -93,9 +93,10 @@ pub struct SyncRunner<L, R> {
     pub spec: SyncSpec,
     pub left: L,
     pub right: R,
-    /// Most changes read from each side per cycle.
-    pub batch: u32,
     pub rules: Rules,
+    /// Most changes read from each side per cycle: the sync's batch, or less once a read of
+    /// that many ran the side's plugin out of memory or CPU (see [`SyncRunner::read_fitting`]).
+    read_max: [u32; 2],
     /// Batches read ahead while the last cycle committed, by side, with the cursor they start
     /// at (see [`SyncRunner::commit_reading_ahead`]).
     ahead: [Option<(String, plugin::ChangeBatch)>; 2],
@@ -107,8 +108,8 @@ impl<L, R> SyncRunner<L, R> {
             spec,
             left,
             right,
-            batch,
             rules,
+            read_max: [batch.max(1); 2],
             ahead: [None, None],
         }
     }
@@ -311,7 +312,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 for c in found {
                     if state
                         .link_for(&sync, side, &c.id)
-                        .map_err(|e| IoError(e.to_string()))?
+                        .map_err(|e| IoError::new(e.to_string()))?
                         .is_none()
                     {
                         unlinked.push(c);
@@ -394,7 +395,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 
         // 1. Read.
         let mut batches = Vec::with_capacity(2);
-        let max = self.batch;
         let origin = self.spec.origin.clone();
         let ahead = std::mem::take(&mut self.ahead);
         for ((side, cursor), ahead) in [(Side::Left, cursor_l), (Side::Right, cursor_r)]
@@ -404,8 +404,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             let batch = match ahead {
                 Some((from, batch)) if cursor.as_deref() == Some(from.as_str()) => batch,
                 _ => self
-                    .io(side)
-                    .read_dyn(&origin, cursor.as_deref(), max)
+                    .read_fitting(side, &origin, cursor.as_deref())
                     .await
                     .map_err(|error| CycleError::Read {
                         sync: sync.clone(),
@@ -599,10 +598,11 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     ) -> Result<(), StateError> {
         let sync = self.spec.name.clone();
         let origin = self.spec.origin.clone();
-        let max = self.batch;
+        let limits = self.read_max;
         let reads = async {
             let mut read = Vec::new();
             for (side, from) in sides {
+                let max = limits[side_index(side)];
                 if let Ok(batch) = self.io(side).read_dyn(&origin, Some(&from), max).await {
                     read.push((side, from, batch));
                 }
@@ -631,6 +631,30 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             self.ahead[side_index(side)] = Some((from, batch));
         }
         Ok(())
+    }
+
+    /// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU
+    /// (records too big to hold so many at once) is tried again with half as many changes,
+    /// down to one, and the side is asked for that many from then on: a sync whose records
+    /// are large slows down instead of failing every cycle.
+    async fn read_fitting(
+        &mut self,
+        side: Side,
+        origin: &str,
+        cursor: Option<&str>,
+    ) -> Result<plugin::ChangeBatch, IoError> {
+        loop {
+            let max = self.read_max[side_index(side)];
+            match self.io(side).read_dyn(origin, cursor, max).await {
+                Err(e) if e.over_limit && max > 1 => {
+                    let fewer = max / 2;
+                    tracing::warn!(sync = %self.spec.name, side = %side, error = %e,
+                        "reading {max} changes at once was more than the plugin could hold; reading {fewer} at a time from now on");
+                    self.read_max[side_index(side)] = fewer;
+                }
+                read => return read,
+            }
+        }
     }
 
     /// A connector's change as the engine sees it.
@@ -783,7 +807,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     sendable.by_ref().take(WRITE_BATCH).unzip();
                 let results = match self.io(side).write_dyn(&origin, writes).await {
                     Ok(rs) => rs,
-                    Err(e) => vec![Err(WitError::Transient(e.0)); chunk.len()],
+                    Err(e) => vec![Err(WitError::Transient(e.message)); chunk.len()],
                 };
                 // The SDK holds connectors to one result per op; a short list still fails safe.
                 let mut results = results.into_iter();

@@ -9,12 +9,29 @@ use crate::plugin::{
 
 /// Why a side could not be reached this cycle. The cycle stops and nothing is committed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct IoError(pub String);
+#[error("{message}")]
+pub struct IoError {
+    pub message: String,
+    /// The plugin ran out of its memory or CPU budget: the same call with less work in it (a
+    /// smaller batch) may succeed.
+    pub over_limit: bool,
+}
+
+impl IoError {
+    pub fn new(message: impl Into<String>) -> IoError {
+        IoError {
+            message: message.into(),
+            over_limit: false,
+        }
+    }
+}
 
 impl From<CallError> for IoError {
     fn from(e: CallError) -> Self {
-        IoError(e.to_string())
+        IoError {
+            message: e.to_string(),
+            over_limit: matches!(e, CallError::Memory { .. } | CallError::CpuBudget { .. }),
+        }
     }
 }
 
