@@ -585,7 +585,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// later read would, minus changes made in between, which the cursor keeps for the read
     /// after. It is used only if the next cycle starts at the cursor it was read from, which
     /// is this commit's: a commit that fails leaves the old cursor, and the batch is dropped.
-    /// A read that fails is dropped too; the next cycle reads again and reports the error.
+    /// It is read as the cycle's own read is ([`Self::read_fitting`]: a batch too big for the
+    /// plugin shrinks here as well); a read that fails is dropped too, and the next cycle reads
+    /// again and reports the error.
     ///
     /// On a multi-threaded runtime the commit runs on a thread of its own while this one
     /// reads; otherwise (the tests' runtime) one after the other, through the same path.
@@ -598,12 +600,10 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     ) -> Result<(), StateError> {
         let sync = self.spec.name.clone();
         let origin = self.spec.origin.clone();
-        let limits = self.read_max;
         let reads = async {
             let mut read = Vec::new();
             for (side, from) in sides {
-                let max = limits[side_index(side)];
-                if let Ok(batch) = self.io(side).read_dyn(&origin, Some(&from), max).await {
+                if let Ok(batch) = self.read_fitting(side, &origin, Some(&from)).await {
                     read.push((side, from, batch));
                 }
             }
