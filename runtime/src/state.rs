@@ -236,7 +236,7 @@ struct SideIn {
 
 impl<'a> SideOut<'a> {
     fn of(side: &'a SideState, base: &Fields) -> SideOut<'a> {
-        let is_base = side.seen.as_ref() == Some(base);
+        let is_base = side.seen.as_ref().is_some_and(|seen| same_text(seen, base));
         SideOut {
             id: &side.id,
             seen: if is_base { None } else { side.seen.as_ref() },
@@ -482,16 +482,12 @@ impl Serialize for Intent {
     }
 }
 
-/// Equal as stored: `Value`'s equality takes "12.50" for 12.5, storage must not.
+/// Equal as stored (see [`Value::same_text`]).
 fn same_text(a: &Fields, b: &Fields) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            ka == kb
-                && match (va, vb) {
-                    (Value::Decimal(x), Value::Decimal(y)) => x == y,
-                    _ => va == vb,
-                }
-        })
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && va.same_text(vb))
 }
 
 impl<'de> Deserialize<'de> for Intent {
@@ -1366,6 +1362,23 @@ mod tests {
         unseen.right.seen = None;
         unseen.left.seen = Some(Fields::new());
         assert_eq!(dec::<Link>(&enc(&unseen).unwrap()).unwrap(), unseen);
+    }
+
+    #[test]
+    fn a_side_whose_decimal_differs_from_the_base_only_in_text_keeps_its_text() {
+        // "12.50" equals "12.5" as a number; stored as "the base" it would read back as "12.5".
+        let mut link = link();
+        link.base
+            .insert("price".into(), Value::Decimal("12.5".into()));
+        let mut seen = link.base.clone();
+        seen.insert("price".into(), Value::Decimal("12.50".into()));
+        link.left.seen = Some(seen);
+        let back: Link = dec(&enc(&link).unwrap()).unwrap();
+        let price = &back.left.seen.as_ref().unwrap()["price"];
+        assert!(
+            matches!(price, Value::Decimal(d) if d == "12.50"),
+            "{price:?}"
+        );
     }
 
     #[test]

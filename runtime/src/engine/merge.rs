@@ -307,11 +307,7 @@ pub(crate) fn refresh(link: &mut Link) {
         for (f, v) in l {
             // Most agreed values are already the base, to the letter: copy only the others
             // ("12.50" replaces "12.5", as it did before this check).
-            let unchanged = match (link.base.get(f), v) {
-                (Some(Value::Decimal(b)), Value::Decimal(d)) => b == d,
-                (Some(b), _) => b == v,
-                (None, _) => false,
-            };
+            let unchanged = link.base.get(f).is_some_and(|b| b.same_text(v));
             if !unchanged && r.get(f) == Some(v) {
                 link.base.insert(f.clone(), v.clone());
             }

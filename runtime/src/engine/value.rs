@@ -46,6 +46,15 @@ impl PartialEq for Value {
 }
 
 impl Value {
+    /// The same as written, not only equal: `==` takes "12.50" for "12.5", and what is
+    /// stored or copied must keep the text it was given.
+    pub fn same_text(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Decimal(a), Value::Decimal(b)) => a == b,
+            _ => self == other,
+        }
+    }
+
     /// Text for messages: short, and says the type where it matters.
     pub fn display(&self) -> String {
         match self {
