@@ -91,3 +91,131 @@ impl Db {
             .expect("sql connector loads")
     }
 }
+
+/// A database a connector scenario runs against, whatever its kind.
+#[allow(async_fn_in_trait)]
+pub trait TestDb {
+    /// The sql connector's config for it.
+    fn config(&self) -> String;
+    /// Runs statements as a person would, outside Duplex.
+    async fn exec(&self, sql: &str);
+    /// The first column of the first row of a query, as a number.
+    async fn count(&self, sql: &str) -> i64;
+}
+
+impl TestDb for Db {
+    fn config(&self) -> String {
+        Db::config(self)
+    }
+
+    async fn exec(&self, sql: &str) {
+        self.user().execute_batch(sql).expect("statements");
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.user()
+            .query_row(sql, [], |r| r.get(0))
+            .expect("a count")
+    }
+}
+
+/// Reads `stream` of `db` as `origin` from `cursor`, ten at a time, until at least `want`
+/// changes came and nothing more is waiting, or five seconds pass (on PostgreSQL a change
+/// becomes readable only once every older writing transaction in the cluster has ended).
+pub async fn read_caught_up(
+    s: &mut duplex::plugin::ConnectorSession,
+    db: &impl TestDb,
+    (stream, origin): (&str, &str),
+    mut cursor: String,
+    want: usize,
+) -> (Vec<duplex::plugin::Change>, String) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let batch = s
+            .read(&db.config(), stream, origin, Some(&cursor), 10)
+            .await
+            .expect("read");
+        seen.extend(batch.changes);
+        cursor = batch.next_cursor;
+        if std::time::Instant::now() > deadline || (!batch.has_more && seen.len() >= want) {
+            return (seen, cursor);
+        }
+        if !batch.has_more {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reads as `who` until caught up with at least `want` changes, polls once more, makes the
+/// last prune look old (`pruning`), and polls again: `who` is then done with all it read, and
+/// that last read prunes. Returns how many changes came and the cursor.
+async fn caught_up(
+    s: &mut duplex::plugin::ConnectorSession,
+    db: &impl TestDb,
+    who: &str,
+    (from, want): (String, usize),
+    pruning: &str,
+) -> (usize, String) {
+    let (seen, at) = read_caught_up(s, db, ("items", who), from, want).await;
+    let (_, at) = read_caught_up(s, db, ("items", who), at, 0).await;
+    db.exec(pruning).await;
+    let (_, at) = read_caught_up(s, db, ("items", who), at, 0).await;
+    (seen.len(), at)
+}
+
+/// The change log keeps what some reader still needs and loses the rest: entries stay while
+/// one reader is behind, go once every reader is past them, and a reader that stayed away
+/// past the expiry learns that entries it needed are gone instead of missing them quietly.
+/// `items (id, name)` must exist. `age` turns a reader's name into an UPDATE, in the database's
+/// own SQL, that makes it look 40 days idle; the empty name stands for the last prune, which
+/// the connector runs at most every few seconds.
+pub async fn the_log_keeps_only_what_readers_need(
+    db: &impl TestDb,
+    plugin: &ConnectorPlugin,
+    age: impl Fn(&str) -> String,
+) {
+    let log = "SELECT count(*) FROM _duplex_changes WHERE tbl = 'items'";
+    let mut s = plugin.session().await.expect("session");
+    let mut first = Vec::new();
+    for origin in ["sync:a", "sync:b"] {
+        let batch = s.read(&db.config(), "items", origin, None, 10).await;
+        first.push(batch.expect("first read").next_cursor);
+    }
+    let [a, b]: [String; 2] = first.try_into().expect("two readers");
+    let rows: Vec<String> = (1..=30).map(|i| format!("('p{i}')")).collect();
+    db.exec(&format!(
+        "INSERT INTO items (name) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+
+    // A reader that read everything and polled once more is done with all of it; its next
+    // read after the prune interval prunes.
+    let pruning = age("");
+    let (seen, a) = caught_up(&mut s, db, "sync:a", (a, 30), &pruning).await;
+    assert_eq!(seen, 30);
+    assert_eq!(db.count(log).await, 30, "b has not read them yet: all stay");
+    let (seen, b) = caught_up(&mut s, db, "sync:b", (b, 30), &pruning).await;
+    assert_eq!(seen, 30, "b reads every change a read");
+    let left = db.count(log).await;
+    assert!(
+        left <= 1,
+        "every reader is past them, yet {left} entries stay"
+    );
+
+    // b stays away past the expiry; a reads on and the log is pruned past b's position.
+    db.exec(&age("sync:b")).await;
+    db.exec("INSERT INTO items (name) VALUES ('q1'), ('q2')")
+        .await;
+    let (seen, _) = caught_up(&mut s, db, "sync:a", (a, 2), &pruning).await;
+    assert_eq!(seen, 2);
+    let gone = s
+        .read(&db.config(), "items", "sync:b", Some(&b), 10)
+        .await
+        .expect_err("b's changes were pruned");
+    assert!(
+        gone.to_string().contains("was pruned up to position"),
+        "{gone}"
+    );
+}

@@ -370,6 +370,61 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
     assert!(after.iter().all(|c| c.kind == ChangeKind::Create));
 }
 
+impl common::TestDb for ServerDb {
+    fn config(&self) -> String {
+        ServerDb::config(self)
+    }
+
+    async fn exec(&self, sql: &str) {
+        ServerDb::exec(self, sql).await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        match self.kind {
+            "postgres" => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            _ => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_change_log_keeps_only_what_its_readers_still_need_on_postgres() {
+    let Some(db) = ServerDb::new("postgres").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)")
+        .await;
+    let host = common::host();
+    common::the_log_keeps_only_what_readers_need(
+        &db,
+        &db.connector(&host).await,
+        |who| format!("UPDATE _duplex_readers SET seen_at = now() - interval '40 days' WHERE reader = '{who}'"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_change_log_keeps_only_what_its_readers_still_need_on_mariadb() {
+    let Some(db) = ServerDb::new("mariadb").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
+        .await;
+    let host = common::host();
+    common::the_log_keeps_only_what_readers_need(&db, &db.connector(&host).await, |who| {
+        format!(
+            "UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL 40 DAY WHERE reader = '{who}'"
+        )
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_late_commit_is_not_skipped_on_postgres() {
     late_commit_is_not_skipped(

@@ -571,3 +571,16 @@ async fn a_bad_config_is_a_config_error_naming_the_problem() {
     };
     assert!(msg.contains("tabels"), "{msg}");
 }
+
+#[tokio::test]
+async fn the_change_log_keeps_only_what_its_readers_still_need() {
+    let db = Db::new("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);");
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    common::the_log_keeps_only_what_readers_need(
+        &db,
+        &plugin,
+        |who| format!("UPDATE _duplex_readers SET seen_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-40 days') WHERE reader = '{who}'"),
+    )
+    .await;
+}

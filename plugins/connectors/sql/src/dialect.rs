@@ -101,11 +101,80 @@ pub trait Dialect {
         let more = entries.len() as u32 >= max;
         Ok((entries, next.to_string(), more))
     }
+    /// A log position as something that sorts in log order; `None` when it is not this
+    /// dialect's. Positions are sequence numbers unless a dialect says otherwise.
+    fn log_order(&self, pos: &str) -> Option<(i128, i64)> {
+        pos.parse::<i64>().ok().map(|seq| (i128::from(seq), 0))
+    }
+    /// Whether a reader walks the positions of every table (MariaDB's gap checks), so that the
+    /// log may only be pruned below every reader of any table.
+    fn shared_positions(&self) -> bool {
+        false
+    }
+    /// An SQL expression for the time `seconds` seconds ago, comparable with
+    /// `_duplex_readers.seen_at`.
+    fn ago(&self, seconds: u32) -> String;
+    /// What makes an INSERT an upsert: on a row with the same `keys`, set `columns` to the
+    /// inserted values.
+    fn upsert(&self, keys: &[&str], columns: &[&str]) -> String {
+        let set: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            set.join(", ")
+        )
+    }
+    /// Deletes up to `limit` of the oldest log entries at or before `upto`: of `table`, or of
+    /// every table when `None`; returns how many. The newest entry of the log always stays, so
+    /// that no database can hand out a position twice (an auto-increment counter restarts from
+    /// the highest row on some servers).
+    fn prune_log(
+        &self,
+        db: &Db,
+        table: Option<&str>,
+        upto: &str,
+        limit: u32,
+    ) -> Result<u64, Error> {
+        let upto: i64 = upto.parse().map_err(|_| {
+            Error::permanent(format!("log position {upto:?} is not this dialect's"))
+        })?;
+        let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+        let newest = rows
+            .first()
+            .and_then(|r| r.at(0)?.as_integer())
+            .unwrap_or(0);
+        let upto = Value::Integer(upto.min(newest - 1));
+        // A subquery picks the oldest `limit`: SQLite's DELETE takes no LIMIT unless built so.
+        match table {
+            Some(t) => db.execute(
+                &format!(
+                    "DELETE FROM _duplex_changes WHERE seq IN (SELECT seq FROM _duplex_changes \
+                     WHERE tbl = {} AND seq <= {} ORDER BY seq LIMIT {limit})",
+                    self.param(1),
+                    self.param(2)
+                ),
+                &[Value::Text(t.to_owned()), upto],
+            ),
+            None => db.execute(
+                &format!(
+                    "DELETE FROM _duplex_changes WHERE seq IN (SELECT seq FROM _duplex_changes \
+                     WHERE seq <= {} ORDER BY seq LIMIT {limit})",
+                    self.param(1)
+                ),
+                &[upto],
+            ),
+        }
+    }
     /// User tables, sorted, without the connector's own.
     fn tables(&self, db: &Db) -> Result<Vec<String>, Error>;
     /// The columns of `table`, in table order; an empty list when it does not exist.
     fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error>;
-    /// Creates the change log and its companions if missing. Idempotent.
+    /// Creates the change log and its companions if missing, among them `_duplex_readers`
+    /// (`tbl`, `reader`, `pos`, `confirmed`, `seen_at` defaulting to now; see `readers.rs`).
+    /// Idempotent.
     fn install_log(&self, db: &Db) -> Result<(), Error>;
     /// Whether `table`'s triggers are installed.
     fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error>;

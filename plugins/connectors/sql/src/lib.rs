@@ -13,6 +13,7 @@ mod cursor;
 mod dialect;
 mod mysql;
 mod postgres;
+mod readers;
 mod sqlite;
 
 use std::cell::RefCell;
@@ -183,18 +184,25 @@ impl Connector for SqlConnector {
         let max = max.clamp(1, 10_000);
         let cursor = cursor.map(Cursor::decode).transpose()?;
         self.dialect.before_read(&self.db)?;
+        let dialect = self.dialect.as_ref();
+        let continued = cursor.is_some();
         self.db.transaction(|db| {
             self.ensure_capture(db, &table)?;
-            match cursor {
-                None => {
-                    let log_from = self.dialect.log_start(db)?;
-                    self.read_snapshot(db, &table, log_from, None, max)
-                }
+            // The log position this read starts from, for the log's readers (see readers.rs).
+            let from = match &cursor {
+                None => self.dialect.log_start(db)?,
+                Some(Cursor::Snapshot { log_from, .. }) => log_from.clone(),
+                Some(Cursor::Log { pos }) => pos.clone(),
+            };
+            let batch = match cursor {
+                None => self.read_snapshot(db, &table, from.clone(), None, max),
                 Some(Cursor::Snapshot { log_from, after }) => {
                     self.read_snapshot(db, &table, log_from, after, max)
                 }
                 Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
-            }
+            }?;
+            readers::keep_for(dialect, db, &table.name, origin, &from, continued)?;
+            Ok(batch)
         })
     }
 

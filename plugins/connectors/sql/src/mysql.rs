@@ -163,9 +163,9 @@ impl Dialect for MySql {
     fn install_log(&self, db: &Db) -> Result<(), Error> {
         if count(
             db,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('_duplex_changes', '_duplex_rows')",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('_duplex_changes', '_duplex_rows', '_duplex_readers')",
             &[],
-        )? == 2
+        )? == 3
         {
             return Ok(());
         }
@@ -184,6 +184,14 @@ impl Dialect for MySql {
                  pk VARCHAR(191) NOT NULL,
                  version BIGINT NOT NULL,
                  PRIMARY KEY (tbl, pk)
+             ) ENGINE = InnoDB",
+            "CREATE TABLE IF NOT EXISTS _duplex_readers (
+                 tbl VARCHAR(191) NOT NULL,
+                 reader VARCHAR(191) NOT NULL,
+                 pos VARCHAR(64) NOT NULL,
+                 confirmed VARCHAR(64) NOT NULL,
+                 seen_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                 PRIMARY KEY (tbl, reader)
              ) ENGINE = InnoDB",
         ] {
             db.execute(statement, &[])?;
@@ -248,6 +256,47 @@ impl Dialect for MySql {
         Ok(())
     }
 
+    fn shared_positions(&self) -> bool {
+        true
+    }
+
+    fn ago(&self, seconds: u32) -> String {
+        format!("NOW(6) - INTERVAL {seconds} SECOND")
+    }
+
+    fn upsert(&self, _keys: &[&str], columns: &[&str]) -> String {
+        let set: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = VALUES({c})"))
+            .collect();
+        format!("ON DUPLICATE KEY UPDATE {}", set.join(", "))
+    }
+
+    /// MariaDB's DELETE takes an ORDER BY and a LIMIT, and refuses a subquery on its own table.
+    fn prune_log(
+        &self,
+        db: &Db,
+        table: Option<&str>,
+        upto: &str,
+        limit: u32,
+    ) -> Result<u64, Error> {
+        let upto: i64 = upto
+            .parse()
+            .map_err(|_| Error::permanent(format!("log position {upto:?} is not MariaDB's")))?;
+        let newest = count(db, "SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+        let upto = upto.min(newest - 1);
+        match table {
+            Some(t) => db.execute(
+                &format!("DELETE FROM _duplex_changes WHERE tbl = ? AND seq <= ? ORDER BY seq LIMIT {limit}"),
+                params![t, upto],
+            ),
+            None => db.execute(
+                &format!("DELETE FROM _duplex_changes WHERE seq <= ? ORDER BY seq LIMIT {limit}"),
+                params![upto],
+            ),
+        }
+    }
+
     fn remove_triggers(&self, db: &Db, table: &str) -> Result<(), Error> {
         for suffix in ["ins", "upd", "del"] {
             db.execute(
@@ -262,12 +311,17 @@ impl Dialect for MySql {
             db.execute("DELETE FROM _duplex_changes WHERE tbl = ?", params![table])?;
             db.execute("DELETE FROM _duplex_rows WHERE tbl = ?", params![table])?;
         }
+        // Capture installed before readers were kept has no such table.
+        if count(db, "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_duplex_readers'", &[])? > 0 {
+            db.execute("DELETE FROM _duplex_readers WHERE tbl = ?", params![table])?;
+        }
         Ok(())
     }
 
     fn remove_log(&self, db: &Db) -> Result<(), Error> {
         db.execute("DROP TABLE IF EXISTS _duplex_changes", &[])?;
         db.execute("DROP TABLE IF EXISTS _duplex_rows", &[])?;
+        db.execute("DROP TABLE IF EXISTS _duplex_readers", &[])?;
         Ok(())
     }
 

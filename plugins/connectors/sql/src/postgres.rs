@@ -129,7 +129,7 @@ impl Dialect for Postgres {
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
-        if count(db, "SELECT count(*) FROM pg_class WHERE relname = '_duplex_changes' AND relnamespace = current_schema()::regnamespace", &[])? > 0 {
+        if count(db, "SELECT count(*) FROM pg_class WHERE relname IN ('_duplex_changes', '_duplex_readers') AND relnamespace = current_schema()::regnamespace", &[])? == 2 {
             return Ok(());
         }
         for statement in [
@@ -143,6 +143,14 @@ impl Dialect for Postgres {
                  xid XID8 NOT NULL DEFAULT pg_current_xact_id()
              )",
             "CREATE INDEX IF NOT EXISTS _duplex_changes_order ON _duplex_changes (tbl, xid, seq)",
+            "CREATE TABLE IF NOT EXISTS _duplex_readers (
+                 tbl TEXT NOT NULL,
+                 reader TEXT NOT NULL,
+                 pos TEXT NOT NULL,
+                 confirmed TEXT NOT NULL,
+                 seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 PRIMARY KEY (tbl, reader)
+             )",
         ] {
             db.execute(statement, &[])?;
         }
@@ -223,6 +231,49 @@ impl Dialect for Postgres {
         Ok(())
     }
 
+    fn log_order(&self, pos: &str) -> Option<(i128, i64)> {
+        let (xid, seq) = pos.split_once(':')?;
+        Some((xid.parse().ok()?, seq.parse().ok()?))
+    }
+
+    fn ago(&self, seconds: u32) -> String {
+        format!("now() - interval '{seconds} seconds'")
+    }
+
+    /// Positions are (transaction, sequence) pairs here; a sequence never hands a number out
+    /// twice, so the newest entry need not stay.
+    fn prune_log(
+        &self,
+        db: &Db,
+        table: Option<&str>,
+        upto: &str,
+        limit: u32,
+    ) -> Result<u64, Error> {
+        let (xid, seq) = upto.split_once(':').ok_or_else(|| {
+            Error::permanent(format!(
+                "log position {upto:?} is not PostgreSQL's (xid:seq)"
+            ))
+        })?;
+        let seq: i64 = seq.parse().map_err(|_| {
+            Error::permanent(format!(
+                "log position {upto:?} is not PostgreSQL's (xid:seq)"
+            ))
+        })?;
+        let table =
+            table.ok_or_else(|| Error::permanent("PostgreSQL's log is pruned per table"))?;
+        db.execute(
+            &format!(
+                "DELETE FROM _duplex_changes WHERE seq IN (SELECT seq FROM _duplex_changes \
+                 WHERE tbl = $1 AND (xid, seq) <= ($2::xid8, $3) ORDER BY xid, seq LIMIT {limit})"
+            ),
+            &[
+                Value::Text(table.to_owned()),
+                Value::Text(xid.to_owned()),
+                Value::Integer(seq),
+            ],
+        )
+    }
+
     fn remove_triggers(&self, db: &Db, table: &str) -> Result<(), Error> {
         for name in [
             "_duplex_capture_ins",
@@ -249,11 +300,21 @@ impl Dialect for Postgres {
         {
             db.execute("DELETE FROM _duplex_changes WHERE tbl = $1", params![table])?;
         }
+        // Capture installed before readers were kept has no such table.
+        if count(
+            db,
+            "SELECT count(*) FROM pg_class WHERE relname = '_duplex_readers'",
+            &[],
+        )? > 0
+        {
+            db.execute("DELETE FROM _duplex_readers WHERE tbl = $1", params![table])?;
+        }
         Ok(())
     }
 
     fn remove_log(&self, db: &Db) -> Result<(), Error> {
-        db.execute("DROP TABLE IF EXISTS _duplex_changes", &[])
+        db.execute("DROP TABLE IF EXISTS _duplex_changes", &[])?;
+        db.execute("DROP TABLE IF EXISTS _duplex_readers", &[])
             .map(drop)
     }
 

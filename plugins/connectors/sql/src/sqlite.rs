@@ -118,7 +118,15 @@ impl Dialect for Sqlite {
              CREATE TABLE IF NOT EXISTS _duplex_origin (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  origin TEXT NOT NULL
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS _duplex_readers (
+                 tbl TEXT NOT NULL,
+                 reader TEXT NOT NULL,
+                 pos TEXT NOT NULL,
+                 confirmed TEXT NOT NULL,
+                 seen_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+                 PRIMARY KEY (tbl, reader)
+             ) WITHOUT ROWID;",
         )?;
         // A mark is only ever visible inside the transaction that made it; one seen here was
         // left by a writer that broke its contract, and would tag people's writes as Duplex's.
@@ -168,6 +176,10 @@ impl Dialect for Sqlite {
         ))
     }
 
+    fn ago(&self, seconds: u32) -> String {
+        format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '-{seconds} seconds')")
+    }
+
     fn remove_triggers(&self, db: &Db, table: &str) -> Result<(), Error> {
         for suffix in ["ins", "upd", "del"] {
             let name = self.ident(&trigger_name(table, suffix));
@@ -176,6 +188,10 @@ impl Dialect for Sqlite {
         if self.log_exists(db)? {
             db.execute("DELETE FROM _duplex_changes WHERE tbl = ?1", params![table])?;
             db.execute("DELETE FROM _duplex_rows WHERE tbl = ?1", params![table])?;
+            // Capture installed before readers were kept has no such table.
+            if count_tables(db, "_duplex_readers")? == 1 {
+                db.execute("DELETE FROM _duplex_readers WHERE tbl = ?1", params![table])?;
+            }
         }
         Ok(())
     }
@@ -184,7 +200,8 @@ impl Dialect for Sqlite {
         db.execute_script(
             "DROP TABLE IF EXISTS _duplex_changes;
              DROP TABLE IF EXISTS _duplex_rows;
-             DROP TABLE IF EXISTS _duplex_origin;",
+             DROP TABLE IF EXISTS _duplex_origin;
+             DROP TABLE IF EXISTS _duplex_readers;",
         )
     }
 
@@ -203,12 +220,20 @@ impl Dialect for Sqlite {
 
 impl Sqlite {
     fn log_exists(&self, db: &Db) -> Result<bool, Error> {
-        let rows = db.query(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_duplex_changes'",
-            &[],
-        )?;
-        Ok(rows.first().and_then(|r| r.at(0)?.as_integer()) == Some(1))
+        Ok(count_tables(db, "_duplex_changes")? == 1)
     }
+}
+
+/// How many tables are called `name` (0 or 1).
+fn count_tables(db: &Db, name: &str) -> Result<i64, Error> {
+    let rows = db.query(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
+    )?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.at(0)?.as_integer())
+        .unwrap_or(0))
 }
 
 /// Parses SQLite's `YYYY-MM-DD HH:MM:SS[.fff]` (UTC) into microseconds since the epoch.
