@@ -97,8 +97,8 @@ pub struct SyncRunner<L, R> {
     /// Most changes read from each side per cycle: the sync's batch, or less once a read of
     /// that many ran the side's plugin out of memory or CPU (see [`SyncRunner::read_fitting`]).
     read_max: [u32; 2],
-    /// Batches read ahead while the last cycle committed, by side, with the cursor they start
-    /// at (see [`SyncRunner::commit_reading_ahead`]).
+    /// Batches read ahead, by side, with the cursor they start at: while the last cycle wrote
+    /// the other side or committed (see [`SyncRunner::commit_reading_ahead`]).
     ahead: [Option<(String, plugin::ChangeBatch)>; 2],
 }
 
@@ -504,8 +504,19 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         record_intents(state, &sync, &plan)?;
         lap.end("intents");
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
+        // A side with more waiting and nothing to write in this cycle is read ahead while the
+        // other side is written (an initial load, a one-way backlog): the database serves the
+        // read while the other one inserts, instead of after the commit.
+        let early = batches
+            .iter()
+            .find(|(side, b)| {
+                b.has_more
+                    && plan.ops.iter().all(|o| o.side != *side)
+                    && plan.ops.iter().any(|o| o.side != *side)
+            })
+            .map(|(side, b)| (*side, b.next_cursor.clone()));
         let conflicted = self
-            .write(&mut plan, now, &mut commit, &mut failed, &mut report)
+            .write(&mut plan, now, &mut commit, &mut failed, &mut report, early)
             .await;
 
         lap.end("write");
@@ -553,7 +564,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         ];
         let read_ahead: Vec<(Side, String)> = batches
             .iter()
-            .filter(|(_, b)| b.has_more)
+            .filter(|(side, b)| b.has_more && self.ahead[side_index(*side)].is_none())
             .map(|(side, b)| (*side, b.next_cursor.clone()))
             .collect();
         let mut stats: SyncStats = state.stats(&sync).map_err(&se)?;
@@ -583,7 +594,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// of this cycle has been made (or has failed) before it is read, and nothing writes to a
     /// side between here and the next cycle's plan (recovery only reads), so it holds what a
     /// later read would, minus changes made in between, which the cursor keeps for the read
-    /// after. It is used only if the next cycle starts at the cursor it was read from, which
+    /// after. A side this cycle did not write at all may already have been read while the other
+    /// side was written (see [`Self::write`]); it is not read again here. It is used only if the next cycle starts at the cursor it was read from, which
     /// is this commit's: a commit that fails leaves the old cursor, and the batch is dropped.
     /// It is read as the cycle's own read is ([`Self::read_fitting`]: a batch too big for the
     /// plugin shrinks here as well); a read that fails is dropped too, and the next cycle reads
@@ -633,28 +645,19 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         Ok(())
     }
 
-    /// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU
-    /// (records too big to hold so many at once) is tried again with half as many changes,
-    /// down to one, and the side is asked for that many from then on: a sync whose records
-    /// are large slows down instead of failing every cycle.
+    /// Reads a batch from a side through [`read_fitting`].
     async fn read_fitting(
         &mut self,
         side: Side,
         origin: &str,
         cursor: Option<&str>,
     ) -> Result<plugin::ChangeBatch, IoError> {
-        loop {
-            let max = self.read_max[side_index(side)];
-            match self.io(side).read_dyn(origin, cursor, max).await {
-                Err(e) if e.over_limit && max > 1 => {
-                    let fewer = max / 2;
-                    tracing::warn!(sync = %self.spec.name, side = %side, error = %e,
-                        "reading {max} changes at once was more than the plugin could hold; reading {fewer} at a time from now on");
-                    self.read_max[side_index(side)] = fewer;
-                }
-                read => return read,
-            }
-        }
+        let io: &mut dyn SideIoDyn = match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        };
+        let max = &mut self.read_max[side_index(side)];
+        read_fitting(io, max, &self.spec.name, side, origin, cursor).await
     }
 
     /// A connector's change as the engine sees it.
@@ -769,6 +772,12 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 
     /// Sends the plan's ops, settles each link with its outcome, and returns the links whose
     /// conditional writes were refused as conflicts.
+    /// Writes a plan's ops, side by side, and settles their links.
+    ///
+    /// `early` is a side to read ahead from a cursor while the other side is written (see
+    /// [`Self::cycle_inner`]); it must have no op in this plan. What it reads becomes that side's
+    /// batch read ahead. Writing to a side drops any batch read ahead from it: that batch was
+    /// read before the write, and may hold a record as it was before Duplex changed it.
     async fn write(
         &mut self,
         plan: &mut Plan,
@@ -776,13 +785,20 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         commit: &mut CycleCommit,
         failed: &mut BTreeMap<u64, String>,
         report: &mut CycleReport,
+        mut early: Option<(Side, String)>,
     ) -> Vec<(Side, u64)> {
         let mut conflicted = Vec::new();
         let origin = self.spec.origin.clone();
         let sync = self.spec.name.clone();
         // Taken out while the links are settled; the plan gets them back untouched.
         let all_ops = std::mem::take(&mut plan.ops);
+        debug_assert!(early
+            .as_ref()
+            .is_none_or(|(e, _)| all_ops.iter().all(|o| o.side != *e)));
         for side in [Side::Left, Side::Right] {
+            if all_ops.iter().any(|o| o.side == side) {
+                self.ahead[side_index(side)] = None;
+            }
             let conditional = self.io(side).conditional_writes();
             // Map every op first: a value that cannot be written fails its record alone.
             let mut sendable = Vec::new();
@@ -805,7 +821,24 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             while sendable.peek().is_some() {
                 let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) =
                     sendable.by_ref().take(WRITE_BATCH).unzip();
-                let results = match self.io(side).write_dyn(&origin, writes).await {
+                let written = match early.take_if(|(other, _)| *other != side) {
+                    None => self.io(side).write_dyn(&origin, writes).await,
+                    Some((other, from)) => {
+                        let (to, from_io): (&mut dyn SideIoDyn, &mut dyn SideIoDyn) = match side {
+                            Side::Left => (&mut self.left, &mut self.right),
+                            Side::Right => (&mut self.right, &mut self.left),
+                        };
+                        let max = &mut self.read_max[side_index(other)];
+                        let read = read_fitting(from_io, max, &sync, other, &origin, Some(&from));
+                        let (written, read) = tokio::join!(to.write_dyn(&origin, writes), read);
+                        // A read that fails is dropped; the next cycle reads again and reports.
+                        if let Ok(batch) = read {
+                            self.ahead[side_index(other)] = Some((from, batch));
+                        }
+                        written
+                    }
+                };
+                let results = match written {
                     Ok(rs) => rs,
                     Err(e) => vec![Err(WitError::Transient(e.message)); chunk.len()],
                 };
@@ -948,7 +981,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let mut second = engine::plan(&again);
         record_intents(state, &input.spec.name, &second)?;
         let before = report.writes;
-        let still = self.write(&mut second, now, commit, failed, report).await;
+        let still = self
+            .write(&mut second, now, commit, failed, report, None)
+            .await;
         tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");
         for (_, link) in still {
             failed.insert(
@@ -999,6 +1034,31 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 
 /// Asks each rule about its conflicts, in one batch per rule. A rule that is missing or fails
 /// leaves its conflicts to a person, with the reason.
+/// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU (records
+/// too big to hold so many at once) is tried again with half as many changes, down to one, and
+/// the side is asked for that many from then on (`max` is the side's own limit): a sync whose
+/// records are large slows down instead of failing every cycle.
+async fn read_fitting(
+    io: &mut dyn SideIoDyn,
+    max: &mut u32,
+    sync: &str,
+    side: Side,
+    origin: &str,
+    cursor: Option<&str>,
+) -> Result<plugin::ChangeBatch, IoError> {
+    loop {
+        match io.read_dyn(origin, cursor, *max).await {
+            Err(e) if e.over_limit && *max > 1 => {
+                let fewer = *max / 2;
+                tracing::warn!(sync = %sync, side = %side, error = %e,
+                    "reading {max} changes at once was more than the plugin could hold; reading {fewer} at a time from now on");
+                *max = fewer;
+            }
+            read => return read,
+        }
+    }
+}
+
 async fn ask_rules(
     spec: &SyncSpec,
     rules: &Rules,
