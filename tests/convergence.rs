@@ -653,3 +653,42 @@ async fn a_batch_read_ahead_is_read_again_when_the_cycle_writes_its_side_after_a
     );
     assert_eq!(r.records[&ry]["full_name"], text("Y2"));
 }
+
+/// A write too big for the side's plugin does not fail the same way for ever: the side is
+/// written in halves from then on, and the ops of the failed call are checked and retried.
+#[tokio::test]
+async fn a_write_too_big_for_the_plugin_is_retried_in_smaller_pieces() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    right.0.borrow_mut().write_limit = Some(3);
+    let mut runner = SyncRunner::new(
+        spec(Policy::LastWriterWins),
+        left.clone(),
+        right.clone(),
+        20,
+        Rules::new(),
+    );
+    let state = State::in_memory().unwrap();
+    for i in 0..10 {
+        left.0.borrow_mut().user_create(&[
+            ("email", Value::Text(format!("p{i}@example.com"))),
+            ("name", Value::Text(format!("P{i}"))),
+        ]);
+    }
+    let mut now = 1_000_000;
+    for _ in 0..20 {
+        // Past every retry's backoff.
+        now += 700_000_000;
+        runner.cycle(&state, now).await.expect("cycle");
+    }
+    let r = right.0.borrow();
+    let mut mails: Vec<&Value> = r.records.values().map(|f| &f["mail"]).collect();
+    mails.sort_by_key(|v| format!("{v:?}"));
+    mails.dedup();
+    assert_eq!(r.records.len(), 10, "every record once: {:?}", r.records);
+    assert_eq!(mails.len(), 10);
+    assert_eq!(
+        state.all_links("people").unwrap().len(),
+        10,
+        "one link each"
+    );
+}

@@ -36,6 +36,9 @@ pub struct MemorySystem {
     pub apply_before_failing: usize,
     /// Writes the system received (ops), for counting.
     pub writes: usize,
+    /// Most ops one write call can take; more fail the call, applying none, as a plugin that
+    /// runs out of memory does.
+    pub write_limit: Option<usize>,
 }
 
 impl MemorySystem {
@@ -258,6 +261,12 @@ impl SideIo for Shared {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, WitError>>, IoError> {
         let mut s = self.0.borrow_mut();
+        if s.write_limit.is_some_and(|most| ops.len() > most) {
+            return Err(IoError {
+                message: format!("{} ops were more than the plugin could hold", ops.len()),
+                over_limit: true,
+            });
+        }
         if s.fault() {
             let n = s.apply_before_failing.min(ops.len());
             for op in ops.into_iter().take(n) {

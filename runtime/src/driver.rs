@@ -97,6 +97,9 @@ pub struct SyncRunner<L, R> {
     /// Most changes read from each side per cycle: the sync's batch, or less once a read of
     /// that many ran the side's plugin out of memory or CPU (see [`SyncRunner::read_fitting`]).
     read_max: [u32; 2],
+    /// Most ops written to each side per call: [`WRITE_BATCH`], or less once a write of that
+    /// many ran the side's plugin out of memory or CPU.
+    write_max: [usize; 2],
     /// Batches read ahead, by side, with the cursor they start at: while the last cycle wrote
     /// the other side or committed (see [`SyncRunner::commit_reading_ahead`]).
     ahead: [Option<(String, plugin::ChangeBatch)>; 2],
@@ -110,6 +113,7 @@ impl<L, R> SyncRunner<L, R> {
             right,
             rules,
             read_max: [batch.max(1); 2],
+            write_max: [WRITE_BATCH; 2],
             ahead: [None, None],
         }
     }
@@ -819,8 +823,10 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             }
             let mut sendable = sendable.into_iter().peekable();
             while sendable.peek().is_some() {
-                let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) =
-                    sendable.by_ref().take(WRITE_BATCH).unzip();
+                let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) = sendable
+                    .by_ref()
+                    .take(self.write_max[side_index(side)])
+                    .unzip();
                 let written = match early.take_if(|(other, _)| *other != side) {
                     None => self.io(side).write_dyn(&origin, writes).await,
                     Some((other, from)) => {
@@ -840,7 +846,20 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 };
                 let results = match written {
                     Ok(rs) => rs,
-                    Err(e) => vec![Err(WitError::Transient(e.message)); chunk.len()],
+                    Err(e) => {
+                        // Too many for the plugin at once: later writes to this side go in
+                        // halves. These ops are not sent again now, as the failed call may have
+                        // applied them; like any write whose outcome is unknown, they are kept
+                        // as intents, checked by the next cycle's recovery and retried as
+                        // dirty links, in the smaller chunks.
+                        if e.over_limit && chunk.len() > 1 {
+                            let fewer = chunk.len() / 2;
+                            tracing::warn!(sync = %sync, side = %side, error = %e,
+                                "writing {} ops at once was more than the plugin could hold; writing {fewer} at a time from now on", chunk.len());
+                            self.write_max[side_index(side)] = fewer;
+                        }
+                        vec![Err(WitError::Transient(e.message)); chunk.len()]
+                    }
                 };
                 // The SDK holds connectors to one result per op; a short list still fails safe.
                 let mut results = results.into_iter();
