@@ -94,15 +94,61 @@ pub struct SyncRunner<L, R> {
     pub left: L,
     pub right: R,
     pub rules: Rules,
-    /// Most changes read from each side per cycle: the sync's batch, or less once a read of
-    /// that many ran the side's plugin out of memory or CPU (see [`SyncRunner::read_fitting`]).
-    read_max: [u32; 2],
-    /// Most ops written to each side per call: [`WRITE_BATCH`], or less once a write of that
-    /// many ran the side's plugin out of memory or CPU.
-    write_max: [usize; 2],
+    /// Most changes read from each side per cycle: the sync's batch, or less while a read of
+    /// that many runs the side's plugin out of memory or CPU (see [`read_fitting`]).
+    read_max: [CallSize; 2],
+    /// Most ops written to each side per call: [`WRITE_BATCH`], or less while a write of that
+    /// many runs the side's plugin out of memory or CPU.
+    write_max: [CallSize; 2],
     /// Batches read ahead, by side, with the cursor they start at: while the last cycle wrote
     /// the other side or committed (see [`SyncRunner::commit_reading_ahead`]).
     ahead: [Option<(String, plugin::ChangeBatch)>; 2],
+}
+
+/// Calls in a row that must go through at a reduced size before it doubles again.
+const GROW_AFTER: u32 = 50;
+
+/// How many records a side's plugin is given in one call: at most `most`, halved each time a
+/// call runs the plugin out of memory or CPU (records too big to hold so many at once), and
+/// doubled again after [`GROW_AFTER`] calls in a row go through, so that a few large records
+/// slow a sync down for a while instead of for the rest of the process's life.
+#[derive(Debug, Clone, Copy)]
+struct CallSize {
+    now: u32,
+    most: u32,
+    fitted: u32,
+}
+
+impl CallSize {
+    fn new(most: u32) -> CallSize {
+        CallSize {
+            now: most.max(1),
+            most: most.max(1),
+            fitted: 0,
+        }
+    }
+
+    /// A call of `tried` records was too much: the next is half as big. False when `tried`
+    /// was one already, and nothing smaller can be tried.
+    fn too_big(&mut self, tried: u32) -> bool {
+        self.fitted = 0;
+        if tried <= 1 {
+            return false;
+        }
+        self.now = (tried / 2).min(self.now);
+        true
+    }
+
+    /// A call went through.
+    fn fitted(&mut self) {
+        if self.now < self.most {
+            self.fitted += 1;
+            if self.fitted >= GROW_AFTER {
+                self.fitted = 0;
+                self.now = self.now.saturating_mul(2).min(self.most);
+            }
+        }
+    }
 }
 
 impl<L, R> SyncRunner<L, R> {
@@ -112,8 +158,8 @@ impl<L, R> SyncRunner<L, R> {
             left,
             right,
             rules,
-            read_max: [batch.max(1); 2],
-            write_max: [WRITE_BATCH; 2],
+            read_max: [CallSize::new(batch); 2],
+            write_max: [CallSize::new(WRITE_BATCH as u32); 2],
             ahead: [None, None],
         }
     }
@@ -825,7 +871,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             while sendable.peek().is_some() {
                 let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) = sendable
                     .by_ref()
-                    .take(self.write_max[side_index(side)])
+                    .take(self.write_max[side_index(side)].now as usize)
                     .unzip();
                 let written = match early.take_if(|(other, _)| *other != side) {
                     None => self.io(side).write_dyn(&origin, writes).await,
@@ -844,19 +890,22 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         written
                     }
                 };
+                let size = &mut self.write_max[side_index(side)];
                 let results = match written {
-                    Ok(rs) => rs,
+                    Ok(rs) => {
+                        size.fitted();
+                        rs
+                    }
                     Err(e) => {
                         // Too many for the plugin at once: later writes to this side go in
                         // halves. These ops are not sent again now, as the failed call may have
                         // applied them; like any write whose outcome is unknown, they are kept
                         // as intents, checked by the next cycle's recovery and retried as
                         // dirty links, in the smaller chunks.
-                        if e.over_limit && chunk.len() > 1 {
-                            let fewer = chunk.len() / 2;
+                        let tried = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+                        if e.over_limit && size.too_big(tried) {
                             tracing::warn!(sync = %sync, side = %side, error = %e,
-                                "writing {} ops at once was more than the plugin could hold; writing {fewer} at a time from now on", chunk.len());
-                            self.write_max[side_index(side)] = fewer;
+                                "writing {tried} ops at once was more than the plugin could hold; writing {} at a time for now", size.now);
                         }
                         vec![Err(WitError::Transient(e.message)); chunk.len()]
                     }
@@ -1055,25 +1104,28 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 /// leaves its conflicts to a person, with the reason.
 /// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU (records
 /// too big to hold so many at once) is tried again with half as many changes, down to one, and
-/// the side is asked for that many from then on (`max` is the side's own limit): a sync whose
+/// the side is asked for that many for a while ([`CallSize`], the side's own): a sync whose
 /// records are large slows down instead of failing every cycle.
 async fn read_fitting(
     io: &mut dyn SideIoDyn,
-    max: &mut u32,
+    size: &mut CallSize,
     sync: &str,
     side: Side,
     origin: &str,
     cursor: Option<&str>,
 ) -> Result<plugin::ChangeBatch, IoError> {
     loop {
-        match io.read_dyn(origin, cursor, *max).await {
-            Err(e) if e.over_limit && *max > 1 => {
-                let fewer = *max / 2;
+        let tried = size.now;
+        match io.read_dyn(origin, cursor, tried).await {
+            Err(e) if e.over_limit && size.too_big(tried) => {
                 tracing::warn!(sync = %sync, side = %side, error = %e,
-                    "reading {max} changes at once was more than the plugin could hold; reading {fewer} at a time from now on");
-                *max = fewer;
+                    "reading {tried} changes at once was more than the plugin could hold; reading {} at a time for now", size.now);
             }
-            read => return read,
+            Ok(batch) => {
+                size.fitted();
+                return Ok(batch);
+            }
+            failed => return failed,
         }
     }
 }
@@ -1242,5 +1294,38 @@ impl<T: SideIo> SideIoDyn for T {
         key: LookupKey,
     ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>> {
         Box::pin(self.find(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_size_halves_when_too_big_and_grows_back_once_calls_go_through() {
+        let mut size = CallSize::new(1_000);
+        assert!(size.too_big(1_000));
+        assert_eq!(size.now, 500);
+        // A smaller call that failed halves from what it tried.
+        assert!(size.too_big(120));
+        assert_eq!(size.now, 60);
+        for _ in 1..GROW_AFTER {
+            size.fitted();
+        }
+        assert_eq!(size.now, 60, "not before {GROW_AFTER} calls in a row");
+        size.fitted();
+        assert_eq!(size.now, 120);
+        // A failure starts the count over.
+        for _ in 1..GROW_AFTER {
+            size.fitted();
+        }
+        assert!(size.too_big(120));
+        assert_eq!(size.now, 60);
+        for _ in 0..GROW_AFTER * 10 {
+            size.fitted();
+        }
+        assert_eq!(size.now, 1_000, "never past the sync's own number");
+        let mut one = CallSize::new(1);
+        assert!(!one.too_big(1), "nothing below one to try");
     }
 }
