@@ -554,16 +554,13 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         record_intents(state, &sync, &plan)?;
         lap.end("intents");
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
-        // A side with more waiting and nothing to write in this cycle is read ahead while the
-        // other side is written (an initial load, a one-way backlog): the database serves the
-        // read while the other one inserts, instead of after the commit.
+        // A side with more waiting and no op in this cycle, while the other side has some, is
+        // read ahead during that write (an initial load, a one-way backlog): its database
+        // serves the read while the other one inserts, instead of during the commit.
+        let writes_to = |side: Side| plan.ops.iter().any(|o| o.side == side);
         let early = batches
             .iter()
-            .find(|(side, b)| {
-                b.has_more
-                    && plan.ops.iter().all(|o| o.side != *side)
-                    && plan.ops.iter().any(|o| o.side != *side)
-            })
+            .find(|(side, b)| b.has_more && !writes_to(*side) && writes_to(side.other()))
             .map(|(side, b)| (*side, b.next_cursor.clone()));
         let conflicted = self
             .write(&mut plan, now, &mut commit, &mut failed, &mut report, early)
@@ -645,8 +642,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// side between here and the next cycle's plan (recovery only reads), so it holds what a
     /// later read would, minus changes made in between, which the cursor keeps for the read
     /// after. A side this cycle did not write at all may already have been read while the other
-    /// side was written (see [`Self::write`]); it is not read again here. It is used only if the next cycle starts at the cursor it was read from, which
-    /// is this commit's: a commit that fails leaves the old cursor, and the batch is dropped.
+    /// side was written (see [`Self::write`]); it is not read again here. A batch read ahead is
+    /// used only if the next cycle starts at the cursor it was read from, which is this
+    /// commit's: a commit that fails leaves the old cursor, and the batch is dropped.
     /// It is read as the cycle's own read is ([`Self::read_fitting`]: a batch too big for the
     /// plugin shrinks here as well); a read that fails is dropped too, and the next cycle reads
     /// again and reports the error.
@@ -822,7 +820,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
 
     /// Sends the plan's ops, settles each link with its outcome, and returns the links whose
     /// conditional writes were refused as conflicts.
-    /// Writes a plan's ops, side by side, and settles their links.
     ///
     /// `early` is a side to read ahead from a cursor while the other side is written (see
     /// [`Self::cycle_inner`]); it must have no op in this plan. What it reads becomes that side's
@@ -1100,8 +1097,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     }
 }
 
-/// Asks each rule about its conflicts, in one batch per rule. A rule that is missing or fails
-/// leaves its conflicts to a person, with the reason.
 /// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU (records
 /// too big to hold so many at once) is tried again with half as many changes, down to one, and
 /// the side is asked for that many for a while ([`CallSize`], the side's own): a sync whose
@@ -1130,6 +1125,8 @@ async fn read_fitting(
     }
 }
 
+/// Asks each rule about its conflicts, in one batch per rule. A rule that is missing or fails
+/// leaves its conflicts to a person, with the reason.
 async fn ask_rules(
     spec: &SyncSpec,
     rules: &Rules,

@@ -28,7 +28,7 @@ use duplex_sdk::{params, Error, Value};
 use crate::dialect::Dialect;
 
 /// Days after which a reader that stopped reading no longer holds the log back.
-pub const EXPIRY_DAYS: u32 = 30;
+const EXPIRY_DAYS: u32 = 30;
 /// Least time between two prunes of the same log.
 const PRUNE_EVERY_SECONDS: u32 = 5;
 /// Most entries one prune deletes.
