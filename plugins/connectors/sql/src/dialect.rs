@@ -138,15 +138,7 @@ pub trait Dialect {
         upto: &str,
         limit: u32,
     ) -> Result<u64, Error> {
-        let upto: i64 = upto.parse().map_err(|_| {
-            Error::permanent(format!("log position {upto:?} is not this dialect's"))
-        })?;
-        let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
-        let newest = rows
-            .first()
-            .and_then(|r| r.at(0)?.as_integer())
-            .unwrap_or(0);
-        let upto = Value::Integer(upto.min(newest - 1));
+        let upto = Value::Integer(prune_bound(db, upto)?);
         // A subquery picks the oldest `limit`: SQLite's DELETE takes no LIMIT unless built so.
         match table {
             Some(t) => db.execute(
@@ -252,6 +244,20 @@ pub fn entries(rows: &duplex_sdk::sql::Rows) -> Vec<LogEntry> {
             },
         })
         .collect()
+}
+
+/// The sequence number up to which a log of sequence-numbered positions may be pruned for a
+/// prune up to `upto`: that, but below the newest entry (see [`Dialect::prune_log`]).
+pub fn prune_bound(db: &Db, upto: &str) -> Result<i64, Error> {
+    let upto: i64 = upto
+        .parse()
+        .map_err(|_| Error::permanent(format!("log position {upto:?} is not this dialect's")))?;
+    let rows = db.query("SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
+    let newest = rows
+        .first()
+        .and_then(|r| r.at(0)?.as_integer())
+        .unwrap_or(0);
+    Ok(upto.min(newest - 1))
 }
 
 /// Quotes `s` as an SQL string literal.

@@ -18,7 +18,7 @@
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, Column, Dialect, LogEntry};
+use crate::dialect::{entries, literal, prune_bound, Column, Dialect, LogEntry};
 
 pub struct MySql;
 
@@ -280,11 +280,7 @@ impl Dialect for MySql {
         upto: &str,
         limit: u32,
     ) -> Result<u64, Error> {
-        let upto: i64 = upto
-            .parse()
-            .map_err(|_| Error::permanent(format!("log position {upto:?} is not MariaDB's")))?;
-        let newest = count(db, "SELECT COALESCE(MAX(seq), 0) FROM _duplex_changes", &[])?;
-        let upto = upto.min(newest - 1);
+        let upto = prune_bound(db, upto)?;
         match table {
             Some(t) => db.execute(
                 &format!("DELETE FROM _duplex_changes WHERE tbl = ? AND seq <= ? ORDER BY seq LIMIT {limit}"),

@@ -249,12 +249,7 @@ impl Dialect for Postgres {
         upto: &str,
         limit: u32,
     ) -> Result<u64, Error> {
-        let (xid, seq) = upto.split_once(':').ok_or_else(|| {
-            Error::permanent(format!(
-                "log position {upto:?} is not PostgreSQL's (xid:seq)"
-            ))
-        })?;
-        let seq: i64 = seq.parse().map_err(|_| {
+        let (xid, seq) = self.log_order(upto).ok_or_else(|| {
             Error::permanent(format!(
                 "log position {upto:?} is not PostgreSQL's (xid:seq)"
             ))
@@ -268,7 +263,7 @@ impl Dialect for Postgres {
             ),
             &[
                 Value::Text(table.to_owned()),
-                Value::Text(xid.to_owned()),
+                Value::Text(xid.to_string()),
                 Value::Integer(seq),
             ],
         )
@@ -292,22 +287,19 @@ impl Dialect for Postgres {
             ),
             &[],
         )?;
-        if count(
-            db,
-            "SELECT count(*) FROM pg_class WHERE relname = '_duplex_changes'",
-            &[],
-        )? > 0
-        {
-            db.execute("DELETE FROM _duplex_changes WHERE tbl = $1", params![table])?;
-        }
-        // Capture installed before readers were kept has no such table.
-        if count(
-            db,
-            "SELECT count(*) FROM pg_class WHERE relname = '_duplex_readers'",
-            &[],
-        )? > 0
-        {
-            db.execute("DELETE FROM _duplex_readers WHERE tbl = $1", params![table])?;
+        // Capture installed before readers were kept has no `_duplex_readers`.
+        for kept in ["_duplex_changes", "_duplex_readers"] {
+            let found = count(
+                db,
+                "SELECT count(*) FROM pg_class WHERE relname = $1",
+                params![kept],
+            )?;
+            if found > 0 {
+                db.execute(
+                    &format!("DELETE FROM {kept} WHERE tbl = $1"),
+                    params![table],
+                )?;
+            }
         }
         Ok(())
     }
