@@ -164,17 +164,19 @@ async fn caught_up(
     (seen.len(), at)
 }
 
-/// The change log keeps what some reader still needs and loses the rest: entries stay while
-/// one reader is behind, go once every reader is past them, and a reader that stayed away
-/// past the expiry learns that entries it needed are gone instead of missing them quietly.
-/// `items (id, name)` must exist. `age` turns a reader's name into an UPDATE, in the database's
-/// own SQL, that makes it look 40 days idle; the empty name stands for the last prune, which
-/// the connector runs at most every few seconds.
+/// The change log keeps what some reader still needs and loses the rest: nothing goes while a
+/// table's readers may not all have registered yet (capture installed before readers were
+/// kept), entries stay while one reader is behind, go once every reader is past them, and a
+/// reader that stayed away past the expiry learns that entries it needed are gone instead of
+/// missing them quietly. `items (id, name)` must exist. `age(who, seconds)` is an UPDATE, in
+/// the database's own SQL, that makes reader `who`'s row that many seconds old; the empty name
+/// stands for the last prune.
 pub async fn the_log_keeps_only_what_readers_need(
     db: &impl TestDb,
     plugin: &ConnectorPlugin,
-    age: impl Fn(&str) -> String,
+    age: impl Fn(&str, u32) -> String,
 ) {
+    const DAYS_40: u32 = 40 * 24 * 60 * 60;
     let log = "SELECT count(*) FROM _duplex_changes WHERE tbl = 'items'";
     let mut s = plugin.session().await.expect("session");
     let mut first = Vec::new();
@@ -183,6 +185,8 @@ pub async fn the_log_keeps_only_what_readers_need(
         first.push(batch.expect("first read").next_cursor);
     }
     let [a, b]: [String; 2] = first.try_into().expect("two readers");
+    // As after an upgrade: both have cursors, neither is registered.
+    db.exec("DELETE FROM _duplex_readers").await;
     let rows: Vec<String> = (1..=30).map(|i| format!("('p{i}')")).collect();
     db.exec(&format!(
         "INSERT INTO items (name) VALUES {}",
@@ -190,12 +194,29 @@ pub async fn the_log_keeps_only_what_readers_need(
     ))
     .await;
 
-    // A reader that read everything and polled once more is done with all of it; its next
-    // read after the prune interval prunes.
-    let pruning = age("");
-    let (seen, a) = caught_up(&mut s, db, "sync:a", (a, 30), &pruning).await;
+    // a reads everything and polls again past the prune interval, but within the first
+    // prune's wait: b, not registered yet, loses nothing.
+    let (seen, a) = caught_up(&mut s, db, "sync:a", (a, 30), &age("", 6)).await;
     assert_eq!(seen, 30);
-    assert_eq!(db.count(log).await, 30, "b has not read them yet: all stay");
+    assert_eq!(
+        db.count(log).await,
+        30,
+        "b has not registered yet: all stay"
+    );
+    // b reads once, and so registers where it stands; a reader done with everything still
+    // leaves b's entries.
+    let batch = s
+        .read(&db.config(), "items", "sync:b", Some(&b), 10)
+        .await
+        .expect("b reads from where it stood");
+    assert_eq!(batch.changes.len(), 10);
+    let pruning = age("", DAYS_40);
+    let (_, a) = caught_up(&mut s, db, "sync:a", (a, 0), &pruning).await;
+    assert_eq!(
+        db.count(log).await,
+        30,
+        "b has not read past them: all stay"
+    );
     let (seen, b) = caught_up(&mut s, db, "sync:b", (b, 30), &pruning).await;
     assert_eq!(seen, 30, "b reads every change a read");
     let left = db.count(log).await;
@@ -205,7 +226,7 @@ pub async fn the_log_keeps_only_what_readers_need(
     );
 
     // b stays away past the expiry; a reads on and the log is pruned past b's position.
-    db.exec(&age("sync:b")).await;
+    db.exec(&age("sync:b", DAYS_40)).await;
     db.exec("INSERT INTO items (name) VALUES ('q1'), ('q2')")
         .await;
     let (seen, _) = caught_up(&mut s, db, "sync:a", (a, 2), &pruning).await;

@@ -404,7 +404,7 @@ async fn the_change_log_keeps_only_what_its_readers_still_need_on_postgres() {
     common::the_log_keeps_only_what_readers_need(
         &db,
         &db.connector(&host).await,
-        |who| format!("UPDATE _duplex_readers SET seen_at = now() - interval '40 days' WHERE reader = '{who}'"),
+        |who, secs| format!("UPDATE _duplex_readers SET seen_at = now() - interval '{secs} seconds' WHERE reader = '{who}'"),
     )
     .await;
 }
@@ -417,9 +417,9 @@ async fn the_change_log_keeps_only_what_its_readers_still_need_on_mariadb() {
     db.exec("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
         .await;
     let host = common::host();
-    common::the_log_keeps_only_what_readers_need(&db, &db.connector(&host).await, |who| {
+    common::the_log_keeps_only_what_readers_need(&db, &db.connector(&host).await, |who, secs| {
         format!(
-            "UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL 40 DAY WHERE reader = '{who}'"
+            "UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL {secs} SECOND WHERE reader = '{who}'"
         )
     })
     .await;

@@ -580,7 +580,7 @@ async fn the_change_log_keeps_only_what_its_readers_still_need() {
     common::the_log_keeps_only_what_readers_need(
         &db,
         &plugin,
-        |who| format!("UPDATE _duplex_readers SET seen_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-40 days') WHERE reader = '{who}'"),
+        |who, secs| format!("UPDATE _duplex_readers SET seen_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs} seconds') WHERE reader = '{who}'"),
     )
     .await;
 }

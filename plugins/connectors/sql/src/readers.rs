@@ -12,6 +12,10 @@
 //! A snapshot registers the position its log part will start from, so the entries it will need
 //! are kept while its pages are read.
 //!
+//! Nothing is pruned in the first [`FIRST_PRUNE_AFTER_SECONDS`] after a table is first seen with
+//! readers: capture installed before readers were kept has readers with positions but no rows
+//! yet, and each must read once, and so register, before entries it needs can go.
+//!
 //! A reader not seen for [`EXPIRY_DAYS`] (a sync removed or renamed) stops holding the log
 //! back. Should it come back, or read for the first time after others removed entries it
 //! needed, the read fails with an error that says so, instead of quietly missing changes: the
@@ -31,6 +35,8 @@ use crate::dialect::Dialect;
 const EXPIRY_DAYS: u32 = 30;
 /// Least time between two prunes of the same log.
 const PRUNE_EVERY_SECONDS: u32 = 5;
+/// Time from the first read of a table's log that registers a reader to its first prune.
+const FIRST_PRUNE_AFTER_SECONDS: u32 = 600;
 /// Most entries one prune deletes.
 const PRUNE_AT_MOST: u32 = 20_000;
 /// How often an idle reader, polling at the same position, refreshes the time it was seen.
@@ -38,6 +44,8 @@ const SEEN_EVERY_SECONDS: u32 = 24 * 60 * 60;
 
 /// The reader name of the row that records how far the log was pruned.
 const PRUNED: &str = "";
+/// That row's position before anything was pruned.
+const NOTHING: &str = "-";
 
 /// One row of `_duplex_readers`, with how long ago it was written.
 struct Reader {
@@ -49,6 +57,8 @@ struct Reader {
     fresh: bool,
     /// Written within the last [`PRUNE_EVERY_SECONDS`].
     recent: bool,
+    /// Written more than [`FIRST_PRUNE_AFTER_SECONDS`] ago.
+    settled: bool,
     /// Written within the last [`EXPIRY_DAYS`].
     live: bool,
 }
@@ -89,9 +99,11 @@ fn readers(dialect: &dyn Dialect, db: &Db, table: &str) -> Result<Vec<Reader>, E
         )
     };
     let select = format!(
-        "SELECT tbl, reader, pos, confirmed, {} AS fresh, {} AS recent, {} AS live FROM _duplex_readers",
+        "SELECT tbl, reader, pos, confirmed, {} AS fresh, {} AS recent, {} AS young, {} AS live \
+         FROM _duplex_readers",
         within(SEEN_EVERY_SECONDS),
         within(PRUNE_EVERY_SECONDS),
+        within(FIRST_PRUNE_AFTER_SECONDS),
         within(EXPIRY_DAYS * 24 * 60 * 60),
     );
     let rows = if dialect.shared_positions() {
@@ -114,7 +126,8 @@ fn readers(dialect: &dyn Dialect, db: &Db, table: &str) -> Result<Vec<Reader>, E
                 confirmed: text(3),
                 fresh: yes(4),
                 recent: yes(5),
-                live: yes(6),
+                settled: !yes(6),
+                live: yes(7),
             }
         })
         .collect())
@@ -164,7 +177,7 @@ pub fn keep_for(
         .position(|r| r.tbl == scope && r.reader == PRUNED)
         .map(|i| rows.swap_remove(i));
     if let (true, Some(pruned)) = (continued, &marker) {
-        if order(dialect, pos)? < order(dialect, &pruned.pos)? {
+        if pruned.pos != NOTHING && order(dialect, pos)? < order(dialect, &pruned.pos)? {
             return Err(Error::permanent(format!(
                 "the change log of table {table} was pruned up to position {}, past this \
                  reader's position {pos}: changes made in between are no longer in it (a reader \
@@ -195,6 +208,7 @@ pub fn keep_for(
             confirmed: confirmed.clone(),
             fresh: true,
             recent: true,
+            settled: false,
             live: true,
         }),
     }
@@ -202,8 +216,10 @@ pub fn keep_for(
     if !unchanged {
         put(dialect, db, (table, reader), (pos, &confirmed), &now)?;
     }
-    if marker.as_ref().is_some_and(|m| m.recent) {
-        return Ok(());
+    match &marker {
+        None => return put(dialect, db, (scope, PRUNED), (NOTHING, NOTHING), &now),
+        Some(m) if m.recent || (m.pos == NOTHING && !m.settled) => return Ok(()),
+        Some(_) => {}
     }
 
     // Prune below the lowest position any reader still counted is done with.
@@ -218,8 +234,8 @@ pub fn keep_for(
         return Ok(());
     };
     let done = match &marker {
-        Some(m) => key <= order(dialect, &m.pos)?,
-        None => false,
+        Some(m) if m.pos != NOTHING => key <= order(dialect, &m.pos)?,
+        _ => false,
     };
     let deleted = if done {
         0
