@@ -240,3 +240,67 @@ pub async fn the_log_keeps_only_what_readers_need(
         "{gone}"
     );
 }
+
+/// Pruning while people write loses nothing: a reader reads, and the log is pruned at every
+/// read, while rows are inserted one transaction at a time beside it. Every row is read once.
+/// `items (id, name)` must exist; `age` as for [`the_log_keeps_only_what_readers_need`].
+pub async fn pruning_beside_writers_loses_nothing(
+    db: &impl TestDb,
+    plugin: &ConnectorPlugin,
+    age: impl Fn(&str, u32) -> String,
+) {
+    const ROWS: usize = 150;
+    let mut s = plugin.session().await.expect("session");
+    let mut cursor = s
+        .read(&db.config(), "items", "sync:a", None, 10)
+        .await
+        .expect("first read")
+        .next_cursor;
+    let done = std::cell::Cell::new(false);
+    let writer = async {
+        for i in 0..ROWS {
+            db.exec(&format!("INSERT INTO items (name) VALUES ('w{i}')"))
+                .await;
+        }
+        done.set(true);
+    };
+    let prune = age("", 40 * 24 * 60 * 60);
+    let reader = async {
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let finished = done.get();
+            // Every read may prune: the last prune is made to look old each time.
+            db.exec(&prune).await;
+            let batch = s
+                .read(&db.config(), "items", "sync:a", Some(&cursor), 7)
+                .await
+                .expect("read");
+            for c in &batch.changes {
+                let name = c
+                    .fields
+                    .iter()
+                    .find(|f| f.name == "name")
+                    .map(|f| format!("{:?}", f.value));
+                assert!(seen.insert(name.clone()), "{name:?} read twice");
+            }
+            cursor = batch.next_cursor;
+            if finished && !batch.has_more && seen.len() >= ROWS {
+                break;
+            }
+            if !batch.has_more {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(writer, reader);
+    assert_eq!(seen.len(), ROWS, "every row read once");
+    let left = db
+        .count("SELECT count(*) FROM _duplex_changes WHERE tbl = 'items'")
+        .await;
+    assert!(
+        left < ROWS as i64 / 2,
+        "the log was pruned as it was read: {left} left"
+    );
+}

@@ -426,6 +426,34 @@ async fn the_change_log_keeps_only_what_its_readers_still_need_on_mariadb() {
 }
 
 #[tokio::test]
+async fn pruning_beside_writers_loses_nothing_on_postgres() {
+    let Some(db) = ServerDb::new("postgres").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)")
+        .await;
+    let host = common::host();
+    common::pruning_beside_writers_loses_nothing(&db, &db.connector(&host).await, |who, secs| {
+        format!("UPDATE _duplex_readers SET seen_at = now() - interval '{secs} seconds' WHERE reader = '{who}'")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pruning_beside_writers_loses_nothing_on_mariadb() {
+    let Some(db) = ServerDb::new("mariadb").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
+        .await;
+    let host = common::host();
+    common::pruning_beside_writers_loses_nothing(&db, &db.connector(&host).await, |who, secs| {
+        format!("UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL {secs} SECOND WHERE reader = '{who}'")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_late_commit_is_not_skipped_on_postgres() {
     late_commit_is_not_skipped(
         "postgres",

@@ -584,3 +584,14 @@ async fn the_change_log_keeps_only_what_its_readers_still_need() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn pruning_beside_writers_loses_nothing() {
+    let db = Db::new("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);");
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    common::pruning_beside_writers_loses_nothing(&db, &plugin, |who, secs| {
+        format!("UPDATE _duplex_readers SET seen_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs} seconds') WHERE reader = '{who}'")
+    })
+    .await;
+}
