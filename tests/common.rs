@@ -242,7 +242,9 @@ pub async fn the_log_keeps_only_what_readers_need(
 }
 
 /// Pruning while people write loses nothing: a reader reads, and the log is pruned at every
-/// read, while rows are inserted one transaction at a time beside it. Every row is read once.
+/// read, while rows are inserted one transaction at a time beside it. Every row is read.
+/// (At least once: a connector may read an entry again, as MariaDB's log start does by design,
+/// and the host drops what it has already seen; losing one is what pruning must never cause.)
 /// `items (id, name)` must exist; `age` as for [`the_log_keeps_only_what_readers_need`].
 pub async fn pruning_beside_writers_loses_nothing(
     db: &impl TestDb,
@@ -277,12 +279,8 @@ pub async fn pruning_beside_writers_loses_nothing(
                 .await
                 .expect("read");
             for c in &batch.changes {
-                let name = c
-                    .fields
-                    .iter()
-                    .find(|f| f.name == "name")
-                    .map(|f| format!("{:?}", f.value));
-                assert!(seen.insert(name.clone()), "{name:?} read twice");
+                let name = c.fields.iter().find(|f| f.name == "name");
+                seen.insert(name.map(|f| format!("{:?}", f.value)));
             }
             cursor = batch.next_cursor;
             if finished && !batch.has_more && seen.len() >= ROWS {
@@ -295,7 +293,7 @@ pub async fn pruning_beside_writers_loses_nothing(
         seen
     };
     let ((), seen) = tokio::join!(writer, reader);
-    assert_eq!(seen.len(), ROWS, "every row read once");
+    assert_eq!(seen.len(), ROWS, "every row read");
     let left = db
         .count("SELECT count(*) FROM _duplex_changes WHERE tbl = 'items'")
         .await;

@@ -393,64 +393,50 @@ impl common::TestDb for ServerDb {
     }
 }
 
-#[tokio::test]
-async fn the_change_log_keeps_only_what_its_readers_still_need_on_postgres() {
-    let Some(db) = ServerDb::new("postgres").await else {
-        return;
-    };
-    db.exec("CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)")
-        .await;
-    let host = common::host();
-    common::the_log_keeps_only_what_readers_need(
-        &db,
-        &db.connector(&host).await,
-        |who, secs| format!("UPDATE _duplex_readers SET seen_at = now() - interval '{secs} seconds' WHERE reader = '{who}'"),
-    )
+/// A fresh database of `kind` with `items (id, name)`, for the change log's scenarios.
+async fn items_db(kind: &'static str) -> Option<ServerDb> {
+    let db = ServerDb::new(kind).await?;
+    db.exec(match kind {
+        "postgres" => "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)",
+        _ => "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)",
+    })
     .await;
+    Some(db)
+}
+
+/// An UPDATE, in `kind`'s SQL, that makes reader `who`'s row `secs` seconds old.
+fn aged(kind: &'static str) -> impl Fn(&str, u32) -> String {
+    move |who, secs| {
+        let ago = match kind {
+            "postgres" => format!("now() - interval '{secs} seconds'"),
+            _ => format!("NOW(6) - INTERVAL {secs} SECOND"),
+        };
+        format!("UPDATE _duplex_readers SET seen_at = {ago} WHERE reader = '{who}'")
+    }
 }
 
 #[tokio::test]
-async fn the_change_log_keeps_only_what_its_readers_still_need_on_mariadb() {
-    let Some(db) = ServerDb::new("mariadb").await else {
-        return;
-    };
-    db.exec("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
-        .await;
-    let host = common::host();
-    common::the_log_keeps_only_what_readers_need(&db, &db.connector(&host).await, |who, secs| {
-        format!(
-            "UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL {secs} SECOND WHERE reader = '{who}'"
-        )
-    })
-    .await;
+async fn the_change_log_keeps_only_what_its_readers_still_need_on_servers() {
+    for kind in ["postgres", "mariadb"] {
+        let Some(db) = items_db(kind).await else {
+            continue;
+        };
+        let host = common::host();
+        let plugin = db.connector(&host).await;
+        common::the_log_keeps_only_what_readers_need(&db, &plugin, aged(kind)).await;
+    }
 }
 
 #[tokio::test]
-async fn pruning_beside_writers_loses_nothing_on_postgres() {
-    let Some(db) = ServerDb::new("postgres").await else {
-        return;
-    };
-    db.exec("CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)")
-        .await;
-    let host = common::host();
-    common::pruning_beside_writers_loses_nothing(&db, &db.connector(&host).await, |who, secs| {
-        format!("UPDATE _duplex_readers SET seen_at = now() - interval '{secs} seconds' WHERE reader = '{who}'")
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn pruning_beside_writers_loses_nothing_on_mariadb() {
-    let Some(db) = ServerDb::new("mariadb").await else {
-        return;
-    };
-    db.exec("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
-        .await;
-    let host = common::host();
-    common::pruning_beside_writers_loses_nothing(&db, &db.connector(&host).await, |who, secs| {
-        format!("UPDATE _duplex_readers SET seen_at = NOW(6) - INTERVAL {secs} SECOND WHERE reader = '{who}'")
-    })
-    .await;
+async fn pruning_beside_writers_loses_nothing_on_servers() {
+    for kind in ["postgres", "mariadb"] {
+        let Some(db) = items_db(kind).await else {
+            continue;
+        };
+        let host = common::host();
+        let plugin = db.connector(&host).await;
+        common::pruning_beside_writers_loses_nothing(&db, &plugin, aged(kind)).await;
+    }
 }
 
 #[tokio::test]
