@@ -119,26 +119,28 @@ impl TestDb for Db {
     }
 }
 
-/// Reads `stream` of `db` as `origin` from `cursor`, ten at a time, until at least `want`
-/// changes came and nothing more is waiting, or five seconds pass (on PostgreSQL a change
-/// becomes readable only once every older writing transaction in the cluster has ended).
-pub async fn read_caught_up(
+/// Reads `stream` as `origin` from `cursor`, `max` entries at a time, until nothing is waiting
+/// and `done` holds for what was read, or five seconds pass. Returns what was read and the
+/// cursor after it. On PostgreSQL a change becomes readable only when every older writing
+/// transaction in the cluster has ended, which, with other tests running, can take a moment.
+pub async fn read_until(
     s: &mut duplex::plugin::ConnectorSession,
     db: &impl TestDb,
-    (stream, origin): (&str, &str),
+    (stream, origin, max): (&str, &str, u32),
     mut cursor: String,
-    want: usize,
+    done: impl Fn(&[duplex::plugin::Change]) -> bool,
 ) -> (Vec<duplex::plugin::Change>, String) {
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let batch = s
-            .read(&db.config(), stream, origin, Some(&cursor), 10)
+            .read(&db.config(), stream, origin, Some(&cursor), max)
             .await
             .expect("read");
         seen.extend(batch.changes);
         cursor = batch.next_cursor;
-        if std::time::Instant::now() > deadline || (!batch.has_more && seen.len() >= want) {
+        let late = std::time::Instant::now() > deadline;
+        if late || (!batch.has_more && done(&seen)) {
             return (seen, cursor);
         }
         if !batch.has_more {
@@ -157,10 +159,10 @@ async fn caught_up(
     (from, want): (String, usize),
     pruning: &str,
 ) -> (usize, String) {
-    let (seen, at) = read_caught_up(s, db, ("items", who), from, want).await;
-    let (_, at) = read_caught_up(s, db, ("items", who), at, 0).await;
+    let (seen, at) = read_until(s, db, ("items", who, 10), from, |c| c.len() >= want).await;
+    let (_, at) = read_until(s, db, ("items", who, 10), at, |_| true).await;
     db.exec(pruning).await;
-    let (_, at) = read_caught_up(s, db, ("items", who), at, 0).await;
+    let (_, at) = read_until(s, db, ("items", who, 10), at, |_| true).await;
     (seen.len(), at)
 }
 

@@ -167,36 +167,6 @@ fn field<'a>(fields: &'a [FieldValue], name: &str) -> &'a Value {
         .value
 }
 
-/// Reads `stream` as `origin` from `cursor`, `max` entries at a time, until nothing is waiting
-/// and `done` holds for what was read, or five seconds pass. Returns what was read and the
-/// cursor after it. On PostgreSQL a change becomes readable only when every older writing
-/// transaction in the cluster has ended, which, with other tests running, can take a moment.
-async fn read_until(
-    s: &mut duplex::plugin::ConnectorSession,
-    db: &ServerDb,
-    (stream, origin, max): (&str, &str, u32),
-    mut cursor: String,
-    done: impl Fn(&[duplex::plugin::Change]) -> bool,
-) -> (Vec<duplex::plugin::Change>, String) {
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let batch = s
-            .read(&db.config(), stream, origin, Some(&cursor), max)
-            .await
-            .unwrap();
-        seen.extend(batch.changes);
-        cursor = batch.next_cursor;
-        let late = std::time::Instant::now() > deadline;
-        if late || (!batch.has_more && done(&seen)) {
-            return (seen, cursor);
-        }
-        if !batch.has_more {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// Every supported type reads typed, and what Duplex writes reads back the same.
 async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
     let Some(db) = ServerDb::new(kind).await else {
@@ -262,7 +232,7 @@ async fn type_round_trip(kind: &'static str, schema: &str, bytes_col: &str) {
         .await
         .unwrap();
     let new_id = results[0].as_ref().expect("the write succeeds").id.clone();
-    let (changes, _) = read_until(
+    let (changes, _) = common::read_until(
         &mut s,
         &db,
         ("typed", "test:reader", 100),
@@ -354,7 +324,7 @@ async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
     };
     let name_of = |c: &duplex::plugin::Change| field(&c.fields, "name").clone();
     let mut names: Vec<Value> = early.iter().map(name_of).collect();
-    let (after, _) = read_until(&mut s, &db, ("items", "test:reader", 100), cursor, |c| {
+    let (after, _) = common::read_until(&mut s, &db, ("items", "test:reader", 100), cursor, |c| {
         c.iter().any(|c| name_of(c) == Value::Text("late".into()))
     })
     .await;
@@ -493,7 +463,7 @@ async fn own_writes_are_left_out_for_their_writer_on_postgres() {
 
     // Another reader sees all five; the writer, reading two entries at a time, none, and its
     // cursor still moves past them: a person's change after them is its next change.
-    let (others, others_end) = read_until(
+    let (others, others_end) = common::read_until(
         &mut s,
         &db,
         ("items", "test:reader", 2),
@@ -503,17 +473,18 @@ async fn own_writes_are_left_out_for_their_writer_on_postgres() {
     .await;
     assert_eq!(others.len(), 5, "{:?}", names(&others));
     let (mine, after_own) =
-        read_until(&mut s, &db, ("items", "sync:a", 2), start.clone(), |_| true).await;
+        common::read_until(&mut s, &db, ("items", "sync:a", 2), start.clone(), |_| true).await;
     assert!(mine.is_empty(), "own writes came back: {:?}", names(&mine));
     assert_eq!(
         after_own, others_end,
         "the writer's cursor stopped before its own writes"
     );
     db.exec("INSERT INTO items (name) VALUES ('person')").await;
-    let (mine, after_person) = read_until(&mut s, &db, ("items", "sync:a", 2), after_own, |c| {
-        !c.is_empty()
-    })
-    .await;
+    let (mine, after_person) =
+        common::read_until(&mut s, &db, ("items", "sync:a", 2), after_own, |c| {
+            !c.is_empty()
+        })
+        .await;
     assert_eq!(names(&mine), ["person"]);
     assert_eq!(mine[0].origin, None);
 
@@ -532,7 +503,7 @@ async fn own_writes_are_left_out_for_their_writer_on_postgres() {
     assert!(again[0].is_ok(), "{again:?}");
     db.exec(&format!("UPDATE items SET name = 'edited' WHERE id = {id}"))
         .await;
-    let (mine, _) = read_until(&mut s, &db, ("items", "sync:a", 100), after_person, |c| {
+    let (mine, _) = common::read_until(&mut s, &db, ("items", "sync:a", 100), after_person, |c| {
         !c.is_empty()
     })
     .await;
