@@ -48,6 +48,13 @@ pub trait Dialect {
     fn row_version(&self) -> Option<&'static str> {
         None
     }
+    /// What makes a SELECT a locking read of the latest committed row, for the version check
+    /// of a conditional write where versions live in `_duplex_rows` (see `guard` in lib.rs).
+    /// SQLite needs none: a write transaction holds the database's only write lock from its
+    /// start, so nothing commits between the check and the write.
+    fn for_update(&self) -> &'static str {
+        ""
+    }
     /// The type to cast a column to for a case-insensitive text comparison.
     fn text_type(&self) -> &'static str {
         "TEXT"

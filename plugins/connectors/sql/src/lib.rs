@@ -677,6 +677,39 @@ impl SqlConnector {
         Ok(Some(v.get(id).cloned().unwrap_or_else(|| "0".into())))
     }
 
+    /// The version of a row about to be written under a version check, where versions live in
+    /// `_duplex_rows`: read and locked so that no edit can commit between the check and the
+    /// write (`Dialect::for_update`). The row first, then its version, in the order a person's
+    /// UPDATE and its capture trigger take them, so the two wait for each other rather than
+    /// deadlock.
+    fn version_to_write(&self, db: &Db, table: &Table, id: &str) -> Result<String, Error> {
+        let lock = self.dialect.for_update();
+        if lock.is_empty() {
+            return Ok(self.version_of(db, table, id)?.unwrap_or_default());
+        }
+        db.query(
+            &format!(
+                "SELECT 1 FROM {} WHERE {} = {}{lock}",
+                self.dialect.ident(&table.name),
+                self.dialect.ident(&table.pk),
+                self.dialect.param_for(1, self.pk_column(table))
+            ),
+            &[id_value(table, id)?],
+        )?;
+        let rows = db.query(
+            &format!(
+                "SELECT version FROM _duplex_rows WHERE tbl = {} AND pk = {}{lock}",
+                self.dialect.param(1),
+                self.dialect.param(2)
+            ),
+            &[Value::Text(table.name.clone()), Value::Text(id.to_owned())],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.at(0).map(Value::to_plain_string))
+            .unwrap_or_else(|| "0".into()))
+    }
+
     /// One attempt at a write call. Fast path: the whole batch in one transaction without
     /// savepoints, runs of creates as multi-row INSERTs. If an op is refused, all of it is
     /// rolled back and the batch is done again one op at a time, each under a savepoint, so
@@ -911,7 +944,7 @@ impl SqlConnector {
                 ));
             }
             None => {
-                let now = self.version_of(db, table, id)?.unwrap_or_default();
+                let now = self.version_to_write(db, table, id)?;
                 if now != expected {
                     return Err(moved(table, id, &now, expected));
                 }

@@ -105,6 +105,12 @@ impl Dialect for MySql {
         "CHAR"
     }
 
+    /// InnoDB's plain SELECT reads the transaction's snapshot: a person's edit committed after
+    /// it passed the version check unseen, and the UPDATE then overwrote it (issue 12).
+    fn for_update(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+
     fn before_read(&self, db: &Db) -> Result<(), Error> {
         db.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", &[])
             .map(drop)
