@@ -20,6 +20,9 @@ pub const SQL: &str = "duplex_connector_sql";
 pub const HOSTILE: &str = "duplex_fixture_hostile";
 pub const READS_FILES: &str = "duplex_fixture_reads_files";
 pub const LARGER_WINS: &str = "duplex_rule_larger_wins";
+/// Built against the 0.1.0 contract (`wit/v0.1.0`), loaded through the adapter.
+pub const V0_1_0_NOTES: &str = "duplex_fixture_v0_1_0_notes";
+pub const V0_1_0_TAKE_RIGHT: &str = "duplex_fixture_v0_1_0_take_right";
 
 /// A compile cache shared by the tests of one build, so each component compiles once.
 pub fn cache_dir() -> PathBuf {

@@ -724,3 +724,127 @@ right = "body"
         .unwrap();
     assert_eq!(same, 120, "every note arrives whole");
 }
+
+/// Components built against the 0.1.0 contract keep loading after 0.2.0 added `current.changed-at`:
+/// a 0.1.0 connector (its `sql` and `log` imports linked to the same host capabilities) syncs
+/// with the built-in one, and a 0.1.0 rule settles their conflicts.
+#[tokio::test]
+async fn components_built_for_contract_0_1_0_keep_loading_and_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("crm.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO notes (body) VALUES ('from the crm');",
+        )
+        .unwrap();
+    let old = || rusqlite::Connection::open(dir.path().join("old.db")).unwrap();
+    // The fixture's change feed is `rev`, raised by the table's own triggers.
+    old().execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, rev INTEGER NOT NULL DEFAULT 0);
+         CREATE TRIGGER notes_ins AFTER INSERT ON notes BEGIN
+             UPDATE notes SET rev = (SELECT max(rev) + 1 FROM notes) WHERE id = NEW.id; END;
+         CREATE TRIGGER notes_upd AFTER UPDATE OF body ON notes BEGIN
+             UPDATE notes SET rev = (SELECT max(rev) + 1 FROM notes) WHERE id = NEW.id; END;
+         INSERT INTO notes (body) VALUES ('from the old connector');",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[connections.crm]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://crm.db" }}
+grants = {{ sql = ["sqlite://crm.db"] }}
+
+[connections.old]
+plugin = "{connector}"
+config = {{ url = "sqlite://old.db" }}
+grants = {{ sql = ["sqlite://old.db"] }}
+
+[rules.right]
+plugin = "{rule}"
+
+[syncs.notes]
+left = "crm.notes"
+right = "old.notes"
+conflict = "rule:right"
+
+[[syncs.notes.fields]]
+left = "body"
+right = "body"
+"#,
+        connector = common::plugin(common::V0_1_0_NOTES).display(),
+        rule = common::plugin(common::V0_1_0_TAKE_RIGHT).display(),
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, config).unwrap();
+    let sync = || async {
+        let app = App::load(&path)
+            .await
+            .expect("config with 0.1.0 plugins loads");
+        let state = app.open_state().unwrap();
+        app.run_once(&state, |_, _| {}).await.expect("sync runs");
+    };
+    let bodies = |conn: rusqlite::Connection| -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT body FROM notes ORDER BY body")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let crm = || rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+
+    sync().await;
+    let both = vec![
+        "from the crm".to_owned(),
+        "from the old connector".to_owned(),
+    ];
+    assert_eq!(bodies(crm()), both);
+    assert_eq!(bodies(old()), both);
+
+    // Both sides edit the same note: the 0.1.0 rule takes the right side's.
+    crm()
+        .execute(
+            "UPDATE notes SET body = 'crm edit' WHERE body = 'from the crm'",
+            [],
+        )
+        .unwrap();
+    old()
+        .execute(
+            "UPDATE notes SET body = 'old edit' WHERE body = 'from the crm'",
+            [],
+        )
+        .unwrap();
+    sync().await;
+    let settled = vec!["from the old connector".to_owned(), "old edit".to_owned()];
+    assert_eq!(bodies(crm()), settled);
+    assert_eq!(bodies(old()), settled);
+
+    for (plugin, line) in [
+        (
+            common::V0_1_0_NOTES,
+            "world     duplex:plugin/connector-plugin@0.1.0 (connector plugin, an older contract",
+        ),
+        (
+            common::V0_1_0_TAKE_RIGHT,
+            "world     duplex:plugin/resolver-plugin@0.1.0 (resolver plugin, an older contract",
+        ),
+    ] {
+        let out = duplex(
+            &[
+                "plugin",
+                "inspect",
+                &common::plugin(plugin).display().to_string(),
+            ],
+            dir.path(),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(line), "{stdout}");
+        assert!(stdout.contains("verdict   loads as a"), "{stdout}");
+    }
+}

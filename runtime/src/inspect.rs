@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::host::Caller;
-use crate::plugin::world::{self, ImportKind, World};
+use crate::plugin::world::{self, Contract, ImportKind, World};
 use crate::plugin::{ConnectorInfo, ConnectorPlugin, LoadError, PluginHost, Surface};
 
 /// What `inspect` found.
@@ -17,7 +17,8 @@ pub struct Inspection {
     pub size: usize,
     pub sha256: String,
     pub surface: Surface,
-    pub world: Option<World>,
+    /// The world it implements, and the contract version it was built for.
+    pub world: Option<(World, Contract)>,
     /// Why it would not load as its world, if it would not.
     pub problem: Option<String>,
     /// A connector's own description.
@@ -40,13 +41,13 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
         None => {
             problem = Some(format!(
                 "it exports neither {} nor {}, so it is not a Duplex plugin",
-                World::Connector.export_name(),
-                World::Resolver.export_name()
+                World::Connector.export_name(Contract::Latest),
+                World::Resolver.export_name(Contract::Latest)
             ))
         }
-        Some(w) => match world::check(w, &surface) {
+        Some((w, _)) => match world::check(w, &surface) {
             Err(m) => problem = Some(m.to_string()),
-            Ok(()) if w == World::Connector => {
+            Ok(contract) if w == World::Connector => {
                 // Linked with sql but granted nothing: `info` must not do I/O, and any attempt
                 // is refused.
                 let caller = Caller {
@@ -57,6 +58,7 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
                     host.engine(),
                     host.linkers().connector_with_sql(),
                     &component,
+                    contract,
                     caller,
                     host.limits(),
                     Vec::new().into(),
@@ -68,7 +70,7 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
                     Err(e) => problem = Some(e.to_string()),
                 }
             }
-            Ok(()) => {}
+            Ok(_) => {}
         },
     }
     Ok(Inspection {
@@ -101,13 +103,21 @@ impl fmt::Display for Inspection {
         writeln!(f, "size      {} bytes", self.size)?;
         writeln!(f, "sha256    {}", self.sha256)?;
         match self.world {
-            Some(w) => writeln!(
-                f,
-                "world     {}@{} ({} plugin)",
-                w.wit_world(),
-                world::VERSION,
-                w
-            )?,
+            Some((w, contract)) => {
+                writeln!(
+                    f,
+                    "world     {}@{} ({} plugin{})",
+                    w.wit_world(),
+                    contract.version(),
+                    w,
+                    if contract == Contract::Latest {
+                        String::new()
+                    } else {
+                        format!(", an older contract, loaded through an adapter; {VERSION} is the latest",
+                        VERSION = world::VERSION)
+                    }
+                )?
+            }
             None => writeln!(f, "world     none recognised")?,
         }
         if let Some(info) = &self.info {
@@ -155,7 +165,7 @@ impl fmt::Display for Inspection {
                 f,
                 "  {:width$}  {}",
                 i.name,
-                describe_import(self.world, &i.name)
+                describe_import(self.world.map(|(w, _)| w), &i.name)
             )?;
         }
         let needs: Vec<&str> = self
@@ -178,7 +188,7 @@ impl fmt::Display for Inspection {
             None => write!(
                 f,
                 "verdict   loads as a {}",
-                self.world.map_or("plugin", World::label)
+                self.world.map_or("plugin", |(w, _)| w.label())
             ),
             Some(p) => write!(f, "verdict   does not load: {p}"),
         }

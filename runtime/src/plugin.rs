@@ -10,6 +10,7 @@ mod cache;
 mod connector;
 mod resolver;
 mod sandbox;
+mod since_v0_1_0;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -174,7 +175,7 @@ impl PluginHost {
             world: World::Connector,
             mismatch,
         };
-        world::check(World::Connector, &surface).map_err(mismatch)?;
+        let contract = world::check(World::Connector, &surface).map_err(mismatch)?;
         if grants.sql.is_empty() {
             if let Some(sql) = surface
                 .imports
@@ -202,6 +203,7 @@ impl PluginHost {
             &self.engine,
             linker,
             &component,
+            contract,
             caller,
             self.limits,
             grants.sql.clone().into(),
@@ -231,11 +233,12 @@ impl PluginHost {
     ) -> Result<ResolverPlugin, LoadError> {
         let component = self.compile(plugin, bytes)?;
         let surface = self.surface(&component);
-        world::check(World::Resolver, &surface).map_err(|mismatch| LoadError::Mismatch {
-            plugin: plugin.to_owned(),
-            world: World::Resolver,
-            mismatch,
-        })?;
+        let contract =
+            world::check(World::Resolver, &surface).map_err(|mismatch| LoadError::Mismatch {
+                plugin: plugin.to_owned(),
+                world: World::Resolver,
+                mismatch,
+            })?;
         let caller = Caller {
             plugin: plugin.into(),
             connection: sync.into(),
@@ -244,6 +247,7 @@ impl PluginHost {
             &self.engine,
             &self.linkers.resolver,
             &component,
+            contract,
             caller,
             self.limits,
         )
@@ -287,6 +291,8 @@ impl Linkers {
             if sql {
                 host::sql::add_to_linker(&mut l)?;
             }
+            // Components built for 0.1.0 import the same capabilities by their 0.1.0 names.
+            since_v0_1_0::add_to_linker(&mut l, capabilities, sql)?;
             Ok(l)
         };
         Ok(Linkers {

@@ -15,6 +15,9 @@ pub struct IoError {
     /// The plugin ran out of its memory or CPU budget: the same call with less work in it (a
     /// smaller batch) may succeed.
     pub over_limit: bool,
+    /// The plugin answered that this call cannot succeed as asked (not supported, bad config,
+    /// refused): asking again will not help, unlike a call that broke off or a passing failure.
+    pub lasting: bool,
 }
 
 impl IoError {
@@ -22,6 +25,7 @@ impl IoError {
         IoError {
             message: message.into(),
             over_limit: false,
+            lasting: false,
         }
     }
 }
@@ -31,6 +35,9 @@ impl From<CallError> for IoError {
         IoError {
             message: e.to_string(),
             over_limit: matches!(e, CallError::Memory { .. } | CallError::CpuBudget { .. }),
+            lasting: e
+                .plugin_error()
+                .is_some_and(|w| !matches!(w, WitError::Transient(_) | WitError::RateLimited(_))),
         }
     }
 }

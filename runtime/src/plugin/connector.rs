@@ -5,6 +5,8 @@ use wasmtime::Engine;
 
 use super::bindings::{ConnectorWorld, ConnectorWorldPre};
 use super::sandbox::{new_store, Sandbox};
+use super::since_v0_1_0::{self as v0_1_0, Connector as V0_1_0};
+use super::world::Contract;
 use super::{
     CallError, ChangeBatch, ConnectorInfo, Current, Limits, LoadError, LookupKey, Purity,
     StoreState, Stream, WitError, WriteOp, Written,
@@ -17,18 +19,44 @@ use crate::host::Caller;
 pub struct ConnectorPlugin {
     caller: Caller,
     engine: Engine,
-    pre: ConnectorWorldPre<StoreState>,
+    pre: Pre,
     limits: Limits,
     granted_sql: std::sync::Arc<[String]>,
     pools: std::sync::Arc<crate::host::sql::Pools>,
     info: ConnectorInfo,
 }
 
+/// A linked component, by the contract version it was built for.
+#[derive(Clone)]
+enum Pre {
+    Latest(ConnectorWorldPre<StoreState>),
+    V0_1_0(v0_1_0::ConnectorWorldPre<StoreState>),
+}
+
+/// An instance's exports, by the contract version it was built for.
+enum Exports {
+    Latest(ConnectorWorld),
+    V0_1_0(v0_1_0::ConnectorWorld),
+}
+
+/// Calls one export (`call_find` on the latest bindings, `find` on the adapter), of whichever
+/// contract version the instance has, with the latest types.
+macro_rules! export {
+    ($b:expr, $s:expr, $latest:ident / $old:ident($($arg:expr),*)) => {
+        match $b {
+            Exports::Latest(b) => b.duplex_plugin_connector().$latest($s, $($arg),*).await,
+            Exports::V0_1_0(b) => V0_1_0(b).$old($s, $($arg),*).await,
+        }
+    };
+}
+
 impl ConnectorPlugin {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn new(
         engine: &Engine,
         linker: &Linker<StoreState>,
         component: &Component,
+        contract: Contract,
         caller: Caller,
         limits: Limits,
         granted_sql: std::sync::Arc<[String]>,
@@ -39,7 +67,10 @@ impl ConnectorPlugin {
             message: format!("{e:#}"),
         };
         let pre = linker.instantiate_pre(component).map_err(link)?;
-        let pre = ConnectorWorldPre::new(pre).map_err(link)?;
+        let pre = match contract {
+            Contract::Latest => Pre::Latest(ConnectorWorldPre::new(pre).map_err(link)?),
+            Contract::V0_1_0 => Pre::V0_1_0(v0_1_0::ConnectorWorldPre::new(pre).map_err(link)?),
+        };
         let mut plugin = ConnectorPlugin {
             caller: caller.clone(),
             engine: engine.clone(),
@@ -95,7 +126,14 @@ impl ConnectorPlugin {
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();
         sandbox
-            .instantiate(move |store| Box::pin(async move { pre.instantiate_async(store).await }))
+            .instantiate(move |store| {
+                Box::pin(async move {
+                    Ok(match pre {
+                        Pre::Latest(p) => Exports::Latest(p.instantiate_async(store).await?),
+                        Pre::V0_1_0(p) => Exports::V0_1_0(p.instantiate_async(store).await?),
+                    })
+                })
+            })
             .await?;
         Ok(ConnectorSession { sandbox })
     }
@@ -104,7 +142,7 @@ impl ConnectorPlugin {
 /// One store with one connector instance. Dropped at the end of the unit of work; after any
 /// trap or timeout every further call fails with [`CallError::Poisoned`].
 pub struct ConnectorSession {
-    sandbox: Sandbox<ConnectorWorld>,
+    sandbox: Sandbox<Exports>,
 }
 
 impl ConnectorSession {
@@ -124,7 +162,7 @@ impl ConnectorSession {
     pub async fn info(&mut self) -> Result<ConnectorInfo, CallError> {
         self.sandbox
             .call("info", |b, s| {
-                Box::pin(async move { b.duplex_plugin_connector().call_info(s).await })
+                Box::pin(async move { export!(b, s, call_info / info()) })
             })
             .await
     }
@@ -134,7 +172,7 @@ impl ConnectorSession {
         let r = self
             .sandbox
             .call("check", move |b, s| {
-                Box::pin(async move { b.duplex_plugin_connector().call_check(s, &config).await })
+                Box::pin(async move { export!(b, s, call_check / check(&config)) })
             })
             .await;
         self.typed("check", r)
@@ -145,7 +183,7 @@ impl ConnectorSession {
         let r = self
             .sandbox
             .call("discover", move |b, s| {
-                Box::pin(async move { b.duplex_plugin_connector().call_discover(s, &config).await })
+                Box::pin(async move { export!(b, s, call_discover / discover(&config)) })
             })
             .await;
         self.typed("discover", r)
@@ -170,9 +208,11 @@ impl ConnectorSession {
             .sandbox
             .call("read", move |b, s| {
                 Box::pin(async move {
-                    b.duplex_plugin_connector()
-                        .call_read(s, &config, &stream, &origin, cursor.as_deref(), max)
-                        .await
+                    export!(
+                        b,
+                        s,
+                        call_read / read(&config, &stream, &origin, cursor.as_deref(), max)
+                    )
                 })
             })
             .await;
@@ -193,9 +233,7 @@ impl ConnectorSession {
             .sandbox
             .call("write", move |b, s| {
                 Box::pin(async move {
-                    b.duplex_plugin_connector()
-                        .call_write(s, &config, &stream, &origin, &ops)
-                        .await
+                    export!(b, s, call_write / write(&config, &stream, &origin, &ops))
                 })
             })
             .await;
@@ -221,11 +259,7 @@ impl ConnectorSession {
         let r = self
             .sandbox
             .call("find", move |b, s| {
-                Box::pin(async move {
-                    b.duplex_plugin_connector()
-                        .call_find(s, &config, &stream, &key)
-                        .await
-                })
+                Box::pin(async move { export!(b, s, call_find / find(&config, &stream, &key)) })
             })
             .await;
         self.typed("find", r)
@@ -241,11 +275,7 @@ impl ConnectorSession {
         let r = self
             .sandbox
             .call("watch", move |b, s| {
-                Box::pin(async move {
-                    b.duplex_plugin_connector()
-                        .call_watch(s, &config, timeout_ms)
-                        .await
-                })
+                Box::pin(async move { export!(b, s, call_watch / watch(&config, timeout_ms)) })
             })
             .await;
         self.typed("watch", r)
@@ -261,9 +291,11 @@ impl ConnectorSession {
             .sandbox
             .call("remove-capture", move |b, s| {
                 Box::pin(async move {
-                    b.duplex_plugin_connector()
-                        .call_remove_capture(s, &config, stream.as_deref())
-                        .await
+                    export!(
+                        b,
+                        s,
+                        call_remove_capture / remove_capture(&config, stream.as_deref())
+                    )
                 })
             })
             .await;

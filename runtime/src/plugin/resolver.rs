@@ -3,8 +3,10 @@
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use super::bindings::ResolverWorldPre;
+use super::bindings::{ResolverWorld, ResolverWorldPre};
 use super::sandbox::{new_store, Sandbox};
+use super::since_v0_1_0 as v0_1_0;
+use super::world::Contract;
 use super::{CallError, Conflict, Limits, LoadError, Purity, Resolution, StoreState};
 use crate::host::sql::SqlState;
 use crate::host::Caller;
@@ -13,8 +15,20 @@ use crate::host::Caller;
 pub struct ResolverPlugin {
     caller: Caller,
     engine: Engine,
-    pre: ResolverWorldPre<StoreState>,
+    pre: Pre,
     limits: Limits,
+}
+
+/// A linked rule, by the contract version it was built for.
+#[derive(Clone)]
+enum Pre {
+    Latest(ResolverWorldPre<StoreState>),
+    V0_1_0(v0_1_0::ResolverWorldPre<StoreState>),
+}
+
+enum Exports {
+    Latest(ResolverWorld),
+    V0_1_0(v0_1_0::ResolverWorld),
 }
 
 impl ResolverPlugin {
@@ -22,6 +36,7 @@ impl ResolverPlugin {
         engine: &Engine,
         linker: &Linker<StoreState>,
         component: &Component,
+        contract: Contract,
         caller: Caller,
         limits: Limits,
     ) -> Result<ResolverPlugin, LoadError> {
@@ -30,7 +45,10 @@ impl ResolverPlugin {
             message: format!("{e:#}"),
         };
         let pre = linker.instantiate_pre(component).map_err(link)?;
-        let pre = ResolverWorldPre::new(pre).map_err(link)?;
+        let pre = match contract {
+            Contract::Latest => Pre::Latest(ResolverWorldPre::new(pre).map_err(link)?),
+            Contract::V0_1_0 => Pre::V0_1_0(v0_1_0::ResolverWorldPre::new(pre).map_err(link)?),
+        };
         Ok(ResolverPlugin {
             caller,
             engine: engine.clone(),
@@ -55,14 +73,26 @@ impl ResolverPlugin {
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();
         sandbox
-            .instantiate(move |store| Box::pin(async move { pre.instantiate_async(store).await }))
+            .instantiate(move |store| {
+                Box::pin(async move {
+                    Ok(match pre {
+                        Pre::Latest(p) => Exports::Latest(p.instantiate_async(store).await?),
+                        Pre::V0_1_0(p) => Exports::V0_1_0(p.instantiate_async(store).await?),
+                    })
+                })
+            })
             .await?;
         let expected = conflicts.len();
         let resolutions = sandbox
             .call("resolve", move |b, s| {
-                Box::pin(
-                    async move { b.duplex_plugin_resolver().call_resolve(s, &conflicts).await },
-                )
+                Box::pin(async move {
+                    match b {
+                        Exports::Latest(b) => {
+                            b.duplex_plugin_resolver().call_resolve(s, &conflicts).await
+                        }
+                        Exports::V0_1_0(b) => v0_1_0::resolve(b, s, &conflicts).await,
+                    }
+                })
             })
             .await?;
         if resolutions.len() != expected {

@@ -12,8 +12,39 @@ use wasmtime::Engine;
 
 /// The contract's package and version, as components name its interfaces.
 pub const PACKAGE: &str = "duplex:plugin";
-/// The version of the contract this host speaks.
-pub const VERSION: &str = "0.1.0";
+/// The latest version of the contract, which this host speaks and the SDK builds.
+pub const VERSION: &str = "0.2.0";
+
+/// A version of the contract this host loads components of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// [`VERSION`].
+    Latest,
+    /// Through the adapter in `since_v0_1_0.rs`.
+    V0_1_0,
+}
+
+impl Contract {
+    /// Every version loaded, latest first.
+    pub const ALL: [Contract; 2] = [Contract::Latest, Contract::V0_1_0];
+
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::Latest => VERSION,
+            Contract::V0_1_0 => super::since_v0_1_0::VERSION,
+        }
+    }
+
+    fn of(version: &str) -> Option<Contract> {
+        Contract::ALL.into_iter().find(|c| c.version() == version)
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PACKAGE}@{}", self.version())
+    }
+}
 
 /// The worlds a Duplex plugin can implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +62,9 @@ impl World {
         }
     }
 
-    /// The versioned export name this host calls.
-    pub fn export_name(self) -> String {
-        format!("{}@{VERSION}", self.export_interface())
+    /// The versioned export name a component built for `contract` has.
+    pub fn export_name(self, contract: Contract) -> String {
+        format!("{}@{}", self.export_interface(), contract.version())
     }
 
     pub fn label(self) -> &'static str {
@@ -102,7 +133,7 @@ const STD_LIB: &[&str] = &[
 pub fn classify_import(name: &str) -> ImportKind {
     let (interface, version) = name.split_once('@').unwrap_or((name, ""));
     if let Some(rest) = interface.strip_prefix("duplex:plugin/") {
-        if version != VERSION {
+        if Contract::of(version).is_none() {
             return ImportKind::WrongVersion;
         }
         return match rest {
@@ -161,11 +192,19 @@ impl Surface {
         }
     }
 
-    /// The Duplex world this component implements, judged by its exports.
-    pub fn world(&self) -> Option<World> {
+    /// The Duplex world this component implements and the contract version it was built
+    /// for, judged by its exports.
+    pub fn world(&self) -> Option<(World, Contract)> {
         [World::Connector, World::Resolver]
             .into_iter()
-            .find(|w| self.exports.iter().any(|e| e.name == w.export_name()))
+            .find_map(|w| Some((w, self.contract(w)?)))
+    }
+
+    /// The contract version of `world`'s export, when the component has it.
+    fn contract(&self, world: World) -> Option<Contract> {
+        Contract::ALL
+            .into_iter()
+            .find(|c| self.exports.iter().any(|e| e.name == world.export_name(*c)))
     }
 
     fn export_names(&self) -> String {
@@ -189,7 +228,7 @@ pub enum Mismatch {
         wanted: String,
         found: String,
     },
-    #[error("it was built against {found}, but this host speaks {PACKAGE}@{VERSION}; rebuild it with a matching SDK")]
+    #[error("it was built against {found}, but this host speaks {PACKAGE}@{VERSION} (and loads components built for 0.1.0); rebuild it with a matching SDK")]
     WrongVersion { found: String },
     #[error("it imports {import}, which Duplex does not offer to {world} plugins{hint}")]
     NotOffered {
@@ -199,10 +238,11 @@ pub enum Mismatch {
     },
 }
 
-/// Checks a component's surface against `world`. Grants are checked separately.
-pub fn check(world: World, surface: &Surface) -> Result<(), Mismatch> {
-    let wanted = world.export_name();
-    if !surface.exports.iter().any(|e| e.name == wanted) {
+/// Checks a component's surface against `world`, and says which contract version it was built
+/// for. Grants are checked separately.
+pub fn check(world: World, surface: &Surface) -> Result<Contract, Mismatch> {
+    let wanted = world.export_name(Contract::Latest);
+    let Some(contract) = surface.contract(world) else {
         if let Some(other) = surface.exports.iter().find(|e| {
             e.name
                 .split_once('@')
@@ -217,10 +257,17 @@ pub fn check(world: World, surface: &Surface) -> Result<(), Mismatch> {
             wanted,
             found: surface.export_names(),
         });
-    }
+    };
     for import in &surface.imports {
         let kind = classify_import(&import.name);
-        if kind == ImportKind::WrongVersion {
+        // One component, one contract: a 0.1.0 export with 0.2.0 imports was not built by
+        // either SDK.
+        let other_version = import
+            .name
+            .strip_prefix("duplex:plugin/")
+            .and_then(|rest| rest.split_once('@'))
+            .is_some_and(|(_, v)| v != contract.version());
+        if kind == ImportKind::WrongVersion || other_version {
             return Err(Mismatch::WrongVersion {
                 found: import.name.clone(),
             });
@@ -247,7 +294,7 @@ pub fn check(world: World, surface: &Surface) -> Result<(), Mismatch> {
             });
         }
     }
-    Ok(())
+    Ok(contract)
 }
 
 #[cfg(test)]
@@ -256,9 +303,10 @@ mod tests {
 
     #[test]
     fn classifies_imports() {
+        assert_eq!(classify_import("duplex:plugin/sql@0.2.0"), ImportKind::Sql);
         assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), ImportKind::Sql);
         assert_eq!(
-            classify_import("duplex:plugin/sql@0.2.0"),
+            classify_import("duplex:plugin/sql@0.3.0"),
             ImportKind::WrongVersion
         );
         assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportKind::StdLib);

@@ -4,6 +4,8 @@
 //! change capture and how a session marks its writes as Duplex's) is here; `lib.rs` speaks only
 //! through this trait. PostgreSQL and MariaDB add an implementation each.
 
+use std::collections::HashMap;
+
 use duplex_sdk::sql::Db;
 use duplex_sdk::{Error, FieldType, Value};
 
@@ -107,6 +109,47 @@ pub trait Dialect {
         let next = entries.last().map_or(after, |e| e.seq);
         let more = entries.len() as u32 >= max;
         Ok((entries, next.to_string(), more))
+    }
+    /// When each row's current version was made, by the database's clock, from the log:
+    /// `versions` are (pk, version) pairs as reads and finds give them. A version whose entry
+    /// was pruned, or a row written before capture was installed, has none.
+    ///
+    /// A read hands over a row as it is now, which may be newer than the batch's entries, and
+    /// `find` hands over rows with no entry at all: without this, a later edit would carry an
+    /// earlier time (or none), and last-writer-wins would order it wrongly.
+    ///
+    /// By default versions are the log's sequence numbers (`_duplex_rows` keeps them), so this
+    /// is a lookup by primary key.
+    fn version_times(
+        &self,
+        db: &Db,
+        table: &str,
+        versions: &[(String, String)],
+    ) -> Result<HashMap<String, i64>, Error> {
+        let _ = table;
+        let mut out = HashMap::new();
+        let by_seq: HashMap<i64, &str> = versions
+            .iter()
+            .filter_map(|(pk, v)| Some((v.parse::<i64>().ok().filter(|s| *s > 0)?, pk.as_str())))
+            .collect();
+        let seqs: Vec<i64> = by_seq.keys().copied().collect();
+        for chunk in seqs.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| self.param(i)).collect();
+            let params: Vec<Value> = chunk.iter().map(|s| Value::Integer(*s)).collect();
+            let rows = db.query(
+                &format!(
+                    "SELECT seq, pk, op, origin, changed_at FROM _duplex_changes WHERE seq IN ({})",
+                    marks.join(", ")
+                ),
+                &params,
+            )?;
+            for e in entries(&rows) {
+                if let (Some(pk), Some(at)) = (by_seq.get(&e.seq), e.changed_at) {
+                    out.insert((*pk).to_owned(), at);
+                }
+            }
+        }
+        Ok(out)
     }
     /// A log position as something that sorts in log order; `None` when it is not this
     /// dialect's. Positions are sequence numbers unless a dialect says otherwise.

@@ -253,11 +253,19 @@ impl Connector for SqlConnector {
                 self.select_where(&self.db, &table, &name, &m.values, m.ignore_case)?
             }
         };
-        Ok(self
-            .with_versions(&self.db, &table, rows.into_values().collect())?
+        let found = self.with_versions(&self.db, &table, rows.into_values().collect())?;
+        let versions: Vec<(String, String)> = found
+            .iter()
+            .map(|(id, _, version)| (id.clone(), version.clone()))
+            .collect();
+        let mut times = self
+            .dialect
+            .version_times(&self.db, &table.name, &versions)?;
+        Ok(found
             .into_iter()
             .map(|(id, fields, version)| Current {
                 version: Some(version),
+                changed_at: times.remove(&id),
                 id,
                 fields,
             })
@@ -510,6 +518,8 @@ impl SqlConnector {
             created: bool,
             origin: Option<String>,
             changed_at: Option<i64>,
+            /// The batch's last entry of the record is its delete.
+            deleted: bool,
         }
         let mut by_id: HashMap<String, Entry> = HashMap::new();
         for e in entries {
@@ -520,6 +530,7 @@ impl SqlConnector {
                 created: false,
                 origin: None,
                 changed_at: None,
+                deleted: false,
             });
             entry.last_seq = e.seq;
             entry.version = e.version;
@@ -527,6 +538,7 @@ impl SqlConnector {
             entry.created |= e.op == "I";
             entry.origin = e.origin;
             entry.changed_at = e.changed_at;
+            entry.deleted = e.op == "D";
         }
         by_id.retain(|_, e| !e.only_own);
         let ids: Vec<String> = by_id.keys().cloned().collect();
@@ -540,6 +552,20 @@ impl SqlConnector {
             .into_iter()
             .map(|(id, fields, version)| (id, (fields, version)))
             .collect();
+        // Rows changed again after this batch's entries are handed over as they are now: their
+        // time is their current version's, not the batch's (see `Dialect::version_times`).
+        let newer: Vec<(String, String)> = by_id
+            .iter()
+            .filter_map(|(id, e)| {
+                let (_, version) = current.get(id)?;
+                (*version != e.version).then(|| (id.clone(), version.clone()))
+            })
+            .collect();
+        let mut newer_times = if newer.is_empty() {
+            HashMap::new()
+        } else {
+            self.dialect.version_times(db, &table.name, &newer)?
+        };
         let mut changes: Vec<(i64, Change)> = by_id
             .into_iter()
             .map(|(id, e)| {
@@ -566,8 +592,16 @@ impl SqlConnector {
                     }
                     None => Change::new(id, ChangeKind::Delete, Vec::new()),
                 };
+                // A newer version whose entry is gone, or a delete after this batch, has no
+                // known time: the host counts it as made when it read it, never as the batch's
+                // older time.
+                c.changed_at = match &version {
+                    None if e.deleted => e.changed_at,
+                    None => None,
+                    Some(v) if *v == e.version => e.changed_at,
+                    Some(_) => newer_times.remove(&c.id),
+                };
                 c.version = version;
-                c.changed_at = e.changed_at;
                 c.origin = origin;
                 (e.last_seq, c)
             })

@@ -19,6 +19,8 @@
 //! (`... WHERE pk = $1 AND xmin::text = $2`, re-checked by PostgreSQL on the newest row version
 //! if another transaction got there first), and the capture writes nothing but the log.
 
+use std::collections::{BTreeSet, HashMap};
+
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
@@ -229,6 +231,69 @@ impl Dialect for Postgres {
             )?;
         }
         Ok(())
+    }
+
+    /// A row's version is its `xmin`, the low 32 bits of the writing transaction's id; the
+    /// log keeps the full id (`xid`, indexed with the table). The full ids are rebuilt from the
+    /// current epoch (an `xmin` above the snapshot's low bits belongs to the epoch before), and
+    /// each row's latest entry of its version's transaction gives the time. One index range per
+    /// distinct transaction: a version written by a bulk transaction costs a walk over that
+    /// transaction's entries of the table, once per call.
+    fn version_times(
+        &self,
+        db: &Db,
+        table: &str,
+        versions: &[(String, String)],
+    ) -> Result<HashMap<String, i64>, Error> {
+        let mut out = HashMap::new();
+        for chunk in versions.chunks(500) {
+            let xids: BTreeSet<i64> = chunk.iter().filter_map(|(_, v)| v.parse().ok()).collect();
+            if xids.is_empty() {
+                continue;
+            }
+            let mut params = vec![Value::Text(table.to_owned())];
+            let mut n = 1;
+            let mut mark = |v: Value| {
+                n += 1;
+                params.push(v);
+                format!("${n}")
+            };
+            let pks: Vec<String> = chunk
+                .iter()
+                .map(|(pk, _)| mark(Value::Text(pk.clone())))
+                .collect();
+            let xs: Vec<String> = xids
+                .iter()
+                .map(|x| format!("({}::int8)", mark(Value::Integer(*x))))
+                .collect();
+            let rows = db.query(
+                &format!(
+                    "WITH v(x) AS (VALUES {}),                      s AS (SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::int8 >> 32) << 32 AS epoch,                                   pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS cur),                      f AS (SELECT CASE WHEN (s.epoch | v.x) > s.cur THEN (s.epoch | v.x) - 4294967296                                        ELSE s.epoch | v.x END AS fx FROM v, s)                      SELECT c.pk, (c.xid::text::int8 % 4294967296)::text AS version, max(c.changed_at) AS changed_at                      FROM _duplex_changes c                      WHERE c.tbl = $1 AND c.xid IN (SELECT fx::text::xid8 FROM f) AND c.pk IN ({})                      GROUP BY c.pk, c.xid",
+                    xs.join(", "),
+                    pks.join(", ")
+                ),
+                &params,
+            )?;
+            let wanted: HashMap<&str, &str> = chunk
+                .iter()
+                .map(|(pk, v)| (pk.as_str(), v.as_str()))
+                .collect();
+            for r in rows.iter() {
+                let (Some(pk), Some(version)) = (r.get("pk"), r.get("version")) else {
+                    continue;
+                };
+                let pk = pk.to_plain_string();
+                // Only the row's own version counts: another row's transaction may have
+                // touched this one earlier too.
+                if wanted.get(pk.as_str()) != Some(&version.to_plain_string().as_str()) {
+                    continue;
+                }
+                if let Some(Value::Timestamp(at)) = r.get("changed_at") {
+                    out.insert(pk, *at);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn log_order(&self, pos: &str) -> Option<(i128, i64)> {
