@@ -3,13 +3,21 @@
 //! in memory) run against in-memory systems; after the edits stop, the invariants of DESIGN.md
 //! are checked: no lost update, no echo, no duplicate, field-level merge, crash safety,
 //! convergence, determinism. Each test prints how many schedules it checked.
+//!
+//! Both systems and the driver read one clock (`memory::World`), and a person may edit a
+//! record just before any call the driver makes, so edits land between a cycle's clock
+//! reading, its reads, its conditional writes and the re-reads after a refused write. Under
+//! last-writer-wins the decision itself is checked, not only convergence: see
+//! [`Sim::check_last_writer`].
 
 // Test helpers unwrap too: a panic there is a failed test with its message.
 #![allow(clippy::unwrap_used)]
 
 mod memory;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use duplex::driver::{Rules, SyncRunner};
 use duplex::engine::{
@@ -17,7 +25,7 @@ use duplex::engine::{
 };
 use duplex::plugin::Value;
 use duplex::state::State;
-use memory::Shared;
+use memory::{Shared, World};
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
 struct Rng(u64);
@@ -71,6 +79,7 @@ fn spec(policy: Policy) -> SyncSpec {
                 ..field("status", "state", FieldType::Integer)
             },
             field("note", "memo", FieldType::Text),
+            field("tag", "label", FieldType::Text),
         ],
         match_key: Some(MatchKey {
             field: "email".into(),
@@ -97,34 +106,138 @@ struct Entity {
     /// Typed into both systems before a sync: the first sync merges two records with no base,
     /// so every field is a possible conflict.
     twin: bool,
+    /// Every tag a person gave it (creation included): (when, where, what). Tags are edited
+    /// on both sides, each edit with a value never used before.
+    tag_edits: Vec<(i64, Side, String)>,
+    /// When a person changed its record on each side (any field, creation included).
+    edited_at: [Vec<i64>; 2],
+}
+
+impl Entity {
+    fn edited(&mut self, side: Side, at: i64) {
+        self.edited_at[side_index(side)].push(at);
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Left => 0,
+        Side::Right => 1,
+    }
+}
+
+/// An edit a person makes while a cycle runs, just before the driver's call number `call`.
+#[derive(Debug, Clone)]
+struct Planned {
+    call: u64,
+    entity: usize,
+    side: Side,
+    /// name, note, status or tag.
+    field: &'static str,
+    value: String,
+}
+
+/// An edit made while a cycle ran, for the sim to record once it ends.
+#[derive(Debug, Clone)]
+struct Applied {
+    planned: Planned,
+    at: i64,
+}
+
+/// The edits planned for the cycle that runs, and those made.
+#[derive(Default)]
+struct MidCycle {
+    planned: Vec<Planned>,
+    applied: Vec<Applied>,
+}
+
+/// Makes one planned edit in `sys`, if the record is still there: returns its time.
+fn apply_planned(left: &Shared, right: &Shared, p: &Planned) -> Option<i64> {
+    let (sys, email_field) = match p.side {
+        Side::Left => (left, "email"),
+        Side::Right => (right, "mail"),
+    };
+    let email = format!("p{}@example.com", p.entity);
+    let mut s = sys.0.borrow_mut();
+    let id = s
+        .records
+        .iter()
+        .find(|(_, r)| match r.get(email_field) {
+            Some(Value::Text(t)) => t.eq_ignore_ascii_case(&email),
+            _ => false,
+        })
+        .map(|(id, _)| id.clone())?;
+    let (field, value) = match (p.side, p.field) {
+        (Side::Left, "name") => ("name", Value::Text(p.value.clone())),
+        (Side::Right, "note") => ("memo", Value::Text(p.value.clone())),
+        (Side::Left, "tag") => ("tag", Value::Text(p.value.clone())),
+        (Side::Right, "tag") => ("label", Value::Text(p.value.clone())),
+        (Side::Left, _) => ("status", Value::Text(p.value.clone())),
+        (Side::Right, _) => (
+            "state",
+            Value::Integer(
+                STATUSES
+                    .iter()
+                    .find(|(st, _)| *st == p.value)
+                    .map_or(1, |(_, c)| *c),
+            ),
+        ),
+    };
+    s.user_update(&id, field, value);
+    Some(s.last_change_at())
 }
 
 struct Sim {
     rng: Rng,
+    world: Rc<World>,
     left: Shared,
     right: Shared,
     runner: SyncRunner<Shared, Shared>,
     state: State,
     entities: Vec<Entity>,
-    now: i64,
+    mid_cycle: Rc<RefCell<MidCycle>>,
     crashes: u32,
     cycles: u32,
+    /// Edits made while a cycle ran.
+    edits_in_cycles: u32,
 }
 
 impl Sim {
     fn new(seed: u64, policy: Policy) -> Sim {
-        let left = Shared::new("");
-        let right = Shared::new("r");
+        let world = World::new(1_000_000);
+        let left = Shared::in_world("", world.clone());
+        let right = Shared::in_world("r", world.clone());
+        let mid_cycle = Rc::new(RefCell::new(MidCycle::default()));
+        {
+            let (left, right, mid) = (left.clone(), right.clone(), mid_cycle.clone());
+            world.set_before_call(move |call| {
+                let due: Vec<Planned> = {
+                    let mut m = mid.borrow_mut();
+                    let (due, later) = m.planned.drain(..).partition(|p| p.call == call);
+                    m.planned = later;
+                    due
+                };
+                for p in due {
+                    if let Some(at) = apply_planned(&left, &right, &p) {
+                        mid.borrow_mut().applied.push(Applied { planned: p, at });
+                    }
+                }
+            });
+        }
+        let runner = SyncRunner::new(spec(policy), left.clone(), right.clone(), 7, Rules::new())
+            .with_clock(world.driver_clock());
         Sim {
             rng: Rng::new(seed),
-            runner: SyncRunner::new(spec(policy), left.clone(), right.clone(), 7, Rules::new()),
+            world,
+            runner,
             left,
             right,
             state: State::in_memory().expect("in-memory state"),
             entities: Vec::new(),
-            now: 1_000_000,
+            mid_cycle,
             crashes: 0,
             cycles: 0,
+            edits_in_cycles: 0,
         }
     }
 
@@ -150,29 +263,39 @@ impl Sim {
         let name = ent.names.last().cloned().unwrap_or_default();
         let note = ent.notes.last().cloned().unwrap_or_default();
         let status = ent.statuses.last().cloned().unwrap_or_default();
+        let tag = format!("tag {e} {side}");
         let code = STATUSES
             .iter()
             .find(|(s, _)| *s == status)
             .map_or(1, |(_, c)| *c);
-        match side {
+        let at = match side {
             Side::Left => {
-                self.left.0.borrow_mut().user_create(&[
+                let mut l = self.left.0.borrow_mut();
+                l.user_create(&[
                     ("email", Value::Text(ent.email.clone())),
                     ("name", Value::Text(name)),
-                    ("status", Value::Text(status)),
+                    ("status", Value::Text(status.clone())),
                     ("note", Value::Text(note)),
+                    ("tag", Value::Text(tag.clone())),
                 ]);
+                l.last_change_at()
             }
             Side::Right => {
                 // The other system keeps emails in upper case: matching ignores case.
-                self.right.0.borrow_mut().user_create(&[
+                let mut r = self.right.0.borrow_mut();
+                r.user_create(&[
                     ("mail", Value::Text(ent.email.to_uppercase())),
                     ("full_name", Value::Text(name)),
                     ("state", Value::Integer(code)),
                     ("memo", Value::Text(note)),
+                    ("label", Value::Text(tag.clone())),
                 ]);
+                r.last_change_at()
             }
-        }
+        };
+        let ent = &mut self.entities[e];
+        ent.tag_edits.push((at, side, tag));
+        ent.edited(side, at);
     }
 
     /// One random edit by a person.
@@ -191,6 +314,8 @@ impl Sim {
                 deleted: false,
                 born: self.cycles,
                 twin: false,
+                tag_edits: Vec::new(),
+                edited_at: [Vec::new(), Vec::new()],
             });
             let side = if self.rng.chance(50) {
                 Side::Left
@@ -211,24 +336,42 @@ impl Sim {
             // Names are edited in the CRM only.
             if let Some(id) = self.record_of(Side::Left, &email).first() {
                 let v = format!("Name {e}.{step}");
-                self.left
-                    .0
-                    .borrow_mut()
-                    .user_update(id, "name", Value::Text(v.clone()));
+                let mut l = self.left.0.borrow_mut();
+                l.user_update(id, "name", Value::Text(v.clone()));
+                self.entities[e].edited(Side::Left, l.last_change_at());
                 self.entities[e].names.push(v);
             }
         } else if roll < 70 {
             // Notes are edited in the ERP only.
             if let Some(id) = self.record_of(Side::Right, &email).first() {
                 let v = format!("note {e}.{step}");
-                self.right
-                    .0
-                    .borrow_mut()
-                    .user_update(id, "memo", Value::Text(v.clone()));
+                let mut r = self.right.0.borrow_mut();
+                r.user_update(id, "memo", Value::Text(v.clone()));
+                self.entities[e].edited(Side::Right, r.last_change_at());
                 self.entities[e].notes.push(v);
             }
+        } else if roll < 80 {
+            // Tags are edited on both sides, each time to a new value: last-writer-wins is
+            // judged on them.
+            let side = if self.rng.chance(50) {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            if let Some(id) = self.record_of(side, &email).first() {
+                let v = format!("tag {e}.{step}");
+                let (sys, field) = match side {
+                    Side::Left => (&self.left, "tag"),
+                    Side::Right => (&self.right, "label"),
+                };
+                let mut s = sys.0.borrow_mut();
+                s.user_update(id, field, Value::Text(v.clone()));
+                let at = s.last_change_at();
+                self.entities[e].tag_edits.push((at, side, v));
+                self.entities[e].edited(side, at);
+            }
         } else if roll < 96 {
-            // Statuses are edited on both sides: the conflicts.
+            // Statuses are edited on both sides too: conflicts among three values.
             let (status, code) = STATUSES[self.rng.below(3) as usize];
             let side = if self.rng.chance(50) {
                 Side::Left
@@ -236,20 +379,21 @@ impl Sim {
                 Side::Right
             };
             if let Some(id) = self.record_of(side, &email).first() {
-                match side {
-                    Side::Left => self.left.0.borrow_mut().user_update(
-                        id,
-                        "status",
-                        Value::Text(status.into()),
-                    ),
-                    Side::Right => {
-                        self.right
-                            .0
-                            .borrow_mut()
-                            .user_update(id, "state", Value::Integer(code))
+                let at = match side {
+                    Side::Left => {
+                        let mut l = self.left.0.borrow_mut();
+                        l.user_update(id, "status", Value::Text(status.into()));
+                        l.last_change_at()
                     }
-                }
-                self.entities[e].statuses.push(status.into());
+                    Side::Right => {
+                        let mut r = self.right.0.borrow_mut();
+                        r.user_update(id, "state", Value::Integer(code));
+                        r.last_change_at()
+                    }
+                };
+                let ent = &mut self.entities[e];
+                ent.statuses.push(status.into());
+                ent.edited(side, at);
             }
         } else if self.entities[e].born + 2 <= self.cycles {
             let side = if self.rng.chance(50) {
@@ -277,10 +421,84 @@ impl Sim {
         }
     }
 
-    /// One cycle, perhaps with a crash injected at a random step.
-    async fn cycle(&mut self, crashes: bool) {
-        self.now += 1_000_000;
+    /// Plans edits a person makes while the next cycle runs, just before some of its calls:
+    /// edits of records that exist (no creates or deletes), of the fields each side edits.
+    fn plan_mid_cycle(&mut self, step: usize) {
+        let live: Vec<usize> = (0..self.entities.len())
+            .filter(|i| !self.entities[*i].deleted)
+            .collect();
+        if live.is_empty() || !self.rng.chance(60) {
+            return;
+        }
+        let mut planned = Vec::new();
+        for k in 0..=self.rng.below(3) {
+            let entity = live[self.rng.below(live.len() as u64) as usize];
+            let call = 1 + self.rng.below(8);
+            let roll = self.rng.below(100);
+            let either = |rng: &mut Rng| {
+                if rng.chance(50) {
+                    Side::Left
+                } else {
+                    Side::Right
+                }
+            };
+            let (side, field, value) = if roll < 15 {
+                (Side::Left, "name", format!("Name {entity}.{step}.{k}"))
+            } else if roll < 30 {
+                (Side::Right, "note", format!("note {entity}.{step}.{k}"))
+            } else if roll < 70 {
+                let side = either(&mut self.rng);
+                (side, "tag", format!("tag {entity}.{step}.{k}"))
+            } else {
+                let side = if self.rng.chance(50) {
+                    Side::Left
+                } else {
+                    Side::Right
+                };
+                let status = STATUSES[self.rng.below(3) as usize].0;
+                (side, "status", status.to_owned())
+            };
+            planned.push(Planned {
+                call,
+                entity,
+                side,
+                field,
+                value,
+            });
+        }
+        let mut m = self.mid_cycle.borrow_mut();
+        m.planned = planned;
+        m.applied.clear();
+    }
+
+    /// Records what a person did while the cycle ran; drops edits planned for calls it never
+    /// made.
+    fn record_mid_cycle(&mut self) {
+        let applied = {
+            let mut m = self.mid_cycle.borrow_mut();
+            m.planned.clear();
+            std::mem::take(&mut m.applied)
+        };
+        for a in applied {
+            self.edits_in_cycles += 1;
+            let p = a.planned;
+            let ent = &mut self.entities[p.entity];
+            ent.edited(p.side, a.at);
+            match p.field {
+                "name" => ent.names.push(p.value),
+                "note" => ent.notes.push(p.value),
+                "tag" => ent.tag_edits.push((a.at, p.side, p.value)),
+                _ => ent.statuses.push(p.value),
+            }
+        }
+    }
+
+    /// One cycle, perhaps with a crash injected at a random step, and perhaps with a person
+    /// editing records while it runs.
+    async fn cycle(&mut self, crashes: bool, step: usize) {
+        self.world.advance(1_000);
         self.cycles += 1;
+        self.plan_mid_cycle(step);
         if crashes && self.rng.chance(30) {
             self.crashes += 1;
             if std::env::var("SIM_TRACE").is_ok() {
@@ -300,7 +518,8 @@ impl Sim {
                 }
             }
         }
-        let r = self.runner.cycle(&self.state, self.now).await;
+        let r = self.runner.cycle(&self.state, self.world.tick()).await;
+        self.record_mid_cycle();
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
         }
@@ -314,10 +533,10 @@ impl Sim {
         let mut idle = 0;
         for _ in 0..400 {
             // Time jumps past every retry backoff.
-            self.now += 700_000_000;
+            self.world.advance(700_000_000);
             let report = self
                 .runner
-                .cycle(&self.state, self.now)
+                .cycle(&self.state, self.world.tick())
                 .await
                 .expect("cycle without faults");
             if report.idle() && report.retried == 0 {
@@ -453,6 +672,74 @@ impl Sim {
         }
     }
 
+    /// Last writer wins, checked as a person would: for each entity whose tag both sides
+    /// edited, the tag both sides end with is that of the latest tag edit by the systems' clock
+    /// (equal times: the left's). Returns how many entities it judged.
+    ///
+    /// Tags are judged rather than statuses because every tag edit writes a new value: a sync
+    /// sees states, so an edit that writes the value a field already has, or two edits that
+    /// go A-B-A between two reads, are invisible to it (and to any state-based sync).
+    ///
+    /// Sources report when a *record* changed, not a field, so an edit of another field of the
+    /// losing side's record at or after the winning edit makes that record the later one; such
+    /// entities are not judged (the README's conflict section says so). Nor are deleted ones,
+    /// or those with a conflict held for a person.
+    fn check_last_writer(&self, seed: u64) -> usize {
+        let conflicts = self.open_conflicts();
+        let links = self.state.all_links("people").expect("links");
+        let mut judged = 0;
+        for ent in &self.entities {
+            let sides: Vec<Side> = ent.tag_edits.iter().map(|(_, s, _)| *s).collect();
+            if ent.deleted || !(sides.contains(&Side::Left) && sides.contains(&Side::Right)) {
+                continue;
+            }
+            // The latest edit; at equal times the left's (Right < Left in this key).
+            let rank = |s: Side| u8::from(s == Side::Left);
+            let (at, side, value) = ent
+                .tag_edits
+                .iter()
+                .max_by_key(|(at, s, _)| (*at, rank(*s)))
+                .expect("edited on both sides");
+            if ent.edited_at[side_index(side.other())]
+                .iter()
+                .any(|t| t >= at)
+            {
+                continue;
+            }
+            let (l, r) = (
+                self.record_of(Side::Left, &ent.email),
+                self.record_of(Side::Right, &ent.email),
+            );
+            let (Some(l), Some(r)) = (l.first(), r.first()) else {
+                continue;
+            };
+            let held = conflicts.iter().any(|c| {
+                links
+                    .iter()
+                    .any(|k| k.id == c.link && k.left.id.as_deref() == Some(l.as_str()))
+            });
+            if held {
+                continue;
+            }
+            let text = |v: Option<&Value>| match v {
+                Some(Value::Text(t)) => t.clone(),
+                other => format!("{other:?}"),
+            };
+            let lt = text(self.left.0.borrow().records[l].get("tag"));
+            let rt = text(self.right.0.borrow().records[r].get("label"));
+            assert!(
+                lt == *value && rt == *value,
+                "seed {seed}: {} tag: the latest edit was {value:?} on the {side} side at {at}, \
+                 but the sides hold {lt:?} and {rt:?} (tag edits: {:?}; record edits: {:?})",
+                ent.email,
+                ent.tag_edits,
+                ent.edited_at
+            );
+            judged += 1;
+        }
+        judged
+    }
+
     fn fingerprint(&self) -> String {
         format!(
             "{:?}|{:?}",
@@ -471,7 +758,7 @@ async fn run(seed: u64, policy: Policy, steps: usize, crashes: bool) -> Sim {
     let trace = std::env::var("SIM_TRACE").is_ok();
     for step in 0..steps {
         if sim.rng.chance(35) {
-            sim.cycle(crashes).await;
+            sim.cycle(crashes, step).await;
             if trace {
                 println!("step {step}: cycle");
             }
@@ -487,17 +774,23 @@ async fn run(seed: u64, policy: Policy, steps: usize, crashes: bool) -> Sim {
 }
 
 async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
-    let mut crashed = 0;
+    let (mut crashed, mut judged, mut mid, mut decided) = (0, 0, 0, 0);
     for seed in 0..schedules {
         let sim = run(seed, policy.clone(), 60, crashes).await;
         sim.check(&policy, seed);
+        if policy == Policy::LastWriterWins {
+            judged += sim.check_last_writer(seed);
+        }
         crashed += sim.crashes;
+        mid += sim.edits_in_cycles;
+        decided += sim.state.stats("people").expect("stats").decided;
         // Invariant 2: once caught up, more cycles write nothing.
         let before = sim.writes();
         let mut sim = sim;
         for _ in 0..3 {
-            sim.now += 1_000_000;
-            sim.runner.cycle(&sim.state, sim.now).await.expect("cycle");
+            sim.world.advance(1_000_000);
+            let now = sim.world.tick();
+            sim.runner.cycle(&sim.state, now).await.expect("cycle");
         }
         assert_eq!(
             sim.writes(),
@@ -505,7 +798,10 @@ async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
             "seed {seed}: writes after convergence (an echo bounced)"
         );
     }
-    println!("checked {schedules} schedules ({policy:?}, {crashed} crashes injected)");
+    println!(
+        "checked {schedules} schedules ({policy:?}, {crashed} crashes injected, {mid} edits made \
+         while a cycle ran, {decided} last-writer-wins decisions, {judged} outcomes judged)"
+    );
 }
 
 #[tokio::test]
@@ -515,7 +811,7 @@ async fn random_edits_converge_with_prefer_left() {
 
 #[tokio::test]
 async fn random_edits_converge_with_last_writer_wins() {
-    check_schedules(Policy::LastWriterWins, false, 300).await;
+    check_schedules(Policy::LastWriterWins, false, 1_500).await;
 }
 
 #[tokio::test]
@@ -525,7 +821,7 @@ async fn random_edits_converge_or_wait_on_a_person_with_manual() {
 
 #[tokio::test]
 async fn crashes_between_any_two_steps_keep_every_invariant() {
-    check_schedules(Policy::LastWriterWins, true, 400).await;
+    check_schedules(Policy::LastWriterWins, true, 1_500).await;
 }
 
 #[tokio::test]

@@ -2,10 +2,19 @@
 //! does (current-state reads folded per record, origin tags, versions, conditional writes, one
 //! result per op), without a database, so simulations run thousands of schedules in seconds.
 //! Faults can be injected: a call fails, and a write may have been applied before it failed.
+//!
+//! Systems that share a [`World`] share its clock, as two databases on one host would: every
+//! change is stamped with it, and every call the driver makes to either system ticks it and may
+//! let a person act first ([`World::set_before_call`]), so edits land between any two steps of
+//! a cycle.
 
 #![allow(dead_code)]
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use duplex::driver::{IoError, SideIo};
 use duplex::plugin::{
@@ -19,12 +28,76 @@ struct Entry {
     id: String,
     deleted: bool,
     origin: Option<String>,
+    /// The world's clock when the change was made.
+    at: i64,
+}
+
+/// What the systems of one simulation share: a clock (microseconds, ticked by every change
+/// and every call), and what a person does just before a call.
+#[derive(Default)]
+pub struct World {
+    clock: Arc<AtomicI64>,
+    calls: Cell<u64>,
+    before_call: RefCell<Option<BeforeCall>>,
+}
+
+/// What a person does before the driver's call number `n`.
+type BeforeCall = Box<dyn FnMut(u64)>;
+
+impl World {
+    pub fn new(start: i64) -> Rc<World> {
+        let w = World::default();
+        w.clock.store(start, Ordering::SeqCst);
+        Rc::new(w)
+    }
+
+    /// The clock, read and ticked, as a database's clock is read for a change.
+    pub fn tick(&self) -> i64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The clock without ticking it.
+    pub fn now(&self) -> i64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    /// Moves the clock on (past retry backoffs, say).
+    pub fn advance(&self, micros: i64) {
+        self.clock.fetch_add(micros, Ordering::SeqCst);
+    }
+
+    /// The clock as the driver's: each reading ticks it.
+    pub fn driver_clock(&self) -> impl Fn() -> i64 + Send + Sync + 'static {
+        let clock = self.clock.clone();
+        move || clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Calls `f` with the call's number before every read, write and find of any system of
+    /// this world: a person acting while a cycle runs. `f` may edit any of the systems.
+    pub fn set_before_call(&self, f: impl FnMut(u64) + 'static) {
+        *self.before_call.borrow_mut() = Some(Box::new(f));
+    }
+
+    fn call(&self) {
+        self.tick();
+        let n = self.calls.get() + 1;
+        self.calls.set(n);
+        // Taken out while it runs: it edits systems, which never call back into here.
+        let f = self.before_call.borrow_mut().take();
+        if let Some(mut f) = f {
+            f(n);
+            let mut slot = self.before_call.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(f);
+            }
+        }
+    }
 }
 
 /// One system: records by id, and a change log.
-#[derive(Debug, Clone, Default)]
 pub struct MemorySystem {
     pub prefix: String,
+    pub world: Rc<World>,
     pub records: BTreeMap<String, BTreeMap<String, Value>>,
     versions: BTreeMap<String, u64>,
     log: Vec<Entry>,
@@ -42,22 +115,50 @@ pub struct MemorySystem {
 }
 
 impl MemorySystem {
-    pub fn new(prefix: &str) -> MemorySystem {
+    pub fn new(prefix: &str, world: Rc<World>) -> MemorySystem {
         MemorySystem {
             prefix: prefix.into(),
-            ..Default::default()
+            world,
+            records: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            log: Vec::new(),
+            seq: 0,
+            next_id: 0,
+            fail_in: None,
+            apply_before_failing: 0,
+            writes: 0,
+            write_limit: None,
         }
     }
 
-    fn append(&mut self, id: &str, deleted: bool, origin: Option<&str>) {
+    /// Appends a change stamped with the world's clock, and returns that time.
+    fn append(&mut self, id: &str, deleted: bool, origin: Option<&str>) -> i64 {
         self.seq += 1;
+        let at = self.world.tick();
         self.versions.insert(id.to_owned(), self.seq);
         self.log.push(Entry {
             seq: self.seq,
             id: id.to_owned(),
             deleted,
             origin: origin.map(str::to_owned),
+            at,
         });
+        at
+    }
+
+    /// When the record's latest change was made (its current version's entry).
+    fn changed_at(&self, id: &str) -> Option<i64> {
+        let version = self.versions.get(id)?;
+        self.log
+            .iter()
+            .rev()
+            .find(|e| e.seq == *version)
+            .map(|e| e.at)
+    }
+
+    /// The time of the latest change of a record: the one `user_*` just made.
+    pub fn last_change_at(&self) -> i64 {
+        self.log.last().map_or(0, |e| e.at)
     }
 
     /// A person creates a record.
@@ -175,13 +276,23 @@ impl MemorySystem {
 
 /// A handle the runner owns; the test keeps another to the same system.
 #[derive(Clone)]
-pub struct Shared(pub std::rc::Rc<std::cell::RefCell<MemorySystem>>);
+pub struct Shared(pub Rc<RefCell<MemorySystem>>);
 
 impl Shared {
+    /// A system with a world of its own.
     pub fn new(prefix: &str) -> Shared {
-        Shared(std::rc::Rc::new(std::cell::RefCell::new(
-            MemorySystem::new(prefix),
-        )))
+        Shared::in_world(prefix, World::new(0))
+    }
+
+    /// A system sharing `world`'s clock and person with others.
+    pub fn in_world(prefix: &str, world: Rc<World>) -> Shared {
+        Shared(Rc::new(RefCell::new(MemorySystem::new(prefix, world))))
+    }
+
+    /// A call from the driver: the clock ticks and a person may act first.
+    fn call(&self) {
+        let world = self.0.borrow().world.clone();
+        world.call();
     }
 }
 
@@ -196,6 +307,7 @@ impl SideIo for Shared {
         cursor: Option<&str>,
         max: u32,
     ) -> Result<ChangeBatch, IoError> {
+        self.call();
         let mut s = self.0.borrow_mut();
         if s.fault() {
             return Err(IoError::new("injected failure while reading"));
@@ -234,7 +346,14 @@ impl SideIo for Shared {
                     },
                     fields: if exists { s.fields(&e.id) } else { vec![] },
                     version: version.map(|v| v.to_string()),
-                    changed_at: Some(e.seq as i64),
+                    // The fields are the record as it is now, which may be newer than this
+                    // batch: its time must be the current version's, or a later edit would
+                    // pass for an earlier one.
+                    changed_at: if exists {
+                        s.changed_at(&e.id)
+                    } else {
+                        Some(e.at)
+                    },
                     // Like the sql connector: the origin only holds if no later change followed.
                     origin: if version == Some(e.seq) {
                         e.origin.clone()
@@ -260,11 +379,15 @@ impl SideIo for Shared {
         origin: &str,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, WitError>>, IoError> {
+        self.call();
         let mut s = self.0.borrow_mut();
         if s.write_limit.is_some_and(|most| ops.len() > most) {
             return Err(IoError {
-                message: format!("{} ops were more than the plugin could hold", ops.len()),
                 over_limit: true,
+                ..IoError::new(format!(
+                    "{} ops were more than the plugin could hold",
+                    ops.len()
+                ))
             });
         }
         if s.fault() {
@@ -278,6 +401,7 @@ impl SideIo for Shared {
     }
 
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {
+        self.call();
         let mut s = self.0.borrow_mut();
         if s.fault() {
             return Err(IoError::new("injected failure while finding"));
@@ -307,6 +431,7 @@ impl SideIo for Shared {
             .into_iter()
             .map(|id| Current {
                 fields: s.fields(&id),
+                changed_at: s.changed_at(&id),
                 version: s.versions.get(&id).map(u64::to_string),
                 id,
             })

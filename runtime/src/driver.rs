@@ -11,6 +11,9 @@
 //!    write is never mistaken for a person's edit.
 //! 3. A record whose write fails is kept (the link is dirty, retried with backoff, the reason
 //!    shown in `status`); it never fails the cycle or blocks other records.
+//! 4. Every change handed to the engine carries when it was read: the runner's clock read as
+//!    the read or find that returned it came back, never a time taken before (see
+//!    [`engine::change_time`]). A batch read ahead keeps the time it was read.
 
 pub mod io;
 pub mod schedule;
@@ -27,7 +30,7 @@ use crate::plugin::{
     WitError, WriteOp,
 };
 use crate::state::{
-    Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats,
+    Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats, DECIDED,
 };
 
 pub use io::{IoError, PluginSide, SideIo};
@@ -44,6 +47,12 @@ const RETRY_BATCH: usize = 500;
 pub enum CycleError {
     #[error("sync {sync}: reading {side} failed: {error}")]
     Read {
+        sync: String,
+        side: Side,
+        error: IoError,
+    },
+    #[error("sync {sync}: checking on the {side} side whether a write cut short by a crash was made failed (nothing is written until it can be checked): {error}")]
+    Recover {
         sync: String,
         side: Side,
         error: IoError,
@@ -65,6 +74,8 @@ pub struct CycleReport {
     pub echoes: usize,
     pub conflicts: usize,
     pub rejected: usize,
+    /// Fields changed on both sides that last-writer-wins settled.
+    pub decided: usize,
     /// A side has more changes waiting than one batch holds.
     pub more: bool,
     /// Dirty links were retried.
@@ -88,6 +99,17 @@ impl CycleReport {
 /// The conflict rules a sync may call, by name.
 pub type Rules = BTreeMap<String, Arc<ResolverPlugin>>;
 
+/// The runner's clock: microseconds since the Unix epoch. The system's, or a simulation's.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system's clock.
+pub fn system_clock() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// A batch of changes and when it was read.
+type Read = (plugin::ChangeBatch, i64);
+
 /// One sync, ready to run cycles.
 pub struct SyncRunner<L, R> {
     pub spec: SyncSpec,
@@ -100,9 +122,12 @@ pub struct SyncRunner<L, R> {
     /// Most ops written to each side per call: [`WRITE_BATCH`], or less while a write of that
     /// many runs the side's plugin out of memory or CPU.
     write_max: [CallSize; 2],
-    /// Batches read ahead, by side, with the cursor they start at: while the last cycle wrote
-    /// the other side or committed (see [`SyncRunner::commit_reading_ahead`]).
-    ahead: [Option<(String, plugin::ChangeBatch)>; 2],
+    /// Batches read ahead, by side, with the cursor they start at and when they were read:
+    /// while the last cycle wrote the other side or committed (see
+    /// [`SyncRunner::commit_reading_ahead`]).
+    ahead: [Option<(String, Read)>; 2],
+    /// When changes were read (see invariant 4).
+    clock: Clock,
 }
 
 /// Calls in a row that must go through at a reduced size before it doubles again.
@@ -161,7 +186,14 @@ impl<L, R> SyncRunner<L, R> {
             read_max: [CallSize::new(batch); 2],
             write_max: [CallSize::new(WRITE_BATCH as u32); 2],
             ahead: [None, None],
+            clock: Arc::new(system_clock),
         }
+    }
+
+    /// Reads `clock` instead of the system's: a simulation's, which its systems share.
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 }
 
@@ -249,10 +281,25 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             let (op, outcome) = match self.confirm(state, &intent).await {
                 Ok(Some(found)) => found,
                 Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(sync = %sync, link = intent.link.id, error = %e,
-                        "could not check whether a write cut short by a crash was made; planning it again");
+                // The connector cannot look records up (or refuses to): the write can never be
+                // checked, and is planned again as before.
+                Err(error) if error.lasting => {
+                    tracing::warn!(sync = %sync, link = intent.link.id, error = %error,
+                        "cannot check whether a write cut short by a crash was made; planning it again");
                     continue;
+                }
+                // Planned again unchecked, a write that was made would come back in the record
+                // as if a person had made it (the feed leaves Duplex's own writes out), and
+                // could win over the other side's later edit. The intents stay; the next cycle
+                // checks again.
+                Err(error) => {
+                    tracing::warn!(sync = %sync, link = intent.link.id, error = %error,
+                        "could not check whether a write cut short by a crash was made; trying again next cycle");
+                    return Err(CycleError::Recover {
+                        sync,
+                        side: intent.side,
+                        error,
+                    });
                 }
             };
             let link = links
@@ -451,8 +498,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .into_iter()
             .zip(ahead)
         {
-            let batch = match ahead {
-                Some((from, batch)) if cursor.as_deref() == Some(from.as_str()) => batch,
+            let (batch, read_at) = match ahead {
+                Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
                 _ => self
                     .read_fitting(side, &origin, cursor.as_deref())
                     .await
@@ -464,18 +511,18 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             };
             report.read[side_index(side)] = batch.changes.len();
             report.more |= batch.has_more;
-            batches.push((side, batch));
+            batches.push((side, batch, read_at));
         }
         lap.end("read");
         // 2. Map to common names.
         let mut changes = Vec::new();
         let mut commit = CycleCommit::default();
         let mut fresh: BTreeSet<(Side, String)> = BTreeSet::new();
-        for (side, batch) in &batches {
+        for (side, batch, read_at) in &batches {
             for ch in &batch.changes {
                 fresh.insert((*side, ch.id.clone()));
                 commit.cleared.push((*side, ch.id.clone()));
-                match self.observe(*side, ch) {
+                match self.observe(*side, ch, *read_at) {
                     Ok(o) => changes.push(o),
                     Err(reason) => commit.rejected.push((*side, ch.id.clone(), reason, None)),
                 }
@@ -517,7 +564,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let spec = self.spec.clone();
         let mut input = Input {
             spec: &spec,
-            now,
             links,
             held: state.held(&sync, &link_ids).map_err(&se)?,
             changes,
@@ -544,6 +590,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     fields: c.fields.clone(),
                     version: c.version.clone(),
                     changed_at: c.changed_at,
+                    read_at: Some(c.read_at),
                 }),
             ));
             commit.cleared.retain(|k| k != &(c.side, c.id.clone()));
@@ -560,8 +607,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let writes_to = |side: Side| plan.ops.iter().any(|o| o.side == side);
         let early = batches
             .iter()
-            .find(|(side, b)| b.has_more && !writes_to(*side) && writes_to(side.other()))
-            .map(|(side, b)| (*side, b.next_cursor.clone()));
+            .find(|(side, b, _)| b.has_more && !writes_to(*side) && writes_to(side.other()))
+            .map(|(side, b, _)| (*side, b.next_cursor.clone()));
         let conflicted = self
             .write(&mut plan, now, &mut commit, &mut failed, &mut report, early)
             .await;
@@ -593,6 +640,28 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .collect();
         report.conflicts = plan.conflicts.len();
         report.rejected = commit.rejected.len();
+        // Decisions whose writes went through; a link that failed is planned (and decided)
+        // again once it is retried.
+        let decided: Vec<Activity> = plan
+            .decided
+            .iter()
+            .filter(|d| !failed.contains_key(&d.link))
+            .filter_map(|d| {
+                let record = plan.links.get(&d.link)?.side(d.winner).id.clone()?;
+                Some(Activity {
+                    at: now,
+                    sync: sync.clone(),
+                    link: d.link,
+                    side: d.winner,
+                    op: DECIDED.into(),
+                    record,
+                    fields: vec![d.field.clone()],
+                    decided: Some(d.clone()),
+                })
+            })
+            .collect();
+        report.decided = decided.len();
+        commit.activity.extend(decided);
         commit.conflicts = plan.conflicts.clone();
         commit.agreed = plan.agreed.clone();
         // A kept intent carries its link as committed now, not as it was when the write was
@@ -611,8 +680,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         ];
         let read_ahead: Vec<(Side, String)> = batches
             .iter()
-            .filter(|(side, b)| b.has_more && self.ahead[side_index(*side)].is_none())
-            .map(|(side, b)| (*side, b.next_cursor.clone()))
+            .filter(|(side, b, _)| b.has_more && self.ahead[side_index(*side)].is_none())
+            .map(|(side, b, _)| (*side, b.next_cursor.clone()))
             .collect();
         let mut stats: SyncStats = state.stats(&sync).map_err(&se)?;
         stats.cycles += 1;
@@ -620,6 +689,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         stats.writes += report.writes as u64;
         stats.write_failures += report.failed as u64;
         stats.echoes += report.echoes as u64;
+        stats.decided += report.decided as u64;
         stats.last_cycle_at = Some(now);
         stats.last_cycle = Some(report.summary());
         stats.last_error = None;
@@ -687,8 +757,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             (committed, reads.await)
         };
         committed?;
-        for (side, from, batch) in read {
-            self.ahead[side_index(side)] = Some((from, batch));
+        for (side, from, read) in read {
+            self.ahead[side_index(side)] = Some((from, read));
         }
         Ok(())
     }
@@ -699,17 +769,17 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         side: Side,
         origin: &str,
         cursor: Option<&str>,
-    ) -> Result<plugin::ChangeBatch, IoError> {
+    ) -> Result<Read, IoError> {
         let io: &mut dyn SideIoDyn = match side {
             Side::Left => &mut self.left,
             Side::Right => &mut self.right,
         };
         let max = &mut self.read_max[side_index(side)];
-        read_fitting(io, max, &self.spec.name, side, origin, cursor).await
+        read_fitting(io, max, &self.spec.name, side, origin, cursor, &self.clock).await
     }
 
-    /// A connector's change as the engine sees it.
-    fn observe(&self, side: Side, ch: &plugin::Change) -> Result<Observed, String> {
+    /// A connector's change as the engine sees it, read at `read_at`.
+    fn observe(&self, side: Side, ch: &plugin::Change, read_at: i64) -> Result<Observed, String> {
         let deleted = ch.kind == ChangeKind::Delete;
         let fields = if deleted {
             Fields::new()
@@ -730,6 +800,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             fields,
             version: ch.version.clone(),
             changed_at: ch.changed_at,
+            read_at,
             own: ch.origin.as_deref() == Some(self.spec.origin.as_str()),
         })
     }
@@ -792,6 +863,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         side: other,
                         error,
                     })?;
+                let read_at = (self.clock)();
                 for c in found {
                     let Ok(fields) = self.spec.map_in(
                         other,
@@ -810,6 +882,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                             id: c.id,
                             fields,
                             version: c.version,
+                            changed_at: c.changed_at,
+                            read_at,
                         });
                     }
                 }
@@ -878,11 +952,19 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                             Side::Right => (&mut self.right, &mut self.left),
                         };
                         let max = &mut self.read_max[side_index(other)];
-                        let read = read_fitting(from_io, max, &sync, other, &origin, Some(&from));
+                        let read = read_fitting(
+                            from_io,
+                            max,
+                            &sync,
+                            other,
+                            &origin,
+                            Some(&from),
+                            &self.clock,
+                        );
                         let (written, read) = tokio::join!(to.write_dyn(&origin, writes), read);
                         // A read that fails is dropped; the next cycle reads again and reports.
-                        if let Ok(batch) = read {
-                            self.ahead[side_index(other)] = Some((from, batch));
+                        if let Ok(read) = read {
+                            self.ahead[side_index(other)] = Some((from, read));
                         }
                         written
                     }
@@ -937,6 +1019,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                                 op: op_name(&op.kind).into(),
                                 record: w.id.clone(),
                                 fields: op_fields(&op.kind),
+                                decided: None,
                             });
                         }
                         (Err(_), Outcome::Gone) => {}
@@ -992,11 +1075,14 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             else {
                 continue;
             };
-            match self
+            let found = self
                 .io(*side)
                 .find_dyn(LookupKey::Ids(vec![id.clone()]))
-                .await
-            {
+                .await;
+            // The record changed after this cycle's read: its time is the source's, else now,
+            // as it is read, never the cycle's start (invariant 4).
+            let read_at = (self.clock)();
+            match found {
                 Ok(found) => match found.into_iter().next() {
                     Some(c) => {
                         let change = plugin::Change {
@@ -1004,10 +1090,10 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                             kind: ChangeKind::Update,
                             fields: c.fields,
                             version: c.version,
-                            changed_at: None,
+                            changed_at: c.changed_at,
                             origin: None,
                         };
-                        if let Ok(o) = self.observe(*side, &change) {
+                        if let Ok(o) = self.observe(*side, &change, read_at) {
                             fresh.push(o);
                         }
                     }
@@ -1018,6 +1104,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         fields: Fields::new(),
                         version: None,
                         changed_at: None,
+                        read_at,
                         own: false,
                     }),
                 },
@@ -1032,7 +1119,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let ids: BTreeSet<u64> = conflicted.iter().map(|(_, l)| *l).collect();
         let again = Input {
             spec: input.spec,
-            now,
             links: ids
                 .iter()
                 .filter_map(|id| plan.links.get(id).cloned())
@@ -1058,6 +1144,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         }
         plan.conflicts.extend(second.conflicts);
         plan.agreed.extend(second.agreed);
+        // The first decision on these links was made on stale data and its write refused.
+        plan.decided.retain(|d| !ids.contains(&d.link));
+        plan.decided.extend(second.decided);
         for (id, link) in second.links {
             plan.links.insert(id, link);
         }
@@ -1108,7 +1197,8 @@ async fn read_fitting(
     side: Side,
     origin: &str,
     cursor: Option<&str>,
-) -> Result<plugin::ChangeBatch, IoError> {
+    clock: &Clock,
+) -> Result<Read, IoError> {
     loop {
         let tried = size.now;
         match io.read_dyn(origin, cursor, tried).await {
@@ -1118,9 +1208,9 @@ async fn read_fitting(
             }
             Ok(batch) => {
                 size.fitted();
-                return Ok(batch);
+                return Ok((batch, clock()));
             }
-            failed => return failed,
+            Err(e) => return Err(e),
         }
     }
 }

@@ -15,13 +15,30 @@ mod plan;
 mod value;
 
 pub use mapping::{DeletePolicy, Direction, FieldSpec, MapError, MatchKey, Policy, SyncSpec};
-pub use merge::{settle, ConflictNote, LinkStatus, Outcome, WHOLE_RECORD};
+pub use merge::{settle, ConflictNote, Decided, LinkStatus, Outcome, WHOLE_RECORD};
 pub use plan::{
     plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery,
 };
 pub use value::{canonical_decimal, convert, FieldType, Fields, Value};
 
 use serde::{Deserialize, Serialize};
+
+/// When a change counts as made, for last-writer-wins, and whether that is Duplex's reading
+/// rather than the source's clock.
+///
+/// The source's time when it reports one, but never later than `read_at`, the host's clock
+/// when the read (or find) that returned the change came back: a change cannot have been made
+/// after Duplex read it, so a source clock running ahead gains no more than the read's delay.
+/// A change whose source gives no time counts as made when it was read: never earlier, since
+/// it may have been made just before. Stamping it with a time taken before the read (the
+/// cycle's start, as before) let an edit that came after the other side's look older than it
+/// (issue 12).
+pub fn change_time(source: Option<i64>, read_at: i64) -> (i64, bool) {
+    match source {
+        Some(t) => (t.min(read_at), false),
+        None => (read_at, true),
+    }
+}
 
 /// One of the two sides of a sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,8 +79,12 @@ pub struct SideState {
     pub seen: Option<Fields>,
     /// Its version as last read or written, for conditional writes.
     pub version: Option<String>,
-    /// When this side last changed the record (the source's time, else when Duplex saw it).
+    /// When this side last changed the record, as [`change_time`] settles it; none when no
+    /// one but Duplex has changed it since it was linked, or it was found by match key with no
+    /// time (counts as earliest).
     pub changed_at: Option<i64>,
+    /// `changed_at` is when Duplex read the change: the source gave no time.
+    pub read_time: bool,
     /// The record was deleted on this side.
     pub deleted: bool,
 }

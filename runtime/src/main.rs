@@ -44,6 +44,20 @@ enum Command {
         #[arg(long)]
         connection: Option<String>,
     },
+    /// Show what Duplex wrote and what it decided, oldest first: every write, and every
+    /// field changed on both sides that last-writer-wins settled (both values, both times).
+    Activity {
+        config: PathBuf,
+        /// Only this sync.
+        #[arg(long)]
+        sync: Option<String>,
+        /// Only last-writer-wins decisions.
+        #[arg(long)]
+        decisions: bool,
+        /// Show the newest this many entries.
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+    },
     /// List or resolve conflicts left to a person.
     Conflicts {
         #[command(subcommand)]
@@ -252,6 +266,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Activity {
+            config,
+            sync,
+            decisions,
+            last,
+        } => {
+            let state = state_only(&config)?;
+            let entries: Vec<_> = state
+                .activity(sync.as_deref())?
+                .into_iter()
+                .filter(|a| !decisions || a.decided.is_some())
+                .collect();
+            if entries.is_empty() {
+                println!(
+                    "no {}yet",
+                    if decisions {
+                        "last-writer-wins decisions "
+                    } else {
+                        "activity "
+                    }
+                );
+            }
+            for a in &entries[entries.len().saturating_sub(last)..] {
+                println!("{}", duplex::report::activity_line(a));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Conflicts {
             command: ConflictsCommand::List { config, all },
         } => {
@@ -379,6 +420,10 @@ fn print_status(app: &App, state: &State) -> anyhow::Result<()> {
             );
         }
         println!("  waiting to retry: {}", dirty.len());
+        println!(
+            "  last-writer-wins decisions: {} (`duplex activity --decisions` lists them)",
+            stats.decided
+        );
         println!(
             "  totals: {} cycles, {} changes read, {} writes, {} failed writes, {} echoes ignored",
             stats.cycles, stats.changes_read, stats.writes, stats.write_failures, stats.echoes

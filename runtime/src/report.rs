@@ -1,7 +1,8 @@
 //! How the CLI shows state to a person: conflicts, status, values.
 
-use crate::engine::Value;
-use crate::state::{Choice, Conflict, ConflictStatus};
+use crate::engine::{Decided, Side, Value};
+use crate::state::{Activity, Choice, Conflict, ConflictStatus};
+use crate::time::format_sqlite;
 
 fn value(v: &Option<Value>) -> String {
     v.as_ref().map_or("(none)".into(), Value::display)
@@ -40,4 +41,89 @@ pub fn conflict_line(c: &Conflict) -> String {
         ),
     };
     format!("#{} [{}] ({ids}) {what} [{status}]", c.id, c.sync)
+}
+
+/// One activity entry on one line: a write, or a last-writer-wins decision with both values,
+/// both times and the winner.
+pub fn activity_line(a: &Activity) -> String {
+    let at = format_sqlite(a.at);
+    match &a.decided {
+        Some(d) => format!("{at} [{}] link {}: {}", a.sync, a.link, decision(d)),
+        None => format!(
+            "{at} [{}] {} {} {} (link {}){}",
+            a.sync,
+            a.op,
+            a.side,
+            a.record,
+            a.link,
+            if a.fields.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.fields.join(", "))
+            }
+        ),
+    }
+}
+
+/// A decision in words: `name: last writer wins, right "R" (changed ...) over left "L" (...)`.
+fn decision(d: &Decided) -> String {
+    let side = |s: Side| {
+        let (v, at, read) = match s {
+            Side::Left => (&d.left, d.left_at, d.left_read_time),
+            Side::Right => (&d.right, d.right_at, d.right_read_time),
+        };
+        let when = match at {
+            None => "never changed but by Duplex".to_owned(),
+            Some(t) if read => format!("changed by {} UTC, when Duplex read it", format_sqlite(t)),
+            Some(t) => format!("changed {} UTC by its clock", format_sqlite(t)),
+        };
+        format!("{s} {} ({when})", v.display())
+    };
+    let tie = if d.left_at == d.right_at {
+        "; a tie goes to the left"
+    } else {
+        ""
+    };
+    format!(
+        "{}: last writer wins, {} over {}{tie}",
+        d.field,
+        side(d.winner),
+        side(d.winner.other())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_reads_with_both_values_both_times_and_the_winner() {
+        let d = Decided {
+            link: 7,
+            field: "name".into(),
+            left: Value::Text("Ada".into()),
+            right: Value::Text("Ada L.".into()),
+            left_at: Some(1_000_000),
+            right_at: Some(2_500_000),
+            left_read_time: false,
+            right_read_time: true,
+            winner: Side::Right,
+        };
+        let a = Activity {
+            at: 3_000_000,
+            sync: "people".into(),
+            link: 7,
+            side: Side::Right,
+            op: crate::state::DECIDED.into(),
+            record: "r1".into(),
+            fields: vec!["name".into()],
+            decided: Some(d),
+        };
+        assert_eq!(
+            activity_line(&a),
+            "1970-01-01 00:00:03 [people] link 7: name: last writer wins, \
+             right \"Ada L.\" (changed by 1970-01-01 00:00:02.500000 UTC, when Duplex read it) \
+             over left \"Ada\" (changed 1970-01-01 00:00:01 UTC by its clock)"
+        );
+    }
 }

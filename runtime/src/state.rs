@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    ConflictNote, Fields, Link, LinkStatus, Observed, OpKind, Side, SideState, Value,
+    ConflictNote, Decided, Fields, Link, LinkStatus, Observed, OpKind, Side, SideState, Value,
 };
 
 const LINKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("links");
@@ -205,6 +205,8 @@ struct SideOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     changed_at: Option<i64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    read_time: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
 }
 
@@ -231,6 +233,8 @@ struct SideIn {
     version: Option<String>,
     changed_at: Option<i64>,
     #[serde(default)]
+    read_time: bool,
+    #[serde(default)]
     deleted: bool,
 }
 
@@ -243,6 +247,7 @@ impl<'a> SideOut<'a> {
             seen_is_base: is_base,
             version: &side.version,
             changed_at: side.changed_at,
+            read_time: side.read_time,
             deleted: side.deleted,
         }
     }
@@ -259,6 +264,7 @@ impl SideIn {
             id: self.id,
             version: self.version,
             changed_at: self.changed_at,
+            read_time: self.read_time,
             deleted: self.deleted,
         }
     }
@@ -571,6 +577,10 @@ pub struct StoredChange {
     pub fields: Fields,
     pub version: Option<String>,
     pub changed_at: Option<i64>,
+    /// When Duplex read it; changes stored before this was kept count as read when first
+    /// rejected.
+    #[serde(default)]
+    pub read_at: Option<i64>,
 }
 
 impl Rejected {
@@ -582,6 +592,7 @@ impl Rejected {
             fields: c.fields.clone(),
             version: c.version.clone(),
             changed_at: c.changed_at,
+            read_at: c.read_at.unwrap_or(self.first_at),
             own: false,
         })
     }
@@ -595,17 +606,25 @@ pub struct Dirty {
     pub reason: String,
 }
 
-/// One thing Duplex wrote, where and why.
+/// One thing Duplex wrote, where and why, or one decision it made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Activity {
     pub at: i64,
     pub sync: String,
     pub link: u64,
+    /// The side written; for a decision, the side whose value won.
     pub side: Side,
+    /// `create`, `update`, `delete`, or [`DECIDED`].
     pub op: String,
+    /// The record written; for a decision, the winning side's record.
     pub record: String,
     pub fields: Vec<String>,
+    /// For a decision: both values, both times, the winner.
+    pub decided: Option<Decided>,
 }
+
+/// The `op` of an activity entry that records a last-writer-wins decision.
+pub const DECIDED: &str = "last-writer-wins";
 
 /// Activity as stored: a run of writes of one cycle that differ only in their record (a bulk
 /// create, say) is one row listing the records, instead of a row each, which cost an initial
@@ -624,6 +643,9 @@ struct ActivityRow {
     /// (link, record) of each write in the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     records: Vec<(u64, String)>,
+    /// A decision: never part of a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decided: Option<Decided>,
 }
 
 impl ActivityRow {
@@ -632,8 +654,10 @@ impl ActivityRow {
         let mut rows: Vec<ActivityRow> = Vec::new();
         for a in activity {
             let same = |r: &ActivityRow| {
-                (r.at, r.side, &r.sync, &r.op, &r.fields)
-                    == (a.at, a.side, &a.sync, &a.op, &a.fields)
+                r.decided.is_none()
+                    && a.decided.is_none()
+                    && (r.at, r.side, &r.sync, &r.op, &r.fields)
+                        == (a.at, a.side, &a.sync, &a.op, &a.fields)
             };
             match rows.last_mut() {
                 Some(r) if same(r) => r.records.push((a.link, a.record.clone())),
@@ -646,6 +670,7 @@ impl ActivityRow {
                     link: None,
                     record: None,
                     records: vec![(a.link, a.record.clone())],
+                    decided: a.decided.clone(),
                 }),
             }
         }
@@ -670,6 +695,7 @@ impl ActivityRow {
             op: self.op.clone(),
             record,
             fields: self.fields.clone(),
+            decided: self.decided.clone(),
         }));
         Ok(())
     }
@@ -683,6 +709,10 @@ pub struct SyncStats {
     pub writes: u64,
     pub write_failures: u64,
     pub echoes: u64,
+    /// Fields changed on both sides that last-writer-wins settled (each is in the activity
+    /// log with both values and times).
+    #[serde(default)]
+    pub decided: u64,
     pub last_cycle_at: Option<i64>,
     pub last_cycle: Option<String>,
     pub last_error: Option<String>,
@@ -1301,6 +1331,7 @@ mod tests {
             seen: Some(base.clone()),
             version: Some("v1".into()),
             changed_at: Some(5),
+            read_time: false,
             deleted: false,
         };
         link.right = SideState {
@@ -1308,6 +1339,7 @@ mod tests {
             seen: Some(fields(&[("name", "Ada L."), ("email", "ada@example.com")])),
             version: None,
             changed_at: None,
+            read_time: false,
             deleted: false,
         };
         link
@@ -1400,6 +1432,7 @@ mod tests {
             op: op.into(),
             record: format!("r{link}"),
             fields: fields.iter().map(|f| f.to_string()).collect(),
+            decided: None,
         }
     }
 
@@ -1453,6 +1486,38 @@ mod tests {
         assert_eq!(back[0].op, "delete");
         assert_eq!(back[1..], activity[..]);
         assert!(state.activity(Some("other")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn decisions_are_a_row_each_and_read_back_with_both_values_and_times() {
+        let state = State::in_memory().unwrap();
+        let decided = |link: u64, winner: Side| Activity {
+            op: DECIDED.into(),
+            side: winner,
+            decided: Some(Decided {
+                link,
+                field: "qty".into(),
+                left: Value::Int(1),
+                right: Value::Int(2),
+                left_at: Some(10),
+                right_at: Some(20),
+                left_read_time: false,
+                right_read_time: true,
+                winner,
+            }),
+            ..wrote(link, DECIDED, &["qty"])
+        };
+        let activity = vec![
+            decided(1, Side::Right),
+            decided(2, Side::Right),
+            wrote(1, "update", &["qty"]),
+        ];
+        let commit = CycleCommit {
+            activity: activity.clone(),
+            ..CycleCommit::default()
+        };
+        state.commit_cycle("items", 9, commit).unwrap();
+        assert_eq!(state.activity(Some("items")).unwrap(), activity);
     }
 
     #[test]

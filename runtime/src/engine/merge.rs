@@ -39,12 +39,33 @@ pub struct ConflictNote {
     pub reason: String,
 }
 
+/// A field both sides changed to different values since the base, settled by last-writer-wins:
+/// both values, both change times (see [`super::change_time`]) and the winner, so that a
+/// person can audit the decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    pub link: u64,
+    pub field: String,
+    pub left: Value,
+    pub right: Value,
+    /// When each side changed the record; none: only Duplex has (counts as earliest).
+    pub left_at: Option<i64>,
+    pub right_at: Option<i64>,
+    /// Each time is when Duplex read the change, not the source's clock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left_read_time: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub right_read_time: bool,
+    pub winner: Side,
+}
+
 /// What a merge decided for one link.
 #[derive(Debug, Default)]
 pub(crate) struct Merged {
     pub ops: Vec<(Side, OpKind)>,
     pub conflicts: Vec<ConflictNote>,
     pub queries: Vec<RuleQuery>,
+    pub decided: Vec<Decided>,
     /// Held fields on which both sides now agree: their conflicts close by themselves.
     pub agreed: Vec<String>,
     pub status: Option<LinkStatus>,
@@ -64,6 +85,8 @@ fn get<'a>(side: &'a SideState, field: &str) -> Option<&'a Value> {
 /// How one conflicting field is settled.
 enum Settled {
     Value(Value),
+    /// Last writer wins: this side's value.
+    Latest(Side),
     Hold(String),
     Ask,
 }
@@ -79,13 +102,13 @@ fn settle_conflict(
     match spec.policy_for(field) {
         Policy::Prefer(Side::Left) => Settled::Value(left.clone()),
         Policy::Prefer(Side::Right) => Settled::Value(right.clone()),
-        // Option orders None first: a side whose change time is unknown counts as earliest.
-        // Ties go to the left, a rule that does not depend on arrival order.
+        // Option orders None first: a side that only Duplex changed counts as earliest. Ties
+        // go to the left, a rule that does not depend on arrival order.
         Policy::LastWriterWins => {
             if link.right.changed_at > link.left.changed_at {
-                Settled::Value(right.clone())
+                Settled::Latest(Side::Right)
             } else {
-                Settled::Value(left.clone())
+                Settled::Latest(Side::Left)
             }
         }
         Policy::Rule(_) => match answers.get(&(link.id, field.to_owned())) {
@@ -198,6 +221,20 @@ pub(crate) fn merge_link(
                 (true, true, Some(a), Some(c)) => {
                     match settle_conflict(link, spec, f, a, c, answers) {
                         Settled::Value(v) => Some(v),
+                        Settled::Latest(winner) => {
+                            m.decided.push(Decided {
+                                link: link.id,
+                                field: f.to_owned(),
+                                left: a.clone(),
+                                right: c.clone(),
+                                left_at: l.changed_at,
+                                right_at: r.changed_at,
+                                left_read_time: l.read_time,
+                                right_read_time: r.read_time,
+                                winner,
+                            });
+                            Some(if winner == Side::Left { a } else { c }.clone())
+                        }
                         Settled::Hold(reason) => {
                             m.conflicts.push(ConflictNote {
                                 link: link.id,

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::mapping::SyncSpec;
-use super::merge::{merge_link, refresh, ConflictNote, LinkStatus};
+use super::merge::{merge_link, refresh, ConflictNote, Decided, LinkStatus};
 use super::value::{Fields, Value};
-use super::{Link, Side};
+use super::{change_time, Link, Side};
 
 /// A change read from one side, mapped to common names.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +19,8 @@ pub struct Observed {
     pub version: Option<String>,
     /// The source's change time, when the connector knows it.
     pub changed_at: Option<i64>,
+    /// When Duplex read it: the host's clock as the read (or find) that returned it came back.
+    pub read_at: i64,
     /// The change was made by this sync's own write (the connector reported our origin).
     pub own: bool,
 }
@@ -29,6 +31,10 @@ pub struct Candidate {
     pub id: String,
     pub fields: Fields,
     pub version: Option<String>,
+    /// When the record last changed, when the connector knows it.
+    pub changed_at: Option<i64>,
+    /// When Duplex found it.
+    pub read_at: i64,
 }
 
 /// A conflict a rule must decide.
@@ -56,9 +62,6 @@ pub enum RuleAnswer {
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
     pub spec: &'a SyncSpec,
-    /// Now, in microseconds since the epoch: the observation time of changes whose source time
-    /// is unknown.
-    pub now: i64,
     /// The links the changes and candidates refer to, and links left dirty by failed writes.
     pub links: Vec<Link>,
     /// Open conflicts: held fields per link.
@@ -116,6 +119,8 @@ pub struct Plan {
     pub agreed: Vec<(u64, String)>,
     /// Conflicts waiting on a rule: when any, plan again with their answers.
     pub queries: Vec<RuleQuery>,
+    /// Fields changed on both sides that last-writer-wins settled, for the activity log.
+    pub decided: Vec<Decided>,
     pub rejected: Vec<Rejection>,
     pub next_link_id: u64,
     /// Changes that repeated what Duplex already knew (echoes of its own writes included).
@@ -178,7 +183,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             },
         };
         let link = links.get_mut(&link_id).expect("link exists");
-        observe(link, change, input.now, &mut out);
+        observe(link, change, &mut out);
     }
 
     let empty = BTreeSet::new();
@@ -197,6 +202,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }));
         out.conflicts.extend(merged.conflicts);
         out.queries.extend(merged.queries);
+        out.decided.extend(merged.decided);
         out.agreed
             .extend(merged.agreed.into_iter().map(|f| (link.id, f)));
     }
@@ -286,17 +292,34 @@ fn attach_candidate(link: &mut Link, side: Side, c: &Candidate) {
     st.seen = Some(c.fields.clone());
     st.version = c.version.clone();
     st.deleted = false;
+    // A record found by match key is what was there, not a change read from the feed: with no
+    // source time it counts as earliest, so in a first sync of two existing records the side
+    // whose change was read wins (ties: the left), as it did before. With one, it is ordered
+    // like any change.
+    match c.changed_at {
+        Some(_) => stamp(st, c.changed_at, c.read_at),
+        None => {
+            st.changed_at = None;
+            st.read_time = false;
+        }
+    }
+}
+
+fn stamp(st: &mut super::SideState, source: Option<i64>, read_at: i64) {
+    let (at, read_time) = change_time(source, read_at);
+    st.changed_at = Some(at);
+    st.read_time = read_time;
 }
 
 /// Applies a change to its side of a link.
-fn observe(link: &mut Link, change: &Observed, now: i64, out: &mut Plan) {
+fn observe(link: &mut Link, change: &Observed, out: &mut Plan) {
     let st = link.side_mut(change.side);
     if change.own {
         out.own += 1;
     }
     if change.deleted {
         if !st.deleted && !change.own {
-            st.changed_at = Some(change.changed_at.unwrap_or(now));
+            stamp(st, change.changed_at, change.read_at);
         }
         st.deleted = true;
         st.version = change.version.clone();
@@ -305,8 +328,13 @@ fn observe(link: &mut Link, change: &Observed, now: i64, out: &mut Plan) {
     let same = !st.deleted && st.seen.as_ref() == Some(&change.fields);
     if same {
         out.echoes += 1;
+        // The same values, found earlier without a time (by match key, or after a refused
+        // write): the source's time says better when they were made.
+        if st.read_time && !change.own && change.changed_at.is_some() {
+            stamp(st, change.changed_at, change.read_at);
+        }
     } else if !change.own {
-        st.changed_at = Some(change.changed_at.unwrap_or(now));
+        stamp(st, change.changed_at, change.read_at);
     }
     st.deleted = false;
     st.seen = Some(change.fields.clone());
@@ -338,6 +366,7 @@ mod tests {
             seen: Some(f.clone()),
             version: Some("1".into()),
             changed_at: Some(1),
+            read_time: false,
             deleted: false,
         };
         Link {
@@ -371,6 +400,7 @@ mod tests {
             fields: f,
             version: Some(at.to_string()),
             changed_at: Some(at),
+            read_at: 100,
             own: false,
         }
     }
@@ -378,7 +408,6 @@ mod tests {
     fn input<'a>(spec: &'a SyncSpec, changes: Vec<Observed>) -> Input<'a> {
         Input {
             spec,
-            now: 100,
             links: vec![agreed()],
             held: BTreeMap::new(),
             changes,
@@ -444,6 +473,94 @@ mod tests {
         };
         let p = plan(&input(&s, vec![l, r_later]));
         assert_eq!(updates(&p, Side::Left), fields(&[("name", "R")]));
+    }
+
+    #[test]
+    fn a_change_without_a_source_time_counts_as_made_when_it_was_read() {
+        // Issue 12: a record re-read after a refused write carried no time and was stamped
+        // with the cycle's start, so an edit made after the other side's looked older.
+        let s = spec();
+        let name = |v: &str| fields(&[("email", "a@x"), ("name", v), ("status", "active")]);
+        let right = change(Side::Right, "r1", name("R"), 50);
+        let left = Observed {
+            changed_at: None,
+            read_at: 60,
+            ..change(Side::Left, "1", name("L"), 0)
+        };
+        let p = plan(&input(&s, vec![left, right]));
+        assert_eq!(updates(&p, Side::Right), fields(&[("name", "L")]));
+        assert!(p.links[&7].left.read_time);
+        assert_eq!(p.links[&7].left.changed_at, Some(60));
+    }
+
+    #[test]
+    fn a_source_clock_running_ahead_counts_no_later_than_the_read() {
+        let s = spec();
+        let name = |v: &str| fields(&[("email", "a@x"), ("name", v), ("status", "active")]);
+        // The left's clock says 90, but Duplex had the change in hand at 60: the right's
+        // edit at 65 is the later one.
+        let left = Observed {
+            read_at: 60,
+            ..change(Side::Left, "1", name("L"), 90)
+        };
+        let right = change(Side::Right, "r1", name("R"), 65);
+        let p = plan(&input(&s, vec![left, right]));
+        assert_eq!(updates(&p, Side::Left), fields(&[("name", "R")]));
+        assert_eq!(p.links[&7].left.changed_at, Some(60));
+    }
+
+    #[test]
+    fn last_writer_wins_records_both_values_both_times_and_the_winner() {
+        let s = spec();
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
+            5,
+        );
+        let r = Observed {
+            changed_at: None,
+            read_at: 8,
+            ..change(
+                Side::Right,
+                "r1",
+                fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
+                0,
+            )
+        };
+        let p = plan(&input(&s, vec![l, r]));
+        assert_eq!(
+            p.decided,
+            vec![Decided {
+                link: 7,
+                field: "name".into(),
+                left: text("L"),
+                right: text("R"),
+                left_at: Some(5),
+                right_at: Some(8),
+                left_read_time: false,
+                right_read_time: true,
+                winner: Side::Right,
+            }],
+            "status changed on the left only: no decision"
+        );
+    }
+
+    #[test]
+    fn the_same_values_read_with_a_source_time_replace_a_read_time() {
+        // A record first found without a time (by match key), then read from the feed with
+        // its source's time: the source's time says better when its values were made.
+        let s = spec();
+        let mut i = input(&s, vec![]);
+        let mut link = agreed();
+        link.right.changed_at = Some(90);
+        link.right.read_time = true;
+        i.links = vec![link];
+        let seen = agreed().right.seen.unwrap();
+        i.changes = vec![change(Side::Right, "r1", seen, 40)];
+        let p = plan(&i);
+        assert_eq!(p.links[&7].right.changed_at, Some(40));
+        assert!(!p.links[&7].right.read_time);
     }
 
     #[test]
@@ -535,6 +652,8 @@ mod tests {
             id: id.into(),
             fields: fields(&[("email", "b@x")]),
             version: None,
+            changed_at: None,
+            read_at: 100,
         };
         i.candidates
             .insert((Side::Right, "b@x".into()), vec![cand("r8"), cand("r9")]);
