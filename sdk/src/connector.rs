@@ -85,7 +85,10 @@ pub trait Connector: Sized {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, Error>>, Error>;
 
-    /// Looks records up by id or by a matchable field. By default: not supported.
+    /// Looks records up by id or by a matchable field, each with `changed_at`, the time its
+    /// current version was made, when the system knows it: the host reads a record again with
+    /// `find` after a conditional write was refused, and last-writer-wins orders it by that
+    /// time. By default: not supported.
     fn find(&mut self, stream: &str, key: LookupKey) -> Result<Vec<Current>, Error> {
         let _ = (stream, key);
         Err(Error::permanent("this connector does not support find"))
