@@ -1446,3 +1446,266 @@ async fn last_writer_wins_takes_the_later_edit_in_every_round_on_postgres() {
 async fn last_writer_wins_takes_the_later_edit_in_every_round_on_mariadb() {
     last_writer_wins_takes_the_later_edit_in_every_round("mysql").await;
 }
+
+/// A config syncing `table` of two databases by `code`, mapping `fields` both ways, and
+/// `extra` (an inline table of one more field) when not empty.
+fn pair_config(
+    dir: &std::path::Path,
+    a: &str,
+    b: &str,
+    table: &str,
+    fields: &[&str],
+    extra: &str,
+) -> std::path::PathBuf {
+    let mut fields: Vec<String> = fields
+        .iter()
+        .map(|f| format!("{{ left = \"{f}\", right = \"{f}\" }}"))
+        .collect();
+    if !extra.is_empty() {
+        fields.push(extra.to_owned());
+    }
+    let config = format!(
+        r#"
+[connections.a]
+plugin = "builtin:sql"
+config = {{ url = "{a}" }}
+grants = {{ sql = ["{a}"] }}
+
+[connections.b]
+plugin = "builtin:sql"
+config = {{ url = "{b}" }}
+grants = {{ sql = ["{b}"] }}
+
+[syncs.t]
+left = "a.{table}"
+right = "b.{table}"
+match = {{ field = "code" }}
+fields = [{}]
+"#,
+        fields.join(", ")
+    );
+    let path = dir.join("duplex.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Every row of a query as one line of text, for comparing two databases directly.
+async fn rows_as_text(db: &ServerDb, sql: &str) -> Vec<String> {
+    match db.kind {
+        "postgres" => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar::<_, String>(sql)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+        _ => {
+            let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar::<_, String>(sql)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+/// Runs the sync of `config` until caught up.
+async fn sync_once(config: &std::path::Path) {
+    let app = duplex::app::App::load(config).await.unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+    let rejected = state.rejected("t").unwrap();
+    assert!(rejected.is_empty(), "rejected: {rejected:#?}");
+}
+
+/// Why loading `config` fails.
+async fn load_error(config: &std::path::Path) -> String {
+    match duplex::app::App::load(config).await {
+        Ok(_) => panic!("the config loaded"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+const PG_FILMS: &str = "
+CREATE TYPE mpaa_rating AS ENUM ('G', 'PG', 'PG-13', 'R', 'NC-17');
+CREATE DOMAIN release_year AS integer CHECK (VALUE >= 1901 AND VALUE <= 2155);
+CREATE TYPE pair AS (a integer, b integer);
+CREATE TABLE films (
+    id SERIAL PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    rating mpaa_rating DEFAULT 'G',
+    tags TEXT[],
+    scores INTEGER[],
+    made release_year,
+    fts TSVECTOR,
+    length INTERVAL,
+    host INET,
+    net CIDR,
+    price MONEY,
+    flags BIT(3),
+    bits VARBIT,
+    span INT4RANGE,
+    doc XML,
+    title_len INTEGER GENERATED ALWAYS AS (length(title)) STORED,
+    coords pair
+);";
+
+/// Issue 13: a PostgreSQL table with an enum, arrays, a domain, a tsvector and the other common
+/// types syncs both ways, and a mapped column of a type that cannot be carried (a composite) is
+/// refused by the check, naming it, before anything runs. Unmapped, it never stops the sync.
+#[tokio::test]
+async fn every_common_postgres_type_is_carried_or_refused_up_front() {
+    let (Some(a), Some(b)) = (
+        ServerDb::new("postgres").await,
+        ServerDb::new("postgres").await,
+    ) else {
+        return;
+    };
+    a.exec(PG_FILMS).await;
+    b.exec(PG_FILMS).await;
+    a.exec(
+        "INSERT INTO films (code, title, rating, tags, scores, made, fts, length, host, net, price, flags, bits, span, doc, coords) VALUES
+         ('f1', 'Academy Dinosaur', 'PG', ARRAY['epic', 'it''s \"quoted\"', NULL], '{1,2,3}', 2006,
+          to_tsvector('english', 'A epic drama of a feminist'), '1 hour 26 mins', '192.168.1.10', '10.0.0.0/8',
+          20.99, B'101', B'1100', '[1,10)', '<film><id>1</id></film>', ROW(1, 2)),
+         ('f2', 'Ace Goldfinger', DEFAULT, '{}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'empty', NULL, NULL);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mapped = [
+        "code", "title", "rating", "tags", "scores", "made", "fts", "length", "host", "net",
+        "price", "flags", "bits", "span", "doc",
+    ];
+    let compare = "SELECT concat_ws('|', code, title, rating, tags::text, scores::text, made, fts, length, \
+                   host, net, price, flags, bits, span, doc::text, title_len) FROM films ORDER BY code";
+
+    // The composite, mapped: refused by name before anything runs.
+    let with_coords: Vec<&str> = mapped.iter().copied().chain(["coords"]).collect();
+    let config = pair_config(dir.path(), &a.url, &b.url, "films", &with_coords, "");
+    let err = load_error(&config).await;
+    assert!(
+        err.contains("field coords of stream films") && err.contains("composite type pair"),
+        "{err}"
+    );
+    // A value map must name the enum's values.
+    let config = pair_config(
+        dir.path(),
+        &a.url,
+        &b.url,
+        "films",
+        &["code"],
+        r#"{ left = "rating", right = "rating", values = { "PG-14" = "PG" } }"#,
+    );
+    let err = load_error(&config).await;
+    assert!(
+        err.contains("PG-14 is not a value of field rating (it takes: G, PG, PG-13, R, NC-17)"),
+        "{err}"
+    );
+    assert_eq!(
+        rows_as_text(&b, "SELECT code FROM films").await.len(),
+        0,
+        "nothing ran"
+    );
+
+    // Everything else, with the composite unmapped: carried both ways.
+    let config = pair_config(dir.path(), &a.url, &b.url, "films", &mapped, "");
+    sync_once(&config).await;
+    assert_eq!(
+        rows_as_text(&a, compare).await,
+        rows_as_text(&b, compare).await
+    );
+    a.exec(
+        "UPDATE films SET rating = 'NC-17', tags = ARRAY['b', 'a'], scores = '{}', length = '2 days', \
+         span = '[3,4]', fts = to_tsvector('simple', 'changed on a') WHERE code = 'f1'",
+    )
+    .await;
+    b.exec(
+        "UPDATE films SET rating = 'R', made = 1999, host = '::1', price = 5, flags = B'011', \
+         bits = B'1', doc = '<x/>', tags = ARRAY['on b'] WHERE code = 'f2'",
+    )
+    .await;
+    sync_once(&config).await;
+    let (left, right) = (
+        rows_as_text(&a, compare).await,
+        rows_as_text(&b, compare).await,
+    );
+    assert_eq!(left, right);
+    assert!(left[0].contains("|NC-17|{b,a}|{}|"), "{left:?}");
+    assert!(left[1].contains("|R|{\"on b\"}|"), "{left:?}");
+}
+
+const MY_GEAR: &str = "
+CREATE TABLE gear (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    code VARCHAR(20) NOT NULL UNIQUE,
+    size ENUM('S', 'M', 'L') NOT NULL DEFAULT 'M',
+    colours SET('red', 'green', 'blue'),
+    made YEAR,
+    flags BIT(8),
+    serial BIGINT UNSIGNED,
+    addr INET6,
+    spot POINT
+);";
+
+/// Issue 13 on MariaDB: enum, set, year, bit, unsigned integers beyond 2^63 and INET6 sync
+/// both ways; a mapped spatial column is refused by the check by name, and unmapped it never
+/// stops the sync.
+#[tokio::test]
+async fn every_common_mariadb_type_is_carried_or_refused_up_front() {
+    let (Some(a), Some(b)) = (ServerDb::new("mysql").await, ServerDb::new("mysql").await) else {
+        return;
+    };
+    a.exec(MY_GEAR).await;
+    b.exec(MY_GEAR).await;
+    a.exec(
+        "INSERT INTO gear (code, size, colours, made, flags, serial, addr, spot) VALUES
+         ('g1', 'L', 'red,blue', 2024, b'00000101', 18446744073709551615, '::1', POINT(1, 2)),
+         ('g2', DEFAULT, '', NULL, NULL, NULL, NULL, NULL);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mapped = ["code", "size", "colours", "made", "flags", "serial", "addr"];
+    let compare =
+        "SELECT CAST(concat_ws('|', code, size, colours, made, flags + 0, serial, addr) AS CHAR) \
+                   FROM gear ORDER BY code";
+
+    let with_spot: Vec<&str> = mapped.iter().copied().chain(["spot"]).collect();
+    let config = pair_config(dir.path(), &a.url, &b.url, "gear", &with_spot, "");
+    let err = load_error(&config).await;
+    assert!(
+        err.contains("field spot of stream gear") && err.contains("spatial type point"),
+        "{err}"
+    );
+    let config = pair_config(
+        dir.path(),
+        &a.url,
+        &b.url,
+        "gear",
+        &["code"],
+        r#"{ left = "size", right = "size", values = { "XL" = "L" } }"#,
+    );
+    let err = load_error(&config).await;
+    assert!(
+        err.contains("XL is not a value of field size (it takes: S, M, L)"),
+        "{err}"
+    );
+
+    let config = pair_config(dir.path(), &a.url, &b.url, "gear", &mapped, "");
+    sync_once(&config).await;
+    let left = rows_as_text(&a, compare).await;
+    assert_eq!(left, rows_as_text(&b, compare).await);
+    assert!(left[0].contains("|18446744073709551615|::1"), "{left:?}");
+    a.exec("UPDATE gear SET size = 'S', colours = 'green', serial = 9223372036854775808 WHERE code = 'g1'")
+        .await;
+    b.exec("UPDATE gear SET made = 1999, flags = b'11111111', addr = 'fe80::1' WHERE code = 'g2'")
+        .await;
+    sync_once(&config).await;
+    let left = rows_as_text(&a, compare).await;
+    assert_eq!(left, rows_as_text(&b, compare).await);
+    assert!(
+        left[0].starts_with("g1|S|green|2024|5|9223372036854775808"),
+        "{left:?}"
+    );
+    assert!(left[1].contains("|1999|255|"), "{left:?}");
+}

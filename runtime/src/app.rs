@@ -385,6 +385,25 @@ fn build_sync(
         };
         let lf = lookup("left", &f.left, &lstream, &lc)?;
         let rf = lookup("right", &f.right, &rstream, &rc)?;
+        // A field the connector cannot carry is refused here, before anything runs: never a
+        // first failure at run time.
+        for (side, field, at, s, conn) in [
+            ("left", &lf, &f.left, &lstream, &lc),
+            ("right", &rf, &f.right, &rstream, &rc),
+        ] {
+            if let Some(why) = &field.unsupported {
+                return Err(loaded
+                    .invalid(
+                        at,
+                        format!("syncs.{name}.fields[{i}].{side}"),
+                        format!(
+                            "field {} of stream {} (connection {conn}) cannot be synced: {why}",
+                            field.name, s.name
+                        ),
+                    )
+                    .into());
+            }
+        }
         let direction: crate::engine::Direction = f.direction.into();
         for (side, field, at) in [
             (crate::engine::Side::Left, &lf, &f.left),
@@ -414,6 +433,26 @@ fn build_sync(
                         format!("{k}: {m}"),
                     )
                 })?;
+                // An enum on either side: the mapped values must be among its values.
+                for (value, field, at) in [(&left, &lf, &f.left), (&right, &rf, &f.right)] {
+                    let text = match value {
+                        Value::Text(t) => t.clone(),
+                        other => other.display(),
+                    };
+                    if !field.allowed.is_empty() && !field.allowed.contains(&text) {
+                        return Err(loaded
+                            .invalid(
+                                at,
+                                format!("syncs.{name}.fields[{i}].values"),
+                                format!(
+                                    "{text} is not a value of field {} (it takes: {})",
+                                    field.name,
+                                    field.allowed.join(", ")
+                                ),
+                            )
+                            .into());
+                    }
+                }
                 values.push((left, right));
             }
         }

@@ -5,8 +5,9 @@
 //! their values converted to the latest types, so nothing past `plugin` knows the difference.
 //! The contract's shared types (`value`, `error`, ...) did not change and are the latest ones.
 //!
-//! What 0.1.0 lacks: `current.changed-at`. A 0.1.0 connector's `find` answers carry no time,
-//! and the driver counts such a record as changed when it read it.
+//! What 0.1.0 lacks: `current.changed-at` (a 0.1.0 connector's `find` answers carry no time,
+//! and the driver counts such a record as changed when it read it), and `field.allowed` and
+//! `field.unsupported` (none).
 //!
 //! Must not: grow behaviour of its own. A new contract version adds `since_v0_2_0.rs` and this
 //! one keeps forwarding to the latest.
@@ -363,6 +364,8 @@ fn stream(s: old::Stream) -> latest::Stream {
                 nullable: f.nullable,
                 writable: f.writable,
                 matchable: f.matchable,
+                allowed: Vec::new(),
+                unsupported: None,
             })
             .collect(),
         primary_key: s.primary_key,

@@ -20,6 +20,41 @@ pub struct Column {
     pub pk_position: u32,
     /// Generated columns cannot be written.
     pub generated: bool,
+    /// How it is carried, where not as it is stored (see [`Carry`]).
+    pub carry: Carry,
+}
+
+/// How a column whose type the sql capability does not read or write as it is stored is
+/// carried anyway (an enum as text, an array as JSON), or why it cannot be: every column of a
+/// table is carried or refused up front, so an unmapped column of any type never stops a sync,
+/// and a mapped one that cannot be carried is refused by `duplex check`.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    /// How to read it: an SQL expression with `{}` for the quoted column (`{}::text`).
+    pub read: Option<String>,
+    /// How to write it: an SQL expression with `{}` for the parameter (`{}::mood`).
+    pub write: Option<String>,
+    /// An enum's values, in order.
+    pub allowed: Vec<String>,
+    /// Why it cannot be carried: it is never read or written.
+    pub unsupported: Option<String>,
+}
+
+impl Carry {
+    /// Read through `read`, written as a parameter is.
+    pub fn read(read: &str) -> Carry {
+        Carry {
+            read: Some(read.to_owned()),
+            ..Carry::default()
+        }
+    }
+
+    pub fn refused(why: String) -> Carry {
+        Carry {
+            unsupported: Some(why),
+            ..Carry::default()
+        }
+    }
 }
 
 /// One entry of the change log.
@@ -41,8 +76,10 @@ pub trait Dialect {
     /// The placeholder for the `n`th parameter when it is compared with or stored in `column`
     /// (PostgreSQL casts, since its parameters are strictly typed).
     fn param_for(&self, n: usize, column: &Column) -> String {
-        let _ = column;
-        self.param(n)
+        match &column.carry.write {
+            Some(w) => w.replace("{}", &self.param(n)),
+            None => self.param(n),
+        }
     }
     /// An expression over a table's row that changes whenever the row does (PostgreSQL's
     /// `xmin`), or `None` when the capture keeps versions in `_duplex_rows` instead. A version in

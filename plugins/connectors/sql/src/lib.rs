@@ -162,8 +162,11 @@ impl Connector for SqlConnector {
                         name: c.name.clone(),
                         type_: c.field_type,
                         nullable: c.nullable,
-                        writable: !c.generated,
-                        matchable: !matches!(c.field_type, FieldType::Bytes | FieldType::Json),
+                        writable: !c.generated && c.carry.unsupported.is_none(),
+                        matchable: !matches!(c.field_type, FieldType::Bytes | FieldType::Json)
+                            && c.carry.unsupported.is_none(),
+                        allowed: c.carry.allowed.clone(),
+                        unsupported: c.carry.unsupported.clone(),
                     })
                     .collect(),
                 primary_key: vec![table.pk.clone()],
@@ -379,11 +382,20 @@ impl SqlConnector {
     }
 
     /// The table's columns and, where the dialect keeps one in the row, its version.
+    /// The columns a row is read with: each as it is carried (see `dialect::Carry`); a column
+    /// that cannot be carried is never read, so it never stops a sync it is not mapped in.
     fn select_list(&self, table: &Table) -> String {
         let mut list: Vec<String> = table
             .columns
             .iter()
-            .map(|c| self.dialect.ident(&c.name))
+            .filter(|c| c.carry.unsupported.is_none())
+            .map(|c| {
+                let ident = self.dialect.ident(&c.name);
+                match &c.carry.read {
+                    Some(read) => format!("{} AS {ident}", read.replace("{}", &ident)),
+                    None => ident,
+                }
+            })
             .collect();
         list.extend(
             self.dialect
@@ -1151,6 +1163,9 @@ fn check_fields(table: &Table, fields: &[FieldValue]) -> Result<(), Error> {
                     f.name, table.name
                 ),
             ));
+        }
+        if let Some(why) = &column.carry.unsupported {
+            return Err(Error::validation(Some(&f.name), why.clone()));
         }
         if !compatible(column.field_type, &f.value) {
             return Err(Error::validation(

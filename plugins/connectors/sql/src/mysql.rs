@@ -18,7 +18,7 @@
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, prune_bound, Column, Dialect, LogEntry};
+use crate::dialect::{entries, literal, prune_bound, Carry, Column, Dialect, LogEntry};
 
 pub struct MySql;
 
@@ -38,6 +38,127 @@ fn field_type(data_type: &str, column_type: &str) -> FieldType {
         }
         _ => FieldType::Text,
     }
+}
+
+/// The types the sql capability reads and writes as they are.
+const NATIVE: &[&str] = &[
+    "tinyint",
+    "smallint",
+    "mediumint",
+    "int",
+    "integer",
+    "bigint",
+    "bool",
+    "boolean",
+    "decimal",
+    "numeric",
+    "float",
+    "double",
+    "real",
+    "datetime",
+    "timestamp",
+    "date",
+    "time",
+    "char",
+    "varchar",
+    "tinytext",
+    "text",
+    "mediumtext",
+    "longtext",
+    "json",
+    "binary",
+    "varbinary",
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "enum",
+    "set",
+];
+
+const SPATIAL: &[&str] = &[
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+];
+
+/// How a column is carried: natively; an enum as text with its values (a set as text, its
+/// members comma-separated); an unsigned BIGINT (beyond 2^63) as a decimal; YEAR and BIT(n) as
+/// integers (BIT(64) as a decimal); any other type with a text form (INET6, UUID, ...) as text.
+/// Spatial types are refused.
+fn carry(name: &str, data_type: &str, column_type: &str) -> (FieldType, Carry) {
+    let original = column_type;
+    let lower = column_type.to_ascii_lowercase();
+    let column_type = lower.as_str();
+    if SPATIAL.contains(&data_type) {
+        return (
+            FieldType::Text,
+            Carry::refused(format!(
+                "column {name} has the spatial type {data_type}, which Duplex does not carry; map \
+                 a generated column such as ST_AsText({name}) one way instead"
+            )),
+        );
+    }
+    match data_type {
+        "bigint" if column_type.contains("unsigned") => {
+            (FieldType::Decimal, Carry::read("CAST({} AS DECIMAL(20,0))"))
+        }
+        "year" => (FieldType::Integer, Carry::read("CAST({} AS SIGNED)")),
+        "bit" if column_type.trim() == "bit(64)" => {
+            (FieldType::Decimal, Carry::read("CAST({} AS DECIMAL(20,0))"))
+        }
+        "bit" => (FieldType::Integer, Carry::read("CAST({} AS UNSIGNED)")),
+        "enum" => (
+            FieldType::Text,
+            Carry {
+                allowed: enum_values(original),
+                ..Carry::default()
+            },
+        ),
+        _ if NATIVE.contains(&data_type) => (field_type(data_type, column_type), Carry::default()),
+        _ => (FieldType::Text, Carry::read("CAST({} AS CHAR)")),
+    }
+}
+
+/// The values of `enum('a','b''c')`, unquoted.
+fn enum_values(column_type: &str) -> Vec<String> {
+    let Some(inner) = column_type
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("enum("))
+        .and_then(|_| column_type[5..].strip_suffix(')'))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                '\'' => break,
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                c => value.push(c),
+            }
+        }
+        out.push(value);
+    }
+    out
 }
 
 fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
@@ -154,13 +275,17 @@ impl Dialect for MySql {
                 if is_pk {
                     pk += 1;
                 }
+                let name = text("name");
+                // An enum's values keep their case.
+                let (field_type, carry) = carry(&name, &data_type, &text("column_type"));
                 Column {
-                    name: text("name"),
-                    field_type: field_type(&data_type, &column_type),
+                    name,
+                    field_type,
                     sql_type: column_type,
                     nullable: text("nullable") == "YES" && !is_pk,
                     pk_position: if is_pk { pk } else { 0 },
                     generated: text("extra").to_ascii_uppercase().contains("GENERATED"),
+                    carry,
                 }
             })
             .collect())
@@ -392,5 +517,36 @@ impl Dialect for MySql {
         }
         let more = stopped || rows.rows.len() as u32 >= max;
         Ok((out, upto.to_string(), more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_values_keep_their_case_and_quotes() {
+        assert_eq!(
+            enum_values("enum('G','PG-13','it''s','a,b')"),
+            vec!["G", "PG-13", "it's", "a,b"]
+        );
+        assert!(enum_values("set('a','b')").is_empty());
+    }
+
+    #[test]
+    fn spatial_columns_are_refused_and_wide_unsigned_ones_carried_as_decimals() {
+        let (_, c) = carry("shape", "point", "point");
+        assert!(c
+            .unsupported
+            .unwrap()
+            .contains("column shape has the spatial type point"));
+        let (t, c) = carry("big", "bigint", "bigint(20) unsigned");
+        assert_eq!(t, FieldType::Decimal);
+        assert_eq!(c.read.as_deref(), Some("CAST({} AS DECIMAL(20,0))"));
+        let (t, c) = carry("addr", "inet6", "inet6");
+        assert_eq!(
+            (t, c.read.as_deref()),
+            (FieldType::Text, Some("CAST({} AS CHAR)"))
+        );
     }
 }

@@ -93,6 +93,8 @@ impl Dialect for Sqlite {
                 nullable: r.get("notnull").and_then(Value::as_integer) == Some(0) && pk == 0,
                 pk_position: u32::try_from(pk).unwrap_or(0),
                 generated: hidden == 2 || hidden == 3,
+                // SQLite stores any value in any column: every column reads as it is stored.
+                carry: Default::default(),
             });
         }
         Ok(out)
