@@ -90,8 +90,8 @@ impl CycleReport {
 
     pub fn summary(&self) -> String {
         format!(
-            "read {} left, {} right; wrote {}; {} failed; {} echoes ignored; {} conflicts held; {} rejected",
-            self.read[0], self.read[1], self.writes, self.failed, self.echoes, self.conflicts, self.rejected
+            "read {} left, {} right; wrote {}; {} failed; {} echoes ignored; {} conflicts held; {} rejected; {} last-writer-wins decisions",
+            self.read[0], self.read[1], self.writes, self.failed, self.echoes, self.conflicts, self.rejected, self.decided
         )
     }
 }

@@ -421,8 +421,9 @@ fn print_status(app: &App, state: &State) -> anyhow::Result<()> {
         }
         println!("  waiting to retry: {}", dirty.len());
         println!(
-            "  last-writer-wins decisions: {} (`duplex activity --decisions` lists them)",
-            stats.decided
+            "  last-writer-wins decisions: {} (`duplex activity {} --decisions` lists them)",
+            stats.decided,
+            app.loaded.path.display()
         );
         println!(
             "  totals: {} cycles, {} changes read, {} writes, {} failed writes, {} echoes ignored",
