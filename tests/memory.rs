@@ -112,6 +112,16 @@ pub struct MemorySystem {
     /// Most ops one write call can take; more fail the call, applying none, as a plugin that
     /// runs out of memory does.
     pub write_limit: Option<usize>,
+    /// Fields this system rewrites on every write, anyone's: text to upper or lower case, as
+    /// a trigger or a normalising column would. Writes return the record as stored.
+    pub rewrites: Vec<(String, Case)>,
+}
+
+/// How a field is rewritten on write.
+#[derive(Debug, Clone, Copy)]
+pub enum Case {
+    Upper,
+    Lower,
 }
 
 impl MemorySystem {
@@ -128,6 +138,16 @@ impl MemorySystem {
             apply_before_failing: 0,
             writes: 0,
             write_limit: None,
+            rewrites: Vec::new(),
+        }
+    }
+
+    /// A value as this system stores it in `field`.
+    fn stored(&self, field: &str, value: Value) -> Value {
+        match (self.rewrites.iter().find(|(f, _)| f == field), value) {
+            (Some((_, Case::Upper)), Value::Text(t)) => Value::Text(t.to_uppercase()),
+            (Some((_, Case::Lower)), Value::Text(t)) => Value::Text(t.to_lowercase()),
+            (_, v) => v,
         }
     }
 
@@ -175,6 +195,13 @@ impl MemorySystem {
     fn create(&mut self, fields: BTreeMap<String, Value>, origin: Option<&str>) -> String {
         self.next_id += 1;
         let id = format!("{}{}", self.prefix, self.next_id);
+        let fields = fields
+            .into_iter()
+            .map(|(k, v)| {
+                let v = self.stored(&k, v);
+                (k, v)
+            })
+            .collect();
         self.records.insert(id.clone(), fields);
         self.append(&id, false, origin);
         id
@@ -182,6 +209,7 @@ impl MemorySystem {
 
     /// A person edits a field.
     pub fn user_update(&mut self, id: &str, field: &str, value: Value) {
+        let value = self.stored(field, value);
         if let Some(r) = self.records.get_mut(id) {
             r.insert(field.to_owned(), value);
             self.append(id, false, None);
@@ -223,6 +251,29 @@ impl MemorySystem {
             .unwrap_or_default()
     }
 
+    /// What a write stored otherwise than it was told (as the sql connector reports it): told
+    /// fields stored otherwise, and others it changed (against `before`) or set on a create.
+    fn stored_otherwise(
+        &self,
+        id: &str,
+        told: &BTreeMap<String, Value>,
+        before: Option<&BTreeMap<String, Value>>,
+    ) -> Vec<FieldValue> {
+        let Some(now) = self.records.get(id) else {
+            return Vec::new();
+        };
+        now.iter()
+            .filter(|(k, v)| match told.get(*k) {
+                Some(t) => t != *v,
+                None => before.is_none_or(|b| b.get(*k) != Some(*v)),
+            })
+            .map(|(k, v)| FieldValue {
+                name: k.clone(),
+                value: v.clone(),
+            })
+            .collect()
+    }
+
     fn apply(&mut self, origin: &str, op: WriteOp) -> Result<Written, WitError> {
         self.writes += 1;
         if std::env::var("SIM_TRACE").is_ok() {
@@ -230,10 +281,12 @@ impl MemorySystem {
         }
         match op {
             WriteOp::Create(c) => {
-                let fields = c.fields.into_iter().map(|f| (f.name, f.value)).collect();
-                let id = self.create(fields, Some(origin));
+                let told: BTreeMap<String, Value> =
+                    c.fields.into_iter().map(|f| (f.name, f.value)).collect();
+                let id = self.create(told.clone(), Some(origin));
                 Ok(Written {
                     version: self.versions.get(&id).map(u64::to_string),
+                    stored: self.stored_otherwise(&id, &told, None),
                     id,
                 })
             }
@@ -245,13 +298,19 @@ impl MemorySystem {
                 if u.if_version.as_ref().is_some_and(|v| *v != now) {
                     return Err(WitError::Conflict(format!("{} is at {now}", u.id)));
                 }
+                let before = self.records[&u.id].clone();
+                let told: BTreeMap<String, Value> =
+                    u.fields.into_iter().map(|f| (f.name, f.value)).collect();
+                let stored: Vec<(String, Value)> = told
+                    .iter()
+                    .map(|(k, v)| (k.clone(), self.stored(k, v.clone())))
+                    .collect();
                 let r = self.records.get_mut(&u.id).expect("checked");
-                for f in u.fields {
-                    r.insert(f.name, f.value);
-                }
+                r.extend(stored);
                 self.append(&u.id, false, Some(origin));
                 Ok(Written {
                     version: self.versions.get(&u.id).map(u64::to_string),
+                    stored: self.stored_otherwise(&u.id, &told, Some(&before)),
                     id: u.id,
                 })
             }
@@ -268,6 +327,7 @@ impl MemorySystem {
                 Ok(Written {
                     id: d.id,
                     version: None,
+                    stored: Vec::new(),
                 })
             }
         }

@@ -1709,3 +1709,103 @@ async fn every_common_mariadb_type_is_carried_or_refused_up_front() {
     );
     assert!(left[1].contains("|1999|255|"), "{left:?}");
 }
+
+/// Issue 13: what a destination stores is what Duplex believes. PostgreSQL rounds `rate` to two
+/// decimals (MariaDB keeps three), and each side has a trigger stamping `last_update` on every
+/// write. With people editing both sides, every mapped field ends equal on both sides, compared
+/// in the databases; the stamp, which each side rewrites whenever Duplex writes it, is held and
+/// reported for each record instead of going back and forth; and nothing more is written.
+#[tokio::test]
+async fn values_a_destination_changes_on_write_flow_back_and_a_field_both_rewrite_is_held() {
+    let (Some(pg), Some(my)) = (
+        ServerDb::new("postgres").await,
+        ServerDb::new("mysql").await,
+    ) else {
+        return;
+    };
+    pg.exec(
+        "CREATE TABLE accounts (id SERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+             rate NUMERIC(4,2), last_update TIMESTAMPTZ NOT NULL DEFAULT now());
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.last_update := clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION touch();
+         INSERT INTO accounts (code, name, rate) VALUES ('a1', 'Ada', 1.5), ('a2', 'Bob', 2.25);",
+    )
+    .await;
+    my.exec(
+        "CREATE TABLE accounts (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(20) NOT NULL UNIQUE,
+             name VARCHAR(100) NOT NULL, rate DECIMAL(6,3), last_update DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));
+         CREATE TRIGGER touch_ins BEFORE INSERT ON accounts FOR EACH ROW SET NEW.last_update = NOW(6);
+         CREATE TRIGGER touch_upd BEFORE UPDATE ON accounts FOR EACH ROW SET NEW.last_update = NOW(6);
+         INSERT INTO accounts (code, name, rate) VALUES ('a3', 'Cy', 3.125);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = pair_config(
+        dir.path(),
+        &pg.url,
+        &my.url,
+        "accounts",
+        &["code", "name", "rate", "last_update"],
+        "",
+    );
+    let pg_rows = "SELECT concat_ws('|', code, name, rate::text) FROM accounts ORDER BY code";
+    let my_rows =
+        "SELECT CAST(concat_ws('|', code, name, rate) AS CHAR) FROM accounts ORDER BY code";
+    let normal = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| {
+                // Decimal text keeps its scale ("1.50", "2.350"); compare the numbers.
+                let mut parts: Vec<String> = r.split('|').map(str::to_owned).collect();
+                if let Some(rate) = parts.get_mut(2) {
+                    if rate.contains('.') {
+                        *rate = rate.trim_end_matches('0').trim_end_matches('.').to_owned();
+                    }
+                }
+                parts.join("|")
+            })
+            .collect()
+    };
+
+    sync_once(&config).await;
+    pg.exec("UPDATE accounts SET rate = 1.75, name = 'Ada L.' WHERE code = 'a1'")
+        .await;
+    my.exec("UPDATE accounts SET rate = 2.345 WHERE code = 'a2'")
+        .await;
+    my.exec("UPDATE accounts SET name = 'Cyrus' WHERE code = 'a3'")
+        .await;
+    sync_once(&config).await;
+
+    let (left, right) = (
+        normal(rows_as_text(&pg, pg_rows).await),
+        normal(rows_as_text(&my, my_rows).await),
+    );
+    assert_eq!(
+        left, right,
+        "every mapped field but the held stamp is equal"
+    );
+    // MariaDB's 2.345 was rounded by PostgreSQL, and the rounded value flowed back.
+    assert!(left.contains(&"a2|Bob|2.35".to_owned()), "{left:?}");
+    assert!(left.contains(&"a3|Cyrus|3.13".to_owned()), "{left:?}");
+
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = app.open_state().unwrap();
+    let held: Vec<_> = state
+        .conflicts(false)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.field == "last_update")
+        .collect();
+    assert_eq!(held.len(), 3, "one per record: {held:#?}");
+    assert!(
+        held[0]
+            .reason
+            .contains("a and b both change last_update whenever Duplex writes it"),
+        "{}",
+        held[0].reason
+    );
+    // Not looped: once caught up, more cycles write nothing.
+    let reports = app.run_once(&state, |_, _| {}).await.unwrap();
+    let more: usize = reports.values().flatten().map(|r| r.writes).sum();
+    assert_eq!(more, 0);
+}

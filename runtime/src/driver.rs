@@ -110,6 +110,12 @@ pub fn system_clock() -> i64 {
 /// A batch of changes and when it was read.
 type Read = (plugin::ChangeBatch, i64);
 
+/// A field a side stored otherwise than written: (link, side, field).
+type Rewritten = (u64, Side, String);
+
+/// Most rounds of merging again what sides stored otherwise than written, in one cycle.
+const REWRITE_ROUNDS: usize = 3;
+
 /// One sync, ready to run cycles.
 pub struct SyncRunner<L, R> {
     pub spec: SyncSpec,
@@ -356,9 +362,11 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 };
                 Ok(Some((
                     op,
+                    // Confirmed only where the record holds what was written: nothing to learn.
                     Outcome::Written {
                         id: c.id,
                         version: c.version,
+                        stored: None,
                     },
                 )))
             }
@@ -373,6 +381,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         Outcome::Written {
                             id: id.clone(),
                             version: None,
+                            stored: None,
                         },
                     )
                 }))
@@ -415,14 +424,21 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         unlinked.push(c);
                     }
                 }
+                // What the record holds of the written fields is what the side stored of them
+                // (a person's later edits of other fields come through the feed, with times).
                 Ok(match unlinked.as_slice() {
-                    [c] => Some((
-                        intent.op.clone(),
-                        Outcome::Written {
-                            id: c.id.clone(),
-                            version: c.version.clone(),
-                        },
-                    )),
+                    [c] => {
+                        let mut stored = self.map_current(side, c);
+                        stored.retain(|k, _| fields.contains_key(k));
+                        Some((
+                            intent.op.clone(),
+                            Outcome::Written {
+                                id: c.id.clone(),
+                                version: c.version.clone(),
+                                stored: Some(stored),
+                            },
+                        ))
+                    }
                     _ => None,
                 })
             }
@@ -609,17 +625,33 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .iter()
             .find(|(side, b, _)| b.has_more && !writes_to(*side) && writes_to(side.other()))
             .map(|(side, b, _)| (*side, b.next_cursor.clone()));
-        let conflicted = self
+        let (conflicted, mut rewritten) = self
             .write(&mut plan, now, &mut commit, &mut failed, &mut report, early)
             .await;
 
         lap.end("write");
         // 7. Writes refused on a stale version: read those records again and merge once more.
         if !conflicted.is_empty() {
-            self.retry_conflicts(
+            rewritten.extend(
+                self.retry_conflicts(
+                    state,
+                    &mut plan,
+                    conflicted,
+                    now,
+                    &input,
+                    &mut commit,
+                    &mut failed,
+                    &mut report,
+                )
+                .await?,
+            );
+        }
+        // 8. Values a side stored otherwise than written flow back, in this cycle.
+        if !rewritten.is_empty() {
+            self.merge_rewritten(
                 state,
                 &mut plan,
-                conflicted,
+                rewritten,
                 now,
                 &input,
                 &mut commit,
@@ -628,7 +660,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             )
             .await?;
         }
-        // 8. Commit everything, cursors last in the same transaction.
+        // 9. Commit everything, cursors last in the same transaction.
         for (link, reason) in &failed {
             commit.dirty.push((*link, reason.clone()));
         }
@@ -893,7 +925,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     }
 
     /// Sends the plan's ops, settles each link with its outcome, and returns the links whose
-    /// conditional writes were refused as conflicts.
+    /// conditional writes were refused as conflicts, and the fields a side stored otherwise
+    /// than written (see [`Self::merge_rewritten`]).
     ///
     /// `early` is a side to read ahead from a cursor while the other side is written (see
     /// [`Self::cycle_inner`]); it must have no op in this plan. What it reads becomes that side's
@@ -907,8 +940,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         failed: &mut BTreeMap<u64, String>,
         report: &mut CycleReport,
         mut early: Option<(Side, String)>,
-    ) -> Vec<(Side, u64)> {
+    ) -> (Vec<(Side, u64)>, Vec<Rewritten>) {
         let mut conflicted = Vec::new();
+        let mut rewritten = Vec::new();
         let origin = self.spec.origin.clone();
         let sync = self.spec.name.clone();
         // Taken out while the links are settled; the plan gets them back untouched.
@@ -999,6 +1033,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         Ok(w) => Outcome::Written {
                             id: w.id.clone(),
                             version: w.version.clone(),
+                            stored: self.stored(side, &w.stored),
                         },
                         Err(WitError::NotFound(_)) => Outcome::Gone,
                         Err(_) => Outcome::Failed,
@@ -1006,7 +1041,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     let Some(link) = plan.links.get_mut(&op.link) else {
                         continue;
                     };
-                    settle(link, side, &op.kind, &outcome);
+                    for field in settle(link, side, &op.kind, &outcome) {
+                        rewritten.push((op.link, side, field));
+                    }
                     match (&result, &outcome) {
                         (Ok(w), _) => {
                             report.writes += 1;
@@ -1051,7 +1088,22 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             }
         }
         plan.ops = all_ops;
-        conflicted
+        (conflicted, rewritten)
+    }
+
+    /// A side's stored values, mapped to the sync's names; none where it cannot tell.
+    fn stored(&self, side: Side, stored: &[plugin::FieldValue]) -> Option<Fields> {
+        if stored.is_empty() {
+            return None;
+        }
+        self.spec
+            .map_in(
+                side,
+                stored
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.value.clone().into())),
+            )
+            .ok()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1065,7 +1117,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         commit: &mut CycleCommit,
         failed: &mut BTreeMap<u64, String>,
         report: &mut CycleReport,
-    ) -> Result<(), CycleError> {
+    ) -> Result<Vec<Rewritten>, CycleError> {
         let mut fresh = Vec::new();
         for (side, link_id) in &conflicted {
             let Some(id) = plan
@@ -1132,7 +1184,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let mut second = engine::plan(&again);
         record_intents(state, &input.spec.name, &second)?;
         let before = report.writes;
-        let still = self
+        let (still, rewritten) = self
             .write(&mut second, now, commit, failed, report, None)
             .await;
         tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");
@@ -1149,6 +1201,107 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         plan.decided.extend(second.decided);
         for (id, link) in second.links {
             plan.links.insert(id, link);
+        }
+        Ok(rewritten)
+    }
+
+    /// Merges again the links a side stored otherwise than written, so that its values flow
+    /// back within the cycle (the feed leaves Duplex's writes out and would never show them).
+    ///
+    /// A field stored otherwise again by the write that carried its last rewrite would go
+    /// back and forth for ever (a trigger stamping a modified time on each side, a column on
+    /// each side rounding differently, one side rewriting a field the other owns): it is held
+    /// with the reason and the fix, and the rest of the record keeps flowing. At most
+    /// [`REWRITE_ROUNDS`] rounds a cycle; what is left merges when the link is next touched.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_rewritten(
+        &mut self,
+        state: &State,
+        plan: &mut Plan,
+        mut rewritten: Vec<Rewritten>,
+        now: i64,
+        input: &Input<'_>,
+        commit: &mut CycleCommit,
+        failed: &mut BTreeMap<u64, String>,
+        report: &mut CycleReport,
+    ) -> Result<(), CycleError> {
+        let mut held = input.held.clone();
+        let mut last: BTreeMap<(u64, String), Side> = BTreeMap::new();
+        for _ in 0..REWRITE_ROUNDS {
+            rewritten.retain(|(link, _, _)| !failed.contains_key(link));
+            if rewritten.is_empty() {
+                break;
+            }
+            let mut this: BTreeMap<(u64, String), Side> = BTreeMap::new();
+            for (link, side, field) in rewritten.drain(..) {
+                let key = (link, field);
+                if let Some(before) = last.get(&key) {
+                    let Some(l) = plan.links.get(&link) else {
+                        continue;
+                    };
+                    let field = key.1.clone();
+                    let get =
+                        |s: Side| l.side(s).seen.as_ref().and_then(|f| f.get(&field)).cloned();
+                    let (name, other) = (
+                        side_name(&self.spec, side),
+                        side_name(&self.spec, side.other()),
+                    );
+                    let reason = if *before == side {
+                        format!("{name} changes {field} whenever Duplex writes it, and {other}'s value owns it; give the field a direction from {name}, or make {name} keep what it is given, then resolve this conflict")
+                    } else {
+                        format!("{} and {} both change {field} whenever Duplex writes it (a trigger, default or rounding on each side), so it would go back and forth for ever; give the field a direction so that one side owns it, then resolve this conflict", self.spec.left_name, self.spec.right_name)
+                    };
+                    tracing::warn!(sync = %self.spec.name, link, field = %field, "{reason}");
+                    plan.conflicts.push(engine::ConflictNote {
+                        link,
+                        field: field.clone(),
+                        base: l.base.get(&field).cloned(),
+                        left: get(Side::Left),
+                        right: get(Side::Right),
+                        reason,
+                    });
+                    held.entry(link).or_default().insert(field);
+                    continue;
+                }
+                this.insert(key, side);
+            }
+            let ids: BTreeSet<u64> = this.keys().map(|(l, _)| *l).collect();
+            last = this;
+            if ids.is_empty() {
+                break;
+            }
+            let again = Input {
+                spec: input.spec,
+                links: ids
+                    .iter()
+                    .filter_map(|id| plan.links.get(id).cloned())
+                    .collect(),
+                held: held.clone(),
+                changes: Vec::new(),
+                candidates: BTreeMap::new(),
+                answers: input.answers.clone(),
+                next_link_id: plan.next_link_id,
+            };
+            let mut next = engine::plan(&again);
+            record_intents(state, &input.spec.name, &next)?;
+            let (refused, mut more) = self
+                .write(&mut next, now, commit, failed, report, None)
+                .await;
+            plan.conflicts.extend(next.conflicts);
+            plan.agreed.extend(next.agreed);
+            plan.decided.extend(next.decided);
+            for (id, link) in next.links {
+                plan.links.insert(id, link);
+            }
+            // Refused because a person changed the record meanwhile: read it again and merge,
+            // as any refused write is.
+            if !refused.is_empty() {
+                more.extend(
+                    self.retry_conflicts(state, plan, refused, now, input, commit, failed, report)
+                        .await?,
+                );
+            }
+            rewritten = more;
         }
         Ok(())
     }
@@ -1289,6 +1442,13 @@ async fn ask_rules(
 /// said the failure was passing): for a create, the record may exist.
 fn outcome_unknown(e: &WitError) -> bool {
     matches!(e, WitError::Transient(_) | WitError::RateLimited(_))
+}
+
+fn side_name(spec: &SyncSpec, side: Side) -> &str {
+    match side {
+        Side::Left => &spec.left_name,
+        Side::Right => &spec.right_name,
+    }
 }
 
 fn side_index(side: Side) -> usize {

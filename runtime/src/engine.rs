@@ -85,6 +85,10 @@ pub struct SideState {
     pub changed_at: Option<i64>,
     /// `changed_at` is when Duplex read the change: the source gave no time.
     pub read_time: bool,
+    /// Fields whose value here is the side's rewrite of what Duplex wrote (a trigger, a
+    /// default, rounding), not a person's edit: a person's change of the field on the other
+    /// side wins over it, whatever the policy, for it reacted to an older value.
+    pub rewritten: std::collections::BTreeSet<String>,
     /// The record was deleted on this side.
     pub deleted: bool,
 }

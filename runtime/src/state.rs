@@ -206,6 +206,8 @@ struct SideOut<'a> {
     changed_at: Option<i64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     read_time: bool,
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    rewritten: &'a std::collections::BTreeSet<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
 }
@@ -235,6 +237,8 @@ struct SideIn {
     #[serde(default)]
     read_time: bool,
     #[serde(default)]
+    rewritten: std::collections::BTreeSet<String>,
+    #[serde(default)]
     deleted: bool,
 }
 
@@ -248,6 +252,7 @@ impl<'a> SideOut<'a> {
             version: &side.version,
             changed_at: side.changed_at,
             read_time: side.read_time,
+            rewritten: &side.rewritten,
             deleted: side.deleted,
         }
     }
@@ -265,6 +270,7 @@ impl SideIn {
             version: self.version,
             changed_at: self.changed_at,
             read_time: self.read_time,
+            rewritten: self.rewritten,
             deleted: self.deleted,
         }
     }
@@ -1332,6 +1338,7 @@ mod tests {
             version: Some("v1".into()),
             changed_at: Some(5),
             read_time: false,
+            rewritten: Default::default(),
             deleted: false,
         };
         link.right = SideState {
@@ -1340,6 +1347,7 @@ mod tests {
             version: None,
             changed_at: None,
             read_time: false,
+            rewritten: Default::default(),
             deleted: false,
         };
         link

@@ -218,6 +218,13 @@ pub(crate) fn merge_link(
                 (true, false, ..) => lv.cloned(),
                 (false, true, ..) => rv.cloned(),
                 (true, true, Some(a), Some(c)) if a == c => Some(a.clone()),
+                // A side's rewrite of what Duplex wrote yields to a person's edit on the other
+                // side: it reacted to an older value (see `SideState::rewritten`).
+                (true, true, Some(a), Some(c))
+                    if l.rewritten.contains(f) != r.rewritten.contains(f) =>
+                {
+                    Some(if l.rewritten.contains(f) { c } else { a }.clone())
+                }
                 (true, true, Some(a), Some(c)) => {
                     match settle_conflict(link, spec, f, a, c, answers) {
                         Settled::Value(v) => Some(v),
@@ -304,29 +311,51 @@ fn side_name(spec: &SyncSpec, side: Side) -> &str {
 /// How a write went, as far as the link is concerned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Done; the record's id and version now.
-    Written { id: String, version: Option<String> },
+    /// Done; the record's id and version now, and its mapped values as the side stored them
+    /// (none: the side cannot tell, and the written values count as stored).
+    Written {
+        id: String,
+        version: Option<String>,
+        stored: Option<Fields>,
+    },
     /// The record is not there any more (an update or delete found nothing).
     Gone,
     /// Not done; the link stays as it was and the write is computed again later.
     Failed,
 }
 
-/// Applies a write's outcome to its link, then brings the base up to date.
-pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) {
+/// Applies a write's outcome to its link, then brings the base up to date. Returns the fields
+/// the side stored otherwise than Duplex believed it holds (see [`take_stored`]): its own
+/// change, to be merged again.
+pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) -> Vec<String> {
     let st = link.side_mut(side);
+    let mut rewritten = Vec::new();
     match (op, outcome) {
-        (OpKind::Create { fields }, Outcome::Written { id, version }) => {
+        (
+            OpKind::Create { fields },
+            Outcome::Written {
+                id,
+                version,
+                stored,
+            },
+        ) => {
             st.id = Some(id.clone());
             st.seen = Some(fields.clone());
             st.version = version.clone();
             st.deleted = false;
+            rewritten = take_stored(link, side, fields, stored.as_ref());
         }
-        (OpKind::Update { fields, .. }, Outcome::Written { version, .. }) => {
+        (
+            OpKind::Update { fields, .. },
+            Outcome::Written {
+                version, stored, ..
+            },
+        ) => {
             st.seen
                 .get_or_insert_with(Fields::new)
                 .extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
             st.version = version.clone();
+            rewritten = take_stored(link, side, fields, stored.as_ref());
         }
         (OpKind::Delete { .. }, Outcome::Written { .. } | Outcome::Gone)
         | (OpKind::Update { .. }, Outcome::Gone) => {
@@ -335,6 +364,41 @@ pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) {
         (OpKind::Create { .. }, Outcome::Gone) | (_, Outcome::Failed) => {}
     }
     refresh(link);
+    rewritten
+}
+
+/// What a side stored, over what Duplex believed it holds after writing `written` (issue 13:
+/// a trigger setting a modified time, a column rounding a decimal, a default, a database
+/// truncating text). The stored value is the side's own change: it becomes what the side is
+/// seen to hold, and a written field keeps the written value as its base (what both sides were
+/// to hold), so the merge takes the side as changed and the other as not, and the stored value
+/// flows back. The feed leaves Duplex's own writes out, so this is the only way to learn it.
+fn take_stored(
+    link: &mut Link,
+    side: Side,
+    written: &Fields,
+    stored: Option<&Fields>,
+) -> Vec<String> {
+    let Some(stored) = stored else {
+        return Vec::new();
+    };
+    let mut rewritten = Vec::new();
+    for (f, v) in stored {
+        let believed = link.side(side).seen.as_ref().and_then(|s| s.get(f));
+        if believed == Some(v) {
+            continue;
+        }
+        if let Some(w) = written.get(f) {
+            link.base.insert(f.clone(), w.clone());
+        }
+        let st = link.side_mut(side);
+        st.seen
+            .get_or_insert_with(Fields::new)
+            .insert(f.clone(), v.clone());
+        st.rewritten.insert(f.clone());
+        rewritten.push(f.clone());
+    }
+    rewritten
 }
 
 /// Brings the base up to the values both sides now agree on, drops pins both sides hold, and
@@ -351,6 +415,13 @@ pub(crate) fn refresh(link: &mut Link) {
         }
         link.pins
             .retain(|f, p| !(l.get(f) == Some(p) && r.get(f) == Some(p)));
+    }
+    // A rewrite both sides now hold is agreed: nothing is pending of it.
+    let base = &link.base;
+    for st in [&mut link.left, &mut link.right] {
+        let seen = st.seen.as_ref();
+        st.rewritten
+            .retain(|f| base.get(f) != seen.and_then(|s| s.get(f)));
     }
     // Gone on both sides, or gone on one and never created on the other.
     let gone = |s: &SideState| s.deleted || s.id.is_none();

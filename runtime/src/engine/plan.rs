@@ -335,6 +335,10 @@ fn observe(link: &mut Link, change: &Observed, out: &mut Plan) {
         }
     } else if !change.own {
         stamp(st, change.changed_at, change.read_at);
+        // A field changed again since the side rewrote it is a person's now.
+        let seen = st.seen.as_ref();
+        st.rewritten
+            .retain(|f| change.fields.get(f) == seen.and_then(|s| s.get(f)));
     }
     st.deleted = false;
     st.seen = Some(change.fields.clone());
@@ -367,6 +371,7 @@ mod tests {
             version: Some("1".into()),
             changed_at: Some(1),
             read_time: false,
+            rewritten: Default::default(),
             deleted: false,
         };
         Link {
@@ -561,6 +566,66 @@ mod tests {
         let p = plan(&i);
         assert_eq!(p.links[&7].right.changed_at, Some(40));
         assert!(!p.links[&7].right.read_time);
+    }
+
+    #[test]
+    fn a_sides_rewrite_of_a_written_value_flows_back_and_yields_to_a_persons_edit() {
+        // Issue 13: the right stored "ADA L." when Duplex wrote "Ada L.". The stored value is
+        // the right's change and flows back; but if a person on the left changed the name again
+        // meanwhile, the person's edit wins, whatever the times: the rewrite reacted to an
+        // older value.
+        let s = spec();
+        let mut link = agreed();
+        let op = OpKind::Update {
+            id: "r1".into(),
+            fields: fields(&[("name", "Ada L.")]),
+            if_version: Some("1".into()),
+        };
+        link.left
+            .seen
+            .as_mut()
+            .unwrap()
+            .insert("name".into(), text("Ada L."));
+        let stored = Some(fields(&[("name", "ADA L.")]));
+        let outcome = crate::engine::Outcome::Written {
+            id: "r1".into(),
+            version: Some("2".into()),
+            stored,
+        };
+        let rewritten = crate::engine::settle(&mut link, Side::Right, &op, &outcome);
+        assert_eq!(rewritten, vec!["name".to_owned()]);
+        assert_eq!(
+            link.base["name"],
+            text("Ada L."),
+            "the base is what was written"
+        );
+        assert!(link.right.rewritten.contains("name"));
+        let mut i = input(&s, vec![]);
+        i.links = vec![link.clone()];
+        let p = plan(&i);
+        assert_eq!(updates(&p, Side::Left), fields(&[("name", "ADA L.")]));
+
+        // A person on the left renamed her meanwhile, earlier by the clocks than the right's
+        // later edit of another field: the person's name wins over the rewrite.
+        link.right.changed_at = Some(50);
+        let renamed = change(
+            Side::Left,
+            "1",
+            fields(&[
+                ("email", "a@x"),
+                ("name", "Ada Lovelace"),
+                ("status", "active"),
+            ]),
+            10,
+        );
+        let mut i = input(&s, vec![renamed]);
+        i.links = vec![link];
+        let p = plan(&i);
+        assert_eq!(
+            updates(&p, Side::Right),
+            fields(&[("name", "Ada Lovelace")])
+        );
+        assert!(p.decided.is_empty() && p.conflicts.is_empty());
     }
 
     #[test]

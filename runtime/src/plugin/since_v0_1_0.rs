@@ -6,8 +6,8 @@
 //! The contract's shared types (`value`, `error`, ...) did not change and are the latest ones.
 //!
 //! What 0.1.0 lacks: `current.changed-at` (a 0.1.0 connector's `find` answers carry no time,
-//! and the driver counts such a record as changed when it read it), and `field.allowed` and
-//! `field.unsupported` (none).
+//! and the driver counts such a record as changed when it read it), `field.allowed` and
+//! `field.unsupported` (none), and `written.stored` (its writes count as stored as written).
 //!
 //! Must not: grow behaviour of its own. A new contract version adds `since_v0_2_0.rs` and this
 //! one keeps forwarding to the latest.
@@ -283,6 +283,7 @@ impl Connector<'_> {
                     r.map(|w| latest::Written {
                         id: w.id,
                         version: w.version,
+                        stored: Vec::new(),
                     })
                 })
                 .collect()

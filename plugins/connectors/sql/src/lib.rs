@@ -33,6 +33,9 @@ use dialect::{Column, Dialect};
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
 const IN_CHUNK: usize = 500;
+/// About how many bytes of written values are read back after a write in one query (see
+/// `SqlConnector::fill_stored`): 500 small records at a time, a few large ones.
+const READ_BACK_BYTES: usize = 1 << 20;
 /// Attempts at a write call whose transaction the server undid (deadlock, serialization).
 const WRITE_ATTEMPTS: u32 = 3;
 
@@ -83,6 +86,9 @@ pub struct SqlConnector {
     db: Db,
     dialect: Box<dyn Dialect>,
     config: Config,
+    /// Rows created in this write call whose stored values the INSERT itself returned
+    /// (`create_many`): `fill_stored` need not read them back.
+    stored_known: std::cell::RefCell<HashSet<String>>,
 }
 
 /// A table as the connector works with it.
@@ -125,6 +131,7 @@ impl Connector for SqlConnector {
             db,
             dialect,
             config,
+            stored_known: Default::default(),
         })
     }
 
@@ -756,6 +763,83 @@ impl SqlConnector {
             .unwrap_or_else(|| "0".into()))
     }
 
+    /// The rows the updates among `ops` are about to change, as they are: to tell what a
+    /// trigger changed with a write (see [`Self::fill_stored`]). One query per `IN_CHUNK`.
+    fn before_updates(
+        &self,
+        db: &Db,
+        table: &Table,
+        ops: &[WriteOp],
+    ) -> Result<BTreeMap<String, Vec<FieldValue>>, Error> {
+        let ids: Vec<Value> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Update(u) => Some(id_value(table, &u.id)),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        Ok(self
+            .select_where(db, table, &table.pk, &ids, false)?
+            .into_iter()
+            .map(|(id, (_, fields, _))| (id, fields))
+            .collect())
+    }
+
+    /// What the written rows hold now that they were not told to, read inside the write's
+    /// transaction so that defaults, triggers, rounding and truncation are in it: written
+    /// fields stored otherwise, and other fields the write changed (against `before`, for
+    /// updates) or set (for creates). What the host believes of this side is then what it
+    /// stores (issue 13). Only those, so that a write's answer stays small. Rows are read back
+    /// about [`READ_BACK_BYTES`] of them at a time (by the size of what was written) and dropped
+    /// once compared, so that a batch of large records, which the plugin's memory held once for
+    /// the write, is not held twice. A deleted row reads nothing.
+    fn fill_stored<'w>(
+        &self,
+        db: &Db,
+        table: &Table,
+        written: impl Iterator<Item = (&'w WriteOp, &'w mut Written)>,
+        before: &BTreeMap<String, Vec<FieldValue>>,
+    ) -> Result<(), Error> {
+        let known = std::mem::take(&mut *self.stored_known.borrow_mut());
+        let mut written: Vec<(&WriteOp, &mut Written)> = written
+            .filter(|(op, w)| !(matches!(op, WriteOp::Create(_)) && known.contains(&w.id)))
+            .collect();
+        let bytes: usize = written.iter().map(|(op, _)| op_size(op)).sum();
+        let rows = (READ_BACK_BYTES * written.len() / bytes.max(1)).clamp(1, IN_CHUNK);
+        for chunk in written.chunks_mut(rows) {
+            self.fill_stored_chunk(db, table, chunk, before)?;
+        }
+        Ok(())
+    }
+
+    fn fill_stored_chunk(
+        &self,
+        db: &Db,
+        table: &Table,
+        written: &mut [(&WriteOp, &mut Written)],
+        before: &BTreeMap<String, Vec<FieldValue>>,
+    ) -> Result<(), Error> {
+        let ids: Vec<Value> = written
+            .iter()
+            .map(|(_, w)| id_value(table, &w.id))
+            .collect::<Result<_, _>>()?;
+        let mut rows = self.select_where(db, table, &table.pk, &ids, false)?;
+        for (op, w) in written.iter_mut() {
+            let Some((_, now, _)) = rows.remove(&w.id) else {
+                continue;
+            };
+            w.stored = match op {
+                WriteOp::Create(c) => stored_otherwise(now, &c.fields, None),
+                WriteOp::Update(u) => stored_otherwise(now, &u.fields, before.get(&u.id)),
+                WriteOp::Delete(_) => continue,
+            };
+        }
+        Ok(())
+    }
+
     /// One attempt at a write call. Fast path: the whole batch in one transaction without
     /// savepoints, runs of creates as multi-row INSERTs. If an op is refused, all of it is
     /// rolled back and the batch is done again one op at a time, each under a savepoint, so
@@ -769,7 +853,11 @@ impl SqlConnector {
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
-            let results = self.apply_all(db, table, ops)?;
+            // Ids of an attempt rolled back may come again (SQLite reuses them).
+            self.stored_known.borrow_mut().clear();
+            let before = self.before_updates(db, table, ops)?;
+            let mut results = self.apply_all(db, table, ops)?;
+            self.fill_stored(db, table, ops.iter().zip(results.iter_mut()), &before)?;
             self.dialect.clear_origin(db)?;
             Ok(results)
         });
@@ -784,6 +872,9 @@ impl SqlConnector {
         self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
+            // Ids of an attempt rolled back may come again (SQLite reuses them).
+            self.stored_known.borrow_mut().clear();
+            let before = self.before_updates(db, table, ops)?;
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
                 self.dialect.savepoint(db, "duplex_op")?;
@@ -800,6 +891,11 @@ impl SqlConnector {
                 self.dialect.release(db, "duplex_op")?;
                 results.push(result);
             }
+            let written = ops
+                .iter()
+                .zip(results.iter_mut())
+                .filter_map(|(op, r)| Some((op, r.as_mut().ok()?)));
+            self.fill_stored(db, table, written, &before)?;
             self.dialect.clear_origin(db)?;
             Ok(results)
         })
@@ -881,26 +977,55 @@ impl SqlConnector {
             .iter()
             .map(|c| self.dialect.ident(&c.name))
             .collect();
+        // Small rows come back whole from the INSERT, which is what they store (defaults,
+        // BEFORE triggers, rounding): no read-back query. Large ones are read back in pieces
+        // by `fill_stored`, not held twice.
+        let bytes: usize = creates.iter().map(|c| op_size_of(&c.fields)).sum();
+        let whole = bytes <= READ_BACK_BYTES;
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {} RETURNING {}",
             self.dialect.ident(&table.name),
             cols.join(", "),
             rows.join(", "),
-            self.returning(table)
+            if whole {
+                self.select_list(table)
+            } else {
+                self.returning(table)
+            }
         );
         let returned = db.query(&sql, &params)?;
-        let records: Vec<Record> = returned.iter().map(|r| self.returned(r)).collect();
+        let records: Vec<Record> = returned
+            .iter()
+            .map(|r| {
+                if whole {
+                    self.record(table, r)
+                } else {
+                    self.returned(r)
+                }
+            })
+            .collect();
         if records.len() != creates.len() {
             return Err(Error::permanent(
                 "the insert returned a key per row it did not make",
             ));
         }
+        let mut known = self.stored_known.borrow_mut();
         Ok(self
             .with_versions(db, table, records)?
             .into_iter()
-            .map(|(id, _, version)| Written {
-                version: Some(version),
-                id,
+            .zip(creates)
+            .map(|((id, now, version), c)| {
+                let stored = if whole {
+                    known.insert(id.clone());
+                    stored_otherwise(now, &c.fields, None)
+                } else {
+                    Vec::new()
+                };
+                Written {
+                    version: Some(version),
+                    id,
+                    stored,
+                }
             })
             .collect())
     }
@@ -955,6 +1080,7 @@ impl SqlConnector {
             <[_; 1]>::try_from(self.with_versions(db, table, vec![record])?)
                 .map_err(|_| Error::permanent("the insert returned no primary key"))?;
         Ok(Written {
+            stored: Vec::new(),
             id,
             version: Some(version),
         })
@@ -1076,6 +1202,7 @@ impl SqlConnector {
             None => self.version_of(db, table, &op.id)?.unwrap_or_default(),
         };
         Ok(Written {
+            stored: Vec::new(),
             id: op.id,
             version: Some(version),
         })
@@ -1098,6 +1225,7 @@ impl SqlConnector {
             return Err(self.refused(db, table, &op.id, expected));
         }
         Ok(Written {
+            stored: Vec::new(),
             id: op.id,
             version: None,
         })
@@ -1147,6 +1275,50 @@ fn id_value(table: &Table, id: &str) -> Result<Value, Error> {
 
 /// Checks the fields of a write against the table before any SQL runs, so a value is never
 /// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
+/// What a row holds now (`now`) that a write did not tell it to: told fields stored otherwise,
+/// and others changed since `before` (an update's row as it was) or set (a create).
+fn stored_otherwise(
+    now: Vec<FieldValue>,
+    told: &[FieldValue],
+    before: Option<&Vec<FieldValue>>,
+) -> Vec<FieldValue> {
+    let value_in = |fields: &[FieldValue], name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value.clone())
+    };
+    now.into_iter()
+        .filter(|f| match value_in(told, &f.name) {
+            Some(t) => t != f.value,
+            None => before.is_none_or(|b| value_in(b, &f.name).as_ref() != Some(&f.value)),
+        })
+        .collect()
+}
+
+/// About how many bytes an op's values take.
+fn op_size(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Create(c) => op_size_of(&c.fields),
+        WriteOp::Update(u) => op_size_of(&u.fields),
+        WriteOp::Delete(_) => 16,
+    }
+}
+
+fn op_size_of(fields: &[FieldValue]) -> usize {
+    fields
+        .iter()
+        .map(|f| {
+            16 + f.name.len()
+                + match &f.value {
+                    Value::Text(t) | Value::Decimal(t) | Value::Json(t) => t.len(),
+                    Value::Bytes(b) => b.len(),
+                    _ => 8,
+                }
+        })
+        .sum()
+}
+
 fn check_fields(table: &Table, fields: &[FieldValue]) -> Result<(), Error> {
     for f in fields {
         let column = table.column(&f.name).ok_or_else(|| {
