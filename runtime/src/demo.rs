@@ -235,8 +235,18 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
     writeln!(out)?;
     show(out, &crm, &erp)?;
 
-    writeln!(out, "What Duplex wrote, from its activity log:")?;
+    writeln!(
+        out,
+        "What Duplex wrote and decided, from its activity log (`duplex activity`):"
+    )?;
     for a in state.activity(None)? {
+        if a.decided.is_some() {
+            // Both values, both times and the winner: `duplex activity --decisions`.
+            let line = crate::report::activity_line(&a);
+            let what = line.split_once(": ").map_or(line.as_str(), |(_, w)| w);
+            writeln!(out, "  {} decided: {what}", a.sync)?;
+            continue;
+        }
         writeln!(
             out,
             "  {} {:<6} {:<6} record {:<5} {}",

@@ -73,7 +73,7 @@ fn decision(d: &Decided) -> String {
             Side::Right => (&d.right, d.right_at, d.right_read_time),
         };
         let when = match at {
-            None => "never changed but by Duplex".to_owned(),
+            None => "no change time known: counts as earliest".to_owned(),
             Some(t) if read => format!("changed by {} UTC, when Duplex read it", format_sqlite(t)),
             Some(t) => format!("changed {} UTC by its clock", format_sqlite(t)),
         };

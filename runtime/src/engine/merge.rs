@@ -48,7 +48,8 @@ pub struct Decided {
     pub field: String,
     pub left: Value,
     pub right: Value,
-    /// When each side changed the record; none: only Duplex has (counts as earliest).
+    /// When each side changed the record; none: no time is known (only Duplex changed it, or
+    /// it was found by match key with no time), which counts as earliest.
     pub left_at: Option<i64>,
     pub right_at: Option<i64>,
     /// Each time is when Duplex read the change, not the source's clock.
