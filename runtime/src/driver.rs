@@ -113,6 +113,14 @@ type Read = (plugin::ChangeBatch, i64);
 /// A field a side stored otherwise than written: (link, side, field).
 type Rewritten = (u64, Side, String);
 
+/// What [`SyncRunner::merge_again`] leaves to its caller.
+struct MergedAgain {
+    /// Writes refused on a stale version: (side, link).
+    refused: Vec<(Side, u64)>,
+    rewritten: Vec<Rewritten>,
+    decided: Vec<engine::Decided>,
+}
+
 /// Most rounds of merging again what sides stored otherwise than written, in one cycle.
 const REWRITE_ROUNDS: usize = 3;
 
@@ -446,14 +454,21 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     }
 
     fn map_current(&self, side: Side, c: &plugin::Current) -> Fields {
-        self.spec
-            .map_in(
-                side,
-                c.fields
-                    .iter()
-                    .map(|f| (f.name.as_str(), f.value.clone().into())),
-            )
-            .unwrap_or_default()
+        self.map_fields(side, &c.fields).unwrap_or_default()
+    }
+
+    /// A connector's field values as the sync's common fields.
+    fn map_fields(
+        &self,
+        side: Side,
+        fields: &[plugin::FieldValue],
+    ) -> Result<Fields, engine::MapError> {
+        self.spec.map_in(
+            side,
+            fields
+                .iter()
+                .map(|f| (f.name.as_str(), f.value.clone().into())),
+        )
     }
 
     /// Waits up to `timeout` for either side to announce changes: `Some(true)` when one did,
@@ -816,13 +831,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let fields = if deleted {
             Fields::new()
         } else {
-            self.spec
-                .map_in(
-                    side,
-                    ch.fields
-                        .iter()
-                        .map(|f| (f.name.as_str(), f.value.clone().into())),
-                )
+            self.map_fields(side, &ch.fields)
                 .map_err(|e| format!("record {} on the {side} side: {e}", ch.id))?
         };
         Ok(Observed {
@@ -897,12 +906,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     })?;
                 let read_at = (self.clock)();
                 for c in found {
-                    let Ok(fields) = self.spec.map_in(
-                        other,
-                        c.fields
-                            .iter()
-                            .map(|f| (f.name.as_str(), f.value.clone().into())),
-                    ) else {
+                    let Ok(fields) = self.map_fields(other, &c.fields) else {
                         continue;
                     };
                     let Some(norm) = fields.get(&key.field).and_then(|v| key.normalise(v)) else {
@@ -1096,14 +1100,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         if stored.is_empty() {
             return None;
         }
-        self.spec
-            .map_in(
-                side,
-                stored
-                    .iter()
-                    .map(|f| (f.name.as_str(), f.value.clone().into())),
-            )
-            .ok()
+        self.map_fields(side, stored).ok()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1169,40 +1166,77 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             }
         }
         let ids: BTreeSet<u64> = conflicted.iter().map(|(_, l)| *l).collect();
+        let before = report.writes;
+        let again = self
+            .merge_again(
+                state,
+                plan,
+                &ids,
+                &input.held,
+                fresh,
+                now,
+                input,
+                commit,
+                failed,
+                report,
+            )
+            .await?;
+        tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");
+        for (_, link) in again.refused {
+            failed.insert(
+                link,
+                "the record kept changing while Duplex wrote it; will merge again".into(),
+            );
+        }
+        // The first decision on these links was made on stale data and its write refused.
+        plan.decided.retain(|d| !ids.contains(&d.link));
+        plan.decided.extend(again.decided);
+        Ok(again.rewritten)
+    }
+
+    /// Plans the links `ids` again with `changes` (read since), records the writes as intents
+    /// and makes them, and folds the outcome into `plan`: the second pass of a cycle, after
+    /// writes were refused or stored otherwise. Decisions and refusals go back to the caller,
+    /// whose earlier pass they may replace or retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_again(
+        &mut self,
+        state: &State,
+        plan: &mut Plan,
+        ids: &BTreeSet<u64>,
+        held: &BTreeMap<u64, BTreeSet<String>>,
+        changes: Vec<Observed>,
+        now: i64,
+        input: &Input<'_>,
+        commit: &mut CycleCommit,
+        failed: &mut BTreeMap<u64, String>,
+        report: &mut CycleReport,
+    ) -> Result<MergedAgain, CycleError> {
         let again = Input {
             spec: input.spec,
             links: ids
                 .iter()
                 .filter_map(|id| plan.links.get(id).cloned())
                 .collect(),
-            held: input.held.clone(),
-            changes: fresh,
+            held: held.clone(),
+            changes,
             candidates: BTreeMap::new(),
             answers: input.answers.clone(),
             next_link_id: plan.next_link_id,
         };
-        let mut second = engine::plan(&again);
-        record_intents(state, &input.spec.name, &second)?;
-        let before = report.writes;
-        let (still, rewritten) = self
-            .write(&mut second, now, commit, failed, report, None)
+        let mut next = engine::plan(&again);
+        record_intents(state, &input.spec.name, &next)?;
+        let (refused, rewritten) = self
+            .write(&mut next, now, commit, failed, report, None)
             .await;
-        tracing::debug!(sync = %self.spec.name, rewritten = report.writes - before, "merged again after write conflicts");
-        for (_, link) in still {
-            failed.insert(
-                link,
-                "the record kept changing while Duplex wrote it; will merge again".into(),
-            );
-        }
-        plan.conflicts.extend(second.conflicts);
-        plan.agreed.extend(second.agreed);
-        // The first decision on these links was made on stale data and its write refused.
-        plan.decided.retain(|d| !ids.contains(&d.link));
-        plan.decided.extend(second.decided);
-        for (id, link) in second.links {
-            plan.links.insert(id, link);
-        }
-        Ok(rewritten)
+        plan.conflicts.extend(next.conflicts);
+        plan.agreed.extend(next.agreed);
+        plan.links.extend(next.links);
+        Ok(MergedAgain {
+            refused,
+            rewritten,
+            decided: next.decided,
+        })
     }
 
     /// Merges again the links a side stored otherwise than written, so that its values flow
@@ -1242,10 +1276,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     let field = key.1.clone();
                     let get =
                         |s: Side| l.side(s).seen.as_ref().and_then(|f| f.get(&field)).cloned();
-                    let (name, other) = (
-                        side_name(&self.spec, side),
-                        side_name(&self.spec, side.other()),
-                    );
+                    let (name, other) =
+                        (self.spec.side_name(side), self.spec.side_name(side.other()));
                     let reason = if *before == side {
                         format!("{name} changes {field} whenever Duplex writes it, and {other}'s value owns it; give the field a direction from {name}, or make {name} keep what it is given, then resolve this conflict")
                     } else {
@@ -1270,38 +1302,40 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             if ids.is_empty() {
                 break;
             }
-            let again = Input {
-                spec: input.spec,
-                links: ids
-                    .iter()
-                    .filter_map(|id| plan.links.get(id).cloned())
-                    .collect(),
-                held: held.clone(),
-                changes: Vec::new(),
-                candidates: BTreeMap::new(),
-                answers: input.answers.clone(),
-                next_link_id: plan.next_link_id,
-            };
-            let mut next = engine::plan(&again);
-            record_intents(state, &input.spec.name, &next)?;
-            let (refused, mut more) = self
-                .write(&mut next, now, commit, failed, report, None)
-                .await;
-            plan.conflicts.extend(next.conflicts);
-            plan.agreed.extend(next.agreed);
-            plan.decided.extend(next.decided);
-            for (id, link) in next.links {
-                plan.links.insert(id, link);
-            }
+            let again = self
+                .merge_again(
+                    state,
+                    plan,
+                    &ids,
+                    &held,
+                    Vec::new(),
+                    now,
+                    input,
+                    commit,
+                    failed,
+                    report,
+                )
+                .await?;
+            // The earlier writes went through: their decisions stand beside these.
+            plan.decided.extend(again.decided);
+            rewritten = again.rewritten;
             // Refused because a person changed the record meanwhile: read it again and merge,
             // as any refused write is.
-            if !refused.is_empty() {
-                more.extend(
-                    self.retry_conflicts(state, plan, refused, now, input, commit, failed, report)
-                        .await?,
+            if !again.refused.is_empty() {
+                rewritten.extend(
+                    self.retry_conflicts(
+                        state,
+                        plan,
+                        again.refused,
+                        now,
+                        input,
+                        commit,
+                        failed,
+                        report,
+                    )
+                    .await?,
                 );
             }
-            rewritten = more;
         }
         Ok(())
     }
@@ -1442,13 +1476,6 @@ async fn ask_rules(
 /// said the failure was passing): for a create, the record may exist.
 fn outcome_unknown(e: &WitError) -> bool {
     matches!(e, WitError::Transient(_) | WitError::RateLimited(_))
-}
-
-fn side_name(spec: &SyncSpec, side: Side) -> &str {
-    match side {
-        Side::Left => &spec.left_name,
-        Side::Right => &spec.right_name,
-    }
 }
 
 fn side_index(side: Side) -> usize {

@@ -138,6 +138,14 @@ pub struct MapError {
 }
 
 impl SyncSpec {
+    /// A side's connection name, as messages name it.
+    pub fn side_name(&self, side: Side) -> &str {
+        match side {
+            Side::Left => &self.left_name,
+            Side::Right => &self.right_name,
+        }
+    }
+
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
         self.fields.iter().find(|f| f.name == name)
     }

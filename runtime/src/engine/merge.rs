@@ -163,8 +163,8 @@ pub(crate) fn merge_link(
             right: None,
             reason,
         };
-        let gone_name = side_name(spec, gone);
-        let kept_name = side_name(spec, kept);
+        let gone_name = spec.side_name(gone);
+        let kept_name = spec.side_name(kept);
         if spec.deletes == DeletePolicy::Ignore {
             m.status = Some(LinkStatus::Detached);
         } else if !link.delete_approved && changed_since_base(kept_state, &link.base) {
@@ -300,13 +300,6 @@ pub(crate) fn merge_link(
         }
     }
     m
-}
-
-fn side_name(spec: &SyncSpec, side: Side) -> &str {
-    match side {
-        Side::Left => &spec.left_name,
-        Side::Right => &spec.right_name,
-    }
 }
 
 /// How a write went, as far as the link is concerned.
