@@ -86,9 +86,6 @@ pub struct SqlConnector {
     db: Db,
     dialect: Box<dyn Dialect>,
     config: Config,
-    /// Rows created in this write call whose stored values the INSERT itself returned
-    /// (`create_many`): `fill_stored` need not read them back.
-    stored_known: std::cell::RefCell<HashSet<String>>,
 }
 
 /// A table as the connector works with it.
@@ -131,7 +128,6 @@ impl Connector for SqlConnector {
             db,
             dialect,
             config,
-            stored_known: Default::default(),
         })
     }
 
@@ -803,10 +799,7 @@ impl SqlConnector {
         written: impl Iterator<Item = (&'w WriteOp, &'w mut Written)>,
         before: &BTreeMap<String, Vec<FieldValue>>,
     ) -> Result<(), Error> {
-        let known = std::mem::take(&mut *self.stored_known.borrow_mut());
-        let mut written: Vec<(&WriteOp, &mut Written)> = written
-            .filter(|(op, w)| !(matches!(op, WriteOp::Create(_)) && known.contains(&w.id)))
-            .collect();
+        let mut written: Vec<(&WriteOp, &mut Written)> = written.collect();
         let bytes: usize = written.iter().map(|(op, _)| op_size(op)).sum();
         let rows = (READ_BACK_BYTES * written.len() / bytes.max(1)).clamp(1, IN_CHUNK);
         for chunk in written.chunks_mut(rows) {
@@ -853,11 +846,15 @@ impl SqlConnector {
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
-            // Ids of an attempt rolled back may come again (SQLite reuses them).
-            self.stored_known.borrow_mut().clear();
             let before = self.before_updates(db, table, ops)?;
-            let mut results = self.apply_all(db, table, ops)?;
-            self.fill_stored(db, table, ops.iter().zip(results.iter_mut()), &before)?;
+            let (mut results, checked): (Vec<Written>, Vec<bool>) =
+                self.apply_all(db, table, ops)?.into_iter().unzip();
+            let unchecked = ops
+                .iter()
+                .zip(results.iter_mut())
+                .zip(checked)
+                .filter_map(|(written, checked)| (!checked).then_some(written));
+            self.fill_stored(db, table, unchecked, &before)?;
             self.dialect.clear_origin(db)?;
             Ok(results)
         });
@@ -872,8 +869,6 @@ impl SqlConnector {
         self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
-            // Ids of an attempt rolled back may come again (SQLite reuses them).
-            self.stored_known.borrow_mut().clear();
             let before = self.before_updates(db, table, ops)?;
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
@@ -902,12 +897,19 @@ impl SqlConnector {
     }
 
     /// Applies every op or fails at the first refusal (the fast path of `write`).
-    fn apply_all(&self, db: &Db, table: &Table, ops: &[WriteOp]) -> Result<Vec<Written>, Error> {
+    /// Each op's outcome, and whether it already says what was stored (an INSERT that
+    /// returned its rows): the others are read back by `fill_stored`.
+    fn apply_all(
+        &self,
+        db: &Db,
+        table: &Table,
+        ops: &[WriteOp],
+    ) -> Result<Vec<(Written, bool)>, Error> {
         let mut out = Vec::with_capacity(ops.len());
         let mut i = 0;
         while i < ops.len() {
             let WriteOp::Create(first) = &ops[i] else {
-                out.push(self.apply(db, table, ops[i].clone())?);
+                out.push((self.apply(db, table, ops[i].clone())?, false));
                 i += 1;
                 continue;
             };
@@ -930,7 +932,7 @@ impl SqlConnector {
                 }
             }
             if names.is_empty() || j - i == 1 {
-                out.push(self.apply(db, table, ops[i].clone())?);
+                out.push((self.apply(db, table, ops[i].clone())?, false));
                 i += 1;
                 continue;
             }
@@ -947,13 +949,14 @@ impl SqlConnector {
         Ok(out)
     }
 
-    /// Creates rows of the same columns in one statement; ids come back in VALUES order.
+    /// Creates rows of the same columns in one statement; ids come back in VALUES order. Each
+    /// with whether its `stored` is already known (the INSERT returned the rows whole).
     fn create_many(
         &self,
         db: &Db,
         table: &Table,
         creates: &[&CreateOp],
-    ) -> Result<Vec<Written>, Error> {
+    ) -> Result<Vec<(Written, bool)>, Error> {
         for c in creates {
             check_fields(table, &c.fields)?;
         }
@@ -1009,23 +1012,22 @@ impl SqlConnector {
                 "the insert returned a key per row it did not make",
             ));
         }
-        let mut known = self.stored_known.borrow_mut();
         Ok(self
             .with_versions(db, table, records)?
             .into_iter()
             .zip(creates)
             .map(|((id, now, version), c)| {
                 let stored = if whole {
-                    known.insert(id.clone());
                     stored_otherwise(now, &c.fields, None)
                 } else {
                     Vec::new()
                 };
-                Written {
+                let written = Written {
                     version: Some(version),
                     id,
                     stored,
-                }
+                };
+                (written, whole)
             })
             .collect())
     }
