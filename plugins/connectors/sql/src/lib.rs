@@ -843,6 +843,7 @@ impl SqlConnector {
         origin: &str,
         ops: &[WriteOp],
     ) -> Result<Vec<Result<Written, Error>>, Error> {
+        self.dialect.before_write(&self.db)?;
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
@@ -866,6 +867,7 @@ impl SqlConnector {
                 duplex_sdk::log::debug(&format!("batch refused ({e:?}); writing it op by op"))
             }
         }
+        self.dialect.before_write(&self.db)?;
         self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
