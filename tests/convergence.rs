@@ -1115,3 +1115,48 @@ async fn what_a_side_stores_otherwise_flows_back_in_the_same_cycle() {
     assert_eq!(left.0.borrow().writes + right.0.borrow().writes, before);
     assert!(state.conflicts(false).unwrap().is_empty());
 }
+
+/// A failed write was listed as rejected until a later write of its link went through; when
+/// the sides came together otherwise (a person made the same edit), it stayed listed for ever,
+/// and `status` showed a rejected record that was in step.
+#[tokio::test]
+async fn a_rejected_write_is_cleared_once_its_link_is_in_step() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    let mut runner = SyncRunner::new(
+        spec(Policy::LastWriterWins),
+        left.clone(),
+        right.clone(),
+        10,
+        Rules::new(),
+    );
+    let state = State::in_memory().unwrap();
+    let mut now = 1_000_000;
+    let text = |s: &str| Value::Text(s.into());
+    let y = left
+        .0
+        .borrow_mut()
+        .user_create(&[("email", text("y@example.com")), ("name", text("A"))]);
+    run_until_idle(&mut runner, &state, &mut now).await;
+    let ry = right.0.borrow().records.keys().next().cloned().unwrap();
+
+    left.0.borrow_mut().user_update(&y, "name", text("A2"));
+    // The right's read goes through, its write fails.
+    right.0.borrow_mut().fail_in = Some(1);
+    now += 1_000_000;
+    runner.cycle(&state, now).await.unwrap();
+    assert_eq!(state.rejected("people").unwrap().len(), 1);
+
+    right
+        .0
+        .borrow_mut()
+        .user_update(&ry, "full_name", text("A2"));
+    now += 700_000_000;
+    run_until_idle(&mut runner, &state, &mut now).await;
+    assert_eq!(right.0.borrow().records[&ry]["full_name"], text("A2"));
+    assert_eq!(left.0.borrow().records[&y]["name"], text("A2"));
+    assert!(
+        state.rejected("people").unwrap().is_empty(),
+        "{:?}",
+        state.rejected("people").unwrap()
+    );
+}

@@ -685,6 +685,14 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .filter(|id| !failed.contains_key(id))
             .copied()
             .collect();
+        // A link retried after a failed write that is now in step without a write of its own
+        // (the sides came together otherwise) has no failed write left: without this, its
+        // rejection stayed listed for ever, since only a successful write cleared it.
+        for id in due_ids.iter().filter(|id| !failed.contains_key(id)) {
+            for side in [Side::Left, Side::Right] {
+                commit.cleared.push((side, format!("link {id}")));
+            }
+        }
         report.conflicts = plan.conflicts.len();
         report.rejected = commit.rejected.len();
         // Decisions whose writes went through; a link that failed is planned (and decided)
