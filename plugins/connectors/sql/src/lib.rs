@@ -36,8 +36,10 @@ const IN_CHUNK: usize = 500;
 /// About how many bytes of written values are read back after a write in one query (see
 /// `SqlConnector::fill_stored`): 500 small records at a time, a few large ones.
 const READ_BACK_BYTES: usize = 1 << 20;
-/// Attempts at a write call whose transaction the server undid (deadlock, serialization).
-const WRITE_ATTEMPTS: u32 = 3;
+/// Attempts at a write call whose transaction the server undid (deadlock, serialization):
+/// under concurrent writers on MariaDB, three sometimes were not enough, and the records
+/// waited for the host's retry.
+const WRITE_ATTEMPTS: u32 = 5;
 
 /// The name under which a row's own version is selected (see [`Dialect::row_version`]).
 const VERSION_COLUMN: &str = "_duplex_version";
@@ -727,36 +729,24 @@ impl SqlConnector {
     }
 
     /// The version of a row about to be written under a version check, where versions live in
-    /// `_duplex_rows`: read and locked so that no edit can commit between the check and the
-    /// write (`Dialect::for_update`). The row first, then its version, in the order a person's
-    /// UPDATE and its capture trigger take them, so the two wait for each other rather than
-    /// deadlock.
+    /// `_duplex_rows`: the row is locked first (`Dialect::for_update`), so that no edit can
+    /// commit between the check and the write. A person's UPDATE takes the row's lock before
+    /// its trigger changes the version, and writes run READ COMMITTED (`before_write`), so the
+    /// plain read of the version after the lock sees every edit committed before it.
     fn version_to_write(&self, db: &Db, table: &Table, id: &str) -> Result<String, Error> {
         let lock = self.dialect.for_update();
-        if lock.is_empty() {
-            return Ok(self.version_of(db, table, id)?.unwrap_or_default());
+        if !lock.is_empty() {
+            db.query(
+                &format!(
+                    "SELECT 1 FROM {} WHERE {} = {}{lock}",
+                    self.dialect.ident(&table.name),
+                    self.dialect.ident(&table.pk),
+                    self.dialect.param_for(1, self.pk_column(table))
+                ),
+                &[id_value(table, id)?],
+            )?;
         }
-        db.query(
-            &format!(
-                "SELECT 1 FROM {} WHERE {} = {}{lock}",
-                self.dialect.ident(&table.name),
-                self.dialect.ident(&table.pk),
-                self.dialect.param_for(1, self.pk_column(table))
-            ),
-            &[id_value(table, id)?],
-        )?;
-        let rows = db.query(
-            &format!(
-                "SELECT version FROM _duplex_rows WHERE tbl = {} AND pk = {}{lock}",
-                self.dialect.param(1),
-                self.dialect.param(2)
-            ),
-            &[Value::Text(table.name.clone()), Value::Text(id.to_owned())],
-        )?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.at(0).map(Value::to_plain_string))
-            .unwrap_or_else(|| "0".into()))
+        Ok(self.version_of(db, table, id)?.unwrap_or_default())
     }
 
     /// The rows the updates among `ops` are about to change, as they are: to tell what a
