@@ -1,18 +1,113 @@
 //! Host capabilities: what a plugin may ask of the host, one module per capability.
 //!
-//! Every capability has the same shape: its grant (what a connection's config allows), the one
-//! place it links into wasmtime (`add_to_linker`), and the per-store state built from the grant.
-//! Nothing is ambient: a capability a connection does not grant is not linked at all, and a
-//! granted one still checks every request against the grant before any I/O.
+//! Every capability has the same shape, in its own module: its grant (what a connection's config
+//! allows), its per-store state built from that grant, its host-wide state (pools, budgets) and
+//! `link`, the one place it links into wasmtime. Nothing is ambient: a store's state holds only
+//! what its connection grants, so a granted-nothing state refuses every request, and every
+//! request is checked against the grant before any I/O. One linker serves every plugin: what a
+//! component may import is decided by `plugin::world` (by world) and at load (by grant), what a
+//! call may do by the state.
+//!
+//! Adding a capability: a module here, a line in [`CAPABILITIES`], its field in [`Grants`],
+//! [`States`] and [`Shared`], and its `link` call in [`link_all`].
 
 pub mod log;
 pub mod sql;
 
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
 /// What one connection grants its plugin, from the config file's `grants` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
-    /// Database URLs the plugin may open through `sql`. Empty: `sql` is not linked.
+    /// Database URLs the plugin may open through `sql`.
     pub sql: Vec<String>,
+}
+
+/// A capability as the loader and `plugin inspect` see it.
+#[derive(Debug)]
+pub struct Capability {
+    /// Its name, as in `grants.NAME`.
+    pub name: &'static str,
+    /// The interfaces (unversioned) it implements.
+    pub interfaces: &'static [&'static str],
+    /// Whether rules may import it. Rules get no I/O; a capability offered to them must refuse
+    /// everything when granted nothing.
+    pub offered_to_rules: bool,
+    /// Whether a component importing it is refused at load when its connection grants none of
+    /// it. A capability standard toolchains import whether used or not would be linked
+    /// granting nothing instead, and refuse at run time.
+    pub refused_ungranted: bool,
+    /// What it gives, for `plugin inspect`.
+    pub gives: &'static str,
+    /// Whether a connection's grants grant any of it.
+    pub granted: fn(&Grants) -> bool,
+}
+
+/// Every capability, in one place.
+pub const CAPABILITIES: &[&Capability] = &[&log::CAPABILITY, &sql::CAPABILITY];
+
+/// The capability an import belongs to, by its versioned name (`duplex:plugin/sql@0.2.0`).
+pub fn capability_of(import: &str) -> Option<&'static Capability> {
+    let interface = import.split_once('@').map_or(import, |(i, _)| i);
+    CAPABILITIES
+        .iter()
+        .copied()
+        .find(|c| c.interfaces.contains(&interface))
+}
+
+/// Host-wide state shared by every store: connection pools.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub sql: sql::Pools,
+}
+
+/// The per-store state of every capability.
+pub struct States {
+    pub log: log::LogState,
+    pub sql: sql::SqlState,
+}
+
+impl States {
+    /// The states for one store of a plugin serving `caller` with `grants`.
+    pub fn new(caller: &Caller, grants: &Arc<Grants>, shared: &Arc<Shared>) -> States {
+        States {
+            log: log::LogState::new(caller.clone()),
+            sql: sql::SqlState::new(caller.clone(), grants.sql.clone().into(), shared.clone()),
+        }
+    }
+
+    /// States that grant nothing, for rules.
+    pub fn nothing(caller: &Caller) -> States {
+        States::new(caller, &Arc::default(), &Arc::default())
+    }
+}
+
+/// What a capability's host functions see of a store: every capability's state and the resource
+/// table its handles live in.
+pub struct HostView<'a> {
+    pub states: &'a mut States,
+    pub table: &'a mut ResourceTable,
+}
+
+/// A store's data that the capabilities can be linked against.
+pub trait HostData: Send + 'static {
+    fn host(&mut self) -> HostView<'_>;
+}
+
+/// The [`HasData`] marker that links host functions against a [`HostView`].
+pub struct HasHost;
+
+impl HasData for HasHost {
+    type Data<'a> = HostView<'a>;
+}
+
+/// Links every capability into `linker`.
+pub fn link_all<T: HostData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    log::link(linker)?;
+    sql::link(linker)?;
+    Ok(())
 }
 
 /// Who is asking: carried into every capability's state so that logs and errors name the plugin

@@ -56,13 +56,13 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
                 };
                 match ConnectorPlugin::new(
                     host.engine(),
-                    host.linkers().connector_with_sql(),
+                    host.linker(),
                     &component,
                     contract,
                     caller,
                     host.limits(),
-                    Vec::new().into(),
-                    host.pools(),
+                    Default::default(),
+                    host.shared(),
                 )
                 .await
                 {
@@ -89,8 +89,7 @@ fn describe_import(world: Option<World>, name: &str) -> &'static str {
     let offered = world.is_none_or(|w| world::offered_to(w, kind));
     match kind {
         ImportKind::Types => "the contract's types",
-        ImportKind::Log => "log: always granted to connectors",
-        ImportKind::Sql if offered => "sql: needs grants.sql (the database URLs it may open)",
+        ImportKind::Capability(c) if offered => c.gives,
         ImportKind::StdLib => "standard library: linked to an empty context",
         ImportKind::WrongVersion => "NOT OFFERED: another version of the contract",
         _ => "NOT OFFERED by this host",
@@ -168,13 +167,16 @@ impl fmt::Display for Inspection {
                 describe_import(self.world.map(|(w, _)| w), &i.name)
             )?;
         }
-        let needs: Vec<&str> = self
-            .surface
-            .imports
-            .iter()
-            .filter(|i| world::classify_import(&i.name) == ImportKind::Sql)
-            .map(|_| "sql (grants.sql)")
-            .collect();
+        let mut needs: Vec<String> = Vec::new();
+        for i in &self.surface.imports {
+            if let ImportKind::Capability(c) = world::classify_import(&i.name) {
+                let need = format!("{} (grants.{})", c.name, c.name);
+                let is_connector = self.world.is_some_and(|(w, _)| w == World::Connector);
+                if c.name != "log" && is_connector && !needs.contains(&need) {
+                    needs.push(need);
+                }
+            }
+        }
         writeln!(
             f,
             "grants    {}",

@@ -5,6 +5,7 @@
 //! - [`host`] holds the capabilities plugins may be granted, one module each.
 
 pub mod app;
+pub(crate) mod bindings;
 pub mod config;
 pub mod demo;
 pub mod driver;

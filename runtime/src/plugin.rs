@@ -5,7 +5,7 @@
 //! [`ConnectorPlugin`] or a [`ResolverPlugin`], open a session per unit of work, and get typed
 //! results or a [`CallError`] that names the plugin and the cause.
 
-pub mod bindings;
+use crate::bindings;
 mod cache;
 mod connector;
 mod resolver;
@@ -80,24 +80,15 @@ pub struct HostOptions {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// The plugin host: one wasmtime engine, its epoch ticker, the compile cache and the linkers.
+/// The plugin host: one wasmtime engine, its epoch ticker, the compile cache, the linker and
+/// the capabilities' host-wide state.
 pub struct PluginHost {
     engine: Engine,
-    pools: Arc<host::sql::Pools>,
+    shared: Arc<host::Shared>,
     cache: CompileCache,
     limits: Limits,
-    linkers: Arc<Linkers>,
+    linker: Arc<Linker<StoreState>>,
     _ticker: EpochTicker,
-}
-
-/// One linker per set of capabilities, built once: linking is by grant, not by plugin.
-pub(crate) struct Linkers {
-    /// Connectors whose connection grants no database.
-    connector: Linker<StoreState>,
-    /// Connectors granted at least one database.
-    connector_sql: Linker<StoreState>,
-    /// Rules: the contract's types and an empty standard library, nothing else.
-    resolver: Linker<StoreState>,
 }
 
 impl PluginHost {
@@ -108,13 +99,13 @@ impl PluginHost {
         // Component-model async is not used by the 0.1 worlds; off, calls are cheaper.
         config.concurrency_support(false);
         let engine = Engine::new(&config)?;
-        let linkers = Arc::new(Linkers::new(&engine)?);
+        let linker = Arc::new(linker(&engine)?);
         Ok(PluginHost {
             _ticker: EpochTicker::start(engine.clone())?,
             cache: CompileCache::new(options.cache_dir),
-            pools: Arc::default(),
+            shared: Arc::default(),
             limits: options.limits,
-            linkers,
+            linker,
             engine,
         })
     }
@@ -176,38 +167,31 @@ impl PluginHost {
             mismatch,
         };
         let contract = world::check(World::Connector, &surface).map_err(mismatch)?;
-        if grants.sql.is_empty() {
-            if let Some(sql) = surface
-                .imports
-                .iter()
-                .find(|i| world::classify_import(&i.name) == world::ImportKind::Sql)
-            {
-                return Err(LoadError::NotGranted {
-                    plugin: plugin.to_owned(),
-                    connection: connection.to_owned(),
-                    import: sql.name.clone(),
-                    capability: "sql",
-                });
+        for import in &surface.imports {
+            if let world::ImportKind::Capability(c) = world::classify_import(&import.name) {
+                if c.refused_ungranted && !(c.granted)(grants) {
+                    return Err(LoadError::NotGranted {
+                        plugin: plugin.to_owned(),
+                        connection: connection.to_owned(),
+                        import: import.name.clone(),
+                        capability: c.name,
+                    });
+                }
             }
         }
-        let linker = if grants.sql.is_empty() {
-            &self.linkers.connector
-        } else {
-            &self.linkers.connector_sql
-        };
         let caller = Caller {
             plugin: plugin.into(),
             connection: connection.into(),
         };
         ConnectorPlugin::new(
             &self.engine,
-            linker,
+            &self.linker,
             &component,
             contract,
             caller,
             self.limits,
-            grants.sql.clone().into(),
-            self.pools.clone(),
+            Arc::new(grants.clone()),
+            self.shared.clone(),
         )
         .await
     }
@@ -245,7 +229,7 @@ impl PluginHost {
         };
         ResolverPlugin::new(
             &self.engine,
-            &self.linkers.resolver,
+            &self.linker,
             &component,
             contract,
             caller,
@@ -267,44 +251,30 @@ impl PluginHost {
         &self.engine
     }
 
-    pub(crate) fn linkers(&self) -> &Linkers {
-        &self.linkers
+    pub(crate) fn linker(&self) -> &Linker<StoreState> {
+        &self.linker
     }
 
-    pub(crate) fn pools(&self) -> Arc<host::sql::Pools> {
-        self.pools.clone()
+    pub(crate) fn shared(&self) -> Arc<host::Shared> {
+        self.shared.clone()
     }
 }
 
-impl Linkers {
-    fn new(engine: &Engine) -> anyhow::Result<Linkers> {
-        let base = |sql: bool, capabilities: bool| -> anyhow::Result<Linker<StoreState>> {
-            let mut l = Linker::new(engine);
-            wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
-            bindings::duplex::plugin::types::add_to_linker::<
-                StoreState,
-                wasmtime::component::HasSelf<StoreState>,
-            >(&mut l, |s| s)?;
-            if capabilities {
-                host::log::add_to_linker(&mut l)?;
-            }
-            if sql {
-                host::sql::add_to_linker(&mut l)?;
-            }
-            // Components built for 0.1.0 import the same capabilities by their 0.1.0 names.
-            since_v0_1_0::add_to_linker(&mut l, capabilities, sql)?;
-            Ok(l)
-        };
-        Ok(Linkers {
-            connector: base(false, true)?,
-            connector_sql: base(true, true)?,
-            resolver: base(false, false)?,
-        })
-    }
-
-    pub(crate) fn connector_with_sql(&self) -> &Linker<StoreState> {
-        &self.connector_sql
-    }
+/// The one linker every plugin is linked with: WASI 0.2 (an empty context, see
+/// `world::STD_LIB`), the contract's types and every host capability. What a component may
+/// import is `world::check`'s decision and the load's grant check; what a call may do is its
+/// store's capability states'.
+fn linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
+    let mut l = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+    bindings::duplex::plugin::types::add_to_linker::<
+        StoreState,
+        wasmtime::component::HasSelf<StoreState>,
+    >(&mut l, |s| s)?;
+    host::link_all(&mut l)?;
+    // Components built for 0.1.0 import the same capabilities by their 0.1.0 names.
+    since_v0_1_0::add_to_linker(&mut l)?;
+    Ok(l)
 }
 
 impl bindings::duplex::plugin::types::Host for StoreState {}

@@ -1,9 +1,17 @@
 //! The `log` capability: a plugin's messages go into the host's log with the plugin and
 //! connection as fields. Always granted; bounded so a chatty plugin cannot flood the log.
 
-use crate::host::Caller;
-use crate::plugin::bindings::duplex::plugin::log::{self as wit, Level};
-use crate::plugin::StoreState;
+use crate::bindings::duplex::plugin::log::{self as wit, Level};
+use crate::host::{Caller, Capability, HasHost, HostData, HostView};
+
+pub const CAPABILITY: Capability = Capability {
+    name: "log",
+    interfaces: &["duplex:plugin/log"],
+    offered_to_rules: false,
+    refused_ungranted: false,
+    gives: "log: always granted to connectors",
+    granted: |_| true,
+};
 
 /// Longest message kept, in bytes; the rest is cut with a marker.
 const MAX_MESSAGE: usize = 4096;
@@ -25,13 +33,13 @@ impl LogState {
 }
 
 /// The one place `log` links into wasmtime.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(linker, |s| s)
+pub fn link<T: HostData>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasHost>(linker, T::host)
 }
 
-impl wit::Host for StoreState {
+impl wit::Host for HostView<'_> {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let state = &mut self.log;
+        let state = &mut self.states.log;
         state.written = state.written.saturating_add(1);
         if state.written > MAX_MESSAGES_PER_STORE {
             if state.written == MAX_MESSAGES_PER_STORE + 1 {

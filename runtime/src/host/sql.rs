@@ -14,10 +14,18 @@ pub use server::Pools;
 
 use wasmtime::component::Resource;
 
-use crate::host::Caller;
-use crate::plugin::bindings::duplex::plugin::sql::{self as wit, Dialect, Rows};
-use crate::plugin::bindings::duplex::plugin::types::{Error, Value};
-use crate::plugin::StoreState;
+use crate::bindings::duplex::plugin::sql::{self as wit, Dialect, Rows};
+use crate::bindings::duplex::plugin::types::{Error, Value};
+use crate::host::{Caller, Capability, HasHost, HostData, HostView, Shared};
+
+pub const CAPABILITY: Capability = Capability {
+    name: "sql",
+    interfaces: &["duplex:plugin/sql"],
+    offered_to_rules: false,
+    refused_ungranted: true,
+    gives: "sql: needs grants.sql (the database URLs it may open)",
+    granted: |g| !g.sql.is_empty(),
+};
 
 /// Most connections one store may hold open at once.
 const MAX_OPEN_PER_STORE: usize = 16;
@@ -27,16 +35,16 @@ const MAX_OPEN_PER_STORE: usize = 16;
 pub struct SqlState {
     caller: Caller,
     granted: Arc<[String]>,
-    pools: Arc<Pools>,
+    shared: Arc<Shared>,
     open: usize,
 }
 
 impl SqlState {
-    pub fn new(caller: Caller, granted: Arc<[String]>, pools: Arc<Pools>) -> Self {
+    pub fn new(caller: Caller, granted: Arc<[String]>, shared: Arc<Shared>) -> Self {
         SqlState {
             caller,
             granted,
-            pools,
+            shared,
             open: 0,
         }
     }
@@ -64,10 +72,10 @@ impl SqlState {
     }
 }
 
-/// The one place `sql` links into wasmtime. Called only for connections whose grants name at
-/// least one database.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(linker, |s| s)
+/// The one place `sql` links into wasmtime. A store whose connection grants no database refuses
+/// every `open`.
+pub fn link<T: HostData>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasHost>(linker, T::host)
 }
 
 /// Where a URL points.
@@ -173,14 +181,14 @@ macro_rules! on_backend {
     };
 }
 
-impl wit::Host for StoreState {
+impl wit::Host for HostView<'_> {
     async fn open(&mut self, url: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
-        if let Err(e) = self.sql.check_granted(&url) {
-            tracing::warn!(plugin = %self.sql.caller.plugin, connection = %self.sql.caller.connection,
+        if let Err(e) = self.states.sql.check_granted(&url) {
+            tracing::warn!(plugin = %self.states.sql.caller.plugin, connection = %self.states.sql.caller.connection,
                 url = %redact(&url), "refused sql access to a database the connection does not grant");
             return Ok(Err(e));
         }
-        if self.sql.open >= MAX_OPEN_PER_STORE {
+        if self.states.sql.open >= MAX_OPEN_PER_STORE {
             return Ok(Err(Error::Permanent(format!(
                 "a plugin may hold at most {MAX_OPEN_PER_STORE} connections at once"
             ))));
@@ -189,16 +197,16 @@ impl wit::Host for StoreState {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        let backend = match Backend::open(target, &self.sql.pools).await {
+        let backend = match Backend::open(target, &self.states.sql.shared.sql).await {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        self.sql.open += 1;
+        self.states.sql.open += 1;
         Ok(Ok(self.table.push(Connection { backend })?))
     }
 }
 
-impl wit::HostConnection for StoreState {
+impl wit::HostConnection for HostView<'_> {
     async fn dialect(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Dialect> {
         Ok(match self.table.get(&conn)?.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,
@@ -265,15 +273,17 @@ impl wit::HostConnection for StoreState {
         };
         let timeout = std::time::Duration::from_millis(timeout_ms.into());
         Ok(self
+            .states
             .sql
-            .pools
+            .shared
+            .sql
             .wait_for_change(&url, &channel, timeout)
             .await)
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
         self.table.delete(conn)?;
-        self.sql.open = self.sql.open.saturating_sub(1);
+        self.states.sql.open = self.states.sql.open.saturating_sub(1);
         Ok(())
     }
 }

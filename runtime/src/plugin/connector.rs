@@ -3,7 +3,6 @@
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use super::bindings::{ConnectorWorld, ConnectorWorldPre};
 use super::sandbox::{new_store, Sandbox};
 use super::since_v0_1_0::{self as v0_1_0, Connector as V0_1_0};
 use super::world::Contract;
@@ -11,8 +10,8 @@ use super::{
     CallError, ChangeBatch, ConnectorInfo, Current, Limits, LoadError, LookupKey, Purity,
     StoreState, Stream, WitError, WriteOp, Written,
 };
-use crate::host::sql::SqlState;
-use crate::host::Caller;
+use crate::bindings::{ConnectorWorld, ConnectorWorldPre};
+use crate::host::{Caller, Grants, Shared, States};
 
 /// A connector, checked and linked for one connection. Cheap to keep; each unit of work opens a
 /// [`ConnectorSession`].
@@ -21,8 +20,8 @@ pub struct ConnectorPlugin {
     engine: Engine,
     pre: Pre,
     limits: Limits,
-    granted_sql: std::sync::Arc<[String]>,
-    pools: std::sync::Arc<crate::host::sql::Pools>,
+    grants: std::sync::Arc<Grants>,
+    shared: std::sync::Arc<Shared>,
     info: ConnectorInfo,
 }
 
@@ -59,8 +58,8 @@ impl ConnectorPlugin {
         contract: Contract,
         caller: Caller,
         limits: Limits,
-        granted_sql: std::sync::Arc<[String]>,
-        pools: std::sync::Arc<crate::host::sql::Pools>,
+        grants: std::sync::Arc<Grants>,
+        shared: std::sync::Arc<Shared>,
     ) -> Result<ConnectorPlugin, LoadError> {
         let link = |e: wasmtime::Error| LoadError::Link {
             plugin: caller.plugin.to_string(),
@@ -76,8 +75,8 @@ impl ConnectorPlugin {
             engine: engine.clone(),
             pre,
             limits,
-            granted_sql,
-            pools,
+            grants,
+            shared,
             info: ConnectorInfo {
                 name: String::new(),
                 version: String::new(),
@@ -117,11 +116,7 @@ impl ConnectorPlugin {
             self.caller.clone(),
             &self.limits,
             Purity::Connector,
-            SqlState::new(
-                self.caller.clone(),
-                self.granted_sql.clone(),
-                self.pools.clone(),
-            ),
+            States::new(&self.caller, &self.grants, &self.shared),
         );
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();

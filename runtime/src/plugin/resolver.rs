@@ -3,13 +3,12 @@
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use super::bindings::{ResolverWorld, ResolverWorldPre};
 use super::sandbox::{new_store, Sandbox};
 use super::since_v0_1_0 as v0_1_0;
 use super::world::Contract;
 use super::{CallError, Conflict, Limits, LoadError, Purity, Resolution, StoreState};
-use crate::host::sql::SqlState;
-use crate::host::Caller;
+use crate::bindings::{ResolverWorld, ResolverWorldPre};
+use crate::host::{Caller, States};
 
 /// A conflict rule, checked and linked. Every `resolve` runs in a fresh, deterministic store.
 pub struct ResolverPlugin {
@@ -68,7 +67,7 @@ impl ResolverPlugin {
             self.caller.clone(),
             &self.limits,
             Purity::Deterministic,
-            SqlState::new(self.caller.clone(), Vec::new().into(), Default::default()),
+            States::nothing(&self.caller),
         );
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();

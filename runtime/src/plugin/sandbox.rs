@@ -20,9 +20,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::host::log::LogState;
-use crate::host::sql::SqlState;
-use crate::host::Caller;
+use crate::host::{Caller, HostData, HostView, States};
 
 /// How often the epoch advances; the granularity of CPU budgets.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -64,14 +62,13 @@ pub enum Purity {
 }
 
 /// Everything a plugin's store holds: the WASI context (empty), the resource table, the
-/// limiter, and the per-plugin state of each host capability.
+/// limiter, and the per-store state of each host capability.
 pub struct StoreState {
     pub(crate) caller: Caller,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
-    pub(crate) log: LogState,
-    pub(crate) sql: SqlState,
+    pub(crate) host: States,
     stderr: MemoryOutputPipe,
     cpu_ticks: u64,
     cpu_budget: u64,
@@ -81,6 +78,15 @@ impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostData for StoreState {
+    fn host(&mut self) -> HostView<'_> {
+        HostView {
+            states: &mut self.host,
             table: &mut self.table,
         }
     }
@@ -149,7 +155,7 @@ pub(crate) fn new_store(
     caller: Caller,
     limits: &Limits,
     purity: Purity,
-    sql: SqlState,
+    host: States,
 ) -> Store<StoreState> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
     let mut wasi = WasiCtxBuilder::new();
@@ -164,8 +170,7 @@ pub(crate) fn new_store(
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_HANDLES);
     let state = StoreState {
-        log: LogState::new(caller.clone()),
-        sql,
+        host,
         caller,
         wasi: wasi.build(),
         table,

@@ -17,12 +17,13 @@
 use wasmtime::component::{Linker, Resource};
 use wasmtime::AsContextMut;
 
-use super::bindings::connector as latest;
-use super::bindings::duplex::plugin::{log as latest_log, sql as latest_sql};
-use super::bindings::resolver as latest_resolver;
 use super::StoreState;
+use crate::bindings::connector as latest;
+use crate::bindings::duplex::plugin::types::{Error, Value};
+use crate::bindings::duplex::plugin::{log as latest_log, sql as latest_sql};
+use crate::bindings::resolver as latest_resolver;
 use crate::host::sql::Connection;
-use crate::plugin::bindings::duplex::plugin::types::{Error, Value};
+use crate::host::{HasHost, HostData, HostView};
 
 /// The version this module adapts.
 pub const VERSION: &str = "0.1.0";
@@ -34,7 +35,7 @@ mod connector_world {
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "duplex:plugin/types": crate::plugin::bindings::duplex::plugin::types,
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
             "duplex:plugin/sql.connection": crate::host::sql::Connection,
         },
     });
@@ -47,7 +48,7 @@ mod resolver_world {
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "duplex:plugin/types": crate::plugin::bindings::duplex::plugin::types,
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
         },
     });
 }
@@ -65,30 +66,16 @@ use resolver_world::exports::duplex::plugin::resolver as old_resolver;
 
 // ---- Imports: what 0.1.0 components call, forwarded to the host's capabilities.
 
-/// Links the 0.1.0 names of the contract's types (no functions) and, for connectors, `log`;
-/// `sql` only where the connection grants a database, as for the latest.
-pub(crate) fn add_to_linker(
-    linker: &mut Linker<StoreState>,
-    log: bool,
-    sql: bool,
-) -> wasmtime::Result<()> {
+/// Links the 0.1.0 names of the contract's types (no functions), `log` and `sql`, which
+/// forward to the latest and so check the same grants.
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
-    if log {
-        old_log::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
-            linker,
-            |s| s,
-        )?;
-    }
-    if sql {
-        old_sql::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
-            linker,
-            |s| s,
-        )?;
-    }
+    old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
     Ok(())
 }
 
-impl old_log::Host for StoreState {
+impl old_log::Host for HostView<'_> {
     async fn log(&mut self, level: old_log::Level, message: String) -> wasmtime::Result<()> {
         use latest_log::Level as L;
         use old_log::Level as O;
@@ -103,13 +90,13 @@ impl old_log::Host for StoreState {
     }
 }
 
-impl old_sql::Host for StoreState {
+impl old_sql::Host for HostView<'_> {
     async fn open(&mut self, url: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
         latest_sql::Host::open(self, url).await
     }
 }
 
-impl old_sql::HostConnection for StoreState {
+impl old_sql::HostConnection for HostView<'_> {
     async fn dialect(&mut self, conn: Resource<Connection>) -> wasmtime::Result<old_sql::Dialect> {
         use latest_sql::Dialect as L;
         use old_sql::Dialect as O;

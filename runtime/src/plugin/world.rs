@@ -10,6 +10,8 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::host::{self, Capability};
+
 /// The contract's package and version, as components name its interfaces.
 pub const PACKAGE: &str = "duplex:plugin";
 /// The latest version of the contract, which this host speaks and the SDK builds.
@@ -89,14 +91,12 @@ impl std::fmt::Display for World {
 }
 
 /// What a component imports, as the host sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum ImportKind {
     /// The contract's shared types (no functions).
     Types,
-    /// The `log` capability: offered to connectors.
-    Log,
-    /// The `sql` capability: offered to connectors whose connection grants a database.
-    Sql,
+    /// A host capability (`log`, `sql`): offered by world, used as granted.
+    Capability(&'static Capability),
     /// A WASI interface a standard library imports; linked with an empty context (no
     /// environment, files or sockets; rules also get a fixed clock and seeded randomness).
     StdLib,
@@ -105,6 +105,16 @@ pub enum ImportKind {
     /// Anything else: the host does not offer it.
     NotOffered,
 }
+
+impl PartialEq for ImportKind {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ImportKind::Capability(a), ImportKind::Capability(b)) => a.name == b.name,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+impl Eq for ImportKind {}
 
 /// The WASI 0.2 interfaces a Rust (or C) standard library pulls in even when the plugin does no
 /// I/O. They are linked against an empty context. Files and sockets are not among them.
@@ -136,14 +146,17 @@ pub fn classify_import(name: &str) -> ImportKind {
         if Contract::of(version).is_none() {
             return ImportKind::WrongVersion;
         }
-        return match rest {
-            "types" => ImportKind::Types,
-            "log" => ImportKind::Log,
-            "sql" => ImportKind::Sql,
-            _ => ImportKind::NotOffered,
-        };
+        if rest == "types" {
+            return ImportKind::Types;
+        }
     }
-    if STD_LIB.contains(&interface) && version.starts_with("0.2.") {
+    if interface.starts_with("wasi:") && !version.starts_with("0.2.") {
+        return ImportKind::NotOffered;
+    }
+    if let Some(capability) = host::capability_of(name) {
+        return ImportKind::Capability(capability);
+    }
+    if STD_LIB.contains(&interface) {
         return ImportKind::StdLib;
     }
     ImportKind::NotOffered
@@ -153,7 +166,7 @@ pub fn classify_import(name: &str) -> ImportKind {
 pub fn offered_to(world: World, kind: ImportKind) -> bool {
     match kind {
         ImportKind::Types | ImportKind::StdLib => true,
-        ImportKind::Log | ImportKind::Sql => world == World::Connector,
+        ImportKind::Capability(c) => world == World::Connector || c.offered_to_rules,
         ImportKind::WrongVersion | ImportKind::NotOffered => false,
     }
 }
@@ -274,7 +287,7 @@ pub fn check(world: World, surface: &Surface) -> Result<Contract, Mismatch> {
         }
         if !offered_to(world, kind) {
             let hint = match (world, kind) {
-                (World::Resolver, ImportKind::Log | ImportKind::Sql) => {
+                (World::Resolver, ImportKind::Capability(_)) => {
                     ": rules get no I/O, so that their answers depend on their input alone"
                 }
                 _ if import.name.starts_with("wasi:filesystem") => {
@@ -301,10 +314,13 @@ pub fn check(world: World, surface: &Surface) -> Result<Contract, Mismatch> {
 mod tests {
     use super::*;
 
+    const SQL: ImportKind = ImportKind::Capability(&host::sql::CAPABILITY);
+    const LOG: ImportKind = ImportKind::Capability(&host::log::CAPABILITY);
+
     #[test]
     fn classifies_imports() {
-        assert_eq!(classify_import("duplex:plugin/sql@0.2.0"), ImportKind::Sql);
-        assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), ImportKind::Sql);
+        assert_eq!(classify_import("duplex:plugin/sql@0.2.0"), SQL);
+        assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), SQL);
         assert_eq!(
             classify_import("duplex:plugin/sql@0.3.0"),
             ImportKind::WrongVersion
@@ -318,13 +334,17 @@ mod tests {
             classify_import("wasi:cli/stderr@0.3.0"),
             ImportKind::NotOffered
         );
+        assert_eq!(
+            classify_import("wasi:nn/graph@0.2.0"),
+            ImportKind::NotOffered
+        );
     }
 
     #[test]
     fn rules_are_offered_no_io() {
-        assert!(!offered_to(World::Resolver, ImportKind::Sql));
-        assert!(!offered_to(World::Resolver, ImportKind::Log));
+        assert!(!offered_to(World::Resolver, SQL));
+        assert!(!offered_to(World::Resolver, LOG));
         assert!(offered_to(World::Resolver, ImportKind::StdLib));
-        assert!(offered_to(World::Connector, ImportKind::Sql));
+        assert!(offered_to(World::Connector, SQL));
     }
 }

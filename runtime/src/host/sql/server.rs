@@ -24,8 +24,8 @@ use sqlx::{Column, ConnectOptions, Row, TypeInfo, ValueRef};
 use tokio::sync::Mutex;
 
 use super::redact;
-use crate::plugin::bindings::duplex::plugin::sql::Rows;
-use crate::plugin::bindings::duplex::plugin::types::{Error, Invalid, Value};
+use crate::bindings::duplex::plugin::sql::Rows;
+use crate::bindings::duplex::plugin::types::{Error, Invalid, Value};
 
 /// A boxed future, Send: sqlx's executor lifetimes are too general for the compiler to prove
 /// an `async fn`'s future Send where wasmtime's host traits need it; boxing at the source does.

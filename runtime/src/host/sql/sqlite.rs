@@ -17,8 +17,8 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{ErrorCode, OpenFlags};
 
-use crate::plugin::bindings::duplex::plugin::sql::Rows;
-use crate::plugin::bindings::duplex::plugin::types::{Error, Invalid, Value};
+use crate::bindings::duplex::plugin::sql::Rows;
+use crate::bindings::duplex::plugin::types::{Error, Invalid, Value};
 use crate::time;
 
 /// How long a statement waits for another writer's lock before failing as transient.

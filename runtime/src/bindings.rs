@@ -1,5 +1,6 @@
-//! Host-side bindings generated from `wit/`. Only `plugin` and `host` touch these; the rest of
-//! the runtime sees the types re-exported by `plugin`.
+//! Host-side bindings generated from `wit/`, below both `host` (which implements the imports)
+//! and `plugin` (which calls the exports). The rest of the runtime sees the types `plugin`
+//! re-exports.
 
 #![allow(missing_docs, clippy::all)]
 
