@@ -72,6 +72,10 @@ pub use connector::{
     FieldMatch, FieldType, Info, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
 };
 #[cfg(feature = "connector")]
+pub mod feed;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "connector")]
 pub mod log;
 #[cfg(feature = "connector")]
 pub mod sql;
