@@ -19,7 +19,10 @@ pub fn plugin(name: &str) -> PathBuf {
 pub const SQL: &str = "duplex_connector_sql";
 pub const HOSTILE: &str = "duplex_fixture_hostile";
 pub const READS_FILES: &str = "duplex_fixture_reads_files";
+pub const IMPORTS_UNKNOWN: &str = "duplex_fixture_imports_unknown";
 pub const LARGER_WINS: &str = "duplex_rule_larger_wins";
+pub const HTTP_PROBE: &str = "duplex_fixture_http_probe";
+pub const HTTP_RULE: &str = "duplex_fixture_http_rule";
 /// Built against the 0.1.0 contract (`wit/v0.1.0`), loaded through the adapter.
 pub const V0_1_0_NOTES: &str = "duplex_fixture_v0_1_0_notes";
 pub const V0_1_0_TAKE_RIGHT: &str = "duplex_fixture_v0_1_0_take_right";
@@ -85,6 +88,7 @@ impl Db {
     pub fn grants(&self) -> Grants {
         Grants {
             sql: vec![self.url()],
+            ..Grants::default()
         }
     }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{plugin, Db, HOSTILE, LARGER_WINS, READS_FILES, SQL};
+use common::{plugin, Db, HOSTILE, IMPORTS_UNKNOWN, LARGER_WINS, READS_FILES, SQL};
 use duplex::host::Grants;
 use duplex::plugin::{CallError, Conflict, LoadError, Resolution, Side, Value, WitError};
 
@@ -20,6 +20,7 @@ fn hostile(behave: &str, url: Option<&str>) -> String {
 fn unused_grant() -> Grants {
     Grants {
         sql: vec!["sqlite:///nonexistent/unused.db".into()],
+        ..Grants::default()
     }
 }
 
@@ -231,14 +232,32 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
 async fn a_component_importing_what_the_host_does_not_offer_is_refused_at_load() {
     let host = common::host();
     let err = host
-        .load_connector_file(&plugin(READS_FILES), "crm", &Grants::default())
+        .load_resolver_file(&plugin(IMPORTS_UNKNOWN), "customers")
         .await
         .err()
         .expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("duplex_fixture_reads_files"), "{msg}");
-    assert!(msg.contains("imports wasi:filesystem/"), "{msg}");
+    assert!(msg.contains("duplex_fixture_imports_unknown"), "{msg}");
+    assert!(msg.contains("imports fixture:elsewhere/store"), "{msg}");
     assert!(msg.contains("does not offer"), "{msg}");
+    well_behaved_still_served(&host).await;
+}
+
+/// WASI's files are linked granting nothing (no directory is preopened), so a component whose
+/// runtime imports them loads, and an attempt to read a file fails at run time, saying so.
+#[tokio::test]
+async fn a_connector_that_reads_files_loads_and_is_refused_every_file() {
+    let host = common::host();
+    let p = host
+        .load_connector_file(&plugin(READS_FILES), "crm", &Grants::default())
+        .await
+        .expect("loads: wasi:filesystem is linked, granting nothing");
+    let err = p.session().await.unwrap().discover("{}").await.unwrap_err();
+    let Some(WitError::Permanent(msg)) = err.plugin_error() else {
+        panic!("expected the plugin's own error, got {err}");
+    };
+    assert!(msg.contains("No such file or directory"), "{msg}");
+    assert!(!msg.contains("root:"), "the file's content leaked: {msg}");
     well_behaved_still_served(&host).await;
 }
 
@@ -384,6 +403,19 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
         .args(["plugin", "inspect"])
         .arg(plugin(READS_FILES))
+        .env("XDG_CACHE_HOME", common::cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("no directory is opened to plugins"),
+        "says what wasi:filesystem gets: {stdout}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["plugin", "inspect"])
+        .arg(plugin(IMPORTS_UNKNOWN))
         .env("XDG_CACHE_HOME", common::cache_dir())
         .output()
         .unwrap();

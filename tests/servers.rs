@@ -91,6 +91,7 @@ impl ServerDb {
             self.kind,
             &Grants {
                 sql: vec![self.url.clone()],
+                ..Grants::default()
             },
         )
         .await
@@ -533,6 +534,7 @@ async fn credentials_never_appear_in_errors() {
             "pg",
             &Grants {
                 sql: vec![url.into()],
+                ..Grants::default()
             },
         )
         .await

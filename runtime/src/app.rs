@@ -14,7 +14,6 @@ use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
-use crate::host::Grants;
 use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
 };
@@ -84,9 +83,7 @@ impl App {
         .map_err(|e| AppError::Host(format!("cannot start the plugin host: {e:#}")))?;
         let mut connections = BTreeMap::new();
         for (name, c) in &loaded.config.connections {
-            let grants = Grants {
-                sql: c.grants.sql.iter().map(|u| loaded.resolve_url(u)).collect(),
-            };
+            let grants = loaded.grants(name, c)?;
             let plugin_ref = c.plugin.get_ref();
             let plugin = if plugin_ref == "builtin:sql" {
                 host.load_connector("builtin:sql", name, BUILTIN_SQL, &grants)

@@ -51,6 +51,7 @@ use toml::Spanned;
 
 use crate::driver::schedule::Schedule;
 use crate::engine::{DeletePolicy, Direction, Policy, Side};
+use crate::host::{http, Grants};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -123,6 +124,13 @@ pub struct ConnectionConfig {
     /// What the plugin may use. Nothing is granted unless named here.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// Secrets by name, and where the host reads each: `{ env = "VAR" }` or `{ file = "path" }`
+    /// (relative to this file). Never the value itself: the plugin never sees it either.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretConfig>>,
+    /// How the host uses the secrets and paces the plugin's HTTP requests.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// A connection's grants.
@@ -132,6 +140,57 @@ pub struct GrantsConfig {
     /// Database URLs the plugin may open (`sqlite://crm.db`, relative to this file).
     #[serde(default)]
     pub sql: Vec<String>,
+    /// Origins the plugin may send HTTP requests to, each optionally narrowed to a path prefix
+    /// (`https://api.hubapi.com`, `https://example.com/api/`). `http://` only where named so.
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+}
+
+/// Where the host reads one secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// An environment variable of the Duplex process.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// A file holding the value (a trailing newline is dropped), relative to this file.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// A connection's HTTP settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Headers the host adds to requests for an origin:
+    /// `{ origin = "https://api.hubapi.com", name = "Authorization", value = "Bearer {token}" }`,
+    /// where `{token}` is one of the connection's secrets.
+    #[serde(default)]
+    pub headers: Vec<Spanned<HeaderConfig>>,
+    /// Most requests the connection sends, over every sync using it: `100 per 10s`.
+    #[serde(default)]
+    pub rate: Option<Spanned<String>>,
+    /// Further budgets for paths that have their own limit:
+    /// `{ path = "/crm/v3/objects/*/search", rate = "5 per 1s" }` (`*` is one path segment).
+    #[serde(default)]
+    pub rates: Vec<Spanned<RateConfig>>,
+}
+
+/// One credential header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConfig {
+    pub origin: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// One path's budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub path: String,
+    pub rate: String,
 }
 
 /// A custom conflict rule.
@@ -411,6 +470,76 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// What connection `name` grants its plugin, with its secrets read. Errors name the key
+    /// and line, and the variable or file a secret was looked for in; never a secret's value.
+    pub fn grants(&self, name: &str, c: &ConnectionConfig) -> Result<Grants, ConfigError> {
+        let key = |k: &str| format!("connections.{name}.{k}");
+        let mut http = http::Grant::default();
+        for (i, o) in c.grants.http.iter().enumerate() {
+            let origin = http::Origin::parse(o.get_ref())
+                .map_err(|m| self.invalid(o, key(&format!("grants.http[{i}]")), m))?;
+            http.origins.push(origin);
+        }
+        for (secret, at) in &c.secrets {
+            let source = match (&at.get_ref().env, &at.get_ref().file) {
+                (Some(var), None) => http::SecretSource::Env(var.clone()),
+                (None, Some(file)) => http::SecretSource::File(self.resolve(file)),
+                _ => {
+                    return Err(self.invalid(
+                        at,
+                        key(&format!("secrets.{secret}")),
+                        "name exactly one of env = \"VARIABLE\" or file = \"path\"; a secret's value never goes in the config",
+                    ))
+                }
+            };
+            let value = source
+                .read()
+                .map_err(|m| self.invalid(at, key(&format!("secrets.{secret}")), m))?;
+            http.secrets.insert(secret.clone(), value);
+        }
+        for (i, h) in c.http.headers.iter().enumerate() {
+            let at = key(&format!("http.headers[{i}]"));
+            let header = h.get_ref();
+            let origin =
+                http::Origin::parse(&header.origin).map_err(|m| self.invalid(h, &at, m))?;
+            if !http.origins.contains(&origin) {
+                return Err(self.invalid(
+                    h,
+                    &at,
+                    format!("{origin} is not one of the connection's grants.http; credentials go only where requests may"),
+                ));
+            }
+            let rule = http::HeaderRule::new(origin, &header.name, &header.value, &|n| {
+                c.secrets.contains_key(n)
+            })
+            .map_err(|m| self.invalid(h, &at, m))?;
+            http.headers.push(rule);
+        }
+        if let Some(rate) = &c.http.rate {
+            let budget = http::Budget::parse(rate.get_ref(), None)
+                .map_err(|m| self.invalid(rate, key("http.rate"), m))?;
+            http.budgets.push(budget);
+        }
+        for (i, r) in c.http.rates.iter().enumerate() {
+            let budget = http::Budget::parse(&r.get_ref().rate, Some(&r.get_ref().path))
+                .map_err(|m| self.invalid(r, key(&format!("http.rates[{i}]")), m))?;
+            http.budgets.push(budget);
+        }
+        if http.origins.is_empty()
+            && (!c.http.headers.is_empty() || c.http.rate.is_some() || !c.http.rates.is_empty())
+        {
+            return Err(self.invalid(
+                &c.plugin,
+                key("http"),
+                "sets HTTP headers or rates, but grants.http names no origin",
+            ));
+        }
+        Ok(Grants {
+            sql: c.grants.sql.iter().map(|u| self.resolve_url(u)).collect(),
+            http,
+        })
     }
 
     /// Parses a conflict policy.

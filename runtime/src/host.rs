@@ -11,6 +11,7 @@
 //! Adding a capability: a module here, a line in [`CAPABILITIES`], its field in [`Grants`],
 //! [`States`] and [`Shared`], and its `link` call in [`link_all`].
 
+pub mod http;
 pub mod log;
 pub mod sql;
 
@@ -23,6 +24,8 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 pub struct Grants {
     /// Database URLs the plugin may open through `sql`.
     pub sql: Vec<String>,
+    /// Origins (with optional path prefixes) the plugin may send HTTP requests to.
+    pub http: http::Grant,
 }
 
 /// A capability as the loader and `plugin inspect` see it.
@@ -36,7 +39,7 @@ pub struct Capability {
     /// everything when granted nothing.
     pub offered_to_rules: bool,
     /// Whether a component importing it is refused at load when its connection grants none of
-    /// it. A capability standard toolchains import whether used or not would be linked
+    /// it. Capabilities standard toolchains import whether used or not (`http`) are linked
     /// granting nothing instead, and refuse at run time.
     pub refused_ungranted: bool,
     /// What it gives, for `plugin inspect`.
@@ -46,9 +49,9 @@ pub struct Capability {
 }
 
 /// Every capability, in one place.
-pub const CAPABILITIES: &[&Capability] = &[&log::CAPABILITY, &sql::CAPABILITY];
+pub const CAPABILITIES: &[&Capability] = &[&log::CAPABILITY, &sql::CAPABILITY, &http::CAPABILITY];
 
-/// The capability an import belongs to, by its versioned name (`duplex:plugin/sql@0.2.0`).
+/// The capability an import belongs to, by its versioned name (`wasi:http/types@0.2.6`).
 pub fn capability_of(import: &str) -> Option<&'static Capability> {
     let interface = import.split_once('@').map_or(import, |(i, _)| i);
     CAPABILITIES
@@ -57,16 +60,18 @@ pub fn capability_of(import: &str) -> Option<&'static Capability> {
         .find(|c| c.interfaces.contains(&interface))
 }
 
-/// Host-wide state shared by every store: connection pools.
+/// Host-wide state shared by every store: connection pools, rate budgets, credentials.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub sql: sql::Pools,
+    pub http: http::Shared,
 }
 
 /// The per-store state of every capability.
 pub struct States {
     pub log: log::LogState,
     pub sql: sql::SqlState,
+    pub http: http::HttpState,
 }
 
 impl States {
@@ -75,6 +80,7 @@ impl States {
         States {
             log: log::LogState::new(caller.clone()),
             sql: sql::SqlState::new(caller.clone(), grants.sql.clone().into(), shared.clone()),
+            http: http::HttpState::new(caller.clone(), grants.clone(), shared.clone()),
         }
     }
 
@@ -104,9 +110,10 @@ impl HasData for HasHost {
 }
 
 /// Links every capability into `linker`.
-pub fn link_all<T: HostData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub fn link_all<T: HostData + http::HttpData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     log::link(linker)?;
     sql::link(linker)?;
+    http::link(linker)?;
     Ok(())
 }
 

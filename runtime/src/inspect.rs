@@ -89,8 +89,12 @@ fn describe_import(world: Option<World>, name: &str) -> &'static str {
     let offered = world.is_none_or(|w| world::offered_to(w, kind));
     match kind {
         ImportKind::Types => "the contract's types",
+        // Rules are granted nothing: linked only because language runtimes import it.
+        ImportKind::Capability(_) if world == Some(World::Resolver) && offered => {
+            "linked, granting nothing: rules get no I/O, every request is refused"
+        }
         ImportKind::Capability(c) if offered => c.gives,
-        ImportKind::StdLib => "standard library: linked to an empty context",
+        ImportKind::StdLib => world::std_lib_gives(name),
         ImportKind::WrongVersion => "NOT OFFERED: another version of the contract",
         _ => "NOT OFFERED by this host",
     }

@@ -141,16 +141,24 @@ pub struct ConnectorSession {
 }
 
 impl ConnectorSession {
-    /// Turns the plugin's own typed error into a [`CallError::Plugin`].
+    /// Turns the plugin's own typed error into a [`CallError::Plugin`]. A rate limit the plugin
+    /// reports holds back its connection's HTTP requests (every sync's using it, no other
+    /// connection's) for as long as the remote system asked.
     fn typed<T>(
         &self,
         func: &'static str,
         r: Result<Result<T, WitError>, CallError>,
     ) -> Result<T, CallError> {
-        r?.map_err(|error| CallError::Plugin {
-            caller: self.sandbox.caller().clone(),
-            func,
-            error,
+        r?.map_err(|error| {
+            if let WitError::RateLimited(limit) = &error {
+                let wait = std::time::Duration::from_millis(limit.retry_after_ms);
+                self.sandbox.state().host.http.back_off(wait);
+            }
+            CallError::Plugin {
+                caller: self.sandbox.caller().clone(),
+                func,
+                error,
+            }
         })
     }
 

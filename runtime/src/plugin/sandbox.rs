@@ -92,6 +92,16 @@ impl HostData for StoreState {
     }
 }
 
+impl wasmtime_wasi_http::WasiHttpView for StoreState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.host.http.ctx,
+            hooks: &mut self.host.http.hooks,
+            table: &mut self.table,
+        }
+    }
+}
+
 /// Most of a plugin's stderr kept, to report why it panicked.
 const STDERR_CAPACITY: usize = 16 << 10;
 /// Most host handles (connections, streams) one store may hold.
@@ -302,6 +312,10 @@ impl<B> Sandbox<B> {
 
     pub(crate) fn caller(&self) -> &Caller {
         &self.store.data().caller
+    }
+
+    pub(crate) fn state(&self) -> &StoreState {
+        self.store.data()
     }
 
     /// Instantiates the component in this store (instantiation runs guest code, so it runs

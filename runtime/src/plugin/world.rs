@@ -95,10 +95,11 @@ impl std::fmt::Display for World {
 pub enum ImportKind {
     /// The contract's shared types (no functions).
     Types,
-    /// A host capability (`log`, `sql`): offered by world, used as granted.
+    /// A host capability (`log`, `sql`, `http`): offered by world, used as granted.
     Capability(&'static Capability),
-    /// A WASI interface a standard library imports; linked with an empty context (no
-    /// environment, files or sockets; rules also get a fixed clock and seeded randomness).
+    /// A WASI interface a standard library or language runtime imports; linked with an empty
+    /// context (no environment, no preopened directory, no sockets; rules also get a fixed clock
+    /// and seeded randomness).
     StdLib,
     /// The contract at a version this host does not speak.
     WrongVersion,
@@ -116,8 +117,10 @@ impl PartialEq for ImportKind {
 }
 impl Eq for ImportKind {}
 
-/// The WASI 0.2 interfaces a Rust (or C) standard library pulls in even when the plugin does no
-/// I/O. They are linked against an empty context. Files and sockets are not among them.
+/// The WASI 0.2 interfaces linked for every plugin against an empty context. A Rust (or C)
+/// standard library pulls in the first group even when the plugin does no I/O; JavaScript and
+/// Python runtimes also import files and sockets, which get nothing: no directory is preopened,
+/// every socket address and name lookup is refused.
 const STD_LIB: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
@@ -137,7 +140,32 @@ const STD_LIB: &[&str] = &[
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
+
+/// What an import of the WASI standard library gets, for `plugin inspect`.
+pub fn std_lib_gives(import: &str) -> &'static str {
+    let interface = import.split_once('@').map_or(import, |(i, _)| i);
+    match interface.split_once('/').map_or(interface, |(p, _)| p) {
+        "wasi:filesystem" => "no directory is opened to plugins: every file access fails",
+        "wasi:sockets" => "no network: every socket and name lookup is refused",
+        "wasi:cli" if interface.ends_with("stderr") => {
+            "kept (16 KiB) and shown in the call's error when it fails"
+        }
+        "wasi:cli" => "empty: no arguments or environment; stdin closed, stdout discarded",
+        "wasi:clocks" => "real time for connectors; a clock stopped at 1970 for rules",
+        "wasi:random" => "real randomness for connectors; a fixed seed for rules",
+        _ => "standard streams and polling",
+    }
+}
 
 /// Classifies one import name.
 pub fn classify_import(name: &str) -> ImportKind {
@@ -290,13 +318,8 @@ pub fn check(world: World, surface: &Surface) -> Result<Contract, Mismatch> {
                 (World::Resolver, ImportKind::Capability(_)) => {
                     ": rules get no I/O, so that their answers depend on their input alone"
                 }
-                _ if import.name.starts_with("wasi:filesystem") => {
-                    ": plugins get no file access (did it use std::fs?)"
-                }
-                _ if import.name.starts_with("wasi:sockets")
-                    || import.name.starts_with("wasi:http") =>
-                {
-                    ": plugins reach the network only through host capabilities such as sql"
+                _ if import.name.starts_with("wasi:") => {
+                    ": the host links WASI 0.2 (io, cli, clocks, random, filesystem, sockets, http), granting nothing"
                 }
                 _ => "",
             };
@@ -316,6 +339,7 @@ mod tests {
 
     const SQL: ImportKind = ImportKind::Capability(&host::sql::CAPABILITY);
     const LOG: ImportKind = ImportKind::Capability(&host::log::CAPABILITY);
+    const HTTP: ImportKind = ImportKind::Capability(&host::http::CAPABILITY);
 
     #[test]
     fn classifies_imports() {
@@ -328,8 +352,9 @@ mod tests {
         assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportKind::StdLib);
         assert_eq!(
             classify_import("wasi:filesystem/types@0.2.6"),
-            ImportKind::NotOffered
+            ImportKind::StdLib
         );
+        assert_eq!(classify_import("wasi:http/types@0.2.3"), HTTP);
         assert_eq!(
             classify_import("wasi:cli/stderr@0.3.0"),
             ImportKind::NotOffered
@@ -346,5 +371,7 @@ mod tests {
         assert!(!offered_to(World::Resolver, LOG));
         assert!(offered_to(World::Resolver, ImportKind::StdLib));
         assert!(offered_to(World::Connector, SQL));
+        // Linked for rules because language runtimes import it; a rule's store grants nothing.
+        assert!(offered_to(World::Resolver, HTTP));
     }
 }
