@@ -35,6 +35,7 @@ fn main() {
     let out = plugins.join("target").join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=DUPLEX_PLUGIN_DIR={}", out.display());
 
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for plugin in &packages(&plugins) {
         let mut cmd = Command::new(&cargo);
@@ -83,6 +84,34 @@ fn main() {
             artifact(&out, plugin).exists(),
             "cargo built {plugin} but {} is missing",
             artifact(&out, plugin).display()
+        );
+    }
+}
+
+/// Adds the wasm32-wasip2 target to the toolchain building this, when it lacks it, so that the
+/// README's first `cargo run` needs no set-up by hand. A rust-toolchain.toml naming the target
+/// would have rustup fetch it on every cargo call where the target was installed some other way.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(sysroot) = &sysroot {
+        if sysroot.join("lib/rustlib/wasm32-wasip2/lib").is_dir() {
+            return;
+        }
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target (rustup target add wasm32-wasip2), which the plugins are built for");
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    if !added.is_ok_and(|s| s.success()) {
+        panic!(
+            "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; \
+             add it to the Rust toolchain by hand (the plugins are built for it)"
         );
     }
 }

@@ -15,7 +15,9 @@ mod plan;
 mod value;
 
 pub use mapping::{DeletePolicy, Direction, FieldSpec, MapError, MatchKey, Policy, SyncSpec};
-pub use merge::{settle, ConflictNote, Decided, LinkStatus, Outcome, WHOLE_RECORD};
+pub use merge::{
+    settle, ConflictNote, Decided, LinkStatus, Outcome, HELD_FOR_A_PERSON, WHOLE_RECORD,
+};
 pub use plan::{
     plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery,
 };

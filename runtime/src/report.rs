@@ -18,8 +18,15 @@ pub fn conflict_line(c: &Conflict) -> String {
     let what = if c.field == crate::engine::WHOLE_RECORD {
         format!("record: {}", c.reason)
     } else {
+        // Why it waits, unless it is the field's policy (manual): a rule's answer or failure,
+        // a field both sides rewrite.
+        let why = if c.reason.is_empty() || c.reason == crate::engine::HELD_FOR_A_PERSON {
+            String::new()
+        } else {
+            format!(" ({})", c.reason)
+        };
         format!(
-            "{}: base {}, left {}, right {}",
+            "{}: base {}, left {}, right {}{why}",
             c.field,
             value(&c.base),
             value(&c.left),

@@ -27,6 +27,9 @@ pub enum LinkStatus {
     Deleted,
 }
 
+/// The reason of a conflict held by its field's `manual` policy, and nothing else.
+pub const HELD_FOR_A_PERSON: &str = "held for a person";
+
 /// A conflict to hold for a person, new or with fresh values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictNote {
@@ -202,7 +205,7 @@ pub(crate) fn merge_link(
                     base: b.cloned(),
                     left: lv.cloned(),
                     right: rv.cloned(),
-                    reason: "held for a person".into(),
+                    reason: HELD_FOR_A_PERSON.into(),
                 }),
             }
             continue;
