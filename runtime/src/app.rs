@@ -33,11 +33,12 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Plugin(#[from] LoadError),
-    #[error("connection {connection}: {source}")]
+    /// The plugin's error is shown in this one's text, so it is not also its source (which
+    /// the CLI would print a second time).
+    #[error("connection {connection}: {error}")]
     Connection {
         connection: String,
-        #[source]
-        source: CallError,
+        error: CallError,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -113,24 +114,24 @@ impl App {
             let mut session = plugin
                 .session()
                 .await
-                .map_err(|source| AppError::Connection {
+                .map_err(|error| AppError::Connection {
                     connection: name.clone(),
-                    source,
+                    error,
                 })?;
             session
                 .check(&config)
                 .await
-                .map_err(|source| AppError::Connection {
+                .map_err(|error| AppError::Connection {
                     connection: name.clone(),
-                    source,
+                    error,
                 })?;
             let streams =
                 session
                     .discover(&config)
                     .await
-                    .map_err(|source| AppError::Connection {
+                    .map_err(|error| AppError::Connection {
                         connection: name.clone(),
-                        source,
+                        error,
                     })?;
             connections.insert(
                 name.clone(),

@@ -1,0 +1,383 @@
+//! HubSpot contacts <-> PostgreSQL, end to end: the real HubSpot connector component, the real
+//! runtime and the real `duplex` binary against the local HubSpot replica
+//! (`tests/hubspot-replica`) and the PostgreSQL server on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use duplex::app::App;
+use duplex_hubspot_replica::{Faults, Options, Replica};
+use sqlx::Connection;
+
+const HUBSPOT: &str = "duplex_connector_hubspot";
+const CANARY: &str = "pat-na1-canary-5d1f0c7e-never-print-me";
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fresh PostgreSQL database, or None when there is no server (a failure under CI).
+async fn pg_database() -> Option<String> {
+    let name = format!(
+        "duplex_hs_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let created = async {
+        let mut c = sqlx::PgConnection::connect(&format!("{PG}/test")).await?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await?;
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    if let Err(e) = created {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI needs the PostgreSQL server on loopback: {e}");
+        }
+        eprintln!("skipped: no PostgreSQL server on loopback ({e})");
+        return None;
+    }
+    Some(format!("{PG}/{name}"))
+}
+
+async fn pg(url: &str, sql: &str) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+}
+
+/// The people in PostgreSQL by lower-case email: (first, last, phone).
+async fn pg_people(url: &str) -> (BTreeMap<String, String>, usize) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as("SELECT email, first_name, last_name, phone FROM people")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    let n = rows.len();
+    let map = rows
+        .into_iter()
+        .map(|(e, f, l, p)| {
+            let v = |x: Option<String>| x.unwrap_or_default();
+            (e.to_lowercase(), format!("{}|{}|{}", v(f), v(l), v(p)))
+        })
+        .collect();
+    (map, n)
+}
+
+fn hubspot_people(replica: &Replica) -> (BTreeMap<String, String>, usize) {
+    let records = replica.records("contacts");
+    let n = records.len();
+    let map = records
+        .into_iter()
+        .map(|(_, p)| {
+            let v = |k: &str| p.get(k).cloned().unwrap_or_default();
+            (
+                v("email").to_lowercase(),
+                format!("{}|{}|{}", v("firstname"), v("lastname"), v("phone")),
+            )
+        })
+        .collect();
+    (map, n)
+}
+
+/// A folder with the token file and a config syncing the replica's contacts with `people`.
+fn setup(replica_url: &str, pg_url: &str, token: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hubspot-token"), format!("{token}\n")).unwrap();
+    let plugin = common::plugin(HUBSPOT);
+    let config = format!(
+        r#"
+[connections.crm]
+plugin = "{plugin}"
+config = {{ base_url = "{replica_url}", objects = ["contacts"], overlap_ms = 5000 }}
+grants = {{ http = ["{replica_url}"] }}
+secrets = {{ token = {{ file = "hubspot-token" }} }}
+
+[connections.crm.http]
+headers = [{{ origin = "{replica_url}", name = "Authorization", value = "Bearer {{token}}" }}]
+rate = "90 per 10s"
+rates = [{{ path = "/crm/v3/objects/*/search", rate = "4 per 1s" }}]
+
+[connections.db]
+plugin = "builtin:sql"
+config = {{ url = "{pg_url}", tables = ["people"] }}
+grants = {{ sql = ["{pg_url}"] }}
+
+[syncs.people]
+left = "crm.contacts"
+right = "db.people"
+match = {{ field = "email", ignore_case = true }}
+schedule = "1s"
+fields = [
+    {{ left = "email", right = "email" }},
+    {{ left = "firstname", right = "first_name" }},
+    {{ left = "lastname", right = "last_name" }},
+    {{ left = "phone", right = "phone" }},
+]
+"#,
+        plugin = plugin.display()
+    );
+    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+    dir
+}
+
+/// Runs until caught up, as `duplex run --once`; a failed run (a fault) is tried again.
+async fn sync(config: &Path) -> usize {
+    let mut failures = 0;
+    for _ in 0..40 {
+        // Loading asks the connector to check and discover, which faults can fail too.
+        let app = match App::load(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                failures += 1;
+                eprintln!("loading failed (faults are injected): {e}");
+                continue;
+            }
+        };
+        let state = app.open_state().unwrap();
+        match app.run_once(&state, |_, _| {}).await {
+            Ok(_) => return failures,
+            Err(e) => {
+                failures += 1;
+                eprintln!("a run failed (faults are injected): {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    panic!("the sync never caught up");
+}
+
+/// Runs the `duplex` binary; off the runtime's threads, which serve the replica meanwhile.
+async fn duplex(args: &[&str], dir: &Path) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_duplex"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("DUPLEX_LOG", "duplex=debug,info")
+        .env("XDG_CACHE_HOME", common::cache_dir());
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const PEOPLE: &str = "CREATE TABLE people (
+    id SERIAL PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    first_name TEXT,
+    last_name TEXT,
+    phone TEXT
+);
+INSERT INTO people (email, first_name, last_name, phone) VALUES
+    ('Ada@Example.com', 'Ada', 'Lovelace', '+44 1'),
+    ('dave@example.com', 'Dave', 'Davies', NULL),
+    ('erin@example.com', 'Erin', 'Ernst', '+1 5');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplicates_or_echo() {
+    let Some(pg_url) = pg_database().await else {
+        return;
+    };
+    pg(&pg_url, PEOPLE).await;
+    let replica = Replica::start(Options {
+        token: CANARY.into(),
+        ..Default::default()
+    })
+    .await;
+    replica.create(
+        "contacts",
+        &[
+            ("email", "ada@example.com"),
+            ("firstname", "Ada"),
+            ("lastname", "Lovelace"),
+        ],
+    );
+    let bob = replica.create(
+        "contacts",
+        &[
+            ("email", "bob@example.com"),
+            ("firstname", "Bob"),
+            ("lastname", "Brown"),
+        ],
+    );
+    let carol = replica.create(
+        "contacts",
+        &[
+            ("email", "carol@example.com"),
+            ("firstname", "Carol"),
+            ("lastname", "Clark"),
+        ],
+    );
+    let dir = setup(&replica.url, &pg_url, CANARY);
+    let config = dir.path().join("duplex.toml");
+
+    // First sync: Ada exists on both sides (her email in another letter case): matched, once.
+    sync(&config).await;
+    let (hs, hs_n) = hubspot_people(&replica);
+    let (db, db_n) = pg_people(&pg_url).await;
+    assert_eq!(hs_n, 5, "{hs:?}");
+    assert_eq!(db_n, 5, "{db:?}");
+    assert_eq!(hs, db);
+
+    // Writers on both sides while the replica fails requests, rate-limits, lags its index and
+    // drops connections after applying a batch.
+    replica.set_faults(Faults {
+        fail_every: 23,
+        reset_after_apply_every: 3,
+        rate_limit_every: 37,
+        slow: Duration::ZERO,
+    });
+    replica.set_search_lag(Duration::from_millis(800));
+    let ada = replica
+        .records("contacts")
+        .into_iter()
+        .find(|(_, p)| p.get("email").is_some_and(|e| e == "ada@example.com"))
+        .unwrap()
+        .0;
+    replica.update("contacts", &bob, &[("firstname", "Robert")]);
+    replica.update(
+        "contacts",
+        &ada,
+        &[("firstname", "Ada (crm)"), ("phone", "+44 2")],
+    );
+    replica.archive("contacts", &carol);
+    replica.create(
+        "contacts",
+        &[("email", "frank@example.com"), ("firstname", "Frank")],
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    pg(
+        &pg_url,
+        "UPDATE people SET first_name = 'Ada (db, later)', last_name = 'King' WHERE lower(email) = 'ada@example.com';
+         UPDATE people SET phone = '+1 7' WHERE email = 'dave@example.com';
+         INSERT INTO people (email, first_name) VALUES ('grace@example.com', 'Grace');
+         DELETE FROM people WHERE email = 'erin@example.com';",
+    )
+    .await;
+    let mut failures = sync(&config).await;
+    // What the index showed late is read within the overlap window.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    failures += sync(&config).await;
+    replica.set_faults(Faults::default());
+    sync(&config).await;
+
+    let (hs, hs_n) = hubspot_people(&replica);
+    let (db, db_n) = pg_people(&pg_url).await;
+    assert_eq!(hs_n, hs.len(), "a duplicate in HubSpot: {hs:?}");
+    assert_eq!(db_n, db.len(), "a duplicate in PostgreSQL: {db:?}");
+    assert_eq!(hs, db, "the sides diverged");
+    let expect = |email: &str| db.get(email).cloned().unwrap_or_else(|| "<missing>".into());
+    // Different fields of one record: both kept; the same field: the later edit (PostgreSQL's).
+    assert_eq!(expect("ada@example.com"), "Ada (db, later)|King|+44 2");
+    assert_eq!(expect("bob@example.com"), "Robert|Brown|");
+    assert_eq!(expect("dave@example.com"), "Dave|Davies|+1 7");
+    assert_eq!(expect("frank@example.com"), "Frank||");
+    assert_eq!(expect("grace@example.com"), "Grace||");
+    assert!(
+        !db.contains_key("carol@example.com"),
+        "archived in HubSpot: {db:?}"
+    );
+    assert!(
+        !hs.contains_key("erin@example.com"),
+        "deleted in PostgreSQL: {hs:?}"
+    );
+    eprintln!("runs that failed on injected faults: {failures}");
+
+    // Idle: a cycle sends only reads (no echo of what Duplex wrote).
+    replica.reset_stats();
+    let (ok, out) = duplex(&["run", "duplex.toml", "--once"], dir.path()).await;
+    assert!(ok, "{out}");
+    let stats = replica.stats();
+    assert_eq!(
+        stats.writes(),
+        0,
+        "an idle cycle wrote: {:?}",
+        stats.requests
+    );
+
+    // The budget held: the replica never had to refuse a request for going over its limits,
+    // and every request had the shape the documentation gives.
+    let (ok, status) = duplex(&["status", "duplex.toml"], dir.path()).await;
+    assert!(ok, "{status}");
+    assert_eq!(replica.stats().over_budget, 0);
+    assert!(
+        replica.stats().violations.is_empty(),
+        "{:?}",
+        replica.stats().violations
+    );
+
+    // The token is in no log line, status output or state file.
+    assert!(!out.contains(CANARY), "the token reached the log");
+    assert!(!status.contains(CANARY), "the token reached status");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "hubspot-token") {
+            continue;
+        }
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+                "the token is in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+async fn check_error(dir: &Path) -> String {
+    let (ok, out) = duplex(&["check", "duplex.toml"], dir).await;
+    assert!(!ok, "check passed: {out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_what_to_fix_for_a_bad_token_a_missing_scope_or_an_unreachable_origin() {
+    let Some(pg_url) = pg_database().await else {
+        return;
+    };
+    pg(&pg_url, PEOPLE).await;
+    let replica = Replica::start(Options {
+        token: CANARY.into(),
+        ..Default::default()
+    })
+    .await;
+
+    let dir = setup(&replica.url, &pg_url, "not-the-token");
+    let out = check_error(dir.path()).await;
+    assert!(out.contains("refused the access token"), "{out}");
+    assert!(!out.contains(CANARY));
+
+    let narrow = Replica::start(Options {
+        token: CANARY.into(),
+        scopes: vec!["crm.objects.companies.read".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = setup(&narrow.url, &pg_url, CANARY);
+    let out = check_error(dir.path()).await;
+    assert!(
+        out.contains("lacks the scope crm.objects.contacts.read"),
+        "{out}"
+    );
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = setup(&format!("http://127.0.0.1:{closed}"), &pg_url, CANARY);
+    let out = check_error(dir.path()).await;
+    assert!(out.contains("cannot reach HubSpot"), "{out}");
+    assert!(!out.contains(CANARY), "{out}");
+}
