@@ -165,20 +165,23 @@ pub fn send(request: &Request) -> Result<Response, Error> {
     let body = out
         .body()
         .map_err(|_| Error::permanent("the request body was taken twice"))?;
+    let stream = body
+        .write()
+        .map_err(|_| Error::permanent("the request body stream was taken twice"))?;
+    // Send first, then write the body: the host buffers only one write before it starts
+    // sending, so a body written before `handle` would wait forever for a reader.
+    let options = RequestOptions::new();
+    let pending = outgoing_handler::handle(out, Some(options))
+        .map_err(|e| transport_error(&request.url, e))?;
     if let Some(bytes) = &request.body {
-        let stream = body
-            .write()
-            .map_err(|_| Error::permanent("the request body stream was taken twice"))?;
+        // WASI caps one blocking write at 4,096 bytes.
         for chunk in bytes.chunks(4096) {
             stream
                 .blocking_write_and_flush(chunk)
                 .map_err(|e| Error::transient(format!("sending the request body failed: {e:?}")))?;
         }
-        drop(stream);
     }
-    let options = RequestOptions::new();
-    let pending = outgoing_handler::handle(out, Some(options))
-        .map_err(|e| transport_error(&request.url, e))?;
+    drop(stream);
     OutgoingBody::finish(body, None).map_err(|e| transport_error(&request.url, e))?;
     pending.subscribe().block();
     let response = match pending.get() {
