@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{plugin, HTTP_PROBE, HTTP_RULE};
-use duplex::host::http::{Budget, Grant, HeaderRule, Origin, Secret, Secrets};
+use duplex::host::http::{Budget, Grant, HeaderRule, Origin, Secret, Secrets, Signature};
 use duplex::host::Grants;
 use duplex::plugin::{CallError, Conflict, Resolution, Side, Value, WitError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,7 +73,16 @@ impl Listener {
                     } else {
                         ("200 OK", "")
                     };
-                    let body = format!("path={path} credential={auth}");
+                    let header = |name: &str| {
+                        head.lines().find_map(|line| {
+                            let (n, v) = line.split_once(':')?;
+                            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    };
+                    let mut body = format!("path={path} credential={auth}");
+                    if let (Some(sig), Some(ts)) = (header("x-signature"), header("x-timestamp")) {
+                        body.push_str(&format!(" signature={sig} timestamp={ts}"));
+                    }
                     let response = format!(
                         "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -114,6 +123,8 @@ fn grants(origins: &[String]) -> Grants {
             headers,
             secrets,
             budgets: Vec::new(),
+            oauth: None,
+            signatures: Vec::new(),
         },
     }
 }
@@ -266,4 +277,33 @@ async fn the_rate_budget_spaces_requests_and_a_429_pauses_the_connection() {
         assert!(w[2] - w[0] >= Duration::from_millis(950), "{arrivals:?}");
     }
     assert!(start.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_host_signs_requests_with_a_key_the_plugin_never_holds() {
+    use hmac::Mac;
+    let server = Listener::start(0).await;
+    let mut g = grants(&[server.url("")]);
+    g.http
+        .secrets
+        .insert("signing_key", Secret::new("k3y-canary"));
+    g.http.signatures.push(
+        Signature::new(
+            Origin::parse(&server.url("")).unwrap(),
+            "X-Signature",
+            "signing_key",
+            "{method}\n{path}\n{timestamp}\n{body}",
+            "hex",
+            "sha256=",
+            Some("X-Timestamp"),
+            &|n| n == "signing_key",
+        )
+        .unwrap(),
+    );
+    let answered = probe(&g, &server.url("/hooks?x=1")).await.unwrap();
+    let (_, rest) = answered.split_once(" signature=sha256=").expect(&answered);
+    let (signature, timestamp) = rest.split_once(" timestamp=").unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"k3y-canary").unwrap();
+    mac.update(format!("GET\n/hooks?x=1\n{timestamp}\n").as_bytes());
+    assert_eq!(signature, hex::encode(mac.finalize().into_bytes()));
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use duplex::app::App;
-use duplex_hubspot_replica::{Faults, Options, Replica};
+use duplex_hubspot_replica::{Faults, OAuthApp, Options, Replica};
 use sqlx::Connection;
 
 const HUBSPOT: &str = "duplex_connector_hubspot";
@@ -127,30 +127,47 @@ fields = [
     dir
 }
 
-/// Runs until caught up, as `duplex run --once`; a failed run (a fault) is tried again.
-async fn sync(config: &Path) -> usize {
-    let mut failures = 0;
-    for _ in 0..40 {
-        // Loading asks the connector to check and discover, which faults can fail too.
-        let app = match App::load(config).await {
-            Ok(app) => app,
-            Err(e) => {
-                failures += 1;
-                eprintln!("loading failed (faults are injected): {e}");
-                continue;
-            }
-        };
-        let state = app.open_state().unwrap();
-        match app.run_once(&state, |_, _| {}).await {
-            Ok(_) => return failures,
-            Err(e) => {
-                failures += 1;
-                eprintln!("a run failed (faults are injected): {e}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+/// One process's worth of Duplex: loaded once, as `duplex run` is, so the connection's rate
+/// budget carries over from one run to the next (a fresh process starts with an empty one).
+struct Running {
+    app: App,
+    state: duplex::state::State,
+}
+
+impl Running {
+    /// Loads the config; loading asks the connector to check and discover, which faults can
+    /// fail too, so it is tried again after a pause.
+    async fn load(config: &Path) -> Running {
+        for _ in 0..20 {
+            match App::load(config).await {
+                Ok(app) => {
+                    let state = app.open_state().unwrap();
+                    return Running { app, state };
+                }
+                Err(e) => {
+                    eprintln!("loading failed (faults are injected): {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
+        panic!("the config never loaded");
     }
-    panic!("the sync never caught up");
+
+    /// Runs until caught up, as `duplex run --once`; a failed run (a fault) is tried again.
+    async fn sync(&self) -> usize {
+        let mut failures = 0;
+        for _ in 0..40 {
+            match self.app.run_once(&self.state, |_, _| {}).await {
+                Ok(_) => return failures,
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("a run failed (faults are injected): {e}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        panic!("the sync never caught up");
+    }
 }
 
 /// Runs the `duplex` binary; off the runtime's threads, which serve the replica meanwhile.
@@ -223,7 +240,8 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
     let config = dir.path().join("duplex.toml");
 
     // First sync: Ada exists on both sides (her email in another letter case): matched, once.
-    sync(&config).await;
+    let duplex_process = Running::load(&config).await;
+    duplex_process.sync().await;
     let (hs, hs_n) = hubspot_people(&replica);
     let (db, db_n) = pg_people(&pg_url).await;
     assert_eq!(hs_n, 5, "{hs:?}");
@@ -265,12 +283,19 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
          DELETE FROM people WHERE email = 'erin@example.com';",
     )
     .await;
-    let mut failures = sync(&config).await;
+    let mut failures = duplex_process.sync().await;
     // What the index showed late is read within the overlap window.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    failures += sync(&config).await;
+    failures += duplex_process.sync().await;
     replica.set_faults(Faults::default());
-    sync(&config).await;
+    duplex_process.sync().await;
+    // Once more after the index has surely caught up with the last writes.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    duplex_process.sync().await;
+    // The binary below is another process: it needs the state file, and starts with a fresh
+    // rate budget, so the replica's window is let drain first.
+    drop(duplex_process);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let (hs, hs_n) = hubspot_people(&replica);
     let (db, db_n) = pg_people(&pg_url).await;
@@ -380,4 +405,120 @@ async fn check_says_what_to_fix_for_a_bad_token_a_missing_scope_or_an_unreachabl
     let out = check_error(dir.path()).await;
     assert!(out.contains("cannot reach HubSpot"), "{out}");
     assert!(!out.contains(CANARY), "{out}");
+}
+
+const CLIENT_SECRET: &str = "client-secret-canary-93b0e1";
+const REFRESH_TOKEN: &str = "refresh-token-canary-4f7a22";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_runs_oauth_and_refreshes_the_access_token_the_plugin_never_sees() {
+    let Some(pg_url) = pg_database().await else {
+        return;
+    };
+    pg(&pg_url, PEOPLE).await;
+    let replica = Replica::start(Options {
+        token: "no-private-app-token-is-used".into(),
+        oauth: Some(OAuthApp {
+            client_id: "duplex-client".into(),
+            client_secret: CLIENT_SECRET.into(),
+            refresh_token: REFRESH_TOKEN.into(),
+            expires_in: Duration::from_secs(2),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), CLIENT_SECRET).unwrap();
+    std::fs::write(dir.path().join("refresh-token"), REFRESH_TOKEN).unwrap();
+    let url = &replica.url;
+    std::fs::write(
+        dir.path().join("duplex.toml"),
+        format!(
+            r#"
+[connections.crm]
+plugin = "{plugin}"
+config = {{ base_url = "{url}", objects = ["contacts"] }}
+grants = {{ http = ["{url}"] }}
+secrets = {{ client_secret = {{ file = "client-secret" }}, refresh_token = {{ file = "refresh-token" }} }}
+
+[connections.crm.http.oauth]
+origin = "{url}"
+token_url = "{url}/oauth/v1/token"
+grant = "refresh_token"
+client_id = "duplex-client"
+client_secret = "{{client_secret}}"
+refresh_token = "{{refresh_token}}"
+
+[connections.db]
+plugin = "builtin:sql"
+config = {{ url = "{pg_url}", tables = ["people"] }}
+grants = {{ sql = ["{pg_url}"] }}
+
+[syncs.people]
+left = "crm.contacts"
+right = "db.people"
+match = {{ field = "email", ignore_case = true }}
+fields = [
+    {{ left = "email", right = "email" }},
+    {{ left = "firstname", right = "first_name" }},
+]
+"#,
+            plugin = common::plugin(HUBSPOT).display()
+        ),
+    )
+    .unwrap();
+    let tokens = |r: &Replica| {
+        r.stats()
+            .requests
+            .get("POST /oauth/v1/token")
+            .copied()
+            .unwrap_or(0)
+    };
+    let (ok, first) = duplex(&["run", "duplex.toml", "--once"], dir.path()).await;
+    assert!(ok, "{first}");
+    assert_eq!(
+        replica.records("contacts").len(),
+        3,
+        "the sync reached HubSpot"
+    );
+    // Check, discover, reads and writes: many requests, one token.
+    assert_eq!(tokens(&replica), 1);
+    assert!(replica.stats().total() > 5);
+
+    // The token lives 2 s: the next run fetches a new one before using it.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    pg(
+        &pg_url,
+        "UPDATE people SET first_name = 'Dave (db)' WHERE email = 'dave@example.com'",
+    )
+    .await;
+    let (ok, second) = duplex(&["run", "duplex.toml", "--once"], dir.path()).await;
+    assert!(ok, "{second}");
+    assert_eq!(tokens(&replica), 2);
+    assert!(replica
+        .records("contacts")
+        .iter()
+        .any(|(_, p)| p.get("firstname").is_some_and(|f| f == "Dave (db)")));
+
+    // Neither the client secret, the refresh token nor an access token is printed or stored.
+    let (_, status) = duplex(&["status", "duplex.toml"], dir.path()).await;
+    for text in [&first, &second, &status] {
+        for secret in [CLIENT_SECRET, REFRESH_TOKEN, "access-"] {
+            assert!(!text.contains(secret), "{secret} was printed");
+        }
+    }
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "client-secret" || name == "refresh-token" || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in [CLIENT_SECRET, REFRESH_TOKEN, "access-"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} is in {name}"
+            );
+        }
+    }
 }

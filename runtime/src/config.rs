@@ -174,6 +174,52 @@ pub struct HttpConfig {
     /// `{ path = "/crm/v3/objects/*/search", rate = "5 per 1s" }` (`*` is one path segment).
     #[serde(default)]
     pub rates: Vec<Spanned<RateConfig>>,
+    /// An OAuth 2.0 flow the host runs, adding `Authorization: Bearer <access token>` to
+    /// requests for `origin`.
+    #[serde(default)]
+    pub oauth: Option<Spanned<OAuthConfig>>,
+    /// HMAC-SHA256 signatures the host adds: `{ origin, header = "X-Signature", secret =
+    /// "signing_key", message = "{method}\n{path}\n{timestamp}\n{body}", encoding = "hex" |
+    /// "base64", prefix = "sha256=", timestamp_header = "X-Timestamp" }`.
+    #[serde(default)]
+    pub signatures: Vec<Spanned<SignatureConfig>>,
+}
+
+/// One signing rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureConfig {
+    pub origin: String,
+    pub header: String,
+    pub secret: String,
+    pub message: String,
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+}
+
+fn default_encoding() -> String {
+    "hex".into()
+}
+
+/// An OAuth 2.0 flow: `client_id`, `client_secret` and `refresh_token` are templates over the
+/// connection's secrets (`"{client_secret}"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub origin: String,
+    pub token_url: String,
+    /// `refresh_token` or `client_credentials`.
+    pub grant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// One credential header.
@@ -517,6 +563,33 @@ impl Loaded {
             .map_err(|m| self.invalid(h, &at, m))?;
             http.headers.push(rule);
         }
+        for (i, sc) in c.http.signatures.iter().enumerate() {
+            let at = key(&format!("http.signatures[{i}]"));
+            let g = sc.get_ref();
+            let origin = http::Origin::parse(&g.origin).map_err(|m| self.invalid(sc, &at, m))?;
+            if !http.origins.contains(&origin) {
+                return Err(self.invalid(
+                    sc,
+                    &at,
+                    format!("{origin} is not one of the connection's grants.http"),
+                ));
+            }
+            let signature = http::Signature::new(
+                origin,
+                &g.header,
+                &g.secret,
+                &g.message,
+                &g.encoding,
+                &g.prefix,
+                g.timestamp_header.as_deref(),
+                &|n| c.secrets.contains_key(n),
+            )
+            .map_err(|m| self.invalid(sc, &at, m))?;
+            http.signatures.push(signature);
+        }
+        if let Some(o) = &c.http.oauth {
+            http.oauth = Some(self.oauth(o, &key("http.oauth"), &http.origins, c)?);
+        }
         if let Some(rate) = &c.http.rate {
             let budget = http::Budget::parse(rate.get_ref(), None)
                 .map_err(|m| self.invalid(rate, key("http.rate"), m))?;
@@ -528,7 +601,11 @@ impl Loaded {
             http.budgets.push(budget);
         }
         if http.origins.is_empty()
-            && (!c.http.headers.is_empty() || c.http.rate.is_some() || !c.http.rates.is_empty())
+            && (!c.http.headers.is_empty()
+                || c.http.rate.is_some()
+                || !c.http.rates.is_empty()
+                || c.http.oauth.is_some()
+                || !c.http.signatures.is_empty())
         {
             return Err(self.invalid(
                 &c.plugin,
@@ -539,6 +616,65 @@ impl Loaded {
         Ok(Grants {
             sql: c.grants.sql.iter().map(|u| self.resolve_url(u)).collect(),
             http,
+        })
+    }
+
+    fn oauth(
+        &self,
+        at: &Spanned<OAuthConfig>,
+        key: &str,
+        granted: &[http::Origin],
+        c: &ConnectionConfig,
+    ) -> Result<http::OAuth, ConfigError> {
+        let o = at.get_ref();
+        let bad = |m: String| self.invalid(at, key, m);
+        let known = |n: &str| c.secrets.contains_key(n);
+        let template = |name: &str, text: &str| {
+            http::Template::new(text, &known).map_err(|e| bad(format!("{name}: {e}")))
+        };
+        let origin = http::Origin::parse(&o.origin).map_err(&bad)?;
+        let token_origin = granted
+            .iter()
+            .find(|g| g.admits_url(&o.token_url))
+            .cloned()
+            .ok_or_else(|| {
+                bad(format!(
+                    "token_url {} is not under any of the connection's grants.http",
+                    o.token_url
+                ))
+            })?;
+        if !granted.contains(&origin) {
+            return Err(bad(format!(
+                "{origin} is not one of the connection's grants.http; tokens go only where requests may"
+            )));
+        }
+        let flow = match o.grant.as_str() {
+            "refresh_token" => http::OAuthFlow::RefreshToken,
+            "client_credentials" => http::OAuthFlow::ClientCredentials,
+            other => {
+                return Err(bad(format!(
+                    "grant {other:?} is not one the host runs (refresh_token, client_credentials)"
+                )))
+            }
+        };
+        let refresh_token = match (&o.refresh_token, flow) {
+            (Some(t), _) => Some(template("refresh_token", t)?),
+            (None, http::OAuthFlow::RefreshToken) => {
+                return Err(bad(
+                    "the refresh_token grant needs refresh_token = \"{secret}\"".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        Ok(http::OAuth {
+            origin,
+            token_url: o.token_url.clone(),
+            token_origin,
+            flow,
+            client_id: template("client_id", &o.client_id)?,
+            client_secret: template("client_secret", &o.client_secret)?,
+            refresh_token,
+            scope: o.scope.clone(),
         })
     }
 
@@ -656,6 +792,73 @@ mod tests {
             loaded.policy(sync.conflict.as_ref().unwrap(), "x").unwrap(),
             Policy::LastWriterWins
         );
+    }
+
+    /// An HTTP connection's grants, secrets, headers, rates, OAuth and signatures parse into one
+    /// grant; a mistake names its key and line, never a secret's value.
+    #[test]
+    fn http_grants_parse_and_their_mistakes_name_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "s3cret-value\n").unwrap();
+        let config = |extra: &str| {
+            format!(
+                r#"
+[connections.crm]
+plugin = "crm.wasm"
+grants = {{ http = ["https://api.example.com", "https://auth.example.com/oauth"] }}
+secrets = {{ token = {{ file = "token" }} }}
+
+[connections.crm.http]
+rate = "100 per 10s"
+rates = [{{ path = "/v3/*/search", rate = "5 per 1s" }}]
+{extra}
+"#
+            )
+        };
+        let path = dir.path().join("duplex.toml");
+        let good = config(
+            r#"headers = [{ origin = "https://api.example.com", name = "Authorization", value = "Bearer {token}" }]
+signatures = [{ origin = "https://api.example.com", header = "X-Sig", secret = "token", message = "{body}" }]
+oauth = { origin = "https://api.example.com", token_url = "https://auth.example.com/oauth/token", grant = "client_credentials", client_id = "duplex", client_secret = "{token}" }"#,
+        );
+        let loaded = Loaded::parse(&path, good).unwrap();
+        let c = &loaded.config.connections["crm"];
+        let grants = loaded.grants("crm", c).unwrap();
+        assert_eq!(grants.http.origins.len(), 2);
+        assert_eq!(grants.http.headers.len(), 1);
+        assert_eq!(grants.http.budgets.len(), 2);
+        assert_eq!(grants.http.signatures.len(), 1);
+        assert!(grants.http.oauth.is_some());
+        assert!(
+            !format!("{grants:?}").contains("s3cret"),
+            "a secret printed"
+        );
+
+        for (extra, key, says) in [
+            (
+                r#"headers = [{ origin = "https://api.example.com", name = "Authorization", value = "Bearer {tokn}" }]"#,
+                "connections.crm.http.headers[0]",
+                "{tokn}",
+            ),
+            (
+                r#"headers = [{ origin = "https://other.example.com", name = "Authorization", value = "x" }]"#,
+                "connections.crm.http.headers[0]",
+                "not one of the connection's grants.http",
+            ),
+            (
+                r#"oauth = { origin = "https://api.example.com", token_url = "https://evil.example.com/token", grant = "client_credentials", client_id = "x", client_secret = "{token}" }"#,
+                "connections.crm.http.oauth",
+                "token_url",
+            ),
+        ] {
+            let loaded = Loaded::parse(&path, config(extra)).unwrap();
+            let err = loaded
+                .grants("crm", &loaded.config.connections["crm"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
     }
 
     #[test]

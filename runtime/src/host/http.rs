@@ -23,7 +23,9 @@
 //! nothing, so every request they make is refused at step 1.
 
 pub mod budget;
+pub mod oauth;
 pub mod secrets;
+pub mod sign;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -41,7 +43,9 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 use crate::host::{Caller, Capability, Grants};
 
 pub use budget::{Budget, Budgets};
-pub use secrets::{HeaderRule, Secret, Secrets, Source as SecretSource};
+pub use oauth::{Flow as OAuthFlow, OAuth};
+pub use secrets::{HeaderRule, Secret, Secrets, Source as SecretSource, Template};
+pub use sign::Signature;
 
 pub const CAPABILITY: Capability = Capability {
     name: "http",
@@ -71,6 +75,10 @@ pub struct Grant {
     pub secrets: Secrets,
     /// Request budgets, shared by every sync using the connection.
     pub budgets: Vec<Budget>,
+    /// An OAuth 2.0 flow the host runs for requests to one origin.
+    pub oauth: Option<OAuth>,
+    /// HMAC signatures the host adds to requests, keyed by secrets.
+    pub signatures: Vec<Signature>,
 }
 
 /// A granted origin, optionally narrowed to a path prefix: `https://api.hubapi.com/crm/`.
@@ -143,6 +151,29 @@ impl Origin {
     fn literal_ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
+
+    /// Whether a request to `url` falls under this origin.
+    pub fn admits_url(&self, url: &str) -> bool {
+        url.parse::<http::Uri>()
+            .ok()
+            .and_then(|u| Destination::of(&u))
+            .is_some_and(|d| self.admits(d.https, &d.host, d.port, &d.path))
+    }
+
+    /// `host[:port]`, as a Host header names it.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.https { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
 }
 
 impl std::fmt::Display for Origin {
@@ -166,6 +197,7 @@ impl std::fmt::Display for Origin {
 #[derive(Debug, Default)]
 pub struct Shared {
     budgets: Mutex<std::collections::HashMap<Arc<str>, Arc<Budgets>>>,
+    tokens: oauth::Tokens,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
@@ -334,16 +366,52 @@ impl WasiHttpHooks for Hooks {
             }
         }
         let budgets = self.shared.http.budgets(&connection, &grant.budgets);
-        let tls = dest.https.then(|| self.shared.http.tls());
+        let tls = self.shared.http.tls();
+        let (grants, shared) = (self.grants.clone(), self.shared.clone());
         Box::new(async move {
             // 2. The address, resolved once and checked.
             let addr = resolve_checked(&dest, &origin, &connection).await?;
+            // 4b. An OAuth access token, fetched by the host when it has none that is fresh.
+            let grant = &grants.http;
+            let oauth = grant.oauth.as_ref().filter(|o| {
+                o.origin
+                    .admits(dest.https, &dest.host, dest.port, &dest.path)
+            });
+            if let Some(oauth) = oauth {
+                let token = shared
+                    .http
+                    .tokens
+                    .access_token(&connection, oauth, &grant.secrets, async |r| {
+                        fetch_token(r, oauth, &connection, tls.clone()).await
+                    })
+                    .await?;
+                let bearer = secrets::sensitive(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| HttpError::ConfigurationError)?;
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, bearer);
+            }
+            // 4c. Signatures over the request's parts, keyed by secrets.
+            let signing: Vec<&Signature> = grant
+                .signatures
+                .iter()
+                .filter(|s| {
+                    s.origin
+                        .admits(dest.https, &dest.host, dest.port, &dest.path)
+                })
+                .collect();
+            if !signing.is_empty() {
+                request = sign_request(request, &signing, &grant.secrets, &connection).await?;
+            }
             // 3. The budget: wait, never refuse.
             let slot = budgets.acquire(&dest.path).await;
-            let sent = send(request, &dest, addr, tls).await;
+            let sent = send(request, &dest, addr, dest.https.then_some(tls)).await;
             budgets.finish(slot);
             let (response, io) = sent?;
             let status = response.status().as_u16();
+            if status == 401 && oauth.is_some() {
+                shared.http.tokens.forget(&connection).await;
+            }
             if status == 429 || status == 503 {
                 let wait = retry_after(response.headers())
                     .or_else(|| (status == 429).then(|| budgets.window_for(&dest.path)));
@@ -356,6 +424,56 @@ impl WasiHttpHooks for Hooks {
             Ok((response, io))
         })
     }
+}
+
+/// Reads the request's body (the plugin has written it whole by now) and adds each signature.
+async fn sign_request(
+    request: http::Request<WasiBody>,
+    signing: &[&Signature],
+    secrets: &Secrets,
+    connection: &str,
+) -> Result<http::Request<WasiBody>, HttpError> {
+    let (mut parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    for s in signing {
+        let (value, stamp) = s
+            .sign(secrets, parts.method.as_str(), &path, &body, timestamp)
+            .map_err(|e| {
+                tracing::error!(%connection, "cannot sign a request: {e}");
+                HttpError::ConfigurationError
+            })?;
+        parts.headers.insert(s.header.clone(), value);
+        if let (Some(h), Some(t)) = (&s.timestamp_header, stamp) {
+            parts.headers.insert(h.clone(), t);
+        }
+    }
+    let body = http_body_util::Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(http::Request::from_parts(parts, body))
+}
+
+/// Sends a token request for `oauth` through the same address checks, and reads its answer.
+async fn fetch_token(
+    request: http::Request<WasiBody>,
+    oauth: &OAuth,
+    connection: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(u16, Bytes), HttpError> {
+    let dest = Destination::of(request.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
+    let addr = resolve_checked(&dest, &oauth.token_origin, connection).await?;
+    let (response, _io) = send(request, &dest, addr, dest.https.then_some(tls)).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
 
 /// Resolves the destination's host once and refuses addresses off the public internet unless

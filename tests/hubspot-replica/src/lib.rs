@@ -35,6 +35,8 @@ pub mod docs {
         "https://developers.hubspot.com/docs/guides/apps/private-apps/overview";
     pub const SCOPES: &str =
         "https://developers.hubspot.com/docs/guides/apps/authentication/scopes";
+    pub const OAUTH: &str =
+        "https://developers.hubspot.com/docs/guides/apps/authentication/working-with-oauth";
 }
 
 /// How the replica behaves.
@@ -51,6 +53,19 @@ pub struct Options {
     pub search_rate: (u32, Duration),
     /// How long a change takes to reach the search index; search shows the version before.
     pub search_lag: Duration,
+    /// A public app's OAuth credentials ([`docs::OAUTH`]): when set, `POST /oauth/v1/token`
+    /// trades them for access tokens, which then authenticate like the private app's token.
+    pub oauth: Option<OAuthApp>,
+}
+
+/// A public app's OAuth client and one installation's refresh token.
+#[derive(Debug, Clone)]
+pub struct OAuthApp {
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+    /// How long an access token lives (HubSpot's are 30 minutes).
+    pub expires_in: Duration,
 }
 
 impl Default for Options {
@@ -70,6 +85,7 @@ impl Default for Options {
             rate: (100, Duration::from_secs(10)),
             search_rate: (5, Duration::from_secs(1)),
             search_lag: Duration::ZERO,
+            oauth: None,
         }
     }
 }
@@ -211,6 +227,8 @@ struct Inner {
     counter: u64,
     batch_writes: u64,
     last_ms: i64,
+    /// Access tokens issued through OAuth, with when they expire.
+    issued: HashMap<String, Instant>,
 }
 
 /// A running replica.
@@ -322,6 +340,7 @@ impl Replica {
                 counter: 0,
                 batch_writes: 0,
                 last_ms: 0,
+                issued: HashMap::new(),
             })),
         }
     }
@@ -354,6 +373,24 @@ impl Replica {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let id = inner.insert(object, props);
+        id.to_string()
+    }
+
+    /// A record that has existed since `modified_ms` (epoch milliseconds): for loading a
+    /// replica with data made before a sync began.
+    pub fn create_at(&self, object: &str, properties: &[(&str, &str)], modified_ms: i64) -> String {
+        let mut inner = self.lock();
+        let props = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let id = inner.insert(object, props);
+        let o = inner.table(object).get_mut(&id).unwrap();
+        o.created = modified_ms;
+        o.updated = modified_ms;
+        for version in o.indexed.iter_mut() {
+            version.2 = modified_ms;
+        }
         id.to_string()
     }
 
@@ -511,13 +548,22 @@ impl Inner {
         self.counter += 1;
         let n = self.counter;
 
-        // Authentication: a private app's bearer token ([`docs::PRIVATE_APPS`]).
+        if parts.method == Method::POST && path == "/oauth/v1/token" {
+            return self.token(body);
+        }
+        // Authentication: a private app's bearer token ([`docs::PRIVATE_APPS`]), or an access
+        // token issued by OAuth and not expired ([`docs::OAUTH`]).
         let bearer = parts
             .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer != Some(self.options.token.as_str()) {
+        let issued = bearer.is_some_and(|b| {
+            self.issued
+                .get(b)
+                .is_some_and(|until| *until > Instant::now())
+        });
+        if bearer != Some(self.options.token.as_str()) && !issued {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "INVALID_AUTHENTICATION",
@@ -603,6 +649,55 @@ impl Inner {
                 &format!("no route {method} {path} in this replica"),
             ),
         }
+    }
+
+    /// `POST /oauth/v1/token` ([`docs::OAUTH`], "Refreshing OAuth tokens"): a form with
+    /// `grant_type=refresh_token`, `client_id`, `client_secret` and `refresh_token`; answers an
+    /// access token and how long it lives. Not counted against the API's rate limits.
+    fn token(&mut self, body: &[u8]) -> Answer {
+        let form: HashMap<String, String> = String::from_utf8_lossy(body)
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), form_decode(v)))
+            .collect();
+        let Some(app) = self.options.oauth.clone() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "this replica has no OAuth app",
+            );
+        };
+        let field = |k: &str| form.get(k).map(String::as_str);
+        let refuse = |status: &str, message: &str| {
+            Answer::Json(
+                StatusCode::BAD_REQUEST,
+                json!({ "status": status, "message": message }),
+            )
+        };
+        if field("grant_type") != Some("refresh_token") {
+            return refuse("BAD_GRANT_TYPE", "grant_type must be refresh_token");
+        }
+        if field("client_id") != Some(app.client_id.as_str())
+            || field("client_secret") != Some(app.client_secret.as_str())
+        {
+            return refuse("BAD_CLIENT_ID", "missing or unknown client id");
+        }
+        if field("refresh_token") != Some(app.refresh_token.as_str()) {
+            return refuse("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
+        }
+        self.counter += 1;
+        let token = format!("access-{}-{}", self.counter, now_ms());
+        self.issued
+            .insert(token.clone(), Instant::now() + app.expires_in);
+        Answer::Json(
+            StatusCode::OK,
+            json!({
+                "token_type": "bearer",
+                "refresh_token": app.refresh_token,
+                "access_token": token,
+                "expires_in": app.expires_in.as_secs(),
+            }),
+        )
     }
 
     /// Refuses a request the documentation does not allow, and records it.
@@ -1251,6 +1346,34 @@ fn rate_limited(policy: &str) -> Answer {
             "groupName": "api-calls-private-app"
         }),
     )
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value.
+fn form_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], decoded) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuses keys the documented body does not have.

@@ -6,9 +6,11 @@
 //!   enumerations carry their options; `email` is matchable for contacts.
 //! - `read`: the CRM search API sorted by `lastmodifieddate`, with the SDK's overlap cursor, so
 //!   equal times across pages and the search index's lag (up to `overlap_ms`) neither lose nor
-//!   repeat a change; past the search's 10,000-result cap the next read starts from a later lower
-//!   bound. Archived records become deletes once the modified feed is caught up: a delete
-//!   reaches the feed at the first read after it that finds no more modified records.
+//!   repeat a change. A read that stops with more to read (its `max`, or the search's
+//!   10,000-result cap) leaves the next one to start at the newest time it emitted; once caught
+//!   up, reads look back `overlap_ms` again. Archived records become deletes once the modified
+//!   feed is caught up: a delete reaches the feed at the first read after it that finds no more
+//!   modified records.
 //! - `write`: batch endpoints, 100 inputs a call, one result per op from HubSpot's multi-status
 //!   answers. Contacts are created through upsert by email, so a create whose answer was lost
 //!   and is sent again updates the contact it made instead of making a second one.
@@ -157,6 +159,11 @@ struct Cursor {
     deletes_started: bool,
     /// The properties asked for and their types, found by the first read.
     properties: BTreeMap<String, String>,
+    /// Where the next read starts when the last one stopped with more to read: the newest time
+    /// it emitted, rather than `overlap` before it, so a long backlog (a first load) is read
+    /// once, not again from the window's start at every read.
+    #[serde(default)]
+    resume_from: Option<i64>,
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time in UTC (`2025-12-04T18:00:00.123Z`).
@@ -519,7 +526,7 @@ impl Connector for HubSpot {
         let names: Vec<String> = kinds.keys().cloned().collect();
         let max = (max as usize).max(1);
         let limit = max.min(SEARCH_PAGE);
-        let from = c.feed.from(overlap);
+        let from = c.resume_from.unwrap_or_else(|| c.feed.from(overlap));
         let mut changes = Vec::new();
         let mut after = 0;
         let mut more = false;
@@ -555,6 +562,7 @@ impl Connector for HubSpot {
             after += limit;
         }
         c.feed.prune(overlap);
+        c.resume_from = more.then_some(c.feed.newest);
         if !more {
             self.archived(object, &mut c, overlap, &mut changes)?;
         }

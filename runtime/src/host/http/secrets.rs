@@ -23,7 +23,7 @@ impl Secret {
         Secret(value.into())
     }
 
-    fn expose(&self) -> &str {
+    pub(super) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -83,9 +83,51 @@ impl Secrets {
         self.0.contains_key(name)
     }
 
+    pub fn get(&self, name: &str) -> Option<&Secret> {
+        self.0.get(name)
+    }
+
     /// Every secret's value, for scrubbing text that might contain one.
     pub fn values(&self) -> impl Iterator<Item = &str> {
         self.0.values().map(Secret::expose)
+    }
+}
+
+/// Text with `{secret}` placeholders, filled in by the host as a request leaves the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    /// Checks that every `{name}` is a secret `known` has.
+    pub fn new(text: &str, known: &dyn Fn(&str) -> bool) -> Result<Template, String> {
+        for placeholder in placeholders(text)? {
+            if !known(placeholder) {
+                return Err(format!(
+                    "{{{placeholder}}} is not one of the connection's secrets"
+                ));
+            }
+        }
+        Ok(Template(text.to_owned()))
+    }
+
+    /// The text with the secrets' values in. Never log the result.
+    pub fn render(&self, secrets: &Secrets) -> Result<String, String> {
+        let mut out = String::with_capacity(self.0.len() + 64);
+        let mut rest = self.0.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let close = after.find('}').unwrap_or(after.len());
+            let name = &after[..close];
+            let secret = secrets
+                .0
+                .get(name)
+                .ok_or_else(|| format!("secret {name} was not loaded"))?;
+            out.push_str(secret.expose());
+            rest = after.get(close + 1..).unwrap_or_default();
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 }
 
@@ -95,7 +137,7 @@ impl Secrets {
 pub struct HeaderRule {
     pub origin: Origin,
     pub name: HeaderName,
-    template: String,
+    template: Template,
 }
 
 impl HeaderRule {
@@ -108,49 +150,35 @@ impl HeaderRule {
     ) -> Result<HeaderRule, String> {
         let name =
             HeaderName::try_from(name).map_err(|_| format!("{name:?} is not a header name"))?;
-        for placeholder in placeholders(template)? {
-            if !known(placeholder) {
-                return Err(format!(
-                    "header {name} uses {{{placeholder}}}, which is not one of the connection's secrets"
-                ));
-            }
-        }
+        let template = Template::new(template, known).map_err(|e| format!("header {name}: {e}"))?;
         Ok(HeaderRule {
             origin,
             name,
-            template: template.to_owned(),
+            template,
         })
     }
 
     /// The header's value with the secrets filled in, marked sensitive (hyper then keeps it out
     /// of its own debug output).
     pub fn render(&self, secrets: &Secrets) -> Result<HeaderValue, String> {
-        let mut out = String::with_capacity(self.template.len() + 64);
-        let mut rest = self.template.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let after = &rest[open + 1..];
-            let close = after.find('}').unwrap_or(after.len());
-            let name = &after[..close];
-            let secret = secrets.0.get(name).ok_or_else(|| {
-                format!(
-                    "header {} needs secret {name}, which was not loaded",
-                    self.name
-                )
-            })?;
-            out.push_str(secret.expose());
-            rest = after.get(close + 1..).unwrap_or_default();
-        }
-        out.push_str(rest);
-        let mut value = HeaderValue::try_from(out).map_err(|_| {
+        let text = self
+            .template
+            .render(secrets)
+            .map_err(|e| format!("header {}: {e}", self.name))?;
+        sensitive(&text).map_err(|_| {
             format!(
                 "header {} is not a valid header value once its secrets are filled in (a newline in a secret?)",
                 self.name
             )
-        })?;
-        value.set_sensitive(true);
-        Ok(value)
+        })
     }
+}
+
+/// A header value marked sensitive.
+pub fn sensitive(text: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = HeaderValue::try_from(text)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The `{name}`s of a template.
