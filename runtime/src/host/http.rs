@@ -162,11 +162,7 @@ impl Origin {
 
     /// `host[:port]`, as a Host header names it.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = bracketed(&self.host);
         let default = if self.https { 443 } else { 80 };
         if self.port == default {
             host
@@ -179,17 +175,22 @@ impl Origin {
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.https { "https" } else { "http" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = bracketed(&self.host);
         let default = if self.https { 443 } else { 80 };
         write!(f, "{scheme}://{host}")?;
         if self.port != default {
             write!(f, ":{}", self.port)?;
         }
         f.write_str(&self.path)
+    }
+}
+
+/// A host as a URL writes it: an IPv6 address in brackets.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
     }
 }
 
@@ -313,11 +314,7 @@ impl Destination {
     /// The origin, for logs: never the path or query, which may carry identifiers.
     fn origin(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = bracketed(&self.host);
         format!("{scheme}://{host}:{}", self.port)
     }
 }

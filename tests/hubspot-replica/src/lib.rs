@@ -238,6 +238,14 @@ pub struct Replica {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Properties as a person types them, as the store keeps them.
+fn owned(properties: &[(&str, &str)]) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -367,12 +375,7 @@ impl Replica {
 
     /// A person creates a record in HubSpot. Returns its id.
     pub fn create(&self, object: &str, properties: &[(&str, &str)]) -> String {
-        let mut inner = self.lock();
-        let props = properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let id = inner.insert(object, props);
+        let id = self.lock().insert(object, owned(properties));
         id.to_string()
     }
 
@@ -380,11 +383,7 @@ impl Replica {
     /// replica with data made before a sync began.
     pub fn create_at(&self, object: &str, properties: &[(&str, &str)], modified_ms: i64) -> String {
         let mut inner = self.lock();
-        let props = properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let id = inner.insert(object, props);
+        let id = inner.insert(object, owned(properties));
         let o = inner.table(object).get_mut(&id).unwrap();
         o.created = modified_ms;
         o.updated = modified_ms;
@@ -396,12 +395,8 @@ impl Replica {
 
     /// A person edits a record in HubSpot.
     pub fn update(&self, object: &str, id: &str, properties: &[(&str, &str)]) {
-        let mut inner = self.lock();
-        let props = properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        inner.modify(object, id.parse().unwrap(), props);
+        self.lock()
+            .modify(object, id.parse().unwrap(), owned(properties));
     }
 
     /// A person archives (deletes) a record in HubSpot.
