@@ -131,13 +131,22 @@ fn grants(origins: &[String]) -> Grants {
 
 /// Runs the probe's `check` against `url` with `grants`: Ok(body) when the server answered 200.
 async fn probe(grants: &Grants, url: &str) -> Result<String, CallError> {
+    probe_with(grants, serde_json::json!({ "url": url })).await
+}
+
+/// [`probe`] with the fixture's whole config (`url`, `repeat`, `before`).
+async fn probe_with(grants: &Grants, config: serde_json::Value) -> Result<String, CallError> {
     let host = common::host();
     let p = host
         .load_connector_file(&plugin(HTTP_PROBE), "crm", grants)
         .await
         .expect("the probe loads");
-    let config = serde_json::json!({ "url": url }).to_string();
-    let err = p.session().await?.check(&config).await.unwrap_err();
+    let err = p
+        .session()
+        .await?
+        .check(&config.to_string())
+        .await
+        .unwrap_err();
     match err.plugin_error() {
         Some(WitError::Permanent(m)) if m.starts_with("answered: ") => {
             Ok(m["answered: ".len()..].to_owned())
@@ -208,6 +217,43 @@ async fn https_is_not_http_and_a_path_prefix_narrows_the_grant() {
         .await
         .unwrap();
     assert_eq!(answered, "path=/api/contacts credential=true");
+}
+
+/// One session is one plugin call after another in the same store, whose handle table is
+/// capped: every request, answered, refused or failed, must give its handles back, or a long
+/// read or a recovery that looks up many records fails with "resource table has no free keys".
+#[tokio::test]
+async fn a_long_session_of_requests_leaves_no_handles_behind() {
+    let server = Listener::start(0).await;
+    let refused = Listener::start(0).await;
+    let granted = grants(&[server.url("")]);
+    let answered = probe_with(
+        &granted,
+        serde_json::json!({ "url": server.url("/last"), "repeat": 1500 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered, "path=/last credential=true");
+    assert_eq!(server.connections(), 1501);
+    let answered = probe_with(
+        &granted,
+        serde_json::json!({ "url": server.url("/last"), "repeat": 1500, "before": refused.url("/") }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered, "path=/last credential=true");
+    assert_eq!(refused.connections(), 0);
+    // A port nobody listens on: every request fails to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let answered = probe_with(
+        &grants(&[server.url(""), dead.clone()]),
+        serde_json::json!({ "url": server.url("/last"), "repeat": 1500, "before": format!("{dead}/") }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered, "path=/last credential=true");
 }
 
 #[tokio::test]

@@ -278,11 +278,55 @@ pub use wasmtime_wasi_http::WasiHttpView as HttpData;
 
 /// The one place `http` links into wasmtime: `wasi:http/types` and `outgoing-handler`, for
 /// every plugin. What a store may reach is its grant's business ([`Hooks`]).
+///
+/// `outgoing-handler.handle` is wasmtime-wasi-http's, but gives the request's `request-options`
+/// back. The guest hands them over (an owned argument); wasmtime-wasi-http 48 reads them and
+/// never deletes them, so every request that passes options (Rust's `wasip2` crate and most
+/// language runtimes do) would leave one handle in the store's table, until the table (capped at
+/// `sandbox::MAX_HANDLES`) had no room and the plugin trapped in the middle of a cycle.
 pub fn link<T: HttpData + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
+    use wasmtime_wasi_http::p2::bindings::http::types::{self, ErrorCode, Host as _};
+    use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+    type Sent = Result<Resource<HostFutureIncomingResponse>, ErrorCode>;
+
+    types::add_to_linker::<_, wasmtime_wasi_http::WasiHttp>(linker, &Default::default(), T::http)?;
+    linker.instance(OUTGOING_HANDLER)?.func_wrap(
+        "handle",
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (request, options): (
+            Resource<HostOutgoingRequest>,
+            Option<Resource<RequestOptions>>,
+        )|
+         -> wasmtime::Result<(Sent,)> {
+            let mut view = store.data_mut().http();
+            let handed_over = options.as_ref().map(|o| o.rep());
+            let sent = view.handle(request, options);
+            // Only while the slot still holds those options: had `handle` freed them itself
+            // (a later wasmtime-wasi-http), the slot may now hold the response it made.
+            if let Some(rep) = handed_over {
+                let options = Resource::<RequestOptions>::new_own(rep);
+                if view.table.get(&options).is_ok() {
+                    view.table.delete(options)?;
+                }
+            }
+            let sent: Sent = match sent {
+                Ok(future) => Ok(future),
+                // A trap stays a trap; an error code reaches the guest.
+                Err(e) => Err(view.convert_error_code(e)?),
+            };
+            Ok((sent,))
+        },
+    )?;
+    Ok(())
 }
+
+/// The `outgoing-handler` wasmtime-wasi-http 48 implements; a plugin importing any 0.2.x
+/// version is linked to it.
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
 
 /// What a request's URI says about where it goes.
 struct Destination {
