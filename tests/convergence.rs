@@ -1030,6 +1030,57 @@ async fn a_write_too_big_for_the_plugin_is_retried_in_smaller_pieces() {
     );
 }
 
+/// A crash after a cycle of many creates leaves many intents to check. Against a side whose
+/// lookups fail now and then (an API answering 429 or 503 every so often), a recovery that
+/// starts over at each failure never gets through; one that keeps what it checked does, and
+/// makes no record twice.
+#[tokio::test]
+async fn a_recovery_against_a_side_that_fails_now_and_then_gets_through() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    let mut runner = SyncRunner::new(
+        spec(Policy::LastWriterWins),
+        left.clone(),
+        right.clone(),
+        1_000,
+        Rules::new(),
+    );
+    let state = State::in_memory().unwrap();
+    for i in 0..250 {
+        left.0.borrow_mut().user_create(&[
+            ("email", Value::Text(format!("p{i}@example.com"))),
+            ("name", Value::Text(format!("P{i}"))),
+        ]);
+    }
+    let mut now = 1_000_000;
+    // The intents are recorded, the creates made, and the cycle's commit is lost.
+    state.crash_after_writes(1);
+    runner.cycle(&state, now).await.expect_err("crashed");
+    assert_eq!(right.0.borrow().records.len(), 250);
+    assert_eq!(state.intents("people").unwrap().len(), 250);
+
+    // Every second lookup fails from now on.
+    right.0.borrow_mut().finds_fail_every = Some(2);
+    let mut failed = 0;
+    for _ in 0..10 {
+        now += 700_000_000;
+        if runner.cycle(&state, now).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "the lookups failed some cycles");
+    assert!(
+        state.intents("people").unwrap().is_empty(),
+        "every intent checked"
+    );
+    let r = right.0.borrow();
+    assert_eq!(r.records.len(), 250, "no record made twice");
+    let links = state.all_links("people").unwrap();
+    assert_eq!(links.len(), 250, "one link each");
+    assert!(links
+        .iter()
+        .all(|l| l.left.id.is_some() && l.right.id.is_some()));
+}
+
 /// Issue 13: a field each side rewrites whenever it is written (here one lowercases names, the
 /// other uppercases them, as triggers or collations would) would go back and forth for ever. It
 /// is held after one round trip, with a reason that names both sides and the fix, and the rest of

@@ -280,7 +280,9 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
         "UPDATE people SET first_name = 'Ada (db, later)', last_name = 'King' WHERE lower(email) = 'ada@example.com';
          UPDATE people SET phone = '+1 7' WHERE email = 'dave@example.com';
          INSERT INTO people (email, first_name) VALUES ('grace@example.com', 'Grace');
-         DELETE FROM people WHERE email = 'erin@example.com';",
+         DELETE FROM people WHERE email = 'erin@example.com';
+         INSERT INTO people (email, first_name, last_name)
+             SELECT 'bulk' || n || '@example.com', 'Bulk', 'No ' || n FROM generate_series(1, 150) AS n;",
     )
     .await;
     let mut failures = duplex_process.sync().await;
@@ -309,6 +311,16 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
     assert_eq!(expect("dave@example.com"), "Dave|Davies|+1 7");
     assert_eq!(expect("frank@example.com"), "Frank||");
     assert_eq!(expect("grace@example.com"), "Grace||");
+    // A bulk insert in PostgreSQL arrives whole, created once each, through batches that faults
+    // interrupt.
+    for n in [1, 75, 150] {
+        assert_eq!(
+            expect(&format!("bulk{n}@example.com")),
+            format!("Bulk|No {n}|")
+        );
+    }
+    // Ada, Bob, Dave, Frank and Grace, and the bulk.
+    assert_eq!(db.len(), 5 + 150, "{db:?}");
     assert!(
         !db.contains_key("carol@example.com"),
         "archived in HubSpot: {db:?}"

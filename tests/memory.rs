@@ -107,6 +107,9 @@ pub struct MemorySystem {
     pub fail_in: Option<u32>,
     /// When a failing call is a write, apply this many of its ops first.
     pub apply_before_failing: usize,
+    /// Every this many finds, one fails (as an API that is busy now and then); none: never.
+    pub finds_fail_every: Option<u32>,
+    finds: u32,
     /// Writes the system received (ops), for counting.
     pub writes: usize,
     /// Most ops one write call can take; more fail the call, applying none, as a plugin that
@@ -136,6 +139,8 @@ impl MemorySystem {
             next_id: 0,
             fail_in: None,
             apply_before_failing: 0,
+            finds_fail_every: None,
+            finds: 0,
             writes: 0,
             write_limit: None,
             rewrites: Vec::new(),
@@ -463,7 +468,9 @@ impl SideIo for Shared {
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {
         self.call();
         let mut s = self.0.borrow_mut();
-        if s.fault() {
+        s.finds += 1;
+        let busy = s.finds_fail_every.is_some_and(|n| s.finds % n == 0);
+        if s.fault() || busy {
             return Err(IoError::new("injected failure while finding"));
         }
         let ids: Vec<String> = match key {

@@ -41,6 +41,20 @@ pub use io::{IoError, PluginSide, SideIo};
 const WRITE_BATCH: usize = 2_000;
 /// Most dirty links retried in one cycle.
 const RETRY_BATCH: usize = 500;
+/// Most intents recovery checks at once (see [`SyncRunner::recover`]).
+const RECOVER_BATCH: usize = 100;
+
+/// What recovery's lookups found for a lot of intents.
+#[derive(Default)]
+struct Found {
+    /// Records found by id; an id asked for and not here is gone.
+    by_id: BTreeMap<(Side, String), plugin::Current>,
+    /// Unlinked records found by the match key, by its normalised value.
+    by_key: BTreeMap<(Side, String), Vec<plugin::Current>>,
+    /// Ids and normalised match values the side refused to look up (a lasting error).
+    refused_ids: BTreeMap<(Side, String), IoError>,
+    refused_keys: BTreeMap<(Side, String), IoError>,
+}
 
 /// Why a cycle stopped. Nothing of it was committed; the next cycle starts where this one did.
 #[derive(Debug, thiserror::Error)]
@@ -283,63 +297,208 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// did not move) are merged against the right base: Duplex's own write is not mistaken for
     /// a person's edit, and a create is not made twice. An unconfirmed write is simply planned
     /// again.
+    ///
+    /// Intents are checked in lots of [`RECOVER_BATCH`], each lot's records looked up in one
+    /// `find` per side and kind, and what a lot settled is saved before a failing side stops the
+    /// recovery: after a crash in a cycle of thousands of writes to an API that fails now and
+    /// then, recovery still gets through, where starting over at every failure never would.
     pub async fn recover(&mut self, state: &State) -> Result<usize, CycleError> {
         let sync = self.spec.name.clone();
-        let intents = state.intents(&sync).map_err(state_err(&sync))?;
+        let mut intents = state.intents(&sync).map_err(state_err(&sync))?;
         if intents.is_empty() {
             return Ok(0);
         }
         let mut links: BTreeMap<u64, Link> = BTreeMap::new();
+        // Records a create was confirmed by: one record confirms one create only.
+        let mut claimed: BTreeSet<(Side, String)> = BTreeSet::new();
         let mut confirmed = 0;
-        for intent in intents {
-            let (op, outcome) = match self.confirm(state, &intent).await {
-                Ok(Some(found)) => found,
-                Ok(None) => continue,
-                // The connector cannot look records up (or refuses to): the write can never be
-                // checked, and is planned again as before.
-                Err(error) if error.lasting => {
-                    tracing::warn!(sync = %sync, link = intent.link.id, error = %error,
-                        "cannot check whether a write cut short by a crash was made; planning it again");
-                    continue;
-                }
+        let mut done = 0;
+        while done < intents.len() {
+            let lot = &intents[done..intents.len().min(done + RECOVER_BATCH)];
+            let found = match self.look_up(state, lot).await {
+                Ok(found) => found,
                 // Planned again unchecked, a write that was made would come back in the record
                 // as if a person had made it (the feed leaves Duplex's own writes out), and
-                // could win over the other side's later edit. The intents stay; the next cycle
-                // checks again.
-                Err(error) => {
-                    tracing::warn!(sync = %sync, link = intent.link.id, error = %error,
-                        "could not check whether a write cut short by a crash was made; trying again next cycle");
-                    return Err(CycleError::Recover {
-                        sync,
-                        side: intent.side,
-                        error,
-                    });
+                // could win over the other side's later edit. The intents not yet checked
+                // stay; the next cycle checks them again.
+                Err((side, error)) => {
+                    tracing::warn!(sync = %sync, side = %side, error = %error, checked = done, left = intents.len() - done,
+                        "could not check whether writes cut short by a crash were made; trying again next cycle");
+                    let rest: Vec<Intent> = intents
+                        .drain(done..)
+                        .map(|mut intent| {
+                            if let Some(settled) = links.get(&intent.link.id) {
+                                intent.link = settled.clone();
+                            }
+                            intent
+                        })
+                        .collect();
+                    let links: Vec<Link> = links.into_values().collect();
+                    state
+                        .commit_recovered(&sync, &links, &rest)
+                        .map_err(state_err(&sync))?;
+                    return Err(CycleError::Recover { sync, side, error });
                 }
             };
-            let link = links
-                .entry(intent.link.id)
-                .or_insert_with(|| intent.link.clone());
-            settle(link, intent.side, &op, &outcome);
-            confirmed += 1;
-            tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
-                "a write cut short by a crash had been made; recorded it");
+            for intent in lot {
+                let (op, outcome) = match self.confirm(intent, &found, &mut claimed) {
+                    Ok(Some(made)) => made,
+                    Ok(None) => continue,
+                    // The connector cannot look the record up (or refuses to): the write can
+                    // never be checked, and is planned again as before.
+                    Err(error) => {
+                        tracing::warn!(sync = %sync, link = intent.link.id, error = %error,
+                            "cannot check whether a write cut short by a crash was made; planning it again");
+                        continue;
+                    }
+                };
+                let link = links
+                    .entry(intent.link.id)
+                    .or_insert_with(|| intent.link.clone());
+                settle(link, intent.side, &op, &outcome);
+                confirmed += 1;
+                tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
+                    "a write cut short by a crash had been made; recorded it");
+            }
+            done += lot.len();
         }
         let links: Vec<Link> = links.into_values().collect();
         state
-            .commit_recovered(&sync, &links)
+            .commit_recovered(&sync, &links, &[])
             .map_err(state_err(&sync))?;
         Ok(confirmed)
     }
 
-    /// Whether an intent's write was made: the part of it that was (for an update, the fields
-    /// that still hold what was written; a person may have edited the others since) and its
-    /// outcome.
-    async fn confirm(
-        &mut self,
-        state: &State,
-        intent: &Intent,
-    ) -> Result<Option<(OpKind, Outcome)>, IoError> {
+    /// Looks up, on each side, the records a lot of intents wrote: by id for updates and
+    /// deletes, by the match key for creates (unlinked records only, found the way matching on
+    /// first sight finds them). A passing failure is returned with its side.
+    async fn look_up(&mut self, state: &State, lot: &[Intent]) -> Result<Found, (Side, IoError)> {
         let sync = self.spec.name.clone();
+        let mut found = Found::default();
+        for side in [Side::Left, Side::Right] {
+            let ids: BTreeSet<String> = lot
+                .iter()
+                .filter(|i| i.side == side)
+                .filter_map(|i| match &i.op {
+                    OpKind::Update { id, .. } | OpKind::Delete { id, .. } => Some(id.clone()),
+                    OpKind::Create { .. } => None,
+                })
+                .collect();
+            if !ids.is_empty() {
+                let ids: Vec<String> = ids.into_iter().collect();
+                let (records, refused) = self
+                    .find_lot(side, ids.clone(), LookupKey::Ids)
+                    .await
+                    .map_err(|e| (side, e))?;
+                for c in records {
+                    found.by_id.insert((side, c.id.clone()), c);
+                }
+                for (i, error) in refused {
+                    found.refused_ids.insert((side, ids[i].clone()), error);
+                }
+            }
+
+            let Some(key) = self.spec.match_key.clone() else {
+                continue;
+            };
+            let mut field = None;
+            let mut values = Vec::new();
+            let mut norms = Vec::new();
+            for intent in lot.iter().filter(|i| i.side == side) {
+                let OpKind::Create { fields } = &intent.op else {
+                    continue;
+                };
+                let Some(value) = fields.get(&key.field) else {
+                    continue;
+                };
+                let Some(norm) = key.normalise(value) else {
+                    continue;
+                };
+                let Ok(out) = self
+                    .spec
+                    .map_out(side, &Fields::from([(key.field.clone(), value.clone())]))
+                else {
+                    continue;
+                };
+                if let Some((name, v)) = out.into_iter().next() {
+                    field = Some(name);
+                    values.push(plugin::Value::from(v));
+                    norms.push(norm);
+                }
+            }
+            let Some(field) = field else {
+                continue;
+            };
+            let (records, refused) = self
+                .find_lot(side, values, |values| {
+                    LookupKey::ByField(FieldMatch {
+                        field: field.clone(),
+                        values,
+                        ignore_case: key.ignore_case,
+                    })
+                })
+                .await
+                .map_err(|e| (side, e))?;
+            for (i, error) in refused {
+                found.refused_keys.insert((side, norms[i].clone()), error);
+            }
+            for c in records {
+                let linked = state
+                    .link_for(&sync, side, &c.id)
+                    .map_err(|e| (side, IoError::new(e.to_string())))?;
+                let norm = self
+                    .map_fields(side, &c.fields)
+                    .ok()
+                    .and_then(|f| f.get(&key.field).and_then(|v| key.normalise(v)));
+                let (None, Some(norm)) = (linked, norm) else {
+                    continue;
+                };
+                let list = found.by_key.entry((side, norm)).or_default();
+                if !list.iter().any(|x| x.id == c.id) {
+                    list.push(c);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Looks a lot of keys (ids, or values of one field) up in one `find`. Where the side
+    /// refuses the lot outright (a lasting error), each key is asked alone, so one key it
+    /// cannot look up leaves the others checked; the keys refused come back by index with why.
+    /// A passing failure stops the lot.
+    async fn find_lot<K: Clone>(
+        &mut self,
+        side: Side,
+        keys: Vec<K>,
+        ask: impl Fn(Vec<K>) -> LookupKey,
+    ) -> Result<(Vec<plugin::Current>, Vec<(usize, IoError)>), IoError> {
+        match self.io(side).find_dyn(ask(keys.clone())).await {
+            Ok(found) => return Ok((found, Vec::new())),
+            Err(error) if !error.lasting => return Err(error),
+            Err(error) if keys.len() == 1 => return Ok((Vec::new(), vec![(0, error)])),
+            Err(_) => {}
+        }
+        let mut found = Vec::new();
+        let mut refused = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            match self.io(side).find_dyn(ask(vec![key])).await {
+                Ok(records) => found.extend(records),
+                Err(error) if error.lasting => refused.push((i, error)),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((found, refused))
+    }
+
+    /// Whether an intent's write was made, from what its lot's lookups found: the part of it
+    /// that was (for an update, the fields that still hold what was written; a person may have
+    /// edited the others since) and its outcome. An error: the side refused to look it up.
+    fn confirm(
+        &self,
+        intent: &Intent,
+        found: &Found,
+        claimed: &mut BTreeSet<(Side, String)>,
+    ) -> Result<Option<(OpKind, Outcome)>, IoError> {
         let side = intent.side;
         match &intent.op {
             OpKind::Update {
@@ -347,14 +506,14 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 fields,
                 if_version,
             } => {
-                let found = self
-                    .io(side)
-                    .find_dyn(LookupKey::Ids(vec![id.clone()]))
-                    .await?;
-                let Some(c) = found.into_iter().next() else {
+                let key = (side, id.clone());
+                if let Some(error) = found.refused_ids.get(&key) {
+                    return Err(error.clone());
+                }
+                let Some(c) = found.by_id.get(&key) else {
                     return Ok(Some((intent.op.clone(), Outcome::Gone)));
                 };
-                let now = self.map_current(side, &c);
+                let now = self.map_current(side, c);
                 let held: Fields = fields
                     .iter()
                     .filter(|(k, v)| now.get(*k) == Some(*v))
@@ -372,18 +531,18 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     op,
                     // Confirmed only where the record holds what was written: nothing to learn.
                     Outcome::Written {
-                        id: c.id,
-                        version: c.version,
+                        id: c.id.clone(),
+                        version: c.version.clone(),
                         stored: None,
                     },
                 )))
             }
             OpKind::Delete { id, .. } => {
-                let found = self
-                    .io(side)
-                    .find_dyn(LookupKey::Ids(vec![id.clone()]))
-                    .await?;
-                Ok(found.is_empty().then(|| {
+                let key = (side, id.clone());
+                if let Some(error) = found.refused_ids.get(&key) {
+                    return Err(error.clone());
+                }
+                Ok((!found.by_id.contains_key(&key)).then(|| {
                     (
                         intent.op.clone(),
                         Outcome::Written {
@@ -395,60 +554,41 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 }))
             }
             OpKind::Create { fields } => {
-                // The record is found the way matching on first sight would find it: by the
-                // match key, unlinked. (Other fields may have been edited since it was made.)
-                let Some(key) = self.spec.match_key.clone() else {
-                    tracing::warn!(sync = %sync, link = intent.link.id,
+                let Some(key) = &self.spec.match_key else {
+                    tracing::warn!(sync = %self.spec.name, link = intent.link.id,
                         "a create may have been cut short and the sync has no match key to find it by; if it was made, the record may now exist twice");
                     return Ok(None);
                 };
-                let Some(value) = fields.get(&key.field) else {
+                let Some(norm) = fields.get(&key.field).and_then(|v| key.normalise(v)) else {
                     return Ok(None);
                 };
-                let Ok(out) = self
-                    .spec
-                    .map_out(side, &Fields::from([(key.field.clone(), value.clone())]))
-                else {
-                    return Ok(None);
-                };
-                let Some((field, v)) = out.into_iter().next() else {
-                    return Ok(None);
-                };
-                let found = self
-                    .io(side)
-                    .find_dyn(LookupKey::ByField(FieldMatch {
-                        field,
-                        values: vec![v.into()],
-                        ignore_case: key.ignore_case,
-                    }))
-                    .await?;
-                let mut unlinked = Vec::new();
-                for c in found {
-                    if state
-                        .link_for(&sync, side, &c.id)
-                        .map_err(|e| IoError::new(e.to_string()))?
-                        .is_none()
-                    {
-                        unlinked.push(c);
-                    }
+                let norm = (side, norm);
+                if let Some(error) = found.refused_keys.get(&norm) {
+                    return Err(error.clone());
                 }
+                let unlinked: Vec<&plugin::Current> = found
+                    .by_key
+                    .get(&norm)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !claimed.contains(&(side, c.id.clone())))
+                    .collect();
                 // What the record holds of the written fields is what the side stored of them
                 // (a person's later edits of other fields come through the feed, with times).
-                Ok(match unlinked.as_slice() {
-                    [c] => {
-                        let mut stored = self.map_current(side, c);
-                        stored.retain(|k, _| fields.contains_key(k));
-                        Some((
-                            intent.op.clone(),
-                            Outcome::Written {
-                                id: c.id.clone(),
-                                version: c.version.clone(),
-                                stored: Some(stored),
-                            },
-                        ))
-                    }
-                    _ => None,
-                })
+                let [c] = unlinked.as_slice() else {
+                    return Ok(None);
+                };
+                claimed.insert((side, c.id.clone()));
+                let mut stored = self.map_current(side, c);
+                stored.retain(|k, _| fields.contains_key(k));
+                Ok(Some((
+                    intent.op.clone(),
+                    Outcome::Written {
+                        id: c.id.clone(),
+                        version: c.version.clone(),
+                        stored: Some(stored),
+                    },
+                )))
             }
         }
     }

@@ -92,6 +92,19 @@ fn clear_sync(table: &mut redb::Table<(&str, u64), &[u8]>, sync: &str) -> Result
     Ok(())
 }
 
+/// Appends one row of intents for `sync` (a row holds a cycle's lot: see `record_intents`).
+fn push_intents(
+    intents: &mut redb::Table<(&str, u64), &[u8]>,
+    counters: &mut redb::Table<&str, u64>,
+    sync: &str,
+    row: &[u8],
+) -> Result<(), StateError> {
+    let next = counters.get("intent")?.map_or(1, |v| v.value());
+    intents.insert((sync, next), row)?;
+    counters.insert("intent", next + 1)?;
+    Ok(())
+}
+
 /// Whether `sync` has any row in a table keyed by (sync, side, id): most cycles have nothing
 /// to clear there, and asking once is cheaper than a removal per record.
 fn has_rows(table: &redb::Table<(&str, u8, &str), &[u8]>, sync: &str) -> Result<bool, StateError> {
@@ -980,9 +993,7 @@ impl State {
             let mut t = w.open_table(INTENTS)?;
             let mut c = w.open_table(COUNTERS)?;
             // One row for the lot: a row per intent cost a third of an initial sync's time.
-            let next = c.get("intent")?.map_or(1, |v| v.value());
-            t.insert((sync, next), enc(&intents)?.as_slice())?;
-            c.insert("intent", next + 1)?;
+            push_intents(&mut t, &mut c, sync, &enc(&intents)?)?;
         }
         w.commit()?;
         Ok(())
@@ -1135,9 +1146,7 @@ impl State {
             let mut intents = w.open_table(INTENTS)?;
             clear_sync(&mut intents, sync)?;
             if !c.keep_intents.is_empty() {
-                let next = counters.get("intent")?.map_or(1, |v| v.value());
-                intents.insert((sync, next), enc(&c.keep_intents)?.as_slice())?;
-                counters.insert("intent", next + 1)?;
+                push_intents(&mut intents, &mut counters, sync, &enc(&c.keep_intents)?)?;
             }
 
             let mut syncs = w.open_table(SYNCS)?;
@@ -1147,21 +1156,32 @@ impl State {
         Ok(())
     }
 
-    /// Saves the links recovery settled and clears the intents it dealt with, in one
-    /// transaction, without touching cursors.
-    pub fn commit_recovered(&self, sync: &str, links: &[Link]) -> Result<(), StateError> {
+    /// Saves the links recovery settled and keeps only the intents it has not dealt with yet
+    /// (`rest`, none when it finished), in one transaction, without touching cursors. A
+    /// recovery stopped part-way by a failing side keeps what it learnt, so a side that fails
+    /// now and then cannot send it back to the start every time.
+    pub fn commit_recovered(
+        &self,
+        sync: &str,
+        links: &[Link],
+        rest: &[Intent],
+    ) -> Result<(), StateError> {
         let w = self.begin_write()?;
         {
             let mut t = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
             put_links(&mut t, &mut index, sync, links, None)?;
+            let mut counters = w.open_table(COUNTERS)?;
             if let Some(max) = links.iter().map(|l| l.id).max() {
-                let mut counters = w.open_table(COUNTERS)?;
                 let key = format!("link:{sync}");
                 let next = counters.get(key.as_str())?.map_or(1, |v| v.value());
                 counters.insert(key.as_str(), next.max(max + 1))?;
             }
-            clear_sync(&mut w.open_table(INTENTS)?, sync)?;
+            let mut intents = w.open_table(INTENTS)?;
+            clear_sync(&mut intents, sync)?;
+            if !rest.is_empty() {
+                push_intents(&mut intents, &mut counters, sync, &enc(&rest)?)?;
+            }
         }
         w.commit()?;
         Ok(())
