@@ -469,7 +469,9 @@ impl SideIo for Shared {
         self.call();
         let mut s = self.0.borrow_mut();
         s.finds += 1;
-        let busy = s.finds_fail_every.is_some_and(|n| s.finds % n == 0);
+        let busy = s
+            .finds_fail_every
+            .is_some_and(|n| s.finds.is_multiple_of(n));
         if s.fault() || busy {
             return Err(IoError::new("injected failure while finding"));
         }
