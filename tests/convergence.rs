@@ -16,7 +16,7 @@
 mod memory;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use duplex::driver::{Rules, SyncRunner};
@@ -914,6 +914,27 @@ async fn replay() {
     sim.check(&policy, seed);
 }
 
+/// A last-writer-wins runner between `left` and `right`, reading `batch` changes a call.
+fn lww_runner(left: &Shared, right: &Shared, batch: u32) -> SyncRunner<Shared, Shared> {
+    SyncRunner::new(
+        spec(Policy::LastWriterWins),
+        left.clone(),
+        right.clone(),
+        batch,
+        Rules::new(),
+    )
+}
+
+/// `n` people made on `side`: `p{i}@example.com`, named `P{i}`.
+fn create_people(side: &Shared, n: usize) {
+    for i in 0..n {
+        side.0.borrow_mut().user_create(&[
+            ("email", Value::Text(format!("p{i}@example.com"))),
+            ("name", Value::Text(format!("P{i}"))),
+        ]);
+    }
+}
+
 /// Runs cycles of `runner` until two in a row find nothing to do.
 async fn run_until_idle(runner: &mut SyncRunner<Shared, Shared>, state: &State, now: &mut i64) {
     let mut idle = 0;
@@ -931,13 +952,7 @@ async fn run_until_idle(runner: &mut SyncRunner<Shared, Shared>, state: &State, 
 #[tokio::test]
 async fn a_batch_read_ahead_is_read_again_when_the_cycle_writes_its_side_after_all() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        2,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 2);
     let state = State::in_memory().unwrap();
     let mut now = 1_000_000;
     let text = |s: &str| Value::Text(s.into());
@@ -997,20 +1012,9 @@ async fn a_batch_read_ahead_is_read_again_when_the_cycle_writes_its_side_after_a
 async fn a_write_too_big_for_the_plugin_is_retried_in_smaller_pieces() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
     right.0.borrow_mut().write_limit = Some(3);
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        20,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 20);
     let state = State::in_memory().unwrap();
-    for i in 0..10 {
-        left.0.borrow_mut().user_create(&[
-            ("email", Value::Text(format!("p{i}@example.com"))),
-            ("name", Value::Text(format!("P{i}"))),
-        ]);
-    }
+    create_people(&left, 10);
     let mut now = 1_000_000;
     for _ in 0..20 {
         // Past every retry's backoff.
@@ -1037,20 +1041,9 @@ async fn a_write_too_big_for_the_plugin_is_retried_in_smaller_pieces() {
 #[tokio::test]
 async fn a_recovery_against_a_side_that_fails_now_and_then_gets_through() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        1_000,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 1_000);
     let state = State::in_memory().unwrap();
-    for i in 0..250 {
-        left.0.borrow_mut().user_create(&[
-            ("email", Value::Text(format!("p{i}@example.com"))),
-            ("name", Value::Text(format!("P{i}"))),
-        ]);
-    }
+    create_people(&left, 250);
     let mut now = 1_000_000;
     // The intents are recorded, the creates made, and the cycle's commit is lost.
     state.crash_after_writes(1);
@@ -1074,6 +1067,17 @@ async fn a_recovery_against_a_side_that_fails_now_and_then_gets_through() {
     );
     let r = right.0.borrow();
     assert_eq!(r.records.len(), 250, "no record made twice");
+    let people = |records: &BTreeMap<String, BTreeMap<String, Value>>, mail: &str, name: &str| {
+        records
+            .values()
+            .map(|f| format!("{:?} {:?}", f[mail], f[name]))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        people(&r.records, "mail", "full_name"),
+        people(&left.0.borrow().records, "email", "name"),
+        "the right holds every person of the left, as the left has them"
+    );
     let links = state.all_links("people").unwrap();
     assert_eq!(links.len(), 250, "one link each");
     assert!(links
@@ -1090,13 +1094,7 @@ async fn a_field_both_sides_rewrite_is_held_not_looped() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
     left.0.borrow_mut().rewrites = vec![("name".into(), Case::Lower)];
     right.0.borrow_mut().rewrites = vec![("full_name".into(), Case::Upper)];
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        10,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 10);
     let state = State::in_memory().unwrap();
     let mut now = 1_000_000;
     let text = |s: &str| Value::Text(s.into());
@@ -1139,13 +1137,7 @@ async fn a_field_both_sides_rewrite_is_held_not_looped() {
 async fn what_a_side_stores_otherwise_flows_back_in_the_same_cycle() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
     right.0.borrow_mut().rewrites = vec![("full_name".into(), Case::Upper)];
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        10,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 10);
     let state = State::in_memory().unwrap();
     let text = |s: &str| Value::Text(s.into());
     let y = left
@@ -1173,13 +1165,7 @@ async fn what_a_side_stores_otherwise_flows_back_in_the_same_cycle() {
 #[tokio::test]
 async fn a_rejected_write_is_cleared_once_its_link_is_in_step() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
-    let mut runner = SyncRunner::new(
-        spec(Policy::LastWriterWins),
-        left.clone(),
-        right.clone(),
-        10,
-        Rules::new(),
-    );
+    let mut runner = lww_runner(&left, &right, 10);
     let state = State::in_memory().unwrap();
     let mut now = 1_000_000;
     let text = |s: &str| Value::Text(s.into());
