@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+mod service;
+pub use service::{
+    token_hash, ActivityQuery, AuditEntry, ConflictQuery, Page, Paused, Role, Token, PAGE, PAGE_MAX,
+};
+
 use crate::engine::{
     ConflictNote, Decided, Fields, Link, LinkStatus, Observed, OpKind, Side, SideState, Value,
 };
@@ -46,6 +51,9 @@ pub enum StateError {
     NoSuchConflict(u64),
     #[error("conflict {0} is already {1}")]
     NotOpen(u64, String),
+    /// A query that cannot be answered as asked (a cursor this listing never gave, say).
+    #[error("{0}")]
+    Query(String),
 }
 
 macro_rules! storage {
@@ -150,10 +158,12 @@ fn read_sync<T: for<'de> Deserialize<'de>>(
 fn put_links(
     links: &mut redb::Table<(&str, u64), &[u8]>,
     index: &mut redb::Table<(&str, u8, &str), u64>,
+    counters: &mut redb::Table<&str, u64>,
     sync: &str,
     batch: &[Link],
     new_from: Option<u64>,
 ) -> Result<(), StateError> {
+    let mut counts = LinkCounts::load(counters, links, sync)?;
     let mut entries: Vec<(u8, &str, u64)> = Vec::with_capacity(batch.len() * 2);
     for link in batch {
         let is_new = new_from.is_some_and(|from| link.id >= from);
@@ -165,6 +175,7 @@ fn put_links(
                 .map(|v| dec(v.value()))
                 .transpose()?
         };
+        counts.replace(old.as_ref().map(|o| o.status), link.status);
         if let Some(old) = old {
             for side in [Side::Left, Side::Right] {
                 if let Some(id) = &old.side(side).id {
@@ -185,7 +196,65 @@ fn put_links(
     for (side, id, link) in entries {
         index.insert((sync, side, id), link)?;
     }
-    Ok(())
+    counts.save(counters, sync)
+}
+
+/// How many links a sync has, and how many of them are active, kept as counters beside the
+/// links so that `status` reads two numbers instead of decoding every link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    pub total: u64,
+    pub active: u64,
+}
+
+impl LinkCounts {
+    fn keys(sync: &str) -> (String, String) {
+        (format!("links:{sync}"), format!("active:{sync}"))
+    }
+
+    /// The stored counts; a state written before they were kept is counted once, here.
+    fn load(
+        counters: &redb::Table<&str, u64>,
+        links: &redb::Table<(&str, u64), &[u8]>,
+        sync: &str,
+    ) -> Result<LinkCounts, StateError> {
+        let (total, active) = Self::keys(sync);
+        if let (Some(t), Some(a)) = (
+            counters.get(total.as_str())?,
+            counters.get(active.as_str())?,
+        ) {
+            return Ok(LinkCounts {
+                total: t.value(),
+                active: a.value(),
+            });
+        }
+        let mut counts = LinkCounts::default();
+        for item in links.range((sync, 0)..=(sync, u64::MAX))? {
+            let (_, v) = item?;
+            let link: Link = dec(v.value())?;
+            counts.replace(None, link.status);
+        }
+        Ok(counts)
+    }
+
+    /// A link's status goes from `old` (none: the link is new) to `new`.
+    fn replace(&mut self, old: Option<LinkStatus>, new: LinkStatus) {
+        match old {
+            None => self.total += 1,
+            Some(LinkStatus::Active) => self.active = self.active.saturating_sub(1),
+            Some(_) => {}
+        }
+        if new == LinkStatus::Active {
+            self.active += 1;
+        }
+    }
+
+    fn save(self, counters: &mut redb::Table<&str, u64>, sync: &str) -> Result<(), StateError> {
+        let (total, active) = Self::keys(sync);
+        counters.insert(total.as_str(), self.total)?;
+        counters.insert(active.as_str(), self.active)?;
+        Ok(())
+    }
 }
 
 /// A link as stored. Once both sides agree, each side's `seen` equals the base; such a side is
@@ -626,7 +695,7 @@ pub struct Dirty {
 }
 
 /// One thing Duplex wrote, where and why, or one decision it made.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
     pub at: i64,
     pub sync: String,
@@ -855,6 +924,7 @@ impl State {
         w.open_table(ACTIVITY)?;
         w.open_table(COUNTERS)?;
         w.open_table(SYNCS)?;
+        State::create_service_tables(&w)?;
         w.commit()?;
         Ok(())
     }
@@ -1015,14 +1085,21 @@ impl State {
         {
             let mut links = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
-            put_links(&mut links, &mut index, sync, &c.links, c.new_links_from)?;
+            let mut counters = w.open_table(COUNTERS)?;
+            put_links(
+                &mut links,
+                &mut index,
+                &mut counters,
+                sync,
+                &c.links,
+                c.new_links_from,
+            )?;
             let mut cursors = w.open_table(CURSORS)?;
             for side in [Side::Left, Side::Right] {
                 if let Some(cur) = &c.cursors[side_key(side) as usize] {
                     cursors.insert((sync, side_key(side)), cur.as_str())?;
                 }
             }
-            let mut counters = w.open_table(COUNTERS)?;
             counters.insert(format!("link:{sync}").as_str(), c.next_link_id)?;
 
             let mut conflicts = w.open_table(CONFLICTS)?;
@@ -1170,8 +1247,8 @@ impl State {
         {
             let mut t = w.open_table(LINKS)?;
             let mut index = w.open_table(INDEX)?;
-            put_links(&mut t, &mut index, sync, links, None)?;
             let mut counters = w.open_table(COUNTERS)?;
+            put_links(&mut t, &mut index, &mut counters, sync, links, None)?;
             if let Some(max) = links.iter().map(|l| l.id).max() {
                 let key = format!("link:{sync}");
                 let next = counters.get(key.as_str())?.map_or(1, |v| v.value());
