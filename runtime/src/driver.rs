@@ -110,6 +110,44 @@ impl CycleReport {
     }
 }
 
+/// What the next cycle would do, planned from the changes waiting but not written: nothing is
+/// sent to either side and nothing is committed, so the same changes are read again by the
+/// next real cycle.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DryRun {
+    pub read: [usize; 2],
+    /// More changes wait than one batch holds: a real run would plan further cycles.
+    pub more: bool,
+    pub writes: Vec<PlannedWrite>,
+    /// Conflicts that would be held for a person, new or with fresh values.
+    pub conflicts: Vec<engine::ConflictNote>,
+    /// Changes that would be rejected, with why.
+    pub rejected: Vec<PlannedRejection>,
+    /// Fields changed on both sides that last-writer-wins would settle.
+    pub decided: Vec<engine::Decided>,
+}
+
+/// One write a dry run planned.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedWrite {
+    pub side: Side,
+    /// `create`, `update` or `delete`.
+    pub op: String,
+    pub link: u64,
+    /// The record written (none for a create).
+    pub record: Option<String>,
+    /// By the sync's common field names.
+    pub fields: Fields,
+}
+
+/// A change a dry run would reject.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedRejection {
+    pub side: Side,
+    pub record: String,
+    pub reason: String,
+}
+
 /// The conflict rules a sync may call, by name.
 pub type Rules = BTreeMap<String, Arc<ResolverPlugin>>;
 
@@ -652,12 +690,42 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         result
     }
 
+    /// Plans a cycle at time `now` without writing anything anywhere (see [`DryRun`]). A
+    /// write cut short by a crash must be checked by a real cycle first: the dry run refuses.
+    pub async fn dry_run(&mut self, state: &State, now: i64) -> Result<DryRun, CycleError> {
+        let mut dry = Some(DryRun::default());
+        let result = self.cycle_inner_with(state, now, &mut dry).await;
+        self.left.finish();
+        self.right.finish();
+        result?;
+        Ok(dry.unwrap_or_default())
+    }
+
     async fn cycle_inner(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
+        self.cycle_inner_with(state, now, &mut None).await
+    }
+
+    /// A cycle; with `dry` given, it stops once planned and fills `dry` in instead of writing.
+    async fn cycle_inner_with(
+        &mut self,
+        state: &State,
+        now: i64,
+        dry: &mut Option<DryRun>,
+    ) -> Result<CycleReport, CycleError> {
         let sync = self.spec.name.clone();
         let se = state_err(&sync);
         let mut report = CycleReport::default();
         let mut lap = Laps::start();
-        self.recover(state).await?;
+        if dry.is_some() {
+            if !state.intents(&sync).map_err(&se)?.is_empty() {
+                return Err(se(StateError::Query(
+                    "a write cut short by a crash is still to be checked: run a cycle before a dry run"
+                        .into(),
+                )));
+            }
+        } else {
+            self.recover(state).await?;
+        }
         lap.end("recover");
         let [cursor_l, cursor_r] = state.cursors(&sync).map_err(&se)?;
 
@@ -768,6 +836,10 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         }
 
         lap.end("plan");
+        if let Some(dry) = dry {
+            fill_dry_run(dry, &plan, &commit, &report);
+            return Ok(report);
+        }
         // 6. Record the writes as intents, then write.
         record_intents(state, &sync, &plan)?;
         lap.end("intents");
@@ -1717,6 +1789,41 @@ impl<T: SideIo> SideIoDyn for T {
     ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>> {
         Box::pin(self.find(key))
     }
+}
+
+/// What a dry run shows of a plan.
+fn fill_dry_run(dry: &mut DryRun, plan: &Plan, commit: &CycleCommit, report: &CycleReport) {
+    dry.read = report.read;
+    dry.more = report.more;
+    dry.writes = plan
+        .ops
+        .iter()
+        .map(|op| {
+            let (kind, record, fields) = match &op.kind {
+                OpKind::Create { fields } => ("create", None, fields.clone()),
+                OpKind::Update { id, fields, .. } => ("update", Some(id.clone()), fields.clone()),
+                OpKind::Delete { id, .. } => ("delete", Some(id.clone()), Fields::new()),
+            };
+            PlannedWrite {
+                side: op.side,
+                op: kind.to_owned(),
+                link: op.link,
+                record,
+                fields,
+            }
+        })
+        .collect();
+    dry.conflicts = plan.conflicts.clone();
+    dry.rejected = commit
+        .rejected
+        .iter()
+        .map(|(side, record, reason, _)| PlannedRejection {
+            side: *side,
+            record: record.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    dry.decided = plan.decided.clone();
 }
 
 #[cfg(test)]
