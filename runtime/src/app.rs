@@ -14,6 +14,7 @@ use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
+use crate::ops::{lock, Command, Running, SyncControl};
 use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
 };
@@ -242,6 +243,20 @@ impl App {
         stop: impl std::future::Future<Output = ()>,
         progress: impl FnMut(&str, &CycleReport),
     ) -> Result<(), AppError> {
+        let names: Vec<String> = self.syncs.iter().map(|s| s.spec.name.clone()).collect();
+        let (_running, controls) = Running::new(&names, state, now_micros())?;
+        self.run_controlled(state, stop, progress, controls).await
+    }
+
+    /// [`App::run`], with each sync's loop taking commands from the operations layer
+    /// ([`crate::ops`]) between its cycles and reporting what it does.
+    pub async fn run_controlled(
+        &self,
+        state: &State,
+        stop: impl std::future::Future<Output = ()>,
+        progress: impl FnMut(&str, &CycleReport),
+        mut controls: BTreeMap<String, SyncControl>,
+    ) -> Result<(), AppError> {
         if self.syncs.is_empty() {
             return Ok(());
         }
@@ -249,11 +264,14 @@ impl App {
         // callback is borrowed between awaits only.
         let progress = std::cell::RefCell::new(progress);
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let syncs = futures_util::future::join_all(
-            self.syncs
-                .iter()
-                .map(|sync| self.run_sync(sync, state, &progress, stopped.clone())),
-        );
+        let mut loops = Vec::new();
+        for sync in &self.syncs {
+            let control = controls.remove(&sync.spec.name).ok_or_else(|| {
+                AppError::Host(format!("no controls for sync {}", sync.spec.name))
+            })?;
+            loops.push(self.run_sync(sync, state, &progress, stopped.clone(), control));
+        }
+        let syncs = futures_util::future::join_all(loops);
         tokio::pin!(syncs);
         tokio::select! {
             _ = stop => {
@@ -265,24 +283,94 @@ impl App {
         Ok(())
     }
 
+    /// Applies a command from the operations layer, between two cycles of the sync.
+    async fn apply(
+        &self,
+        sync: &Sync,
+        command: Command,
+        state: &State,
+        live: &std::sync::Mutex<crate::ops::Live>,
+    ) {
+        match command {
+            Command::RunNow => {}
+            Command::Pause => lock(live).paused = true,
+            Command::Resume => lock(live).paused = false,
+            Command::Resolve {
+                id,
+                choice,
+                by,
+                reply,
+            } => {
+                let _ = reply.send(state.resolve_conflict(id, choice, &by, now_micros()));
+            }
+            Command::DryRun { reply } => {
+                // A runner of its own: the sync's runner keeps what it read ahead for its next
+                // cycle, which a dry run must not take.
+                let planned = self.runner(sync).dry_run(state, now_micros()).await;
+                let _ = reply.send(planned.map_err(|e| e.to_string()));
+            }
+        }
+    }
+
     /// One sync's loop for [`App::run`], until `stopped` turns true. Only its waits are cut
-    /// short; a cycle, once begun, finishes.
+    /// short; a cycle, once begun, finishes. Commands are applied between cycles only.
     async fn run_sync(
         &self,
         sync: &Sync,
         state: &State,
         progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
+        mut control: SyncControl,
     ) {
+        let name = &sync.spec.name;
         let mut runner = self.runner(sync);
         let mut idle_streak = 0u32;
-        let mut failures = 0u32;
+        // Closed when nothing can send any more (plain `run`): then only the stop is awaited.
+        let mut open = true;
         while !*stopped.borrow() {
+            while let Ok(c) = control.commands.try_recv() {
+                self.apply(sync, c, state, &control.live).await;
+            }
+            if lock(&control.live).paused {
+                tokio::select! {
+                    c = control.commands.recv(), if open => match c {
+                        Some(c) => { self.apply(sync, c, state, &control.live).await; }
+                        None => open = false,
+                    },
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            lock(&control.live).status.cycling = true;
+            let started = std::time::Instant::now();
             let report = runner.cycle(state, now_micros()).await;
-            let wait = match report {
-                Ok(report) => {
-                    failures = 0;
-                    (progress.borrow_mut())(&sync.spec.name, &report);
+            let seconds = started.elapsed().as_secs_f64();
+            // What the operations layer sees of the cycle; the lock is not held past here.
+            let retry = {
+                let mut live = lock(&control.live);
+                live.status.cycling = false;
+                match &report {
+                    Ok(report) => {
+                        live.cycle_ended(now_micros(), seconds, Ok(report));
+                        None
+                    }
+                    Err(e) => {
+                        let kind = match e {
+                            CycleError::Read { .. } => "read",
+                            CycleError::Recover { .. } => "recover",
+                            CycleError::State { .. } => "state",
+                        };
+                        live.cycle_ended(now_micros(), seconds, Err((kind, e.to_string())));
+                        let failures = live.status.failures;
+                        let wait = Duration::from_millis(500u64 << failures.min(7));
+                        live.status.retry_at = Some(now_micros() + wait.as_micros() as i64);
+                        Some((failures, wait))
+                    }
+                }
+            };
+            let wait = match (report, retry) {
+                (Ok(report), _) => {
+                    (progress.borrow_mut())(name, &report);
                     let idle = report.idle();
                     idle_streak = if idle {
                         idle_streak.saturating_add(1)
@@ -295,6 +383,13 @@ impl App {
                     if idle && matches!(sync.schedule, Schedule::Realtime) {
                         let announced = tokio::select! {
                             w = runner.watch(Schedule::REALTIME_MAX) => w,
+                            c = control.commands.recv(), if open => {
+                                match c {
+                                    Some(c) => self.apply(sync, c, state, &control.live).await,
+                                    None => open = false,
+                                }
+                                Some(true)
+                            }
                             _ = stopped.wait_for(|s| *s) => return,
                         };
                         match announced {
@@ -305,10 +400,10 @@ impl App {
                         wait
                     }
                 }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(sync = %sync.spec.name, error = %e, attempt = failures, "cycle failed; retrying with backoff");
-                    Duration::from_millis(500u64 << failures.min(7))
+                (Err(e), retry) => {
+                    let (failures, wait) = retry.unwrap_or((1, Duration::from_secs(1)));
+                    tracing::warn!(sync = %name, error = %e, attempt = failures, "cycle failed; retrying with backoff");
+                    wait
                 }
             };
             if wait.is_zero() {
@@ -317,6 +412,11 @@ impl App {
             } else {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    // Any command ends the wait: a resolution or a retry wants a cycle now.
+                    c = control.commands.recv(), if open => match c {
+                        Some(c) => { self.apply(sync, c, state, &control.live).await; }
+                        None => open = false,
+                    },
                     _ = stopped.wait_for(|s| *s) => return,
                 }
             }

@@ -72,6 +72,26 @@ pub struct Config {
     /// The syncs, by name.
     #[serde(default)]
     pub syncs: BTreeMap<String, SyncConfig>,
+    /// How `duplex serve` listens.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// Where `duplex serve` answers HTTP. Plain HTTP is only for a loopback address: any other
+/// needs a certificate and key, or `insecure_http = true` said out loud.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// `host:port`; default `127.0.0.1:7300`.
+    pub listen: Option<toml::Spanned<String>>,
+    /// PEM certificate chain, relative to the config file.
+    pub tls_cert: Option<String>,
+    /// PEM private key, relative to the config file.
+    pub tls_key: Option<String>,
+    /// Serve plain HTTP on an address other than loopback (behind a proxy that terminates
+    /// TLS, say).
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 /// Limits applied to each call into a plugin.

@@ -4,6 +4,7 @@
 //! - [`plugin`] loads and runs components (wasmtime lives only there);
 //! - [`host`] holds the capabilities plugins may be granted, one module each.
 
+pub mod api;
 pub mod app;
 pub(crate) mod bindings;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod driver;
 pub mod engine;
 pub mod host;
 pub mod inspect;
+pub mod ops;
 pub mod plugin;
 pub mod report;
 pub mod state;

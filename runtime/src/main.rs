@@ -1,16 +1,24 @@
 //! The `duplex` command line.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
+use duplex::api::client::Client;
+use duplex::api::{percent_encode, Listeners, TcpSpec};
 use duplex::app::App;
-use duplex::driver::CycleReport;
+use duplex::driver::{CycleReport, DryRun};
+use duplex::engine::Side;
+use duplex::ops::{Ops, Running, SyncStatus};
 use duplex::plugin::{CompileCache, HostOptions, PluginHost};
-use duplex::state::{Choice, State};
+use duplex::state::{
+    Activity, ActivityQuery, AuditEntry, Choice, Conflict, ConflictQuery, Page, Rejected, Role,
+    State, Token, PAGE_MAX,
+};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +39,21 @@ enum Command {
         /// Stop when both sides of every sync are caught up.
         #[arg(long)]
         once: bool,
+        /// Show what the next cycle of each sync would write, and write nothing (through the
+        /// running Duplex, when one is).
+        #[arg(long, conflicts_with = "once")]
+        dry_run: bool,
+    },
+    /// Run the syncs as `run` does and answer the HTTP API (`/api/v1`), `/metrics`, `/healthz`
+    /// and `/readyz`. Plain HTTP only on loopback; elsewhere TLS (serve.tls_cert, serve.tls_key).
+    Serve {
+        config: PathBuf,
+        /// host:port; default serve.listen in the config, else 127.0.0.1:7300.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve plain HTTP on an address other than loopback (a proxy in front does TLS).
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Check a config: its syntax, plugins, connections and every mapping. Changes nothing.
     Check { config: PathBuf },
@@ -63,6 +86,27 @@ enum Command {
         #[command(subcommand)]
         command: ConflictsCommand,
     },
+    /// Pause a sync (kept across restarts), resume it, or start a cycle now.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// List records that could not be applied, or ask for one to be tried again.
+    Rejected {
+        #[command(subcommand)]
+        command: RejectedCommand,
+    },
+    /// API tokens: create (the secret is shown once), list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Show the audit log: every change made through the API or the CLI, newest first.
+    Audit {
+        config: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+    },
     /// Create two demo databases and a config, and walk through a two-way sync.
     Demo {
         /// Where to leave the demo's files.
@@ -78,11 +122,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConflictsCommand {
-    /// List open conflicts (with --all, also settled ones).
+    /// List open conflicts, newest first (with --all, also settled ones).
     List {
         config: PathBuf,
         #[arg(long)]
         all: bool,
+        /// Only this sync.
+        #[arg(long)]
+        sync: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this conflict number (the `next` a longer listing printed).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Settle a conflict: take one side's value, or give one.
     Resolve(ResolveArgs),
@@ -100,6 +152,61 @@ struct ResolveArgs {
     /// Write this value to both sides (JSON: "text", 12, 12.5, true, null).
     #[arg(long)]
     value: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// No cycle starts until resumed; a cycle running finishes.
+    Pause {
+        config: PathBuf,
+        sync: String,
+    },
+    Resume {
+        config: PathBuf,
+        sync: String,
+    },
+    /// Start a cycle now (the syncs must be running).
+    Run {
+        config: PathBuf,
+        sync: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RejectedCommand {
+    List {
+        config: PathBuf,
+        #[arg(long)]
+        sync: Option<String>,
+    },
+    /// Try a rejected record again at the next cycle.
+    Retry {
+        config: PathBuf,
+        sync: String,
+        #[arg(value_parser = ["left", "right"])]
+        side: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token; its secret is printed once and only its hash is kept.
+    Create {
+        config: PathBuf,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Who or what it is for.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    List {
+        config: PathBuf,
+    },
+    Revoke {
+        config: PathBuf,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,38 +275,195 @@ impl Progress {
     }
 }
 
-fn state_only(config: &std::path::Path) -> anyhow::Result<State> {
-    let loaded = duplex::config::Loaded::read(config)?;
-    let path = loaded.state_path();
-    if !path.exists() {
-        bail!(
-            "no state file at {} yet: run `duplex run {}` first",
-            path.display(),
-            config.display()
-        );
+/// Where the CLI's operations go: through the instance running on the state, when one is
+/// (never fighting it for the state file), else straight to the state.
+enum Operator {
+    Offline(Ops),
+    Instance(Client),
+}
+
+impl Operator {
+    async fn open(config: &Path) -> anyhow::Result<Operator> {
+        Self::open_with(config, false).await
     }
-    Ok(State::open(&path)?)
+
+    /// As [`Operator::open`], making the state file if there is none yet (a token can be made
+    /// before the first run).
+    async fn open_or_create(config: &Path) -> anyhow::Result<Operator> {
+        Self::open_with(config, true).await
+    }
+
+    async fn open_with(config: &Path, create: bool) -> anyhow::Result<Operator> {
+        let loaded = duplex::config::Loaded::read(config)?;
+        let path = loaded.state_path();
+        if let Some(client) = Client::find(&path).await {
+            return Ok(Operator::Instance(client));
+        }
+        if !create && !path.exists() {
+            bail!(
+                "no state file at {} yet: run `duplex run {}` first",
+                path.display(),
+                config.display()
+            );
+        }
+        Ok(Operator::Offline(Ops::offline(
+            &loaded,
+            Arc::new(State::open(&path)?),
+        )))
+    }
+
+    /// Writes a change made straight to the state to the audit log (the instance logs its
+    /// own).
+    fn audit(&self, action: &str, outcome: &anyhow::Result<()>) {
+        if let Operator::Offline(ops) = self {
+            let outcome = match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            ops.record(&local_user(), action, &outcome);
+        }
+    }
+}
+
+fn local_user() -> String {
+    format!(
+        "local:{}",
+        std::env::var("USER").unwrap_or_else(|_| "cli".into())
+    )
+}
+
+/// `key=value` pairs as a query string, leaving out the absent ones.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// Runs the syncs with the API answering: on the local socket always, on TCP for `serve`.
+async fn run_serving(app: App, tcp: Option<TcpSpec>) -> anyhow::Result<Arc<Ops>> {
+    let state = Arc::new(app.open_state()?);
+    let listeners = Listeners::bind(state.path(), tcp).await?;
+    let names: Vec<String> = app.syncs.iter().map(|s| s.spec.name.clone()).collect();
+    let (running, controls) = Running::new(&names, &state, chrono::Utc::now().timestamp_micros())?;
+    let ops = Arc::new(Ops::running(&app.loaded, state.clone(), running));
+    if let Some(addr) = listeners.tcp_addr() {
+        let scheme = if listeners.tls() { "https" } else { "http" };
+        eprintln!("duplex: API on {scheme}://{addr}/api/v1 (Ctrl-C to stop)");
+    }
+    eprintln!(
+        "duplex: running {} sync(s) from {}; Ctrl-C to stop",
+        app.syncs.len(),
+        app.loaded.path.display()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = {
+        let mut stopped = stopped.clone();
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown() => { let _ = stop.send(true); }
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        }
+    };
+    let syncs = {
+        let mut stopped = stopped.clone();
+        let mut progress = Progress::new();
+        let app = &app;
+        let state = &state;
+        async move {
+            let result = app
+                .run_controlled(
+                    state,
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                    |s, r| progress.report(s, r),
+                    controls,
+                )
+                .await;
+            let _ = stop.send(true);
+            result
+        }
+    };
+    let server = duplex::api::serve(ops.clone(), listeners, stopped);
+    let ((), result, ()) = tokio::join!(signal, syncs, server);
+    result?;
+    eprintln!("duplex: stopped cleanly");
+    Ok(ops)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, once } => {
-            let app = App::load(&config).await?;
-            let state = app.open_state()?;
-            let mut progress = Progress::new();
-            if once {
-                app.run_once(&state, |s, r| progress.report(s, r)).await?;
+        Command::Run {
+            config,
+            dry_run: true,
+            ..
+        } => {
+            let loaded = duplex::config::Loaded::read(&config)?;
+            let mut plans = Vec::new();
+            if let Some(c) = Client::find(&loaded.state_path()).await {
+                for s in Ops::sync_infos(&loaded) {
+                    let path = format!("/api/v1/syncs/{}/dry-run", percent_encode(&s.name));
+                    plans.push((s.name, c.call("POST", &path, None).await?));
+                }
             } else {
-                eprintln!(
-                    "duplex: running {} sync(s) from {}; Ctrl-C to stop",
-                    app.syncs.len(),
-                    config.display()
-                );
-                app.run(&state, shutdown(), |s, r| progress.report(s, r))
-                    .await?;
-                eprintln!("duplex: stopped cleanly");
+                let app = App::load(&config).await?;
+                let state = app.open_state()?;
+                for sync in &app.syncs {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let plan = app.runner(sync).dry_run(&state, now).await?;
+                    plans.push((sync.spec.name.clone(), plan));
+                }
             }
-            print_status(&app, &state)?;
+            for (name, plan) in &plans {
+                print_dry_run(name, plan);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, once, .. } => {
+            let app = App::load(&config).await?;
+            if once {
+                let state = app.open_state()?;
+                let mut progress = Progress::new();
+                app.run_once(&state, |s, r| progress.report(s, r)).await?;
+                print_status(&Ops::offline(&app.loaded, Arc::new(state)).syncs()?);
+            } else {
+                let ops = run_serving(app, None).await?;
+                print_status(&ops.syncs()?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            config,
+            listen,
+            insecure_http,
+        } => {
+            let app = App::load(&config).await?;
+            let serve = &app.loaded.config.serve;
+            let text = listen
+                .or_else(|| serve.listen.as_ref().map(|l| l.get_ref().clone()))
+                .unwrap_or_else(|| "127.0.0.1:7300".into());
+            let addr = text.parse().map_err(|e| {
+                anyhow::anyhow!("serve.listen (or --listen) {text:?}: not host:port ({e})")
+            })?;
+            let tls = match (&serve.tls_cert, &serve.tls_key) {
+                (Some(c), Some(k)) => Some((app.loaded.resolve(c), app.loaded.resolve(k))),
+                (None, None) => None,
+                _ => bail!("serve.tls_cert and serve.tls_key go together: name both or neither"),
+            };
+            let spec = TcpSpec {
+                addr,
+                tls,
+                insecure_http: insecure_http || serve.insecure_http,
+            };
+            run_serving(app, Some(spec)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
@@ -229,13 +493,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config } => {
-            let app = App::load(&config).await?;
-            let state = app.open_state()?;
-            print_status(&app, &state)?;
+            let syncs = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.syncs()?,
+                Operator::Instance(c) => c.call("GET", "/api/v1/syncs", None).await?,
+            };
+            print_status(&syncs);
             Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { config, connection } => {
             let app = App::load(&config).await?;
+            if Client::find(&app.loaded.state_path()).await.is_some() {
+                bail!("a duplex is running these syncs: stop it first (removing change capture under a running sync would lose the changes made meanwhile)");
+            }
             let mut done = 0;
             for (name, c) in &app.connections {
                 if connection.as_ref().is_some_and(|only| only != name) {
@@ -272,13 +541,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             decisions,
             last,
         } => {
-            let state = state_only(&config)?;
-            let entries: Vec<_> = state
-                .activity(sync.as_deref())?
-                .into_iter()
-                .filter(|a| !decisions || a.decided.is_some())
-                .collect();
-            if entries.is_empty() {
+            let q = ActivityQuery {
+                sync,
+                decisions,
+                limit: Some(last.min(duplex::state::PAGE_MAX)),
+                ..ActivityQuery::default()
+            };
+            let page: Page<Activity> = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.activity(&q)?,
+                Operator::Instance(c) => {
+                    let path = format!(
+                        "/api/v1/activity{}",
+                        query(&[
+                            ("sync", q.sync.clone()),
+                            ("decisions", decisions.then(|| "true".into())),
+                            ("limit", q.limit.map(|l| l.to_string())),
+                        ])
+                    );
+                    c.call("GET", &path, None).await?
+                }
+            };
+            if page.items.is_empty() {
                 println!(
                     "no {}yet",
                     if decisions {
@@ -288,50 +571,280 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 );
             }
-            for a in &entries[entries.len().saturating_sub(last)..] {
+            for a in page.items.iter().rev() {
                 println!("{}", duplex::report::activity_line(a));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts {
-            command: ConflictsCommand::List { config, all },
+            command:
+                ConflictsCommand::List {
+                    config,
+                    all,
+                    sync,
+                    limit,
+                    before,
+                },
         } => {
-            let state = state_only(&config)?;
-            let conflicts = state.conflicts(all)?;
-            if conflicts.is_empty() {
+            let q = ConflictQuery {
+                sync,
+                all,
+                before,
+                limit: Some(limit),
+            };
+            let page: Page<Conflict> = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.conflicts(&q)?,
+                Operator::Instance(c) => {
+                    let path = format!(
+                        "/api/v1/conflicts{}",
+                        query(&[
+                            ("sync", q.sync.clone()),
+                            ("all", all.then(|| "true".into())),
+                            ("before", q.before.clone()),
+                            ("limit", Some(limit.to_string())),
+                        ])
+                    );
+                    c.call("GET", &path, None).await?
+                }
+            };
+            if page.items.is_empty() {
                 println!("no {}conflicts", if all { "" } else { "open " });
             }
-            for c in conflicts {
-                println!("{}", duplex::report::conflict_line(&c));
+            for c in &page.items {
+                println!("{}", duplex::report::conflict_line(c));
+            }
+            if let Some(next) = page.next {
+                println!("(more: --before {next})");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts {
             command: ConflictsCommand::Resolve(args),
         } => {
-            let state = state_only(&args.config)?;
-            let conflict = state.conflict(args.id)?;
-            let choice = match (args.take.as_deref(), &args.value) {
-                (Some("left"), None) => Choice::TakeLeft,
-                (Some("right"), None) => Choice::TakeRight,
-                (None, Some(v)) => Choice::Value(parse_value(
-                    v,
-                    conflict.left.as_ref().or(conflict.right.as_ref()),
-                )?),
+            let op = Operator::open(&args.config).await?;
+            let json = match (args.take.as_deref(), &args.value) {
+                (Some(side), None) => serde_json::json!({ "take": side }),
+                (None, Some(v)) => serde_json::json!({
+                    "value": serde_json::from_str::<serde_json::Value>(v)
+                        .unwrap_or(serde_json::Value::String(v.clone()))
+                }),
                 _ => bail!("say how to resolve it: --take left, --take right, or --value VALUE"),
             };
-            let by = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let c = state.resolve_conflict(
-                args.id,
-                choice,
-                &by,
-                chrono::Utc::now().timestamp_micros(),
-            )?;
-            println!("{}", duplex::report::conflict_line(&c));
-            println!(
-                "it is applied at the next cycle (`duplex run {} --once`)",
-                args.config.display()
+            let action = format!("conflicts resolve {}", args.id);
+            let resolved: anyhow::Result<Conflict> = match &op {
+                Operator::Offline(ops) => {
+                    let choice = match (args.take.as_deref(), json.get("value")) {
+                        (Some("left"), _) => Choice::TakeLeft,
+                        (Some(_), _) => Choice::TakeRight,
+                        (None, value) => {
+                            let c = ops.conflict(args.id)?;
+                            Choice::Value(duplex::ops::value_from_json(
+                                value.cloned().unwrap_or_default(),
+                                c.left.as_ref().or(c.right.as_ref()),
+                            )?)
+                        }
+                    };
+                    ops.resolve(args.id, choice, &local_user())
+                        .await
+                        .map_err(Into::into)
+                }
+                Operator::Instance(c) => {
+                    let path = format!("/api/v1/conflicts/{}/resolve", args.id);
+                    c.call("POST", &path, Some(json)).await
+                }
+            };
+            op.audit(
+                &action,
+                &resolved
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| anyhow::anyhow!("{e:#}")),
             );
+            let c = resolved?;
+            println!("{}", duplex::report::conflict_line(&c));
+            match op {
+                Operator::Instance(_) => println!("the running duplex applies it now"),
+                Operator::Offline(_) => println!(
+                    "it is applied at the next cycle (`duplex run {} --once`)",
+                    args.config.display()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { command } => {
+            let (config, sync, verb) = match &command {
+                SyncCommand::Pause { config, sync } => (config, sync, "pause"),
+                SyncCommand::Resume { config, sync } => (config, sync, "resume"),
+                SyncCommand::Run { config, sync } => (config, sync, "run"),
+            };
+            let op = Operator::open(config).await?;
+            let done: anyhow::Result<()> = match &op {
+                Operator::Offline(ops) => match verb {
+                    "pause" => ops.pause(sync, &local_user()),
+                    "resume" => ops.resume(sync),
+                    _ => ops.run_now(sync),
+                }
+                .map_err(Into::into),
+                Operator::Instance(c) => {
+                    let path = format!("/api/v1/syncs/{}/{verb}", percent_encode(sync));
+                    c.call::<serde_json::Value>("POST", &path, None)
+                        .await
+                        .map(|_| ())
+                }
+            };
+            op.audit(&format!("sync {verb} {sync}"), &done);
+            done?;
+            println!("sync {sync}: {verb} done");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rejected {
+            command: RejectedCommand::List { config, sync },
+        } => {
+            let page: Page<(String, Rejected)> = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.rejected(sync.as_deref(), None, Some(PAGE_MAX))?,
+                Operator::Instance(c) => {
+                    let path = format!(
+                        "/api/v1/rejected{}",
+                        query(&[("sync", sync), ("limit", Some(PAGE_MAX.to_string()))])
+                    );
+                    c.call("GET", &path, None).await?
+                }
+            };
+            if page.items.is_empty() {
+                println!("no rejected records");
+            }
+            for (sync, r) in &page.items {
+                println!(
+                    "[{sync}] {} {}: {} (attempts {})",
+                    r.side, r.id, r.reason, r.attempts
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rejected {
+            command:
+                RejectedCommand::Retry {
+                    config,
+                    sync,
+                    side,
+                    id,
+                },
+        } => {
+            let op = Operator::open(&config).await?;
+            let side_value = if side == "left" {
+                Side::Left
+            } else {
+                Side::Right
+            };
+            let done: anyhow::Result<()> = match &op {
+                Operator::Offline(ops) => ops.retry(&sync, side_value, &id).map_err(Into::into),
+                Operator::Instance(c) => c
+                    .call::<serde_json::Value>(
+                        "POST",
+                        "/api/v1/rejected/retry",
+                        Some(serde_json::json!({ "sync": sync, "side": side, "id": id })),
+                    )
+                    .await
+                    .map(|_| ()),
+            };
+            op.audit(&format!("rejected retry {sync} {side} {id}"), &done);
+            done?;
+            println!("{sync}: {side} record {id} is tried again at the next cycle");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            match command {
+                TokenCommand::Create { config, role, name } => {
+                    let op = Operator::open_or_create(&config).await?;
+                    let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+                    let made: anyhow::Result<(Token, String)> = match &op {
+                        Operator::Offline(ops) => ops.create_token(role, &name).map_err(Into::into),
+                        Operator::Instance(c) => c
+                            .call::<serde_json::Value>(
+                                "POST",
+                                "/api/v1/tokens",
+                                Some(serde_json::json!({ "role": role, "name": name })),
+                            )
+                            .await
+                            .and_then(|v| {
+                                Ok((
+                                    serde_json::from_value(v["token"].clone())?,
+                                    v["secret"].as_str().unwrap_or_default().to_owned(),
+                                ))
+                            }),
+                    };
+                    op.audit(
+                        &format!("token create --role {}", role.as_str()),
+                        &made
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| anyhow::anyhow!("{e:#}")),
+                    );
+                    let (token, secret) = made?;
+                    eprintln!(
+                        "token {} ({}) made; its secret is shown this once:",
+                        token.id,
+                        token.role.as_str()
+                    );
+                    println!("{secret}");
+                }
+                TokenCommand::List { config } => {
+                    let tokens: Vec<Token> = match Operator::open(&config).await? {
+                        Operator::Offline(ops) => ops.tokens()?,
+                        Operator::Instance(c) => c.call("GET", "/api/v1/tokens", None).await?,
+                    };
+                    for t in tokens {
+                        println!(
+                            "{} {:<8} {} made {}{}",
+                            t.id,
+                            t.role.as_str(),
+                            t.name,
+                            duplex::time::format_sqlite(t.created_at),
+                            t.revoked_at
+                                .map(|at| format!(", revoked {}", duplex::time::format_sqlite(at)))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                TokenCommand::Revoke { config, id } => {
+                    let op = Operator::open(&config).await?;
+                    let done: anyhow::Result<()> = match &op {
+                        Operator::Offline(ops) => {
+                            ops.revoke_token(&id).map(|_| ()).map_err(Into::into)
+                        }
+                        Operator::Instance(c) => c
+                            .call::<serde_json::Value>(
+                                "DELETE",
+                                &format!("/api/v1/tokens/{}", percent_encode(&id)),
+                                None,
+                            )
+                            .await
+                            .map(|_| ()),
+                    };
+                    op.audit(&format!("token revoke {id}"), &done);
+                    done?;
+                    println!("token {id} revoked");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { config, last } => {
+            let page: Page<AuditEntry> = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.audit(None, Some(last))?,
+                Operator::Instance(c) => {
+                    c.call("GET", &format!("/api/v1/audit?limit={last}"), None)
+                        .await?
+                }
+            };
+            for e in page.items {
+                println!(
+                    "{} {} {}: {}",
+                    duplex::time::format_sqlite(e.at),
+                    e.who,
+                    e.action,
+                    e.outcome
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir } => {
@@ -357,87 +870,99 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A value given on the command line, in the type of the conflict's values.
-fn parse_value(
-    text: &str,
-    like: Option<&duplex::engine::Value>,
-) -> anyhow::Result<duplex::engine::Value> {
-    use duplex::engine::{convert, FieldType, Value};
-    let json: serde_json::Value =
-        serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_owned()));
-    let v = match json {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Decimal(n.to_string()),
-        },
-        serde_json::Value::String(s) => Value::Text(s),
-        other => Value::Json(other.to_string()),
-    };
-    let ty = match like {
-        Some(Value::Bool(_)) => FieldType::Boolean,
-        Some(Value::Int(_)) => FieldType::Integer,
-        Some(Value::Float(_)) => FieldType::Float,
-        Some(Value::Decimal(_)) => FieldType::Decimal,
-        Some(Value::Time(_)) => FieldType::Timestamp,
-        Some(Value::Json(_)) => FieldType::Json,
-        Some(Value::Bytes(_)) => FieldType::Bytes,
-        _ => return Ok(v),
-    };
-    convert(v, ty)
-        .map_err(anyhow::Error::msg)
-        .context("the value does not fit the field")
-}
-
-fn print_status(app: &App, state: &State) -> anyhow::Result<()> {
-    let conflicts = state.conflicts(false)?;
-    for s in &app.syncs {
-        let name = &s.spec.name;
-        let links = state.all_links(name)?;
-        let active = links
-            .iter()
-            .filter(|l| l.status == duplex::engine::LinkStatus::Active)
-            .count();
-        let stats = state.stats(name)?;
-        let rejected = state.rejected(name)?;
-        let dirty = state.dirty(name)?;
-        let open: Vec<_> = conflicts.iter().filter(|c| &c.sync == name).collect();
-        println!(
-            "sync {name}: {}.{} <-> {}.{}",
-            s.left.0, s.left.1, s.right.0, s.right.1
-        );
-        println!("  links: {active} active, {} in all", links.len());
-        println!("  open conflicts: {}", open.len());
-        for c in &open {
-            println!("    {}", duplex::report::conflict_line(c));
-        }
-        println!("  rejected records: {}", rejected.len());
-        for r in &rejected {
+fn print_status(syncs: &[SyncStatus]) {
+    for s in syncs {
+        let name = &s.info.name;
+        println!("sync {name}: {} <-> {}", s.info.left, s.info.right);
+        if let Some(p) = &s.paused {
             println!(
-                "    {} {}: {} (attempts {})",
-                r.side, r.id, r.reason, r.attempts
+                "  paused by {} at {} UTC (`duplex sync resume` resumes it)",
+                p.by,
+                duplex::time::format_sqlite(p.at)
             );
         }
-        println!("  waiting to retry: {}", dirty.len());
+        println!("  links: {} active, {} in all", s.active_links, s.links);
         println!(
-            "  last-writer-wins decisions: {} (`duplex activity {} --decisions` lists them)",
-            stats.decided,
-            app.loaded.path.display()
+            "  open conflicts: {} (`duplex conflicts list` lists them)",
+            s.open_conflicts
+        );
+        println!(
+            "  rejected records: {} (`duplex rejected list`)",
+            s.rejected
+        );
+        println!("  waiting to retry: {}", s.waiting_to_retry);
+        let st = &s.stats;
+        println!(
+            "  last-writer-wins decisions: {} (`duplex activity --decisions` lists them)",
+            st.decided
         );
         println!(
             "  totals: {} cycles, {} changes read, {} writes, {} failed writes, {} echoes ignored",
-            stats.cycles, stats.changes_read, stats.writes, stats.write_failures, stats.echoes
+            st.cycles, st.changes_read, st.writes, st.write_failures, st.echoes
         );
-        if let Some(last) = &stats.last_cycle {
-            let at = stats
+        if let Some(last) = &st.last_cycle {
+            let at = st
                 .last_cycle_at
                 .map(duplex::time::format_sqlite)
                 .unwrap_or_default();
             println!("  last cycle ({at} UTC): {last}");
         }
+        if let Some(live) = &s.live {
+            if live.failures > 0 {
+                println!(
+                    "  failing: {} cycles in a row; the last: {}",
+                    live.failures,
+                    live.last_error.as_deref().unwrap_or("?")
+                );
+            }
+        }
     }
-    Ok(())
+}
+
+fn print_dry_run(sync: &str, plan: &DryRun) {
+    let value = |v: &duplex::engine::Value| v.display();
+    println!(
+        "sync {sync} (dry run: nothing written): read {} left, {} right{}; would write {}",
+        plan.read[0],
+        plan.read[1],
+        if plan.more { " (more waiting)" } else { "" },
+        plan.writes.len()
+    );
+    for w in &plan.writes {
+        let fields: Vec<String> = w
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", value(v)))
+            .collect();
+        println!(
+            "  {} {} {} (link {}): {}",
+            w.op,
+            w.side,
+            w.record.as_deref().unwrap_or("(new)"),
+            w.link,
+            fields.join(", ")
+        );
+    }
+    for c in &plan.conflicts {
+        let show = |v: &Option<duplex::engine::Value>| v.as_ref().map_or("-".into(), value);
+        println!(
+            "  would hold {} of link {}: base {}, left {}, right {}",
+            c.field,
+            c.link,
+            show(&c.base),
+            show(&c.left),
+            show(&c.right)
+        );
+    }
+    for r in &plan.rejected {
+        println!("  would reject {} {}: {}", r.side, r.record, r.reason);
+    }
+    if !plan.decided.is_empty() {
+        println!(
+            "  last-writer-wins would settle {} field(s)",
+            plan.decided.len()
+        );
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,0 +1,230 @@
+//! `/metrics`: the Prometheus text format (version 0.0.4), written by hand: a few families
+//! with labels need no library.
+
+use std::fmt::Write;
+
+use crate::ops::{lock, Ops, OpsError, DURATION_BUCKETS};
+
+/// A label value, escaped as the format asks.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+/// Every sync's counters since the process started, and gauges read from the state.
+pub fn render(ops: &Ops) -> Result<String, OpsError> {
+    let mut out = Out(String::new());
+    let now = chrono::Utc::now().timestamp_micros();
+    let syncs = ops.syncs()?;
+
+    out.family("duplex_up", "gauge", "1 while the process answers.");
+    let _ = writeln!(out.0, "duplex_up 1");
+
+    type Gauge = fn(&crate::ops::SyncStatus) -> u64;
+    let gauges: [(&str, &str, Gauge); 5] = [
+        (
+            "duplex_open_conflicts",
+            "Conflicts waiting for a person.",
+            |s| s.open_conflicts,
+        ),
+        (
+            "duplex_rejected_records",
+            "Records that could not be applied, kept with why.",
+            |s| s.rejected,
+        ),
+        (
+            "duplex_waiting_to_retry",
+            "Links whose writes failed, waiting for their retry.",
+            |s| s.waiting_to_retry,
+        ),
+        (
+            "duplex_links",
+            "Pairs of records the sync keeps together.",
+            |s| s.links,
+        ),
+        ("duplex_paused", "1 when a person paused the sync.", |s| {
+            u64::from(s.paused.is_some())
+        }),
+    ];
+    for (name, help, get) in gauges {
+        out.family(name, "gauge", help);
+        for s in &syncs {
+            out.sample(name, &[("sync", &s.info.name)], get(s));
+        }
+    }
+
+    let Some(running) = ops.live() else {
+        return Ok(out.0);
+    };
+    let live: Vec<(&String, crate::ops::Live)> = running
+        .live
+        .iter()
+        .map(|(name, l)| {
+            let l = lock(l);
+            (
+                name,
+                crate::ops::Live {
+                    status: l.status.clone(),
+                    paused: l.paused,
+                    history: Default::default(),
+                    counters: l.counters.clone(),
+                },
+            )
+        })
+        .collect();
+
+    out.family("duplex_cycles_total", "counter", "Cycles run, by outcome.");
+    for (name, l) in &live {
+        out.sample(
+            "duplex_cycles_total",
+            &[("sync", name), ("outcome", "ok")],
+            l.counters.cycles_ok,
+        );
+        out.sample(
+            "duplex_cycles_total",
+            &[("sync", name), ("outcome", "failed")],
+            l.counters.cycles_failed,
+        );
+    }
+    out.family(
+        "duplex_cycle_failures_total",
+        "counter",
+        "Failed cycles, by what failed.",
+    );
+    for (name, l) in &live {
+        for kind in ["read", "recover", "state"] {
+            let n = l.counters.failures.get(kind).copied().unwrap_or(0);
+            out.sample(
+                "duplex_cycle_failures_total",
+                &[("sync", name), ("error", kind)],
+                n,
+            );
+        }
+    }
+    out.family(
+        "duplex_changes_read_total",
+        "counter",
+        "Changes read, by side.",
+    );
+    for (name, l) in &live {
+        out.sample(
+            "duplex_changes_read_total",
+            &[("sync", name), ("side", "left")],
+            l.counters.read[0],
+        );
+        out.sample(
+            "duplex_changes_read_total",
+            &[("sync", name), ("side", "right")],
+            l.counters.read[1],
+        );
+    }
+    out.family(
+        "duplex_writes_total",
+        "counter",
+        "Writes to either side, by outcome.",
+    );
+    for (name, l) in &live {
+        out.sample(
+            "duplex_writes_total",
+            &[("sync", name), ("outcome", "ok")],
+            l.counters.writes_ok,
+        );
+        out.sample(
+            "duplex_writes_total",
+            &[("sync", name), ("outcome", "failed")],
+            l.counters.writes_failed,
+        );
+    }
+    type Counter = fn(&crate::ops::SyncCounters) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
+        (
+            "duplex_echoes_ignored_total",
+            "Changes recognised as Duplex's own writes coming back.",
+            |c| c.echoes,
+        ),
+        (
+            "duplex_conflicts_held_total",
+            "Conflicts held for a person, counted each cycle they are seen.",
+            |c| c.conflicts_held,
+        ),
+        (
+            "duplex_rejected_total",
+            "Changes rejected, counted each cycle they are tried.",
+            |c| c.rejected,
+        ),
+        (
+            "duplex_decisions_total",
+            "Fields changed on both sides that last-writer-wins settled.",
+            |c| c.decided,
+        ),
+    ];
+    for (metric, help, get) in counters {
+        out.family(metric, "counter", help);
+        for (name, l) in &live {
+            out.sample(metric, &[("sync", name)], get(&l.counters));
+        }
+    }
+    out.family(
+        "duplex_lag_seconds",
+        "gauge",
+        "0 when both sides are caught up; else how long since they last were (an upper bound on the age of the oldest change not yet applied).",
+    );
+    for (name, l) in &live {
+        let since = l.status.caught_up_at.unwrap_or(l.status.started_at);
+        let lag = if l.status.caught_up {
+            0.0
+        } else {
+            (now - since).max(0) as f64 / 1e6
+        };
+        out.sample("duplex_lag_seconds", &[("sync", name)], lag);
+    }
+    out.family(
+        "duplex_cycle_duration_seconds",
+        "histogram",
+        "How long cycles took.",
+    );
+    for (name, l) in &live {
+        let c = &l.counters;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            out.sample(
+                "duplex_cycle_duration_seconds_bucket",
+                &[("sync", name), ("le", &bound.to_string())],
+                c.duration_buckets[i],
+            );
+        }
+        let count = c.duration_buckets[DURATION_BUCKETS.len()];
+        out.sample(
+            "duplex_cycle_duration_seconds_bucket",
+            &[("sync", name), ("le", "+Inf")],
+            count,
+        );
+        out.sample(
+            "duplex_cycle_duration_seconds_sum",
+            &[("sync", name)],
+            c.duration_sum,
+        );
+        out.sample(
+            "duplex_cycle_duration_seconds_count",
+            &[("sync", name)],
+            count,
+        );
+    }
+    Ok(out.0)
+}

@@ -1,0 +1,814 @@
+//! Duplex as a service: the CLI beside a running `run` or `serve`, the HTTP API over real
+//! loopback HTTP with its roles, the audit log, the failed-login limit, and `/metrics` read by
+//! a Prometheus text-format parser.
+
+// Test helpers unwrap too: a panic there is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CRM: &str = "
+CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL);
+INSERT INTO customers (id, email, full_name) VALUES (1, 'ada@example.com', 'Ada'), (2, 'bob@example.com', 'Bob');
+";
+const ERP: &str = "
+CREATE TABLE clients (no INTEGER PRIMARY KEY, mail TEXT NOT NULL UNIQUE, name TEXT NOT NULL);
+";
+
+/// Two SQLite databases and a realtime sync between them whose names wait for a person.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, sql) in [("crm.db", CRM), ("erp.db", ERP)] {
+            rusqlite::Connection::open(dir.path().join(file))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        }
+        let config = r#"
+[connections.crm]
+plugin = "builtin:sql"
+config = { url = "sqlite://crm.db" }
+grants = { sql = ["sqlite://crm.db"] }
+
+[connections.erp]
+plugin = "builtin:sql"
+config = { url = "sqlite://erp.db" }
+grants = { sql = ["sqlite://erp.db"] }
+
+[syncs.people]
+left = "crm.customers"
+right = "erp.clients"
+match = { field = "email" }
+conflict = "manual"
+
+[[syncs.people.fields]]
+left = "email"
+right = "mail"
+
+[[syncs.people.fields]]
+left = "full_name"
+right = "name"
+"#;
+        std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn db(&self, name: &str) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.path().join(name)).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    fn crm_name(&self, id: i64) -> String {
+        self.db("crm.db")
+            .query_row("SELECT full_name FROM customers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap_or_else(|_| "<missing>".into())
+    }
+
+    fn erp_name(&self, mail: &str) -> String {
+        self.db("erp.db")
+            .query_row("SELECT name FROM clients WHERE mail = ?1", [mail], |r| {
+                r.get(0)
+            })
+            .unwrap_or_else(|_| "<missing>".into())
+    }
+
+    fn duplex(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .args(args)
+            .current_dir(self.path())
+            .env("XDG_CACHE_HOME", common::cache_dir())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a CLI command that must succeed; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.duplex(args);
+        assert!(ok, "duplex {args:?} failed:\n{out}{err}");
+        out
+    }
+
+    fn token(&self, role: &str) -> String {
+        let out = self.cli(&[
+            "token",
+            "create",
+            "duplex.toml",
+            "--role",
+            role,
+            "--name",
+            role,
+        ]);
+        out.trim().to_owned()
+    }
+}
+
+/// A `duplex run` or `duplex serve` in the background; stopped with SIGTERM when dropped.
+struct Instance {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    addr: Option<SocketAddr>,
+}
+
+impl Instance {
+    fn start(s: &Setup, args: &[&str]) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .args(args)
+            .current_dir(s.path())
+            .env("XDG_CACHE_HOME", common::cache_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut instance = Instance {
+            child: Some(child),
+            stderr,
+            addr: None,
+        };
+        let text = instance.wait_for_log("sync(s) from");
+        instance.addr = text
+            .lines()
+            .find_map(|l| l.split("http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .map(|a| a.parse().unwrap());
+        assert!(s.path().join("duplex.redb.sock").exists(), "{text}");
+        instance
+    }
+
+    fn wait_for_log(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = self.stderr.lock().unwrap().clone();
+            if text.contains(what) {
+                return text;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("duplex exited ({status}) before saying {what:?}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit: it must be clean.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let text = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "{text}");
+        assert!(text.contains("stopped cleanly"), "{text}");
+        text
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection: status and body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    // Bodies are whole (Content-Length) or chunked; the test reads only whole ones.
+    assert!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "chunked answer: {head}"
+    );
+    (status, body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Both people edit Bob's name while the sync is paused, so that one cycle sees both.
+fn conflicting_names(s: &Setup) {
+    s.cli(&["sync", "pause", "duplex.toml", "people"]);
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Bob (crm)' WHERE id = 2",
+            [],
+        )
+        .unwrap();
+    s.db("erp.db")
+        .execute(
+            "UPDATE clients SET name = 'Bob (erp)' WHERE mail = 'bob@example.com'",
+            [],
+        )
+        .unwrap();
+    s.cli(&["sync", "resume", "duplex.toml", "people"]);
+}
+
+/// `status`, `conflicts list` and `conflicts resolve` beside a running instance: they go
+/// through it (never fighting it for the state file), and the resolution reaches both sides.
+fn cli_beside(command: &str) {
+    let s = Setup::new();
+    let mut args = vec![command, "duplex.toml"];
+    if command == "serve" {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let instance = Instance::start(&s, &args);
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+
+    let status = s.cli(&["status", "duplex.toml"]);
+    assert!(status.contains("links: 2 active, 2 in all"), "{status}");
+
+    conflicting_names(&s);
+    let mut id = String::new();
+    eventually("the conflict to be listed", || {
+        let list = s.cli(&["conflicts", "list", "duplex.toml"]);
+        match list.lines().find(|l| l.contains("full_name")) {
+            Some(line) => {
+                assert!(
+                    line.contains("Bob (crm)") && line.contains("Bob (erp)"),
+                    "{line}"
+                );
+                id = line
+                    .trim_start_matches('#')
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    let status = s.cli(&["status", "duplex.toml"]);
+    assert!(status.contains("open conflicts: 1"), "{status}");
+
+    let out = s.cli(&[
+        "conflicts",
+        "resolve",
+        "duplex.toml",
+        &id,
+        "--value",
+        "Robert",
+    ]);
+    assert!(out.contains("the running duplex applies it now"), "{out}");
+    eventually("the resolution on both sides", || {
+        s.crm_name(2) == "Robert" && s.erp_name("bob@example.com") == "Robert"
+    });
+    let list = s.cli(&["conflicts", "list", "duplex.toml", "--all"]);
+    assert!(list.contains("resolved by local:"), "{list}");
+    let audit = s.cli(&["audit", "duplex.toml"]);
+    assert!(
+        audit.contains(&format!("POST /api/v1/conflicts/{id}/resolve: ok")),
+        "{audit}"
+    );
+    instance.stop();
+
+    // Stopped: the same commands work on the state file itself.
+    let status = s.cli(&["status", "duplex.toml"]);
+    assert!(status.contains("open conflicts: 0"), "{status}");
+
+    // A dry run shows the write and makes none; the real run after it still makes it.
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Ada (dry)' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    let plan = s.cli(&["run", "duplex.toml", "--dry-run"]);
+    assert!(
+        plan.contains("would write 1")
+            && plan.contains("update right")
+            && plan.contains("\"Ada (dry)\""),
+        "{plan}"
+    );
+    assert_eq!(s.erp_name("ada@example.com"), "Ada");
+    s.cli(&["run", "duplex.toml", "--once"]);
+    assert_eq!(s.erp_name("ada@example.com"), "Ada (dry)");
+}
+
+#[test]
+fn the_cli_works_beside_a_running_run() {
+    cli_beside("run");
+}
+
+#[test]
+fn the_cli_works_beside_a_running_serve() {
+    cli_beside("serve");
+}
+
+/// A concrete path for a route's pattern.
+fn concrete(path: &str) -> String {
+    path.replace("{sync}", "people").replace("{id}", "999999")
+}
+
+#[test]
+fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
+    let s = Setup::new();
+    let viewer = s.token("viewer");
+    let operator = s.token("operator");
+    let admin = s.token("admin");
+    let revoked = s.token("viewer");
+    let listed = s.cli(&["token", "list", "duplex.toml"]);
+    let revoked_id = listed
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.cli(&["token", "revoke", "duplex.toml", &revoked_id]);
+    assert!(
+        !listed.contains(&viewer),
+        "secrets are never listed: {listed}"
+    );
+
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.expect("serve prints its address");
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+
+    // The served document is the one the routes are checked against.
+    let (status, doc) = http(addr, "GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200);
+    let doc = json(&doc);
+    let tokens = [
+        ("viewer", &viewer),
+        ("operator", &operator),
+        ("admin", &admin),
+    ];
+    let rank = |r: &str| {
+        ["viewer", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let url = concrete(path);
+            // Calls that would change something are sent with a body that cannot be applied,
+            // so that the check itself changes nothing the later checks rely on.
+            let body = match path.as_str() {
+                "/api/v1/tokens" if method == "POST" => Some(r#"{"role":"nobody","name":"x"}"#),
+                "/api/v1/rejected/retry" => Some(r#"{"sync":"people","side":"left","id":"none"}"#),
+                "/api/v1/conflicts/{id}/resolve" => Some(r#"{"take":"left"}"#),
+                _ => None,
+            };
+            let url = if url.ends_with("/pause") {
+                url.replace("pause", "resume")
+            } else {
+                url
+            };
+            let Some(role) = op.get("x-duplex-role").and_then(|r| r.as_str()) else {
+                let (status, body) = http(addr, &method, &url, None, body);
+                assert!(
+                    status == 200 || status == 503,
+                    "{method} {url}: {status} {body}"
+                );
+                checked += 1;
+                continue;
+            };
+            let (status, answer) = http(addr, &method, &url, None, body);
+            assert_eq!(status, 401, "{method} {url} without a token: {answer}");
+            for (name, token) in tokens {
+                let (status, answer) = http(addr, &method, &url, Some(token), body);
+                if rank(name) < rank(role) {
+                    assert_eq!(status, 403, "{method} {url} as {name}: {answer}");
+                    assert!(answer.contains(role), "{answer}");
+                } else {
+                    assert!(
+                        ![401, 403, 404, 405].contains(&status)
+                            || (status == 404 && (url.contains("999999") || body.is_some())),
+                        "{method} {url} as {name}: {status} {answer}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, duplex::api::ROUTES.len());
+    let (status, _) = http(addr, "GET", "/api/v1/nothing", Some(&admin), None);
+    assert_eq!(status, 404);
+    // A refused call did nothing: the viewer's pause left the sync running.
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/pause",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (_, sync) = http(addr, "GET", "/api/v1/syncs/people", Some(&viewer), None);
+    assert!(json(&sync)["paused"].is_null(), "{sync}");
+    // A revoked token is refused like an unknown one (and counts as a failed login).
+    let (status, answer) = http(addr, "GET", "/api/v1/syncs", Some(&revoked), None);
+    assert_eq!(status, 401, "a revoked token: {answer}");
+
+    // A refused call changed nothing: only the admin's token-create attempt and the others'
+    // allowed calls are in the audit log, none of the 401s or 403s.
+    let (_, audit) = http(addr, "GET", "/api/v1/audit?limit=1000", Some(&admin), None);
+    let audit = json(&audit);
+    for e in audit["items"].as_array().unwrap() {
+        let who = e["who"].as_str().unwrap();
+        assert!(
+            !who.contains("viewer"),
+            "a viewer changed nothing, so is not in the audit log: {e}"
+        );
+    }
+
+    // Operators pause and resume; the audit log says who, what and how it went.
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/pause",
+        Some(&operator),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["paused"]["by"]
+        .as_str()
+        .unwrap()
+        .contains("operator"));
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Ada (paused)' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        s.erp_name("ada@example.com"),
+        "Ada",
+        "a paused sync writes nothing"
+    );
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/resume",
+        Some(&operator),
+        None,
+    );
+    assert_eq!(status, 200);
+    eventually("the change after resuming", || {
+        s.erp_name("ada@example.com") == "Ada (paused)"
+    });
+    let (_, audit) = http(addr, "GET", "/api/v1/audit?limit=5", Some(&admin), None);
+    let audit = json(&audit);
+    let last = &audit["items"][0];
+    assert_eq!(
+        last["action"], "POST /api/v1/syncs/people/resume",
+        "{audit}"
+    );
+    assert_eq!(last["outcome"], "ok");
+    assert!(
+        last["who"].as_str().unwrap().starts_with("token:"),
+        "{last}"
+    );
+
+    // A dry run through the API, while paused: it shows the write, makes none, and the change
+    // still arrives once resumed.
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/pause",
+        Some(&operator),
+        None,
+    );
+    assert_eq!(status, 200);
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Ada (dry)' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    let (status, plan) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/dry-run",
+        Some(&operator),
+        None,
+    );
+    assert_eq!(status, 200, "{plan}");
+    let plan = json(&plan);
+    let writes = plan["writes"].as_array().unwrap();
+    assert_eq!(writes.len(), 1, "{plan}");
+    assert_eq!(writes[0]["side"], "right");
+    assert_eq!(writes[0]["op"], "update");
+    assert_eq!(writes[0]["fields"]["full_name"], "Ada (dry)");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.erp_name("ada@example.com"), "Ada (paused)");
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/v1/syncs/people/resume",
+        Some(&operator),
+        None,
+    );
+    assert_eq!(status, 200);
+    eventually("the change after the dry run", || {
+        s.erp_name("ada@example.com") == "Ada (dry)"
+    });
+
+    // A conflict settled through the API reaches both sides.
+    conflicting_names(&s);
+    let mut id = 0;
+    eventually("the conflict in the API", || {
+        let (_, page) = http(
+            addr,
+            "GET",
+            "/api/v1/conflicts?sync=people",
+            Some(&viewer),
+            None,
+        );
+        let page = json(&page);
+        match page["items"].as_array().unwrap().first() {
+            Some(c) => {
+                assert_eq!(c["left"], "Bob (crm)");
+                assert_eq!(c["right"], "Bob (erp)");
+                assert_eq!(c["base"], "Bob");
+                id = c["id"].as_u64().unwrap();
+                true
+            }
+            None => false,
+        }
+    });
+    let (status, _) = http(
+        addr,
+        "POST",
+        &format!("/api/v1/conflicts/{id}/resolve"),
+        Some(&viewer),
+        Some(r#"{"take":"right"}"#),
+    );
+    assert_eq!(status, 403);
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/api/v1/conflicts/{id}/resolve"),
+        Some(&operator),
+        Some(r#"{"take":"right"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    eventually("the right side's name on both", || {
+        s.crm_name(2) == "Bob (erp)"
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/api/v1/conflicts/{id}/resolve"),
+        Some(&operator),
+        Some(r#"{"take":"left"}"#),
+    );
+    assert_eq!(status, 409, "a conflict is settled once: {body}");
+
+    // Paged: a page of one, then the next.
+    let (_, first) = http(addr, "GET", "/api/v1/activity?limit=1", Some(&viewer), None);
+    let first = json(&first);
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_str().expect("more than one entry");
+    let (_, second) = http(
+        addr,
+        "GET",
+        &format!("/api/v1/activity?limit=1&before={next}"),
+        Some(&viewer),
+        None,
+    );
+    assert_ne!(json(&second)["items"][0], first["items"][0]);
+
+    // A config checked through the API: refused with `duplex check`'s own error, the running
+    // sync untouched; a good one passes. The config shown hides nothing it need not.
+    let good = std::fs::read_to_string(s.path().join("duplex.toml")).unwrap();
+    let bad = good.replace("right = \"name\"", "right = \"nom\"");
+    std::fs::write(s.path().join("bad.toml"), &bad).unwrap();
+    let (ok, _, check) = s.duplex(&["check", "bad.toml"]);
+    assert!(!ok);
+    let body = serde_json::json!({ "toml": bad }).to_string();
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/config/validate",
+        Some(&operator),
+        Some(&body),
+    );
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/config/validate",
+        Some(&admin),
+        Some(&body),
+    );
+    assert_eq!(status, 400, "{answer}");
+    let error = json(&answer)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("syncs.people.fields[1].right") && error.contains("has no field nom"),
+        "{error}"
+    );
+    let check_says = check.split("bad.toml").last().unwrap().trim();
+    assert!(
+        error.contains(check_says.lines().next().unwrap()),
+        "API: {error}\ncheck: {check}"
+    );
+    let body = serde_json::json!({ "toml": good }).to_string();
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/config/validate",
+        Some(&admin),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Ada (after validate)' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    eventually("the sync still running", || {
+        s.erp_name("ada@example.com") == "Ada (after validate)"
+    });
+    let (status, shown) = http(addr, "GET", "/api/v1/config", Some(&operator), None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&shown)["syncs"]["people"]["conflict"], "manual");
+
+    // Failed logins from one address are cut off, even with a good token after: the revoked
+    // token above was the first of ten.
+    for _ in 0..9 {
+        let (status, _) = http(addr, "GET", "/api/v1/syncs", Some("dpx_wrong"), None);
+        assert_eq!(status, 401);
+    }
+    let (status, body) = http(addr, "GET", "/api/v1/syncs", Some(&viewer), None);
+    assert_eq!(status, 429, "{body}");
+    instance.stop();
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
+    let s = Setup::new();
+    let viewer = s.token("viewer");
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.unwrap();
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+    let scrape = || {
+        let (status, text) = http(addr, "GET", "/metrics", Some(&viewer), None);
+        assert_eq!(status, 200, "{text}");
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        prometheus_parse::Scrape::parse(lines).unwrap()
+    };
+    let value = |scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| -> f64 {
+        let found = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)));
+        match found.map(|s| &s.value) {
+            Some(
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v),
+            ) => *v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        }
+    };
+    let before = scrape();
+    let read = value(
+        &before,
+        "duplex_changes_read_total",
+        &[("sync", "people"), ("side", "left")],
+    );
+    let writes = value(
+        &before,
+        "duplex_writes_total",
+        &[("sync", "people"), ("outcome", "ok")],
+    );
+    assert!(
+        read >= 2.0 && writes >= 2.0,
+        "the first sync read and wrote: {read} {writes}"
+    );
+    assert_eq!(value(&before, "duplex_links", &[("sync", "people")]), 2.0);
+    assert_eq!(
+        value(&before, "duplex_open_conflicts", &[("sync", "people")]),
+        0.0
+    );
+    assert!(
+        before.docs.contains_key("duplex_cycle_duration_seconds"),
+        "{:?}",
+        before.docs
+    );
+
+    s.db("crm.db")
+        .execute(
+            "INSERT INTO customers (email, full_name) VALUES ('cy@example.com', 'Cy')",
+            [],
+        )
+        .unwrap();
+    eventually("the new record", || s.erp_name("cy@example.com") == "Cy");
+    conflicting_names(&s);
+    eventually("the conflict in the metrics", || {
+        value(&scrape(), "duplex_open_conflicts", &[("sync", "people")]) == 1.0
+    });
+    let after = scrape();
+    assert!(
+        value(
+            &after,
+            "duplex_changes_read_total",
+            &[("sync", "people"), ("side", "left")]
+        ) > read
+    );
+    assert!(
+        value(
+            &after,
+            "duplex_writes_total",
+            &[("sync", "people"), ("outcome", "ok")]
+        ) > writes
+    );
+    assert_eq!(value(&after, "duplex_links", &[("sync", "people")]), 3.0);
+
+    let (status, body) = http(addr, "GET", "/readyz", None, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(addr, "GET", "/metrics", None, None);
+    assert_eq!(status, 401);
+    instance.stop();
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_unless_asked_for() {
+    let s = Setup::new();
+    let (ok, _, err) = s.duplex(&["serve", "duplex.toml", "--listen", "0.0.0.0:0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("serve.tls_cert") && err.contains("insecure"),
+        "{err}"
+    );
+    assert!(!s.path().join("duplex.redb.sock").exists());
+}
