@@ -253,6 +253,18 @@ fn http(
     (status, body.to_owned())
 }
 
+/// Pauses or resumes the sync through the API, as an operator.
+fn operate(addr: SocketAddr, verb: &str, token: &str) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/api/v1/syncs/people/{verb}"),
+        Some(token),
+        None,
+    );
+    assert_eq!(status, 200, "{verb}: {body}");
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -513,14 +525,7 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
         "Ada",
         "a paused sync writes nothing"
     );
-    let (status, _) = http(
-        addr,
-        "POST",
-        "/api/v1/syncs/people/resume",
-        Some(&operator),
-        None,
-    );
-    assert_eq!(status, 200);
+    operate(addr, "resume", &operator);
     eventually("the change after resuming", || {
         s.erp_name("ada@example.com") == "Ada (paused)"
     });
@@ -539,14 +544,7 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
 
     // A dry run through the API, while paused: it shows the write, makes none, and the change
     // still arrives once resumed.
-    let (status, _) = http(
-        addr,
-        "POST",
-        "/api/v1/syncs/people/pause",
-        Some(&operator),
-        None,
-    );
-    assert_eq!(status, 200);
+    operate(addr, "pause", &operator);
     s.db("crm.db")
         .execute(
             "UPDATE customers SET full_name = 'Ada (dry)' WHERE id = 1",
@@ -569,14 +567,7 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
     assert_eq!(writes[0]["fields"]["full_name"], "Ada (dry)");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.erp_name("ada@example.com"), "Ada (paused)");
-    let (status, _) = http(
-        addr,
-        "POST",
-        "/api/v1/syncs/people/resume",
-        Some(&operator),
-        None,
-    );
-    assert_eq!(status, 200);
+    operate(addr, "resume", &operator);
     eventually("the change after the dry run", || {
         s.erp_name("ada@example.com") == "Ada (dry)"
     });
@@ -698,6 +689,27 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
     eventually("the sync still running", || {
         s.erp_name("ada@example.com") == "Ada (after validate)"
     });
+    let (status, plugins) = http(addr, "GET", "/api/v1/plugins", Some(&viewer), None);
+    assert_eq!(status, 200);
+    let plugins = json(&plugins);
+    let crm = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["used_by"] == "connections.crm.plugin")
+        .expect("the crm connector is listed");
+    assert_eq!(crm["source"], "builtin:sql");
+    assert!(
+        crm["world"]
+            .as_str()
+            .unwrap()
+            .starts_with("duplex:plugin/connector-plugin@"),
+        "{crm}"
+    );
+    assert!(
+        crm["inspection"].as_str().unwrap().contains("sha256"),
+        "{crm}"
+    );
     let (status, shown) = http(addr, "GET", "/api/v1/config", Some(&operator), None);
     assert_eq!(status, 200);
     assert_eq!(json(&shown)["syncs"]["people"]["conflict"], "manual");

@@ -53,6 +53,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/api/v1/conflicts/{id}/resolve", OPERATOR),
     route("GET", "/api/v1/rejected", VIEWER),
     route("POST", "/api/v1/rejected/retry", OPERATOR),
+    route("GET", "/api/v1/plugins", VIEWER),
     route("GET", "/api/v1/config", OPERATOR),
     route("POST", "/api/v1/config/validate", ADMIN),
     route("GET", "/api/v1/audit", ADMIN),

@@ -65,6 +65,21 @@ pub struct Sync {
     pub right: (String, String),
 }
 
+impl Sync {
+    /// One line saying what the sync joins, as `check` prints it.
+    pub fn describe(&self) -> String {
+        format!(
+            "sync {}: {}.{} <-> {}.{}, {} fields mapped",
+            self.spec.name,
+            self.left.0,
+            self.left.1,
+            self.right.0,
+            self.right.1,
+            self.spec.fields.len()
+        )
+    }
+}
+
 /// A loaded config, ready to run.
 pub struct App {
     pub loaded: Loaded,

@@ -31,8 +31,17 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
         path: path.to_owned(),
         source,
     })?;
+    inspect_bytes(host, path, &bytes).await
+}
+
+/// Inspects a component's bytes; `path` names it (a file, or `builtin:NAME`).
+pub async fn inspect_bytes(
+    host: &PluginHost,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Inspection, LoadError> {
     let name = crate::plugin::plugin_name(path);
-    let component = host.compile(&name, &bytes)?;
+    let component = host.compile(&name, bytes)?;
     let surface = host.surface(&component);
     let world = surface.world();
     let mut problem = None;
@@ -76,7 +85,7 @@ pub async fn inspect(host: &PluginHost, path: &Path) -> Result<Inspection, LoadE
     Ok(Inspection {
         path: path.to_owned(),
         size: bytes.len(),
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256: hex::encode(Sha256::digest(bytes)),
         surface,
         world,
         problem,

@@ -13,7 +13,7 @@ use duplex::api::{percent_encode, Listeners, TcpSpec};
 use duplex::app::App;
 use duplex::driver::{CycleReport, DryRun};
 use duplex::engine::Side;
-use duplex::ops::{Ops, Running, SyncStatus};
+use duplex::ops::{Ops, PluginView, Running, SyncStatus};
 use duplex::plugin::{CompileCache, HostOptions, PluginHost};
 use duplex::state::{
     Activity, ActivityQuery, AuditEntry, Choice, Conflict, ConflictQuery, Page, Rejected, Role,
@@ -351,7 +351,8 @@ async fn run_serving(app: App, tcp: Option<TcpSpec>) -> anyhow::Result<Arc<Ops>>
     let listeners = Listeners::bind(state.path(), tcp).await?;
     let names: Vec<String> = app.syncs.iter().map(|s| s.spec.name.clone()).collect();
     let (running, controls) = Running::new(&names, &state, chrono::Utc::now().timestamp_micros())?;
-    let ops = Arc::new(Ops::running(&app.loaded, state.clone(), running));
+    let plugins = PluginView::of(&app).await;
+    let ops = Arc::new(Ops::running(&app.loaded, state.clone(), running, plugins));
     if let Some(addr) = listeners.tcp_addr() {
         let scheme = if listeners.tls() { "https" } else { "http" };
         eprintln!("duplex: API on {scheme}://{addr}/api/v1 (Ctrl-C to stop)");
@@ -479,15 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             for s in &app.syncs {
-                println!(
-                    "sync {}: {}.{} <-> {}.{}, {} fields mapped",
-                    s.spec.name,
-                    s.left.0,
-                    s.left.1,
-                    s.right.0,
-                    s.right.1,
-                    s.spec.fields.len()
-                );
+                println!("{}", s.describe());
             }
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)

@@ -62,6 +62,75 @@ pub struct SyncInfo {
     pub schedule: String,
 }
 
+/// A plugin the config uses, as `duplex plugin inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginView {
+    /// The config key that names it (`connections.crm.plugin`, `rules.larger.plugin`).
+    pub used_by: String,
+    /// Its file, or `builtin:NAME`.
+    pub source: String,
+    pub sha256: String,
+    pub size: usize,
+    /// `duplex:plugin/connector-plugin@0.2.0`, say; none when not recognised.
+    pub world: Option<String>,
+    /// Why it would not load, if it would not.
+    pub problem: Option<String>,
+    /// What `plugin inspect` prints.
+    pub inspection: String,
+}
+
+impl PluginView {
+    /// Inspects every plugin an app loaded.
+    pub async fn of(app: &crate::app::App) -> Vec<PluginView> {
+        let mut sources: Vec<(String, String)> = Vec::new();
+        for (name, c) in &app.loaded.config.connections {
+            sources.push((
+                format!("connections.{name}.plugin"),
+                c.plugin.get_ref().clone(),
+            ));
+        }
+        for (name, r) in &app.loaded.config.rules {
+            sources.push((format!("rules.{name}.plugin"), r.plugin.get_ref().clone()));
+        }
+        let mut out = Vec::new();
+        for (used_by, source) in sources {
+            let inspected = if source == "builtin:sql" {
+                crate::inspect::inspect_bytes(
+                    &app.host,
+                    std::path::Path::new(&source),
+                    crate::app::BUILTIN_SQL,
+                )
+                .await
+            } else {
+                crate::inspect::inspect(&app.host, &app.loaded.resolve(&source)).await
+            };
+            match inspected {
+                Ok(i) => out.push(PluginView {
+                    used_by,
+                    source,
+                    sha256: i.sha256.clone(),
+                    size: i.size,
+                    world: i
+                        .world
+                        .map(|(w, c)| format!("{}@{}", w.wit_world(), c.version())),
+                    problem: i.problem.clone(),
+                    inspection: i.to_string(),
+                }),
+                Err(e) => out.push(PluginView {
+                    used_by,
+                    source,
+                    sha256: String::new(),
+                    size: 0,
+                    world: None,
+                    problem: Some(e.to_string()),
+                    inspection: String::new(),
+                }),
+            }
+        }
+        out
+    }
+}
+
 /// One sync's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncStatus {
@@ -294,6 +363,7 @@ impl Running {
 /// The operations layer.
 pub struct Ops {
     config: std::path::PathBuf,
+    plugins: Vec<PluginView>,
     syncs: Vec<SyncInfo>,
     state: Arc<State>,
     running: Option<Running>,
@@ -332,16 +402,23 @@ impl Ops {
     pub fn offline(loaded: &Loaded, state: Arc<State>) -> Ops {
         Ops {
             config: loaded.path.clone(),
+            plugins: Vec::new(),
             syncs: Self::sync_infos(loaded),
             state,
             running: None,
         }
     }
 
-    /// Inside the process that runs the syncs.
-    pub fn running(loaded: &Loaded, state: Arc<State>, running: Running) -> Ops {
+    /// Inside the process that runs the syncs, with the plugins it loaded.
+    pub fn running(
+        loaded: &Loaded,
+        state: Arc<State>,
+        running: Running,
+        plugins: Vec<PluginView>,
+    ) -> Ops {
         Ops {
             config: loaded.path.clone(),
+            plugins,
             syncs: Self::sync_infos(loaded),
             state,
             running: Some(running),
@@ -534,6 +611,16 @@ impl Ops {
             .map_err(OpsError::Conflict)
     }
 
+    /// The plugins the running syncs use, as `plugin inspect` shows them.
+    pub fn plugins(&self) -> Result<&[PluginView]> {
+        if self.running.is_none() {
+            return Err(OpsError::Conflict(
+                "nothing is running: `duplex plugin inspect FILE` shows a plugin".into(),
+            ));
+        }
+        Ok(&self.plugins)
+    }
+
     /// The config file in use, as JSON, with what could be a secret hidden: values under keys
     /// that name a password, secret, token or key, and the password of any URL. (Secrets
     /// themselves are never in the file: `secrets.NAME` names where they are.)
@@ -577,21 +664,7 @@ impl Ops {
                 "state: the submitted config names another state file than the running one".into(),
             ));
         }
-        Ok(app
-            .syncs
-            .iter()
-            .map(|s| {
-                format!(
-                    "sync {}: {}.{} <-> {}.{}, {} fields mapped",
-                    s.spec.name,
-                    s.left.0,
-                    s.left.1,
-                    s.right.0,
-                    s.right.1,
-                    s.spec.fields.len()
-                )
-            })
-            .collect())
+        Ok(app.syncs.iter().map(crate::app::Sync::describe).collect())
     }
 
     /// Makes a token; the secret is shown once, here, and only its hash is kept.

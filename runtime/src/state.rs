@@ -214,8 +214,8 @@ impl LinkCounts {
 
     /// The stored counts; a state written before they were kept is counted once, here.
     fn load(
-        counters: &redb::Table<&str, u64>,
-        links: &redb::Table<(&str, u64), &[u8]>,
+        counters: &impl ReadableTable<&'static str, u64>,
+        links: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         sync: &str,
     ) -> Result<LinkCounts, StateError> {
         let (total, active) = Self::keys(sync);

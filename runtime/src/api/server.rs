@@ -622,6 +622,7 @@ async fn dispatch(
             ops.retry(&r.sync, r.side, &r.id)?;
             Ok(answer(StatusCode::ACCEPTED, &json!({ "retrying": r.id })))
         }
+        (_, "/api/v1/plugins") => ok(ops.plugins()?),
         (_, "/api/v1/config") => ok(ops.config()?),
         (_, "/api/v1/config/validate") => {
             let v: Validate = from_body(body)?;

@@ -156,26 +156,9 @@ impl State {
     /// How many links the sync has, and how many are active.
     pub fn link_counts(&self, sync: &str) -> Result<LinkCounts, StateError> {
         let r = self.db.begin_read()?;
-        let counters = r.open_table(COUNTERS)?;
-        let (total, active) = LinkCounts::keys(sync);
-        if let (Some(t), Some(a)) = (
-            counters.get(total.as_str())?,
-            counters.get(active.as_str())?,
-        ) {
-            return Ok(LinkCounts {
-                total: t.value(),
-                active: a.value(),
-            });
-        }
-        // Written before the counts were kept (the next commit stores them).
-        let links = r.open_table(LINKS)?;
-        let mut counts = LinkCounts::default();
-        for item in links.range((sync, 0)..=(sync, u64::MAX))? {
-            let (_, v) = item?;
-            let link: crate::engine::Link = dec(v.value())?;
-            counts.replace(None, link.status);
-        }
-        Ok(counts)
+        // A state written before the counts were kept is counted here (the next commit
+        // stores them).
+        LinkCounts::load(&r.open_table(COUNTERS)?, &r.open_table(LINKS)?, sync)
     }
 
     /// Open conflicts, rejected records and links waiting to retry, counted without decoding.
