@@ -365,6 +365,13 @@ fn cli_beside(command: &str) {
         "{plan}"
     );
     assert_eq!(s.erp_name("ada@example.com"), "Ada");
+    // Paused with nothing running: `run --once` leaves it paused, across the restart.
+    s.cli(&["sync", "pause", "duplex.toml", "people"]);
+    s.cli(&["run", "duplex.toml", "--once"]);
+    assert_eq!(s.erp_name("ada@example.com"), "Ada");
+    let status = s.cli(&["status", "duplex.toml"]);
+    assert!(status.contains("paused by local:"), "{status}");
+    s.cli(&["sync", "resume", "duplex.toml", "people"]);
     s.cli(&["run", "duplex.toml", "--once"]);
     assert_eq!(s.erp_name("ada@example.com"), "Ada (dry)");
 }

@@ -213,7 +213,13 @@ impl App {
         mut progress: impl FnMut(&str, &CycleReport),
     ) -> Result<BTreeMap<String, Vec<CycleReport>>, AppError> {
         let mut out = BTreeMap::new();
+        let paused: BTreeMap<String, crate::state::Paused> = state.paused()?.into_iter().collect();
         for sync in &self.syncs {
+            // A paused sync stays paused, here too.
+            if let Some(p) = paused.get(&sync.spec.name) {
+                tracing::warn!(sync = %sync.spec.name, by = %p.by, "paused; not run (`duplex sync resume` resumes it)");
+                continue;
+            }
             let mut runner = self.runner(sync);
             let mut reports = Vec::new();
             // Caught up: a cycle that read and wrote nothing. Bounded, so a record that keeps
@@ -340,7 +346,7 @@ impl App {
         let name = &sync.spec.name;
         let mut runner = self.runner(sync);
         let mut idle_streak = 0u32;
-        // Closed when nothing can send any more (plain `run`): then only the stop is awaited.
+        // Closed once the operations layer is gone: then only the stop is awaited.
         let mut open = true;
         while !*stopped.borrow() {
             while let Ok(c) = control.commands.try_recv() {

@@ -178,6 +178,10 @@ pub struct CycleEntry {
     pub error: Option<String>,
 }
 
+/// How long a call waits for a sync's loop to take its command (a cycle in flight finishes
+/// first; an initial sync's can take minutes).
+pub const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Failed cycles in a row after which a sync makes the process not ready.
 pub const READY_FAILURES: u32 = 4;
 
@@ -518,8 +522,13 @@ impl Ops {
                         reply,
                     },
                 )?;
-                answer
-                    .await
+                let waited = tokio::time::timeout(COMMAND_WAIT, answer).await.map_err(|_| {
+                    OpsError::Conflict(format!(
+                        "sync {} is in a long cycle; the resolution is queued and applies when the cycle ends",
+                        conflict.sync
+                    ))
+                })?;
+                waited
                     .map_err(|_| OpsError::Conflict(format!("sync {} is stopping", conflict.sync)))?
                     .map_err(OpsError::from_state)
             }
@@ -605,8 +614,13 @@ impl Ops {
         };
         let (reply, answer) = oneshot::channel();
         r.send(sync, Command::DryRun { reply })?;
-        answer
+        tokio::time::timeout(COMMAND_WAIT, answer)
             .await
+            .map_err(|_| {
+                OpsError::Conflict(format!(
+                    "sync {sync} is in a long cycle; the dry run runs when it ends, ask again then"
+                ))
+            })?
             .map_err(|_| OpsError::Conflict(format!("sync {sync} is stopping")))?
             .map_err(OpsError::Conflict)
     }
