@@ -602,32 +602,18 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
             None => false,
         }
     });
-    let (status, _) = http(
-        addr,
-        "POST",
-        &format!("/api/v1/conflicts/{id}/resolve"),
-        Some(&viewer),
-        Some(r#"{"take":"right"}"#),
-    );
+    let resolve = |token: &str, body: &str| {
+        let path = format!("/api/v1/conflicts/{id}/resolve");
+        http(addr, "POST", &path, Some(token), Some(body))
+    };
+    let (status, _) = resolve(&viewer, r#"{"take":"right"}"#);
     assert_eq!(status, 403);
-    let (status, body) = http(
-        addr,
-        "POST",
-        &format!("/api/v1/conflicts/{id}/resolve"),
-        Some(&operator),
-        Some(r#"{"take":"right"}"#),
-    );
+    let (status, body) = resolve(&operator, r#"{"take":"right"}"#);
     assert_eq!(status, 200, "{body}");
     eventually("the right side's name on both", || {
         s.crm_name(2) == "Bob (erp)"
     });
-    let (status, body) = http(
-        addr,
-        "POST",
-        &format!("/api/v1/conflicts/{id}/resolve"),
-        Some(&operator),
-        Some(r#"{"take":"left"}"#),
-    );
+    let (status, body) = resolve(&operator, r#"{"take":"left"}"#);
     assert_eq!(status, 409, "a conflict is settled once: {body}");
 
     // Paged: a page of one, then the next.
