@@ -214,7 +214,10 @@ pub async fn serve(ops: Arc<Ops>, listeners: Listeners, stopped: watch::Receiver
         };
         tokio::select! {
             accepted = listeners.local.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    accept_failed().await;
+                    continue;
+                };
                 // The socket's mode keeps others out; its owner is checked too.
                 let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
                 if owner.is_none() || peer_uid != owner {
@@ -225,7 +228,10 @@ pub async fn serve(ops: Arc<Ops>, listeners: Listeners, stopped: watch::Receiver
                 tasks.spawn(connection(stream, peer, ops.clone(), limiter.clone(), stopped.clone()));
             }
             (accepted, tls) = tcp => {
-                let Ok((stream, addr)) = accepted else { continue };
+                let Ok((stream, addr)) = accepted else {
+                    accept_failed().await;
+                    continue;
+                };
                 let peer = Peer::Remote { ip: addr.ip() };
                 let (ops, limiter, stopped) = (ops.clone(), limiter.clone(), stopped.clone());
                 tasks.spawn(async move {
@@ -247,6 +253,13 @@ pub async fn serve(ops: Arc<Ops>, listeners: Listeners, stopped: watch::Receiver
     })
     .await;
     let _ = std::fs::remove_file(&listeners.local_path);
+}
+
+/// An accept that failed (out of file descriptors, say) fails again at once: pause a little
+/// rather than spin.
+async fn accept_failed() {
+    tracing::warn!("accepting a connection failed; pausing 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 async fn connection<S>(
