@@ -160,7 +160,7 @@ impl Instance {
         let text = instance.wait_for_log("sync(s) from");
         instance.addr = text
             .lines()
-            .find_map(|l| l.split("http://").nth(1))
+            .find_map(|l| l.split("://").nth(1).filter(|_| l.contains("API on")))
             .and_then(|rest| rest.split('/').next())
             .map(|a| a.parse().unwrap());
         assert!(s.path().join("duplex.redb.sock").exists(), "{text}");
@@ -816,4 +816,96 @@ fn plain_http_beyond_loopback_is_refused_unless_asked_for() {
         "{err}"
     );
     assert!(!s.path().join("duplex.redb.sock").exists());
+}
+
+#[test]
+fn serve_speaks_tls_with_the_certificate_the_config_names() {
+    let s = Setup::new();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // An end-entity certificate, trusted as its own anchor by the client below.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .current_dir(s.path())
+        .output();
+    let made = match made {
+        Ok(m) => m,
+        // Without openssl there is no certificate to test with; CI has it.
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped: openssl cannot run ({e})");
+            return;
+        }
+        Err(e) => panic!("openssl makes the test's certificate: {e}"),
+    };
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut config = std::fs::read_to_string(s.path().join("duplex.toml")).unwrap();
+    config.push_str("\n[serve]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    std::fs::write(s.path().join("duplex.toml"), config).unwrap();
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    assert!(instance.stderr.lock().unwrap().contains("https://"));
+    let addr = instance.addr.unwrap();
+
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_file(s.path().join("cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let answer = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .expect("the TLS handshake with the configured certificate");
+            tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"up\""), "{answer}");
+
+    // Plain HTTP to the TLS port gets no answer.
+    let mut plain = std::net::TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut back = Vec::new();
+    let _ = plain.read_to_end(&mut back);
+    assert!(!String::from_utf8_lossy(&back).contains("200 OK"));
+    instance.stop();
 }
