@@ -638,21 +638,18 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
     let (ok, _, check) = s.duplex(&["check", "bad.toml"]);
     assert!(!ok);
     let body = serde_json::json!({ "toml": bad }).to_string();
-    let (status, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/config/validate",
-        Some(&operator),
-        Some(&body),
-    );
+    let validate = |token: &str, body: &str| {
+        http(
+            addr,
+            "POST",
+            "/api/v1/config/validate",
+            Some(token),
+            Some(body),
+        )
+    };
+    let (status, answer) = validate(&operator, &body);
     assert_eq!(status, 403, "{answer}");
-    let (status, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/config/validate",
-        Some(&admin),
-        Some(&body),
-    );
+    let (status, answer) = validate(&admin, &body);
     assert_eq!(status, 400, "{answer}");
     let error = json(&answer)["error"].as_str().unwrap().to_owned();
     assert!(
@@ -665,13 +662,7 @@ fn every_route_answers_its_role_and_refuses_the_others_before_doing_anything() {
         "API: {error}\ncheck: {check}"
     );
     let body = serde_json::json!({ "toml": good }).to_string();
-    let (status, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/config/validate",
-        Some(&admin),
-        Some(&body),
-    );
+    let (status, answer) = validate(&admin, &body);
     assert_eq!(status, 200, "{answer}");
     s.db("crm.db")
         .execute(

@@ -101,7 +101,8 @@ pub enum RouteMiss {
     Method,
 }
 
-/// `%XX` escapes and `+` (in a query) decoded; bad escapes are kept as they are.
+/// `%XX` escapes decoded (a query's `+` is the caller's: see `parse_query`); bad escapes are
+/// kept as they are.
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
