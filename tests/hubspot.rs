@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use duplex::app::App;
@@ -423,6 +424,68 @@ async fn check_says_what_to_fix_for_a_bad_token_a_missing_scope_or_an_unreachabl
     let out = check_error(dir.path()).await;
     assert!(out.contains("cannot reach HubSpot"), "{out}");
     assert!(!out.contains(CANARY), "{out}");
+}
+
+/// An upload is checked against its connection's grants: the SQL connector for the HubSpot
+/// connection, which grants http only, is refused saying what to grant, and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_connector_needing_a_grant_its_connection_lacks_is_refused() {
+    let Some(pg_url) = pg_database().await else {
+        return;
+    };
+    pg(&pg_url, PEOPLE).await;
+    let replica = Replica::start(Options {
+        token: CANARY.into(),
+        ..Default::default()
+    })
+    .await;
+    let dir = setup(&replica.url, &pg_url, CANARY);
+    let running = Running::load(&dir.path().join("duplex.toml")).await;
+    let slot: duplex::state::Slot = "connections.crm".parse().unwrap();
+    let mut connections = running.app.connections.clone();
+    let refused = running
+        .app
+        .install(
+            &running.state,
+            &slot,
+            duplex::app::Install::Upload(duplex::app::BUILTIN_SQL.to_vec()),
+            "test",
+            &mut connections,
+        )
+        .await
+        .err()
+        .expect("refused");
+    let why = refused.to_string();
+    assert!(why.contains("connection crm grants it no sql"), "{why}");
+    assert!(why.contains("grants.sql"), "says what to add: {why}");
+    assert!(running
+        .state
+        .plugin_versions(&slot)
+        .unwrap()
+        .versions
+        .is_empty());
+    assert!(
+        Arc::ptr_eq(
+            &connections["crm"].plugin,
+            &running.app.connections["crm"].plugin
+        ),
+        "the running connector is kept"
+    );
+    // The HubSpot connector itself fits, and is stored as version 1.
+    let hubspot = std::fs::read(common::plugin(HUBSPOT)).unwrap();
+    let installed = running
+        .app
+        .install(
+            &running.state,
+            &slot,
+            duplex::app::Install::Upload(hubspot),
+            "test",
+            &mut connections,
+        )
+        .await
+        .unwrap();
+    assert_eq!(installed.versions.active, Some(1));
+    assert_eq!(installed.syncs, ["people"]);
 }
 
 const CLIENT_SECRET: &str = "client-secret-canary-93b0e1";

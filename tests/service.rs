@@ -29,6 +29,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with("manual", "")
+    }
+
+    /// With the sync's conflict policy, and more config after it.
+    fn with(conflict: &str, more: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         for (file, sql) in [("crm.db", CRM), ("erp.db", ERP)] {
             rusqlite::Connection::open(dir.path().join(file))
@@ -51,7 +56,7 @@ grants = { sql = ["sqlite://erp.db"] }
 left = "crm.customers"
 right = "erp.clients"
 match = { field = "email" }
-conflict = "manual"
+conflict = "{conflict}"
 
 [[syncs.people.fields]]
 left = "email"
@@ -60,7 +65,9 @@ right = "mail"
 [[syncs.people.fields]]
 left = "full_name"
 right = "name"
-"#;
+{more}"#
+            .replace("{conflict}", conflict)
+            .replace("{more}", more);
         std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
         Setup { dir }
     }
@@ -223,6 +230,18 @@ fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    let body = body.map(|b| ("application/json", b.as_bytes()));
+    http_with(addr, method, path, token, body)
+}
+
+/// [`http`], with a body of any type.
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -231,12 +250,13 @@ fn http(
     if let Some(t) = token {
         request.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    let body = body.unwrap_or("");
+    let (content_type, body) = body.unwrap_or(("application/json", b""));
     request.push_str(&format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     ));
     stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let status = answer
@@ -388,7 +408,9 @@ fn the_cli_works_beside_a_running_serve() {
 
 /// A concrete path for a route's pattern.
 fn concrete(path: &str) -> String {
-    path.replace("{sync}", "people").replace("{id}", "999999")
+    path.replace("{sync}", "people")
+        .replace("{id}", "999999")
+        .replace("{slot}", "connections.crm")
 }
 
 #[test]
@@ -898,5 +920,336 @@ fn serve_speaks_tls_with_the_certificate_the_config_names() {
     let mut back = Vec::new();
     let _ = plain.read_to_end(&mut back);
     assert!(!String::from_utf8_lossy(&back).contains("200 OK"));
+    instance.stop();
+}
+
+/// The rule's config: `pick` is the larger-wins rule, from its file.
+fn rule_setup() -> Setup {
+    let larger = common::plugin(common::LARGER_WINS);
+    Setup::with(
+        "rule:pick",
+        &format!(
+            "\n[rules.pick]\nplugin = \"{}\"\n",
+            larger.display().to_string().replace('\\', "\\\\")
+        ),
+    )
+}
+
+fn upload(addr: SocketAddr, token: &str, slot: &str, bytes: &[u8]) -> (u16, String) {
+    http_with(
+        addr,
+        "POST",
+        &format!("/api/v1/plugins/{slot}"),
+        Some(token),
+        Some(("application/wasm", bytes)),
+    )
+}
+
+/// The rule decisions in the activity log, oldest first: (plugin, winner, left, right, link).
+fn rule_decisions(addr: SocketAddr, token: &str) -> Vec<(String, String, String, String, u64)> {
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/api/v1/activity?decisions=true&limit=1000",
+        Some(token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let mut out: Vec<_> = json(&body)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["op"] == "rule")
+        .map(|a| {
+            let d = &a["decided"];
+            (
+                d["plugin"].as_str().unwrap().to_owned(),
+                d["winner"].as_str().unwrap().to_owned(),
+                text(&d["left"]),
+                text(&d["right"]),
+                d["link"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Both sides edit Bob's name at once while the sync runs in realtime, the CRM's longer (so
+/// larger-wins takes the left, take-right the right), until `enough` says so.
+fn write_conflicts(s: &Setup, round: &mut usize, mut enough: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (crm, erp) = (s.db("crm.db"), s.db("erp.db"));
+    while !enough() {
+        assert!(
+            Instant::now() < deadline,
+            "no conflicts after {round} rounds"
+        );
+        *round += 1;
+        let r = *round;
+        crm.execute(
+            "UPDATE customers SET full_name = ?1 WHERE id = 2",
+            [format!("Bob from the crm, round {r:04}")],
+        )
+        .unwrap();
+        erp.execute(
+            "UPDATE clients SET name = ?1 WHERE mail = 'bob@example.com'",
+            [format!("Bob erp {r:04}")],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+}
+
+#[test]
+fn a_rule_swapped_while_its_sync_runs_decides_from_the_next_cycle_and_nothing_is_lost() {
+    let s = rule_setup();
+    let admin = s.token("admin");
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.unwrap();
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+
+    // Writers on both sides; the config's rule decides the first conflicts.
+    let mut round = 0;
+    write_conflicts(&s, &mut round, || rule_decisions(addr, &admin).len() >= 3);
+    let before = rule_decisions(addr, &admin);
+    let old = before[0].0.clone();
+    assert!(
+        old.starts_with("duplex_rule_larger_wins sha256:"),
+        "{before:?}"
+    );
+
+    // The swap, through the CLI beside the running instance: a rule built for 0.1.0 that
+    // takes the right.
+    let right = common::plugin(common::V0_1_0_TAKE_RIGHT);
+    let out = s.cli(&[
+        "plugin",
+        "upload",
+        "duplex.toml",
+        "rules.pick",
+        right.to_str().unwrap(),
+    ]);
+    assert!(out.contains("in use: uploaded v1"), "{out}");
+    assert!(
+        out.contains("taken at their next cycle by: people"),
+        "{out}"
+    );
+    let (_, plugins) = http(addr, "GET", "/api/v1/plugins", Some(&admin), None);
+    let plugins = json(&plugins);
+    let pick = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["slot"] == "rules.pick")
+        .unwrap();
+    assert_eq!(pick["version"], 1, "{pick}");
+    assert_eq!(pick["source"], "uploaded v1");
+    assert!(
+        pick["world"].as_str().unwrap().ends_with("@0.1.0"),
+        "{pick}"
+    );
+
+    write_conflicts(&s, &mut round, || {
+        rule_decisions(addr, &admin)
+            .iter()
+            .filter(|d| d.0 != old)
+            .count()
+            >= 3
+    });
+    // Writers stop; both sides settle on one name.
+    eventually("both sides to agree", || {
+        s.crm_name(2) == s.erp_name("bob@example.com")
+    });
+
+    let decisions = rule_decisions(addr, &admin);
+    let new = decisions.last().unwrap().0.clone();
+    assert!(new.starts_with("rules.pick v1 sha256:"), "{decisions:?}");
+    // Each decided by the rule its cycle ran with: the old ones all before the new ones, the
+    // old taking the longer (left), the new the right. None decided twice.
+    let first_new = decisions.iter().position(|d| d.0 == new).unwrap();
+    for (i, d) in decisions.iter().enumerate() {
+        if i < first_new {
+            assert_eq!(
+                (d.0.as_str(), d.1.as_str()),
+                (old.as_str(), "left"),
+                "{d:?}"
+            );
+        } else {
+            assert_eq!(
+                (d.0.as_str(), d.1.as_str()),
+                (new.as_str(), "right"),
+                "{d:?}"
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &decisions {
+        assert!(
+            seen.insert((d.2.clone(), d.3.clone(), d.4)),
+            "decided twice: {d:?}"
+        );
+    }
+    // None lost: nothing waits for a person, and the last round's right value won.
+    let (_, conflicts) = http(addr, "GET", "/api/v1/conflicts", Some(&admin), None);
+    assert_eq!(
+        json(&conflicts)["items"],
+        serde_json::json!([]),
+        "{conflicts}"
+    );
+
+    // A rollback goes back to the config's file, at the next cycle again.
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/plugins/rules.pick/rollback",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let body = json(&body);
+    assert!(body["versions"]["active"].is_null(), "{body}");
+    assert_eq!(body["syncs"], serde_json::json!(["people"]));
+    let (_, versions) = http(
+        addr,
+        "GET",
+        "/api/v1/plugins/rules.pick/versions",
+        Some(&admin),
+        None,
+    );
+    let versions = json(&versions);
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    assert!(versions["changed_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
+    write_conflicts(&s, &mut round, || {
+        rule_decisions(addr, &admin).last().unwrap().0 == old
+    });
+    instance.stop();
+
+    // Stopped: the versions are read from the state; v1 put back in use is what the next
+    // start runs.
+    let out = s.cli(&["plugin", "versions", "duplex.toml", "rules.pick"]);
+    assert!(out.contains("in use: the config's own file"), "{out}");
+    let out = s.cli(&[
+        "plugin",
+        "rollback",
+        "duplex.toml",
+        "rules.pick",
+        "--to",
+        "1",
+    ]);
+    assert!(out.contains("in use: uploaded v1"), "{out}");
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.unwrap();
+    let (_, plugins) = http(addr, "GET", "/api/v1/plugins", Some(&admin), None);
+    assert!(plugins.contains("uploaded v1"), "{plugins}");
+    instance.stop();
+}
+
+#[test]
+fn uploads_that_do_not_fit_are_refused_with_the_reason_and_change_nothing() {
+    let s = rule_setup();
+    let admin = s.token("admin");
+    let operator = s.token("operator");
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.unwrap();
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+    let (_, plugins_before) = http(addr, "GET", "/api/v1/plugins", Some(&admin), None);
+    let read = |name: &str| std::fs::read(common::plugin(name)).unwrap();
+
+    // A grant the connection lacks: tests/hubspot.rs.
+    let refusals: [(&str, Vec<u8>, &[&str]); 4] = [
+        (
+            "rules.pick",
+            b"this is not a component".to_vec(),
+            &["not WebAssembly at all"],
+        ),
+        (
+            "rules.pick",
+            read(common::SQL),
+            &["rules.pick v1", "cannot be loaded as a"],
+        ),
+        (
+            "rules.pick",
+            read(common::IMPORTS_UNKNOWN),
+            &["imports fixture:elsewhere/store", "does not offer"],
+        ),
+        (
+            "connections.crm",
+            read(common::LARGER_WINS),
+            &["cannot be loaded as a"],
+        ),
+    ];
+    for (slot, bytes, reasons) in &refusals {
+        let (status, body) = upload(addr, &admin, slot, bytes);
+        assert_eq!(status, 400, "{slot}: {body}");
+        for r in *reasons {
+            assert!(body.contains(r), "{slot}: no {r:?} in {body}");
+        }
+    }
+    // Only an admin uploads; a slot the config does not name is not found.
+    let (status, _) = upload(addr, &operator, "rules.pick", &read(common::LARGER_WINS));
+    assert_eq!(status, 403);
+    let (status, body) = upload(addr, &admin, "rules.nope", &read(common::LARGER_WINS));
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("rules.pick"),
+        "says what the config names: {body}"
+    );
+
+    // Nothing changed: no versions, the same plugins, and the sync still syncs.
+    for slot in ["rules.pick", "connections.crm"] {
+        let (_, v) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/plugins/{slot}/versions"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(json(&v)["versions"], serde_json::json!([]), "{v}");
+    }
+    let (_, plugins_after) = http(addr, "GET", "/api/v1/plugins", Some(&admin), None);
+    assert_eq!(plugins_before, plugins_after);
+    s.db("crm.db")
+        .execute("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1", [])
+        .unwrap();
+    eventually("the edit to sync", || {
+        s.erp_name("ada@example.com") == "Ada L."
+    });
+    // Every refusal is in the audit log with its outcome.
+    let (_, audit) = http(addr, "GET", "/api/v1/audit?limit=100", Some(&admin), None);
+    let refused = json(&audit)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("POST /api/v1/plugins/")
+        })
+        .filter(|e| e["outcome"] == "400")
+        .count();
+    assert_eq!(refused, refusals.len());
+
+    // A well-formed connector that fits is accepted: the same SQL connector, uploaded.
+    let (status, body) = upload(addr, &admin, "connections.crm", &read(common::SQL));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json(&body)["syncs"], serde_json::json!(["people"]));
+    s.db("crm.db")
+        .execute(
+            "UPDATE customers SET full_name = 'Ada Lovelace' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    eventually("the edit to sync through the uploaded connector", || {
+        s.erp_name("ada@example.com") == "Ada Lovelace"
+    });
     instance.stop();
 }

@@ -14,11 +14,14 @@ use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
-use crate::ops::{lock, Command, Running, SyncControl};
+use crate::ops::{lock, Command, Controls, InstallRequest, Running, SyncControl};
 use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
 };
-use crate::state::{State, StateError};
+use crate::state::{PluginVersion, Slot, State, StateError};
+
+mod install;
+pub use install::{Install, Installed, Prepared};
 
 /// The SQL connector, built from `plugins/connectors/sql` and shipped inside the binary, so the
 /// demo and SQLite syncs need nothing installed (`plugin = "builtin:sql"`).
@@ -50,6 +53,7 @@ pub enum AppError {
 }
 
 /// A connection, loaded and checked.
+#[derive(Clone)]
 pub struct Connection {
     pub plugin: Arc<ConnectorPlugin>,
     pub config: String,
@@ -57,6 +61,7 @@ pub struct Connection {
 }
 
 /// A sync, checked against both streams.
+#[derive(Clone)]
 pub struct Sync {
     pub spec: SyncSpec,
     pub schedule: Schedule,
@@ -87,6 +92,8 @@ pub struct App {
     pub connections: BTreeMap<String, Connection>,
     pub rules: Rules,
     pub syncs: Vec<Sync>,
+    /// Uploaded plugins in use instead of the config's files (see [`App::use_uploads`]).
+    pub uploaded: BTreeMap<Slot, (PluginVersion, Arc<Vec<u8>>)>,
 }
 
 impl App {
@@ -127,36 +134,7 @@ impl App {
                 host.load_connector_file(&file, name, &grants).await?
             };
             let config = loaded.connector_config(c);
-            let mut session = plugin
-                .session()
-                .await
-                .map_err(|error| AppError::Connection {
-                    connection: name.clone(),
-                    error,
-                })?;
-            session
-                .check(&config)
-                .await
-                .map_err(|error| AppError::Connection {
-                    connection: name.clone(),
-                    error,
-                })?;
-            let streams =
-                session
-                    .discover(&config)
-                    .await
-                    .map_err(|error| AppError::Connection {
-                        connection: name.clone(),
-                        error,
-                    })?;
-            connections.insert(
-                name.clone(),
-                Connection {
-                    plugin: Arc::new(plugin),
-                    config,
-                    streams,
-                },
-            );
+            connections.insert(name.clone(), connect(name, plugin, config).await?);
         }
         let mut rules = Rules::new();
         for (name, r) in &loaded.config.rules {
@@ -183,6 +161,7 @@ impl App {
             connections,
             rules,
             syncs,
+            uploaded: BTreeMap::new(),
         })
     }
 
@@ -193,17 +172,7 @@ impl App {
 
     /// A runner for each sync, with fresh sessions.
     pub fn runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
-        let side = |(conn, stream): &(String, String)| {
-            let c = &self.connections[conn];
-            PluginSide::new(c.plugin.clone(), c.config.clone(), stream.clone())
-        };
-        SyncRunner::new(
-            sync.spec.clone(),
-            side(&sync.left),
-            side(&sync.right),
-            sync.batch,
-            self.rules.clone(),
-        )
+        Current::new(self, sync).runner()
     }
 
     /// Runs every sync until both sides of each are caught up. Returns each sync's reports.
@@ -276,8 +245,13 @@ impl App {
         state: &State,
         stop: impl std::future::Future<Output = ()>,
         progress: impl FnMut(&str, &CycleReport),
-        mut controls: BTreeMap<String, SyncControl>,
+        controls: Controls,
     ) -> Result<(), AppError> {
+        let Controls {
+            syncs: mut controls,
+            installs,
+            senders,
+        } = controls;
         if self.syncs.is_empty() {
             return Ok(());
         }
@@ -292,7 +266,14 @@ impl App {
             })?;
             loops.push(self.run_sync(sync, state, &progress, stopped.clone(), control));
         }
-        let syncs = futures_util::future::join_all(loops);
+        let loops = futures_util::future::join_all(loops);
+        // Ends with the loops; the installer alone never ends.
+        let syncs = async {
+            tokio::select! {
+                _ = loops => {}
+                _ = self.installer(state, installs, senders) => {}
+            }
+        };
         tokio::pin!(syncs);
         tokio::select! {
             _ = stop => {
@@ -304,14 +285,42 @@ impl App {
         Ok(())
     }
 
-    /// Applies a command from the operations layer, between two cycles of the sync.
+    /// Checks, stores and puts in use the plugins the operations layer is given, one at a time,
+    /// and hands each to the loops of the syncs that use it. Never ends.
+    async fn installer(
+        &self,
+        state: &State,
+        mut requests: tokio::sync::mpsc::UnboundedReceiver<InstallRequest>,
+        senders: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Command>>,
+    ) {
+        // The connections as the syncs run them, uploads included: a connector is checked
+        // with these, and a sync over two uploaded connectors keeps both.
+        let mut connections = self.connections.clone();
+        while let Some(r) = requests.recv().await {
+            let installed = self
+                .install(state, &r.slot, r.what, &r.by, &mut connections)
+                .await;
+            if let Ok(i) = &installed {
+                for sync in &i.syncs {
+                    if let Some(tx) = senders.get(sync) {
+                        let _ = tx.send(Command::Swap(i.swap.clone()));
+                    }
+                }
+            }
+            let _ = r.reply.send(installed);
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// Applies a command from the operations layer, between two cycles of the sync. True when
+    /// the sync now runs with another plugin (its runner must be made again).
     async fn apply(
         &self,
-        sync: &Sync,
+        current: &mut Current,
         command: Command,
         state: &State,
         live: &std::sync::Mutex<crate::ops::Live>,
-    ) {
+    ) -> bool {
         match command {
             Command::RunNow => {}
             Command::Pause => lock(live).paused = true,
@@ -327,10 +336,16 @@ impl App {
             Command::DryRun { reply } => {
                 // A runner of its own: the sync's runner keeps what it read ahead for its next
                 // cycle, which a dry run must not take.
-                let planned = self.runner(sync).dry_run(state, now_micros()).await;
+                let planned = current.runner().dry_run(state, now_micros()).await;
                 let _ = reply.send(planned.map_err(|e| e.to_string()));
             }
+            Command::Swap(p) => {
+                current.swap(&p);
+                tracing::info!(sync = %current.sync.spec.name, plugin = ?p, "running with a new plugin from this cycle on");
+                return true;
+            }
         }
+        false
     }
 
     /// One sync's loop for [`App::run`], until `stopped` turns true. Only its waits are cut
@@ -344,18 +359,25 @@ impl App {
         mut control: SyncControl,
     ) {
         let name = &sync.spec.name;
-        let mut runner = self.runner(sync);
+        let mut current = Current::new(self, sync);
+        let mut runner = current.runner();
+        // A plugin swapped in takes effect here, at the next cycle boundary: the runner (and
+        // what it read ahead, which is read again from the committed cursors) is made anew.
+        let mut swapped = false;
         let mut idle_streak = 0u32;
         // Closed once the operations layer is gone: then only the stop is awaited.
         let mut open = true;
         while !*stopped.borrow() {
             while let Ok(c) = control.commands.try_recv() {
-                self.apply(sync, c, state, &control.live).await;
+                swapped |= self.apply(&mut current, c, state, &control.live).await;
+            }
+            if std::mem::take(&mut swapped) {
+                runner = current.runner();
             }
             if lock(&control.live).paused {
                 tokio::select! {
                     c = control.commands.recv(), if open => match c {
-                        Some(c) => { self.apply(sync, c, state, &control.live).await; }
+                        Some(c) => { swapped |= self.apply(&mut current, c, state, &control.live).await; }
                         None => open = false,
                     },
                     _ = stopped.wait_for(|s| *s) => return,
@@ -406,7 +428,7 @@ impl App {
                             w = runner.watch(Schedule::REALTIME_MAX) => w,
                             c = control.commands.recv(), if open => {
                                 match c {
-                                    Some(c) => self.apply(sync, c, state, &control.live).await,
+                                    Some(c) => swapped |= self.apply(&mut current, c, state, &control.live).await,
                                     None => open = false,
                                 }
                                 Some(true)
@@ -435,7 +457,7 @@ impl App {
                     _ = tokio::time::sleep(wait) => {}
                     // Any command ends the wait: a resolution or a retry wants a cycle now.
                     c = control.commands.recv(), if open => match c {
-                        Some(c) => { self.apply(sync, c, state, &control.live).await; }
+                        Some(c) => { swapped |= self.apply(&mut current, c, state, &control.live).await; }
                         None => open = false,
                     },
                     _ = stopped.wait_for(|s| *s) => return,
@@ -447,6 +469,84 @@ impl App {
 
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+/// What one sync's loop runs with: the app's plugins, until a swap replaces one.
+struct Current {
+    sync: Sync,
+    rules: Rules,
+    connections: BTreeMap<String, (Arc<ConnectorPlugin>, String)>,
+}
+
+impl Current {
+    fn new(app: &App, sync: &Sync) -> Current {
+        let connections = [&sync.left.0, &sync.right.0]
+            .into_iter()
+            .map(|c| {
+                let conn = &app.connections[c];
+                (c.clone(), (conn.plugin.clone(), conn.config.clone()))
+            })
+            .collect();
+        Current {
+            sync: sync.clone(),
+            rules: app.rules.clone(),
+            connections,
+        }
+    }
+
+    fn runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+        let side = |(conn, stream): &(String, String)| {
+            let (plugin, config) = &self.connections[conn];
+            PluginSide::new(plugin.clone(), config.clone(), stream.clone())
+        };
+        SyncRunner::new(
+            self.sync.spec.clone(),
+            side(&self.sync.left),
+            side(&self.sync.right),
+            self.sync.batch,
+            self.rules.clone(),
+        )
+    }
+
+    fn swap(&mut self, p: &Prepared) {
+        match p {
+            Prepared::Rule { name, plugin } => {
+                self.rules.insert(name.clone(), plugin.clone());
+            }
+            Prepared::Connector {
+                name,
+                connection,
+                syncs,
+            } => {
+                if let Some(entry) = self.connections.get_mut(name) {
+                    *entry = (connection.plugin.clone(), connection.config.clone());
+                }
+                if let Some(s) = syncs.iter().find(|s| s.spec.name == self.sync.spec.name) {
+                    self.sync = s.clone();
+                }
+            }
+        }
+    }
+}
+
+/// Asks a loaded connector to check its config and say what streams it has.
+async fn connect(
+    name: &str,
+    plugin: ConnectorPlugin,
+    config: String,
+) -> Result<Connection, AppError> {
+    let failed = |error| AppError::Connection {
+        connection: name.to_owned(),
+        error,
+    };
+    let mut session = plugin.session().await.map_err(failed)?;
+    session.check(&config).await.map_err(failed)?;
+    let streams = session.discover(&config).await.map_err(failed)?;
+    Ok(Connection {
+        plugin: Arc::new(plugin),
+        config,
+        streams,
+    })
 }
 
 /// Checks one sync's mapping against the discovered streams and builds its spec.

@@ -31,6 +31,7 @@ use crate::plugin::{
 };
 use crate::state::{
     Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats, DECIDED,
+    RULED,
 };
 
 pub use io::{IoError, PluginSide, SideIo};
@@ -915,15 +916,23 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .filter(|d| !failed.contains_key(&d.link))
             .filter_map(|d| {
                 let record = plan.links.get(&d.link)?.side(d.winner).id.clone()?;
+                let mut d = d.clone();
+                // Which build of the rule decided: rules are swapped between cycles only, so
+                // the one loaded now is the one that answered.
+                d.plugin = d
+                    .rule
+                    .as_ref()
+                    .and_then(|r| self.rules.get(r))
+                    .map(|r| r.label());
                 Some(Activity {
                     at: now,
                     sync: sync.clone(),
                     link: d.link,
                     side: d.winner,
-                    op: DECIDED.into(),
+                    op: if d.rule.is_some() { RULED } else { DECIDED }.into(),
                     record,
                     fields: vec![d.field.clone()],
-                    decided: Some(d.clone()),
+                    decided: Some(d),
                 })
             })
             .collect();

@@ -67,6 +67,7 @@ pub async fn inspect_bytes(
                     host.engine(),
                     host.linker(),
                     &component,
+                    bytes,
                     contract,
                     caller,
                     host.limits(),

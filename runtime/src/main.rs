@@ -5,19 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use duplex::api::client::Client;
 use duplex::api::{percent_encode, Listeners, TcpSpec};
-use duplex::app::App;
+use duplex::app::{App, Install};
 use duplex::driver::{CycleReport, DryRun};
 use duplex::engine::Side;
-use duplex::ops::{Ops, PluginView, Running, SyncStatus};
+use duplex::ops::{Ops, PluginChange, PluginView, Running, SyncStatus};
 use duplex::plugin::{CompileCache, HostOptions, PluginHost};
 use duplex::state::{
     Activity, ActivityQuery, AuditEntry, Choice, Conflict, ConflictQuery, Page, Rejected, Role,
-    State, Token, PAGE_MAX,
+    SlotVersions, State, Token, PAGE_MAX,
 };
 
 #[derive(Parser)]
@@ -216,6 +216,24 @@ enum PluginCommand {
         /// The component file (`.wasm`).
         file: PathBuf,
     },
+    /// Check a component for a slot and put it in use as the slot's next version (a running
+    /// instance swaps it in at the next cycle of each sync using it).
+    Upload {
+        config: PathBuf,
+        /// `rules.NAME` or `connections.NAME`.
+        slot: String,
+        file: PathBuf,
+    },
+    /// A slot's uploaded versions and the one in use.
+    Versions { config: PathBuf, slot: String },
+    /// Put an earlier version back in use: the one before the version in use (before the
+    /// first upload, the config's own file), or `--to N`.
+    Rollback {
+        config: PathBuf,
+        slot: String,
+        #[arg(long)]
+        to: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -346,8 +364,9 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 }
 
 /// Runs the syncs with the API answering: on the local socket always, on TCP for `serve`.
-async fn run_serving(app: App, tcp: Option<TcpSpec>) -> anyhow::Result<Arc<Ops>> {
+async fn run_serving(mut app: App, tcp: Option<TcpSpec>) -> anyhow::Result<Arc<Ops>> {
     let state = Arc::new(app.open_state()?);
+    app.use_uploads(&state).await?;
     let listeners = Listeners::bind(state.path(), tcp).await?;
     let names: Vec<String> = app.syncs.iter().map(|s| s.spec.name.clone()).collect();
     let (running, controls) = Running::new(&names, &state, chrono::Utc::now().timestamp_micros())?;
@@ -415,8 +434,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     plans.push((s.name, c.call("POST", &path, None).await?));
                 }
             } else {
-                let app = App::load(&config).await?;
+                let mut app = App::load(&config).await?;
                 let state = app.open_state()?;
+                app.use_uploads(&state).await?;
                 for sync in &app.syncs {
                     let now = chrono::Utc::now().timestamp_micros();
                     let plan = app.runner(sync).dry_run(&state, now).await?;
@@ -429,9 +449,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, once, .. } => {
-            let app = App::load(&config).await?;
+            let mut app = App::load(&config).await?;
             if once {
                 let state = app.open_state()?;
+                app.use_uploads(&state).await?;
                 let mut progress = Progress::new();
                 app.run_once(&state, |s, r| progress.report(s, r)).await?;
                 print_status(&Ops::offline(&app.loaded, Arc::new(state)).syncs()?);
@@ -846,6 +867,77 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {
+            command: PluginCommand::Versions { config, slot },
+        } => {
+            let versions: SlotVersions = match Operator::open(&config).await? {
+                Operator::Offline(ops) => ops.plugin_versions(&slot)?,
+                Operator::Instance(c) => {
+                    let path = format!("/api/v1/plugins/{}/versions", percent_encode(&slot));
+                    c.call("GET", &path, None).await?
+                }
+            };
+            print_versions(&versions);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: command @ (PluginCommand::Upload { .. } | PluginCommand::Rollback { .. }),
+        } => {
+            let (config, slot) = match &command {
+                PluginCommand::Upload { config, slot, .. }
+                | PluginCommand::Rollback { config, slot, .. } => (config.clone(), slot.clone()),
+                PluginCommand::Inspect { .. } | PluginCommand::Versions { .. } => unreachable!(),
+            };
+            let (what, action) = match command {
+                PluginCommand::Upload { file, .. } => {
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    (
+                        Install::Upload(bytes),
+                        format!("plugin upload {slot} {}", file.display()),
+                    )
+                }
+                PluginCommand::Rollback { to, .. } => (
+                    Install::Version(to),
+                    format!(
+                        "plugin rollback {slot}{}",
+                        to.map_or(String::new(), |v| format!(" --to {v}"))
+                    ),
+                ),
+                PluginCommand::Inspect { .. } | PluginCommand::Versions { .. } => unreachable!(),
+            };
+            let op = Operator::open_or_create(&config).await?;
+            let done: anyhow::Result<PluginChange> = match &op {
+                Operator::Offline(ops) => install_offline(&config, ops, &slot, what).await,
+                Operator::Instance(c) => match what {
+                    Install::Upload(bytes) => {
+                        let path = format!("/api/v1/plugins/{}", percent_encode(&slot));
+                        c.send("POST", &path, Some(("application/wasm", bytes.into())))
+                            .await
+                    }
+                    Install::Version(to) => {
+                        let path = format!("/api/v1/plugins/{}/rollback", percent_encode(&slot));
+                        let body = to.map(|v| serde_json::json!({ "version": v }));
+                        c.call("POST", &path, body).await
+                    }
+                },
+            };
+            op.audit(
+                &action,
+                &done
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| anyhow::anyhow!("{e:#}")),
+            );
+            let change = done?;
+            print_versions(&change.versions);
+            if change.syncs.is_empty() {
+                println!("no sync uses {slot} yet");
+            } else {
+                println!("taken at their next cycle by: {}", change.syncs.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => {
             let host = PluginHost::new(HostOptions {
@@ -860,6 +952,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+/// Uploads or rolls back with no instance running: the config's app, checked and stored
+/// straight into the state (the next start runs it).
+async fn install_offline(
+    config: &Path,
+    ops: &Ops,
+    slot: &str,
+    what: Install,
+) -> anyhow::Result<PluginChange> {
+    let slot_name: duplex::state::Slot = slot.parse().map_err(anyhow::Error::msg)?;
+    let what = match what {
+        Install::Version(None) => Install::Version(
+            ops.plugin_versions(slot)?
+                .previous()
+                .map_err(anyhow::Error::msg)?,
+        ),
+        other => other,
+    };
+    let mut app = App::load(config).await?;
+    app.use_uploads(ops.state()).await?;
+    let mut connections = app.connections.clone();
+    let installed = app
+        .install(
+            ops.state(),
+            &slot_name,
+            what,
+            &local_user(),
+            &mut connections,
+        )
+        .await?;
+    Ok(installed.change())
+}
+
+fn print_versions(v: &SlotVersions) {
+    let active = match v.active {
+        Some(n) => format!("uploaded v{n}"),
+        None => "the config's own file".to_owned(),
+    };
+    println!("{}: in use: {active}", v.slot);
+    for p in &v.versions {
+        println!(
+            "  {} v{} sha256:{} {} bytes {} uploaded {} UTC by {}",
+            if Some(p.version) == v.active {
+                "*"
+            } else {
+                " "
+            },
+            p.version,
+            &p.sha256[..12],
+            p.size,
+            p.world,
+            duplex::time::format_sqlite(p.uploaded_at),
+            p.by
+        );
     }
 }
 

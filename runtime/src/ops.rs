@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::app::{Install, Installed, Prepared};
 use crate::config::Loaded;
 use crate::driver::{CycleReport, DryRun};
 use crate::engine::{Side, Value};
 use crate::state::{
-    ActivityQuery, AuditEntry, Choice, Conflict, ConflictQuery, Page, Paused, Rejected, Role,
-    State, StateError, SyncStats, Token,
+    ActivityQuery, AuditEntry, Choice, Conflict, ConflictQuery, Page, Paused, Rejected, Role, Slot,
+    SlotVersions, State, StateError, SyncStats, Token,
 };
 
 /// Why an operation failed. The API maps each kind to a status.
@@ -65,10 +66,15 @@ pub struct SyncInfo {
 /// A plugin the config uses, as `duplex plugin inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginView {
+    /// Where the config names it: `rules.NAME` or `connections.NAME` (what upload, versions
+    /// and rollback take).
+    pub slot: String,
     /// The config key that names it (`connections.crm.plugin`, `rules.larger.plugin`).
     pub used_by: String,
-    /// Its file, or `builtin:NAME`.
+    /// Its file, `builtin:NAME`, or `uploaded vN`.
     pub source: String,
+    /// The uploaded version in use; none: the config's file.
+    pub version: Option<u32>,
     pub sha256: String,
     pub size: usize,
     /// `duplex:plugin/connector-plugin@0.2.0`, say; none when not recognised.
@@ -80,54 +86,75 @@ pub struct PluginView {
 }
 
 impl PluginView {
-    /// Inspects every plugin an app loaded.
+    /// Inspects every plugin an app loaded (an upload in use instead of its config's file).
     pub async fn of(app: &crate::app::App) -> Vec<PluginView> {
-        let mut sources: Vec<(String, String)> = Vec::new();
+        let mut slots: Vec<(Slot, String)> = Vec::new();
         for (name, c) in &app.loaded.config.connections {
-            sources.push((
-                format!("connections.{name}.plugin"),
-                c.plugin.get_ref().clone(),
-            ));
+            slots.push((Slot::Connector(name.clone()), c.plugin.get_ref().clone()));
         }
         for (name, r) in &app.loaded.config.rules {
-            sources.push((format!("rules.{name}.plugin"), r.plugin.get_ref().clone()));
+            slots.push((Slot::Rule(name.clone()), r.plugin.get_ref().clone()));
         }
         let mut out = Vec::new();
-        for (used_by, source) in sources {
-            let inspected = if source == "builtin:sql" {
-                crate::inspect::inspect_bytes(
-                    &app.host,
-                    std::path::Path::new(&source),
-                    crate::app::BUILTIN_SQL,
-                )
-                .await
+        for (slot, source) in slots {
+            let view = if let Some((v, bytes)) = app.uploaded.get(&slot) {
+                let shown = format!("uploaded v{}", v.version);
+                Self::inspect(&app.host, &slot, shown, Some(v.version), bytes).await
+            } else if source == "builtin:sql" {
+                let bytes = crate::app::BUILTIN_SQL;
+                Self::inspect(&app.host, &slot, source, None, bytes).await
             } else {
-                crate::inspect::inspect(&app.host, &app.loaded.resolve(&source)).await
+                match std::fs::read(app.loaded.resolve(&source)) {
+                    Ok(bytes) => Self::inspect(&app.host, &slot, source, None, &bytes).await,
+                    Err(e) => PluginView {
+                        slot: slot.to_string(),
+                        used_by: format!("{slot}.plugin"),
+                        problem: Some(format!("cannot read it: {e}")),
+                        source,
+                        version: None,
+                        sha256: String::new(),
+                        size: 0,
+                        world: None,
+                        inspection: String::new(),
+                    },
+                }
             };
-            match inspected {
-                Ok(i) => out.push(PluginView {
-                    used_by,
-                    source,
-                    sha256: i.sha256.clone(),
-                    size: i.size,
-                    world: i
-                        .world
-                        .map(|(w, c)| format!("{}@{}", w.wit_world(), c.version())),
-                    problem: i.problem.clone(),
-                    inspection: i.to_string(),
-                }),
-                Err(e) => out.push(PluginView {
-                    used_by,
-                    source,
-                    sha256: String::new(),
-                    size: 0,
-                    world: None,
-                    problem: Some(e.to_string()),
-                    inspection: String::new(),
-                }),
-            }
+            out.push(view);
         }
         out
+    }
+
+    /// Inspects one plugin's bytes.
+    pub async fn inspect(
+        host: &crate::plugin::PluginHost,
+        slot: &Slot,
+        source: String,
+        version: Option<u32>,
+        bytes: &[u8],
+    ) -> PluginView {
+        let name = std::path::Path::new(&source).to_owned();
+        let mut view = PluginView {
+            slot: slot.to_string(),
+            used_by: format!("{slot}.plugin"),
+            source,
+            version,
+            sha256: crate::state::content_hash(bytes),
+            size: bytes.len(),
+            world: None,
+            problem: None,
+            inspection: String::new(),
+        };
+        match crate::inspect::inspect_bytes(host, &name, bytes).await {
+            Ok(i) => {
+                view.world = i
+                    .world
+                    .map(|(w, c)| format!("{}@{}", w.wit_world(), c.version()));
+                view.problem = i.problem.clone();
+                view.inspection = i.to_string();
+            }
+            Err(e) => view.problem = Some(e.to_string()),
+        }
+        view
     }
 }
 
@@ -309,6 +336,45 @@ pub enum Command {
     DryRun {
         reply: oneshot::Sender<std::result::Result<DryRun, String>>,
     },
+    /// Run with this plugin from the next cycle on.
+    Swap(Arc<Prepared>),
+}
+
+/// What a plugin put in use changed, as the API answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginChange {
+    /// The slot's versions now; `active` is the one in use.
+    pub versions: SlotVersions,
+    pub plugin: PluginView,
+    /// The syncs that take it at their next cycle.
+    pub syncs: Vec<String>,
+}
+
+impl Installed {
+    pub fn change(&self) -> PluginChange {
+        PluginChange {
+            versions: self.versions.clone(),
+            plugin: self.view.clone(),
+            syncs: self.syncs.clone(),
+        }
+    }
+}
+
+/// A plugin to check, store and put in use, for the process running the syncs (which holds
+/// the plugin host and the connections a connector is checked with).
+pub struct InstallRequest {
+    pub slot: Slot,
+    pub what: Install,
+    pub by: String,
+    pub reply: oneshot::Sender<Result<Installed>>,
+}
+
+/// The running process's end of the controls: each sync loop's, and the installer's (which
+/// hands a plugin put in use to the loops of the syncs that use it, in the order installed).
+pub struct Controls {
+    pub syncs: BTreeMap<String, SyncControl>,
+    pub installs: mpsc::UnboundedReceiver<InstallRequest>,
+    pub senders: BTreeMap<String, mpsc::UnboundedSender<Command>>,
 }
 
 /// The loop's end of a sync's controls.
@@ -320,6 +386,7 @@ pub struct SyncControl {
 /// The syncs' loops, as the operations layer reaches them.
 pub struct Running {
     senders: BTreeMap<String, mpsc::UnboundedSender<Command>>,
+    installs: mpsc::UnboundedSender<InstallRequest>,
     pub live: BTreeMap<String, Arc<Mutex<Live>>>,
     pub started_at: i64,
 }
@@ -330,9 +397,11 @@ impl Running {
         syncs: &[String],
         state: &State,
         now: i64,
-    ) -> std::result::Result<(Running, BTreeMap<String, SyncControl>), StateError> {
+    ) -> std::result::Result<(Running, Controls), StateError> {
         let paused: BTreeMap<String, Paused> = state.paused()?.into_iter().collect();
+        let (installs, install_requests) = mpsc::unbounded_channel();
         let mut running = Running {
+            installs,
             senders: BTreeMap::new(),
             live: BTreeMap::new(),
             started_at: now,
@@ -352,7 +421,12 @@ impl Running {
             running.live.insert(name.clone(), live.clone());
             loops.insert(name.clone(), SyncControl { commands: rx, live });
         }
-        Ok((running, loops))
+        let controls = Controls {
+            syncs: loops,
+            installs: install_requests,
+            senders: running.senders.clone(),
+        };
+        Ok((running, controls))
     }
 
     fn send(&self, sync: &str, command: Command) -> Result<()> {
@@ -367,7 +441,9 @@ impl Running {
 /// The operations layer.
 pub struct Ops {
     config: std::path::PathBuf,
-    plugins: Vec<PluginView>,
+    /// Where the config names a plugin.
+    slots: Vec<Slot>,
+    plugins: Mutex<Vec<PluginView>>,
     syncs: Vec<SyncInfo>,
     state: Arc<State>,
     running: Option<Running>,
@@ -402,11 +478,21 @@ impl Ops {
             .collect()
     }
 
+    fn slots(loaded: &Loaded) -> Vec<Slot> {
+        let c = &loaded.config;
+        c.rules
+            .keys()
+            .map(|n| Slot::Rule(n.clone()))
+            .chain(c.connections.keys().map(|n| Slot::Connector(n.clone())))
+            .collect()
+    }
+
     /// Over a state file that no process is running.
     pub fn offline(loaded: &Loaded, state: Arc<State>) -> Ops {
         Ops {
             config: loaded.path.clone(),
-            plugins: Vec::new(),
+            slots: Self::slots(loaded),
+            plugins: Mutex::default(),
             syncs: Self::sync_infos(loaded),
             state,
             running: None,
@@ -422,7 +508,8 @@ impl Ops {
     ) -> Ops {
         Ops {
             config: loaded.path.clone(),
-            plugins,
+            slots: Self::slots(loaded),
+            plugins: Mutex::new(plugins),
             syncs: Self::sync_infos(loaded),
             state,
             running: Some(running),
@@ -626,13 +713,86 @@ impl Ops {
     }
 
     /// The plugins the running syncs use, as `plugin inspect` shows them.
-    pub fn plugins(&self) -> Result<&[PluginView]> {
+    pub fn plugins(&self) -> Result<Vec<PluginView>> {
         if self.running.is_none() {
             return Err(OpsError::Conflict(
                 "nothing is running: `duplex plugin inspect FILE` shows a plugin".into(),
             ));
         }
-        Ok(&self.plugins)
+        Ok(self
+            .plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+
+    /// A slot's uploaded versions and the one in use.
+    pub fn plugin_versions(&self, slot: &str) -> Result<SlotVersions> {
+        let slot = self.slot(slot)?;
+        Ok(self.state.plugin_versions(&slot)?)
+    }
+
+    fn slot(&self, slot: &str) -> Result<Slot> {
+        let slot: Slot = slot.parse().map_err(OpsError::Invalid)?;
+        if !self.slots.contains(&slot) {
+            let names: Vec<String> = self.slots.iter().map(Slot::to_string).collect();
+            return Err(OpsError::NotFound(format!(
+                "the config names no plugin {slot} (it names: {})",
+                names.join(", ")
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// Checks a component for a slot and, when it fits, stores it as the slot's next version
+    /// and puts it in use: the syncs using the slot take it at their next cycle boundary.
+    pub async fn upload(&self, slot: &str, bytes: Vec<u8>, by: &str) -> Result<Installed> {
+        self.install(slot, Install::Upload(bytes), by).await
+    }
+
+    /// Puts an earlier version in use (`to`), by default the one before the version in use;
+    /// before the first upload is the config's own file.
+    pub async fn rollback(&self, slot: &str, to: Option<u32>, by: &str) -> Result<Installed> {
+        let target = match to {
+            Some(v) => Some(v),
+            None => self
+                .plugin_versions(slot)?
+                .previous()
+                .map_err(OpsError::Conflict)?,
+        };
+        self.install(slot, Install::Version(target), by).await
+    }
+
+    async fn install(&self, slot: &str, what: Install, by: &str) -> Result<Installed> {
+        let slot = self.slot(slot)?;
+        let Some(r) = &self.running else {
+            return Err(OpsError::Conflict(
+                "nothing is running: `duplex plugin upload|rollback CONFIG` changes the plugins of a stopped instance".into(),
+            ));
+        };
+        let (reply, answer) = oneshot::channel();
+        r.installs
+            .send(InstallRequest {
+                slot: slot.clone(),
+                what,
+                by: by.to_owned(),
+                reply,
+            })
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?;
+        let installed = tokio::time::timeout(COMMAND_WAIT, answer)
+            .await
+            .map_err(|_| {
+                OpsError::Conflict(format!(
+                    "{slot}: still being checked; `GET /api/v1/plugins/{slot}/versions` shows when it is in use"
+                ))
+            })?
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))??;
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        match plugins.iter_mut().find(|p| p.slot == installed.view.slot) {
+            Some(p) => *p = installed.view.clone(),
+            None => plugins.push(installed.view.clone()),
+        }
+        Ok(installed)
     }
 
     /// The config file in use, as JSON, with what could be a secret hidden: values under keys

@@ -71,6 +71,29 @@ pub enum LoadError {
     },
 }
 
+/// Which build of a plugin is loaded: its content hash and the contract it was built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Hex SHA-256 of the component's bytes.
+    pub sha256: String,
+    pub contract: world::Contract,
+}
+
+impl Origin {
+    fn of(bytes: &[u8], contract: world::Contract) -> Origin {
+        use sha2::Digest;
+        Origin {
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            contract,
+        }
+    }
+
+    /// The first 12 hex digits of the hash: enough to tell builds apart in a log line.
+    pub fn short(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
 /// Host-wide settings for plugins.
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
@@ -187,6 +210,7 @@ impl PluginHost {
             &self.engine,
             &self.linker,
             &component,
+            bytes,
             contract,
             caller,
             self.limits,
@@ -231,6 +255,7 @@ impl PluginHost {
             &self.engine,
             &self.linker,
             &component,
+            bytes,
             contract,
             caller,
             self.limits,

@@ -50,8 +50,8 @@ pub fn conflict_line(c: &Conflict) -> String {
     format!("#{} [{}] ({ids}) {what} [{status}]", c.id, c.sync)
 }
 
-/// One activity entry on one line: a write, or a last-writer-wins decision with both values,
-/// both times and the winner.
+/// One activity entry on one line: a write, or a decision (last writer wins with both values,
+/// both times and the winner; a rule's with the rule, its plugin and what it took).
 pub fn activity_line(a: &Activity) -> String {
     let at = format_sqlite(a.at);
     match &a.decided {
@@ -86,6 +86,22 @@ fn decision(d: &Decided) -> String {
         };
         format!("{s} {} ({when})", v.display())
     };
+    if let Some(rule) = &d.rule {
+        let by = d
+            .plugin
+            .as_ref()
+            .map_or(String::new(), |p| format!(" ({p})"));
+        let took = match &d.value {
+            Some(v) => format!("set {}", v.display()),
+            None => format!("took {}", side(d.winner)),
+        };
+        return format!(
+            "{}: rule {rule}{by} {took}; left was {}, right {}",
+            d.field,
+            d.left.display(),
+            d.right.display()
+        );
+    }
     let tie = if d.left_at == d.right_at {
         "; a tie goes to the left"
     } else {
@@ -115,6 +131,9 @@ mod tests {
             left_read_time: false,
             right_read_time: true,
             winner: Side::Right,
+            rule: None,
+            value: None,
+            plugin: None,
         };
         let a = Activity {
             at: 3_000_000,

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+mod plugins;
 mod service;
+pub use plugins::{content_hash, PluginVersion, Slot, SlotVersions};
 pub use service::{
     token_hash, ActivityQuery, AuditEntry, ConflictQuery, Page, Paused, Role, Token, PAGE, PAGE_MAX,
 };
@@ -714,6 +716,9 @@ pub struct Activity {
 /// The `op` of an activity entry that records a last-writer-wins decision.
 pub const DECIDED: &str = "last-writer-wins";
 
+/// The `op` of an activity entry that records a conflict rule's decision.
+pub const RULED: &str = "rule";
+
 /// Activity as stored: a run of writes of one cycle that differ only in their record (a bulk
 /// create, say) is one row listing the records, instead of a row each, which cost an initial
 /// sync about a tenth of its commit. Rows stored before, one write each, read the same.
@@ -925,6 +930,7 @@ impl State {
         w.open_table(COUNTERS)?;
         w.open_table(SYNCS)?;
         State::create_service_tables(&w)?;
+        State::create_plugin_tables(&w)?;
         w.commit()?;
         Ok(())
     }
@@ -1609,6 +1615,9 @@ mod tests {
                 left_read_time: false,
                 right_read_time: true,
                 winner,
+                rule: None,
+                value: None,
+                plugin: None,
             }),
             ..wrote(link, DECIDED, &["qty"])
         };

@@ -30,6 +30,17 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        self.send(method, path, body).await
+    }
+
+    /// Calls the API with a body of another type (an uploaded component).
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<T> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("the running duplex ({}) went away", self.socket.display()))?;
@@ -42,9 +53,9 @@ impl Client {
             .uri(path)
             .header(http::header::HOST, "localhost");
         let payload = match body {
-            Some(b) => {
-                request = request.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(b.to_string())
+            Some((content_type, b)) => {
+                request = request.header(http::header::CONTENT_TYPE, content_type);
+                b
             }
             None => Bytes::new(),
         };

@@ -348,7 +348,13 @@ async fn handle(ops: &Ops, peer: &Peer, limiter: &Limiter, req: Request<Incoming
         },
     };
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let body = match read_body(req).await {
+    // A component is uploaded as it is; everything else is a small JSON document.
+    let limit = if route.path == "/api/v1/plugins/{slot}" {
+        PLUGIN_MAX
+    } else {
+        BODY_MAX
+    };
+    let body = match read_body(req, limit).await {
         Ok(b) => b,
         Err(a) => return a,
     };
@@ -425,21 +431,16 @@ fn authenticate(
     }
 }
 
-/// Bodies are small JSON documents.
+/// Bodies are small JSON documents, but for an uploaded component.
 const BODY_MAX: usize = 1 << 20;
+const PLUGIN_MAX: usize = 64 << 20;
 
-async fn read_body(req: Request<Incoming>) -> Result<Option<Json>, Answer> {
-    let bytes = Limited::new(req.into_body(), BODY_MAX)
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Answer> {
+    Ok(Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?
-        .to_bytes();
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+        .to_bytes())
 }
 
 fn parse_query(q: &str) -> BTreeMap<String, String> {
@@ -489,13 +490,28 @@ fn flag(q: &BTreeMap<String, String>, key: &str) -> Result<bool, OpsError> {
     }
 }
 
-fn from_body<T: for<'de> Deserialize<'de>>(body: Option<Json>) -> Result<T, OpsError> {
-    serde_json::from_value(body.unwrap_or(Json::Null)).map_err(|e| bad(format!("body: {e}")))
+fn from_body<T: for<'de> Deserialize<'de>>(body: Bytes) -> Result<T, OpsError> {
+    let json: Json = if body.is_empty() {
+        Json::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("body is not JSON: {e}")))?
+    };
+    serde_json::from_value(json).map_err(|e| bad(format!("body: {e}")))
+}
+
+fn to_json(body: impl serde::Serialize) -> Result<Json, OpsError> {
+    serde_json::to_value(body).map_err(|e| bad(e.to_string()))
 }
 
 fn ok(body: impl serde::Serialize) -> Result<Answer, OpsError> {
-    let json = serde_json::to_value(body).map_err(|e| bad(e.to_string()))?;
-    Ok(answer(StatusCode::OK, &json))
+    Ok(answer(StatusCode::OK, &to_json(body)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    /// An uploaded version; absent: the one before the version in use.
+    version: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -532,7 +548,7 @@ async fn dispatch(
     route: &super::Route,
     params: &[String],
     q: &BTreeMap<String, String>,
-    body: Option<Json>,
+    body: Bytes,
 ) -> Result<Answer, OpsError> {
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     let id = || -> Result<u64, OpsError> {
@@ -636,6 +652,21 @@ async fn dispatch(
             Ok(answer(StatusCode::ACCEPTED, &json!({ "retrying": r.id })))
         }
         (_, "/api/v1/plugins") => ok(ops.plugins()?),
+        (_, "/api/v1/plugins/{slot}") => {
+            if body.is_empty() {
+                return Err(bad(
+                    "send the component's bytes as the body (application/wasm)",
+                ));
+            }
+            let installed = ops.upload(param(0), body.to_vec(), &caller.who).await?;
+            Ok(answer(StatusCode::CREATED, &to_json(installed.change())?))
+        }
+        (_, "/api/v1/plugins/{slot}/versions") => ok(ops.plugin_versions(param(0))?),
+        (_, "/api/v1/plugins/{slot}/rollback") => {
+            let r: Option<Rollback> = from_body(body)?;
+            let to = r.and_then(|r| r.version);
+            ok(ops.rollback(param(0), to, &caller.who).await?.change())
+        }
         (_, "/api/v1/config") => ok(ops.config()?),
         (_, "/api/v1/config/validate") => {
             let v: Validate = from_body(body)?;

@@ -42,9 +42,9 @@ pub struct ConflictNote {
     pub reason: String,
 }
 
-/// A field both sides changed to different values since the base, settled by last-writer-wins:
-/// both values, both change times (see [`super::change_time`]) and the winner, so that a
-/// person can audit the decision.
+/// A field both sides changed to different values since the base, settled by last-writer-wins
+/// or by a conflict rule: both values, both change times (see [`super::change_time`]), the
+/// winner and, for a rule, which rule, so that a person can audit the decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decided {
     pub link: u64,
@@ -60,7 +60,17 @@ pub struct Decided {
     pub left_read_time: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub right_read_time: bool,
+    /// The side whose value was taken; for a rule's own value, the left.
     pub winner: Side,
+    /// The conflict rule that decided (none: last writer wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The rule's own value, when it took neither side's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The plugin that answered for the rule (its name and content hash), as the driver knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 /// What a merge decided for one link.
@@ -91,6 +101,8 @@ enum Settled {
     Value(Value),
     /// Last writer wins: this side's value.
     Latest(Side),
+    /// The named rule's answer: a side's value, or (none) a value of its own.
+    Ruled(String, Option<Side>, Value),
     Hold(String),
     Ask,
 }
@@ -115,10 +127,14 @@ fn settle_conflict(
                 Settled::Latest(Side::Left)
             }
         }
-        Policy::Rule(_) => match answers.get(&(link.id, field.to_owned())) {
-            Some(RuleAnswer::TakeLeft) => Settled::Value(left.clone()),
-            Some(RuleAnswer::TakeRight) => Settled::Value(right.clone()),
-            Some(RuleAnswer::Value(v)) => Settled::Value(v.clone()),
+        Policy::Rule(name) => match answers.get(&(link.id, field.to_owned())) {
+            Some(RuleAnswer::TakeLeft) => {
+                Settled::Ruled(name.clone(), Some(Side::Left), left.clone())
+            }
+            Some(RuleAnswer::TakeRight) => {
+                Settled::Ruled(name.clone(), Some(Side::Right), right.clone())
+            }
+            Some(RuleAnswer::Value(v)) => Settled::Ruled(name.clone(), None, v.clone()),
             Some(RuleAnswer::Manual(why)) => {
                 Settled::Hold(format!("the rule left it to a person: {why}"))
             }
@@ -243,8 +259,28 @@ pub(crate) fn merge_link(
                                 left_read_time: l.read_time,
                                 right_read_time: r.read_time,
                                 winner,
+                                rule: None,
+                                value: None,
+                                plugin: None,
                             });
                             Some(if winner == Side::Left { a } else { c }.clone())
+                        }
+                        Settled::Ruled(rule, winner, v) => {
+                            m.decided.push(Decided {
+                                link: link.id,
+                                field: f.to_owned(),
+                                left: a.clone(),
+                                right: c.clone(),
+                                left_at: l.changed_at,
+                                right_at: r.changed_at,
+                                left_read_time: l.read_time,
+                                right_read_time: r.read_time,
+                                winner: winner.unwrap_or(Side::Left),
+                                rule: Some(rule),
+                                value: winner.is_none().then(|| v.clone()),
+                                plugin: None,
+                            });
+                            Some(v)
                         }
                         Settled::Hold(reason) => {
                             m.conflicts.push(ConflictNote {

@@ -546,6 +546,9 @@ mod tests {
                 left_read_time: false,
                 right_read_time: true,
                 winner: Side::Right,
+                rule: None,
+                value: None,
+                plugin: None,
             }],
             "status changed on the left only: no decision"
         );

@@ -17,6 +17,7 @@ use crate::host::{Caller, Grants, Shared, States};
 /// [`ConnectorSession`].
 pub struct ConnectorPlugin {
     caller: Caller,
+    origin: super::Origin,
     engine: Engine,
     pre: Pre,
     limits: Limits,
@@ -55,6 +56,7 @@ impl ConnectorPlugin {
         engine: &Engine,
         linker: &Linker<StoreState>,
         component: &Component,
+        component_bytes: &[u8],
         contract: Contract,
         caller: Caller,
         limits: Limits,
@@ -71,6 +73,7 @@ impl ConnectorPlugin {
             Contract::V0_1_0 => Pre::V0_1_0(v0_1_0::ConnectorWorldPre::new(pre).map_err(link)?),
         };
         let mut plugin = ConnectorPlugin {
+            origin: super::Origin::of(component_bytes, contract),
             caller: caller.clone(),
             engine: engine.clone(),
             pre,
@@ -102,6 +105,11 @@ impl ConnectorPlugin {
     /// Who the connector says it is (asked once, at load).
     pub fn info(&self) -> &ConnectorInfo {
         &self.info
+    }
+
+    /// Which build of the connector this is.
+    pub fn origin(&self) -> &super::Origin {
+        &self.origin
     }
 
     /// The plugin and connection this connector serves.

@@ -6,13 +6,14 @@ use wasmtime::Engine;
 use super::sandbox::{new_store, Sandbox};
 use super::since_v0_1_0 as v0_1_0;
 use super::world::Contract;
-use super::{CallError, Conflict, Limits, LoadError, Purity, Resolution, StoreState};
+use super::{CallError, Conflict, Limits, LoadError, Origin, Purity, Resolution, StoreState};
 use crate::bindings::{ResolverWorld, ResolverWorldPre};
 use crate::host::{Caller, States};
 
 /// A conflict rule, checked and linked. Every `resolve` runs in a fresh, deterministic store.
 pub struct ResolverPlugin {
     caller: Caller,
+    origin: Origin,
     engine: Engine,
     pre: Pre,
     limits: Limits,
@@ -35,6 +36,7 @@ impl ResolverPlugin {
         engine: &Engine,
         linker: &Linker<StoreState>,
         component: &Component,
+        component_bytes: &[u8],
         contract: Contract,
         caller: Caller,
         limits: Limits,
@@ -49,6 +51,7 @@ impl ResolverPlugin {
             Contract::V0_1_0 => Pre::V0_1_0(v0_1_0::ResolverWorldPre::new(pre).map_err(link)?),
         };
         Ok(ResolverPlugin {
+            origin: Origin::of(component_bytes, contract),
             caller,
             engine: engine.clone(),
             pre,
@@ -58,6 +61,16 @@ impl ResolverPlugin {
 
     pub fn caller(&self) -> &Caller {
         &self.caller
+    }
+
+    /// Which build of the rule this is.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The rule's plugin and the start of its content hash, as decisions record it.
+    pub fn label(&self) -> String {
+        format!("{} sha256:{}", self.caller.plugin, self.origin.short())
     }
 
     /// Decides a batch of conflicts: exactly one resolution each, in order.
