@@ -331,6 +331,21 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
         "deleted in PostgreSQL: {hs:?}"
     );
     eprintln!("runs that failed on injected faults: {failures}");
+    // What `/metrics` shows of the connection: its requests by status (the injected faults
+    // among them) and the time they waited for the rate budget.
+    let http = duplex::telemetry::http_requests();
+    let crm = http.get("crm").expect("the crm connection's requests are counted");
+    assert!(crm.by_status.get(&200).copied().unwrap_or(0) > 0, "{crm:?}");
+    assert!(
+        crm.by_status.keys().any(|s| *s == 0 || *s >= 400),
+        "the injected faults are counted: {crm:?}"
+    );
+    let calls = duplex::telemetry::plugin_calls();
+    assert!(
+        calls.keys().any(|(p, c)| p == HUBSPOT && c == "crm"),
+        "{:?}",
+        calls.keys()
+    );
 
     // Idle: a cycle sends only reads (no echo of what Duplex wrote).
     replica.reset_stats();

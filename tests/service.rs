@@ -767,7 +767,7 @@ fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
     let writes = value(
         &before,
         "duplex_writes_total",
-        &[("sync", "people"), ("outcome", "ok")],
+        &[("sync", "people"), ("kind", "create"), ("outcome", "ok")],
     );
     assert!(
         read >= 2.0 && writes >= 2.0,
@@ -807,8 +807,30 @@ fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
         value(
             &after,
             "duplex_writes_total",
-            &[("sync", "people"), ("outcome", "ok")]
+            &[("sync", "people"), ("kind", "create"), ("outcome", "ok")]
         ) > writes
+    );
+    // The SQL connector's calls are counted per connection, with their durations.
+    let calls = |scrape: &prometheus_parse::Scrape| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "duplex_plugin_calls_total")
+            .filter(|s| s.labels.get("connection") == Some("crm"))
+            .filter(|s| s.labels.get("outcome") == Some("returned"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(calls(&after) > calls(&before), "no calls counted");
+    assert!(
+        after
+            .docs
+            .contains_key("duplex_plugin_call_duration_seconds"),
+        "{:?}",
+        after.docs
     );
     assert_eq!(value(&after, "duplex_links", &[("sync", "people")]), 3.0);
 

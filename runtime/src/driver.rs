@@ -89,8 +89,10 @@ pub struct CycleReport {
     pub echoes: usize,
     pub conflicts: usize,
     pub rejected: usize,
-    /// Fields changed on both sides that last-writer-wins settled.
+    /// Fields changed on both sides that last-writer-wins or a rule settled.
     pub decided: usize,
+    /// Writes by kind (`create`, `update`, `delete`): [succeeded, failed].
+    pub by_kind: BTreeMap<&'static str, [usize; 2]>,
     /// A side has more changes waiting than one batch holds.
     pub more: bool,
     /// Dirty links were retried.
@@ -1195,6 +1197,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     Ok(w) => sendable.push((op, w)),
                     Err(reason) => {
                         report.failed += 1;
+                        report.by_kind.entry(op_name(&op.kind)).or_default()[1] += 1;
                         commit.rejected.push((
                             side,
                             format!("link {}", op.link),
@@ -1280,6 +1283,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     match (&result, &outcome) {
                         (Ok(w), _) => {
                             report.writes += 1;
+                            report.by_kind.entry(op_name(&op.kind)).or_default()[0] += 1;
                             commit.cleared.push((side, format!("link {}", op.link)));
                             commit.activity.push(Activity {
                                 at: now,
@@ -1303,6 +1307,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                                 });
                             }
                             report.failed += 1;
+                            report.by_kind.entry(op_name(&op.kind)).or_default()[1] += 1;
                             let reason = format!(
                                 "{} on the {side} side failed: {}",
                                 op_name(&op.kind),

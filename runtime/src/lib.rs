@@ -17,4 +17,5 @@ pub mod ops;
 pub mod plugin;
 pub mod report;
 pub mod state;
+pub mod telemetry;
 pub mod time;

@@ -226,6 +226,8 @@ pub struct SyncCounters {
     pub read: [u64; 2],
     pub writes_ok: u64,
     pub writes_failed: u64,
+    /// Writes by kind (`create`, `update`, `delete`): [succeeded, failed].
+    pub writes_by_kind: BTreeMap<&'static str, [u64; 2]>,
     pub echoes: u64,
     pub conflicts_held: u64,
     pub rejected: u64,
@@ -269,6 +271,11 @@ impl Live {
                 c.read[1] += r.read[1] as u64;
                 c.writes_ok += r.writes as u64;
                 c.writes_failed += r.failed as u64;
+                for (kind, [ok, failed]) in &r.by_kind {
+                    let n = c.writes_by_kind.entry(kind).or_default();
+                    n[0] += *ok as u64;
+                    n[1] += *failed as u64;
+                }
                 c.echoes += r.echoes as u64;
                 c.conflicts_held += r.conflicts as u64;
                 c.rejected += r.rejected as u64;

@@ -138,19 +138,24 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
     out.family(
         "duplex_writes_total",
         "counter",
-        "Writes to either side, by outcome.",
+        "Writes to either side, by kind (create, update, delete) and outcome.",
     );
     for (name, l) in &live {
-        out.sample(
-            "duplex_writes_total",
-            &[("sync", name), ("outcome", "ok")],
-            l.counters.writes_ok,
-        );
-        out.sample(
-            "duplex_writes_total",
-            &[("sync", name), ("outcome", "failed")],
-            l.counters.writes_failed,
-        );
+        for kind in ["create", "update", "delete"] {
+            let [ok, failed] = l
+                .counters
+                .writes_by_kind
+                .get(kind)
+                .copied()
+                .unwrap_or_default();
+            for (outcome, n) in [("ok", ok), ("failed", failed)] {
+                out.sample(
+                    "duplex_writes_total",
+                    &[("sync", name), ("kind", kind), ("outcome", outcome)],
+                    n,
+                );
+            }
+        }
     }
     type Counter = fn(&crate::ops::SyncCounters) -> u64;
     let counters: [(&str, &str, Counter); 4] = [
@@ -171,7 +176,7 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
         ),
         (
             "duplex_decisions_total",
-            "Fields changed on both sides that last-writer-wins settled.",
+            "Fields changed on both sides that last-writer-wins or a rule settled.",
             |c| c.decided,
         ),
     ];
@@ -226,5 +231,90 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
             count,
         );
     }
+    plugins(&mut out);
     Ok(out.0)
+}
+
+/// What the plugins did in this process ([`crate::telemetry`]).
+fn plugins(out: &mut Out) {
+    use crate::telemetry::CALL_BUCKETS;
+    let calls = crate::telemetry::plugin_calls();
+    out.family(
+        "duplex_plugin_calls_total",
+        "counter",
+        "Calls into plugins, by export and outcome: returned (a value or the plugin's own error), trap, cpu_budget, memory, timeout (a limit hit), poisoned (refused after an earlier failure).",
+    );
+    for ((plugin, connection), c) in &calls {
+        for ((func, outcome), n) in &c.calls {
+            out.sample(
+                "duplex_plugin_calls_total",
+                &[
+                    ("plugin", plugin),
+                    ("connection", connection),
+                    ("func", func),
+                    ("outcome", outcome),
+                ],
+                n,
+            );
+        }
+    }
+    out.family(
+        "duplex_plugin_call_duration_seconds",
+        "histogram",
+        "How long calls into plugins took.",
+    );
+    for ((plugin, connection), c) in &calls {
+        for (i, bound) in CALL_BUCKETS.iter().enumerate() {
+            let le = bound.to_string();
+            out.sample(
+                "duplex_plugin_call_duration_seconds_bucket",
+                &[("plugin", plugin), ("connection", connection), ("le", &le)],
+                c.buckets[i],
+            );
+        }
+        let count = c.buckets[CALL_BUCKETS.len()];
+        out.sample(
+            "duplex_plugin_call_duration_seconds_bucket",
+            &[
+                ("plugin", plugin),
+                ("connection", connection),
+                ("le", "+Inf"),
+            ],
+            count,
+        );
+        let labels = [("plugin", plugin.as_str()), ("connection", connection)];
+        out.sample(
+            "duplex_plugin_call_duration_seconds_sum",
+            &labels,
+            c.seconds,
+        );
+        out.sample("duplex_plugin_call_duration_seconds_count", &labels, count);
+    }
+    let http = crate::telemetry::http_requests();
+    out.family(
+        "duplex_http_requests_total",
+        "counter",
+        "HTTP requests plugins sent, by connection and response status (0: no response).",
+    );
+    for (connection, h) in &http {
+        for (status, n) in &h.by_status {
+            out.sample(
+                "duplex_http_requests_total",
+                &[("connection", connection), ("status", &status.to_string())],
+                n,
+            );
+        }
+    }
+    out.family(
+        "duplex_http_rate_budget_wait_seconds_total",
+        "counter",
+        "Time HTTP requests waited for their connection's rate budget before being sent.",
+    );
+    for (connection, h) in &http {
+        out.sample(
+            "duplex_http_rate_budget_wait_seconds_total",
+            &[("connection", connection)],
+            h.budget_wait,
+        );
+    }
 }

@@ -445,9 +445,13 @@ impl WasiHttpHooks for Hooks {
                 request = sign_request(request, &signing, &grant.secrets, &connection).await?;
             }
             // 3. The budget: wait, never refuse.
+            let waiting = std::time::Instant::now();
             let slot = budgets.acquire(&dest.path).await;
+            let waited = waiting.elapsed();
             let sent = send(request, &dest, addr, dest.https.then_some(tls)).await;
             budgets.finish(slot);
+            let status = sent.as_ref().ok().map(|(r, _)| r.status().as_u16());
+            crate::telemetry::http_request(&connection, status, waited);
             let (response, io) = sent?;
             let status = response.status().as_u16();
             if status == 401 && oauth.is_some() {

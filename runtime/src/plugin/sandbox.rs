@@ -339,6 +339,7 @@ impl<B> Sandbox<B> {
     ) -> Result<R, CallError> {
         // Not instantiated (instantiation failed) or failed since: never entered again.
         let (Some(bindings), false) = (&self.bindings, self.poisoned) else {
+            self.count(func, "poisoned", Duration::ZERO);
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
@@ -346,8 +347,9 @@ impl<B> Sandbox<B> {
         };
         let store = &mut self.store;
         Self::prepare(store);
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.limits.call_timeout, call(bindings, store)).await;
-        self.settle(func, outcome)
+        self.settle(func, started, outcome)
     }
 
     async fn guarded<R>(
@@ -356,14 +358,22 @@ impl<B> Sandbox<B> {
         call: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> CallFuture<'s, R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
+            self.count(func, "poisoned", Duration::ZERO);
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
             });
         }
         Self::prepare(&mut self.store);
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.limits.call_timeout, call(&mut self.store)).await;
-        self.settle(func, outcome)
+        self.settle(func, started, outcome)
+    }
+
+    /// Counts a call for `/metrics` ([`crate::telemetry`]).
+    fn count(&self, func: &'static str, outcome: &'static str, took: Duration) {
+        let c = self.caller();
+        crate::telemetry::plugin_call(&c.plugin, &c.connection, func, outcome, took);
     }
 
     fn prepare(store: &mut Store<StoreState>) {
@@ -374,6 +384,24 @@ impl<B> Sandbox<B> {
     /// Turns a call's outcome into a result, poisoning the sandbox on any failure of the
     /// instance itself (invariant 1).
     fn settle<R>(
+        &mut self,
+        func: &'static str,
+        started: std::time::Instant,
+        outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, CallError> {
+        let result = self.settled(func, outcome);
+        let label = match &result {
+            Ok(_) => "returned",
+            Err(CallError::CpuBudget { .. }) => "cpu_budget",
+            Err(CallError::Memory { .. }) => "memory",
+            Err(CallError::Timeout { .. }) => "timeout",
+            Err(_) => "trap",
+        };
+        self.count(func, label, started.elapsed());
+        result
+    }
+
+    fn settled<R>(
         &mut self,
         func: &'static str,
         outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
