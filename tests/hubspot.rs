@@ -334,7 +334,9 @@ async fn hubspot_contacts_and_postgres_converge_under_faults_without_loss_duplic
     // What `/metrics` shows of the connection: its requests by status (the injected faults
     // among them) and the time they waited for the rate budget.
     let http = duplex::telemetry::http_requests();
-    let crm = http.get("crm").expect("the crm connection's requests are counted");
+    let crm = http
+        .get("crm")
+        .expect("the crm connection's requests are counted");
     assert!(crm.by_status.get(&200).copied().unwrap_or(0) > 0, "{crm:?}");
     assert!(
         crm.by_status.keys().any(|s| *s == 0 || *s >= 400),

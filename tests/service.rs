@@ -1275,3 +1275,123 @@ fn uploads_that_do_not_fit_are_refused_with_the_reason_and_change_nothing() {
     });
     instance.stop();
 }
+
+#[test]
+fn a_config_applied_while_syncs_run_changes_only_the_syncs_it_changes() {
+    let s = Setup::new();
+    let admin = s.token("admin");
+    for db in ["crm.db", "erp.db"] {
+        s.db(db)
+            .execute_batch(
+                "CREATE TABLE tags (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE);",
+            )
+            .unwrap();
+    }
+    let instance = Instance::start(&s, &["serve", "duplex.toml", "--listen", "127.0.0.1:0"]);
+    let addr = instance.addr.unwrap();
+    eventually("the first sync", || s.erp_name("bob@example.com") == "Bob");
+    let apply = |toml: &str| {
+        let body = serde_json::json!({ "toml": toml }).to_string();
+        http(
+            addr,
+            "POST",
+            "/api/v1/config/apply",
+            Some(&admin),
+            Some(&body),
+        )
+    };
+    let original = std::fs::read_to_string(s.path().join("duplex.toml")).unwrap();
+
+    // Invalid: refused with `duplex check`'s error, the file and the running sync untouched.
+    let bad = original.replace("right = \"name\"", "right = \"nom\"");
+    std::fs::write(s.path().join("bad.toml"), &bad).unwrap();
+    let (ok, _, check) = s.duplex(&["check", "bad.toml"]);
+    assert!(!ok);
+    let (status, answer) = apply(&bad);
+    assert_eq!(status, 400, "{answer}");
+    let check_says = check.split("bad.toml").last().unwrap().trim();
+    assert!(
+        answer.contains(check_says.lines().next().unwrap()),
+        "API: {answer}\ncheck: {check}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("duplex.toml")).unwrap(),
+        original
+    );
+    s.db("crm.db")
+        .execute("UPDATE customers SET full_name = 'Ada 1' WHERE id = 1", [])
+        .unwrap();
+    eventually("the sync still running", || {
+        s.erp_name("ada@example.com") == "Ada 1"
+    });
+
+    // The same config again: nothing to change.
+    let (status, answer) = apply(&original);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(json(&answer)["unchanged"], serde_json::json!(["people"]));
+    assert_eq!(json(&answer)["changed"], serde_json::json!([]));
+
+    // People's conflicts now go to the last writer, and a new sync joins the tags.
+    let changed = original.replace("conflict = \"manual\"", "conflict = \"last-writer-wins\"")
+        + r#"
+[syncs.tags]
+left = "crm.tags"
+right = "erp.tags"
+match = { field = "label" }
+fields = [{ left = "label", right = "label" }]
+"#;
+    let (status, answer) = apply(&changed);
+    assert_eq!(status, 200, "{answer}");
+    let answer = json(&answer);
+    assert_eq!(answer["changed"], serde_json::json!(["people"]), "{answer}");
+    assert_eq!(answer["added"], serde_json::json!(["tags"]), "{answer}");
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("duplex.toml")).unwrap(),
+        changed,
+        "the file is the config that runs"
+    );
+    s.db("crm.db")
+        .execute("INSERT INTO tags (label) VALUES ('vip')", [])
+        .unwrap();
+    let erp_tags = || -> i64 {
+        s.db("erp.db")
+            .query_row("SELECT count(*) FROM tags", [], |r| r.get(0))
+            .unwrap()
+    };
+    eventually("the added sync to run", || erp_tags() == 1);
+    conflicting_names(&s);
+    eventually("the last writer to win, not a person", || {
+        s.crm_name(2) == "Bob (erp)" && s.erp_name("bob@example.com") == "Bob (erp)"
+    });
+    let (_, conflicts) = http(addr, "GET", "/api/v1/conflicts", Some(&admin), None);
+    assert_eq!(
+        json(&conflicts)["items"],
+        serde_json::json!([]),
+        "{conflicts}"
+    );
+    let (_, syncs) = http(addr, "GET", "/api/v1/syncs", Some(&admin), None);
+    assert_eq!(json(&syncs).as_array().unwrap().len(), 2, "{syncs}");
+
+    // Back to the original: the tags sync stops, people holds conflicts for a person again.
+    let (status, answer) = apply(&original);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        json(&answer)["removed"],
+        serde_json::json!(["tags"]),
+        "{answer}"
+    );
+    s.db("crm.db")
+        .execute("INSERT INTO tags (label) VALUES ('new')", [])
+        .unwrap();
+    s.db("crm.db")
+        .execute("UPDATE customers SET full_name = 'Ada 2' WHERE id = 1", [])
+        .unwrap();
+    eventually("people still running", || {
+        s.erp_name("ada@example.com") == "Ada 2"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(erp_tags(), 1, "a removed sync does not run");
+    let (status, _) = http(addr, "GET", "/api/v1/syncs/tags", Some(&admin), None);
+    assert_eq!(status, 404);
+    instance.stop();
+}

@@ -59,6 +59,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/api/v1/plugins/{slot}/rollback", ADMIN),
     route("GET", "/api/v1/config", OPERATOR),
     route("POST", "/api/v1/config/validate", ADMIN),
+    route("POST", "/api/v1/config/apply", ADMIN),
     route("GET", "/api/v1/audit", ADMIN),
     route("GET", "/api/v1/tokens", ADMIN),
     route("POST", "/api/v1/tokens", ADMIN),

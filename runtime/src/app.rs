@@ -14,7 +14,9 @@ use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
-use crate::ops::{lock, Command, Controls, InstallRequest, Running, SyncControl};
+use crate::ops::{
+    lock, Applied, Command, Controls, OpsError, Registry, Request, Running, SyncControl,
+};
 use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
 };
@@ -172,7 +174,7 @@ impl App {
 
     /// A runner for each sync, with fresh sessions.
     pub fn runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
-        Current::new(self, sync).runner()
+        SyncSetup::new(self, sync, None).runner()
     }
 
     /// Runs every sync until both sides of each are caught up. Returns each sync's reports.
@@ -233,13 +235,13 @@ impl App {
         stop: impl std::future::Future<Output = ()>,
         progress: impl FnMut(&str, &CycleReport),
     ) -> Result<(), AppError> {
-        let names: Vec<String> = self.syncs.iter().map(|s| s.spec.name.clone()).collect();
-        let (_running, controls) = Running::new(&names, state, now_micros())?;
+        let (_running, controls) = Running::new(&self.loaded, state, now_micros())?;
         self.run_controlled(state, stop, progress, controls).await
     }
 
     /// [`App::run`], with each sync's loop taking commands from the operations layer
-    /// ([`crate::ops`]) between its cycles and reporting what it does.
+    /// ([`crate::ops`]) between its cycles and reporting what it does, and the process taking
+    /// plugins to install and configs to apply.
     pub async fn run_controlled(
         &self,
         state: &State,
@@ -249,29 +251,39 @@ impl App {
     ) -> Result<(), AppError> {
         let Controls {
             syncs: mut controls,
-            installs,
-            senders,
+            requests,
+            registry,
         } = controls;
-        if self.syncs.is_empty() {
-            return Ok(());
-        }
         // The syncs take turns on this task (a cycle's own waits let the others run), so the
         // callback is borrowed between awaits only.
         let progress = std::cell::RefCell::new(progress);
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let mut loops = Vec::new();
+        let mut loops = futures_util::stream::FuturesUnordered::new();
         for sync in &self.syncs {
             let control = controls.remove(&sync.spec.name).ok_or_else(|| {
                 AppError::Host(format!("no controls for sync {}", sync.spec.name))
             })?;
-            loops.push(self.run_sync(sync, state, &progress, stopped.clone(), control));
+            let setup = SyncSetup::new(self, sync, None);
+            loops.push(run_sync(setup, state, &progress, stopped.clone(), control));
         }
-        let loops = futures_util::future::join_all(loops);
-        // Ends with the loops; the installer alone never ends.
+        // Syncs a config applied later adds, handed over by the supervisor.
+        let (spawn, mut spawned) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = self.supervise(state, requests, registry, spawn);
         let syncs = async {
-            tokio::select! {
-                _ = loops => {}
-                _ = self.installer(state, installs, senders) => {}
+            tokio::pin!(supervisor);
+            let mut done = stopped.clone();
+            loop {
+                tokio::select! {
+                    Some(()) = futures_util::StreamExt::next(&mut loops), if !loops.is_empty() => {}
+                    Some((setup, control)) = spawned.recv() => {
+                        loops.push(run_sync(setup, state, &progress, stopped.clone(), control));
+                    }
+                    _ = &mut supervisor => {}
+                    _ = done.wait_for(|s| *s), if !*done.borrow() => {}
+                }
+                if *stopped.borrow() && loops.is_empty() {
+                    break;
+                }
             }
         };
         tokio::pin!(syncs);
@@ -285,183 +297,335 @@ impl App {
         Ok(())
     }
 
-    /// Checks, stores and puts in use the plugins the operations layer is given, one at a time,
-    /// and hands each to the loops of the syncs that use it. Never ends.
-    async fn installer(
-        &self,
-        state: &State,
-        mut requests: tokio::sync::mpsc::UnboundedReceiver<InstallRequest>,
-        senders: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Command>>,
+    /// Takes the operations layer's requests one at a time: plugins to install (handed to the
+    /// loops of the syncs that use them) and configs to apply. Never ends.
+    async fn supervise<'a>(
+        &'a self,
+        state: &'a State,
+        mut requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
+        registry: Arc<std::sync::Mutex<Registry>>,
+        spawn: tokio::sync::mpsc::UnboundedSender<(SyncSetup, SyncControl)>,
     ) {
-        // The connections as the syncs run them, uploads included: a connector is checked
-        // with these, and a sync over two uploaded connectors keeps both.
+        // What runs now: the config applied last (none: this one), its connections as the
+        // syncs run them (uploads included: a connector is checked with these), and what each
+        // sync runs with, to tell which syncs a new config changes.
+        let mut latest: Option<Arc<App>> = None;
         let mut connections = self.connections.clone();
-        while let Some(r) = requests.recv().await {
-            let installed = self
-                .install(state, &r.slot, r.what, &r.by, &mut connections)
-                .await;
-            if let Ok(i) = &installed {
-                for sync in &i.syncs {
-                    if let Some(tx) = senders.get(sync) {
-                        let _ = tx.send(Command::Swap(i.swap.clone()));
+        let mut prints: BTreeMap<String, String> = self
+            .syncs
+            .iter()
+            .map(|s| (s.spec.name.clone(), self.fingerprint(s)))
+            .collect();
+        while let Some(request) = requests.recv().await {
+            let app: &App = latest.as_deref().unwrap_or(self);
+            match request {
+                Request::Install(r) => {
+                    let installed = app
+                        .install(state, &r.slot, r.what, &r.by, &mut connections)
+                        .await;
+                    if let Ok(i) = &installed {
+                        let registry = crate::ops::registry(&registry);
+                        for sync in &i.syncs {
+                            let _ = registry.send(sync, Command::Swap(i.swap.clone()));
+                        }
                     }
+                    let _ = r.reply.send(installed);
+                }
+                Request::Apply(r) => {
+                    let applied = app
+                        .apply_config(state, *r.app, &r.text, &registry, &spawn, &mut prints)
+                        .await;
+                    let answer = match applied {
+                        Ok((applied, new)) => {
+                            connections = new.connections.clone();
+                            latest = Some(new);
+                            tracing::info!(by = %r.by, ?applied, "config applied");
+                            Ok(applied)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = r.reply.send(answer);
                 }
             }
-            let _ = r.reply.send(installed);
         }
         std::future::pending::<()>().await
     }
 
-    /// Applies a command from the operations layer, between two cycles of the sync. True when
-    /// the sync now runs with another plugin (its runner must be made again).
-    async fn apply(
-        &self,
-        current: &mut Current,
-        command: Command,
-        state: &State,
-        live: &std::sync::Mutex<crate::ops::Live>,
-    ) -> bool {
-        match command {
-            Command::RunNow => {}
-            Command::Pause => lock(live).paused = true,
-            Command::Resume => lock(live).paused = false,
-            Command::Resolve {
-                id,
-                choice,
-                by,
-                reply,
-            } => {
-                let _ = reply.send(state.resolve_conflict(id, choice, &by, now_micros()));
-            }
-            Command::DryRun { reply } => {
-                // A runner of its own: the sync's runner keeps what it read ahead for its next
-                // cycle, which a dry run must not take.
-                let planned = current.runner().dry_run(state, now_micros()).await;
-                let _ = reply.send(planned.map_err(|e| e.to_string()));
-            }
-            Command::Swap(p) => {
-                current.swap(&p);
-                tracing::info!(sync = %current.sync.spec.name, plugin = ?p, "running with a new plugin from this cycle on");
-                return true;
+    /// What a sync runs with, as text: two syncs (or one before and after a config change)
+    /// with the same fingerprint run the same way.
+    fn fingerprint(&self, s: &Sync) -> String {
+        let mut out = format!(
+            "{:?}|{:?}|{}|{:?}|{:?}",
+            s.spec, s.schedule, s.batch, s.left, s.right
+        );
+        for conn in [&s.left.0, &s.right.0] {
+            if let Some(c) = self.connections.get(conn) {
+                let grants = self
+                    .loaded
+                    .config
+                    .connections
+                    .get(conn)
+                    .map(|cc| format!("{:?}", self.loaded.grants(conn, cc).ok()));
+                out.push_str(&format!(
+                    "|{conn}:{}:{}:{grants:?}",
+                    c.plugin.origin().sha256,
+                    c.config
+                ));
             }
         }
-        false
+        for (name, rule) in &self.rules {
+            if format!("{:?}", s.spec).contains(&format!("Rule({name:?})")) {
+                out.push_str(&format!("|rule {name}:{}", rule.origin().sha256));
+            }
+        }
+        out
     }
 
-    /// One sync's loop for [`App::run`], until `stopped` turns true. Only its waits are cut
-    /// short; a cycle, once begun, finishes. Commands are applied between cycles only.
-    async fn run_sync(
+    /// Runs `new` from now on: writes its text over the config file, then hands each changed
+    /// sync its new setup (taken at its next cycle boundary), starts the added ones and stops
+    /// the removed ones. Syncs that run the same as before are not touched.
+    async fn apply_config(
         &self,
-        sync: &Sync,
         state: &State,
-        progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-        mut control: SyncControl,
-    ) {
-        let name = &sync.spec.name;
-        let mut current = Current::new(self, sync);
-        let mut runner = current.runner();
-        // A plugin swapped in takes effect here, at the next cycle boundary: the runner (and
-        // what it read ahead, which is read again from the committed cursors) is made anew.
-        let mut swapped = false;
-        let mut idle_streak = 0u32;
-        // Closed once the operations layer is gone: then only the stop is awaited.
-        let mut open = true;
-        while !*stopped.borrow() {
-            while let Ok(c) = control.commands.try_recv() {
-                swapped |= self.apply(&mut current, c, state, &control.live).await;
-            }
-            if std::mem::take(&mut swapped) {
-                runner = current.runner();
-            }
-            if lock(&control.live).paused {
-                tokio::select! {
-                    c = control.commands.recv(), if open => match c {
-                        Some(c) => { swapped |= self.apply(&mut current, c, state, &control.live).await; }
-                        None => open = false,
-                    },
-                    _ = stopped.wait_for(|s| *s) => return,
+        mut new: App,
+        text: &str,
+        registry: &std::sync::Mutex<Registry>,
+        spawn: &tokio::sync::mpsc::UnboundedSender<(SyncSetup, SyncControl)>,
+        prints: &mut BTreeMap<String, String>,
+    ) -> Result<(Applied, Arc<App>), OpsError> {
+        new.use_uploads(state)
+            .await
+            .map_err(|e| OpsError::Invalid(e.to_string()))?;
+        let mut applied = Applied::default();
+        let (old_serve, new_serve) = (&self.loaded.config.serve, &new.loaded.config.serve);
+        if old_serve.listen.as_ref().map(|l| l.get_ref())
+            != new_serve.listen.as_ref().map(|l| l.get_ref())
+            || old_serve.tls_cert != new_serve.tls_cert
+            || old_serve.tls_key != new_serve.tls_key
+            || old_serve.insecure_http != new_serve.insecure_http
+        {
+            applied.at_restart.push("serve".into());
+        }
+        if self.host.limits() != new.host.limits() {
+            applied.at_restart.push(
+                "limits (for the plugins loaded now; new and changed syncs have them)".into(),
+            );
+        }
+        // The file first: if it cannot be written, nothing changes.
+        let path = &self.loaded.path;
+        let tmp = path.with_extension("toml.applying");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                OpsError::Conflict(format!("cannot write {}: {e}", path.display()))
+            })?;
+        let new = Arc::new(new);
+        let paused: BTreeMap<String, crate::state::Paused> = state.paused()?.into_iter().collect();
+        let mut reg = crate::ops::registry(registry);
+        let mut next = BTreeMap::new();
+        for s in &new.syncs {
+            let name = &s.spec.name;
+            let print = new.fingerprint(s);
+            match prints.get(name) {
+                None => {
+                    let control = reg.add(name, paused.contains_key(name), now_micros());
+                    let _ = spawn.send((SyncSetup::new(&new, s, Some(new.clone())), control));
+                    applied.added.push(name.clone());
                 }
-                continue;
-            }
-            lock(&control.live).status.cycling = true;
-            let started = std::time::Instant::now();
-            let report = runner.cycle(state, now_micros()).await;
-            let seconds = started.elapsed().as_secs_f64();
-            // What the operations layer sees of the cycle; the lock is not held past here.
-            let retry = {
-                let mut live = lock(&control.live);
-                live.status.cycling = false;
-                match &report {
-                    Ok(report) => {
-                        live.cycle_ended(now_micros(), seconds, Ok(report));
-                        None
-                    }
-                    Err(e) => {
-                        let kind = match e {
-                            CycleError::Read { .. } => "read",
-                            CycleError::Recover { .. } => "recover",
-                            CycleError::State { .. } => "state",
-                        };
-                        live.cycle_ended(now_micros(), seconds, Err((kind, e.to_string())));
-                        let failures = live.status.failures;
-                        let wait = Duration::from_millis(500u64 << failures.min(7));
-                        live.status.retry_at = Some(now_micros() + wait.as_micros() as i64);
-                        Some((failures, wait))
-                    }
+                Some(old) if *old != print => {
+                    let setup = SyncSetup::new(&new, s, Some(new.clone()));
+                    let _ = reg.send(name, Command::Replace(Box::new(setup)));
+                    applied.changed.push(name.clone());
                 }
-            };
-            let wait = match (report, retry) {
-                (Ok(report), _) => {
-                    (progress.borrow_mut())(name, &report);
-                    let idle = report.idle();
-                    idle_streak = if idle {
-                        idle_streak.saturating_add(1)
-                    } else {
-                        0
+                Some(_) => applied.unchanged.push(name.clone()),
+            }
+            next.insert(name.clone(), print);
+        }
+        for name in prints.keys().filter(|n| !next.contains_key(*n)) {
+            let _ = reg.send(name, Command::Stop);
+            reg.remove(name);
+            applied.removed.push(name.clone());
+        }
+        reg.describe(&new.loaded);
+        *prints = next;
+        Ok((applied, new))
+    }
+}
+
+/// Applies a command from the operations layer, between two cycles of the sync. True when
+/// the sync now runs with other plugins or config (its runner must be made again).
+async fn apply(
+    setup: &mut SyncSetup,
+    command: Command,
+    state: &State,
+    live: &std::sync::Mutex<crate::ops::Live>,
+) -> Applies {
+    match command {
+        Command::RunNow => {}
+        Command::Pause => lock(live).paused = true,
+        Command::Resume => lock(live).paused = false,
+        Command::Resolve {
+            id,
+            choice,
+            by,
+            reply,
+        } => {
+            let _ = reply.send(state.resolve_conflict(id, choice, &by, now_micros()));
+        }
+        Command::DryRun { reply } => {
+            // A runner of its own: the sync's runner keeps what it read ahead for its next
+            // cycle, which a dry run must not take.
+            let planned = setup.runner().dry_run(state, now_micros()).await;
+            let _ = reply.send(planned.map_err(|e| e.to_string()));
+        }
+        Command::Swap(p) => {
+            setup.swap(&p);
+            tracing::info!(sync = %setup.sync.spec.name, plugin = ?p, "running with a new plugin from this cycle on");
+            return Applies::Remake;
+        }
+        Command::Replace(new) => {
+            tracing::info!(sync = %new.sync.spec.name, "running with the applied config from this cycle on");
+            *setup = *new;
+            return Applies::Remake;
+        }
+        Command::Stop => return Applies::Stop,
+    }
+    Applies::Same
+}
+
+/// What a command leaves the loop to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    Same,
+    /// Make the runner again, from the setup now.
+    Remake,
+    /// End the loop: the sync was removed.
+    Stop,
+}
+
+/// One sync's loop for [`App::run`], until `stopped` turns true. Only its waits are cut
+/// short; a cycle, once begun, finishes. Commands are applied between cycles only.
+async fn run_sync(
+    mut setup: SyncSetup,
+    state: &State,
+    progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    mut control: SyncControl,
+) {
+    let mut runner = setup.runner();
+    // A plugin swapped in or a config applied takes effect here, at the next cycle boundary:
+    // the runner (and what it read ahead, which is read again from the committed cursors) is
+    // made anew.
+    let mut remake = false;
+    let mut idle_streak = 0u32;
+    // Closed once the operations layer is gone: then only the stop is awaited.
+    let mut open = true;
+    macro_rules! take {
+        ($c:expr) => {
+            match apply(&mut setup, $c, state, &control.live).await {
+                Applies::Same => {}
+                Applies::Remake => remake = true,
+                Applies::Stop => return,
+            }
+        };
+    }
+    while !*stopped.borrow() {
+        while let Ok(c) = control.commands.try_recv() {
+            take!(c);
+        }
+        if std::mem::take(&mut remake) {
+            runner = setup.runner();
+        }
+        if lock(&control.live).paused {
+            tokio::select! {
+                c = control.commands.recv(), if open => match c {
+                    Some(c) => take!(c),
+                    None => open = false,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let name = setup.sync.spec.name.clone();
+        lock(&control.live).status.cycling = true;
+        let started = std::time::Instant::now();
+        let report = runner.cycle(state, now_micros()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        // What the operations layer sees of the cycle; the lock is not held past here.
+        let retry = {
+            let mut live = lock(&control.live);
+            live.status.cycling = false;
+            match &report {
+                Ok(report) => {
+                    live.cycle_ended(now_micros(), seconds, Ok(report));
+                    None
+                }
+                Err(e) => {
+                    let kind = match e {
+                        CycleError::Read { .. } => "read",
+                        CycleError::Recover { .. } => "recover",
+                        CycleError::State { .. } => "state",
                     };
-                    let wait = sync.schedule.wait(chrono::Utc::now(), idle, idle_streak);
-                    // Realtime and idle: wait for an announcement where a side can make one
-                    // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
-                    if idle && matches!(sync.schedule, Schedule::Realtime) {
-                        let announced = tokio::select! {
-                            w = runner.watch(Schedule::REALTIME_MAX) => w,
-                            c = control.commands.recv(), if open => {
-                                match c {
-                                    Some(c) => swapped |= self.apply(&mut current, c, state, &control.live).await,
-                                    None => open = false,
-                                }
-                                Some(true)
-                            }
-                            _ = stopped.wait_for(|s| *s) => return,
-                        };
-                        match announced {
-                            Some(_) => Duration::ZERO,
-                            None => wait,
-                        }
-                    } else {
-                        wait
-                    }
+                    live.cycle_ended(now_micros(), seconds, Err((kind, e.to_string())));
+                    let failures = live.status.failures;
+                    let wait = Duration::from_millis(500u64 << failures.min(7));
+                    live.status.retry_at = Some(now_micros() + wait.as_micros() as i64);
+                    Some((failures, wait))
                 }
-                (Err(e), retry) => {
-                    let (failures, wait) = retry.unwrap_or((1, Duration::from_secs(1)));
-                    tracing::warn!(sync = %name, error = %e, attempt = failures, "cycle failed; retrying with backoff");
+            }
+        };
+        let wait = match (report, retry) {
+            (Ok(report), _) => {
+                (progress.borrow_mut())(&name, &report);
+                let idle = report.idle();
+                idle_streak = if idle {
+                    idle_streak.saturating_add(1)
+                } else {
+                    0
+                };
+                let schedule = setup.sync.schedule.clone();
+                let wait = schedule.wait(chrono::Utc::now(), idle, idle_streak);
+                // Realtime and idle: wait for an announcement where a side can make one
+                // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
+                if idle && matches!(schedule, Schedule::Realtime) {
+                    let announced = tokio::select! {
+                        w = runner.watch(Schedule::REALTIME_MAX) => w,
+                        c = control.commands.recv(), if open => {
+                            match c {
+                                Some(c) => take!(c),
+                                None => open = false,
+                            }
+                            Some(true)
+                        }
+                        _ = stopped.wait_for(|s| *s) => return,
+                    };
+                    match announced {
+                        Some(_) => Duration::ZERO,
+                        None => wait,
+                    }
+                } else {
                     wait
                 }
-            };
-            if wait.is_zero() {
-                // A sync catching up never waits: let the others have their turn.
-                tokio::task::yield_now().await;
-            } else {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    // Any command ends the wait: a resolution or a retry wants a cycle now.
-                    c = control.commands.recv(), if open => match c {
-                        Some(c) => { swapped |= self.apply(&mut current, c, state, &control.live).await; }
-                        None => open = false,
-                    },
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
+            }
+            (Err(e), retry) => {
+                let (failures, wait) = retry.unwrap_or((1, Duration::from_secs(1)));
+                tracing::warn!(sync = %name, error = %e, attempt = failures, "cycle failed; retrying with backoff");
+                wait
+            }
+        };
+        if wait.is_zero() {
+            // A sync catching up never waits: let the others have their turn.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // Any command ends the wait: a resolution or a retry wants a cycle now.
+                c = control.commands.recv(), if open => match c {
+                    Some(c) => take!(c),
+                    None => open = false,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
             }
         }
     }
@@ -471,15 +635,25 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// What one sync's loop runs with: the app's plugins, until a swap replaces one.
-struct Current {
+/// What one sync's loop runs with: its config and the app's plugins, until a swap replaces
+/// one or an applied config replaces it all.
+pub struct SyncSetup {
     sync: Sync,
     rules: Rules,
     connections: BTreeMap<String, (Arc<ConnectorPlugin>, String)>,
+    /// The app of an applied config, kept while its plugins run: its plugin host's epoch
+    /// ticker is what stops a plugin that runs past its CPU budget.
+    _app: Option<Arc<App>>,
 }
 
-impl Current {
-    fn new(app: &App, sync: &Sync) -> Current {
+impl std::fmt::Debug for SyncSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "setup of sync {}", self.sync.spec.name)
+    }
+}
+
+impl SyncSetup {
+    fn new(app: &App, sync: &Sync, keep: Option<Arc<App>>) -> SyncSetup {
         let connections = [&sync.left.0, &sync.right.0]
             .into_iter()
             .map(|c| {
@@ -487,10 +661,11 @@ impl Current {
                 (c.clone(), (conn.plugin.clone(), conn.config.clone()))
             })
             .collect();
-        Current {
+        SyncSetup {
             sync: sync.clone(),
             rules: app.rules.clone(),
             connections,
+            _app: keep,
         }
     }
 

@@ -368,8 +368,8 @@ async fn run_serving(mut app: App, tcp: Option<TcpSpec>) -> anyhow::Result<Arc<O
     let state = Arc::new(app.open_state()?);
     app.use_uploads(&state).await?;
     let listeners = Listeners::bind(state.path(), tcp).await?;
-    let names: Vec<String> = app.syncs.iter().map(|s| s.spec.name.clone()).collect();
-    let (running, controls) = Running::new(&names, &state, chrono::Utc::now().timestamp_micros())?;
+    let (running, controls) =
+        Running::new(&app.loaded, &state, chrono::Utc::now().timestamp_micros())?;
     let plugins = PluginView::of(&app).await;
     let ops = Arc::new(Ops::running(&app.loaded, state.clone(), running, plugins));
     if let Some(addr) = listeners.tcp_addr() {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::{Install, Installed, Prepared};
+use crate::app::{App, Install, Installed, Prepared};
 use crate::config::Loaded;
 use crate::driver::{CycleReport, DryRun};
 use crate::engine::{Side, Value};
@@ -345,6 +345,10 @@ pub enum Command {
     },
     /// Run with this plugin from the next cycle on.
     Swap(Arc<Prepared>),
+    /// Run with this config from the next cycle on (a config applied).
+    Replace(Box<crate::app::SyncSetup>),
+    /// End the loop after the cycle in flight (the sync is gone from the config).
+    Stop,
 }
 
 /// What a plugin put in use changed, as the API answers it.
@@ -376,12 +380,91 @@ pub struct InstallRequest {
     pub reply: oneshot::Sender<Result<Installed>>,
 }
 
-/// The running process's end of the controls: each sync loop's, and the installer's (which
-/// hands a plugin put in use to the loops of the syncs that use it, in the order installed).
+/// A config checked as `duplex check` checks it, to run from now on.
+pub struct ApplyRequest {
+    /// The config loaded from `text` (boxed: an app is large).
+    pub app: Box<App>,
+    pub text: String,
+    pub by: String,
+    pub reply: oneshot::Sender<Result<Applied>>,
+}
+
+/// What the running process is asked to change.
+pub enum Request {
+    Install(InstallRequest),
+    Apply(ApplyRequest),
+}
+
+/// What applying a config did to the syncs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Running with their new config from their next cycle.
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    /// Stopped after their cycle in flight, if any; their state is kept.
+    pub removed: Vec<String>,
+    /// Not touched.
+    pub unchanged: Vec<String>,
+    /// What takes effect only at the next start (the `[serve]` table, the plugin limits).
+    pub at_restart: Vec<String>,
+}
+
+/// The syncs a running process runs, shared by the operations layer and the process (which
+/// adds, changes and removes them when a config is applied).
+#[derive(Default)]
+pub struct Registry {
+    pub infos: Vec<SyncInfo>,
+    /// Where the config names a plugin.
+    pub slots: Vec<Slot>,
+    senders: BTreeMap<String, mpsc::UnboundedSender<Command>>,
+    live: BTreeMap<String, Arc<Mutex<Live>>>,
+}
+
+impl Registry {
+    /// Registers a sync whose loop starts now; the loop's end of its controls.
+    pub fn add(&mut self, name: &str, paused: bool, now: i64) -> SyncControl {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let live = Arc::new(Mutex::new(Live {
+            status: LiveStatus {
+                started_at: now,
+                ..LiveStatus::default()
+            },
+            paused,
+            ..Live::default()
+        }));
+        self.senders.insert(name.to_owned(), tx);
+        self.live.insert(name.to_owned(), live.clone());
+        SyncControl { commands: rx, live }
+    }
+
+    /// Forgets a sync whose loop was told to stop.
+    pub fn remove(&mut self, name: &str) {
+        self.senders.remove(name);
+        self.live.remove(name);
+    }
+
+    /// Hands a command to a sync's loop.
+    pub fn send(&self, sync: &str, command: Command) -> Result<()> {
+        self.senders
+            .get(sync)
+            .ok_or_else(|| OpsError::NoSuchSync(sync.to_owned()))?
+            .send(command)
+            .map_err(|_| OpsError::Conflict(format!("sync {sync} is stopping")))
+    }
+
+    /// Describes the config's syncs and plugin slots.
+    pub fn describe(&mut self, loaded: &Loaded) {
+        self.infos = Ops::sync_infos(loaded);
+        self.slots = Ops::slots(loaded);
+    }
+}
+
+/// The running process's end of the controls: each sync loop's, the requests to install
+/// plugins and apply configs, and the registry it keeps up to date.
 pub struct Controls {
     pub syncs: BTreeMap<String, SyncControl>,
-    pub installs: mpsc::UnboundedReceiver<InstallRequest>,
-    pub senders: BTreeMap<String, mpsc::UnboundedSender<Command>>,
+    pub requests: mpsc::UnboundedReceiver<Request>,
+    pub registry: Arc<Mutex<Registry>>,
 }
 
 /// The loop's end of a sync's controls.
@@ -392,56 +475,56 @@ pub struct SyncControl {
 
 /// The syncs' loops, as the operations layer reaches them.
 pub struct Running {
-    senders: BTreeMap<String, mpsc::UnboundedSender<Command>>,
-    installs: mpsc::UnboundedSender<InstallRequest>,
-    pub live: BTreeMap<String, Arc<Mutex<Live>>>,
+    registry: Arc<Mutex<Registry>>,
+    requests: mpsc::UnboundedSender<Request>,
     pub started_at: i64,
 }
 
+/// Locks the registry; nothing is left half-done under it.
+pub fn registry(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Running {
-    /// Controls for the named syncs: the operations layer's end, and each loop's.
+    /// Controls for the config's syncs: the operations layer's end, and the process's.
     pub fn new(
-        syncs: &[String],
+        loaded: &Loaded,
         state: &State,
         now: i64,
     ) -> std::result::Result<(Running, Controls), StateError> {
         let paused: BTreeMap<String, Paused> = state.paused()?.into_iter().collect();
-        let (installs, install_requests) = mpsc::unbounded_channel();
-        let mut running = Running {
-            installs,
-            senders: BTreeMap::new(),
-            live: BTreeMap::new(),
-            started_at: now,
-        };
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let mut reg = Registry::default();
+        reg.describe(loaded);
         let mut loops = BTreeMap::new();
-        for name in syncs {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let live = Arc::new(Mutex::new(Live {
-                status: LiveStatus {
-                    started_at: now,
-                    ..LiveStatus::default()
-                },
-                paused: paused.contains_key(name),
-                ..Live::default()
-            }));
-            running.senders.insert(name.clone(), tx);
-            running.live.insert(name.clone(), live.clone());
-            loops.insert(name.clone(), SyncControl { commands: rx, live });
+        for name in loaded.config.syncs.keys() {
+            loops.insert(name.clone(), reg.add(name, paused.contains_key(name), now));
         }
+        let registry = Arc::new(Mutex::new(reg));
         let controls = Controls {
             syncs: loops,
-            installs: install_requests,
-            senders: running.senders.clone(),
+            requests: receiver,
+            registry: registry.clone(),
+        };
+        let running = Running {
+            registry,
+            requests,
+            started_at: now,
         };
         Ok((running, controls))
     }
 
     fn send(&self, sync: &str, command: Command) -> Result<()> {
-        self.senders
-            .get(sync)
-            .ok_or_else(|| OpsError::NoSuchSync(sync.to_owned()))?
-            .send(command)
-            .map_err(|_| OpsError::Conflict(format!("sync {sync} is stopping")))
+        registry(&self.registry).send(sync, command)
+    }
+
+    /// Every running sync's live status.
+    pub fn live(&self) -> BTreeMap<String, Arc<Mutex<Live>>> {
+        registry(&self.registry).live.clone()
+    }
+
+    fn live_of(&self, sync: &str) -> Option<Arc<Mutex<Live>>> {
+        registry(&self.registry).live.get(sync).cloned()
     }
 }
 
@@ -531,20 +614,29 @@ impl Ops {
         self.running.as_ref()
     }
 
-    fn info(&self, sync: &str) -> Result<&SyncInfo> {
-        self.syncs
-            .iter()
+    /// The syncs as configured: the running process's config (applied ones included), or the
+    /// config file's.
+    fn infos(&self) -> Vec<SyncInfo> {
+        match &self.running {
+            Some(r) => registry(&r.registry).infos.clone(),
+            None => self.syncs.clone(),
+        }
+    }
+
+    fn info(&self, sync: &str) -> Result<SyncInfo> {
+        self.infos()
+            .into_iter()
             .find(|s| s.name == sync)
             .ok_or_else(|| OpsError::NoSuchSync(sync.to_owned()))
     }
 
     pub fn syncs(&self) -> Result<Vec<SyncStatus>> {
-        let names: Vec<String> = self.syncs.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = self.infos().into_iter().map(|s| s.name).collect();
         names.iter().map(|n| self.sync(n)).collect()
     }
 
     pub fn sync(&self, name: &str) -> Result<SyncStatus> {
-        let info = self.info(name)?.clone();
+        let info = self.info(name)?;
         let counts = self.state.link_counts(name)?;
         let (open, rejected, dirty) = self.state.waiting_counts(name)?;
         let paused = self
@@ -556,8 +648,8 @@ impl Ops {
         let live = self
             .running
             .as_ref()
-            .and_then(|r| r.live.get(name))
-            .map(|l| lock(l).status.clone());
+            .and_then(|r| r.live_of(name))
+            .map(|l| lock(&l).status.clone());
         Ok(SyncStatus {
             info,
             paused,
@@ -576,8 +668,8 @@ impl Ops {
     pub fn history(&self, name: &str, limit: Option<usize>) -> Result<Vec<CycleEntry>> {
         self.info(name)?;
         let limit = limit.unwrap_or(crate::state::PAGE).min(HISTORY);
-        Ok(match self.running.as_ref().and_then(|r| r.live.get(name)) {
-            Some(l) => lock(l).history.iter().rev().take(limit).cloned().collect(),
+        Ok(match self.running.as_ref().and_then(|r| r.live_of(name)) {
+            Some(l) => lock(&l).history.iter().rev().take(limit).cloned().collect(),
             None => Vec::new(),
         })
     }
@@ -741,8 +833,12 @@ impl Ops {
 
     fn slot(&self, slot: &str) -> Result<Slot> {
         let slot: Slot = slot.parse().map_err(OpsError::Invalid)?;
-        if !self.slots.contains(&slot) {
-            let names: Vec<String> = self.slots.iter().map(Slot::to_string).collect();
+        let slots = match &self.running {
+            Some(r) => registry(&r.registry).slots.clone(),
+            None => self.slots.clone(),
+        };
+        if !slots.contains(&slot) {
+            let names: Vec<String> = slots.iter().map(Slot::to_string).collect();
             return Err(OpsError::NotFound(format!(
                 "the config names no plugin {slot} (it names: {})",
                 names.join(", ")
@@ -778,13 +874,13 @@ impl Ops {
             ));
         };
         let (reply, answer) = oneshot::channel();
-        r.installs
-            .send(InstallRequest {
+        r.requests
+            .send(Request::Install(InstallRequest {
                 slot: slot.clone(),
                 what,
                 by: by.to_owned(),
                 reply,
-            })
+            }))
             .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?;
         let installed = tokio::time::timeout(COMMAND_WAIT, answer)
             .await
@@ -820,6 +916,46 @@ impl Ops {
     /// changing nothing; the running syncs are not touched. Paths in it are relative to the
     /// config file in use. The errors are `check`'s, naming the submitted config.
     pub async fn validate_config(&self, text: &str) -> Result<Vec<String>> {
+        let app = self.load_submitted(text).await?;
+        Ok(app.syncs.iter().map(crate::app::Sync::describe).collect())
+    }
+
+    /// Checks a config as [`Ops::validate_config`] does and, when it is valid, writes it over
+    /// the config file and runs it: each sync it changes takes its new config at its next
+    /// cycle boundary, added syncs start, removed ones stop; the others are not touched. An
+    /// invalid config changes nothing, and the errors are `check`'s.
+    pub async fn apply_config(&self, text: &str, by: &str) -> Result<Applied> {
+        let Some(r) = &self.running else {
+            return Err(OpsError::Conflict(
+                "nothing is running: edit the config file; the next start runs it".into(),
+            ));
+        };
+        let mut app = self.load_submitted(text).await?;
+        // It was read from a file beside the config; it runs as the config.
+        app.loaded.path = self.config.clone();
+        let (reply, answer) = oneshot::channel();
+        r.requests
+            .send(Request::Apply(ApplyRequest {
+                app: Box::new(app),
+                text: text.to_owned(),
+                by: by.to_owned(),
+                reply,
+            }))
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?;
+        tokio::time::timeout(COMMAND_WAIT, answer)
+            .await
+            .map_err(|_| {
+                OpsError::Conflict(
+                    "the config is still being applied; `GET /api/v1/syncs` shows when it runs"
+                        .into(),
+                )
+            })?
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?
+    }
+
+    /// Loads a submitted config from a file beside the one in use (so relative paths mean
+    /// the same), as `duplex check` would.
+    async fn load_submitted(&self, text: &str) -> Result<App> {
         let dir = self
             .config
             .parent()
@@ -829,7 +965,7 @@ impl Ops {
         let file = dir.join(format!(".duplex-validate-{}-{n}.toml", std::process::id()));
         std::fs::write(&file, text)
             .map_err(|e| OpsError::Conflict(format!("cannot write {}: {e}", file.display())))?;
-        let loaded = crate::app::App::load(&file).await;
+        let loaded = App::load(&file).await;
         let _ = std::fs::remove_file(&file);
         let app = loaded.map_err(|e| {
             OpsError::Invalid(
@@ -845,7 +981,7 @@ impl Ops {
                 "state: the submitted config names another state file than the running one".into(),
             ));
         }
-        Ok(app.syncs.iter().map(crate::app::Sync::describe).collect())
+        Ok(app)
     }
 
     /// Makes a token; the secret is shown once, here, and only its hash is kept.
@@ -897,7 +1033,7 @@ impl Ops {
             return Err(vec!["no sync is running".into()]);
         };
         let mut why = Vec::new();
-        for (name, live) in &r.live {
+        for (name, live) in &r.live() {
             let l = lock(live);
             if l.paused || l.status.failures < READY_FAILURES {
                 continue;

@@ -73,8 +73,8 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
     let Some(running) = ops.live() else {
         return Ok(out.0);
     };
-    let live: Vec<(&String, crate::ops::Live)> = running
-        .live
+    let all = running.live();
+    let live: Vec<(&String, crate::ops::Live)> = all
         .iter()
         .map(|(name, l)| {
             let l = lock(l);

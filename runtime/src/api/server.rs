@@ -673,6 +673,10 @@ async fn dispatch(
             let syncs = ops.validate_config(&v.toml).await?;
             ok(json!({ "valid": true, "syncs": syncs }))
         }
+        (_, "/api/v1/config/apply") => {
+            let v: Validate = from_body(body)?;
+            ok(ops.apply_config(&v.toml, &caller.who).await?)
+        }
         (_, "/api/v1/audit") => {
             ok(ops.audit(q.get("before").map(String::as_str), number(q, "limit")?)?)
         }
