@@ -1360,8 +1360,11 @@ fields = [{ left = "label", right = "label" }]
     };
     eventually("the added sync to run", || erp_tags() == 1);
     conflicting_names(&s);
+    // Which write is the last depends on the capture's clock (a tie goes to the left); that
+    // one side won, and no person is asked, is the point.
     eventually("the last writer to win, not a person", || {
-        s.crm_name(2) == "Bob (erp)" && s.erp_name("bob@example.com") == "Bob (erp)"
+        let name = s.crm_name(2);
+        name.starts_with("Bob (") && s.erp_name("bob@example.com") == name
     });
     let (_, conflicts) = http(addr, "GET", "/api/v1/conflicts", Some(&admin), None);
     assert_eq!(

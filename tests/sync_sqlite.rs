@@ -255,6 +255,41 @@ async fn a_custom_rule_component_decides() {
     assert_eq!(s.erp_value("ada@example.com", "visits"), "7");
 }
 
+/// A rule that answers with a value its field cannot hold decides nothing: the conflict waits
+/// for a person with the rule's answer and why it was refused, and both sides keep their value.
+#[tokio::test]
+async fn a_rule_answering_wrongly_leaves_its_conflict_to_a_person() {
+    let wrong = common::plugin(common::WRONG_ANSWER);
+    let s = Setup::new(
+        "last-writer-wins",
+        "propagate",
+        &format!("\n[rules.wrong]\nplugin = \"{}\"\n", wrong.display()),
+    );
+    // The rule decides the visit count only.
+    let config = std::fs::read_to_string(s.config()).unwrap().replace(
+        "left = \"visits\"\nright = \"visits\"",
+        "left = \"visits\"\nright = \"visits\"\nconflict = \"rule:wrong\"",
+    );
+    std::fs::write(s.config(), config).unwrap();
+    s.sync().await;
+    s.crm()
+        .execute("UPDATE customers SET visits = 7 WHERE id = 1", [])
+        .unwrap();
+    s.erp()
+        .execute("UPDATE clients SET visits = 5 WHERE no = 101", [])
+        .unwrap();
+    s.sync().await;
+    assert_eq!(s.crm_value("ada@example.com", "visits"), "7");
+    assert_eq!(s.erp_value("ada@example.com", "visits"), "5");
+    let out = duplex(&["conflicts", "list", "duplex.toml"], s.dir.path());
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{list}");
+    assert!(
+        list.contains("rule wrong answered \"not a number\", which field visits cannot hold"),
+        "{list}"
+    );
+}
+
 #[tokio::test]
 async fn a_manual_conflict_holds_only_its_field_until_resolved_through_the_cli() {
     let s = Setup::new("manual", "propagate", "");

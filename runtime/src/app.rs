@@ -338,9 +338,10 @@ impl App {
                     let answer = match applied {
                         Ok((applied, new)) => {
                             connections = new.connections.clone();
+                            let plugins = crate::ops::PluginView::of(&new).await;
                             latest = Some(new);
                             tracing::info!(by = %r.by, ?applied, "config applied");
-                            Ok(applied)
+                            Ok((applied, plugins))
                         }
                         Err(e) => Err(e),
                     };
@@ -374,7 +375,7 @@ impl App {
             }
         }
         for (name, rule) in &self.rules {
-            if format!("{:?}", s.spec).contains(&format!("Rule({name:?})")) {
+            if install::uses_rule(s, name) {
                 out.push_str(&format!("|rule {name}:{}", rule.origin().sha256));
             }
         }

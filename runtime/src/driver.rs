@@ -1685,7 +1685,16 @@ async fn ask_rules(
                         plugin::Resolution::TakeLeft => RuleAnswer::TakeLeft,
                         plugin::Resolution::TakeRight => RuleAnswer::TakeRight,
                         plugin::Resolution::Value(v) => {
-                            RuleAnswer::Value(engine::Value::from(v).canonical())
+                            let v = engine::Value::from(v).canonical();
+                            match unfit(spec, &q.field, &v) {
+                                None => RuleAnswer::Value(v),
+                                // A wrong answer decides nothing: the conflict waits, saying why.
+                                Some(why) => RuleAnswer::Manual(format!(
+                                    "rule {name} answered {}, which field {} cannot hold: {why}",
+                                    v.display(),
+                                    q.field
+                                )),
+                            }
                         }
                         plugin::Resolution::Manual(why) => RuleAnswer::Manual(why),
                     };
@@ -1704,6 +1713,18 @@ async fn ask_rules(
         }
     }
     answers
+}
+
+/// Why a rule's own value does not fit its field (none: it fits both sides' types). Fields
+/// with a table of values are checked by the write, which rejects a value outside it.
+fn unfit(spec: &SyncSpec, field: &str, v: &engine::Value) -> Option<String> {
+    let f = spec.field(field)?;
+    if !f.values.is_empty() {
+        return None;
+    }
+    engine::convert(v.clone(), f.left_type)
+        .and_then(|_| engine::convert(v.clone(), f.right_type))
+        .err()
 }
 
 /// Whether a failed write may still have reached the system (the call broke off, or the system

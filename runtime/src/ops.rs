@@ -386,7 +386,8 @@ pub struct ApplyRequest {
     pub app: Box<App>,
     pub text: String,
     pub by: String,
-    pub reply: oneshot::Sender<Result<Applied>>,
+    /// What it did, and the plugins that run now.
+    pub reply: oneshot::Sender<Result<(Applied, Vec<PluginView>)>>,
 }
 
 /// What the running process is asked to change.
@@ -942,7 +943,7 @@ impl Ops {
                 reply,
             }))
             .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?;
-        tokio::time::timeout(COMMAND_WAIT, answer)
+        let (applied, plugins) = tokio::time::timeout(COMMAND_WAIT, answer)
             .await
             .map_err(|_| {
                 OpsError::Conflict(
@@ -950,7 +951,9 @@ impl Ops {
                         .into(),
                 )
             })?
-            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))??;
+        *self.plugins.lock().unwrap_or_else(|e| e.into_inner()) = plugins;
+        Ok(applied)
     }
 
     /// Loads a submitted config from a file beside the one in use (so relative paths mean

@@ -301,7 +301,8 @@ fn uses_connection(sync: &Sync, connection: &str) -> bool {
     sync.left.0 == connection || sync.right.0 == connection
 }
 
-fn uses_rule(sync: &Sync, rule: &str) -> bool {
+/// Whether a sync's policies name the rule.
+pub(super) fn uses_rule(sync: &Sync, rule: &str) -> bool {
     let named = |p: &Policy| matches!(p, Policy::Rule(r) if r == rule);
     named(&sync.spec.policy)
         || sync
