@@ -47,6 +47,15 @@ async fn well_behaved_still_served(host: &duplex::plugin::PluginHost) {
     assert_eq!(streams.len(), 1);
 }
 
+/// How many calls of the hostile fixture's `func` ended with `outcome`, as `/metrics` counts
+/// them (process-wide: at least this test's).
+fn counted(func: &str, outcome: &str) -> u64 {
+    duplex::telemetry::plugin_calls()
+        .get(&(HOSTILE.to_owned(), "evil".to_owned()))
+        .and_then(|c| c.calls.get(&(func, outcome)).copied())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_trapping_plugin_fails_its_call_with_its_panic_message() {
     let host = common::host();
@@ -69,6 +78,7 @@ async fn a_trapping_plugin_fails_its_call_with_its_panic_message() {
     // The trapped store is never entered again.
     let again = s.check(&hostile("ok", None)).await.unwrap_err();
     assert!(matches!(again, CallError::Poisoned { .. }), "{again}");
+    assert!(counted("check", "trap") >= 1 && counted("check", "poisoned") >= 1);
     // A new session of the same plugin is fine.
     p.session()
         .await
@@ -95,6 +105,10 @@ async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
     assert!(matches!(err, CallError::CpuBudget { .. }), "{err}");
     assert!(err.to_string().contains(HOSTILE));
     assert!(
+        counted("check", "cpu_budget") >= 1,
+        "the limit hit is counted"
+    );
+    assert!(
         elapsed < common::test_limits().call_timeout,
         "stopped by the budget, not the timeout: {elapsed:?}"
     );
@@ -117,6 +131,7 @@ async fn a_memory_bomb_is_stopped_at_the_memory_cap() {
     };
     assert_eq!(*limit, common::test_limits().memory_bytes);
     assert!(wanted > limit);
+    assert!(counted("check", "memory") >= 1, "the limit hit is counted");
     well_behaved_still_served(&host).await;
 }
 

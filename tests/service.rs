@@ -1071,6 +1071,22 @@ fn a_rule_swapped_while_its_sync_runs_decides_from_the_next_cycle_and_nothing_is
         pick["world"].as_str().unwrap().ends_with("@0.1.0"),
         "{pick}"
     );
+    // The config applied again runs the sync as it runs now (the upload included): untouched.
+    let config = std::fs::read_to_string(s.path().join("duplex.toml")).unwrap();
+    let body = serde_json::json!({ "toml": config }).to_string();
+    let (status, applied) = http(
+        addr,
+        "POST",
+        "/api/v1/config/apply",
+        Some(&admin),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(
+        json(&applied)["unchanged"],
+        serde_json::json!(["people"]),
+        "{applied}"
+    );
 
     write_conflicts(&s, &mut round, || {
         rule_decisions(addr, &admin)

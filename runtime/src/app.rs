@@ -311,10 +311,14 @@ impl App {
         // sync runs with, to tell which syncs a new config changes.
         let mut latest: Option<Arc<App>> = None;
         let mut connections = self.connections.clone();
+        let mut rules = self.rules.clone();
         let mut prints: BTreeMap<String, String> = self
             .syncs
             .iter()
-            .map(|s| (s.spec.name.clone(), self.fingerprint(s)))
+            .map(|s| {
+                let print = self.fingerprint(s, &connections, &rules);
+                (s.spec.name.clone(), print)
+            })
             .collect();
         while let Some(request) = requests.recv().await {
             let app: &App = latest.as_deref().unwrap_or(self);
@@ -324,9 +328,26 @@ impl App {
                         .install(state, &r.slot, r.what, &r.by, &mut connections)
                         .await;
                     if let Ok(i) = &installed {
+                        if let Prepared::Rule { name, plugin } = &*i.swap {
+                            rules.insert(name.clone(), plugin.clone());
+                        }
                         let registry = crate::ops::registry(&registry);
                         for sync in &i.syncs {
                             let _ = registry.send(sync, Command::Swap(i.swap.clone()));
+                            // What the sync runs with now, so that a config applied later
+                            // that runs it the same way leaves it alone.
+                            let rebuilt = match &*i.swap {
+                                Prepared::Connector { syncs, .. } => {
+                                    syncs.iter().find(|s| s.spec.name == *sync)
+                                }
+                                Prepared::Rule { .. } => None,
+                            };
+                            let current =
+                                rebuilt.or_else(|| app.syncs.iter().find(|s| s.spec.name == *sync));
+                            if let Some(s) = current {
+                                prints
+                                    .insert(sync.clone(), app.fingerprint(s, &connections, &rules));
+                            }
                         }
                     }
                     let _ = r.reply.send(installed);
@@ -338,6 +359,7 @@ impl App {
                     let answer = match applied {
                         Ok((applied, new)) => {
                             connections = new.connections.clone();
+                            rules = new.rules.clone();
                             let plugins = crate::ops::PluginView::of(&new).await;
                             latest = Some(new);
                             tracing::info!(by = %r.by, ?applied, "config applied");
@@ -353,14 +375,20 @@ impl App {
     }
 
     /// What a sync runs with, as text: two syncs (or one before and after a config change)
-    /// with the same fingerprint run the same way.
-    fn fingerprint(&self, s: &Sync) -> String {
+    /// with the same fingerprint run the same way. `connections` and `rules` as they run now
+    /// (uploads included).
+    fn fingerprint(
+        &self,
+        s: &Sync,
+        connections: &BTreeMap<String, Connection>,
+        rules: &Rules,
+    ) -> String {
         let mut out = format!(
             "{:?}|{:?}|{}|{:?}|{:?}",
             s.spec, s.schedule, s.batch, s.left, s.right
         );
         for conn in [&s.left.0, &s.right.0] {
-            if let Some(c) = self.connections.get(conn) {
+            if let Some(c) = connections.get(conn) {
                 let grants = self
                     .loaded
                     .config
@@ -374,7 +402,7 @@ impl App {
                 ));
             }
         }
-        for (name, rule) in &self.rules {
+        for (name, rule) in rules {
             if install::uses_rule(s, name) {
                 out.push_str(&format!("|rule {name}:{}", rule.origin().sha256));
             }
@@ -427,7 +455,7 @@ impl App {
         let mut next = BTreeMap::new();
         for s in &new.syncs {
             let name = &s.spec.name;
-            let print = new.fingerprint(s);
+            let print = new.fingerprint(s, &new.connections, &new.rules);
             match prints.get(name) {
                 None => {
                     let control = reg.add(name, paused.contains_key(name), now_micros());
