@@ -26,6 +26,8 @@ pub const HTTP_RULE: &str = "duplex_fixture_http_rule";
 /// Built against the 0.1.0 contract (`wit/v0.1.0`), loaded through the adapter.
 pub const V0_1_0_NOTES: &str = "duplex_fixture_v0_1_0_notes";
 pub const V0_1_0_TAKE_RIGHT: &str = "duplex_fixture_v0_1_0_take_right";
+pub const V0_2_0_NOTES: &str = "duplex_fixture_v0_2_0_notes";
+pub const V0_2_0_TAKE_RIGHT: &str = "duplex_fixture_v0_2_0_take_right";
 pub const WRONG_ANSWER: &str = "duplex_fixture_wrong_answer";
 
 /// A compile cache shared by the tests of one build, so each component compiles once.

@@ -611,3 +611,180 @@ fields = [
         &[CLIENT_SECRET, REFRESH_TOKEN, "access-"],
     );
 }
+
+const CLIENT_SECRET_V3: &str = "app-client-secret-canary-7c19e2";
+const HOOK_URL: &str = "https://duplex.example/hooks/crm";
+
+/// HubSpot's v3 signature of a request, as its docs give the steps: base64 of HMAC-SHA256,
+/// keyed with the app's client secret, over method + URI + body + timestamp.
+fn v3_signature(body: &str, timestamp: i64) -> String {
+    use base64::Engine;
+    let message = format!("POST{HOOK_URL}{body}{timestamp}");
+    let mac = duplex::host::signing::hmac_sha256(CLIENT_SECRET_V3.as_bytes(), message.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac)
+}
+
+/// POSTs a webhook to a running `duplex serve`: status and body.
+async fn post_hook(addr: &str, body: &str, signature: &str, timestamp: i64) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /hooks/crm HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-HubSpot-Signature-v3: {signature}\r\n\
+         X-HubSpot-Request-Timestamp: {timestamp}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// A webhook signed as HubSpot signs (v3) wakes a sync that would otherwise wait an hour; a
+/// bad signature, or a good one outside the 5-minute window, is a 401 that wakes nothing; the
+/// same webhook replayed wakes a read that finds nothing new: nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_wakes_the_sync_and_a_bad_or_replayed_one_changes_nothing() {
+    let Some(pg_url) = pg_database().await else {
+        return;
+    };
+    pg(&pg_url, PEOPLE).await;
+    let replica = Replica::start(Options {
+        token: CANARY.into(),
+        ..Default::default()
+    })
+    .await;
+    let dir = setup(&replica.url, &pg_url, CANARY);
+    std::fs::write(dir.path().join("client-secret"), CLIENT_SECRET_V3).unwrap();
+    let config = std::fs::read_to_string(dir.path().join("duplex.toml"))
+        .unwrap()
+        .replace(
+            "overlap_ms = 5000 }",
+            &format!("overlap_ms = 5000, webhook_url = \"{HOOK_URL}\" }}"),
+        )
+        .replace(
+            "secrets = { token = { file = \"hubspot-token\" } }",
+            "secrets = { token = { file = \"hubspot-token\" }, client_secret = { file = \"client-secret\" } }",
+        )
+        .replace("schedule = \"1s\"", "schedule = \"1h\"");
+    assert!(config.contains("webhook_url") && config.contains("client-secret"));
+    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+
+    replica.create(
+        "contacts",
+        &[("email", "ada@example.com"), ("firstname", "Ada")],
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["serve", "duplex.toml", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", common::cache_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let pipe = child.stderr.take().unwrap();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+    let mut addr = None;
+    for _ in 0..600 {
+        let text = log.lock().unwrap().clone();
+        addr = text
+            .lines()
+            .find_map(|l| l.split("http://").nth(1).filter(|_| l.contains("API on")))
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned);
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr = addr.unwrap_or_else(|| panic!("serve did not start:\n{}", log.lock().unwrap()));
+    let has = |email: &'static str| {
+        let pg_url = pg_url.clone();
+        async move { pg_people(&pg_url).await.0.contains_key(email) }
+    };
+    // The first cycle runs at the start; then the sync waits an hour.
+    for _ in 0..300 {
+        if has("dave@example.com").await && replica.records("contacts").len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replica.create(
+        "contacts",
+        &[("email", "bob@example.com"), ("firstname", "Bob")],
+    );
+    let body = r#"[{"eventId":1,"subscriptionType":"contact.creation","objectId":2,"portalId":62515,"occurredAt":1764871200000}]"#;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+
+    // Bad: a signature over another body, then a good one too old. Nothing wakes.
+    let (status, answer) = post_hook(&addr, body, &v3_signature("[]", now_ms), now_ms).await;
+    assert_eq!(status, 401, "{answer}");
+    let old_ms = now_ms - 10 * 60 * 1000;
+    let (status, answer) = post_hook(&addr, body, &v3_signature(body, old_ms), old_ms).await;
+    assert_eq!(status, 401, "{answer}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !has("bob@example.com").await,
+        "a refused webhook woke the sync"
+    );
+
+    // Good: the sync reads now.
+    let signature = v3_signature(body, now_ms);
+    let (status, answer) = post_hook(&addr, body, &signature, now_ms).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer.contains(r#""woke":["people"]"#), "{answer}");
+    let mut arrived = false;
+    for _ in 0..300 {
+        if has("bob@example.com").await {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        arrived,
+        "the webhook did not wake the sync:\n{}",
+        log.lock().unwrap()
+    );
+    let (_, before) = pg_people(&pg_url).await;
+
+    // Replayed: a read that finds nothing new.
+    let (status, answer) = post_hook(&addr, body, &signature, now_ms).await;
+    assert_eq!(status, 202, "{answer}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, after) = pg_people(&pg_url).await;
+    assert_eq!(before, after, "a replayed webhook duplicated something");
+    assert_eq!(
+        hubspot_people(&replica).1,
+        after,
+        "both sides hold the same people"
+    );
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{}", log.lock().unwrap());
+    assert!(
+        !log.lock().unwrap().contains(CLIENT_SECRET_V3),
+        "the secret reached the log"
+    );
+}

@@ -205,7 +205,7 @@ async fn a_connector_importing_sql_without_a_grant_does_not_load() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("duplex:plugin/sql@0.2.0") && msg.contains("connection crm"),
+        msg.contains("duplex:plugin/sql@0.3.0") && msg.contains("connection crm"),
         "{msg}"
     );
 }
@@ -221,11 +221,11 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
     let msg = err.to_string();
     assert!(msg.contains("duplex_rule_larger_wins"), "{msg}");
     assert!(
-        msg.contains("does not export duplex:plugin/connector@0.2.0"),
+        msg.contains("does not export duplex:plugin/connector@0.3.0"),
         "{msg}"
     );
     assert!(
-        msg.contains("duplex:plugin/resolver@0.2.0"),
+        msg.contains("duplex:plugin/resolver@0.3.0"),
         "says what it exports instead: {msg}"
     );
 
@@ -237,7 +237,7 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
         .expect("a connector is not a rule");
     assert!(
         err.to_string()
-            .contains("does not export duplex:plugin/resolver@0.2.0"),
+            .contains("does not export duplex:plugin/resolver@0.3.0"),
         "{err}"
     );
     drop(db);
@@ -407,12 +407,12 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("duplex:plugin/connector-plugin@0.2.0 (connector plugin)"),
+        stdout.contains("duplex:plugin/connector-plugin@0.3.0 (connector plugin)"),
         "{stdout}"
     );
     assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/connector@0.2.0: info, check, discover, read, write, find, watch, remove-capture"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/sql@0.2.0"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.3.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/sql@0.3.0"), "{stdout}");
     assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))

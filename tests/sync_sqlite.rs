@@ -765,6 +765,26 @@ right = "body"
 /// with the built-in one, and a 0.1.0 rule settles their conflicts.
 #[tokio::test]
 async fn components_built_for_contract_0_1_0_keep_loading_and_syncing() {
+    older_components_keep_loading_and_syncing(
+        common::V0_1_0_NOTES,
+        common::V0_1_0_TAKE_RIGHT,
+        "0.1.0",
+    )
+    .await;
+}
+
+/// The same for components built against 0.2.0, after 0.3.0 added webhooks and `signing`.
+#[tokio::test]
+async fn components_built_for_contract_0_2_0_keep_loading_and_syncing() {
+    older_components_keep_loading_and_syncing(
+        common::V0_2_0_NOTES,
+        common::V0_2_0_TAKE_RIGHT,
+        "0.2.0",
+    )
+    .await;
+}
+
+async fn older_components_keep_loading_and_syncing(notes: &str, take_right: &str, version: &str) {
     let dir = tempfile::tempdir().unwrap();
     rusqlite::Connection::open(dir.path().join("crm.db"))
         .unwrap()
@@ -808,15 +828,15 @@ conflict = "rule:right"
 left = "body"
 right = "body"
 "#,
-        connector = common::plugin(common::V0_1_0_NOTES).display(),
-        rule = common::plugin(common::V0_1_0_TAKE_RIGHT).display(),
+        connector = common::plugin(notes).display(),
+        rule = common::plugin(take_right).display(),
     );
     let path = dir.path().join("duplex.toml");
     std::fs::write(&path, config).unwrap();
     let sync = || async {
         let app = App::load(&path)
             .await
-            .expect("config with 0.1.0 plugins loads");
+            .expect("config with older plugins loads");
         let state = app.open_state().unwrap();
         app.run_once(&state, |_, _| {}).await.expect("sync runs");
     };
@@ -837,7 +857,7 @@ right = "body"
     assert_eq!(bodies(crm()), both);
     assert_eq!(bodies(old()), both);
 
-    // Both sides edit the same note: the 0.1.0 rule takes the right side's.
+    // Both sides edit the same note: the older rule takes the right side's.
     crm()
         .execute(
             "UPDATE notes SET body = 'crm edit' WHERE body = 'from the crm'",
@@ -857,12 +877,12 @@ right = "body"
 
     for (plugin, line) in [
         (
-            common::V0_1_0_NOTES,
-            "world     duplex:plugin/connector-plugin@0.1.0 (connector plugin, an older contract",
+            notes,
+            format!("world     duplex:plugin/connector-plugin@{version} (connector plugin, an older contract"),
         ),
         (
-            common::V0_1_0_TAKE_RIGHT,
-            "world     duplex:plugin/resolver-plugin@0.1.0 (resolver plugin, an older contract",
+            take_right,
+            format!("world     duplex:plugin/resolver-plugin@{version} (resolver plugin, an older contract"),
         ),
     ] {
         let out = duplex(
@@ -879,7 +899,7 @@ right = "body"
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains(line), "{stdout}");
+        assert!(stdout.contains(&line), "{stdout}");
         assert!(stdout.contains("verdict   loads as a"), "{stdout}");
     }
 }

@@ -40,6 +40,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/readyz", None),
     route("GET", "/metrics", VIEWER),
     route("GET", "/api/v1/openapi.json", None),
+    route("POST", "/hooks/{connection}", None),
     route("GET", "/api/v1/syncs", VIEWER),
     route("GET", "/api/v1/syncs/{sync}", VIEWER),
     route("GET", "/api/v1/syncs/{sync}/history", VIEWER),

@@ -15,10 +15,11 @@ use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
 use crate::ops::{
-    lock, Applied, Command, Controls, OpsError, Registry, Request, Running, SyncControl,
+    lock, Applied, Command, Controls, Hooked, OpsError, Registry, Request, Running, SyncControl,
 };
 use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
+    WebhookAnswer,
 };
 use crate::state::{PluginVersion, Slot, State, StateError};
 
@@ -352,6 +353,10 @@ impl App {
                     }
                     let _ = r.reply.send(installed);
                 }
+                Request::Webhook(w) => {
+                    let hooked = hook(&connections, &registry, w.connection, w.request).await;
+                    let _ = w.reply.send(hooked);
+                }
                 Request::Apply(r) => {
                     let applied = app
                         .apply_config(state, *r.app, &r.text, &registry, &spawn, &mut prints)
@@ -480,6 +485,49 @@ impl App {
         *prints = next;
         Ok((applied, new))
     }
+}
+
+/// Hands a webhook to the connection's connector (as it runs now, uploads included) and, when
+/// it says changes are waiting, starts a cycle of every sync reading the connection.
+async fn hook(
+    connections: &BTreeMap<String, Connection>,
+    registry: &std::sync::Mutex<Registry>,
+    connection: String,
+    request: crate::plugin::WebhookRequest,
+) -> Result<Hooked, OpsError> {
+    let c = connections
+        .get(&connection)
+        .ok_or_else(|| OpsError::NotFound(format!("no connection {connection}")))?;
+    let failed = |e: CallError| {
+        tracing::warn!(%connection, error = %e, "a webhook could not be checked");
+        OpsError::Conflict(format!(
+            "connection {connection} could not check the request; the log says why"
+        ))
+    };
+    let mut session = c.plugin.session().await.map_err(failed)?;
+    let answer = session.webhook(&c.config, request).await.map_err(failed)?;
+    Ok(match answer {
+        WebhookAnswer::ChangesWaiting => {
+            let registry = crate::ops::registry(registry);
+            let prefix = format!("{connection}.");
+            let syncs: Vec<String> = registry
+                .infos
+                .iter()
+                .filter(|s| s.left.starts_with(&prefix) || s.right.starts_with(&prefix))
+                .map(|s| s.name.clone())
+                .collect();
+            for sync in &syncs {
+                let _ = registry.send(sync, Command::RunNow);
+            }
+            Hooked::Woke(syncs)
+        }
+        WebhookAnswer::Nothing => Hooked::Nothing,
+        WebhookAnswer::Refused(why) => {
+            tracing::warn!(%connection, %why, "a webhook was refused");
+            Hooked::Refused(why)
+        }
+        WebhookAnswer::Unsupported => Hooked::Unsupported,
+    })
 }
 
 /// Applies a command from the operations layer, between two cycles of the sync. True when

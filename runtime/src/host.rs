@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod log;
+pub mod signing;
 pub mod sql;
 
 use std::sync::Arc;
@@ -49,7 +50,12 @@ pub struct Capability {
 }
 
 /// Every capability, in one place.
-pub const CAPABILITIES: &[&Capability] = &[&log::CAPABILITY, &sql::CAPABILITY, &http::CAPABILITY];
+pub const CAPABILITIES: &[&Capability] = &[
+    &log::CAPABILITY,
+    &sql::CAPABILITY,
+    &http::CAPABILITY,
+    &signing::CAPABILITY,
+];
 
 /// The capability an import belongs to, by its versioned name (`wasi:http/types@0.2.6`).
 pub fn capability_of(import: &str) -> Option<&'static Capability> {
@@ -72,6 +78,7 @@ pub struct States {
     pub log: log::LogState,
     pub sql: sql::SqlState,
     pub http: http::HttpState,
+    pub signing: signing::SigningState,
 }
 
 impl States {
@@ -81,6 +88,7 @@ impl States {
             log: log::LogState::new(caller.clone()),
             sql: sql::SqlState::new(caller.clone(), grants.sql.clone().into(), shared.clone()),
             http: http::HttpState::new(caller.clone(), grants.clone(), shared.clone()),
+            signing: signing::SigningState::new(caller.clone(), grants.clone()),
         }
     }
 
@@ -114,6 +122,7 @@ pub fn link_all<T: HostData + http::HttpData>(linker: &mut Linker<T>) -> wasmtim
     log::link(linker)?;
     sql::link(linker)?;
     http::link(linker)?;
+    signing::link(linker)?;
     Ok(())
 }
 

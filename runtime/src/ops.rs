@@ -390,10 +390,31 @@ pub struct ApplyRequest {
     pub reply: oneshot::Sender<Result<(Applied, Vec<PluginView>)>>,
 }
 
-/// What the running process is asked to change.
+/// A request a system pushed to `POST /hooks/{connection}`, for the connection's connector.
+pub struct WebhookCall {
+    pub connection: String,
+    pub request: crate::plugin::WebhookRequest,
+    pub reply: oneshot::Sender<Result<Hooked>>,
+}
+
+/// What came of a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hooked {
+    /// Genuine, with changes waiting: these syncs read now.
+    Woke(Vec<String>),
+    /// Genuine, nothing to read.
+    Nothing,
+    /// Not genuine: nothing woken. Why, for the log only.
+    Refused(String),
+    /// The connection's connector takes no webhooks.
+    Unsupported,
+}
+
+/// What the running process is asked to do.
 pub enum Request {
     Install(InstallRequest),
     Apply(ApplyRequest),
+    Webhook(WebhookCall),
 }
 
 /// What applying a config did to the syncs.
@@ -954,6 +975,32 @@ impl Ops {
             .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))??;
         *self.plugins.lock().unwrap_or_else(|e| e.into_inner()) = plugins;
         Ok(applied)
+    }
+
+    /// Hands a pushed request to the connection's connector to verify; when it says changes
+    /// are waiting, every sync reading the connection starts a cycle. A webhook only wakes
+    /// reads: the change feed stays the source of truth, so a lost or replayed one loses or
+    /// duplicates nothing.
+    pub async fn webhook(
+        &self,
+        connection: &str,
+        request: crate::plugin::WebhookRequest,
+    ) -> Result<Hooked> {
+        let Some(r) = &self.running else {
+            return Err(OpsError::Conflict("nothing is running".into()));
+        };
+        let (reply, answer) = oneshot::channel();
+        r.requests
+            .send(Request::Webhook(WebhookCall {
+                connection: connection.to_owned(),
+                request,
+                reply,
+            }))
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?;
+        tokio::time::timeout(COMMAND_WAIT, answer)
+            .await
+            .map_err(|_| OpsError::Conflict("the connector is busy; try again".into()))?
+            .map_err(|_| OpsError::Conflict("the syncs are stopping".into()))?
     }
 
     /// Loads a submitted config from a file beside the one in use (so relative paths mean

@@ -11,6 +11,7 @@ mod connector;
 mod resolver;
 mod sandbox;
 mod since_v0_1_0;
+mod since_v0_2_0;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use crate::host::{self, Caller, Grants};
 
 pub use bindings::connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, ConnectorInfo, CreateOp, Current, DeleteOp,
-    Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
+    Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WebhookAnswer,
+    WebhookRequest, WriteOp, Written,
 };
 pub use bindings::duplex::plugin::types::{
     Error as WitError, FieldValue, Invalid, RateLimit, Timestamp, Value,
@@ -297,7 +299,8 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
         wasmtime::component::HasSelf<StoreState>,
     >(&mut l, |s| s)?;
     host::link_all(&mut l)?;
-    // Components built for 0.1.0 import the same capabilities by their 0.1.0 names.
+    // Components built for 0.2.0 and 0.1.0 import the same capabilities by their own names.
+    since_v0_2_0::add_to_linker(&mut l)?;
     since_v0_1_0::add_to_linker(&mut l)?;
     Ok(l)
 }

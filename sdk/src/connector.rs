@@ -4,7 +4,8 @@ use crate::{Error, Timestamp};
 
 pub use crate::bindings::exports::duplex::plugin::connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, ConnectorInfo as Info, CreateOp, Current,
-    DeleteOp, Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
+    DeleteOp, Field, FieldMatch, FieldType, LookupKey, Stream, UpdateOp, Watched, WebhookAnswer,
+    WebhookRequest, WriteOp, Written,
 };
 
 /// A connector: reads and writes one kind of system.
@@ -106,6 +107,15 @@ pub trait Connector: Sized {
         let _ = stream;
         Ok(())
     }
+
+    /// Verifies a request the system pushed (`POST /hooks/{connection}`) and says whether
+    /// changes are waiting; verify signatures with [`crate::signing`]. Must not read or write
+    /// records: the host reads the feed when told changes wait. By default the connector takes
+    /// no webhooks.
+    fn webhook(&mut self, request: WebhookRequest) -> Result<WebhookAnswer, Error> {
+        let _ = request;
+        Ok(WebhookAnswer::Unsupported)
+    }
 }
 
 impl Change {
@@ -176,6 +186,12 @@ macro_rules! register_connector {
             fn remove_capture(config: String, stream: Option<String>) -> Result<(), $crate::Error> {
                 $crate::__private::connector::open::<$connector>(&config)?
                     .remove_capture(stream.as_deref())
+            }
+            fn webhook(
+                config: String,
+                request: $crate::WebhookRequest,
+            ) -> Result<$crate::WebhookAnswer, $crate::Error> {
+                $crate::__private::connector::open::<$connector>(&config)?.webhook(request)
             }
         }
 

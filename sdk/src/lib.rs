@@ -42,7 +42,7 @@ pub mod resolver_bindings {
         export_macro_name: "__export_resolver_world",
         default_bindings_module: "duplex_sdk::__private::resolver_bindings",
         additional_derives: [PartialEq, Clone],
-        with: { "duplex:plugin/types@0.2.0": crate::bindings::duplex::plugin::types },
+        with: { "duplex:plugin/types@0.3.0": crate::bindings::duplex::plugin::types },
         type_section_suffix: "resolver",
     });
     #[cfg(not(feature = "connector"))]
@@ -69,7 +69,8 @@ mod connector;
 #[cfg(feature = "connector")]
 pub use connector::{
     Capabilities, Change, ChangeBatch, ChangeKind, Connector, CreateOp, Current, DeleteOp, Field,
-    FieldMatch, FieldType, Info, LookupKey, Stream, UpdateOp, Watched, WriteOp, Written,
+    FieldMatch, FieldType, Info, LookupKey, Stream, UpdateOp, Watched, WebhookAnswer,
+    WebhookRequest, WriteOp, Written,
 };
 #[cfg(feature = "connector")]
 pub mod feed;
@@ -77,6 +78,8 @@ pub mod feed;
 pub mod http;
 #[cfg(feature = "connector")]
 pub mod log;
+#[cfg(feature = "connector")]
+pub mod signing;
 #[cfg(feature = "connector")]
 pub mod sql;
 

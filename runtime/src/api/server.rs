@@ -19,7 +19,7 @@ use wasmtime_wasi_http::io::TokioIo;
 
 use super::{find_route, percent_decode, RouteMiss, OPENAPI};
 use crate::engine::Side;
-use crate::ops::{Ops, OpsError};
+use crate::ops::{Hooked, Ops, OpsError};
 use crate::state::{ActivityQuery, Choice, ConflictQuery, Role};
 
 /// Who is calling.
@@ -325,6 +325,11 @@ async fn handle(ops: &Ops, peer: &Peer, limiter: &Limiter, req: Request<Incoming
             )
         }
     };
+    // A webhook authenticates itself: its connector checks the signature.
+    if route.path == "/hooks/{connection}" {
+        let connection = params.first().cloned().unwrap_or_default();
+        return webhook(ops, peer, limiter, &connection, req).await;
+    }
     // 1. Who is calling, and may they: before anything else is looked at.
     let caller = match route.role {
         None => Caller {
@@ -373,6 +378,70 @@ async fn handle(ops: &Ops, peer: &Peer, limiter: &Limiter, req: Request<Incoming
         ops.record(&caller.who, &format!("{method} {path}"), &outcome);
     }
     response
+}
+
+/// `POST /hooks/{connection}`: the request as it came, for the connection's connector to
+/// verify. A refusal is a 401 and counts as a failed login of the address; nothing else is
+/// told to the caller.
+async fn webhook(
+    ops: &Ops,
+    peer: &Peer,
+    limiter: &Limiter,
+    connection: &str,
+    req: Request<Incoming>,
+) -> Answer {
+    let ip = match peer {
+        Peer::Remote { ip } => Some(*ip),
+        Peer::Local { .. } => None,
+    };
+    if let Some(wait) = ip.and_then(|ip| limiter.blocked(ip)) {
+        let mut a = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many refused requests; try again in {wait} s"),
+        );
+        a.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
+        return a;
+    }
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = match read_body(req, BODY_MAX).await {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let request = crate::plugin::WebhookRequest {
+        method,
+        path,
+        headers,
+        body: body.to_vec(),
+        received_at: chrono::Utc::now().timestamp_micros(),
+    };
+    match ops.webhook(connection, request).await {
+        Ok(Hooked::Woke(syncs)) => answer(StatusCode::ACCEPTED, &json!({ "woke": syncs })),
+        Ok(Hooked::Nothing) => answer(StatusCode::OK, &json!({ "woke": [] })),
+        Ok(Hooked::Refused(_)) => {
+            if let Some(ip) = ip {
+                limiter.failed(ip);
+            }
+            error(
+                StatusCode::UNAUTHORIZED,
+                "the request's signature does not verify",
+            )
+        }
+        Ok(Hooked::Unsupported) => error(
+            StatusCode::NOT_FOUND,
+            format!("connection {connection} takes no webhooks"),
+        ),
+        Err(e) => ops_error(e),
+    }
 }
 
 fn authenticate(

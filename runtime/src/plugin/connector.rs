@@ -5,6 +5,7 @@ use wasmtime::Engine;
 
 use super::sandbox::{new_store, Sandbox};
 use super::since_v0_1_0::{self as v0_1_0, Connector as V0_1_0};
+use super::since_v0_2_0::{self as v0_2_0, Connector as V0_2_0};
 use super::world::Contract;
 use super::{
     CallError, ChangeBatch, ConnectorInfo, Current, Limits, LoadError, LookupKey, Purity,
@@ -30,12 +31,14 @@ pub struct ConnectorPlugin {
 #[derive(Clone)]
 enum Pre {
     Latest(ConnectorWorldPre<StoreState>),
+    V0_2_0(v0_2_0::ConnectorWorldPre<StoreState>),
     V0_1_0(v0_1_0::ConnectorWorldPre<StoreState>),
 }
 
 /// An instance's exports, by the contract version it was built for.
 enum Exports {
     Latest(ConnectorWorld),
+    V0_2_0(v0_2_0::ConnectorWorld),
     V0_1_0(v0_1_0::ConnectorWorld),
 }
 
@@ -45,6 +48,7 @@ macro_rules! export {
     ($b:expr, $s:expr, $latest:ident / $old:ident($($arg:expr),*)) => {
         match $b {
             Exports::Latest(b) => b.duplex_plugin_connector().$latest($s, $($arg),*).await,
+            Exports::V0_2_0(b) => V0_2_0(b).$old($s, $($arg),*).await,
             Exports::V0_1_0(b) => V0_1_0(b).$old($s, $($arg),*).await,
         }
     };
@@ -70,6 +74,7 @@ impl ConnectorPlugin {
         let pre = linker.instantiate_pre(component).map_err(link)?;
         let pre = match contract {
             Contract::Latest => Pre::Latest(ConnectorWorldPre::new(pre).map_err(link)?),
+            Contract::V0_2_0 => Pre::V0_2_0(v0_2_0::ConnectorWorldPre::new(pre).map_err(link)?),
             Contract::V0_1_0 => Pre::V0_1_0(v0_1_0::ConnectorWorldPre::new(pre).map_err(link)?),
         };
         let mut plugin = ConnectorPlugin {
@@ -133,6 +138,7 @@ impl ConnectorPlugin {
                 Box::pin(async move {
                     Ok(match pre {
                         Pre::Latest(p) => Exports::Latest(p.instantiate_async(store).await?),
+                        Pre::V0_2_0(p) => Exports::V0_2_0(p.instantiate_async(store).await?),
                         Pre::V0_1_0(p) => Exports::V0_1_0(p.instantiate_async(store).await?),
                     })
                 })
@@ -290,6 +296,22 @@ impl ConnectorSession {
             })
             .await;
         self.typed("watch", r)
+    }
+
+    /// Hands a pushed request to the connector to verify: whether changes are waiting.
+    pub async fn webhook(
+        &mut self,
+        config: &str,
+        request: super::WebhookRequest,
+    ) -> Result<super::WebhookAnswer, CallError> {
+        let config = config.to_owned();
+        let r = self
+            .sandbox
+            .call("webhook", move |b, s| {
+                Box::pin(async move { export!(b, s, call_webhook / webhook(&config, &request)) })
+            })
+            .await;
+        self.typed("webhook", r)
     }
 
     pub async fn remove_capture(

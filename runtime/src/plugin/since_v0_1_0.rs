@@ -321,6 +321,16 @@ impl Connector<'_> {
         }))
     }
 
+    /// Components of this version take no webhooks.
+    pub async fn webhook<S: AsContextMut<Data = StoreState>>(
+        &self,
+        _: S,
+        _: &str,
+        _: &latest::WebhookRequest,
+    ) -> CallResult<latest::WebhookAnswer> {
+        Ok(Ok(latest::WebhookAnswer::Unsupported))
+    }
+
     pub async fn remove_capture<S: AsContextMut<Data = StoreState>>(
         &self,
         s: S,

@@ -15,24 +15,27 @@ use crate::host::{self, Capability};
 /// The contract's package and version, as components name its interfaces.
 pub const PACKAGE: &str = "duplex:plugin";
 /// The latest version of the contract, which this host speaks and the SDK builds.
-pub const VERSION: &str = "0.2.0";
+pub const VERSION: &str = "0.3.0";
 
 /// A version of the contract this host loads components of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contract {
     /// [`VERSION`].
     Latest,
+    /// Through the adapter in `since_v0_2_0.rs`.
+    V0_2_0,
     /// Through the adapter in `since_v0_1_0.rs`.
     V0_1_0,
 }
 
 impl Contract {
     /// Every version loaded, latest first.
-    pub const ALL: [Contract; 2] = [Contract::Latest, Contract::V0_1_0];
+    pub const ALL: [Contract; 3] = [Contract::Latest, Contract::V0_2_0, Contract::V0_1_0];
 
     pub fn version(self) -> &'static str {
         match self {
             Contract::Latest => VERSION,
+            Contract::V0_2_0 => super::since_v0_2_0::VERSION,
             Contract::V0_1_0 => super::since_v0_1_0::VERSION,
         }
     }
@@ -269,7 +272,7 @@ pub enum Mismatch {
         wanted: String,
         found: String,
     },
-    #[error("it was built against {found}, but this host speaks {PACKAGE}@{VERSION} (and loads components built for 0.1.0); rebuild it with a matching SDK")]
+    #[error("it was built against {found}, but this host speaks {PACKAGE}@{VERSION} (and loads components built for 0.2.0 and 0.1.0); rebuild it with a matching SDK")]
     WrongVersion { found: String },
     #[error("it imports {import}, which Duplex does not offer to {world} plugins{hint}")]
     NotOffered {
@@ -343,10 +346,11 @@ mod tests {
 
     #[test]
     fn classifies_imports() {
+        assert_eq!(classify_import("duplex:plugin/sql@0.3.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.2.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), SQL);
         assert_eq!(
-            classify_import("duplex:plugin/sql@0.3.0"),
+            classify_import("duplex:plugin/sql@0.4.0"),
             ImportKind::WrongVersion
         );
         assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportKind::StdLib);

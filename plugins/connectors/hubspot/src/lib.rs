@@ -23,7 +23,8 @@ use duplex_sdk::feed::SinceCursor;
 use duplex_sdk::http::{self, Client, Method};
 use duplex_sdk::{
     register_connector, Capabilities, Change, ChangeBatch, ChangeKind, Connector, Current, Error,
-    Field, FieldType, FieldValue, Info, LookupKey, Stream, Value, WriteOp, Written,
+    Field, FieldType, FieldValue, Info, LookupKey, Stream, Value, WebhookAnswer, WebhookRequest,
+    WriteOp, Written,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -33,9 +34,15 @@ const CONFIG_SCHEMA: &str = r#"{
   "properties": {
     "base_url": { "type": "string", "description": "the API's root; default https://api.hubapi.com" },
     "objects": { "type": "array", "items": { "enum": ["contacts", "companies"] } },
-    "overlap_ms": { "type": "integer", "description": "how far back each read looks again, above the search index's lag; default 30000" }
+    "overlap_ms": { "type": "integer", "description": "how far back each read looks again, above the search index's lag; default 30000" },
+    "webhook_url": { "type": "string", "description": "the URL the HubSpot app's webhooks are sent to (Duplex's /hooks/CONNECTION as the world reaches it); the v3 signature covers it" },
+    "webhook_secret": { "type": "string", "description": "the name of the connection's secret holding the app's client secret, which keys the signature; default client_secret" }
   }
 }"#;
+
+/// How old a webhook's `X-HubSpot-Request-Timestamp` may be: HubSpot's docs say to reject a
+/// request whose timestamp is older than 5 minutes.
+const WEBHOOK_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 /// The search API's largest page and its cap on one query's results.
 const SEARCH_PAGE: usize = 200;
@@ -52,6 +59,14 @@ pub struct Config {
     objects: Vec<String>,
     #[serde(default = "default_overlap")]
     overlap_ms: i64,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default = "default_webhook_secret")]
+    webhook_secret: String,
+}
+
+fn default_webhook_secret() -> String {
+    "client_secret".into()
 }
 
 fn default_base() -> String {
@@ -702,6 +717,73 @@ impl Connector for HubSpot {
             .collect())
     }
 
+    /// Verifies HubSpot's v3 signature and says whether changes are waiting. The steps are the
+    /// ones HubSpot documents for `X-HubSpot-Signature-v3` (developers.hubspot.com, "Validating
+    /// requests"): reject a timestamp older than 5 minutes; HMAC-SHA256, keyed with the app's
+    /// client secret, over method + URI + body + timestamp; base64; compare. The secret stays
+    /// with the host ([`duplex_sdk::signing`]).
+    fn webhook(&mut self, request: WebhookRequest) -> Result<WebhookAnswer, Error> {
+        let Some(url) = &self.config.webhook_url else {
+            return Ok(WebhookAnswer::Unsupported);
+        };
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let (Some(signature), Some(timestamp)) = (
+            header("x-hubspot-signature-v3"),
+            header("x-hubspot-request-timestamp"),
+        ) else {
+            return Ok(WebhookAnswer::Refused(
+                "no X-HubSpot-Signature-v3 or X-HubSpot-Request-Timestamp header".into(),
+            ));
+        };
+        let Ok(sent_ms) = timestamp.trim().parse::<i64>() else {
+            return Ok(WebhookAnswer::Refused(format!(
+                "timestamp {timestamp:?} is not a number"
+            )));
+        };
+        let age_ms = request.received_at / 1000 - sent_ms;
+        if !(-WEBHOOK_WINDOW_MS..=WEBHOOK_WINDOW_MS).contains(&age_ms) {
+            return Ok(WebhookAnswer::Refused(format!(
+                "timestamp {sent_ms} is {} s from the time it arrived, outside the 5-minute window",
+                age_ms / 1000
+            )));
+        }
+        let expected = v3_signature(
+            &self.config.webhook_secret,
+            &request.method,
+            &webhook_uri(url, &request.path),
+            &request.body,
+            timestamp.trim(),
+        )?;
+        if !duplex_sdk::signing::same(expected.as_bytes(), signature.trim().as_bytes()) {
+            return Ok(WebhookAnswer::Refused(
+                "the v3 signature does not match".into(),
+            ));
+        }
+        // Genuine. The events say which objects changed; the feed says how.
+        let events: Vec<Json> = serde_json::from_slice(&request.body).unwrap_or_default();
+        let ours = events.iter().any(|e| {
+            let kind = e["subscriptionType"].as_str().unwrap_or("");
+            let object = kind.split('.').next().unwrap_or("");
+            self.config.objects.iter().any(|o| {
+                matches!(
+                    (o.as_str(), object),
+                    ("contacts", "contact") | ("companies", "company")
+                )
+            })
+        });
+        Ok(if ours {
+            WebhookAnswer::ChangesWaiting
+        } else {
+            WebhookAnswer::Nothing
+        })
+    }
+
     fn find(&mut self, stream: &str, key: LookupKey) -> Result<Vec<Current>, Error> {
         let object = self.object(stream)?.to_owned();
         let schema = self.properties(&object)?;
@@ -763,9 +845,105 @@ impl Connector for HubSpot {
 
 register_connector!(HubSpot);
 
+/// The URI HubSpot signed: the URL its app calls, with the query the request came with, and
+/// the characters HubSpot's docs list decoded (`%3A` as `:` and so on).
+fn webhook_uri(url: &str, path: &str) -> String {
+    let query = path.split_once('?').map(|(_, q)| q);
+    let mut uri = match query {
+        Some(q) => format!("{url}?{q}"),
+        None => url.to_owned(),
+    };
+    for (encoded, plain) in [
+        ("%3A", ":"),
+        ("%2F", "/"),
+        ("%3F", "?"),
+        ("%40", "@"),
+        ("%21", "!"),
+        ("%24", "$"),
+        ("%27", "'"),
+        ("%28", "("),
+        ("%29", ")"),
+        ("%2A", "*"),
+        ("%2C", ","),
+        ("%3B", ";"),
+    ] {
+        uri = uri
+            .replace(encoded, plain)
+            .replace(&encoded.to_lowercase(), plain);
+    }
+    uri
+}
+
+/// base64(HMAC-SHA256(secret, method + uri + body + timestamp)), the secret named `secret`
+/// in the connection's secrets.
+fn v3_signature(
+    secret: &str,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    timestamp: &str,
+) -> Result<String, Error> {
+    let mut message = Vec::with_capacity(method.len() + uri.len() + body.len() + timestamp.len());
+    message.extend_from_slice(method.as_bytes());
+    message.extend_from_slice(uri.as_bytes());
+    message.extend_from_slice(body);
+    message.extend_from_slice(timestamp.as_bytes());
+    Ok(base64(&duplex_sdk::signing::hmac_sha256(secret, &message)?))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_the_standard_one() {
+        // RFC 4648, section 10.
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn the_signed_uri_is_the_apps_url_with_the_query_and_listed_characters_decoded() {
+        assert_eq!(
+            webhook_uri("https://d.example/hooks/crm", "/hooks/crm?a=b%3Ac"),
+            "https://d.example/hooks/crm?a=b:c"
+        );
+        assert_eq!(
+            webhook_uri("https://d.example/hooks/crm", "/hooks/crm"),
+            "https://d.example/hooks/crm"
+        );
+    }
 
     #[test]
     fn parses_hubspot_times() {

@@ -23,7 +23,7 @@ impl Secret {
         Secret(value.into())
     }
 
-    pub(super) fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -1,0 +1,434 @@
+//! Components built against `duplex:plugin@0.2.0` (`wit/v0.2.0/`), kept loading.
+//!
+//! The same thin adapter as `since_v0_1_0.rs`: the 0.2.0 imports (`log`, `sql`) forward to the
+//! same host capabilities, and the 0.2.0 exports are called and their values converted to the
+//! latest types (the same shapes: 0.3.0 only added `webhook` and the `signing` import). A 0.2.0
+//! connector takes no webhooks.
+//!
+//! Must not: grow behaviour of its own.
+
+#![allow(missing_docs, clippy::all)]
+
+use wasmtime::component::{Linker, Resource};
+use wasmtime::AsContextMut;
+
+use super::StoreState;
+use crate::bindings::connector as latest;
+use crate::bindings::duplex::plugin::types::{Error, Value};
+use crate::bindings::duplex::plugin::{log as latest_log, sql as latest_sql};
+use crate::bindings::resolver as latest_resolver;
+use crate::host::sql::Connection;
+use crate::host::{HasHost, HostData, HostView};
+
+/// The version this module adapts.
+pub const VERSION: &str = "0.2.0";
+
+mod connector_world {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "connector-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+            "duplex:plugin/sql.connection": crate::host::sql::Connection,
+        },
+    });
+}
+
+mod resolver_world {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "resolver-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+        },
+    });
+}
+
+pub(crate) use connector_world::{
+    ConnectorPlugin as ConnectorWorld, ConnectorPluginPre as ConnectorWorldPre,
+};
+pub(crate) use resolver_world::{
+    ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre,
+};
+
+use connector_world::duplex::plugin::{log as old_log, sql as old_sql};
+use connector_world::exports::duplex::plugin::connector as old;
+use resolver_world::exports::duplex::plugin::resolver as old_resolver;
+
+// ---- Imports: what 0.2.0 components call, forwarded to the host's capabilities.
+
+/// Links the 0.2.0 names of the contract's types (no functions), `log` and `sql`, which
+/// forward to the latest and so check the same grants.
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
+    old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    Ok(())
+}
+
+impl old_log::Host for HostView<'_> {
+    async fn log(&mut self, level: old_log::Level, message: String) -> wasmtime::Result<()> {
+        use latest_log::Level as L;
+        use old_log::Level as O;
+        let level = match level {
+            O::Trace => L::Trace,
+            O::Debug => L::Debug,
+            O::Info => L::Info,
+            O::Warn => L::Warn,
+            O::Error => L::Error,
+        };
+        latest_log::Host::log(self, level, message).await
+    }
+}
+
+impl old_sql::Host for HostView<'_> {
+    async fn open(&mut self, url: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        latest_sql::Host::open(self, url).await
+    }
+}
+
+impl old_sql::HostConnection for HostView<'_> {
+    async fn dialect(&mut self, conn: Resource<Connection>) -> wasmtime::Result<old_sql::Dialect> {
+        use latest_sql::Dialect as L;
+        use old_sql::Dialect as O;
+        Ok(
+            match latest_sql::HostConnection::dialect(self, conn).await? {
+                L::Sqlite => O::Sqlite,
+                L::Postgres => O::Postgres,
+                L::Mysql => O::Mysql,
+            },
+        )
+    }
+
+    async fn query(
+        &mut self,
+        conn: Resource<Connection>,
+        statement: String,
+        params: Vec<Value>,
+        max_rows: u32,
+    ) -> wasmtime::Result<Result<old_sql::Rows, Error>> {
+        let rows = latest_sql::HostConnection::query(self, conn, statement, params, max_rows);
+        Ok(rows.await?.map(|r| old_sql::Rows {
+            columns: r.columns,
+            rows: r.rows,
+        }))
+    }
+
+    async fn execute(
+        &mut self,
+        conn: Resource<Connection>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        latest_sql::HostConnection::execute(self, conn, statement, params).await
+    }
+
+    async fn execute_script(
+        &mut self,
+        conn: Resource<Connection>,
+        script: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        latest_sql::HostConnection::execute_script(self, conn, script).await
+    }
+
+    async fn begin(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        latest_sql::HostConnection::begin(self, conn).await
+    }
+
+    async fn commit(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        latest_sql::HostConnection::commit(self, conn).await
+    }
+
+    async fn rollback(
+        &mut self,
+        conn: Resource<Connection>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        latest_sql::HostConnection::rollback(self, conn).await
+    }
+
+    async fn wait_for_change(
+        &mut self,
+        conn: Resource<Connection>,
+        channel: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        latest_sql::HostConnection::wait_for_change(self, conn, channel, timeout_ms).await
+    }
+
+    async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
+        latest_sql::HostConnection::drop(self, conn).await
+    }
+}
+
+// ---- Exports: a 0.2.0 connector called as the latest one.
+
+type CallResult<T> = wasmtime::Result<Result<T, Error>>;
+
+/// Calls a 0.2.0 connector's exports with the latest types.
+pub(crate) struct Connector<'a>(pub &'a ConnectorWorld);
+
+impl Connector<'_> {
+    fn guest(&self) -> &old::Guest {
+        self.0.duplex_plugin_connector()
+    }
+
+    pub async fn info<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+    ) -> wasmtime::Result<latest::ConnectorInfo> {
+        let i = self.guest().call_info(s).await?;
+        let mut capabilities = latest::Capabilities::empty();
+        for (old_flag, flag) in [
+            (
+                old::Capabilities::CHANGE_FEED,
+                latest::Capabilities::CHANGE_FEED,
+            ),
+            (
+                old::Capabilities::DELETES_IN_FEED,
+                latest::Capabilities::DELETES_IN_FEED,
+            ),
+            (
+                old::Capabilities::CONDITIONAL_WRITES,
+                latest::Capabilities::CONDITIONAL_WRITES,
+            ),
+            (old::Capabilities::REALTIME, latest::Capabilities::REALTIME),
+        ] {
+            if i.capabilities.contains(old_flag) {
+                capabilities |= flag;
+            }
+        }
+        Ok(latest::ConnectorInfo {
+            name: i.name,
+            version: i.version,
+            config_schema: i.config_schema,
+            capabilities,
+        })
+    }
+
+    pub async fn check<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+    ) -> CallResult<()> {
+        self.guest().call_check(s, config).await
+    }
+
+    pub async fn discover<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+    ) -> CallResult<Vec<latest::Stream>> {
+        let streams = self.guest().call_discover(s, config).await?;
+        Ok(streams.map(|streams| streams.into_iter().map(stream).collect()))
+    }
+
+    pub async fn read<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        stream: &str,
+        origin: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> CallResult<latest::ChangeBatch> {
+        let batch = self
+            .guest()
+            .call_read(s, config, stream, origin, cursor, max)
+            .await?;
+        Ok(batch.map(|b| latest::ChangeBatch {
+            changes: b.changes.into_iter().map(change).collect(),
+            next_cursor: b.next_cursor,
+            has_more: b.has_more,
+        }))
+    }
+
+    pub async fn write<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        stream: &str,
+        origin: &str,
+        ops: &[latest::WriteOp],
+    ) -> CallResult<Vec<Result<latest::Written, Error>>> {
+        let ops: Vec<old::WriteOp> = ops.iter().map(write_op).collect();
+        let results = self
+            .guest()
+            .call_write(s, config, stream, origin, &ops)
+            .await?;
+        Ok(results.map(|rs| {
+            rs.into_iter()
+                .map(|r| {
+                    r.map(|w| latest::Written {
+                        id: w.id,
+                        version: w.version,
+                        stored: w.stored,
+                    })
+                })
+                .collect()
+        }))
+    }
+
+    pub async fn find<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        stream: &str,
+        key: &latest::LookupKey,
+    ) -> CallResult<Vec<latest::Current>> {
+        let key = match key {
+            latest::LookupKey::Ids(ids) => old::LookupKey::Ids(ids.clone()),
+            latest::LookupKey::ByField(m) => old::LookupKey::ByField(old::FieldMatch {
+                field: m.field.clone(),
+                values: m.values.clone(),
+                ignore_case: m.ignore_case,
+            }),
+        };
+        let found = self.guest().call_find(s, config, stream, &key).await?;
+        Ok(found.map(|found| {
+            found
+                .into_iter()
+                .map(|c| latest::Current {
+                    id: c.id,
+                    fields: c.fields,
+                    version: c.version,
+                    changed_at: c.changed_at,
+                })
+                .collect()
+        }))
+    }
+
+    pub async fn watch<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        timeout_ms: u32,
+    ) -> CallResult<latest::Watched> {
+        let watched = self.guest().call_watch(s, config, timeout_ms).await?;
+        Ok(watched.map(|w| match w {
+            old::Watched::Changed => latest::Watched::Changed,
+            old::Watched::Timeout => latest::Watched::Timeout,
+            old::Watched::Unsupported => latest::Watched::Unsupported,
+        }))
+    }
+
+    /// Components of this version take no webhooks.
+    pub async fn webhook<S: AsContextMut<Data = StoreState>>(
+        &self,
+        _: S,
+        _: &str,
+        _: &latest::WebhookRequest,
+    ) -> CallResult<latest::WebhookAnswer> {
+        Ok(Ok(latest::WebhookAnswer::Unsupported))
+    }
+
+    pub async fn remove_capture<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        stream: Option<&str>,
+    ) -> CallResult<()> {
+        self.guest().call_remove_capture(s, config, stream).await
+    }
+}
+
+fn stream(s: old::Stream) -> latest::Stream {
+    latest::Stream {
+        name: s.name,
+        fields: s
+            .fields
+            .into_iter()
+            .map(|f| latest::Field {
+                name: f.name,
+                type_: match f.type_ {
+                    old::FieldType::Boolean => latest::FieldType::Boolean,
+                    old::FieldType::Integer => latest::FieldType::Integer,
+                    old::FieldType::Float => latest::FieldType::Float,
+                    old::FieldType::Decimal => latest::FieldType::Decimal,
+                    old::FieldType::Text => latest::FieldType::Text,
+                    old::FieldType::Bytes => latest::FieldType::Bytes,
+                    old::FieldType::Timestamp => latest::FieldType::Timestamp,
+                    old::FieldType::Json => latest::FieldType::Json,
+                },
+                nullable: f.nullable,
+                writable: f.writable,
+                matchable: f.matchable,
+                allowed: f.allowed,
+                unsupported: f.unsupported,
+            })
+            .collect(),
+        primary_key: s.primary_key,
+    }
+}
+
+fn change(c: old::Change) -> latest::Change {
+    latest::Change {
+        id: c.id,
+        kind: match c.kind {
+            old::ChangeKind::Create => latest::ChangeKind::Create,
+            old::ChangeKind::Update => latest::ChangeKind::Update,
+            old::ChangeKind::Delete => latest::ChangeKind::Delete,
+        },
+        fields: c.fields,
+        version: c.version,
+        changed_at: c.changed_at,
+        origin: c.origin,
+    }
+}
+
+fn write_op(op: &latest::WriteOp) -> old::WriteOp {
+    match op {
+        latest::WriteOp::Create(c) => old::WriteOp::Create(old::CreateOp {
+            fields: c.fields.clone(),
+        }),
+        latest::WriteOp::Update(u) => old::WriteOp::Update(old::UpdateOp {
+            id: u.id.clone(),
+            fields: u.fields.clone(),
+            if_version: u.if_version.clone(),
+        }),
+        latest::WriteOp::Delete(d) => old::WriteOp::Delete(old::DeleteOp {
+            id: d.id.clone(),
+            if_version: d.if_version.clone(),
+        }),
+    }
+}
+
+// ---- A 0.2.0 rule called as the latest one: the resolver interface did not change.
+
+pub(crate) async fn resolve<S: AsContextMut<Data = StoreState>>(
+    world: &ResolverWorld,
+    s: S,
+    conflicts: &[latest_resolver::Conflict],
+) -> wasmtime::Result<Vec<latest_resolver::Resolution>> {
+    let side = |s: &latest_resolver::Side| old_resolver::Side {
+        name: s.name.clone(),
+        value: s.value.clone(),
+        changed_at: s.changed_at,
+    };
+    let conflicts: Vec<old_resolver::Conflict> = conflicts
+        .iter()
+        .map(|c| old_resolver::Conflict {
+            sync: c.sync.clone(),
+            field: c.field.clone(),
+            base: c.base.clone(),
+            left: side(&c.left),
+            right: side(&c.right),
+        })
+        .collect();
+    let resolutions = world
+        .duplex_plugin_resolver()
+        .call_resolve(s, &conflicts)
+        .await?;
+    Ok(resolutions
+        .into_iter()
+        .map(|r| match r {
+            old_resolver::Resolution::TakeLeft => latest_resolver::Resolution::TakeLeft,
+            old_resolver::Resolution::TakeRight => latest_resolver::Resolution::TakeRight,
+            old_resolver::Resolution::Value(v) => latest_resolver::Resolution::Value(v),
+            old_resolver::Resolution::Manual(why) => latest_resolver::Resolution::Manual(why),
+        })
+        .collect())
+}
