@@ -10,6 +10,8 @@ mod cache;
 mod connector;
 mod resolver;
 mod sandbox;
+#[macro_use]
+mod since;
 mod since_v0_1_0;
 mod since_v0_2_0;
 pub mod world;

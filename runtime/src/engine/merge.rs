@@ -246,40 +246,31 @@ pub(crate) fn merge_link(
                     Some(if l.rewritten.contains(f) { c } else { a }.clone())
                 }
                 (true, true, Some(a), Some(c)) => {
+                    // Both values and both times, for a person to audit the decision.
+                    let decided = |winner, rule, value| Decided {
+                        link: link.id,
+                        field: f.to_owned(),
+                        left: a.clone(),
+                        right: c.clone(),
+                        left_at: l.changed_at,
+                        right_at: r.changed_at,
+                        left_read_time: l.read_time,
+                        right_read_time: r.read_time,
+                        winner,
+                        rule,
+                        value,
+                        plugin: None,
+                    };
                     match settle_conflict(link, spec, f, a, c, answers) {
                         Settled::Value(v) => Some(v),
                         Settled::Latest(winner) => {
-                            m.decided.push(Decided {
-                                link: link.id,
-                                field: f.to_owned(),
-                                left: a.clone(),
-                                right: c.clone(),
-                                left_at: l.changed_at,
-                                right_at: r.changed_at,
-                                left_read_time: l.read_time,
-                                right_read_time: r.read_time,
-                                winner,
-                                rule: None,
-                                value: None,
-                                plugin: None,
-                            });
+                            m.decided.push(decided(winner, None, None));
                             Some(if winner == Side::Left { a } else { c }.clone())
                         }
                         Settled::Ruled(rule, winner, v) => {
-                            m.decided.push(Decided {
-                                link: link.id,
-                                field: f.to_owned(),
-                                left: a.clone(),
-                                right: c.clone(),
-                                left_at: l.changed_at,
-                                right_at: r.changed_at,
-                                left_read_time: l.read_time,
-                                right_read_time: r.read_time,
-                                winner: winner.unwrap_or(Side::Left),
-                                rule: Some(rule),
-                                value: winner.is_none().then(|| v.clone()),
-                                plugin: None,
-                            });
+                            let own = winner.is_none().then(|| v.clone());
+                            m.decided
+                                .push(decided(winner.unwrap_or(Side::Left), Some(rule), own));
                             Some(v)
                         }
                         Settled::Hold(reason) => {
