@@ -87,6 +87,14 @@ pub trait Dialect {
     fn row_version(&self) -> Option<&'static str> {
         None
     }
+    /// An expression selecting a row's version from `_duplex_rows` in the row's own SELECT,
+    /// where the dialect can compare its keys there; `None`: looked up apart (see
+    /// `with_versions`). MariaDB cannot: `_duplex_rows.pk` and a cast key may differ in
+    /// collation, which it refuses to compare.
+    fn version_subquery(&self, table: &str, pk: &str) -> Option<String> {
+        let _ = (table, pk);
+        None
+    }
     /// What makes a SELECT a locking read of the latest committed row, for the version check
     /// of a conditional write where versions live in `_duplex_rows` (see `guard` in lib.rs).
     /// SQLite needs none: a write transaction holds the database's only write lock from its

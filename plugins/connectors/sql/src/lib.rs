@@ -240,35 +240,39 @@ impl Connector for SqlConnector {
 
     fn find(&mut self, stream: &str, key: LookupKey) -> Result<Vec<Current>, Error> {
         let table = self.table(stream)?;
-        // Versions live in the capture's bookkeeping, so a find may be the first use.
-        self.db.transaction(|db| self.ensure_capture(db, &table))?;
-        let rows = match key {
-            LookupKey::Ids(ids) => {
-                let ids: Vec<Value> = ids
-                    .iter()
-                    .map(|id| id_value(&table, id))
-                    .collect::<Result<_, _>>()?;
-                self.select_where(&self.db, &table, &table.pk, &ids, false)?
-            }
-            LookupKey::ByField(m) => {
-                let column = table.column(&m.field).ok_or_else(|| {
-                    Error::validation(
-                        Some(&m.field),
-                        format!("table {} has no column {}", table.name, m.field),
-                    )
-                })?;
-                let name = column.name.clone();
-                self.select_where(&self.db, &table, &name, &m.values, m.ignore_case)?
-            }
-        };
-        let found = self.with_versions(&self.db, &table, rows.into_values().collect())?;
-        let versions: Vec<(String, String)> = found
-            .iter()
-            .map(|(id, _, version)| (id.clone(), version.clone()))
-            .collect();
-        let mut times = self
-            .dialect
-            .version_times(&self.db, &table.name, &versions)?;
+        // Versions live in the capture's bookkeeping, so a find may be the first use. The rows
+        // and their versions are read in one transaction: read apart, a write committed between
+        // the two paired a row's old values with its new version (SQLite keeps versions beside
+        // the rows), and a conditional write made on them passed and overwrote that write.
+        let (found, mut times) = self.db.transaction(|db| {
+            self.ensure_capture(db, &table)?;
+            let rows = match &key {
+                LookupKey::Ids(ids) => {
+                    let ids: Vec<Value> = ids
+                        .iter()
+                        .map(|id| id_value(&table, id))
+                        .collect::<Result<_, _>>()?;
+                    self.select_where(db, &table, &table.pk, &ids, false)?
+                }
+                LookupKey::ByField(m) => {
+                    let column = table.column(&m.field).ok_or_else(|| {
+                        Error::validation(
+                            Some(&m.field),
+                            format!("table {} has no column {}", table.name, m.field),
+                        )
+                    })?;
+                    let name = column.name.clone();
+                    self.select_where(db, &table, &name, &m.values, m.ignore_case)?
+                }
+            };
+            let found = self.with_versions(db, &table, rows.into_values().collect())?;
+            let versions: Vec<(String, String)> = found
+                .iter()
+                .map(|(id, _, version)| (id.clone(), version.clone()))
+                .collect();
+            let times = self.dialect.version_times(db, &table.name, &versions)?;
+            Ok((found, times))
+        })?;
         Ok(found
             .into_iter()
             .map(|(id, fields, version)| Current {
@@ -402,11 +406,14 @@ impl SqlConnector {
                 }
             })
             .collect();
-        list.extend(
-            self.dialect
-                .row_version()
-                .map(|v| format!("{v} AS {VERSION_COLUMN}")),
-        );
+        // The version is read by the same statement as the row where the dialect can, so the
+        // two always belong together (see `with_versions` for the others).
+        let version = self
+            .dialect
+            .row_version()
+            .map(str::to_owned)
+            .or_else(|| self.dialect.version_subquery(&table.name, &table.pk));
+        list.extend(version.map(|v| format!("{v} AS {VERSION_COLUMN}")));
         list.join(", ")
     }
 
@@ -417,7 +424,10 @@ impl SqlConnector {
             .fields()
             .filter_map(|(name, value)| {
                 if name == VERSION_COLUMN {
-                    version = Some(value.to_plain_string());
+                    // A row with no entry in `_duplex_rows` yet has none (see `with_versions`).
+                    if !matches!(value, Value::Null) {
+                        version = Some(value.to_plain_string());
+                    }
                     return None;
                 }
                 let ty = table.column(name).map(|c| c.field_type);
@@ -434,6 +444,12 @@ impl SqlConnector {
     /// Records with their versions, looked up in `_duplex_rows` where the rows do not carry
     /// them. A row the capture has no version for yet (written before it was installed) is at
     /// version 0.
+    /// Rows with their versions: those read with the row (see `select_list`) as they are, the
+    /// others looked up in `_duplex_rows` first and their rows read again after. Read the other
+    /// way round, a write committed between the two reads paired a row's old values with its
+    /// new version (MariaDB's READ COMMITTED gives each statement its own snapshot), and a
+    /// conditional write made on them passed and overwrote that write. A version older than
+    /// the values only makes such a write be refused and read again.
     fn with_versions(
         &self,
         db: &Db,
@@ -445,14 +461,28 @@ impl SqlConnector {
             .filter(|(_, _, v)| v.is_none())
             .map(|(id, _, _)| id.clone())
             .collect();
+        if missing.is_empty() {
+            return Ok(records
+                .into_iter()
+                .map(|(id, fields, v)| (id, fields, v.unwrap_or_default()))
+                .collect());
+        }
         let mut versions = self.versions(db, table, &missing)?;
+        let ids: Vec<Value> = missing
+            .iter()
+            .map(|id| id_value(table, id))
+            .collect::<Result<_, _>>()?;
+        let mut again = self.select_where(db, table, &table.pk, &ids, false)?;
         Ok(records
             .into_iter()
-            .map(|(id, fields, v)| {
-                let v = v
-                    .or_else(|| versions.remove(&id))
-                    .unwrap_or_else(|| "0".into());
-                (id, fields, v)
+            .filter_map(|(id, fields, v)| match v {
+                Some(v) => Some((id, fields, v)),
+                // Gone since: it is read as the row is now, which is no row.
+                None => {
+                    let (_, fields, _) = again.remove(&id)?;
+                    let v = versions.remove(&id).unwrap_or_else(|| "0".into());
+                    Some((id, fields, v))
+                }
             })
             .collect())
     }

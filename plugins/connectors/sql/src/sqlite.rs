@@ -49,6 +49,15 @@ fn trigger_name(table: &str, suffix: &str) -> String {
 }
 
 impl Dialect for Sqlite {
+    fn version_subquery(&self, table: &str, pk: &str) -> Option<String> {
+        Some(format!(
+            "(SELECT version FROM _duplex_rows WHERE tbl = {} AND pk = CAST({}.{} AS TEXT))",
+            literal(table),
+            self.ident(table),
+            self.ident(pk)
+        ))
+    }
+
     fn ident(&self, name: &str) -> String {
         format!("\"{}\"", name.replace('"', "\"\""))
     }
