@@ -58,6 +58,7 @@ fn spec(policy: Policy) -> SyncSpec {
         direction: Direction::Both,
         values: vec![],
         policy: None,
+        counter: false,
     };
     SyncSpec {
         name: "people".into(),

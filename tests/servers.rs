@@ -1817,3 +1817,183 @@ async fn values_a_destination_changes_on_write_flow_back_and_a_field_both_rewrit
     let more: usize = reports.values().flatten().map(|r| r.writes).sum();
     assert_eq!(more, 0);
 }
+
+/// Counters (issue 16): the same five items sold at once in a PostgreSQL shop and a SQLite
+/// warehouse, a thousand small sales on each side while a realtime sync runs, each sale one
+/// transaction adding to the row as the database holds it. Stock and takings are counters, so
+/// every sale counts once, on both sides, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_sold_at_once_on_sqlite_and_postgres_ends_exact() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    const ITEMS: i64 = 5;
+    const FIRST: i64 = 5_000;
+    let sales: i64 = std::env::var("SALES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    pg.exec("CREATE TABLE items (sku TEXT PRIMARY KEY, stock INTEGER NOT NULL, takings NUMERIC(14, 2) NOT NULL)")
+        .await;
+    for i in 0..ITEMS {
+        pg.exec(&format!("INSERT INTO items VALUES ('sku-{i}', {FIRST}, 0)"))
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warehouse.db");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("CREATE TABLE stock (code TEXT PRIMARY KEY, on_hand INTEGER NOT NULL, takings DECIMAL(14, 2) NOT NULL);")
+        .unwrap();
+    let url = &pg.url;
+    let config = dir.path().join("duplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[connections.shop]
+plugin = "builtin:sql"
+config = {{ url = "{url}" }}
+grants = {{ sql = ["{url}"] }}
+
+[connections.warehouse]
+plugin = "builtin:sql"
+config = {{ url = "sqlite://warehouse.db" }}
+grants = {{ sql = ["sqlite://warehouse.db"] }}
+
+[syncs.stock]
+left = "shop.items"
+right = "warehouse.stock"
+match = {{ field = "sku" }}
+fields = [
+    {{ left = "sku", right = "code" }},
+    {{ left = "stock", right = "on_hand", counter = true }},
+    {{ left = "takings", right = "takings", counter = true }},
+]
+"#
+        ),
+    )
+    .unwrap();
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+
+    // Sale n sells (n % 3) + 1 units of item n % 5 for a quarter per unit: both sides sell the
+    // same items at once, and the totals are known without counting the sales made.
+    let units = |n: i64| n % 3 + 1;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let work = async {
+        let shop = {
+            let url = pg.url.clone();
+            tokio::spawn(async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                for n in 0..sales {
+                    sqlx::query("UPDATE items SET stock = stock - $1, takings = takings + $1 * 0.25 WHERE sku = $2")
+                        .bind(units(n) as i32)
+                        .bind(format!("sku-{}", n % ITEMS))
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                    // Spread over many cycles, so that writes meet sales.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let warehouse = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let c = rusqlite::Connection::open(&file).unwrap();
+                c.busy_timeout(Duration::from_secs(30)).unwrap();
+                for n in 0..sales {
+                    c.execute(
+                        "UPDATE stock SET on_hand = on_hand - ?1, takings = takings + ?1 * 0.25 WHERE code = ?2",
+                        rusqlite::params![units(n), format!("sku-{}", n % ITEMS)],
+                    )
+                    .unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        shop.await.unwrap();
+        warehouse.await.unwrap();
+        // Caught up: both sides show the totals every sale made.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let expected = expected_stock(sales, ITEMS, FIRST, units);
+        loop {
+            let (a, b) = (pg_stock(&pg).await, sqlite_stock(&file));
+            if a == expected && b == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not exact after the sales: shop {a:?}, warehouse {b:?}, books {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = stop_tx.send(());
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {},
+    );
+    let ((), ran) = tokio::join!(work, run);
+    ran.unwrap();
+    assert!(state.conflicts(false).unwrap().is_empty());
+    let writes = state.stats("stock").unwrap().writes;
+    let reports = app.run_once(&state, |_, _| {}).await.unwrap();
+    let more: usize = reports.values().flatten().map(|r| r.writes).sum();
+    assert_eq!(more, 0, "writes after convergence: echoes bounced");
+    assert_eq!(
+        pg_stock(&pg).await,
+        expected_stock(sales, ITEMS, FIRST, units)
+    );
+    println!(
+        "{} sales on two databases at once, {writes} sync writes, totals exact",
+        2 * sales
+    );
+}
+
+/// Each item's stock and takings (in cents) once `sales` sales were made on each of two sides.
+fn expected_stock(
+    sales: i64,
+    items: i64,
+    first: i64,
+    units: impl Fn(i64) -> i64,
+) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut out: std::collections::BTreeMap<String, (i64, i64)> = (0..items)
+        .map(|i| (format!("sku-{i}"), (first, 0)))
+        .collect();
+    for n in 0..sales {
+        let e = out.get_mut(&format!("sku-{}", n % items)).unwrap();
+        e.0 -= 2 * units(n);
+        e.1 += 2 * units(n) * 25;
+    }
+    out
+}
+
+async fn pg_stock(db: &ServerDb) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT sku, stock, (takings * 100)::bigint FROM items")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(s, n, t)| (s, (i64::from(n), t)))
+        .collect()
+}
+
+fn sqlite_stock(file: &std::path::Path) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let c = rusqlite::Connection::open(file).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut q = c
+        .prepare("SELECT code, on_hand, CAST(round(takings * 100) AS INTEGER) FROM stock")
+        .unwrap();
+    q.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}

@@ -887,6 +887,24 @@ fn build_sync(
             }
         }
         let (lt, rt): (FieldType, FieldType) = (lf.type_.into(), rf.type_.into());
+        let counter = f.counter.as_ref().is_some_and(|c| *c.get_ref());
+        if let Some(c) = f.counter.as_ref().filter(|_| counter) {
+            let number = |t: FieldType| matches!(t, FieldType::Integer | FieldType::Decimal);
+            for (field, ty, conn) in [(&lf, lt, &lc), (&rf, rt, &rc)] {
+                if !number(ty) {
+                    return Err(loaded
+                        .invalid(
+                            c,
+                            format!("syncs.{name}.fields[{i}].counter"),
+                            format!(
+                                "field {} of connection {conn} is {ty:?}: a counter must be an integer or a decimal on both sides, to be added exactly",
+                                field.name
+                            ),
+                        )
+                        .into());
+                }
+            }
+        }
         let mut values = Vec::new();
         if let Some(table) = &f.values {
             for (k, v) in table {
@@ -940,6 +958,7 @@ fn build_sync(
                 .as_ref()
                 .map(|p| loaded.policy(p, &format!("syncs.{name}.fields[{i}].conflict")))
                 .transpose()?,
+            counter,
         });
     }
     let policy = match &cfg.conflict {

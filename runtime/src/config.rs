@@ -41,6 +41,11 @@
 //! values = { active = 1, lead = 2 }      # left value = right value
 //! conflict = "manual"
 //! direction = "both"                     # left-to-right | right-to-left
+//!
+//! [[syncs.customers.fields]]
+//! left = "credit"
+//! right = "credit_balance"
+//! counter = true                         # both sides' changes add up, none is picked
 //! ```
 
 use std::collections::BTreeMap;
@@ -344,6 +349,11 @@ pub struct FieldConfig {
     /// Value translation: `{ left value = right value }`, applied both ways.
     #[serde(default)]
     pub values: Option<toml::Table>,
+    /// A counter (stock on hand, seats used): when both sides change it, the result is the
+    /// last total plus both changes, written to both sides. Integer or decimal on both sides,
+    /// flowing both ways, with no `values` or `conflict`.
+    #[serde(default)]
+    pub counter: Option<Spanned<bool>>,
 }
 
 /// A field's direction.
@@ -495,6 +505,28 @@ impl Loaded {
             for (i, f) in sync.fields.iter().enumerate() {
                 if let Some(p) = &f.conflict {
                     self.policy(p, &format!("syncs.{name}.fields[{i}].conflict"))?;
+                }
+                if let Some(c) = f.counter.as_ref().filter(|c| *c.get_ref()) {
+                    let key = format!("syncs.{name}.fields[{i}].counter");
+                    let clash = if f.values.is_some() {
+                        Some("values: a counter's changes are added, not translated")
+                    } else if f.conflict.is_some() {
+                        Some("conflict: a counter adds both sides' changes, no policy picks one")
+                    } else if !matches!(f.direction, DirectionConfig::Both) {
+                        Some("direction: a counter flows both ways; a one-way field has no changes to add")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = clash {
+                        return Err(self.invalid(c, key, format!("a counter takes no {why}")));
+                    }
+                    if sync
+                        .match_key
+                        .as_ref()
+                        .is_some_and(|m| m.field.get_ref() == common_name(f))
+                    {
+                        return Err(self.invalid(c, key, "a counter cannot be the match key"));
+                    }
                 }
             }
             if let Some(s) = &sync.schedule {
@@ -807,7 +839,7 @@ mod tests {
             .join("\n");
         let loaded = Loaded::parse(Path::new("duplex.toml"), example).unwrap();
         let sync = &loaded.config.syncs["customers"];
-        assert_eq!(sync.fields.len(), 2);
+        assert_eq!(sync.fields.len(), 3);
         assert_eq!(
             loaded.policy(sync.conflict.as_ref().unwrap(), "x").unwrap(),
             Policy::LastWriterWins
@@ -916,5 +948,28 @@ oauth = { origin = "https://api.example.com", token_url = "https://auth.example.
             .unwrap_err()
             .to_string();
         assert!(err.contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn a_counter_that_cannot_add_is_refused_at_its_line() {
+        let field = |extra: &str| {
+            format!("[connections.a]\nplugin = \"builtin:sql\"\n[syncs.s]\nleft = \"a.x\"\nright = \"a.y\"\n[[syncs.s.fields]]\nleft = \"n\"\nright = \"m\"\ncounter = true\n{extra}\n")
+        };
+        assert!(Loaded::parse(Path::new("d.toml"), field("")).is_ok());
+        for (extra, says) in [
+            ("direction = \"left-to-right\"", "direction"),
+            ("conflict = \"manual\"", "conflict"),
+            ("values = { 1 = 2 }", "values"),
+        ] {
+            let err = Loaded::parse(Path::new("d.toml"), field(extra))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("line 9")
+                    && err.contains("syncs.s.fields[0].counter")
+                    && err.contains(says),
+                "{extra}: {err}"
+            );
+        }
     }
 }

@@ -343,7 +343,12 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     /// `find` per side and kind, and what a lot settled is saved before a failing side stops the
     /// recovery: after a crash in a cycle of thousands of writes to an API that fails now and
     /// then, recovery still gets through, where starting over at every failure never would.
-    pub async fn recover(&mut self, state: &State) -> Result<usize, CycleError> {
+    ///
+    /// A counter is the exception: a write of its total that the record no longer holds, while
+    /// the record's version moved, may have landed before a person's sale or been refused after
+    /// it, and the two give different totals. Which one happened cannot be told from the record,
+    /// so the counter waits for a person (see [`Self::unsure_counters`]); it is never guessed.
+    pub async fn recover(&mut self, state: &State, now: i64) -> Result<usize, CycleError> {
         let sync = self.spec.name.clone();
         let mut intents = state.intents(&sync).map_err(state_err(&sync))?;
         if intents.is_empty() {
@@ -353,6 +358,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         // Records a create was confirmed by: one record confirms one create only.
         let mut claimed: BTreeSet<(Side, String)> = BTreeSet::new();
         let mut confirmed = 0;
+        let mut unsure = Vec::new();
         let mut done = 0;
         while done < intents.len() {
             let lot = &intents[done..intents.len().min(done + RECOVER_BATCH)];
@@ -376,12 +382,37 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         .collect();
                     let links: Vec<Link> = links.into_values().collect();
                     state
-                        .commit_recovered(&sync, &links, &rest)
+                        .commit_recovered(&sync, now, &links, &unsure, &rest)
                         .map_err(state_err(&sync))?;
                     return Err(CycleError::Recover { sync, side, error });
                 }
             };
             for intent in lot {
+                let notes = self.unsure_counters(intent, &found);
+                if !notes.is_empty() {
+                    tracing::warn!(sync = %sync, link = intent.link.id, side = %intent.side,
+                        "a counter's write was cut short by a crash and its record changed since; it waits for a person");
+                    // The link as planned: the changes the total added stay counted once. The
+                    // side's counter is taken as it is now, for the total a person gives is
+                    // the total of what both sides show.
+                    let link = links
+                        .entry(intent.link.id)
+                        .or_insert_with(|| intent.link.clone());
+                    let st = link.side_mut(intent.side);
+                    for note in &notes {
+                        let now = match intent.side {
+                            Side::Left => &note.left,
+                            Side::Right => &note.right,
+                        };
+                        if let Some(v) = now {
+                            st.seen
+                                .get_or_insert_with(Fields::new)
+                                .insert(note.field.clone(), v.clone());
+                            st.counted.insert(note.field.clone(), v.clone());
+                        }
+                    }
+                    unsure.extend(notes);
+                }
                 let (op, outcome) = match self.confirm(intent, &found, &mut claimed) {
                     Ok(Some(made)) => made,
                     Ok(None) => continue,
@@ -396,7 +427,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 let link = links
                     .entry(intent.link.id)
                     .or_insert_with(|| intent.link.clone());
-                settle(link, intent.side, &op, &outcome);
+                settle(&self.spec, link, intent.side, &op, &outcome);
                 confirmed += 1;
                 tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
                     "a write cut short by a crash had been made; recorded it");
@@ -405,9 +436,60 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         }
         let links: Vec<Link> = links.into_values().collect();
         state
-            .commit_recovered(&sync, &links, &[])
+            .commit_recovered(&sync, now, &links, &unsure, &[])
             .map_err(state_err(&sync))?;
         Ok(confirmed)
+    }
+
+    /// The counters an update intent wrote whose landing cannot be told: the record's version
+    /// moved since the write was planned. Its value proves nothing either way: a record at
+    /// 10 that sold one while the other side sold one too is written 8, and sells one more
+    /// whether or not the write landed. Each becomes a conflict with both stories in its reason.
+    fn unsure_counters(&self, intent: &Intent, found: &Found) -> Vec<engine::ConflictNote> {
+        let OpKind::Update {
+            id,
+            fields,
+            if_version,
+        } = &intent.op
+        else {
+            return Vec::new();
+        };
+        let Some(c) = found.by_id.get(&(intent.side, id.clone())) else {
+            return Vec::new();
+        };
+        if c.version == *if_version {
+            return Vec::new();
+        }
+        let now = self.map_current(intent.side, c);
+        let before = intent.link.side(intent.side).seen.as_ref();
+        let side_name = self.spec.side_name(intent.side);
+        fields
+            .iter()
+            .filter(|(f, _)| self.spec.is_counter(f))
+            .filter_map(|(f, written)| {
+                let value = now.get(f)?;
+                let was = before.and_then(|b| b.get(f))?;
+                let (left, right) = match intent.side {
+                    Side::Left => (Some(value.clone()), intent.link.right.seen.as_ref().and_then(|s| s.get(f)).cloned()),
+                    Side::Right => (intent.link.left.seen.as_ref().and_then(|s| s.get(f)).cloned(), Some(value.clone())),
+                };
+                Some(engine::ConflictNote {
+                    link: intent.link.id,
+                    field: f.clone(),
+                    base: Some(written.clone()),
+                    left,
+                    right,
+                    reason: format!(
+                        "counter {f}: a write of the total {} to {side_name} record {id} was cut short by a crash, and the record changed since (from {} to {}): if the write landed, {side_name} changed it by {} since; if not, by {}. Which one cannot be told: give the total",
+                        written.display(),
+                        was.display(),
+                        value.display(),
+                        engine::counter_change(value, written),
+                        engine::counter_change(value, was),
+                    ),
+                })
+            })
+            .collect()
     }
 
     /// Looks up, on each side, the records a lot of intents wrote: by id for updates and
@@ -555,9 +637,11 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     return Ok(Some((intent.op.clone(), Outcome::Gone)));
                 };
                 let now = self.map_current(side, c);
+                // A counter holding the total written proves nothing: sales can bring it there
+                // too (see `unsure_counters`).
                 let held: Fields = fields
                     .iter()
-                    .filter(|(k, v)| now.get(*k) == Some(*v))
+                    .filter(|(k, v)| now.get(*k) == Some(*v) && !self.spec.is_counter(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 if held.is_empty() || c.version == *if_version {
@@ -727,7 +811,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 )));
             }
         } else {
-            self.recover(state).await?;
+            self.recover(state, now).await?;
         }
         lap.end("recover");
         let [cursor_l, cursor_r] = state.cursors(&sync).map_err(&se)?;
@@ -1277,7 +1361,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     let Some(link) = plan.links.get_mut(&op.link) else {
                         continue;
                     };
-                    for field in settle(link, side, &op.kind, &outcome) {
+                    for field in settle(&self.spec, link, side, &op.kind, &outcome) {
                         rewritten.push((op.link, side, field));
                     }
                     match (&result, &outcome) {

@@ -9,11 +9,13 @@
 //! Decisions never depend on hash-map order or arrival timing (invariant 7): every collection
 //! the engine iterates is ordered, and ties are broken by documented rules.
 
+mod counter;
 mod mapping;
 mod merge;
 mod plan;
 mod value;
 
+pub use counter::counter_change;
 pub use mapping::{DeletePolicy, Direction, FieldSpec, MapError, MatchKey, Policy, SyncSpec};
 pub use merge::{
     settle, ConflictNote, Decided, LinkStatus, Outcome, HELD_FOR_A_PERSON, WHOLE_RECORD,
@@ -93,6 +95,9 @@ pub struct SideState {
     pub rewritten: std::collections::BTreeSet<String>,
     /// The record was deleted on this side.
     pub deleted: bool,
+    /// Counter fields: the value of this side already added into the total (the base); see
+    /// `engine::counter`.
+    pub counted: Fields,
 }
 
 impl SideState {

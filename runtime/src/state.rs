@@ -259,6 +259,63 @@ impl LinkCounts {
     }
 }
 
+/// Opens a conflict for each note, or brings an open one's values up to date.
+fn put_conflicts(
+    conflicts: &mut redb::Table<u64, &[u8]>,
+    open: &mut redb::Table<(&str, u64, &str), u64>,
+    next_conflict: &mut u64,
+    (sync, now): (&str, i64),
+    notes: &[ConflictNote],
+    links: &[Link],
+) -> Result<(), StateError> {
+    let link_of = |id: u64| links.iter().find(|l| l.id == id);
+    for note in notes {
+        let existing = open
+            .get((sync, note.link, note.field.as_str()))?
+            .map(|v| v.value());
+        let mut record = match existing {
+            Some(id) => match conflicts.get(id)? {
+                Some(v) => dec::<Conflict>(v.value())?,
+                None => continue,
+            },
+            None => {
+                let id = *next_conflict;
+                *next_conflict += 1;
+                open.insert((sync, note.link, note.field.as_str()), id)?;
+                Conflict {
+                    id,
+                    sync: sync.to_owned(),
+                    link: note.link,
+                    field: note.field.clone(),
+                    left_id: None,
+                    right_id: None,
+                    base: note.base.clone(),
+                    left: None,
+                    right: None,
+                    reason: note.reason.clone(),
+                    status: ConflictStatus::Open,
+                    opened_at: now,
+                    updated_at: now,
+                    resolved_by: None,
+                    choice: None,
+                }
+            }
+        };
+        if existing.is_some() && record.left == note.left && record.right == note.right {
+            continue;
+        }
+        record.left = note.left.clone();
+        record.right = note.right.clone();
+        record.updated_at = now;
+        if let Some(l) = link_of(note.link) {
+            record.left_id = l.left.id.clone();
+            record.right_id = l.right.id.clone();
+        }
+        conflicts.insert(record.id, enc(&record)?.as_slice())?;
+    }
+    Ok(())
+}
+
 /// A link as stored. Once both sides agree, each side's `seen` equals the base; such a side is
 /// written as `seen_is_base` instead of a second and third copy of the fields, which made up
 /// most of every link and of every intent. What is empty, false or unknown is left out. Links
@@ -294,6 +351,8 @@ struct SideOut<'a> {
     rewritten: &'a std::collections::BTreeSet<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
+    #[serde(skip_serializing_if = "Fields::is_empty")]
+    counted: &'a Fields,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +383,8 @@ struct SideIn {
     rewritten: std::collections::BTreeSet<String>,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    counted: Fields,
 }
 
 impl<'a> SideOut<'a> {
@@ -338,6 +399,7 @@ impl<'a> SideOut<'a> {
             read_time: side.read_time,
             rewritten: &side.rewritten,
             deleted: side.deleted,
+            counted: &side.counted,
         }
     }
 }
@@ -356,6 +418,7 @@ impl SideIn {
             read_time: self.read_time,
             rewritten: self.rewritten,
             deleted: self.deleted,
+            counted: self.counted,
         }
     }
 }
@@ -1111,51 +1174,14 @@ impl State {
             let mut conflicts = w.open_table(CONFLICTS)?;
             let mut open = w.open_table(OPEN_CONFLICTS)?;
             let mut next_conflict = counters.get("conflict")?.map_or(1, |v| v.value());
-            let link_of = |id: u64| c.links.iter().find(|l| l.id == id);
-            for note in &c.conflicts {
-                let existing = open
-                    .get((sync, note.link, note.field.as_str()))?
-                    .map(|v| v.value());
-                let mut record = match existing {
-                    Some(id) => match conflicts.get(id)? {
-                        Some(v) => dec::<Conflict>(v.value())?,
-                        None => continue,
-                    },
-                    None => {
-                        let id = next_conflict;
-                        next_conflict += 1;
-                        open.insert((sync, note.link, note.field.as_str()), id)?;
-                        Conflict {
-                            id,
-                            sync: sync.to_owned(),
-                            link: note.link,
-                            field: note.field.clone(),
-                            left_id: None,
-                            right_id: None,
-                            base: note.base.clone(),
-                            left: None,
-                            right: None,
-                            reason: note.reason.clone(),
-                            status: ConflictStatus::Open,
-                            opened_at: now,
-                            updated_at: now,
-                            resolved_by: None,
-                            choice: None,
-                        }
-                    }
-                };
-                if existing.is_some() && record.left == note.left && record.right == note.right {
-                    continue;
-                }
-                record.left = note.left.clone();
-                record.right = note.right.clone();
-                record.updated_at = now;
-                if let Some(l) = link_of(note.link) {
-                    record.left_id = l.left.id.clone();
-                    record.right_id = l.right.id.clone();
-                }
-                conflicts.insert(record.id, enc(&record)?.as_slice())?;
-            }
+            put_conflicts(
+                &mut conflicts,
+                &mut open,
+                &mut next_conflict,
+                (sync, now),
+                &c.conflicts,
+                &c.links,
+            )?;
             for (link, field) in &c.agreed {
                 if let Some(id) = open
                     .remove((sync, *link, field.as_str()))?
@@ -1246,7 +1272,9 @@ impl State {
     pub fn commit_recovered(
         &self,
         sync: &str,
+        now: i64,
         links: &[Link],
+        conflicts: &[ConflictNote],
         rest: &[Intent],
     ) -> Result<(), StateError> {
         let w = self.begin_write()?;
@@ -1255,6 +1283,20 @@ impl State {
             let mut index = w.open_table(INDEX)?;
             let mut counters = w.open_table(COUNTERS)?;
             put_links(&mut t, &mut index, &mut counters, sync, links, None)?;
+            if !conflicts.is_empty() {
+                let mut table = w.open_table(CONFLICTS)?;
+                let mut open = w.open_table(OPEN_CONFLICTS)?;
+                let mut next = counters.get("conflict")?.map_or(1, |v| v.value());
+                put_conflicts(
+                    &mut table,
+                    &mut open,
+                    &mut next,
+                    (sync, now),
+                    conflicts,
+                    links,
+                )?;
+                counters.insert("conflict", next)?;
+            }
             if let Some(max) = links.iter().map(|l| l.id).max() {
                 let key = format!("link:{sync}");
                 let next = counters.get(key.as_str())?.map_or(1, |v| v.value());
@@ -1443,6 +1485,7 @@ mod tests {
             read_time: false,
             rewritten: Default::default(),
             deleted: false,
+            counted: Default::default(),
         };
         link.right = SideState {
             id: Some("r1".into()),
@@ -1452,6 +1495,7 @@ mod tests {
             read_time: false,
             rewritten: Default::default(),
             deleted: false,
+            counted: Default::default(),
         };
         link
     }

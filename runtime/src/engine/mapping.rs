@@ -102,6 +102,10 @@ pub struct FieldSpec {
     pub values: Vec<(Value, Value)>,
     /// Overrides the sync's default policy for this field.
     pub policy: Option<Policy>,
+    /// A counter (stock on hand, seats used): both sides' changes are added, never one picked
+    /// (see `engine::counter`). Integer or decimal, flowing both ways.
+    #[serde(default)]
+    pub counter: bool,
 }
 
 impl FieldSpec {
@@ -148,6 +152,11 @@ impl SyncSpec {
 
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Whether `field` is a counter, merged as deltas.
+    pub fn is_counter(&self, field: &str) -> bool {
+        self.field(field).is_some_and(|f| f.counter)
     }
 
     pub fn policy_for(&self, field: &str) -> &Policy {
@@ -229,6 +238,7 @@ pub(crate) mod tests {
             direction: Direction::Both,
             values: vec![],
             policy: None,
+            counter: false,
         };
         SyncSpec {
             name: "crm-erp".into(),

@@ -214,7 +214,9 @@ pub(crate) fn merge_link(
         let (lv, rv) = (get(l, f), get(r, f));
         if held.contains(f) {
             match (lv, rv) {
-                (Some(a), Some(c)) if a == c => m.agreed.push(f.to_owned()),
+                // Both sides showing one count says nothing of the sales it misses: a held
+                // counter waits for a person's total.
+                (Some(a), Some(c)) if a == c && !fs.counter => m.agreed.push(f.to_owned()),
                 _ => m.conflicts.push(ConflictNote {
                     link: link.id,
                     field: f.to_owned(),
@@ -230,6 +232,9 @@ pub(crate) fn merge_link(
             Some(pin.clone())
         } else if let Some(owner) = fs.direction.owner() {
             get(link.side(owner), f).or(b).cloned()
+        } else if fs.counter && b.is_some() && lv.is_some() && rv.is_some() {
+            // The total, both sides' changes added in (`counter::count`).
+            b.cloned()
         } else {
             let lc = lv.is_some() && lv != b;
             let rc = rv.is_some() && rv != b;
@@ -351,7 +356,22 @@ pub enum Outcome {
 /// Applies a write's outcome to its link, then brings the base up to date. Returns the fields
 /// the side stored otherwise than Duplex believed it holds (see [`take_stored`]): its own
 /// change, to be merged again.
-pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) -> Vec<String> {
+pub fn settle(
+    spec: &SyncSpec,
+    link: &mut Link,
+    side: Side,
+    op: &OpKind,
+    outcome: &Outcome,
+) -> Vec<String> {
+    if let (OpKind::Create { fields } | OpKind::Update { fields, .. }, Outcome::Written { .. }) =
+        (op, outcome)
+    {
+        // A counter written is the total it was given: all of it is counted on this side.
+        let st = link.side_mut(side);
+        for (f, v) in fields.iter().filter(|(f, _)| spec.is_counter(f)) {
+            st.counted.insert(f.clone(), v.clone());
+        }
+    }
     let st = link.side_mut(side);
     let mut rewritten = Vec::new();
     match (op, outcome) {
@@ -387,7 +407,7 @@ pub fn settle(link: &mut Link, side: Side, op: &OpKind, outcome: &Outcome) -> Ve
         }
         (OpKind::Create { .. }, Outcome::Gone) | (_, Outcome::Failed) => {}
     }
-    refresh(link);
+    refresh(link, spec);
     rewritten
 }
 
@@ -427,9 +447,21 @@ fn take_stored(
 
 /// Brings the base up to the values both sides now agree on, drops pins both sides hold, and
 /// marks a link whose records are both gone.
-pub(crate) fn refresh(link: &mut Link) {
+///
+/// A counter's base is its total, which moves by changes added (`counter::count`), not by the
+/// sides agreeing: both sides selling one item show the same value, and the total is two
+/// less. Its base is set here only the first time both sides agree, with both counted.
+pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
     if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
         for (f, v) in l {
+            if spec.is_counter(f) {
+                if !link.base.contains_key(f) && r.get(f) == Some(v) {
+                    link.base.insert(f.clone(), v.clone());
+                    link.left.counted.insert(f.clone(), v.clone());
+                    link.right.counted.insert(f.clone(), v.clone());
+                }
+                continue;
+            }
             // Most agreed values are already the base, to the letter: copy only the others
             // ("12.50" replaces "12.5", as it did before this check).
             let unchanged = link.base.get(f).is_some_and(|b| b.same_text(v));
@@ -437,8 +469,10 @@ pub(crate) fn refresh(link: &mut Link) {
                 link.base.insert(f.clone(), v.clone());
             }
         }
+        // A counter's pin is a person's total, taken in by `counter::count` even when both
+        // sides already show it.
         link.pins
-            .retain(|f, p| !(l.get(f) == Some(p) && r.get(f) == Some(p)));
+            .retain(|f, p| spec.is_counter(f) || !(l.get(f) == Some(p) && r.get(f) == Some(p)));
     }
     // A rewrite both sides now hold is agreed: nothing is pending of it.
     let base = &link.base;

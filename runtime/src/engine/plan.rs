@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::counter::count;
 use super::mapping::SyncSpec;
 use super::merge::{merge_link, refresh, ConflictNote, Decided, LinkStatus};
 use super::value::{Fields, Value};
@@ -188,9 +189,14 @@ pub fn plan(input: &Input<'_>) -> Plan {
 
     let empty = BTreeSet::new();
     for link in links.values_mut() {
-        refresh(link);
-        let held = input.held.get(&link.id).unwrap_or(&empty);
-        let merged = merge_link(link, spec, held, &input.answers);
+        refresh(link, spec);
+        let mut held = std::borrow::Cow::Borrowed(input.held.get(&link.id).unwrap_or(&empty));
+        // Counters that cannot be added wait for a person, like a held field.
+        for note in count(link, spec, &held) {
+            held.to_mut().insert(note.field.clone());
+            out.conflicts.push(note);
+        }
+        let merged = merge_link(link, spec, &held, &input.answers);
         if let Some(status) = merged.status {
             link.status = status;
         }
@@ -373,6 +379,7 @@ mod tests {
             read_time: false,
             rewritten: Default::default(),
             deleted: false,
+            counted: Default::default(),
         };
         Link {
             left: side("1"),
@@ -392,7 +399,7 @@ mod tests {
             let seen = link.side_mut(side).seen.as_mut().unwrap();
             seen.insert("price".into(), Value::Decimal("12.50".into()));
         }
-        refresh(&mut link);
+        refresh(&mut link, &spec());
         assert!(matches!(&link.base["price"], Value::Decimal(d) if d == "12.50"));
         assert_eq!(link.base["name"], text("Ada"));
     }
@@ -595,7 +602,7 @@ mod tests {
             version: Some("2".into()),
             stored,
         };
-        let rewritten = crate::engine::settle(&mut link, Side::Right, &op, &outcome);
+        let rewritten = crate::engine::settle(&s, &mut link, Side::Right, &op, &outcome);
         assert_eq!(rewritten, vec!["name".to_owned()]);
         assert_eq!(
             link.base["name"],
