@@ -88,6 +88,7 @@ fn spec(policy: Policy) -> SyncSpec {
         }),
         policy,
         deletes: DeletePolicy::Propagate,
+        scope: Default::default(),
     }
 }
 

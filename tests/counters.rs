@@ -82,6 +82,7 @@ fn spec() -> SyncSpec {
         }),
         policy: Policy::LastWriterWins,
         deletes: DeletePolicy::Propagate,
+        scope: Default::default(),
     }
 }
 

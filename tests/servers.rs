@@ -1997,3 +1997,81 @@ fn sqlite_stock(file: &std::path::Path) -> std::collections::BTreeMap<String, (i
         .map(Result::unwrap)
         .collect()
 }
+
+/// Filters (issue 16) between PostgreSQL and MariaDB: only active customers of PostgreSQL,
+/// and only clients of MariaDB with a credit under 1,000, sync; a record that leaves its
+/// filter has its copy deleted (leaving = "delete"), and one that comes back is created anew.
+#[tokio::test]
+async fn records_move_in_and_out_of_filters_between_postgres_and_mariadb() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    let Some(my) = ServerDb::new("mysql").await else {
+        return;
+    };
+    pg.exec(PG_CUSTOMERS).await;
+    my.exec(MY_CLIENTS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cross_config(dir.path(), &pg.url, &my.url, "realtime");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "schedule = \"realtime\"\n",
+        "schedule = \"realtime\"\nfilter = { left = \"active\", right = \"credit is null or credit < 1000\", leaving = \"delete\" }\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let sync = || async {
+        let app = duplex::app::App::load(&config).await.unwrap();
+        let state = app.open_state().unwrap();
+        app.run_once(&state, |_, _| {}).await.unwrap();
+        state
+    };
+    let emails =
+        |m: std::collections::BTreeMap<String, String>| -> Vec<String> { m.into_keys().collect() };
+    sync().await;
+    // Bob is not active: not created in MariaDB. Cy passes MariaDB's filter: created.
+    assert_eq!(
+        emails(pg_people(&pg).await),
+        ["ada@example.com", "bob@example.com", "cy@example.com"]
+    );
+    assert_eq!(
+        emails(my_people(&my).await),
+        ["ada@example.com", "cy@example.com"]
+    );
+
+    pg.exec("UPDATE customers SET active = false WHERE email = 'ada@example.com'")
+        .await;
+    pg.exec(
+        "UPDATE customers SET active = true, full_name = 'Bob B.' WHERE email = 'bob@example.com'",
+    )
+    .await;
+    my.exec("UPDATE clients SET credit = 5000 WHERE mail = 'cy@example.com'")
+        .await;
+    sync().await;
+    // Ada and Cy left their filters: their copies are gone. Bob entered: created.
+    assert_eq!(
+        emails(pg_people(&pg).await),
+        ["ada@example.com", "bob@example.com"]
+    );
+    assert_eq!(
+        emails(my_people(&my).await),
+        ["bob@example.com", "cy@example.com"]
+    );
+    assert!(my_people(&my).await["bob@example.com"].starts_with("Bob B.|"));
+
+    pg.exec(
+        "UPDATE customers SET active = true, full_name = 'Ada L.' WHERE email = 'ada@example.com'",
+    )
+    .await;
+    my.exec("UPDATE clients SET credit = 50 WHERE mail = 'cy@example.com'")
+        .await;
+    let state = sync().await;
+    // Both came back, and were created anew with their values; everything is in step.
+    let people = pg_people(&pg).await;
+    assert_eq!(people, my_people(&my).await);
+    assert_eq!(
+        emails(people.clone()),
+        ["ada@example.com", "bob@example.com", "cy@example.com"]
+    );
+    assert!(people["ada@example.com"].starts_with("Ada L.|"));
+    assert!(people["cy@example.com"].starts_with("Cy|50|"));
+    assert!(state.conflicts(false).unwrap().is_empty());
+}

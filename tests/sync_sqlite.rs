@@ -498,6 +498,21 @@ async fn bad_configs_are_refused_before_anything_changes() {
             "right = \"erp.clinets\"",
             "has no stream clinets",
         ),
+        (
+            "deletes = \"propagate\"",
+            "deletes = \"propagate\"\nfilter = { left = \"visits > 'many'\" }",
+            "syncs.people.filter.left: visits is Integer, and \"many\" cannot be one",
+        ),
+        (
+            "deletes = \"propagate\"",
+            "deletes = \"propagate\"\nfilter = { right = \"region = 'EU'\" }",
+            "region is not one of the sync's mapped fields",
+        ),
+        (
+            "right = \"name\"",
+            "right = \"name\"\ncounter = true",
+            "syncs.people.fields[1].counter: field full_name of connection crm is Text",
+        ),
     ];
     for (from, to, expect) in cases {
         let s = Setup::new("last-writer-wins", "propagate", "");

@@ -965,6 +965,7 @@ fn build_sync(
         Some(p) => loaded.policy(p, &format!("syncs.{name}.conflict"))?,
         None => Policy::LastWriterWins,
     };
+    let scope = scope(loaded, name, cfg.filter.as_ref(), &fields)?;
     let schedule = match &cfg.schedule {
         Some(s) => Schedule::parse(s.get_ref())
             .map_err(|m| loaded.invalid(s, format!("syncs.{name}.schedule"), m))?,
@@ -983,11 +984,55 @@ fn build_sync(
             }),
             policy,
             deletes: DeletePolicy::from(cfg.deletes),
+            scope,
         },
         schedule,
         batch: cfg.batch.max(1),
         left: (lc, ls),
         right: (rc, rs),
+    })
+}
+
+/// A sync's filters, parsed against its mapped fields and their types.
+fn scope(
+    loaded: &Loaded,
+    name: &str,
+    cfg: Option<&crate::config::FilterConfig>,
+    fields: &[FieldSpec],
+) -> Result<crate::engine::Scope, ConfigError> {
+    let Some(cfg) = cfg else {
+        return Ok(crate::engine::Scope::default());
+    };
+    let parse = |side: crate::engine::Side, text: &Option<toml::Spanned<String>>| {
+        let Some(text) = text else { return Ok(None) };
+        // The side's own names first, then the common names; either way the side's field,
+        // for a side's filter reads its records as the side holds them.
+        let own = |f: &FieldSpec| match side {
+            crate::engine::Side::Left => (f.left.clone(), f.left_type),
+            crate::engine::Side::Right => (f.right.clone(), f.right_type),
+        };
+        let field = |n: &str| {
+            fields
+                .iter()
+                .find(|f| own(f).0 == n)
+                .or_else(|| fields.iter().find(|f| f.name == n))
+                .map(own)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                    format!(
+                        "{n} is not one of the sync's mapped fields ({}); a filter sees only those",
+                        names.join(", ")
+                    )
+                })
+        };
+        crate::engine::Filter::parse(text.get_ref(), &field)
+            .map(Some)
+            .map_err(|why| loaded.invalid(text, format!("syncs.{name}.filter.{side}"), why))
+    };
+    Ok(crate::engine::Scope {
+        left: parse(crate::engine::Side::Left, &cfg.left)?,
+        right: parse(crate::engine::Side::Right, &cfg.right)?,
+        leaving: cfg.leaving.into(),
     })
 }
 

@@ -30,6 +30,8 @@
 //! conflict = "last-writer-wins"          # prefer-left | prefer-right | manual | rule:NAME
 //! deletes = "propagate"                  # ignore | hold
 //! schedule = "realtime"                  # "30s", "5m", "cron: 0 */5 * * * *"
+//! # Only active customers sync; one that stops being active keeps its copy (or "delete", "hold").
+//! filter = { left = "status = 'active'", right = "status_code in (1, 2)", leaving = "keep" }
 //!
 //! [[syncs.customers.fields]]
 //! left = "email"
@@ -300,8 +302,47 @@ pub struct SyncConfig {
     /// plugin's memory at once (its limit is 256 MiB).
     #[serde(default = "default_batch")]
     pub batch: u32,
+    /// Which records of each side sync (see `FilterConfig`); by default all.
+    #[serde(default)]
+    pub filter: Option<FilterConfig>,
     /// The mapped fields. Fields not listed are left alone.
     pub fields: Vec<FieldConfig>,
+}
+
+/// Record filters: an expression per side over the sync's mapped fields (by common name, or
+/// by the side's own field name), such as `status = 'active' and country in ('DE', 'FR')`.
+/// See `engine::filter` for the language.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    #[serde(default)]
+    pub left: Option<Spanned<String>>,
+    #[serde(default)]
+    pub right: Option<Spanned<String>>,
+    /// What a record leaving its filter does to its copy on the other side: `keep`
+    /// (default), `delete`, or `hold` for a person.
+    #[serde(default)]
+    pub leaving: LeavingConfig,
+}
+
+/// See [`FilterConfig::leaving`].
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeavingConfig {
+    #[default]
+    Keep,
+    Delete,
+    Hold,
+}
+
+impl From<LeavingConfig> for crate::engine::Leaving {
+    fn from(l: LeavingConfig) -> Self {
+        match l {
+            LeavingConfig::Keep => crate::engine::Leaving::Keep,
+            LeavingConfig::Delete => crate::engine::Leaving::Delete,
+            LeavingConfig::Hold => crate::engine::Leaving::Hold,
+        }
+    }
 }
 
 fn default_batch() -> u32 {

@@ -10,13 +10,17 @@
 //! the engine iterates is ordered, and ties are broken by documented rules.
 
 mod counter;
+mod filter;
 mod mapping;
 mod merge;
 mod plan;
 mod value;
 
 pub use counter::counter_change;
-pub use mapping::{DeletePolicy, Direction, FieldSpec, MapError, MatchKey, Policy, SyncSpec};
+pub use filter::Filter;
+pub use mapping::{
+    DeletePolicy, Direction, FieldSpec, Leaving, MapError, MatchKey, Policy, Scope, SyncSpec,
+};
 pub use merge::{
     settle, ConflictNote, Decided, LinkStatus, Outcome, HELD_FOR_A_PERSON, WHOLE_RECORD,
 };

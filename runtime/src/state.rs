@@ -1377,7 +1377,23 @@ impl State {
                     )))
                 }
             };
-            if record.field == crate::engine::WHOLE_RECORD {
+            if record.field == crate::engine::WHOLE_RECORD
+                && link.status == LinkStatus::Filtered
+                && !link.left.deleted
+                && !link.right.deleted
+            {
+                // A record left its filter and the sync holds such leavings for a person: the
+                // value "delete" deletes the copy; any other answer keeps it, and the pair stays
+                // out of step until the record passes again.
+                link.delete_approved = matches!(&choice, Choice::Value(Value::Text(t)) if t.eq_ignore_ascii_case("delete"));
+                if !link.delete_approved {
+                    // Kept: not asked again while the record stays out (see `engine::filter`).
+                    link.pins.insert(
+                        crate::engine::WHOLE_RECORD.into(),
+                        Value::Text("keep".into()),
+                    );
+                }
+            } else if record.field == crate::engine::WHOLE_RECORD {
                 let deleted = if link.left.deleted {
                     Side::Left
                 } else {

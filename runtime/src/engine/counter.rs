@@ -111,6 +111,13 @@ pub(crate) fn merged_total(total: &Value, changes: [(&Value, &Value); 2]) -> Res
         .ok_or_else(|| "the sum does not fit the field's type".to_owned())
 }
 
+/// How two integer or decimal values order, exactly; none for other values.
+pub(crate) fn compare_numbers(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    let (x, y) = (Exact::of(a).ok()?, Exact::of(b).ok()?);
+    let scale = x.scale.max(y.scale);
+    Some(x.rescale(scale)?.cmp(&y.rescale(scale)?))
+}
+
 /// `now - then` for a message: how much a counter moved (`?` when it cannot be told).
 pub fn counter_change(now: &Value, then: &Value) -> String {
     let zero = match now {

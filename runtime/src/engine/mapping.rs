@@ -63,6 +63,26 @@ pub enum DeletePolicy {
     Hold,
 }
 
+/// What happens to the copy on the other side when a record leaves its side's filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Leaving {
+    /// Keep it as it is; the pair stops syncing until the record passes again.
+    #[default]
+    Keep,
+    /// Delete it (conditionally, as any delete); a record that passes again is created anew.
+    Delete,
+    /// Keep it until a person approves deleting it, or keeps it.
+    Hold,
+}
+
+/// Which records of each side the sync keeps in step (see `engine::filter`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    pub left: Option<super::Filter>,
+    pub right: Option<super::Filter>,
+    pub leaving: Leaving,
+}
+
 /// How records are matched on first sight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatchKey {
@@ -130,6 +150,9 @@ pub struct SyncSpec {
     pub match_key: Option<MatchKey>,
     pub policy: Policy,
     pub deletes: DeletePolicy,
+    /// Record filters; by default every record syncs.
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 /// A value that could not be mapped.
@@ -152,6 +175,14 @@ impl SyncSpec {
 
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// A side's record filter, if it has one.
+    pub fn filter(&self, side: Side) -> Option<&super::Filter> {
+        match side {
+            Side::Left => self.scope.left.as_ref(),
+            Side::Right => self.scope.right.as_ref(),
+        }
     }
 
     /// Whether `field` is a counter, merged as deltas.
@@ -263,6 +294,7 @@ pub(crate) mod tests {
             }),
             policy: Policy::LastWriterWins,
             deletes: DeletePolicy::Propagate,
+            scope: Scope::default(),
         }
     }
 

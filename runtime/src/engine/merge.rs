@@ -25,6 +25,8 @@ pub enum LinkStatus {
     Detached,
     /// Both records are gone.
     Deleted,
+    /// A record left its side's filter: the pair is not synced until it passes again.
+    Filtered,
 }
 
 /// The reason of a conflict held by its field's `manual` policy, and nothing else.

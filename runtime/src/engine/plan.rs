@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::counter::count;
+use super::filter::{after_merge, in_scope, scope};
 use super::mapping::SyncSpec;
-use super::merge::{merge_link, refresh, ConflictNote, Decided, LinkStatus};
+use super::merge::{merge_link, refresh, ConflictNote, Decided, LinkStatus, WHOLE_RECORD};
 use super::value::{Fields, Value};
 use super::{change_time, Link, Side};
 
@@ -128,6 +129,11 @@ pub struct Plan {
     pub echoes: usize,
     /// Changes that were Duplex's own writes coming back.
     pub own: usize,
+    /// Changes of unlinked records outside their side's filter, left alone.
+    pub filtered: usize,
+    /// Links whose record left its filter in this plan, and links whose record came back.
+    pub left_filter: usize,
+    pub entered_filter: usize,
 }
 
 /// Plans one cycle. Pure and deterministic: the same input gives the same plan.
@@ -152,6 +158,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
         let link_id = match index.get(&key) {
             Some(id) => *id,
             None if change.deleted => continue, // a record Duplex never linked is gone: nothing to do
+            // Outside its side's filter and never synced: not the sync's business.
+            None if !in_scope(spec, change.side, Some(&change.fields)) => {
+                out.filtered += 1;
+                continue;
+            }
             None => match identify(input, &links, &index, change) {
                 Ok(Identified::Existing(link_id)) => {
                     let link = links
@@ -191,15 +202,39 @@ pub fn plan(input: &Input<'_>) -> Plan {
     for link in links.values_mut() {
         refresh(link, spec);
         let mut held = std::borrow::Cow::Borrowed(input.held.get(&link.id).unwrap_or(&empty));
+        let scoped = scope(link, spec, &held);
+        out.ops
+            .extend(scoped.ops.into_iter().map(|(side, kind)| Op {
+                link: link.id,
+                side,
+                kind,
+            }));
+        out.conflicts.extend(scoped.conflicts);
+        if scoped.agreed {
+            held.to_mut().remove(WHOLE_RECORD);
+        }
+        out.left_filter += usize::from(scoped.left);
+        out.entered_filter += usize::from(scoped.entered);
+        if !scoped.merge {
+            continue;
+        }
         // Counters that cannot be added wait for a person, like a held field.
         for note in count(link, spec, &held) {
             held.to_mut().insert(note.field.clone());
             out.conflicts.push(note);
         }
-        let merged = merge_link(link, spec, &held, &input.answers);
+        let mut merged = merge_link(link, spec, &held, &input.answers);
         if let Some(status) = merged.status {
             link.status = status;
         }
+        let leaving = after_merge(link, spec, &held, &mut merged.ops);
+        // A held leaving the record came back from closes, unless it leaves again at once:
+        // then the same question stands, and stays open.
+        if scoped.agreed && leaving.conflicts.is_empty() {
+            out.agreed.push((link.id, WHOLE_RECORD.to_owned()));
+        }
+        out.conflicts.extend(leaving.conflicts);
+        out.left_filter += usize::from(leaving.left);
         out.ops
             .extend(merged.ops.into_iter().map(|(side, kind)| Op {
                 link: link.id,
