@@ -574,6 +574,26 @@ fn the_demo_runs_and_leaves_its_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("== 6. A delete"), "{stdout}");
+    // The dry run changed nothing; the filtered record was left out, then came in.
+    assert!(stdout.contains("matched by key: 2"), "{stdout}");
+    assert!(stdout.contains("are unchanged byte for byte"), "{stdout}");
+    assert!(
+        stdout.contains("outside the filters: 1 records left alone"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("== 7. A record entering the filter"),
+        "{stdout}"
+    );
+    let erp = rusqlite::Connection::open(dir.path().join("demo/erp.db")).unwrap();
+    let qa: i64 = erp
+        .query_row(
+            "SELECT status_code FROM clients WHERE mail = 'qa@example.com'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(qa, 2, "the QA account entered the filter as a lead");
     for f in ["crm.db", "erp.db", "duplex.toml", "duplex.redb"] {
         assert!(dir.path().join("demo").join(f).exists(), "{f}");
     }
@@ -917,4 +937,162 @@ right = "body"
         assert!(stdout.contains(&line), "{stdout}");
         assert!(stdout.contains("verdict   loads as a"), "{stdout}");
     }
+}
+
+/// Issue 16, pilot runs: a dry run over two databases never synced reads everything waiting
+/// and changes neither file by a single byte (no write, no capture installed, no cursor); the
+/// plan it prints and writes out is what the real run then does, write for write. A pilot
+/// with --limit then syncs only the first records, and a later run carries on.
+#[tokio::test]
+async fn a_dry_run_changes_no_byte_and_plans_what_the_real_run_does() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    {
+        let crm = s.crm();
+        let erp = s.erp();
+        for i in 0..30 {
+            crm.execute(
+                "INSERT INTO customers (email, full_name, visits, status) VALUES (?1, ?2, ?3, 'active')",
+                rusqlite::params![format!("p{i}@example.com"), format!("P{i}"), i],
+            )
+            .unwrap();
+        }
+        // Ten of them are in the ERP already, four under another name; five only there.
+        for i in 0..10 {
+            let name = if i < 4 {
+                format!("P{i} (erp)")
+            } else {
+                format!("P{i}")
+            };
+            erp.execute(
+                "INSERT INTO clients (mail, name, visits, code) VALUES (?1, ?2, ?3, 1)",
+                rusqlite::params![format!("P{i}@example.com"), name, i],
+            )
+            .unwrap();
+        }
+        for i in 0..5 {
+            erp.execute(
+                "INSERT INTO clients (mail, name, visits, code) VALUES (?1, 'E', 0, 2)",
+                [format!("e{i}@example.com")],
+            )
+            .unwrap();
+        }
+    }
+    let files = || -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(s.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("crm.db")
+                    || p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("erp.db")
+            })
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        out.sort();
+        out
+    };
+    let before = files();
+
+    let out = duplex(
+        &["run", "duplex.toml", "--dry-run", "--plan", "plan.json"],
+        s.dir.path(),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files() == before, "a dry run changed a database file");
+    // Ada and the ten typed into both are matched; Bob and twenty more are created in the
+    // ERP, the five only there in the CRM.
+    for line in [
+        "matched by key: 11",
+        "create on the left: 5",
+        "create on the right: 21",
+        "ambiguous matches: 0",
+    ] {
+        assert!(printed.contains(line), "{line:?} not in:\n{printed}");
+    }
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("plan.json")).unwrap())
+            .unwrap();
+    let mut planned: Vec<(String, String, u64, Vec<String>)> = plan["people"]["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let mut fields: Vec<String> =
+                w["fields"].as_object().unwrap().keys().cloned().collect();
+            fields.sort();
+            (
+                w["side"].as_str().unwrap().to_owned(),
+                w["op"].as_str().unwrap().to_owned(),
+                w["link"].as_u64().unwrap(),
+                fields,
+            )
+        })
+        .collect();
+    planned.sort();
+
+    let (_, state, writes) = s.sync().await;
+    assert_eq!(
+        writes,
+        planned.len(),
+        "the real run wrote as many as planned"
+    );
+    let mut done: Vec<(String, String, u64, Vec<String>)> = state
+        .activity(Some("people"))
+        .unwrap()
+        .into_iter()
+        .filter(|a| ["create", "update", "delete"].contains(&a.op.as_str()))
+        .map(|a| {
+            let mut fields = a.fields.clone();
+            fields.sort();
+            (a.side.as_str().to_owned(), a.op.clone(), a.link, fields)
+        })
+        .collect();
+    done.sort();
+    assert_eq!(done, planned, "the real run did what the dry run planned");
+    drop(state);
+
+    // A pilot of three: only the first three new customers reach the ERP; then the rest.
+    {
+        let crm = s.crm();
+        for i in 100..110 {
+            crm.execute(
+                "INSERT INTO customers (email, full_name) VALUES (?1, 'New')",
+                [format!("n{i}@example.com")],
+            )
+            .unwrap();
+        }
+    }
+    let out = duplex(&["run", "duplex.toml", "--limit", "3"], s.dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_in_erp = || -> i64 {
+        s.erp()
+            .query_row(
+                "SELECT count(*) FROM clients WHERE mail LIKE 'n1%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(new_in_erp(), 3);
+    let out = duplex(&["run", "duplex.toml", "--once"], s.dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(new_in_erp(), 10);
 }

@@ -178,6 +178,11 @@ impl App {
         SyncSetup::new(self, sync, None).runner()
     }
 
+    /// A runner for a dry run of `sync`, whose sides change nothing.
+    pub fn dry_runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
+        SyncSetup::new(self, sync, None).dry_runner()
+    }
+
     /// Runs every sync until both sides of each are caught up. Returns each sync's reports.
     pub async fn run_once(
         &self,
@@ -553,7 +558,7 @@ async fn apply(
         Command::DryRun { reply } => {
             // A runner of its own: the sync's runner keeps what it read ahead for its next
             // cycle, which a dry run must not take.
-            let planned = setup.runner().dry_run(state, now_micros()).await;
+            let planned = setup.dry_runner().dry_run(state, now_micros()).await;
             let _ = reply.send(planned.map_err(|e| e.to_string()));
         }
         Command::Swap(p) => {
@@ -747,9 +752,25 @@ impl SyncSetup {
     }
 
     fn runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+        self.runner_with(|side| side)
+    }
+
+    /// A runner for a dry run: its sides change nothing (see [`PluginSide::read_only`]).
+    fn dry_runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+        self.runner_with(PluginSide::read_only)
+    }
+
+    fn runner_with(
+        &self,
+        wrap: impl Fn(PluginSide) -> PluginSide,
+    ) -> SyncRunner<PluginSide, PluginSide> {
         let side = |(conn, stream): &(String, String)| {
             let (plugin, config) = &self.connections[conn];
-            PluginSide::new(plugin.clone(), config.clone(), stream.clone())
+            wrap(PluginSide::new(
+                plugin.clone(),
+                config.clone(),
+                stream.clone(),
+            ))
         };
         SyncRunner::new(
             self.sync.spec.clone(),

@@ -18,12 +18,13 @@ CREATE TABLE customers (
     email TEXT NOT NULL UNIQUE,
     full_name TEXT NOT NULL,
     phone TEXT,
-    status TEXT NOT NULL DEFAULT 'lead'   -- lead, active or churned
+    status TEXT NOT NULL DEFAULT 'lead'   -- lead, active, churned, or internal (a test account)
 );
 INSERT INTO customers (id, email, full_name, phone, status) VALUES
     (1, 'ada@example.com', 'Ada Lovelace', '+44 20 7946 0001', 'active'),
     (2, 'bob@example.com', 'Bob Stone', '+1 555 0102', 'lead'),
-    (3, 'cy@example.com', 'Cy Twombly', NULL, 'active');
+    (3, 'cy@example.com', 'Cy Twombly', NULL, 'active'),
+    (4, 'qa@example.com', 'QA Test Account', NULL, 'internal');
 ";
 
 const ERP_SCHEMA: &str = "
@@ -63,6 +64,8 @@ match = { field = "email", ignore_case = true }
 conflict = "last-writer-wins"
 deletes = "propagate"
 schedule = "realtime"
+# The CRM's internal test accounts stay in the CRM (the ERP has no status code for them).
+filter = { left = "status != 'internal'" }
 
 [[syncs.customers.fields]]
 left = "email"
@@ -118,6 +121,32 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
 
     let app = App::load(&config).await?;
     let state = app.open_state()?;
+
+    step(out, 0, "A dry run first")?;
+    let before = (std::fs::read(&crm_path)?, std::fs::read(&erp_path)?);
+    writeln!(
+        out,
+        "`duplex run duplex.toml --dry-run` reads both sides and plans, changing nothing:"
+    )?;
+    for s in &app.syncs {
+        let plan = app
+            .dry_runner(s)
+            .dry_run(&state, chrono::Utc::now().timestamp_micros())
+            .await?;
+        for line in plan.summary() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    let after = (std::fs::read(&crm_path)?, std::fs::read(&erp_path)?);
+    writeln!(
+        out,
+        "Both database files are {} byte for byte: no write, no change capture installed yet.\n",
+        if before == after {
+            "unchanged"
+        } else {
+            "CHANGED (a bug)"
+        }
+    )?;
     let sync = || async {
         let reports = app.run_once(&state, |_, _| {}).await?;
         let writes: usize = reports.values().flatten().map(|r| r.writes).sum();
@@ -132,7 +161,11 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
     )?;
     writeln!(
         out,
-        "too: matching ignores case). Cy is created in the ERP, Dee in the CRM. {n} writes.\n"
+        "too: matching ignores case). Cy is created in the ERP, Dee in the CRM. {n} writes."
+    )?;
+    writeln!(
+        out,
+        "The QA test account is outside the CRM's filter (status != 'internal'): not synced.\n"
     )?;
     show(out, &crm, &erp)?;
 
@@ -231,6 +264,23 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
     step(out, 6, "A delete")?;
     erp.execute("DELETE FROM clients WHERE mail = 'dee@example.com'", [])?;
     writeln!(out, "The ERP deletes Dee; deletes propagate in this sync.")?;
+    sync().await?;
+    writeln!(out)?;
+    show(out, &crm, &erp)?;
+
+    step(out, 7, "A record entering the filter")?;
+    crm.execute(
+        "UPDATE customers SET status = 'lead' WHERE email = 'qa@example.com'",
+        [],
+    )?;
+    writeln!(
+        out,
+        "The QA account turns out to be a real prospect: the CRM makes it a lead. It now passes"
+    )?;
+    writeln!(
+        out,
+        "the filter, and is matched or created like a new record."
+    )?;
     sync().await?;
     writeln!(out)?;
     show(out, &crm, &erp)?;

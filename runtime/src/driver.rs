@@ -128,6 +128,92 @@ pub struct DryRun {
     pub rejected: Vec<PlannedRejection>,
     /// Fields changed on both sides that last-writer-wins would settle.
     pub decided: Vec<engine::Decided>,
+    /// Records that would be paired by match key with the other side's.
+    #[serde(default)]
+    pub matched: usize,
+    /// Records outside their side's filter, left alone, and linked records that would leave
+    /// their filter.
+    #[serde(default)]
+    pub filtered: usize,
+    #[serde(default)]
+    pub leaving: usize,
+}
+
+impl DryRun {
+    /// What the plan would do, counted, as lines for a person: pairs matched, records created,
+    /// updated (and which fields), deleted on each side, rejections by reason, conflicts.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let side_name = |s: Side| s.as_str();
+        lines.push(format!(
+            "read {} left, {} right{}",
+            self.read[0],
+            self.read[1],
+            if self.more {
+                " (more waiting: a real run continues past these)"
+            } else {
+                ""
+            }
+        ));
+        lines.push(format!("matched by key: {}", self.matched));
+        for op in ["create", "update", "delete"] {
+            for side in [Side::Left, Side::Right] {
+                let writes: Vec<&PlannedWrite> = self
+                    .writes
+                    .iter()
+                    .filter(|w| w.op == op && w.side == side)
+                    .collect();
+                if writes.is_empty() {
+                    continue;
+                }
+                let mut line = format!("{op} on the {}: {}", side_name(side), writes.len());
+                if op == "update" {
+                    let mut by_field: BTreeMap<&str, usize> = BTreeMap::new();
+                    for w in &writes {
+                        for f in w.fields.keys() {
+                            *by_field.entry(f).or_default() += 1;
+                        }
+                    }
+                    let fields: Vec<String> =
+                        by_field.iter().map(|(f, n)| format!("{f} {n}")).collect();
+                    line.push_str(&format!(" ({})", fields.join(", ")));
+                }
+                lines.push(line);
+            }
+        }
+        if !self.rejected.is_empty() {
+            let mut why: BTreeMap<String, usize> = BTreeMap::new();
+            for r in &self.rejected {
+                // The kind of reason, without the record's own values.
+                let kind = r.reason.split(':').next().unwrap_or(&r.reason).to_owned();
+                *why.entry(kind).or_default() += 1;
+            }
+            let why: Vec<String> = why.iter().map(|(w, n)| format!("{n} {w}")).collect();
+            lines.push(format!(
+                "rejected: {} ({})",
+                self.rejected.len(),
+                why.join("; ")
+            ));
+        }
+        let ambiguous = self
+            .rejected
+            .iter()
+            .filter(|r| r.reason.starts_with("ambiguous match"))
+            .count();
+        lines.push(format!("ambiguous matches: {ambiguous}"));
+        lines.push(format!(
+            "conflicts held for a person: {}; fields last-writer-wins or a rule would settle: {}",
+            self.conflicts.len(),
+            self.decided.len()
+        ));
+        if self.filtered + self.leaving > 0 {
+            lines.push(format!(
+                "outside the filters: {} records left alone, {} linked records leaving",
+                self.filtered, self.leaving
+            ));
+        }
+        lines
+    }
 }
 
 /// One write a dry run planned.
@@ -197,7 +283,14 @@ pub struct SyncRunner<L, R> {
     ahead: [Option<(String, Read)>; 2],
     /// When changes were read (see invariant 4).
     clock: Clock,
+    /// A pilot's size: each cycle (or dry run) takes at most this many changes from each side.
+    limit: Option<u32>,
 }
+
+/// Most changes a dry run reads from each side to plan at once: the pending changes of a
+/// pilot, bounded so that a dry run of a huge backlog cannot exhaust memory (`--limit` reads
+/// fewer).
+const DRY_RUN_MOST: usize = 1_000_000;
 
 /// Calls in a row that must go through at a reduced size before it doubles again.
 const GROW_AFTER: u32 = 50;
@@ -256,7 +349,15 @@ impl<L, R> SyncRunner<L, R> {
             write_max: [CallSize::new(WRITE_BATCH as u32); 2],
             ahead: [None, None],
             clock: Arc::new(system_clock),
+            limit: None,
         }
+    }
+
+    /// A pilot: each cycle, and a dry run, takes at most `n` changes from each side.
+    pub fn limited(mut self, n: u32) -> Self {
+        self.read_max = [CallSize::new(n); 2];
+        self.limit = Some(n);
+        self
     }
 
     /// Reads `clock` instead of the system's: a simulation's, which its systems share.
@@ -836,8 +937,31 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     })?,
             };
             report.read[side_index(side)] = batch.changes.len();
-            report.more |= batch.has_more;
+            let mut waiting = batch.has_more;
+            // A dry run plans everything waiting at once, unless it is a pilot's first `limit`.
+            let mut more = batch.has_more.then(|| batch.next_cursor.clone());
             batches.push((side, batch, read_at));
+            while let Some(cursor) = more
+                .take()
+                .filter(|_| dry.is_some() && self.limit.is_none())
+            {
+                if report.read[side_index(side)] >= DRY_RUN_MOST {
+                    break;
+                }
+                let (batch, read_at) = self
+                    .read_fitting(side, &origin, Some(&cursor))
+                    .await
+                    .map_err(|error| CycleError::Read {
+                        sync: sync.clone(),
+                        side,
+                        error,
+                    })?;
+                report.read[side_index(side)] += batch.changes.len();
+                waiting = batch.has_more;
+                more = batch.has_more.then(|| batch.next_cursor.clone());
+                batches.push((side, batch, read_at));
+            }
+            report.more |= waiting;
         }
         lap.end("read");
         // 2. Map to common names.
@@ -1943,6 +2067,9 @@ fn fill_dry_run(dry: &mut DryRun, plan: &Plan, commit: &CycleCommit, report: &Cy
         })
         .collect();
     dry.decided = plan.decided.clone();
+    dry.matched = plan.matched;
+    dry.filtered = plan.filtered;
+    dry.leaving = plan.left_filter;
 }
 
 #[cfg(test)]

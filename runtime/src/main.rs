@@ -39,10 +39,19 @@ enum Command {
         /// Stop when both sides of every sync are caught up.
         #[arg(long)]
         once: bool,
-        /// Show what the next cycle of each sync would write, and write nothing (through the
-        /// running Duplex, when one is).
+        /// A pilot run: read everything waiting on both sides, and print what each sync would
+        /// match, create, update, delete, reject and hold, changing nothing anywhere (no write,
+        /// no cursor, no capture installed). Through the running Duplex, when one is.
         #[arg(long, conflicts_with = "once")]
         dry_run: bool,
+        /// With --dry-run: write the full list of planned writes, rejections and conflicts
+        /// to this file (JSON), for a person to review.
+        #[arg(long, requires = "dry_run")]
+        plan: Option<PathBuf>,
+        /// A pilot: take at most N changes from each side of each sync, one cycle, then stop
+        /// (with --dry-run: plan only those). A later run carries on from there.
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// Run the syncs as `run` does and answer the HTTP API (`/api/v1`), `/metrics`, `/healthz`
     /// and `/readyz`. Plain HTTP only on loopback; elsewhere TLS (serve.tls_cert, serve.tls_key).
@@ -424,28 +433,78 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             config,
             dry_run: true,
+            plan,
+            limit,
             ..
         } => {
             let loaded = duplex::config::Loaded::read(&config)?;
-            let mut plans = Vec::new();
-            if let Some(c) = Client::find(&loaded.state_path()).await {
-                for s in Ops::sync_infos(&loaded) {
-                    let path = format!("/api/v1/syncs/{}/dry-run", percent_encode(&s.name));
-                    plans.push((s.name, c.call("POST", &path, None).await?));
+            let mut plans: Vec<(String, DryRun)> = Vec::new();
+            match Client::find(&loaded.state_path()).await {
+                Some(_) if limit.is_some() => bail!(
+                    "a dry run with --limit plans from the state itself; stop the running Duplex first, or leave --limit out"
+                ),
+                Some(c) => {
+                    for s in Ops::sync_infos(&loaded) {
+                        let path = format!("/api/v1/syncs/{}/dry-run", percent_encode(&s.name));
+                        plans.push((s.name, c.call("POST", &path, None).await?));
+                    }
                 }
-            } else {
+                None => {
                 let mut app = App::load(&config).await?;
                 let state = app.open_state()?;
                 app.use_uploads(&state).await?;
                 for sync in &app.syncs {
                     let now = chrono::Utc::now().timestamp_micros();
-                    let plan = app.runner(sync).dry_run(&state, now).await?;
+                    let mut runner = app.dry_runner(sync);
+                    if let Some(n) = limit {
+                        runner = runner.limited(n);
+                    }
+                    let plan = runner.dry_run(&state, now).await?;
                     plans.push((sync.spec.name.clone(), plan));
                 }
+                }
             }
-            for (name, plan) in &plans {
-                print_dry_run(name, plan);
+            for (name, p) in &plans {
+                print_dry_run(name, p, plan.is_none());
             }
+            if let Some(path) = &plan {
+                let full: std::collections::BTreeMap<&str, &DryRun> =
+                    plans.iter().map(|(n, p)| (n.as_str(), p)).collect();
+                std::fs::write(path, serde_json::to_string_pretty(&full)? + "\n")
+                    .with_context(|| format!("cannot write the plan to {}", path.display()))?;
+                println!("the full plan is in {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            once,
+            limit: Some(n),
+            ..
+        } => {
+            let loaded = duplex::config::Loaded::read(&config)?;
+            if Client::find(&loaded.state_path()).await.is_some() {
+                bail!("a pilot (--limit) runs its own cycle: stop the running Duplex first");
+            }
+            let mut app = App::load(&config).await?;
+            let state = app.open_state()?;
+            app.use_uploads(&state).await?;
+            let _ = once; // a pilot is one cycle whatever --once says
+            let paused = state.paused()?;
+            let mut progress = Progress::new();
+            for sync in &app.syncs {
+                if paused.iter().any(|(name, _)| *name == sync.spec.name) {
+                    eprintln!("{}: paused; not run", sync.spec.name);
+                    continue;
+                }
+                let report = app
+                    .runner(sync)
+                    .limited(n)
+                    .cycle(&state, chrono::Utc::now().timestamp_micros())
+                    .await?;
+                progress.report(&sync.spec.name, &report);
+            }
+            print_status(&Ops::offline(&app.loaded, Arc::new(state)).syncs()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, once, .. } => {
@@ -1060,15 +1119,25 @@ fn print_status(syncs: &[SyncStatus]) {
     }
 }
 
-fn print_dry_run(sync: &str, plan: &DryRun) {
+/// Most planned writes listed one by one on the terminal; `--plan FILE` holds them all.
+const DRY_RUN_LISTED: usize = 50;
+
+fn print_dry_run(sync: &str, plan: &DryRun, list: bool) {
     let value = |v: &duplex::engine::Value| v.display();
-    println!(
-        "sync {sync} (dry run: nothing written): read {} left, {} right{}; would write {}",
-        plan.read[0],
-        plan.read[1],
-        if plan.more { " (more waiting)" } else { "" },
-        plan.writes.len()
-    );
+    println!("sync {sync} (dry run: nothing written anywhere, no cursor moved)");
+    for line in plan.summary() {
+        println!("  {line}");
+    }
+    if !list {
+        return;
+    }
+    if plan.writes.len() > DRY_RUN_LISTED {
+        println!(
+            "  ({} planned writes: --plan FILE writes every one, with the rejections and conflicts)",
+            plan.writes.len()
+        );
+        return;
+    }
     for w in &plan.writes {
         let fields: Vec<String> = w
             .fields

@@ -88,6 +88,22 @@ impl PluginSide {
         }
     }
 
+    /// The same side for a dry run: a connector whose config schema offers `read_only` (the
+    /// SQL connector) is told to change nothing, not even to install its capture, so that a
+    /// dry run leaves the system exactly as it was. The driver sends a dry run no writes.
+    pub fn read_only(mut self) -> Self {
+        let offers = serde_json::from_str::<serde_json::Value>(&self.plugin.info().config_schema)
+            .ok()
+            .is_some_and(|s| s.pointer("/properties/read_only").is_some());
+        if let (true, Ok(serde_json::Value::Object(mut config))) =
+            (offers, serde_json::from_str(&self.config))
+        {
+            config.insert("read_only".into(), serde_json::Value::Bool(true));
+            self.config = serde_json::Value::Object(config).to_string();
+        }
+        self
+    }
+
     /// The current session, or a fresh one (after a failure, or at the start of a cycle).
     async fn session(&mut self) -> Result<&mut ConnectorSession, IoError> {
         if self.session.is_none() {

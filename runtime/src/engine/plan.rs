@@ -129,6 +129,8 @@ pub struct Plan {
     pub echoes: usize,
     /// Changes that were Duplex's own writes coming back.
     pub own: usize,
+    /// Records paired with the other side's record by match key.
+    pub matched: usize,
     /// Changes of unlinked records outside their side's filter, left alone.
     pub filtered: usize,
     /// Links whose record left its filter in this plan, and links whose record came back.
@@ -165,6 +167,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
             None => match identify(input, &links, &index, change) {
                 Ok(Identified::Existing(link_id)) => {
+                    out.matched += 1;
                     let link = links
                         .get_mut(&link_id)
                         .expect("index points at loaded links");
@@ -177,6 +180,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                     out.next_link_id += 1;
                     attach(&mut link, change.side, &change.id);
                     if let Identified::NewWith(c) = found {
+                        out.matched += 1;
                         attach_candidate(&mut link, change.side.other(), c);
                         index.insert((change.side.other(), c.id.clone()), link.id);
                     }

@@ -95,6 +95,9 @@ pub trait Dialect {
         let _ = (table, pk);
         None
     }
+    /// Whether the change log's tables exist, read from the catalogue (a failed query would
+    /// end a PostgreSQL transaction).
+    fn log_installed(&self, db: &Db) -> Result<bool, Error>;
     /// What makes a SELECT a locking read of the latest committed row, for the version check
     /// of a conditional write where versions live in `_duplex_rows` (see `guard` in lib.rs).
     /// SQLite needs none: a write transaction holds the database's only write lock from its

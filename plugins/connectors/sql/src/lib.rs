@@ -56,6 +56,10 @@ pub struct Config {
     /// The tables to offer as streams; all user tables when absent.
     #[serde(default)]
     tables: Option<Vec<String>>,
+    /// Change nothing in the database: install no capture, keep no reader position, refuse
+    /// writes. Duplex sets it for a dry run, which must leave both databases as they were.
+    #[serde(default)]
+    read_only: bool,
 }
 
 const CONFIG_SCHEMA: &str = r#"{
@@ -65,7 +69,8 @@ const CONFIG_SCHEMA: &str = r#"{
   "required": ["url"],
   "properties": {
     "url": {"type": "string", "description": "Database URL, granted to the connection: sqlite:///path/file.db"},
-    "tables": {"type": "array", "items": {"type": "string"}, "description": "Tables to offer as streams; all user tables when absent"}
+    "tables": {"type": "array", "items": {"type": "string"}, "description": "Tables to offer as streams; all user tables when absent"},
+    "read_only": {"type": "boolean", "description": "Change nothing in the database (set by Duplex for a dry run): no capture installed, writes refused"}
   }
 }"#;
 
@@ -88,6 +93,9 @@ pub struct SqlConnector {
     db: Db,
     dialect: Box<dyn Dialect>,
     config: Config,
+    /// Whether `_duplex_rows` can be read for versions: false only for a read-only connection
+    /// to a database whose capture was never installed (every version is then "0").
+    versioned: std::cell::Cell<bool>,
 }
 
 /// A table as the connector works with it.
@@ -130,6 +138,7 @@ impl Connector for SqlConnector {
             db,
             dialect,
             config,
+            versioned: std::cell::Cell::new(true),
         })
     }
 
@@ -195,9 +204,10 @@ impl Connector for SqlConnector {
         let dialect = self.dialect.as_ref();
         let continued = cursor.is_some();
         self.db.transaction(|db| {
-            self.ensure_capture(db, &table)?;
+            let captured = self.capture(db, &table)?;
             // The log position this read starts from, for the log's readers (see readers.rs).
             let from = match &cursor {
+                None if !captured => "0".to_owned(),
                 None => self.dialect.log_start(db)?,
                 Some(Cursor::Snapshot { log_from, .. }) => log_from.clone(),
                 Some(Cursor::Log { pos }) => pos.clone(),
@@ -207,9 +217,16 @@ impl Connector for SqlConnector {
                 Some(Cursor::Snapshot { log_from, after }) => {
                     self.read_snapshot(db, &table, log_from, after, max)
                 }
+                Some(Cursor::Log { pos }) if !captured => Ok(ChangeBatch {
+                    changes: Vec::new(),
+                    next_cursor: Cursor::Log { pos }.encode(),
+                    has_more: false,
+                }),
                 Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
             }?;
-            readers::keep_for(dialect, db, &table.name, origin, &from, continued)?;
+            if !self.config.read_only {
+                readers::keep_for(dialect, db, &table.name, origin, &from, continued)?;
+            }
             Ok(batch)
         })
     }
@@ -220,6 +237,11 @@ impl Connector for SqlConnector {
         origin: &str,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, Error>>, Error> {
+        if self.config.read_only {
+            return Err(Error::permanent(
+                "this connection is read-only (read_only = true): it writes nothing",
+            ));
+        }
         let table = self.table(stream)?;
         // A deadlock or a serialization failure undoes the whole transaction: nothing of this
         // call was applied, so it starts over, a few times, before it fails as transient (and
@@ -245,7 +267,7 @@ impl Connector for SqlConnector {
         // the two paired a row's old values with its new version (SQLite keeps versions beside
         // the rows), and a conditional write made on them passed and overwrote that write.
         let (found, mut times) = self.db.transaction(|db| {
-            self.ensure_capture(db, &table)?;
+            self.capture(db, &table)?;
             let rows = match &key {
                 LookupKey::Ids(ids) => {
                     let ids: Vec<Value> = ids
@@ -270,7 +292,11 @@ impl Connector for SqlConnector {
                 .iter()
                 .map(|(id, _, version)| (id.clone(), version.clone()))
                 .collect();
-            let times = self.dialect.version_times(db, &table.name, &versions)?;
+            let times = if self.versioned.get() {
+                self.dialect.version_times(db, &table.name, &versions)?
+            } else {
+                HashMap::new()
+            };
             Ok((found, times))
         })?;
         Ok(found
@@ -363,6 +389,20 @@ impl SqlConnector {
             .expect("a table's key is one of its columns")
     }
 
+    /// Makes sure `table`'s changes are captured, and says whether they are: a read-only
+    /// connection installs nothing, and reads versions only where capture was installed.
+    fn capture(&self, db: &Db, table: &Table) -> Result<bool, Error> {
+        if !self.config.read_only {
+            self.versioned.set(true);
+            self.ensure_capture(db, table)?;
+            return Ok(true);
+        }
+        let installed =
+            self.dialect.log_installed(db)? && self.dialect.has_triggers(db, &table.name)?;
+        self.versioned.set(installed);
+        Ok(installed)
+    }
+
     fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {
         let key = (self.config.url.clone(), table.name.clone());
         if SEEN.with_borrow(|s| s.captured.contains(&key)) {
@@ -408,11 +448,12 @@ impl SqlConnector {
             .collect();
         // The version is read by the same statement as the row where the dialect can, so the
         // two always belong together (see `with_versions` for the others).
-        let version = self
-            .dialect
-            .row_version()
-            .map(str::to_owned)
-            .or_else(|| self.dialect.version_subquery(&table.name, &table.pk));
+        let version = self.dialect.row_version().map(str::to_owned).or_else(|| {
+            self.versioned
+                .get()
+                .then(|| self.dialect.version_subquery(&table.name, &table.pk))
+                .flatten()
+        });
         list.extend(version.map(|v| format!("{v} AS {VERSION_COLUMN}")));
         list.join(", ")
     }
@@ -467,7 +508,11 @@ impl SqlConnector {
                 .map(|(id, fields, v)| (id, fields, v.unwrap_or_default()))
                 .collect());
         }
-        let mut versions = self.versions(db, table, &missing)?;
+        let mut versions = if self.versioned.get() {
+            self.versions(db, table, &missing)?
+        } else {
+            HashMap::new()
+        };
         let ids: Vec<Value> = missing
             .iter()
             .map(|id| id_value(table, id))
@@ -531,6 +576,9 @@ impl SqlConnector {
                 },
                 true,
             )
+        } else if !self.versioned.get() {
+            // Read-only, with no capture installed: there is no log to carry on with.
+            (Cursor::Log { pos: log_from }, false)
         } else {
             let (waiting, _, _) = self.dialect.log_read(db, &table.name, None, &log_from, 1)?;
             let more = !waiting.is_empty();

@@ -214,6 +214,14 @@ impl MySql {
 }
 
 impl Dialect for MySql {
+    fn log_installed(&self, db: &Db) -> Result<bool, Error> {
+        Ok(count(
+            db,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_duplex_changes'",
+            &[],
+        )? > 0)
+    }
+
     fn ident(&self, name: &str) -> String {
         format!("`{}`", name.replace('`', "``"))
     }
