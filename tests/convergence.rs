@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod memory;
+mod sim;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,27 +27,7 @@ use duplex::engine::{
 use duplex::plugin::Value;
 use duplex::state::State;
 use memory::{Case, Shared, World};
-
-/// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+use sim::Rng;
 
 fn spec(policy: Policy) -> SyncSpec {
     let field = |name: &str, right: &str, rt: FieldType| FieldSpec {
@@ -504,23 +485,10 @@ impl Sim {
         self.world.advance(1_000);
         self.cycles += 1;
         self.plan_mid_cycle(step);
-        if crashes && self.rng.chance(30) {
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
             self.crashes += 1;
             if std::env::var("SIM_TRACE").is_ok() {
                 println!("   (crash injected)");
-            }
-            match self.rng.below(3) {
-                0 => self.state.crash_after_writes(self.rng.below(3) as i64),
-                1 => {
-                    let mut l = self.left.0.borrow_mut();
-                    l.fail_in = Some(self.rng.below(4) as u32);
-                    l.apply_before_failing = self.rng.below(4) as usize;
-                }
-                _ => {
-                    let mut r = self.right.0.borrow_mut();
-                    r.fail_in = Some(self.rng.below(4) as u32);
-                    r.apply_before_failing = self.rng.below(4) as usize;
-                }
             }
         }
         let r = self.runner.cycle(&self.state, self.world.tick()).await;
@@ -528,9 +496,7 @@ impl Sim {
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
         }
-        self.state.crash_after_writes(-1);
-        self.left.0.borrow_mut().fail_in = None;
-        self.right.0.borrow_mut().fail_in = None;
+        sim::clear_crashes(&self.state, &self.left, &self.right);
     }
 
     /// Runs cycles until both sides are caught up.

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod memory;
+mod sim;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -20,39 +21,12 @@ use duplex::engine::{
 use duplex::plugin::Value;
 use duplex::state::State;
 use memory::{Shared, World};
+use sim::Rng;
 
 const ITEMS: usize = 4;
 const FIRST_STOCK: i64 = 100;
 /// 50.00, in cents.
 const FIRST_BALANCE: i64 = 5_000;
-
-/// xorshift64*, so that a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn side(&mut self) -> Side {
-        if self.chance(50) {
-            Side::Left
-        } else {
-            Side::Right
-        }
-    }
-}
 
 fn spec() -> SyncSpec {
     let field = |name: &str, right: &str, ty: FieldType, counter: bool| FieldSpec {
@@ -180,7 +154,7 @@ impl Shop {
             });
         }
         // Items are first typed into the shop, and a few into both systems by hand.
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         for item in 0..ITEMS {
             let mut sides = vec![Side::Left];
             if rng.chance(25) {
@@ -238,19 +212,10 @@ impl Shop {
                 .collect();
             self.mid_cycle.borrow_mut().0 = planned;
         }
-        if crashes && self.rng.chance(30) {
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
             self.crashes += 1;
             if std::env::var("SIM_TRACE").is_ok() {
                 println!("   (crash injected)");
-            }
-            match self.rng.below(3) {
-                0 => self.state.crash_after_writes(self.rng.below(3) as i64),
-                n => {
-                    let sys = if n == 1 { &self.left } else { &self.right };
-                    let mut s = sys.0.borrow_mut();
-                    s.fail_in = Some(self.rng.below(4) as u32);
-                    s.apply_before_failing = self.rng.below(4) as usize;
-                }
             }
         }
         let r = self.runner.cycle(&self.state, self.world.tick()).await;
@@ -266,39 +231,19 @@ impl Shop {
             println!("   cycle: {r:?}; sales in it: {made:?}");
             self.books();
         }
-        self.state.crash_after_writes(-1);
-        self.left.0.borrow_mut().fail_in = None;
-        self.right.0.borrow_mut().fail_in = None;
+        sim::clear_crashes(&self.state, &self.left, &self.right);
     }
 
     /// Cycles until two in a row find nothing to do; returns the writes made after that.
     async fn settle(&mut self) -> usize {
-        let mut idle = 0;
-        for _ in 0..400 {
-            self.world.advance(700_000_000);
-            let report = self
-                .runner
-                .cycle(&self.state, self.world.tick())
-                .await
-                .unwrap();
-            if report.idle() && report.retried == 0 {
-                idle += 1;
-                if idle == 2 {
-                    let writes = self.writes();
-                    for _ in 0..3 {
-                        self.world.advance(1_000_000);
-                        self.runner
-                            .cycle(&self.state, self.world.tick())
-                            .await
-                            .unwrap();
-                    }
-                    return self.writes() - writes;
-                }
-            } else {
-                idle = 0;
-            }
-        }
-        panic!("did not settle within 400 cycles");
+        sim::settle(
+            &mut self.runner,
+            &self.state,
+            &self.world,
+            &self.left,
+            &self.right,
+        )
+        .await
     }
 
     /// Resolves the counters held after a crash with the books' totals; returns how many.
@@ -377,10 +322,6 @@ impl Shop {
             };
             println!("     item-{item}: books {books}, total {total} + left {l} + right {r} (intents {intents}){mark}");
         }
-    }
-
-    fn writes(&self) -> usize {
-        self.left.0.borrow().writes + self.right.0.borrow().writes
     }
 
     fn check(&self, seed: u64) {

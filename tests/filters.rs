@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod memory;
+mod sim;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -21,26 +22,7 @@ use duplex::engine::{
 use duplex::plugin::Value;
 use duplex::state::State;
 use memory::{Shared, World};
-
-/// xorshift64*, so that a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+use sim::Rng;
 
 fn spec(leaving: Leaving) -> SyncSpec {
     let field = |name: &str, right: &str| FieldSpec {
@@ -108,7 +90,7 @@ impl Sim {
         let runner = SyncRunner::new(spec(leaving), left.clone(), right.clone(), 4, Rules::new())
             .with_clock(world.driver_clock());
         Sim {
-            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            rng: Rng::new(seed),
             world,
             left,
             right,
@@ -189,58 +171,25 @@ impl Sim {
 
     async fn cycle(&mut self, crashes: bool) {
         self.world.advance(1_000);
-        if crashes && self.rng.chance(30) {
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
             self.crashes += 1;
-            match self.rng.below(3) {
-                0 => self.state.crash_after_writes(self.rng.below(3) as i64),
-                n => {
-                    let sys = if n == 1 { &self.left } else { &self.right };
-                    let mut s = sys.0.borrow_mut();
-                    s.fail_in = Some(self.rng.below(4) as u32);
-                    s.apply_before_failing = self.rng.below(4) as usize;
-                }
-            }
         }
         let r = self.runner.cycle(&self.state, self.world.tick()).await;
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
         }
-        self.state.crash_after_writes(-1);
-        self.left.0.borrow_mut().fail_in = None;
-        self.right.0.borrow_mut().fail_in = None;
+        sim::clear_crashes(&self.state, &self.left, &self.right);
     }
 
     async fn settle(&mut self) -> usize {
-        let mut idle = 0;
-        for _ in 0..400 {
-            self.world.advance(700_000_000);
-            let report = self
-                .runner
-                .cycle(&self.state, self.world.tick())
-                .await
-                .unwrap();
-            if report.idle() && report.retried == 0 {
-                idle += 1;
-                if idle == 2 {
-                    let writes = self.writes();
-                    for _ in 0..3 {
-                        self.world.advance(1_000_000);
-                        self.runner
-                            .cycle(&self.state, self.world.tick())
-                            .await
-                            .unwrap();
-                    }
-                    return self.writes() - writes;
-                }
-            } else {
-                idle = 0;
-            }
-        }
-        panic!("did not settle within 400 cycles");
-    }
-
-    fn writes(&self) -> usize {
-        self.left.0.borrow().writes + self.right.0.borrow().writes
+        sim::settle(
+            &mut self.runner,
+            &self.state,
+            &self.world,
+            &self.left,
+            &self.right,
+        )
+        .await
     }
 
     fn records(&self, side: Side) -> BTreeMap<String, Vec<[String; 2]>> {

@@ -379,7 +379,7 @@ fn cli_beside(command: &str) {
         .unwrap();
     let plan = s.cli(&["run", "duplex.toml", "--dry-run"]);
     assert!(
-        plan.contains("would write 1")
+        plan.contains("update on the right: 1 (full_name 1)")
             && plan.contains("update right")
             && plan.contains("\"Ada (dry)\""),
         "{plan}"

@@ -113,13 +113,14 @@ impl CycleReport {
     }
 }
 
-/// What the next cycle would do, planned from the changes waiting but not written: nothing is
+/// What a sync would do with the changes waiting (a pilot run): all of them read (up to
+/// [`DRY_RUN_MOST`] per side, or a pilot's `limit`) and planned as one cycle, but nothing is
 /// sent to either side and nothing is committed, so the same changes are read again by the
 /// next real cycle.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DryRun {
     pub read: [usize; 2],
-    /// More changes wait than one batch holds: a real run would plan further cycles.
+    /// More changes wait than were read (past the limit): a real run would plan further.
     pub more: bool,
     pub writes: Vec<PlannedWrite>,
     /// Conflicts that would be held for a person, new or with fresh values.
@@ -878,8 +879,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         result
     }
 
-    /// Plans a cycle at time `now` without writing anything anywhere (see [`DryRun`]). A
-    /// write cut short by a crash must be checked by a real cycle first: the dry run refuses.
+    /// Plans every change waiting at time `now` without writing anything anywhere (see
+    /// [`DryRun`]; the sides should be read-only, see `PluginSide::read_only`). A write cut
+    /// short by a crash must be checked by a real cycle first: the dry run refuses.
     pub async fn dry_run(&mut self, state: &State, now: i64) -> Result<DryRun, CycleError> {
         let mut dry = Some(DryRun::default());
         let result = self.cycle_inner_with(state, now, &mut dry).await;

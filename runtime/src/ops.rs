@@ -811,8 +811,9 @@ impl Ops {
         }
     }
 
-    /// What the sync's next cycle would write, without writing it. Running: planned by the
-    /// sync's loop between two cycles; offline, `duplex run CONFIG --dry-run` plans it.
+    /// What the sync would do with every change waiting, changing nothing anywhere (a pilot
+    /// run, see [`DryRun`]). Running: planned by the sync's loop between two cycles; offline,
+    /// `duplex run CONFIG --dry-run` plans it.
     pub async fn dry_run(&self, sync: &str) -> Result<DryRun> {
         self.info(sync)?;
         let Some(r) = &self.running else {

@@ -207,49 +207,43 @@ pub fn plan(input: &Input<'_>) -> Plan {
         refresh(link, spec);
         let mut held = std::borrow::Cow::Borrowed(input.held.get(&link.id).unwrap_or(&empty));
         let scoped = scope(link, spec, &held);
-        out.ops
-            .extend(scoped.ops.into_iter().map(|(side, kind)| Op {
-                link: link.id,
-                side,
-                kind,
-            }));
+        let mut ops = scoped.ops;
         out.conflicts.extend(scoped.conflicts);
         if scoped.agreed {
             held.to_mut().remove(WHOLE_RECORD);
         }
         out.left_filter += usize::from(scoped.left);
         out.entered_filter += usize::from(scoped.entered);
-        if !scoped.merge {
-            continue;
+        if scoped.merge {
+            // Counters that cannot be added wait for a person, like a held field.
+            for note in count(link, spec, &held) {
+                held.to_mut().insert(note.field.clone());
+                out.conflicts.push(note);
+            }
+            let mut merged = merge_link(link, spec, &held, &input.answers);
+            if let Some(status) = merged.status {
+                link.status = status;
+            }
+            let leaving = after_merge(link, spec, &held, &mut merged.ops);
+            // A held leaving the record came back from closes, unless it leaves again at
+            // once: then the same question stands, and stays open.
+            if scoped.agreed && leaving.conflicts.is_empty() {
+                out.agreed.push((link.id, WHOLE_RECORD.to_owned()));
+            }
+            out.conflicts.extend(leaving.conflicts);
+            out.left_filter += usize::from(leaving.left);
+            ops.extend(merged.ops);
+            out.conflicts.extend(merged.conflicts);
+            out.queries.extend(merged.queries);
+            out.decided.extend(merged.decided);
+            out.agreed
+                .extend(merged.agreed.into_iter().map(|f| (link.id, f)));
         }
-        // Counters that cannot be added wait for a person, like a held field.
-        for note in count(link, spec, &held) {
-            held.to_mut().insert(note.field.clone());
-            out.conflicts.push(note);
-        }
-        let mut merged = merge_link(link, spec, &held, &input.answers);
-        if let Some(status) = merged.status {
-            link.status = status;
-        }
-        let leaving = after_merge(link, spec, &held, &mut merged.ops);
-        // A held leaving the record came back from closes, unless it leaves again at once:
-        // then the same question stands, and stays open.
-        if scoped.agreed && leaving.conflicts.is_empty() {
-            out.agreed.push((link.id, WHOLE_RECORD.to_owned()));
-        }
-        out.conflicts.extend(leaving.conflicts);
-        out.left_filter += usize::from(leaving.left);
-        out.ops
-            .extend(merged.ops.into_iter().map(|(side, kind)| Op {
-                link: link.id,
-                side,
-                kind,
-            }));
-        out.conflicts.extend(merged.conflicts);
-        out.queries.extend(merged.queries);
-        out.decided.extend(merged.decided);
-        out.agreed
-            .extend(merged.agreed.into_iter().map(|f| (link.id, f)));
+        out.ops.extend(ops.into_iter().map(|(side, kind)| Op {
+            link: link.id,
+            side,
+            kind,
+        }));
     }
     out.links = links;
     out

@@ -159,15 +159,11 @@ fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
 
 impl Dialect for Postgres {
     fn log_installed(&self, db: &Db) -> Result<bool, Error> {
-        let rows = db.query(
+        Ok(count(
+            db,
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = '_duplex_changes'",
             &[],
-        )?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.at(0)?.as_integer())
-            .unwrap_or(0)
-            > 0)
+        )? > 0)
     }
 
     fn ident(&self, name: &str) -> String {

@@ -50,15 +50,7 @@ fn trigger_name(table: &str, suffix: &str) -> String {
 
 impl Dialect for Sqlite {
     fn log_installed(&self, db: &Db) -> Result<bool, Error> {
-        let rows = db.query(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_duplex_changes'",
-            &[],
-        )?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.at(0)?.as_integer())
-            .unwrap_or(0)
-            > 0)
+        Ok(count_tables(db, "_duplex_changes")? > 0)
     }
 
     fn version_subquery(&self, table: &str, pk: &str) -> Option<String> {
