@@ -101,11 +101,11 @@ impl Exact {
 pub(crate) fn merged_total(total: &Value, changes: [(&Value, &Value); 2]) -> Result<Value, String> {
     let mut sum = Exact::of(total)?;
     for (now, counted) in changes {
-        let overflow = || format!("adding {} to it overflows", now.display());
+        let (add, take) = (Exact::of(now)?, Exact::of(counted)?);
         sum = sum
-            .add(Exact::of(now)?, 1)
-            .and_then(|s| s.add(Exact::of(counted).ok()?, -1))
-            .ok_or_else(overflow)?;
+            .add(add, 1)
+            .and_then(|s| s.add(take, -1))
+            .ok_or_else(|| format!("adding {} to it overflows", now.display()))?;
     }
     sum.value(total)
         .ok_or_else(|| "the sum does not fit the field's type".to_owned())
