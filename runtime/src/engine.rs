@@ -125,6 +125,9 @@ pub struct Link {
     pub pins: Fields,
     /// A person approved propagating a held delete.
     pub delete_approved: bool,
+    /// A person kept the copy of a record that left its filter (`leaving = "hold"`): not asked
+    /// again until the record comes back and leaves once more.
+    pub copy_kept: bool,
     pub status: LinkStatus,
 }
 
@@ -137,6 +140,7 @@ impl Link {
             base: Fields::new(),
             pins: Fields::new(),
             delete_approved: false,
+            copy_kept: false,
             status: LinkStatus::Active,
         }
     }

@@ -330,6 +330,8 @@ struct LinkOut<'a> {
     pins: &'a Fields,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     delete_approved: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    copy_kept: bool,
     status: LinkStatus,
 }
 
@@ -365,6 +367,8 @@ struct LinkIn {
     pins: Fields,
     #[serde(default)]
     delete_approved: bool,
+    #[serde(default)]
+    copy_kept: bool,
     status: LinkStatus,
 }
 
@@ -432,6 +436,7 @@ impl Serialize for Link {
             base: &self.base,
             pins: &self.pins,
             delete_approved: self.delete_approved,
+            copy_kept: self.copy_kept,
             status: self.status,
         }
         .serialize(s)
@@ -448,6 +453,7 @@ impl<'de> Deserialize<'de> for Link {
             base: l.base,
             pins: l.pins,
             delete_approved: l.delete_approved,
+            copy_kept: l.copy_kept,
             status: l.status,
         })
     }
@@ -1386,13 +1392,7 @@ impl State {
                 // value "delete" deletes the copy; any other answer keeps it, and the pair stays
                 // out of step until the record passes again.
                 link.delete_approved = matches!(&choice, Choice::Value(Value::Text(t)) if t.eq_ignore_ascii_case("delete"));
-                if !link.delete_approved {
-                    // Kept: not asked again while the record stays out (see `engine::filter`).
-                    link.pins.insert(
-                        crate::engine::WHOLE_RECORD.into(),
-                        Value::Text("keep".into()),
-                    );
-                }
+                link.copy_kept = !link.delete_approved;
             } else if record.field == crate::engine::WHOLE_RECORD {
                 let deleted = if link.left.deleted {
                     Side::Left

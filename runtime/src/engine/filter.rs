@@ -524,7 +524,7 @@ pub(crate) fn scope(
         if filtered {
             link.status = LinkStatus::Active;
             link.delete_approved = false;
-            link.pins.remove(WHOLE_RECORD);
+            link.copy_kept = false;
             out.entered = true;
             // A copy deleted while the record was out (by the filter, or by a person) is
             // made again: the record is new to that side.
@@ -559,9 +559,7 @@ pub(crate) fn scope(
         Leaving::Delete => true,
         Leaving::Hold if link.delete_approved => true,
         Leaving::Hold => {
-            // A person who kept the copy (a pin on the whole record) is not asked again until
-            // the record has come back and left once more.
-            if !held.contains(WHOLE_RECORD) && !link.pins.contains_key(WHOLE_RECORD) {
+            if !held.contains(WHOLE_RECORD) && !link.copy_kept {
                 let filter = spec.filter(*gone).map_or("", |f| f.text.as_str());
                 out.conflicts.push(ConflictNote {
                     link: link.id,

@@ -133,9 +133,8 @@ pub struct Plan {
     pub matched: usize,
     /// Changes of unlinked records outside their side's filter, left alone.
     pub filtered: usize,
-    /// Links whose record left its filter in this plan, and links whose record came back.
+    /// Links whose record left its filter in this plan.
     pub left_filter: usize,
-    pub entered_filter: usize,
 }
 
 /// Plans one cycle. Pure and deterministic: the same input gives the same plan.
@@ -213,7 +212,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
             held.to_mut().remove(WHOLE_RECORD);
         }
         out.left_filter += usize::from(scoped.left);
-        out.entered_filter += usize::from(scoped.entered);
         if scoped.merge {
             // Counters that cannot be added wait for a person, like a held field.
             for note in count(link, spec, &held) {
