@@ -70,6 +70,7 @@ fn spec(policy: Policy) -> SyncSpec {
         policy,
         deletes: DeletePolicy::Propagate,
         scope: Default::default(),
+        stopped: Default::default(),
     }
 }
 

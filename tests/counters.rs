@@ -57,6 +57,7 @@ fn spec() -> SyncSpec {
         policy: Policy::LastWriterWins,
         deletes: DeletePolicy::Propagate,
         scope: Default::default(),
+        stopped: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ fn spec(leaving: Leaving) -> SyncSpec {
             right: None,
             leaving,
         },
+        stopped: Default::default(),
     }
 }
 

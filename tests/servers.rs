@@ -2075,3 +2075,145 @@ async fn records_move_in_and_out_of_filters_between_postgres_and_mariadb() {
     assert!(people["cy@example.com"].starts_with("Cy|50|"));
     assert!(state.conflicts(false).unwrap().is_empty());
 }
+
+impl ServerDb {
+    /// One text value, selected by `sql` (cast to text there).
+    async fn text(&self, sql: &str) -> Option<String> {
+        match self.kind {
+            "postgres" => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            _ => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+}
+
+/// Schema drift on both servers while the sync runs: a column dropped on each side (the same
+/// field) and one retyped on each (two fields). Those three fields stop; names and emails keep
+/// syncing both ways, a new record is created without the stopped fields, no value read from a
+/// retyped column is written anywhere, and a restart carries on the same way.
+#[tokio::test]
+async fn columns_dropped_and_retyped_on_postgres_and_mariadb_stop_only_their_fields() {
+    let Some(pg) = ServerDb::new("postgres").await else {
+        return;
+    };
+    let Some(my) = ServerDb::new("mysql").await else {
+        return;
+    };
+    pg.exec(PG_CUSTOMERS).await;
+    my.exec(MY_CLIENTS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cross_config(dir.path(), &pg.url, &my.url, "realtime");
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+    assert_eq!(pg_people(&pg).await, my_people(&my).await);
+
+    // The same process runs on: `seen`/`last_seen` dropped on both sides, PostgreSQL's
+    // balance and MariaDB's status turned into text.
+    pg.exec("ALTER TABLE customers DROP COLUMN seen; ALTER TABLE customers ALTER COLUMN balance TYPE text")
+        .await;
+    my.exec("ALTER TABLE clients DROP COLUMN last_seen; ALTER TABLE clients MODIFY status VARCHAR(10) NOT NULL DEFAULT 'yes'")
+        .await;
+    pg.exec("UPDATE customers SET full_name = 'Ada L.', balance = 'twelve' WHERE email = 'ada@example.com'")
+        .await;
+    my.exec("UPDATE clients SET name = 'Cy C.', status = 'no' WHERE mail = 'cy@example.com'")
+        .await;
+    pg.exec("INSERT INTO customers (email, full_name, balance) VALUES ('dee@example.com', 'Dee', 'n/a')")
+        .await;
+    app.run_once(&state, |_, _| {}).await.unwrap();
+
+    let my_name = |email: &str| {
+        format!("SELECT CAST(name AS CHAR) FROM clients WHERE lower(mail) = '{email}'")
+    };
+    let pg_name = |email: &str| format!("SELECT full_name FROM customers WHERE email = '{email}'");
+    // Names flow both ways; the new record is created without the stopped fields.
+    assert_eq!(
+        my.text(&my_name("ada@example.com")).await.as_deref(),
+        Some("Ada L.")
+    );
+    assert_eq!(
+        pg.text(&pg_name("cy@example.com")).await.as_deref(),
+        Some("Cy C.")
+    );
+    assert_eq!(
+        my.text(&my_name("dee@example.com")).await.as_deref(),
+        Some("Dee")
+    );
+    // Nothing read from a retyped column went anywhere, nor was written into one.
+    assert_eq!(
+        my.text("SELECT CAST(credit AS CHAR) FROM clients WHERE mail = 'ADA@example.com'")
+            .await
+            .as_deref(),
+        Some("10.50")
+    );
+    assert_eq!(
+        my.text("SELECT CAST(credit AS CHAR) FROM clients WHERE mail = 'dee@example.com'")
+            .await,
+        None
+    );
+    assert_eq!(
+        pg.text("SELECT active::text FROM customers WHERE email = 'cy@example.com'")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        my.text("SELECT CAST(status AS CHAR) FROM clients WHERE mail = 'dee@example.com'")
+            .await
+            .as_deref(),
+        Some("yes"),
+        "the new record took the column's default; no value was converted into it"
+    );
+    let record = duplex::schema::SyncSchema::load(
+        &duplex::schema::dir(&dir.path().join("duplex.redb")),
+        "people",
+    )
+    .unwrap()
+    .unwrap();
+    let report = record.report().join("\n");
+    for expected in [
+        "field balance stopped: column balance of pg.customers changed from decimal to text",
+        "field active stopped: column status of other.clients changed from boolean to text",
+        "field seen stopped: column seen is gone from pg.customers; column last_seen is gone from other.clients",
+    ] {
+        assert!(report.contains(expected), "{report}");
+    }
+    let reasons: Vec<String> = state
+        .rejected("people")
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{}: {}", r.id, r.reason))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(
+            "field balance was not read: column balance of pg.customers changed from decimal to text"
+        )),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("field active did not sync")),
+        "{reasons:?}"
+    );
+    assert!(state.conflicts(false).unwrap().is_empty());
+    drop(state);
+    drop(app);
+
+    // A restart: the config still maps the dropped columns; the fields stay stopped.
+    pg.exec("UPDATE customers SET full_name = 'Bob B.' WHERE email = 'bob@example.com'")
+        .await;
+    let app = duplex::app::App::load(&config).await.unwrap();
+    assert_eq!(app.syncs[0].spec.stopped.len(), 3);
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+    assert_eq!(
+        my.text(&my_name("bob@example.com")).await.as_deref(),
+        Some("Bob B.")
+    );
+}

@@ -1096,3 +1096,135 @@ async fn a_dry_run_changes_no_byte_and_plans_what_the_real_run_does() {
     );
     assert_eq!(new_in_erp(), 10);
 }
+
+/// Schema drift: a mapped column dropped on one side and another renamed on the other while
+/// the sync runs stop those two fields only; the rest of each record keeps syncing, the
+/// changes that could not sync are reported, `status` and `check` say what changed, a restart
+/// keeps the stops, and `check --accept` takes the new schema once the config maps it.
+#[tokio::test]
+async fn a_dropped_and_a_renamed_column_stop_only_their_fields() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    let dir = s.dir.path();
+    let (app, state, _) = s.sync().await;
+    drop(state);
+    assert!(
+        dir.join("duplex.redb.schema/people.json").exists(),
+        "the first run keeps the schema it synced against"
+    );
+    // The same process runs on while the ERP loses `visits` and the CRM's full_name becomes
+    // display_name.
+    s.erp()
+        .execute_batch("ALTER TABLE clients DROP COLUMN visits")
+        .unwrap();
+    s.crm()
+        .execute_batch("ALTER TABLE customers RENAME COLUMN full_name TO display_name")
+        .unwrap();
+    s.crm()
+        .execute(
+            "UPDATE customers SET visits = 7, status = 'lead', display_name = 'Ada L.' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    s.erp()
+        .execute(
+            "UPDATE clients SET name = 'Bob B.', code = 1 WHERE lower(mail) = 'bob@example.com'",
+            [],
+        )
+        .unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {})
+        .await
+        .expect("the sync runs on");
+    // The other fields synced, both ways.
+    assert_eq!(s.erp_value("ada@example.com", "code"), "2");
+    assert_eq!(s.crm_value("bob@example.com", "status"), "active");
+    // Neither stopped field moved: the ERP's name was not taken from the renamed column, and
+    // Bob's new name did not reach the CRM's renamed column.
+    assert_eq!(s.erp_value("ada@example.com", "name"), "Ada");
+    assert_eq!(s.crm_value("bob@example.com", "display_name"), "Bob");
+    // The changes that did not sync are reported with what changed.
+    let rejected = state.rejected("people").unwrap();
+    let reasons: Vec<String> = rejected.iter().map(|r| r.reason.clone()).collect();
+    assert!(
+        reasons.iter().any(
+            |r| r.contains("field visits did not sync: column visits is gone from erp.clients")
+        ),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("field full_name did not sync")
+                && r.contains("renamed? map the field to it")),
+        "{reasons:?}"
+    );
+    drop(state);
+    drop(app);
+
+    let status = duplex(&["status", "duplex.toml"], dir);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        out.contains("schema: field visits stopped: column visits is gone from erp.clients"),
+        "{out}"
+    );
+    assert!(out.contains("schema: field full_name stopped: column full_name is gone from crm.customers (new column of its type: display_name"), "{out}");
+
+    // A restart loads a config that maps a column no longer there: the field stays stopped,
+    // the rest syncs.
+    s.crm()
+        .execute("UPDATE customers SET status = 'active' WHERE id = 1", [])
+        .unwrap();
+    let (_, state, _) = s.sync().await;
+    drop(state);
+    assert_eq!(s.erp_value("ada@example.com", "code"), "1");
+    let check = duplex(&["check", "duplex.toml"], dir);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out}");
+    assert!(out.contains("schema: field visits stopped"), "{out}");
+
+    // Accepting is refused while the config still maps a column that is gone.
+    let accept = duplex(&["check", "duplex.toml", "--accept"], dir);
+    let err = String::from_utf8_lossy(&accept.stderr);
+    assert!(!accept.status.success());
+    assert!(
+        err.contains("syncs.people.fields[1].left: column full_name is gone from crm.customers"),
+        "{err}"
+    );
+    // The person maps the renamed column (keeping the field's common name, so that its links
+    // carry on) and drops the visits field, then accepts.
+    let config = std::fs::read_to_string(s.config()).unwrap();
+    let config = config
+        .replace(
+            "left = \"full_name\"",
+            "name = \"full_name\"\nleft = \"display_name\"",
+        )
+        .replace(
+            "[[syncs.people.fields]]\nleft = \"visits\"\nright = \"visits\"\n",
+            "",
+        );
+    std::fs::write(s.config(), config).unwrap();
+    let accept = duplex(&["check", "duplex.toml", "--accept"], dir);
+    let out = String::from_utf8_lossy(&accept.stdout);
+    assert!(
+        accept.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&accept.stderr)
+    );
+    assert!(out.contains("sync people: schema accepted"), "{out}");
+    // The name syncs again: the next edit of it goes through, and nothing is stopped.
+    s.erp()
+        .execute(
+            "UPDATE clients SET name = 'Ada Lovelace' WHERE no = 101",
+            [],
+        )
+        .unwrap();
+    let (_, state, _) = s.sync().await;
+    drop(state);
+    assert_eq!(
+        s.crm_value("ada@example.com", "display_name"),
+        "Ada Lovelace"
+    );
+    let status = duplex(&["status", "duplex.toml"], dir);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(!out.contains("stopped"), "{out}");
+}

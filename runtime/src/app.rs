@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::{common_name, split_stream, ConfigError, Loaded};
 use crate::driver::schedule::Schedule;
-use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SyncRunner};
+use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SchemaWatch, SyncRunner};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
@@ -21,6 +21,7 @@ use crate::plugin::{
     CallError, CompileCache, ConnectorPlugin, HostOptions, LoadError, PluginHost, Stream,
     WebhookAnswer,
 };
+use crate::schema::SyncSchema;
 use crate::state::{PluginVersion, Slot, State, StateError};
 
 mod install;
@@ -67,6 +68,10 @@ pub struct Connection {
 #[derive(Clone)]
 pub struct Sync {
     pub spec: SyncSpec,
+    /// The schema record the sync runs against, as loaded (see `crate::schema`), and whether
+    /// it was kept already (a first run keeps what it found).
+    pub schema: SyncSchema,
+    pub schema_kept: bool,
     pub schedule: Schedule,
     pub batch: u32,
     pub left: (String, String),
@@ -721,6 +726,8 @@ fn now_micros() -> i64 {
 /// one or an applied config replaces it all.
 pub struct SyncSetup {
     sync: Sync,
+    /// The state file, beside which the sync's schema record is kept.
+    state_path: std::path::PathBuf,
     rules: Rules,
     connections: BTreeMap<String, (Arc<ConnectorPlugin>, String)>,
     /// The app of an applied config, kept while its plugins run: its plugin host's epoch
@@ -745,14 +752,34 @@ impl SyncSetup {
             .collect();
         SyncSetup {
             sync: sync.clone(),
+            state_path: app.loaded.state_path(),
             rules: app.rules.clone(),
             connections,
             _app: keep,
         }
     }
 
+    /// A runner for the sync's cycles, watching its sides' schemas. Made anew after a swap:
+    /// the record as last kept then holds what the previous runner stopped.
     fn runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+        let name = &self.sync.spec.name;
+        let dir = crate::schema::dir(&self.state_path);
+        let mut record = self.sync.schema.clone();
+        let mut kept = self.sync.schema_kept;
+        if let Ok(Some(latest)) = SyncSchema::load(&dir, name) {
+            for (field, stop) in latest.stopped {
+                let mine = record.stopped.entry(field).or_default();
+                mine.left = mine.left.take().or(stop.left);
+                mine.right = mine.right.take().or(stop.right);
+            }
+            kept = true;
+        }
+        let labels = [
+            format!("{}.{}", self.sync.left.0, self.sync.left.1),
+            format!("{}.{}", self.sync.right.0, self.sync.right.1),
+        ];
         self.runner_with(|side| side)
+            .watching_schema(SchemaWatch::new(dir, record, labels, !kept))
     }
 
     /// A runner for a dry run: its sides change nothing (see [`PluginSide::read_only`]).
@@ -850,6 +877,23 @@ fn build_sync(
         };
     let (lc, ls, lstream) = stream("left", &cfg.left)?;
     let (rc, rs, rstream) = stream("right", &cfg.right)?;
+    let dir = crate::schema::dir(&loaded.state_path());
+    let kept = SyncSchema::load(&dir, name).map_err(|why| {
+        loaded.invalid(
+            &cfg.left,
+            format!("syncs.{name}"),
+            format!("its schema record cannot be read: {why}"),
+        )
+    })?;
+    let shape = |s: &Stream| -> crate::schema::Shape {
+        s.fields
+            .iter()
+            .map(|f| (f.name.clone(), f.type_.into()))
+            .collect()
+    };
+    let now = [shape(&lstream), shape(&rstream)];
+    let schema_kept = kept.is_some();
+    let mut schema = kept.unwrap_or_else(|| SyncSchema::accepting(now.clone()));
     let mut fields = Vec::new();
     for (i, f) in cfg.fields.iter().enumerate() {
         let lookup = |side: &str,
@@ -857,10 +901,28 @@ fn build_sync(
                       s: &Stream,
                       conn: &str|
          -> Result<crate::plugin::Field, ConfigError> {
+            let accepted = schema.shape(if side == "left" {
+                crate::engine::Side::Left
+            } else {
+                crate::engine::Side::Right
+            });
             s.fields
                 .iter()
                 .find(|x| x.name == *at.get_ref())
                 .cloned()
+                // A column the sync ran with that is gone since: the field is stopped (by
+                // `SyncSchema::compare` below), not the whole config refused.
+                .or_else(|| {
+                    accepted.get(at.get_ref()).map(|t| crate::plugin::Field {
+                        name: at.get_ref().clone(),
+                        type_: (*t).into(),
+                        nullable: true,
+                        writable: true,
+                        matchable: true,
+                        allowed: Vec::new(),
+                        unsupported: None,
+                    })
+                })
                 .ok_or_else(|| {
                     let names: Vec<&str> = s.fields.iter().map(|x| x.name.as_str()).collect();
                     loaded.invalid(
@@ -907,7 +969,19 @@ fn build_sync(
                     .into());
             }
         }
-        let (lt, rt): (FieldType, FieldType) = (lf.type_.into(), rf.type_.into());
+        // A column retyped since the sync ran keeps its accepted type: the field is stopped.
+        let (lt, rt): (FieldType, FieldType) = (
+            schema
+                .left
+                .get(&lf.name)
+                .copied()
+                .unwrap_or(lf.type_.into()),
+            schema
+                .right
+                .get(&rf.name)
+                .copied()
+                .unwrap_or(rf.type_.into()),
+        );
         let counter = f.counter.as_ref().is_some_and(|c| *c.get_ref());
         if let Some(c) = f.counter.as_ref().filter(|_| counter) {
             let number = |t: FieldType| matches!(t, FieldType::Integer | FieldType::Decimal);
@@ -987,6 +1061,11 @@ fn build_sync(
         None => Policy::LastWriterWins,
     };
     let scope = scope(loaded, name, cfg.filter.as_ref(), &fields)?;
+    schema.compare(
+        &fields,
+        [&format!("{lc}.{ls}"), &format!("{rc}.{rs}")],
+        [&now[0], &now[1]],
+    );
     let schedule = match &cfg.schedule {
         Some(s) => Schedule::parse(s.get_ref())
             .map_err(|m| loaded.invalid(s, format!("syncs.{name}.schedule"), m))?,
@@ -1006,7 +1085,10 @@ fn build_sync(
             policy,
             deletes: DeletePolicy::from(cfg.deletes),
             scope,
+            stopped: schema.stopped.clone(),
         },
+        schema,
+        schema_kept,
         schedule,
         batch: cfg.batch.max(1),
         left: (lc, ls),

@@ -26,8 +26,8 @@ use crate::engine::{
     Side, SyncSpec,
 };
 use crate::plugin::{
-    self, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin, UpdateOp,
-    WitError, WriteOp,
+    self, ChangeBatch, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin,
+    UpdateOp, WitError, WriteOp,
 };
 use crate::state::{
     Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats, DECIDED,
@@ -35,6 +35,8 @@ use crate::state::{
 };
 
 pub use io::{IoError, PluginSide, SideIo};
+
+use crate::schema::SyncSchema;
 
 /// Most writes sent to a connector in one call: one call per side per cycle at the default
 /// batch size (each call is a transaction with its own set-up; 200 per call cost a third of an
@@ -286,6 +288,45 @@ pub struct SyncRunner<L, R> {
     clock: Clock,
     /// A pilot's size: each cycle (or dry run) takes at most this many changes from each side.
     limit: Option<u32>,
+    /// The sides' schemas, compared with the sync's record (see [`SyncRunner::check_schema`]).
+    schema: Option<SchemaWatch>,
+}
+
+/// How often, at most, a sync that reads changes compares its sides' schemas with its record
+/// (microseconds): a change that cannot be mapped, a failed cycle or write, compares at once.
+const SCHEMA_EVERY: i64 = 1_000_000;
+
+/// A runner's watch over its sides' schemas.
+pub struct SchemaWatch {
+    /// Where the sync's schema record is kept (see [`crate::schema::dir`]).
+    dir: std::path::PathBuf,
+    record: SyncSchema,
+    /// `connection.stream` of each side, for messages.
+    labels: [String; 2],
+    /// The record is still to be written: a first run, or a write that failed.
+    unsaved: bool,
+    /// Compare at the next cycle: a cycle or a write failed, maybe on a changed column.
+    due: bool,
+    checked_at: Option<i64>,
+}
+
+impl SchemaWatch {
+    /// `record` as kept in `dir`; `unsaved` when it is not there yet (a first run).
+    pub fn new(
+        dir: std::path::PathBuf,
+        record: SyncSchema,
+        labels: [String; 2],
+        unsaved: bool,
+    ) -> SchemaWatch {
+        SchemaWatch {
+            dir,
+            record,
+            labels,
+            unsaved,
+            due: false,
+            checked_at: None,
+        }
+    }
 }
 
 /// Most changes a dry run reads from each side to plan at once: the pending changes of a
@@ -351,7 +392,16 @@ impl<L, R> SyncRunner<L, R> {
             ahead: [None, None],
             clock: Arc::new(system_clock),
             limit: None,
+            schema: None,
         }
+    }
+
+    /// Compares the sides' schemas with the sync's record as cycles read changes, and stops the
+    /// fields whose columns are gone or retyped (see `crate::schema`).
+    pub fn watching_schema(mut self, watch: SchemaWatch) -> Self {
+        self.spec.stopped = watch.record.stopped.clone();
+        self.schema = Some(watch);
+        self
     }
 
     /// A pilot: each cycle, and a dry run, takes at most `n` changes from each side.
@@ -876,7 +926,73 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let result = self.cycle_inner(state, now).await;
         self.left.finish();
         self.right.finish();
+        // A statement may have failed on a column that changed: compare before the next one.
+        if let Some(w) = &mut self.schema {
+            w.due |= result.as_ref().map_or(true, |r| r.failed > 0);
+        }
         result
+    }
+
+    /// Compares both sides' schemas with the sync's record; a mapped column gone or retyped
+    /// stops its field from this cycle on (`SyncSpec::stopped`), logged once and kept in the
+    /// record for `status` and `check`. A side that cannot say is left as it was.
+    async fn check_schema(&mut self, now: i64) {
+        if self.schema.is_none() {
+            return;
+        }
+        let left = self.left.shape().await;
+        let right = self.right.shape().await;
+        let sync = self.spec.name.clone();
+        let w = self.schema.as_mut().expect("checked above");
+        w.due = false;
+        w.checked_at = Some(now);
+        let (left, right) = match (left, right) {
+            (Ok(Some(l)), Ok(Some(r))) => (l, r),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(sync = %sync, "cannot compare the schemas: {e}");
+                return;
+            }
+            _ => return,
+        };
+        let labels = [w.labels[0].as_str(), w.labels[1].as_str()];
+        if w.record.compare(&self.spec.fields, labels, [&left, &right]) {
+            for line in w.record.report() {
+                tracing::warn!(sync = %sync, "schema drift: {line}");
+            }
+            self.spec.stopped = w.record.stopped.clone();
+            w.unsaved = true;
+        }
+        if w.unsaved {
+            match w.record.save(&w.dir, &sync) {
+                Ok(()) => w.unsaved = false,
+                Err(e) => tracing::warn!(sync = %sync, "cannot keep the schema record: {e}"),
+            }
+        }
+    }
+
+    /// Whether this cycle compares the schemas: the first does, then one that read changes at
+    /// most every [`SCHEMA_EVERY`], or at once after a failure.
+    fn schema_due(&self, now: i64, read_any: bool) -> bool {
+        self.schema.as_ref().is_some_and(|w| match w.checked_at {
+            None => true,
+            Some(at) => w.due || (read_any && now - at >= SCHEMA_EVERY),
+        })
+    }
+
+    /// A batch's changes as the engine sees them, or why one cannot be mapped.
+    fn map_batches(
+        &self,
+        batches: &[(Side, ChangeBatch, i64)],
+    ) -> Vec<(Side, String, Result<Observed, String>)> {
+        batches
+            .iter()
+            .flat_map(|(side, batch, read_at)| {
+                batch
+                    .changes
+                    .iter()
+                    .map(move |ch| (*side, ch.id.clone(), self.observe(*side, ch, *read_at)))
+            })
+            .collect()
     }
 
     /// Plans every change waiting at time `now` without writing anything anywhere (see
@@ -966,18 +1082,61 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             report.more |= waiting;
         }
         lap.end("read");
-        // 2. Map to common names.
+        // 2. Map to common names, with the fields a schema change stopped left out.
+        let read_any = batches.iter().any(|(_, b, _)| !b.changes.is_empty());
+        if dry.is_none() && self.schema_due(now, read_any) {
+            self.check_schema(now).await;
+        }
+        let mut mapped = self.map_batches(&batches);
+        // A value that cannot be mapped may come from a column retyped since the last look.
+        let unmappable = mapped.iter().any(|(_, _, o)| o.is_err());
+        let looked = self
+            .schema
+            .as_ref()
+            .is_some_and(|w| w.checked_at == Some(now));
+        if dry.is_none() && unmappable && self.schema.is_some() && !looked {
+            self.check_schema(now).await;
+            mapped = self.map_batches(&batches);
+        }
+        lap.end("schema");
         let mut changes = Vec::new();
         let mut commit = CycleCommit::default();
         let mut fresh: BTreeSet<(Side, String)> = BTreeSet::new();
-        for (side, batch, read_at) in &batches {
-            for ch in &batch.changes {
-                fresh.insert((*side, ch.id.clone()));
-                commit.cleared.push((*side, ch.id.clone()));
-                match self.observe(*side, ch, *read_at) {
-                    Ok(o) => changes.push(o),
-                    Err(reason) => commit.rejected.push((*side, ch.id.clone(), reason, None)),
+        // A side's value in a column gone or retyped is not read: reported, as the other side's
+        // changes of a stopped field are by the plan.
+        let mut unsynced: BTreeMap<(Side, String), Vec<String>> = BTreeMap::new();
+        for (side, batch, _) in &batches {
+            for ch in batch.changes.iter().filter(|c| {
+                c.kind != ChangeKind::Delete && c.origin.as_deref() != Some(origin.as_str())
+            }) {
+                for f in &self.spec.fields {
+                    let Some(why) = self.spec.stopped.get(&f.name).and_then(|s| s.on(*side)) else {
+                        continue;
+                    };
+                    let column = if *side == Side::Left {
+                        &f.left
+                    } else {
+                        &f.right
+                    };
+                    let held = ch
+                        .fields
+                        .iter()
+                        .any(|v| &v.name == column && !matches!(v.value, plugin::Value::Null));
+                    if held {
+                        unsynced
+                            .entry((*side, ch.id.clone()))
+                            .or_default()
+                            .push(format!("field {} was not read: {why}", f.name));
+                    }
                 }
+            }
+        }
+        for (side, id, observed) in mapped {
+            fresh.insert((side, id.clone()));
+            commit.cleared.push((side, id.clone()));
+            match observed {
+                Ok(o) => changes.push(o),
+                Err(reason) => commit.rejected.push((side, id, reason, None)),
             }
         }
         // Changes rejected earlier (an ambiguous match) are tried again, unless superseded.
@@ -1031,6 +1190,17 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             plan = engine::plan(&input);
         }
         report.echoes = plan.echoes;
+        // Changes of stopped fields: the rest of the record syncs; these are reported
+        // (before the plan's rejections: a record rejected outright keeps that reason).
+        for u in &plan.unsynced {
+            unsynced
+                .entry((u.side, u.id.clone()))
+                .or_default()
+                .push(format!("field {} did not sync: {}", u.field, u.reason));
+        }
+        for ((side, id), why) in unsynced {
+            commit.rejected.push((side, id, why.join("; "), None));
+        }
         for r in &plan.rejected {
             let c = &r.change;
             commit.rejected.push((
@@ -1047,7 +1217,6 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             ));
             commit.cleared.retain(|k| k != &(c.side, c.id.clone()));
         }
-
         lap.end("plan");
         if let Some(dry) = dry {
             fill_dry_run(dry, &plan, &commit, &report);

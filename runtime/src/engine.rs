@@ -19,13 +19,14 @@ mod value;
 pub use counter::counter_change;
 pub use filter::Filter;
 pub use mapping::{
-    DeletePolicy, Direction, FieldSpec, Leaving, MapError, MatchKey, Policy, Scope, SyncSpec,
+    DeletePolicy, Direction, FieldSpec, Leaving, MapError, MatchKey, Policy, Scope, Stopped,
+    SyncSpec,
 };
 pub use merge::{
     settle, ConflictNote, Decided, LinkStatus, Outcome, HELD_FOR_A_PERSON, WHOLE_RECORD,
 };
 pub use plan::{
-    plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery,
+    plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery, Unsynced,
 };
 pub use value::{canonical_decimal, convert, FieldType, Fields, Value};
 

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod ops;
 pub mod plugin;
 pub mod report;
+pub mod schema;
 pub mod state;
 pub mod telemetry;
 pub mod time;

@@ -64,8 +64,16 @@ enum Command {
         #[arg(long)]
         insecure_http: bool,
     },
-    /// Check a config: its syntax, plugins, connections and every mapping. Changes nothing.
-    Check { config: PathBuf },
+    /// Check a config: its syntax, plugins, connections and every mapping, and each sync's
+    /// schema drift against the schema it last ran with. Changes nothing, unless --accept.
+    Check {
+        config: PathBuf,
+        /// Accept the sides' schemas as they are now: fields stopped by schema drift sync
+        /// again (a column that came back counts with the values it holds now). Refused while
+        /// a mapped column is missing, and while a Duplex runs the syncs.
+        #[arg(long)]
+        accept: bool,
+    },
     /// Show each sync: links, open conflicts, rejected records, the last cycle.
     Status { config: PathBuf },
     /// Remove what change capture installed (triggers, change log) from the connections'
@@ -547,8 +555,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_serving(app, Some(spec)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
+        Command::Check { config, accept } => {
             let app = App::load(&config).await?;
+            if accept && Client::find(&app.loaded.state_path()).await.is_some() {
+                bail!("a duplex is running these syncs: stop it first, accept, and start it again (a running sync keeps the schema it started with)");
+            }
             for (name, c) in &app.connections {
                 let info = c.plugin.info();
                 let streams: Vec<&str> = c.streams.iter().map(|s| s.name.as_str()).collect();
@@ -561,6 +572,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             for s in &app.syncs {
                 println!("{}", s.describe());
+                if !s.schema_kept {
+                    println!("  schema: not run yet; its first run keeps the schema it finds");
+                }
+                for line in s.schema.report() {
+                    println!("  schema: {line}");
+                }
+            }
+            if accept {
+                accept_schemas(&app)?;
             }
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)
@@ -1070,6 +1090,45 @@ fn print_versions(v: &SlotVersions) {
     }
 }
 
+/// `check --accept`: each sync's record takes the sides' schemas as they are now.
+fn accept_schemas(app: &App) -> anyhow::Result<()> {
+    let dir = duplex::schema::dir(&app.loaded.state_path());
+    for s in &app.syncs {
+        let mut shapes = Vec::new();
+        for (side, (conn, stream)) in [(Side::Left, &s.left), (Side::Right, &s.right)] {
+            let found = app.connections[conn]
+                .streams
+                .iter()
+                .find(|x| &x.name == stream)
+                .map(|x| {
+                    x.fields
+                        .iter()
+                        .map(|f| (f.name.clone(), f.type_.into()))
+                        .collect::<duplex::schema::Shape>()
+                })
+                .unwrap_or_default();
+            for (i, f) in s.spec.fields.iter().enumerate() {
+                let column = if side == Side::Left {
+                    &f.left
+                } else {
+                    &f.right
+                };
+                if !found.contains_key(column) {
+                    bail!(
+                        "syncs.{}.fields[{i}].{side}: column {column} is gone from {conn}.{stream}; remove the field from the config or map it to another column, then accept",
+                        s.spec.name
+                    );
+                }
+            }
+            shapes.push(found);
+        }
+        let [left, right]: [duplex::schema::Shape; 2] = shapes.try_into().expect("two sides");
+        duplex::schema::SyncSchema::accepting([left, right]).save(&dir, &s.spec.name)?;
+        println!("sync {}: schema accepted", s.spec.name);
+    }
+    Ok(())
+}
+
 fn print_status(syncs: &[SyncStatus]) {
     for s in syncs {
         let name = &s.info.name;
@@ -1091,6 +1150,9 @@ fn print_status(syncs: &[SyncStatus]) {
             s.rejected
         );
         println!("  waiting to retry: {}", s.waiting_to_retry);
+        for line in &s.schema_drift {
+            println!("  schema: {line}");
+        }
         let st = &s.stats;
         println!(
             "  last-writer-wins decisions: {} (`duplex activity --decisions` lists them)",

@@ -172,6 +172,9 @@ pub struct SyncStatus {
     pub stats: SyncStats,
     /// What the running process knows (absent when nothing runs the sync).
     pub live: Option<LiveStatus>,
+    /// Schema drift: fields stopped by a column gone or retyped, new columns not synced.
+    #[serde(default)]
+    pub schema_drift: Vec<String>,
 }
 
 /// What the process running a sync knows of it beyond the state.
@@ -559,6 +562,8 @@ pub struct Ops {
     syncs: Vec<SyncInfo>,
     state: Arc<State>,
     running: Option<Running>,
+    /// Where the syncs' schema records are kept (see `crate::schema`).
+    schemas: std::path::PathBuf,
 }
 
 /// Locks a sync's live status; a loop that panicked while holding it left nothing half-done
@@ -608,6 +613,7 @@ impl Ops {
             syncs: Self::sync_infos(loaded),
             state,
             running: None,
+            schemas: crate::schema::dir(&loaded.state_path()),
         }
     }
 
@@ -625,6 +631,7 @@ impl Ops {
             syncs: Self::sync_infos(loaded),
             state,
             running: Some(running),
+            schemas: crate::schema::dir(&loaded.state_path()),
         }
     }
 
@@ -682,6 +689,10 @@ impl Ops {
             waiting_to_retry: dirty,
             stats: self.state.stats(name)?,
             live,
+            schema_drift: match crate::schema::SyncSchema::load(&self.schemas, name) {
+                Ok(r) => r.map(|r| r.report()).unwrap_or_default(),
+                Err(why) => vec![format!("the schema record cannot be read: {why}")],
+            },
         })
     }
 

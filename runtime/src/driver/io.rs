@@ -61,6 +61,11 @@ pub trait SideIo {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Written, WitError>>, IoError>;
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError>;
+    /// The stream's columns and their types as the system has them now, for schema drift
+    /// (see `crate::schema`); none when the side cannot say.
+    async fn shape(&mut self) -> Result<Option<crate::schema::Shape>, IoError> {
+        Ok(None)
+    }
     /// Waits up to `timeout_ms` for the system to announce changes.
     async fn watch(&mut self, timeout_ms: u32) -> Result<Watched, IoError> {
         let _ = timeout_ms;
@@ -166,6 +171,20 @@ impl SideIo for PluginSide {
         self.check(r)
     }
 
+    async fn shape(&mut self) -> Result<Option<crate::schema::Shape>, IoError> {
+        let config = self.config.clone();
+        let r = self.session().await?.discover(&config).await;
+        let streams = self.check(r)?;
+        let stream = streams.into_iter().find(|s| s.name == self.stream);
+        // A stream that is gone altogether shows every mapped column gone.
+        Ok(Some(stream.map_or_else(Default::default, |s| {
+            s.fields
+                .into_iter()
+                .map(|f| (f.name, f.type_.into()))
+                .collect()
+        })))
+    }
+
     async fn watch(&mut self, timeout_ms: u32) -> Result<Watched, IoError> {
         if !self
             .plugin
@@ -215,6 +234,22 @@ impl From<engine::Value> for plugin::Value {
             E::Bytes(b) => plugin::Value::Bytes(b),
             E::Time(t) => plugin::Value::Timestamp(t),
             E::Json(j) => plugin::Value::Json(j),
+        }
+    }
+}
+
+impl From<FieldType> for plugin::FieldType {
+    fn from(t: FieldType) -> Self {
+        use plugin::FieldType as P;
+        match t {
+            FieldType::Boolean => P::Boolean,
+            FieldType::Integer => P::Integer,
+            FieldType::Float => P::Float,
+            FieldType::Decimal => P::Decimal,
+            FieldType::Text => P::Text,
+            FieldType::Bytes => P::Bytes,
+            FieldType::Timestamp => P::Timestamp,
+            FieldType::Json => P::Json,
         }
     }
 }

@@ -150,7 +150,11 @@ pub(crate) fn count(
     if !(link.left.exists() && link.right.exists()) {
         return notes;
     }
-    for fs in spec.fields.iter().filter(|f| f.counter) {
+    for fs in spec
+        .fields
+        .iter()
+        .filter(|f| f.counter && !spec.is_stopped(&f.name))
+    {
         let f = fs.name.as_str();
         let Some(total) = link.base.get(f).cloned() else {
             continue;

@@ -1,6 +1,8 @@
 //! A sync's shape: which field of each side is which common field, in which direction it flows,
 //! how values translate, and which policy settles a conflict.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::value::{canonical_decimal, convert, FieldType, Fields, Value};
@@ -153,6 +155,47 @@ pub struct SyncSpec {
     /// Record filters; by default every record syncs.
     #[serde(default)]
     pub scope: Scope,
+    /// Fields stopped by schema drift, by common name: not read from a side whose column is
+    /// gone or retyped, and written to neither (see `crate::schema`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stopped: BTreeMap<String, Stopped>,
+}
+
+/// Why a mapped field stopped syncing: what changed in each side's schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    /// What changed on the left, when its column did; its values there are not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub right: Option<String>,
+}
+
+impl Stopped {
+    /// What changed on `side`, if its column did.
+    pub fn on(&self, side: Side) -> Option<&str> {
+        match side {
+            Side::Left => self.left.as_deref(),
+            Side::Right => self.right.as_deref(),
+        }
+    }
+
+    pub fn on_mut(&mut self, side: Side) -> &mut Option<String> {
+        match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        }
+    }
+
+    /// Both sides' changes, for a message.
+    pub fn reason(&self) -> String {
+        [&self.left, &self.right]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// A value that could not be mapped.
@@ -185,6 +228,18 @@ impl SyncSpec {
         }
     }
 
+    /// Whether `field` stopped syncing (schema drift): it is neither merged nor written.
+    pub fn is_stopped(&self, field: &str) -> bool {
+        self.stopped.contains_key(field)
+    }
+
+    /// Whether `side`'s values of `field` must not be read: its column is gone or retyped.
+    pub fn stopped_on(&self, field: &str, side: Side) -> bool {
+        self.stopped
+            .get(field)
+            .is_some_and(|s| s.on(side).is_some())
+    }
+
     /// Whether `field` is a counter, merged as deltas.
     pub fn is_counter(&self, field: &str) -> bool {
         self.field(field).is_some_and(|f| f.counter)
@@ -203,13 +258,17 @@ impl SyncSpec {
         side: Side,
         fields: impl IntoIterator<Item = (&'a str, Value)>,
     ) -> Result<Fields, MapError> {
-        let mut by_name: std::collections::BTreeMap<&str, Value> = fields.into_iter().collect();
+        let mut by_name: BTreeMap<&str, Value> = fields.into_iter().collect();
         let mut out = Fields::new();
         for f in &self.fields {
             let name = f.side_name(side);
             let Some(v) = by_name.remove(name) else {
                 continue;
             };
+            // A column gone or retyped: whatever it holds now would be misread.
+            if self.stopped_on(&f.name, side) {
+                continue;
+            }
             let v = match side {
                 Side::Left => v,
                 Side::Right => f
@@ -233,6 +292,9 @@ impl SyncSpec {
         let mut out = Vec::with_capacity(fields.len());
         for (name, v) in fields {
             let Some(f) = self.field(name) else { continue };
+            if self.is_stopped(name) {
+                continue;
+            }
             let side_name = f.side_name(side);
             let (v, ty) = match side {
                 Side::Left => (v.clone(), f.left_type),
@@ -295,6 +357,7 @@ pub(crate) mod tests {
             policy: Policy::LastWriterWins,
             deletes: DeletePolicy::Propagate,
             scope: Scope::default(),
+            stopped: BTreeMap::new(),
         }
     }
 

@@ -212,6 +212,10 @@ pub(crate) fn merge_link(
     let mut writes: BTreeMap<Side, Fields> = BTreeMap::new();
     for fs in &spec.fields {
         let f = fs.name.as_str();
+        // Stopped by schema drift: what a side holds is unknown or cannot be written.
+        if spec.is_stopped(f) {
+            continue;
+        }
         let b = link.base.get(f);
         let (lv, rv) = (get(l, f), get(r, f));
         if held.contains(f) {
@@ -456,6 +460,10 @@ fn take_stored(
 pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
     if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
         for (f, v) in l {
+            // A stopped field's base stays as the sides last agreed it, for when it resumes.
+            if spec.is_stopped(f) {
+                continue;
+            }
             if spec.is_counter(f) {
                 if !link.base.contains_key(f) && r.get(f) == Some(v) {
                     link.base.insert(f.clone(), v.clone());

@@ -135,6 +135,18 @@ pub struct Plan {
     pub filtered: usize,
     /// Links whose record left its filter in this plan.
     pub left_filter: usize,
+    /// Changed values of stopped fields (schema drift) that did not sync.
+    pub unsynced: Vec<Unsynced>,
+}
+
+/// A record's change of a field stopped by schema drift: it did not reach the other side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsynced {
+    pub side: Side,
+    pub id: String,
+    pub field: String,
+    /// What changed in the schema.
+    pub reason: String,
 }
 
 /// Plans one cycle. Pure and deterministic: the same input gives the same plan.
@@ -198,7 +210,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             },
         };
         let link = links.get_mut(&link_id).expect("link exists");
-        observe(link, change, &mut out);
+        observe(link, spec, change, &mut out);
     }
 
     let empty = BTreeSet::new();
@@ -349,7 +361,7 @@ fn stamp(st: &mut super::SideState, source: Option<i64>, read_at: i64) {
 }
 
 /// Applies a change to its side of a link.
-fn observe(link: &mut Link, change: &Observed, out: &mut Plan) {
+fn observe(link: &mut Link, spec: &SyncSpec, change: &Observed, out: &mut Plan) {
     let st = link.side_mut(change.side);
     if change.own {
         out.own += 1;
@@ -362,7 +374,8 @@ fn observe(link: &mut Link, change: &Observed, out: &mut Plan) {
         st.version = change.version.clone();
         return;
     }
-    let same = !st.deleted && st.seen.as_ref() == Some(&change.fields);
+    let fields = with_stopped(spec, st.seen.as_ref(), change, out);
+    let same = !st.deleted && st.seen.as_ref() == Some(&fields);
     if same {
         out.echoes += 1;
         // The same values, found earlier without a time (by match key, or after a refused
@@ -375,11 +388,45 @@ fn observe(link: &mut Link, change: &Observed, out: &mut Plan) {
         // A field changed again since the side rewrote it is a person's now.
         let seen = st.seen.as_ref();
         st.rewritten
-            .retain(|f| change.fields.get(f) == seen.and_then(|s| s.get(f)));
+            .retain(|f| fields.get(f) == seen.and_then(|s| s.get(f)));
     }
     st.deleted = false;
-    st.seen = Some(change.fields.clone());
+    st.seen = Some(fields);
     st.version = change.version.clone();
+}
+
+/// A change's fields as the link keeps them while fields are stopped by schema drift. A side
+/// whose column is gone or retyped keeps the value Duplex last knew (its reading was left out
+/// by `map_in`), so filters and echo checks go on seeing it; the other side's change of a stopped
+/// field is kept too, for when the field resumes, and reported, for it does not sync now.
+fn with_stopped(
+    spec: &SyncSpec,
+    seen: Option<&Fields>,
+    change: &Observed,
+    out: &mut Plan,
+) -> Fields {
+    let mut fields = change.fields.clone();
+    for (name, stopped) in &spec.stopped {
+        let before = seen.and_then(|s| s.get(name));
+        if stopped.on(change.side).is_some() {
+            match before {
+                Some(v) => fields.insert(name.clone(), v.clone()),
+                None => fields.remove(name),
+            };
+            continue;
+        }
+        let now = fields.get(name);
+        let news = now != before && !(before.is_none() && now == Some(&Value::Null));
+        if news && !change.own {
+            out.unsynced.push(Unsynced {
+                side: change.side,
+                id: change.id.clone(),
+                field: name.clone(),
+                reason: stopped.reason(),
+            });
+        }
+    }
+    fields
 }
 
 #[cfg(test)]
@@ -491,6 +538,48 @@ mod tests {
         assert_eq!(updates(&p, Side::Right), fields(&[("name", "Ada L.")]));
         assert_eq!(updates(&p, Side::Left), fields(&[("status", "lead")]));
         assert!(p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_stopped_field_is_neither_merged_nor_forgotten_and_its_changes_are_reported() {
+        // The right's name column is gone: the left's edit of it cannot go anywhere, the
+        // right's last known name stays in the link, and the status edit syncs as ever.
+        let mut s = spec();
+        s.stopped.insert(
+            "name".into(),
+            crate::engine::Stopped {
+                right: Some("column full_name is gone from erp.clients".into()),
+                left: None,
+            },
+        );
+        let l = change(
+            Side::Left,
+            "1",
+            fields(&[("email", "a@x"), ("name", "Ada L."), ("status", "active")]),
+            5,
+        );
+        let r = change(
+            Side::Right,
+            "r1",
+            fields(&[("email", "a@x"), ("status", "lead")]),
+            6,
+        );
+        let p = plan(&input(&s, vec![l, r]));
+        assert_eq!(updates(&p, Side::Right), Fields::new());
+        assert_eq!(updates(&p, Side::Left), fields(&[("status", "lead")]));
+        let link = &p.links[&7];
+        assert_eq!(link.right.seen.as_ref().unwrap()["name"], text("Ada"));
+        assert_eq!(link.left.seen.as_ref().unwrap()["name"], text("Ada L."));
+        assert_eq!(link.base["name"], text("Ada"));
+        assert_eq!(
+            p.unsynced,
+            [Unsynced {
+                side: Side::Left,
+                id: "1".into(),
+                field: "name".into(),
+                reason: "column full_name is gone from erp.clients".into(),
+            }]
+        );
     }
 
     #[test]
