@@ -83,6 +83,9 @@ impl SyncSchema {
     /// the record changed (a field stopped anew, or a new column appeared).
     pub fn compare(&mut self, fields: &[FieldSpec], labels: [&str; 2], now: [&Shape; 2]) -> bool {
         let before = (self.stopped.clone(), self.added.clone());
+        // A field the config no longer maps is no longer stopped: it is gone.
+        self.stopped
+            .retain(|name, _| fields.iter().any(|f| &f.name == name));
         for (side, label, current) in [
             (Side::Left, labels[0], now[0]),
             (Side::Right, labels[1], now[1]),
@@ -299,6 +302,9 @@ mod tests {
         assert!(!record.compare(&fields, ["crm.people", "erp.people"], [&left2, &right2]));
         assert!(!record.compare(&fields, ["crm.people", "erp.people"], [&left, &right]));
         assert_eq!(record.stopped.len(), 2);
+        // A field taken out of the config is no longer reported.
+        assert!(record.compare(&fields[..2], ["crm.people", "erp.people"], [&left, &right]));
+        assert_eq!(record.stopped.keys().collect::<Vec<_>>(), ["phone"]);
     }
 
     #[test]
