@@ -29,14 +29,13 @@ use crate::plugin::{
     self, ChangeBatch, ChangeKind, CreateOp, DeleteOp, FieldMatch, LookupKey, ResolverPlugin,
     UpdateOp, WitError, WriteOp,
 };
+use crate::schema::SyncSchema;
 use crate::state::{
     Activity, CycleCommit, Intent, IntentRef, State, StateError, StoredChange, SyncStats, DECIDED,
     RULED,
 };
 
 pub use io::{IoError, PluginSide, SideIo};
-
-use crate::schema::SyncSchema;
 
 /// Most writes sent to a connector in one call: one call per side per cycle at the default
 /// batch size (each call is a transaction with its own set-up; 200 per call cost a third of an
@@ -934,8 +933,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     }
 
     /// Compares both sides' schemas with the sync's record; a mapped column gone or retyped
-    /// stops its field from this cycle on (`SyncSpec::stopped`), logged once and kept in the
-    /// record for `status` and `check`. A side that cannot say is left as it was.
+    /// stops its field from this cycle on (`SyncSpec::stopped`); the drift is logged when it
+    /// changes and kept in the record for `status` and `check`. A side that cannot say is left as it was.
     async fn check_schema(&mut self, now: i64) {
         if self.schema.is_none() {
             return;
