@@ -885,27 +885,20 @@ fn build_sync(
             format!("its schema record cannot be read: {why}"),
         )
     })?;
-    let shape = |s: &Stream| -> crate::schema::Shape {
-        s.fields
-            .iter()
-            .map(|f| (f.name.clone(), f.type_.into()))
-            .collect()
-    };
-    let now = [shape(&lstream), shape(&rstream)];
+    let now = [
+        crate::schema::shape_of(&lstream),
+        crate::schema::shape_of(&rstream),
+    ];
     let schema_kept = kept.is_some();
     let mut schema = kept.unwrap_or_else(|| SyncSchema::accepting(now.clone()));
     let mut fields = Vec::new();
     for (i, f) in cfg.fields.iter().enumerate() {
-        let lookup = |side: &str,
+        let lookup = |side: crate::engine::Side,
                       at: &toml::Spanned<String>,
                       s: &Stream,
                       conn: &str|
          -> Result<crate::plugin::Field, ConfigError> {
-            let accepted = schema.shape(if side == "left" {
-                crate::engine::Side::Left
-            } else {
-                crate::engine::Side::Right
-            });
+            let accepted = schema.shape(side);
             s.fields
                 .iter()
                 .find(|x| x.name == *at.get_ref())
@@ -937,8 +930,8 @@ fn build_sync(
                     )
                 })
         };
-        let lf = lookup("left", &f.left, &lstream, &lc)?;
-        let rf = lookup("right", &f.right, &rstream, &rc)?;
+        let lf = lookup(crate::engine::Side::Left, &f.left, &lstream, &lc)?;
+        let rf = lookup(crate::engine::Side::Right, &f.right, &rstream, &rc)?;
         // A field the connector cannot carry is refused here, before anything runs: never a
         // first failure at run time.
         for (side, field, at, s, conn) in [

@@ -1100,19 +1100,10 @@ fn accept_schemas(app: &App) -> anyhow::Result<()> {
                 .streams
                 .iter()
                 .find(|x| &x.name == stream)
-                .map(|x| {
-                    x.fields
-                        .iter()
-                        .map(|f| (f.name.clone(), f.type_.into()))
-                        .collect::<duplex::schema::Shape>()
-                })
+                .map(duplex::schema::shape_of)
                 .unwrap_or_default();
             for (i, f) in s.spec.fields.iter().enumerate() {
-                let column = if side == Side::Left {
-                    &f.left
-                } else {
-                    &f.right
-                };
+                let column = f.side_name(side);
                 if !found.contains_key(column) {
                     bail!(
                         "syncs.{}.fields[{i}].{side}: column {column} is gone from {conn}.{stream}; remove the field from the config or map it to another column, then accept",

@@ -91,7 +91,7 @@ impl SyncSchema {
             (Side::Right, labels[1], now[1]),
         ] {
             let accepted = self.shape(side).clone();
-            let mapped: BTreeSet<&str> = fields.iter().map(|f| side_column(f, side)).collect();
+            let mapped: BTreeSet<&str> = fields.iter().map(|f| f.side_name(side)).collect();
             // Unmapped columns the accepted schema lacks: new. One of a gone column's type may
             // be that column renamed.
             let new: Vec<(&String, FieldType)> = current
@@ -100,11 +100,11 @@ impl SyncSchema {
                 .map(|(c, t)| (c, *t))
                 .collect();
             for f in fields {
-                let column = side_column(f, side);
+                let column = f.side_name(side);
                 let expected = accepted
                     .get(column)
                     .copied()
-                    .unwrap_or_else(|| side_type(f, side));
+                    .unwrap_or_else(|| f.side_type(side));
                 let change = match current.get(column) {
                     None => {
                         let renamed: Vec<&str> = new
@@ -186,6 +186,15 @@ impl SyncSchema {
     }
 }
 
+/// A discovered stream's columns and their types.
+pub fn shape_of(stream: &crate::plugin::Stream) -> Shape {
+    stream
+        .fields
+        .iter()
+        .map(|f| (f.name.clone(), f.type_.into()))
+        .collect()
+}
+
 /// Where the schema records of the syncs whose state is `state` live.
 pub fn dir(state: &Path) -> PathBuf {
     let mut name = state.file_name().unwrap_or_default().to_owned();
@@ -195,20 +204,6 @@ pub fn dir(state: &Path) -> PathBuf {
 
 fn file(dir: &Path, sync: &str) -> PathBuf {
     dir.join(format!("{}.json", crate::api::percent_encode(sync)))
-}
-
-fn side_column(f: &FieldSpec, side: Side) -> &str {
-    match side {
-        Side::Left => &f.left,
-        Side::Right => &f.right,
-    }
-}
-
-fn side_type(f: &FieldSpec, side: Side) -> FieldType {
-    match side {
-        Side::Left => f.left_type,
-        Side::Right => f.right_type,
-    }
 }
 
 /// A type as the config and the connectors' schemas name it.

@@ -175,14 +175,11 @@ impl SideIo for PluginSide {
         let config = self.config.clone();
         let r = self.session().await?.discover(&config).await;
         let streams = self.check(r)?;
-        let stream = streams.into_iter().find(|s| s.name == self.stream);
+        let stream = streams.iter().find(|s| s.name == self.stream);
         // A stream that is gone altogether shows every mapped column gone.
-        Ok(Some(stream.map_or_else(Default::default, |s| {
-            s.fields
-                .into_iter()
-                .map(|f| (f.name, f.type_.into()))
-                .collect()
-        })))
+        Ok(Some(
+            stream.map(crate::schema::shape_of).unwrap_or_default(),
+        ))
     }
 
     async fn watch(&mut self, timeout_ms: u32) -> Result<Watched, IoError> {

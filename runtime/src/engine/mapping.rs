@@ -131,10 +131,19 @@ pub struct FieldSpec {
 }
 
 impl FieldSpec {
-    fn side_name(&self, side: Side) -> &str {
+    /// The field's name on `side`.
+    pub fn side_name(&self, side: Side) -> &str {
         match side {
             Side::Left => &self.left,
             Side::Right => &self.right,
+        }
+    }
+
+    /// The field's type on `side`.
+    pub fn side_type(&self, side: Side) -> FieldType {
+        match side {
+            Side::Left => self.left_type,
+            Side::Right => self.right_type,
         }
     }
 }
