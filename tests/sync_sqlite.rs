@@ -1228,3 +1228,93 @@ async fn a_dropped_and_a_renamed_column_stop_only_their_fields() {
     let out = String::from_utf8_lossy(&status.stdout);
     assert!(!out.contains("stopped"), "{out}");
 }
+
+/// Three databases joined by two syncs through the middle one (`ab` and `bc`): a change made in
+/// A reaches C as `ab`'s write to B, which `bc` dates by the change it relays, not by when it
+/// was written. So of two edits racing at the two ends, the later wins everywhere. A third
+/// sync closing the cycle (`ca`) is refused.
+#[tokio::test]
+async fn a_chain_of_syncs_through_a_shared_database_keeps_the_later_edit_and_refuses_a_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = |n: &str| rusqlite::Connection::open(dir.path().join(format!("{n}.db"))).unwrap();
+    let mut config = String::new();
+    for n in ["a", "b", "c"] {
+        db(n)
+            .execute_batch(
+                "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT)",
+            )
+            .unwrap();
+        config.push_str(&format!(
+            "[connections.{n}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{n}.db\" }}\ngrants = {{ sql = [\"sqlite://{n}.db\"] }}\n\n"
+        ));
+    }
+    let sync = |name: &str, l: &str, r: &str| {
+        format!(
+            "[syncs.{name}]\nleft = \"{l}.people\"\nright = \"{r}.people\"\nmatch = {{ field = \"email\" }}\nconflict = \"last-writer-wins\"\nfields = [{{ left = \"email\", right = \"email\" }}, {{ left = \"name\", right = \"name\" }}]\n\n"
+        )
+    };
+    config.push_str(&sync("ab", "a", "b"));
+    config.push_str(&sync("bc", "b", "c"));
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &config).unwrap();
+    let run = || async {
+        let app = App::load(&path).await.expect("config loads");
+        let state = app.open_state().expect("state opens");
+        // Twice: `ab` runs before `bc`, so what `bc` writes to B reaches A in the second.
+        for _ in 0..2 {
+            app.run_once(&state, |_, _| {}).await.expect("syncs run");
+        }
+    };
+    let names = || {
+        ["a", "b", "c"].map(|n| {
+            db(n)
+                .query_row(
+                    "SELECT name FROM people WHERE email = 'ada@example.com'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .unwrap_or_else(|e| panic!("{n}: {e}"))
+        })
+    };
+    db("a")
+        .execute(
+            "INSERT INTO people (email, name) VALUES ('ada@example.com', 'Ada')",
+            [],
+        )
+        .unwrap();
+    run().await;
+    assert_eq!(names(), ["Ada", "Ada", "Ada"]);
+
+    db("a")
+        .execute(
+            "UPDATE people SET name = 'Ada from A' WHERE email = 'ada@example.com'",
+            [],
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    db("c")
+        .execute(
+            "UPDATE people SET name = 'Ada from C' WHERE email = 'ada@example.com'",
+            [],
+        )
+        .unwrap();
+    run().await;
+    assert_eq!(names(), ["Ada from C", "Ada from C", "Ada from C"]);
+    let count = |n: &str| -> i64 {
+        db(n)
+            .query_row("SELECT count(*) FROM people", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(["a", "b", "c"].map(count), [1, 1, 1], "a record twice");
+
+    config.push_str(&sync("ca", "c", "a"));
+    std::fs::write(&path, &config).unwrap();
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cycle was accepted: {err}");
+    assert!(
+        err.contains("syncs.ca.right")
+            && err.contains("syncs bc, ab, ca join c.people and a.people in a cycle"),
+        "{err}"
+    );
+}

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::config::{common_name, split_stream, ConfigError, Loaded};
 use crate::driver::schedule::Schedule;
-use crate::driver::{CycleError, CycleReport, PluginSide, Rules, SchemaWatch, SyncRunner};
+use crate::driver::{
+    CycleError, CycleReport, Joins, PluginSide, Relay, Rules, SchemaWatch, SyncRunner,
+};
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
 };
@@ -163,6 +165,7 @@ impl App {
         for name in loaded.config.syncs.keys() {
             syncs.push(build_sync(&loaded, name, &connections)?);
         }
+        refuse_cycles(&loaded, &syncs)?;
         Ok(App {
             loaded,
             host,
@@ -730,6 +733,8 @@ pub struct SyncSetup {
     state_path: std::path::PathBuf,
     rules: Rules,
     connections: BTreeMap<String, (Arc<ConnectorPlugin>, String)>,
+    /// The other syncs writing the records of one of this sync's sides.
+    relays: Vec<Relay>,
     /// The app of an applied config, kept while its plugins run: its plugin host's epoch
     /// ticker is what stops a plugin that runs past its CPU budget.
     _app: Option<Arc<App>>,
@@ -750,11 +755,30 @@ impl SyncSetup {
                 (c.clone(), (conn.plugin.clone(), conn.config.clone()))
             })
             .collect();
+        let streams: Vec<([String; 2], String)> = app
+            .syncs
+            .iter()
+            .map(|s| {
+                let stream = |(c, st): &(String, String)| format!("{c}.{st}");
+                ([stream(&s.left), stream(&s.right)], s.spec.origin.clone())
+            })
+            .collect();
+        let joins: Vec<Joins<'_>> = app
+            .syncs
+            .iter()
+            .zip(&streams)
+            .map(|(s, ([l, r], origin))| Joins {
+                sync: &s.spec.name,
+                origin,
+                sides: [l, r],
+            })
+            .collect();
         SyncSetup {
             sync: sync.clone(),
             state_path: app.loaded.state_path(),
             rules: app.rules.clone(),
             connections,
+            relays: Relay::among(&sync.spec.name, &joins),
             _app: keep,
         }
     }
@@ -806,6 +830,7 @@ impl SyncSetup {
             self.sync.batch,
             self.rules.clone(),
         )
+        .relaying(self.relays.clone())
     }
 
     fn swap(&mut self, p: &Prepared) {
@@ -847,6 +872,64 @@ async fn connect(
         config,
         streams,
     })
+}
+
+/// Refuses syncs that join streams in a cycle: `a` with `b`, `b` with `c` and `c` with `a`
+/// (or two syncs of the same two streams). A change would reach a record by two ways and come
+/// back by a third, and two changes racing could go round for ever, each sync handing on the
+/// value the last one gave it. A chain or a star of syncs reaches every stream once.
+fn refuse_cycles(loaded: &Loaded, syncs: &[Sync]) -> Result<(), AppError> {
+    // Which streams each stream is joined to so far, and by which syncs: a sync whose streams
+    // are joined already closes a cycle, found by a search along the joins.
+    let mut joins: BTreeMap<String, Vec<(String, &str)>> = BTreeMap::new();
+    let stream = |(c, s): &(String, String)| format!("{c}.{s}");
+    for sync in syncs {
+        let (from, to) = (stream(&sync.left), stream(&sync.right));
+        if let Some(path) = path_between(&joins, &from, &to) {
+            let cfg = &loaded.config.syncs[&sync.spec.name];
+            let mut names: Vec<&str> = path;
+            names.push(&sync.spec.name);
+            return Err(loaded
+                .invalid(
+                    &cfg.right,
+                    format!("syncs.{}.right", sync.spec.name),
+                    format!(
+                        "syncs {} join {from} and {to} in a cycle: a change would reach a record by two ways and could go round for ever; drop one of them (a chain or a star of syncs reaches every stream)",
+                        names.join(", ")
+                    ),
+                )
+                .into());
+        }
+        joins
+            .entry(from.clone())
+            .or_default()
+            .push((to.clone(), &sync.spec.name));
+        joins.entry(to).or_default().push((from, &sync.spec.name));
+    }
+    Ok(())
+}
+
+/// The syncs joining `from` to `to`, if any path of joins does.
+fn path_between<'a>(
+    joins: &BTreeMap<String, Vec<(String, &'a str)>>,
+    from: &str,
+    to: &str,
+) -> Option<Vec<&'a str>> {
+    let mut seen = std::collections::BTreeSet::from([from.to_owned()]);
+    let mut queue = std::collections::VecDeque::from([(from.to_owned(), Vec::new())]);
+    while let Some((at, path)) = queue.pop_front() {
+        if at == to {
+            return Some(path);
+        }
+        for (next, sync) in joins.get(&at).into_iter().flatten() {
+            if seen.insert(next.clone()) {
+                let mut p = path.clone();
+                p.push(*sync);
+                queue.push_back((next.clone(), p));
+            }
+        }
+    }
+    None
 }
 
 /// Checks one sync's mapping against the discovered streams and builds its spec.

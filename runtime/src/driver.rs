@@ -289,6 +289,59 @@ pub struct SyncRunner<L, R> {
     limit: Option<u32>,
     /// The sides' schemas, compared with the sync's record (see [`SyncRunner::check_schema`]).
     schema: Option<SchemaWatch>,
+    /// Other syncs that write the records of one of this sync's sides (see [`Relay`]).
+    relays: Vec<Relay>,
+}
+
+/// Another sync of the same Duplex whose side holds the same records as one of this sync's:
+/// pairwise syncs through a shared side (a CRM synced with an ERP, the ERP with a helpdesk).
+/// What it writes there relays a change made elsewhere, and counts as made when that change
+/// was, as the other sync's link knows it. Taken as made when it was written, a relay would
+/// look newer than the edits it raced: of an edit in the CRM and a later one in the helpdesk,
+/// the CRM's, reaching the ERP last, would win. (A cycle of syncs is refused: see
+/// `app::refuse_cycles`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// This sync's side whose records the other sync writes too.
+    pub side: Side,
+    /// The other sync's name and origin tag, and its side over the same records.
+    pub sync: String,
+    pub origin: String,
+    pub their_side: Side,
+}
+
+/// One sync as [`Relay::among`] sees it: its name, origin tag, and what records each side
+/// holds (a connection's stream, say `crm.people`).
+pub struct Joins<'a> {
+    pub sync: &'a str,
+    pub origin: &'a str,
+    pub sides: [&'a str; 2],
+}
+
+impl Relay {
+    /// The relays of sync `this` among `syncs`: every other sync with a side on the records
+    /// of one of its sides.
+    pub fn among(this: &str, syncs: &[Joins<'_>]) -> Vec<Relay> {
+        let Some(me) = syncs.iter().find(|s| s.sync == this) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (side, records) in [Side::Left, Side::Right].into_iter().zip(me.sides) {
+            for other in syncs.iter().filter(|s| s.sync != this) {
+                for (their_side, theirs) in [Side::Left, Side::Right].into_iter().zip(other.sides) {
+                    if theirs == records {
+                        out.push(Relay {
+                            side,
+                            sync: other.sync.to_owned(),
+                            origin: other.origin.to_owned(),
+                            their_side,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// How often, at most, a sync that reads changes compares its sides' schemas with its record
@@ -392,7 +445,14 @@ impl<L, R> SyncRunner<L, R> {
             clock: Arc::new(system_clock),
             limit: None,
             schema: None,
+            relays: Vec::new(),
         }
+    }
+
+    /// Dates the writes of other syncs to this sync's sides by the changes they relay.
+    pub fn relaying(mut self, relays: Vec<Relay>) -> Self {
+        self.relays = relays;
+        self
     }
 
     /// Compares the sides' schemas with the sync's record as cycles read changes, and stops the
@@ -994,6 +1054,50 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .collect()
     }
 
+    /// Gives each change another sync wrote (see [`Relay`]) the time of the change it relayed:
+    /// the latest change its link knows of either side, when its link still holds the version
+    /// read (the write is the record's latest change: the feed names its origin only then).
+    fn date_relays(
+        &self,
+        state: &State,
+        batches: &[(Side, ChangeBatch, i64)],
+        mapped: &mut [(Side, String, Result<Observed, String>)],
+    ) -> Result<(), StateError> {
+        if self.relays.is_empty() {
+            return Ok(());
+        }
+        let mut carried: BTreeMap<(Side, &str), i64> = BTreeMap::new();
+        for (side, batch, _) in batches {
+            for ch in &batch.changes {
+                let Some(relay) = self
+                    .relays
+                    .iter()
+                    .find(|r| r.side == *side && ch.origin.as_deref() == Some(r.origin.as_str()))
+                else {
+                    continue;
+                };
+                let Some(id) = state.link_for(&relay.sync, relay.their_side, &ch.id)? else {
+                    continue;
+                };
+                let Some(link) = state.link(&relay.sync, id)? else {
+                    continue;
+                };
+                if link.side(relay.their_side).version != ch.version {
+                    continue;
+                }
+                if let Some(at) = link.left.changed_at.max(link.right.changed_at) {
+                    carried.insert((*side, ch.id.as_str()), at);
+                }
+            }
+        }
+        for (side, id, observed) in mapped.iter_mut() {
+            if let (Some(at), Ok(o)) = (carried.get(&(*side, id.as_str())), observed) {
+                o.changed_at = Some(*at);
+            }
+        }
+        Ok(())
+    }
+
     /// Plans every change waiting at time `now` without writing anything anywhere (see
     /// [`DryRun`]; the sides should be read-only, see `PluginSide::read_only`). A write cut
     /// short by a crash must be checked by a real cycle first: the dry run refuses.
@@ -1097,6 +1201,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             self.check_schema(now).await;
             mapped = self.map_batches(&batches);
         }
+        self.date_relays(state, &batches, &mut mapped)
+            .map_err(&se)?;
         lap.end("schema");
         let mut changes = Vec::new();
         let mut commit = CycleCommit::default();
