@@ -433,6 +433,26 @@ async fn check_says_what_to_fix_for_a_bad_token_a_missing_scope_or_an_unreachabl
         "{out}"
     );
 
+    // A counter on HubSpot, which cannot write conditionally: a total written over a change
+    // made there meanwhile would drop it.
+    let dir = setup(&replica.url, &pg_url, CANARY);
+    let config = std::fs::read_to_string(dir.path().join("duplex.toml")).unwrap();
+    let phone = r#"{ left = "phone", right = "phone" }"#;
+    assert!(config.contains(phone));
+    std::fs::write(
+        dir.path().join("duplex.toml"),
+        config.replace(
+            phone,
+            r#"{ left = "phone", right = "phone", counter = true }"#,
+        ),
+    )
+    .unwrap();
+    let out = check_error(dir.path()).await;
+    assert!(
+        out.contains("syncs.people.fields[3].counter: connection crm cannot write conditionally"),
+        "{out}"
+    );
+
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

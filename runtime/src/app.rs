@@ -1060,6 +1060,26 @@ fn build_sync(
         );
         let counter = f.counter.as_ref().is_some_and(|c| *c.get_ref());
         if let Some(c) = f.counter.as_ref().filter(|_| counter) {
+            // A total written unconditionally would overwrite a sale made since it was read:
+            // the side must refuse a write to a record that changed, so the sync merges again.
+            for conn in [&lc, &rc] {
+                let info = connections[conn].plugin.info();
+                if !info
+                    .capabilities
+                    .contains(crate::plugin::Capabilities::CONDITIONAL_WRITES)
+                {
+                    return Err(loaded
+                        .invalid(
+                            c,
+                            format!("syncs.{name}.fields[{i}].counter"),
+                            format!(
+                                "connection {conn} cannot write conditionally (its connector {} refuses no write to a record changed since it was read), so a change of the counter made there meanwhile would be overwritten, not added: a counter needs conditional writes on both sides",
+                                info.name
+                            ),
+                        )
+                        .into());
+                }
+            }
             let number = |t: FieldType| matches!(t, FieldType::Integer | FieldType::Decimal);
             for (field, ty, conn) in [(&lf, lt, &lc), (&rf, rt, &rc)] {
                 if !number(ty) {
