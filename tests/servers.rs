@@ -2045,8 +2045,12 @@ async fn records_move_in_and_out_of_filters_between_postgres_and_mariadb() {
     .await;
     my.exec("UPDATE clients SET credit = 5000 WHERE mail = 'cy@example.com'")
         .await;
-    sync().await;
-    // Ada and Cy left their filters: their copies are gone. Bob entered: created.
+    let state = sync().await;
+    // Ada and Cy left their filters: their copies are gone, their links wait for them to pass
+    // again (and `status` counts them). Bob entered: created.
+    let counts = state.link_counts("people").unwrap();
+    assert_eq!((counts.active, counts.filtered), (1, 2), "{counts:?}");
+    drop(state);
     assert_eq!(
         emails(pg_people(&pg).await),
         ["ada@example.com", "bob@example.com"]
@@ -2074,6 +2078,7 @@ async fn records_move_in_and_out_of_filters_between_postgres_and_mariadb() {
     assert!(people["ada@example.com"].starts_with("Ada L.|"));
     assert!(people["cy@example.com"].starts_with("Cy|50|"));
     assert!(state.conflicts(false).unwrap().is_empty());
+    assert_eq!(state.link_counts("people").unwrap().filtered, 0);
 }
 
 impl ServerDb {

@@ -1131,7 +1131,14 @@ fn print_status(syncs: &[SyncStatus]) {
                 duplex::time::format_sqlite(p.at)
             );
         }
-        println!("  links: {} active, {} in all", s.active_links, s.links);
+        if s.filtered_links > 0 {
+            println!(
+                "  links: {} active, {} out of their filter, {} in all",
+                s.active_links, s.filtered_links, s.links
+            );
+        } else {
+            println!("  links: {} active, {} in all", s.active_links, s.links);
+        }
         println!(
             "  open conflicts: {} (`duplex conflicts list` lists them)",
             s.open_conflicts

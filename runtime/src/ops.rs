@@ -166,6 +166,9 @@ pub struct SyncStatus {
     pub paused: Option<Paused>,
     pub links: u64,
     pub active_links: u64,
+    /// Links whose record left its side's filter: not synced until it passes again.
+    #[serde(default)]
+    pub filtered_links: u64,
     pub open_conflicts: u64,
     pub rejected: u64,
     pub waiting_to_retry: u64,
@@ -684,6 +687,7 @@ impl Ops {
             paused,
             links: counts.total,
             active_links: counts.active,
+            filtered_links: counts.filtered,
             open_conflicts: open,
             rejected,
             waiting_to_retry: dirty,

@@ -201,33 +201,42 @@ fn put_links(
     counts.save(counters, sync)
 }
 
-/// How many links a sync has, and how many of them are active, kept as counters beside the
-/// links so that `status` reads two numbers instead of decoding every link.
+/// How many links a sync has, how many of them are active and how many wait for their record
+/// to pass its filter again, kept as counters beside the links so that `status` reads three
+/// numbers instead of decoding every link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkCounts {
     pub total: u64,
     pub active: u64,
+    /// Links whose record left its side's filter: not synced until it passes again.
+    pub filtered: u64,
 }
 
 impl LinkCounts {
-    fn keys(sync: &str) -> (String, String) {
-        (format!("links:{sync}"), format!("active:{sync}"))
+    fn keys(sync: &str) -> [String; 3] {
+        [
+            format!("links:{sync}"),
+            format!("active:{sync}"),
+            format!("filtered:{sync}"),
+        ]
     }
 
-    /// The stored counts; a state written before they were kept is counted once, here.
+    /// The stored counts; a state written before they were all kept is counted once, here.
     fn load(
         counters: &impl ReadableTable<&'static str, u64>,
         links: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         sync: &str,
     ) -> Result<LinkCounts, StateError> {
-        let (total, active) = Self::keys(sync);
-        if let (Some(t), Some(a)) = (
+        let [total, active, filtered] = Self::keys(sync);
+        if let (Some(t), Some(a), Some(f)) = (
             counters.get(total.as_str())?,
             counters.get(active.as_str())?,
+            counters.get(filtered.as_str())?,
         ) {
             return Ok(LinkCounts {
                 total: t.value(),
                 active: a.value(),
+                filtered: f.value(),
             });
         }
         let mut counts = LinkCounts::default();
@@ -244,17 +253,21 @@ impl LinkCounts {
         match old {
             None => self.total += 1,
             Some(LinkStatus::Active) => self.active = self.active.saturating_sub(1),
+            Some(LinkStatus::Filtered) => self.filtered = self.filtered.saturating_sub(1),
             Some(_) => {}
         }
-        if new == LinkStatus::Active {
-            self.active += 1;
+        match new {
+            LinkStatus::Active => self.active += 1,
+            LinkStatus::Filtered => self.filtered += 1,
+            _ => {}
         }
     }
 
     fn save(self, counters: &mut redb::Table<&str, u64>, sync: &str) -> Result<(), StateError> {
-        let (total, active) = Self::keys(sync);
+        let [total, active, filtered] = Self::keys(sync);
         counters.insert(total.as_str(), self.total)?;
         counters.insert(active.as_str(), self.active)?;
+        counters.insert(filtered.as_str(), self.filtered)?;
         Ok(())
     }
 }
