@@ -29,7 +29,7 @@ use sim::Rng;
 const SYNCS: [(&str, usize, usize); 2] = [("ab", 0, 1), ("bc", 1, 2)];
 const SYSTEMS: [&str; 3] = ["a", "b", "c"];
 
-fn spec(name: &str, left: usize, right: usize) -> SyncSpec {
+fn spec(name: &str, left: usize, right: usize, policy: Policy) -> SyncSpec {
     let field = |n: &str| FieldSpec {
         name: n.into(),
         left: n.into(),
@@ -51,7 +51,7 @@ fn spec(name: &str, left: usize, right: usize) -> SyncSpec {
             field: "email".into(),
             ignore_case: true,
         }),
-        policy: Policy::LastWriterWins,
+        policy,
         deletes: DeletePolicy::Propagate,
         scope: Default::default(),
         stopped: Default::default(),
@@ -76,6 +76,10 @@ struct Chain {
 
 impl Chain {
     fn new(seed: u64, relays: bool) -> Chain {
+        Chain::with_policy(seed, relays, Policy::LastWriterWins)
+    }
+
+    fn with_policy(seed: u64, relays: bool, policy: Policy) -> Chain {
         let world = World::new(1_000_000);
         let systems = SYSTEMS.map(|p| Shared::in_world(p, world.clone()));
         let origins: Vec<String> = SYNCS.iter().map(|(n, ..)| format!("duplex:{n}")).collect();
@@ -92,7 +96,7 @@ impl Chain {
             .iter()
             .map(|(name, l, r)| {
                 let runner = SyncRunner::new(
-                    spec(name, *l, *r),
+                    spec(name, *l, *r, policy.clone()),
                     systems[*l].clone(),
                     systems[*r].clone(),
                     5,
@@ -396,6 +400,48 @@ async fn of_two_racing_edits_at_the_ends_the_later_wins_everywhere() {
                 r.values().next().unwrap().get("name"),
                 Some(&Value::Text(expected.into())),
                 "system {name} (relays: {relays})"
+            );
+        }
+    }
+}
+
+/// A priority order of three systems: the chain in that order, each sync preferring its left.
+/// Of edits racing on all three, A's wins; of B's and C's, B's, whatever the times.
+#[tokio::test]
+async fn a_chain_preferring_its_left_sides_orders_the_systems_by_priority() {
+    for edited in [[true, true, true], [false, true, true], [true, false, true]] {
+        let mut t = Chain::with_policy(0, true, Policy::Prefer(duplex::engine::Side::Left));
+        t.systems[2].0.borrow_mut().user_create(&[
+            ("email", Value::Text("ada@example.com".into())),
+            ("name", Value::Text("Ada".into())),
+        ]);
+        assert!(t.settle(10).await);
+        // Edited last to first: the lowest priority's edit is the latest.
+        for s in (0..3).rev().filter(|s| edited[*s]) {
+            let id = t.systems[s]
+                .0
+                .borrow()
+                .records
+                .keys()
+                .next()
+                .cloned()
+                .unwrap();
+            t.systems[s].0.borrow_mut().user_update(
+                &id,
+                "name",
+                Value::Text(format!("Ada {}", SYSTEMS[s])),
+            );
+        }
+        assert!(t.settle(20).await, "the chain did not settle");
+        let first = (0..3).find(|s| edited[*s]).unwrap();
+        let expected = Value::Text(format!("Ada {}", SYSTEMS[first]));
+        for (system, name) in t.systems.iter().zip(SYSTEMS) {
+            let r = &system.0.borrow().records;
+            assert_eq!(r.len(), 1, "{name}: {r:?}");
+            assert_eq!(
+                r.values().next().unwrap().get("name"),
+                Some(&expected),
+                "system {name} (edited: {edited:?})"
             );
         }
     }
