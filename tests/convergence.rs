@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use duplex::driver::{Rules, SyncRunner};
 use duplex::engine::{
-    DeletePolicy, Direction, FieldSpec, FieldType, MatchKey, Policy, Side, SyncSpec, WHOLE_RECORD,
+    DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, Side, SyncSpec, WHOLE_RECORD,
 };
 use duplex::plugin::Value;
 use duplex::state::State;
@@ -31,15 +31,8 @@ use sim::Rng;
 
 fn spec(policy: Policy) -> SyncSpec {
     let field = |name: &str, right: &str, rt: FieldType| FieldSpec {
-        name: name.into(),
-        left: name.into(),
-        right: right.into(),
-        left_type: FieldType::Text,
         right_type: rt,
-        direction: Direction::Both,
-        values: vec![],
-        policy: None,
-        counter: false,
+        ..sim::text_field(name, right)
     };
     SyncSpec {
         name: "people".into(),

@@ -16,8 +16,7 @@ use std::rc::Rc;
 
 use duplex::driver::{Rules, SyncRunner};
 use duplex::engine::{
-    DeletePolicy, Direction, FieldSpec, FieldType, Filter, Leaving, MatchKey, Policy, Scope, Side,
-    SyncSpec,
+    DeletePolicy, FieldType, Filter, Leaving, MatchKey, Policy, Scope, Side, SyncSpec,
 };
 use duplex::plugin::Value;
 use duplex::state::State;
@@ -25,17 +24,7 @@ use memory::{Shared, World};
 use sim::Rng;
 
 fn spec(leaving: Leaving) -> SyncSpec {
-    let field = |name: &str, right: &str| FieldSpec {
-        name: name.into(),
-        left: name.into(),
-        right: right.into(),
-        left_type: FieldType::Text,
-        right_type: FieldType::Text,
-        direction: Direction::Both,
-        values: vec![],
-        policy: None,
-        counter: false,
-    };
+    let field = sim::text_field;
     let status = |n: &str| {
         (n == "status")
             .then(|| ("status".to_owned(), FieldType::Text))

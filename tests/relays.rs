@@ -20,7 +20,7 @@ mod sim;
 use std::collections::BTreeMap;
 
 use duplex::driver::{Joins, Relay, Rules, SyncRunner};
-use duplex::engine::{DeletePolicy, Direction, FieldSpec, FieldType, MatchKey, Policy, SyncSpec};
+use duplex::engine::{DeletePolicy, MatchKey, Policy, SyncSpec};
 use duplex::plugin::Value;
 use duplex::state::State;
 use memory::{Shared, World};
@@ -30,17 +30,7 @@ const SYNCS: [(&str, usize, usize); 2] = [("ab", 0, 1), ("bc", 1, 2)];
 const SYSTEMS: [&str; 3] = ["a", "b", "c"];
 
 fn spec(name: &str, left: usize, right: usize, policy: Policy) -> SyncSpec {
-    let field = |n: &str| FieldSpec {
-        name: n.into(),
-        left: n.into(),
-        right: n.into(),
-        left_type: FieldType::Text,
-        right_type: FieldType::Text,
-        direction: Direction::Both,
-        values: vec![],
-        policy: None,
-        counter: false,
-    };
+    let field = |n: &str| sim::text_field(n, n);
     SyncSpec {
         name: name.into(),
         origin: format!("duplex:{name}"),

@@ -5,10 +5,26 @@
 #![allow(dead_code)]
 
 use duplex::driver::SyncRunner;
-use duplex::engine::Side;
+use duplex::engine::{Direction, FieldSpec, FieldType, Side};
 use duplex::state::State;
 
 use crate::memory::{Shared, World};
+
+/// A text field called `name` on the left and `right` on the right, flowing both ways with
+/// the sync's policy: what the simulations map.
+pub fn text_field(name: &str, right: &str) -> FieldSpec {
+    FieldSpec {
+        name: name.into(),
+        left: name.into(),
+        right: right.into(),
+        left_type: FieldType::Text,
+        right_type: FieldType::Text,
+        direction: Direction::Both,
+        values: vec![],
+        policy: None,
+        counter: false,
+    }
+}
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
 pub struct Rng(u64);

@@ -1066,27 +1066,33 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         if self.relays.is_empty() {
             return Ok(());
         }
-        let mut carried: BTreeMap<(Side, &str), i64> = BTreeMap::new();
+        // The changes each relaying sync wrote, looked up in one read per sync.
+        let mut wrote: BTreeMap<usize, Vec<(Side, &plugin::Change)>> = BTreeMap::new();
         for (side, batch, _) in batches {
             for ch in &batch.changes {
-                let Some(relay) = self
-                    .relays
-                    .iter()
-                    .find(|r| r.side == *side && ch.origin.as_deref() == Some(r.origin.as_str()))
-                else {
-                    continue;
-                };
-                let Some(id) = state.link_for(&relay.sync, relay.their_side, &ch.id)? else {
-                    continue;
-                };
-                let Some(link) = state.link(&relay.sync, id)? else {
-                    continue;
-                };
-                if link.side(relay.their_side).version != ch.version {
-                    continue;
+                let relay = self.relays.iter().position(|r| {
+                    r.side == *side && ch.origin.as_deref() == Some(r.origin.as_str())
+                });
+                if let Some(r) = relay {
+                    wrote.entry(r).or_default().push((*side, ch));
                 }
-                if let Some(at) = link.left.changed_at.max(link.right.changed_at) {
-                    carried.insert((*side, ch.id.as_str()), at);
+            }
+        }
+        let mut carried: BTreeMap<(Side, &str), i64> = BTreeMap::new();
+        for (r, changes) in wrote {
+            let relay = &self.relays[r];
+            let records: Vec<(Side, String)> = changes
+                .iter()
+                .map(|(_, ch)| (relay.their_side, ch.id.clone()))
+                .collect();
+            let links = state.links(&relay.sync, &records, &[])?;
+            for (side, ch) in changes {
+                let theirs = links.iter().find(|l| {
+                    let st = l.side(relay.their_side);
+                    st.id.as_deref() == Some(ch.id.as_str()) && st.version == ch.version
+                });
+                if let Some(at) = theirs.and_then(|l| l.left.changed_at.max(l.right.changed_at)) {
+                    carried.insert((side, ch.id.as_str()), at);
                 }
             }
         }
