@@ -31,10 +31,12 @@ use sim::Rng;
 
 fn spec(policy: Policy) -> SyncSpec {
     let field = |name: &str, right: &str, rt: FieldType| FieldSpec {
+        more: Vec::new(),
         right_type: rt,
         ..sim::text_field(name, right)
     };
     SyncSpec {
+        more_names: Vec::new(),
         name: "people".into(),
         origin: "duplex:people".into(),
         left_name: "crm".into(),
@@ -43,6 +45,7 @@ fn spec(policy: Policy) -> SyncSpec {
             field("email", "mail", FieldType::Text),
             field("name", "full_name", FieldType::Text),
             FieldSpec {
+                more: Vec::new(),
                 values: vec![
                     (
                         Value::Text("active".into()).into(),
@@ -98,8 +101,8 @@ impl Entity {
 
 fn side_index(side: Side) -> usize {
     match side {
-        Side::Left => 0,
-        Side::Right => 1,
+        Side::LEFT => 0,
+        _ => 1,
     }
 }
 
@@ -131,8 +134,8 @@ struct MidCycle {
 /// Makes one planned edit in `sys`, if the record is still there: returns its time.
 fn apply_planned(left: &Shared, right: &Shared, p: &Planned) -> Option<i64> {
     let (sys, email_field) = match p.side {
-        Side::Left => (left, "email"),
-        Side::Right => (right, "mail"),
+        Side::LEFT => (left, "email"),
+        _ => (right, "mail"),
     };
     let email = format!("p{}@example.com", p.entity);
     let mut s = sys.0.borrow_mut();
@@ -145,12 +148,12 @@ fn apply_planned(left: &Shared, right: &Shared, p: &Planned) -> Option<i64> {
         })
         .map(|(id, _)| id.clone())?;
     let (field, value) = match (p.side, p.field) {
-        (Side::Left, "name") => ("name", Value::Text(p.value.clone())),
-        (Side::Right, "note") => ("memo", Value::Text(p.value.clone())),
-        (Side::Left, "tag") => ("tag", Value::Text(p.value.clone())),
-        (Side::Right, "tag") => ("label", Value::Text(p.value.clone())),
-        (Side::Left, _) => ("status", Value::Text(p.value.clone())),
-        (Side::Right, _) => (
+        (Side::LEFT, "name") => ("name", Value::Text(p.value.clone())),
+        (Side::RIGHT, "note") => ("memo", Value::Text(p.value.clone())),
+        (Side::LEFT, "tag") => ("tag", Value::Text(p.value.clone())),
+        (Side::RIGHT, "tag") => ("label", Value::Text(p.value.clone())),
+        (Side::LEFT, _) => ("status", Value::Text(p.value.clone())),
+        _ => (
             "state",
             Value::Integer(
                 STATUSES
@@ -169,7 +172,7 @@ struct Sim {
     world: Rc<World>,
     left: Shared,
     right: Shared,
-    runner: SyncRunner<Shared, Shared>,
+    runner: SyncRunner<Shared>,
     state: State,
     entities: Vec<Entity>,
     mid_cycle: Rc<RefCell<MidCycle>>,
@@ -223,8 +226,8 @@ impl Sim {
 
     fn record_of(&self, side: Side, email: &str) -> Vec<String> {
         let (sys, field) = match side {
-            Side::Left => (&self.left, "email"),
-            Side::Right => (&self.right, "mail"),
+            Side::LEFT => (&self.left, "email"),
+            _ => (&self.right, "mail"),
         };
         sys.0
             .borrow()
@@ -249,7 +252,7 @@ impl Sim {
             .find(|(s, _)| *s == status)
             .map_or(1, |(_, c)| *c);
         let at = match side {
-            Side::Left => {
+            Side::LEFT => {
                 let mut l = self.left.0.borrow_mut();
                 l.user_create(&[
                     ("email", Value::Text(ent.email.clone())),
@@ -260,7 +263,7 @@ impl Sim {
                 ]);
                 l.last_change_at()
             }
-            Side::Right => {
+            _ => {
                 // The other system keeps emails in upper case: matching ignores case.
                 let mut r = self.right.0.borrow_mut();
                 r.user_create(&[
@@ -298,9 +301,9 @@ impl Sim {
                 edited_at: [Vec::new(), Vec::new()],
             });
             let side = if self.rng.chance(50) {
-                Side::Left
+                Side::LEFT
             } else {
-                Side::Right
+                Side::RIGHT
             };
             self.create(side, e);
             // Sometimes a person types the same customer into the other system too.
@@ -314,35 +317,35 @@ impl Sim {
         let email = self.entities[e].email.clone();
         if roll < 45 {
             // Names are edited in the CRM only.
-            if let Some(id) = self.record_of(Side::Left, &email).first() {
+            if let Some(id) = self.record_of(Side::LEFT, &email).first() {
                 let v = format!("Name {e}.{step}");
                 let mut l = self.left.0.borrow_mut();
                 l.user_update(id, "name", Value::Text(v.clone()));
-                self.entities[e].edited(Side::Left, l.last_change_at());
+                self.entities[e].edited(Side::LEFT, l.last_change_at());
                 self.entities[e].names.push(v);
             }
         } else if roll < 70 {
             // Notes are edited in the ERP only.
-            if let Some(id) = self.record_of(Side::Right, &email).first() {
+            if let Some(id) = self.record_of(Side::RIGHT, &email).first() {
                 let v = format!("note {e}.{step}");
                 let mut r = self.right.0.borrow_mut();
                 r.user_update(id, "memo", Value::Text(v.clone()));
-                self.entities[e].edited(Side::Right, r.last_change_at());
+                self.entities[e].edited(Side::RIGHT, r.last_change_at());
                 self.entities[e].notes.push(v);
             }
         } else if roll < 80 {
             // Tags are edited on both sides, each time to a new value: last-writer-wins is
             // judged on them.
             let side = if self.rng.chance(50) {
-                Side::Left
+                Side::LEFT
             } else {
-                Side::Right
+                Side::RIGHT
             };
             if let Some(id) = self.record_of(side, &email).first() {
                 let v = format!("tag {e}.{step}");
                 let (sys, field) = match side {
-                    Side::Left => (&self.left, "tag"),
-                    Side::Right => (&self.right, "label"),
+                    Side::LEFT => (&self.left, "tag"),
+                    _ => (&self.right, "label"),
                 };
                 let mut s = sys.0.borrow_mut();
                 s.user_update(id, field, Value::Text(v.clone()));
@@ -354,18 +357,18 @@ impl Sim {
             // Statuses are edited on both sides too: conflicts among three values.
             let (status, code) = STATUSES[self.rng.below(3) as usize];
             let side = if self.rng.chance(50) {
-                Side::Left
+                Side::LEFT
             } else {
-                Side::Right
+                Side::RIGHT
             };
             if let Some(id) = self.record_of(side, &email).first() {
                 let at = match side {
-                    Side::Left => {
+                    Side::LEFT => {
                         let mut l = self.left.0.borrow_mut();
                         l.user_update(id, "status", Value::Text(status.into()));
                         l.last_change_at()
                     }
-                    Side::Right => {
+                    _ => {
                         let mut r = self.right.0.borrow_mut();
                         r.user_update(id, "state", Value::Integer(code));
                         r.last_change_at()
@@ -377,9 +380,9 @@ impl Sim {
             }
         } else if self.entities[e].born + 2 <= self.cycles {
             let side = if self.rng.chance(50) {
-                Side::Left
+                Side::LEFT
             } else {
-                Side::Right
+                Side::RIGHT
             };
             // A record Duplex has not linked yet (its create's result was lost and not yet
             // confirmed) is not deleted: the delete of an unknown record carries nothing to
@@ -393,8 +396,8 @@ impl Sim {
             };
             if let Some(id) = self.record_of(side, &email).first().filter(|id| linked(id)) {
                 match side {
-                    Side::Left => self.left.0.borrow_mut().user_delete(id),
-                    Side::Right => self.right.0.borrow_mut().user_delete(id),
+                    Side::LEFT => self.left.0.borrow_mut().user_delete(id),
+                    _ => self.right.0.borrow_mut().user_delete(id),
                 }
                 self.entities[e].deleted = true;
             }
@@ -417,23 +420,23 @@ impl Sim {
             let roll = self.rng.below(100);
             let either = |rng: &mut Rng| {
                 if rng.chance(50) {
-                    Side::Left
+                    Side::LEFT
                 } else {
-                    Side::Right
+                    Side::RIGHT
                 }
             };
             let (side, field, value) = if roll < 15 {
-                (Side::Left, "name", format!("Name {entity}.{step}.{k}"))
+                (Side::LEFT, "name", format!("Name {entity}.{step}.{k}"))
             } else if roll < 30 {
-                (Side::Right, "note", format!("note {entity}.{step}.{k}"))
+                (Side::RIGHT, "note", format!("note {entity}.{step}.{k}"))
             } else if roll < 70 {
                 let side = either(&mut self.rng);
                 (side, "tag", format!("tag {entity}.{step}.{k}"))
             } else {
                 let side = if self.rng.chance(50) {
-                    Side::Left
+                    Side::LEFT
                 } else {
-                    Side::Right
+                    Side::RIGHT
                 };
                 let status = STATUSES[self.rng.below(3) as usize].0;
                 (side, "status", status.to_owned())
@@ -561,8 +564,8 @@ impl Sim {
             })
         };
         for ent in &self.entities {
-            let l = self.record_of(Side::Left, &ent.email);
-            let r = self.record_of(Side::Right, &ent.email);
+            let l = self.record_of(Side::LEFT, &ent.email);
+            let r = self.record_of(Side::RIGHT, &ent.email);
             // Invariant 3: one real-world entity is one record on each side.
             assert!(
                 l.len() <= 1 && r.len() <= 1,
@@ -693,11 +696,11 @@ impl Sim {
         let mut judged = 0;
         for ent in &self.entities {
             let sides: Vec<Side> = ent.tag_edits.iter().map(|(_, s, _)| *s).collect();
-            if ent.deleted || !(sides.contains(&Side::Left) && sides.contains(&Side::Right)) {
+            if ent.deleted || !(sides.contains(&Side::LEFT) && sides.contains(&Side::RIGHT)) {
                 continue;
             }
             // The latest edit; at equal times the left's (Right < Left in this key).
-            let rank = |s: Side| u8::from(s == Side::Left);
+            let rank = |s: Side| u8::from(s == Side::LEFT);
             let (at, side, value) = ent
                 .tag_edits
                 .iter()
@@ -710,8 +713,8 @@ impl Sim {
                 continue;
             }
             let (l, r) = (
-                self.record_of(Side::Left, &ent.email),
-                self.record_of(Side::Right, &ent.email),
+                self.record_of(Side::LEFT, &ent.email),
+                self.record_of(Side::RIGHT, &ent.email),
             );
             let (Some(l), Some(r)) = (l.first(), r.first()) else {
                 continue;
@@ -809,7 +812,7 @@ async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
 
 #[tokio::test]
 async fn random_edits_converge_with_prefer_left() {
-    check_schedules(Policy::Prefer(Side::Left), false, 300).await;
+    check_schedules(Policy::Prefer(Side::LEFT), false, 300).await;
 }
 
 #[tokio::test]
@@ -861,7 +864,7 @@ async fn replay() {
     let policy = match std::env::var("SIM_POLICY").as_deref() {
         Ok("manual") => Policy::Manual,
         Ok("lww") => Policy::LastWriterWins,
-        _ => Policy::Prefer(Side::Left),
+        _ => Policy::Prefer(Side::LEFT),
     };
     let crashes = std::env::var("SIM_CRASH").is_ok();
     let sim = run(seed, policy.clone(), 60, crashes).await;
@@ -877,7 +880,7 @@ async fn replay() {
 }
 
 /// A last-writer-wins runner between `left` and `right`, reading `batch` changes a call.
-fn lww_runner(left: &Shared, right: &Shared, batch: u32) -> SyncRunner<Shared, Shared> {
+fn lww_runner(left: &Shared, right: &Shared, batch: u32) -> SyncRunner<Shared> {
     SyncRunner::new(
         spec(Policy::LastWriterWins),
         left.clone(),
@@ -898,7 +901,7 @@ fn create_people(side: &Shared, n: usize) {
 }
 
 /// Runs cycles of `runner` until two in a row find nothing to do.
-async fn run_until_idle(runner: &mut SyncRunner<Shared, Shared>, state: &State, now: &mut i64) {
+async fn run_until_idle(runner: &mut SyncRunner<Shared>, state: &State, now: &mut i64) {
     let mut idle = 0;
     while idle < 2 {
         *now += 1_000_000;

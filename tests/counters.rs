@@ -30,6 +30,7 @@ const FIRST_BALANCE: i64 = 5_000;
 
 fn spec() -> SyncSpec {
     let field = |name: &str, right: &str, ty: FieldType, counter: bool| FieldSpec {
+        more: Vec::new(),
         name: name.into(),
         left: name.into(),
         right: right.into(),
@@ -41,6 +42,7 @@ fn spec() -> SyncSpec {
         counter,
     };
     SyncSpec {
+        more_names: Vec::new(),
         name: "stock".into(),
         origin: "duplex:stock".into(),
         left_name: "shop".into(),
@@ -68,8 +70,8 @@ fn cents(v: i64) -> String {
 
 fn field_names(side: Side) -> (&'static str, &'static str, &'static str) {
     match side {
-        Side::Left => ("sku", "stock", "balance"),
-        Side::Right => ("code", "on_hand", "credit"),
+        Side::LEFT => ("sku", "stock", "balance"),
+        _ => ("code", "on_hand", "credit"),
     }
 }
 
@@ -86,8 +88,8 @@ struct Sale {
 /// Makes a sale on its system; false when the item's record is not there yet.
 fn sell(left: &Shared, right: &Shared, s: Sale) -> bool {
     let sys = match s.side {
-        Side::Left => left,
-        Side::Right => right,
+        Side::LEFT => left,
+        _ => right,
     };
     let (sku, stock, balance) = field_names(s.side);
     let mut sys = sys.0.borrow_mut();
@@ -121,7 +123,7 @@ struct Shop {
     world: Rc<World>,
     left: Shared,
     right: Shared,
-    runner: SyncRunner<Shared, Shared>,
+    runner: SyncRunner<Shared>,
     state: State,
     /// Every item's units and cents as they must end: the first value plus every sale made.
     expected: Vec<(i64, i64)>,
@@ -157,13 +159,13 @@ impl Shop {
         // Items are first typed into the shop, and a few into both systems by hand.
         let mut rng = Rng::new(seed);
         for item in 0..ITEMS {
-            let mut sides = vec![Side::Left];
+            let mut sides = vec![Side::LEFT];
             if rng.chance(25) {
-                sides.push(Side::Right);
+                sides.push(Side::RIGHT);
             }
             for side in sides {
                 let (sku, stock, balance) = field_names(side);
-                let sys = if side == Side::Left { &left } else { &right };
+                let sys = if side == Side::LEFT { &left } else { &right };
                 sys.0.borrow_mut().user_create(&[
                     (sku, Value::Text(format!("item-{item}"))),
                     (stock, Value::Integer(FIRST_STOCK)),
@@ -295,7 +297,7 @@ impl Shop {
             let get = |side: Side| -> Option<i64> {
                 let (_, stock, _) = field_names(side);
                 let st = link.side(side);
-                let sys = if side == Side::Left {
+                let sys = if side == Side::LEFT {
                     &self.left
                 } else {
                     &self.right
@@ -314,7 +316,7 @@ impl Shop {
                 Some(duplex::engine::Value::Int(i)) => *i,
                 _ => continue,
             };
-            let (l, r) = (get(Side::Left).unwrap_or(0), get(Side::Right).unwrap_or(0));
+            let (l, r) = (get(Side::LEFT).unwrap_or(0), get(Side::RIGHT).unwrap_or(0));
             let books = self.expected[item].0;
             let mark = if total + l + r == books {
                 ""
@@ -331,9 +333,9 @@ impl Shop {
             conflicts.is_empty(),
             "seed {seed}: conflicts left: {conflicts:?}"
         );
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             let (sku, stock, balance) = field_names(side);
-            let sys = if side == Side::Left {
+            let sys = if side == Side::LEFT {
                 &self.left
             } else {
                 &self.right

@@ -31,6 +31,7 @@ fn spec(leaving: Leaving) -> SyncSpec {
             .ok_or_else(|| format!("no field {n}"))
     };
     SyncSpec {
+        more_names: Vec::new(),
         name: "people".into(),
         origin: "duplex:people".into(),
         left_name: "crm".into(),
@@ -63,7 +64,7 @@ struct Sim {
     world: Rc<World>,
     left: Shared,
     right: Shared,
-    runner: SyncRunner<Shared, Shared>,
+    runner: SyncRunner<Shared>,
     state: State,
     people: usize,
     crashes: u32,
@@ -95,8 +96,8 @@ impl Sim {
 
     fn sys(&self, side: Side) -> (&Shared, [&'static str; 3]) {
         match side {
-            Side::Left => (&self.left, LEFT),
-            Side::Right => (&self.right, RIGHT),
+            Side::LEFT => (&self.left, LEFT),
+            _ => (&self.right, RIGHT),
         }
     }
 
@@ -113,9 +114,9 @@ impl Sim {
 
     fn edit(&mut self, step: usize) {
         let side = if self.rng.chance(60) {
-            Side::Left
+            Side::LEFT
         } else {
-            Side::Right
+            Side::RIGHT
         };
         let (sys, names) = self.sys(side);
         let sys = sys.clone();
@@ -203,7 +204,7 @@ impl Sim {
             conflicts.is_empty(),
             "seed {seed}: conflicts left: {conflicts:?}"
         );
-        let (left, right) = (self.records(Side::Left), self.records(Side::Right));
+        let (left, right) = (self.records(Side::LEFT), self.records(Side::RIGHT));
         for (side, records) in [("left", &left), ("right", &right)] {
             for (email, rs) in records {
                 assert_eq!(

@@ -32,6 +32,7 @@ const SYSTEMS: [&str; 3] = ["a", "b", "c"];
 fn spec(name: &str, left: usize, right: usize, policy: Policy) -> SyncSpec {
     let field = |n: &str| sim::text_field(n, n);
     SyncSpec {
+        more_names: Vec::new(),
         name: name.into(),
         origin: format!("duplex:{name}"),
         left_name: SYSTEMS[left].into(),
@@ -54,7 +55,7 @@ type Copy = (String, Option<Value>, Option<Value>);
 struct Chain {
     world: std::rc::Rc<World>,
     systems: [Shared; 3],
-    runners: Vec<SyncRunner<Shared, Shared>>,
+    runners: Vec<SyncRunner<Shared>>,
     state: State,
     /// Every value a person typed, by email: what a converged record may hold.
     typed: BTreeMap<String, Vec<String>>,
@@ -79,7 +80,7 @@ impl Chain {
             .map(|((name, l, r), origin)| Joins {
                 sync: name,
                 origin,
-                sides: [SYSTEMS[*l], SYSTEMS[*r]],
+                sides: vec![SYSTEMS[*l], SYSTEMS[*r]],
             })
             .collect();
         let runners = SYNCS
@@ -400,7 +401,7 @@ async fn of_two_racing_edits_at_the_ends_the_later_wins_everywhere() {
 #[tokio::test]
 async fn a_chain_preferring_its_left_sides_orders_the_systems_by_priority() {
     for edited in [[true, true, true], [false, true, true], [true, false, true]] {
-        let mut t = Chain::with_policy(0, true, Policy::Prefer(duplex::engine::Side::Left));
+        let mut t = Chain::with_policy(0, true, Policy::Prefer(duplex::engine::Side::LEFT));
         t.systems[2].0.borrow_mut().user_create(&[
             ("email", Value::Text("ada@example.com".into())),
             ("name", Value::Text("Ada".into())),

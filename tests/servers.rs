@@ -1350,8 +1350,8 @@ async fn last_writer_wins_takes_the_later_edit_in_every_round(kind: &'static str
     for d in &decisions {
         let text = |v: &duplex::engine::Value| v.display();
         let (won, lost) = match d.winner {
-            duplex::engine::Side::Left => (text(&d.left), text(&d.right)),
-            duplex::engine::Side::Right => (text(&d.right), text(&d.left)),
+            duplex::engine::Side::LEFT => (text(&d.left), text(&d.right)),
+            _ => (text(&d.right), text(&d.left)),
         };
         if let (Some(w), Some(l)) = (edited_at.get(&won), edited_at.get(&lost)) {
             assert!(

@@ -14,6 +14,7 @@ use crate::memory::{Shared, World};
 /// the sync's policy: what the simulations map.
 pub fn text_field(name: &str, right: &str) -> FieldSpec {
     FieldSpec {
+        more: Vec::new(),
         name: name.into(),
         left: name.into(),
         right: right.into(),
@@ -51,9 +52,9 @@ impl Rng {
 
     pub fn side(&mut self) -> Side {
         if self.chance(50) {
-            Side::Left
+            Side::LEFT
         } else {
-            Side::Right
+            Side::RIGHT
         }
     }
 }
@@ -85,7 +86,7 @@ pub fn clear_crashes(state: &State, left: &Shared, right: &Shared) {
 /// Runs cycles, time jumping past every retry's backoff, until two in a row find nothing to
 /// do; then three more. Returns the writes those three made: none, unless a write bounces.
 pub async fn settle(
-    runner: &mut SyncRunner<Shared, Shared>,
+    runner: &mut SyncRunner<Shared>,
     state: &State,
     world: &World,
     left: &Shared,

@@ -76,22 +76,29 @@ pub struct Sync {
     pub schema_kept: bool,
     pub schedule: Schedule,
     pub batch: u32,
-    pub left: (String, String),
-    pub right: (String, String),
+    /// Each side's connection and stream, in config order: the left, the right, then `also`.
+    pub sides: Vec<(String, String)>,
 }
 
 impl Sync {
     /// One line saying what the sync joins, as `check` prints it.
     pub fn describe(&self) -> String {
         format!(
-            "sync {}: {}.{} <-> {}.{}, {} fields mapped",
+            "sync {}: {}, {} fields mapped",
             self.spec.name,
-            self.left.0,
-            self.left.1,
-            self.right.0,
-            self.right.1,
+            self.streams().join(" <-> "),
             self.spec.fields.len()
         )
+    }
+
+    /// Each side's `connection.stream`, in config order.
+    pub fn streams(&self) -> Vec<String> {
+        self.sides.iter().map(|(c, s)| format!("{c}.{s}")).collect()
+    }
+
+    /// Whether one of the sync's sides is on `connection`.
+    pub fn uses(&self, connection: &str) -> bool {
+        self.sides.iter().any(|(c, _)| c == connection)
     }
 }
 
@@ -182,12 +189,12 @@ impl App {
     }
 
     /// A runner for each sync, with fresh sessions.
-    pub fn runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
+    pub fn runner(&self, sync: &Sync) -> SyncRunner<PluginSide> {
         SyncSetup::new(self, sync, None).runner()
     }
 
     /// A runner for a dry run of `sync`, whose sides change nothing.
-    pub fn dry_runner(&self, sync: &Sync) -> SyncRunner<PluginSide, PluginSide> {
+    pub fn dry_runner(&self, sync: &Sync) -> SyncRunner<PluginSide> {
         SyncSetup::new(self, sync, None).dry_runner()
     }
 
@@ -216,7 +223,8 @@ impl App {
                 let idle = report.idle();
                 // Changes announced but not yet readable (held behind a transaction still
                 // running): wait a little rather than spin, and give up after a minute.
-                let waiting = report.more && report.read == [0, 0] && report.writes == 0;
+                let waiting =
+                    report.more && report.read.iter().all(|n| *n == 0) && report.writes == 0;
                 reports.push(report);
                 if idle {
                     break;
@@ -401,11 +409,8 @@ impl App {
         connections: &BTreeMap<String, Connection>,
         rules: &Rules,
     ) -> String {
-        let mut out = format!(
-            "{:?}|{:?}|{}|{:?}|{:?}",
-            s.spec, s.schedule, s.batch, s.left, s.right
-        );
-        for conn in [&s.left.0, &s.right.0] {
+        let mut out = format!("{:?}|{:?}|{}|{:?}", s.spec, s.schedule, s.batch, s.sides);
+        for (conn, _) in &s.sides {
             if let Some(c) = connections.get(conn) {
                 let grants = self
                     .loaded
@@ -748,29 +753,23 @@ impl std::fmt::Debug for SyncSetup {
 
 impl SyncSetup {
     fn new(app: &App, sync: &Sync, keep: Option<Arc<App>>) -> SyncSetup {
-        let connections = [&sync.left.0, &sync.right.0]
-            .into_iter()
-            .map(|c| {
+        let connections = sync
+            .sides
+            .iter()
+            .map(|(c, _)| {
                 let conn = &app.connections[c];
                 (c.clone(), (conn.plugin.clone(), conn.config.clone()))
             })
             .collect();
-        let streams: Vec<([String; 2], String)> = app
-            .syncs
-            .iter()
-            .map(|s| {
-                let stream = |(c, st): &(String, String)| format!("{c}.{st}");
-                ([stream(&s.left), stream(&s.right)], s.spec.origin.clone())
-            })
-            .collect();
+        let streams: Vec<Vec<String>> = app.syncs.iter().map(Sync::streams).collect();
         let joins: Vec<Joins<'_>> = app
             .syncs
             .iter()
             .zip(&streams)
-            .map(|(s, ([l, r], origin))| Joins {
+            .map(|(s, sides)| Joins {
                 sync: &s.spec.name,
-                origin,
-                sides: [l, r],
+                origin: &s.spec.origin,
+                sides: sides.iter().map(String::as_str).collect(),
             })
             .collect();
         SyncSetup {
@@ -785,7 +784,7 @@ impl SyncSetup {
 
     /// A runner for the sync's cycles, watching its sides' schemas. Made anew after a swap:
     /// the record as last kept then holds what the previous runner stopped.
-    fn runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+    fn runner(&self) -> SyncRunner<PluginSide> {
         let name = &self.sync.spec.name;
         let dir = crate::schema::dir(&self.state_path);
         let mut record = self.sync.schema.clone();
@@ -793,28 +792,25 @@ impl SyncSetup {
         if let Ok(Some(latest)) = SyncSchema::load(&dir, name) {
             for (field, stop) in latest.stopped {
                 let mine = record.stopped.entry(field).or_default();
-                mine.left = mine.left.take().or(stop.left);
-                mine.right = mine.right.take().or(stop.right);
+                for side in self.sync.spec.all_sides() {
+                    let theirs = stop.on(side).map(str::to_owned);
+                    let mine = mine.on_mut(side);
+                    *mine = mine.take().or(theirs);
+                }
             }
             kept = true;
         }
-        let labels = [
-            format!("{}.{}", self.sync.left.0, self.sync.left.1),
-            format!("{}.{}", self.sync.right.0, self.sync.right.1),
-        ];
+        let labels = self.sync.streams();
         self.runner_with(|side| side)
             .watching_schema(SchemaWatch::new(dir, record, labels, !kept))
     }
 
     /// A runner for a dry run: its sides change nothing (see [`PluginSide::read_only`]).
-    fn dry_runner(&self) -> SyncRunner<PluginSide, PluginSide> {
+    fn dry_runner(&self) -> SyncRunner<PluginSide> {
         self.runner_with(PluginSide::read_only)
     }
 
-    fn runner_with(
-        &self,
-        wrap: impl Fn(PluginSide) -> PluginSide,
-    ) -> SyncRunner<PluginSide, PluginSide> {
+    fn runner_with(&self, wrap: impl Fn(PluginSide) -> PluginSide) -> SyncRunner<PluginSide> {
         let side = |(conn, stream): &(String, String)| {
             let (plugin, config) = &self.connections[conn];
             wrap(PluginSide::new(
@@ -823,10 +819,9 @@ impl SyncSetup {
                 stream.clone(),
             ))
         };
-        SyncRunner::new(
+        SyncRunner::of(
             self.sync.spec.clone(),
-            side(&self.sync.left),
-            side(&self.sync.right),
+            self.sync.sides.iter().map(side).collect(),
             self.sync.batch,
             self.rules.clone(),
         )
@@ -882,29 +877,35 @@ fn refuse_cycles(loaded: &Loaded, syncs: &[Sync]) -> Result<(), AppError> {
     // Which streams each stream is joined to so far, and by which syncs: a sync whose streams
     // are joined already closes a cycle, found by a search along the joins.
     let mut joins: BTreeMap<String, Vec<(String, &str)>> = BTreeMap::new();
-    let stream = |(c, s): &(String, String)| format!("{c}.{s}");
     for sync in syncs {
-        let (from, to) = (stream(&sync.left), stream(&sync.right));
-        if let Some(path) = path_between(&joins, &from, &to) {
-            let cfg = &loaded.config.syncs[&sync.spec.name];
-            let mut names: Vec<&str> = path;
-            names.push(&sync.spec.name);
-            return Err(loaded
-                .invalid(
-                    &cfg.right,
-                    format!("syncs.{}.right", sync.spec.name),
-                    format!(
-                        "syncs {} join {from} and {to} in a cycle: a change would reach a record by two ways and could go round for ever; drop one of them (a chain or a star of syncs reaches every stream)",
-                        names.join(", ")
-                    ),
-                )
-                .into());
+        // A sync of more sides joins its first to each of the others: a star, no cycle.
+        let streams = sync.streams();
+        let cfg = &loaded.config.syncs[&sync.spec.name];
+        let from = &streams[0];
+        for ((key, at), to) in cfg.streams().into_iter().zip(&streams).skip(1) {
+            if let Some(path) = path_between(&joins, from, to) {
+                let mut names: Vec<&str> = path;
+                names.push(&sync.spec.name);
+                return Err(loaded
+                    .invalid(
+                        at,
+                        format!("syncs.{}.{key}", sync.spec.name),
+                        format!(
+                            "syncs {} join {from} and {to} in a cycle: a change would reach a record by two ways and could go round for ever; drop one of them (a chain or a star of syncs reaches every stream, and one sync can name them all with also)",
+                            names.join(", ")
+                        ),
+                    )
+                    .into());
+            }
+            joins
+                .entry(from.clone())
+                .or_default()
+                .push((to.clone(), &sync.spec.name));
+            joins
+                .entry(to.clone())
+                .or_default()
+                .push((from.clone(), &sync.spec.name));
         }
-        joins
-            .entry(from.clone())
-            .or_default()
-            .push((to.clone(), &sync.spec.name));
-        joins.entry(to).or_default().push((from, &sync.spec.name));
     }
     Ok(())
 }
@@ -938,6 +939,7 @@ fn build_sync(
     name: &str,
     connections: &BTreeMap<String, Connection>,
 ) -> Result<Sync, AppError> {
+    use crate::engine::Side;
     let cfg = &loaded.config.syncs[name];
     let stream =
         |key: &str, at: &toml::Spanned<String>| -> Result<(String, String, Stream), ConfigError> {
@@ -958,8 +960,13 @@ fn build_sync(
             })?;
             Ok((conn.to_owned(), stream.to_owned(), s.clone()))
         };
-    let (lc, ls, lstream) = stream("left", &cfg.left)?;
-    let (rc, rs, rstream) = stream("right", &cfg.right)?;
+    // Each side: its connection, stream name and discovered stream, in config order.
+    let sides: Vec<(String, String, Stream)> = cfg
+        .streams()
+        .into_iter()
+        .map(|(key, at)| stream(&key, at))
+        .collect::<Result<_, _>>()?;
+    let conns: Vec<&String> = sides.iter().map(|(c, _, _)| c).collect();
     let dir = crate::schema::dir(&loaded.state_path());
     let kept = SyncSchema::load(&dir, name).map_err(|why| {
         loaded.invalid(
@@ -968,19 +975,18 @@ fn build_sync(
             format!("its schema record cannot be read: {why}"),
         )
     })?;
-    let now = [
-        crate::schema::shape_of(&lstream),
-        crate::schema::shape_of(&rstream),
-    ];
+    let now: Vec<crate::schema::Shape> = sides
+        .iter()
+        .map(|(_, _, s)| crate::schema::shape_of(s))
+        .collect();
     let schema_kept = kept.is_some();
     let mut schema = kept.unwrap_or_else(|| SyncSchema::accepting(now.clone()));
     let mut fields = Vec::new();
     for (i, f) in cfg.fields.iter().enumerate() {
-        let lookup = |side: crate::engine::Side,
-                      at: &toml::Spanned<String>,
-                      s: &Stream,
-                      conn: &str|
-         -> Result<crate::plugin::Field, ConfigError> {
+        let names = f.names();
+        let lookup = |side: Side| -> Result<crate::plugin::Field, ConfigError> {
+            let (key, at) = &names[side.index()];
+            let (conn, _, s) = &sides[side.index()];
             let accepted = schema.shape(side);
             s.fields
                 .iter()
@@ -1003,7 +1009,7 @@ fn build_sync(
                     let names: Vec<&str> = s.fields.iter().map(|x| x.name.as_str()).collect();
                     loaded.invalid(
                         at,
-                        format!("syncs.{name}.fields[{i}].{side}"),
+                        format!("syncs.{name}.fields[{i}].{key}"),
                         format!(
                             "stream {} of connection {conn} has no field {} (it has: {})",
                             s.name,
@@ -1013,19 +1019,20 @@ fn build_sync(
                     )
                 })
         };
-        let lf = lookup(crate::engine::Side::Left, &f.left, &lstream, &lc)?;
-        let rf = lookup(crate::engine::Side::Right, &f.right, &rstream, &rc)?;
-        // A field the connector cannot carry is refused here, before anything runs: never a
-        // first failure at run time.
-        for (side, field, at, s, conn) in [
-            ("left", &lf, &f.left, &lstream, &lc),
-            ("right", &rf, &f.right, &rstream, &rc),
-        ] {
+        let found: Vec<crate::plugin::Field> = Side::all(sides.len())
+            .map(lookup)
+            .collect::<Result<_, _>>()?;
+        let direction: crate::engine::Direction = f.direction.into();
+        for (side, field) in Side::all(sides.len()).zip(&found) {
+            let (key, at) = &names[side.index()];
+            let (conn, _, s) = &sides[side.index()];
+            // A field the connector cannot carry is refused here, before anything runs: never
+            // a first failure at run time.
             if let Some(why) = &field.unsupported {
                 return Err(loaded
                     .invalid(
                         at,
-                        format!("syncs.{name}.fields[{i}].{side}"),
+                        format!("syncs.{name}.fields[{i}].{key}"),
                         format!(
                             "field {} of stream {} (connection {conn}) cannot be synced: {why}",
                             field.name, s.name
@@ -1033,37 +1040,30 @@ fn build_sync(
                     )
                     .into());
             }
-        }
-        let direction: crate::engine::Direction = f.direction.into();
-        for (side, field, at) in [
-            (crate::engine::Side::Left, &lf, &f.left),
-            (crate::engine::Side::Right, &rf, &f.right),
-        ] {
             if direction.writes_to(side) && !field.writable {
                 return Err(loaded
-                    .invalid(at, format!("syncs.{name}.fields[{i}].{side}"), format!("field {} cannot be written; make the field flow away from it with direction", field.name))
+                    .invalid(at, format!("syncs.{name}.fields[{i}].{key}"), format!("field {} cannot be written; make the field flow away from it with direction", field.name))
                     .into());
             }
         }
         // A column retyped since the sync ran keeps its accepted type: the field is stopped.
-        let (lt, rt): (FieldType, FieldType) = (
-            schema
-                .left
-                .get(&lf.name)
-                .copied()
-                .unwrap_or(lf.type_.into()),
-            schema
-                .right
-                .get(&rf.name)
-                .copied()
-                .unwrap_or(rf.type_.into()),
-        );
+        let types: Vec<FieldType> = Side::all(sides.len())
+            .zip(&found)
+            .map(|(side, field)| {
+                schema
+                    .shape(side)
+                    .get(&field.name)
+                    .copied()
+                    .unwrap_or(field.type_.into())
+            })
+            .collect();
+        let (lf, rf, lt, rt) = (&found[0], &found[1], types[0], types[1]);
         let counter = f.counter.as_ref().is_some_and(|c| *c.get_ref());
         if let Some(c) = f.counter.as_ref().filter(|_| counter) {
             // A total written unconditionally would overwrite a sale made since it was read:
             // the side must refuse a write to a record that changed, so the sync merges again.
-            for conn in [&lc, &rc] {
-                let info = connections[conn].plugin.info();
+            for conn in &conns {
+                let info = connections[*conn].plugin.info();
                 if !info
                     .capabilities
                     .contains(crate::plugin::Capabilities::CONDITIONAL_WRITES)
@@ -1081,8 +1081,8 @@ fn build_sync(
                 }
             }
             let number = |t: FieldType| matches!(t, FieldType::Integer | FieldType::Decimal);
-            for (field, ty, conn) in [(&lf, lt, &lc), (&rf, rt, &rc)] {
-                if !number(ty) {
+            for ((field, ty), conn) in found.iter().zip(&types).zip(&conns) {
+                if !number(*ty) {
                     return Err(loaded
                         .invalid(
                             c,
@@ -1114,7 +1114,7 @@ fn build_sync(
                     )
                 })?;
                 // An enum on either side: the mapped values must be among its values.
-                for (value, field, at) in [(&left, &lf, &f.left), (&right, &rf, &f.right)] {
+                for (value, field, at) in [(&left, lf, &f.left), (&right, rf, &f.right)] {
                     let text = match value {
                         Value::Text(t) => t.clone(),
                         other => other.display(),
@@ -1136,10 +1136,12 @@ fn build_sync(
                 values.push((left, right));
             }
         }
+        let streams: Vec<String> = sides.iter().map(|(c, s, _)| format!("{c}.{s}")).collect();
+        let streams: Vec<&str> = streams.iter().map(String::as_str).collect();
         fields.push(FieldSpec {
             name: common_name(f).to_owned(),
-            left: lf.name,
-            right: rf.name,
+            left: lf.name.clone(),
+            right: rf.name.clone(),
             left_type: lt,
             right_type: rt,
             direction,
@@ -1147,21 +1149,25 @@ fn build_sync(
             policy: f
                 .conflict
                 .as_ref()
-                .map(|p| loaded.policy(p, &format!("syncs.{name}.fields[{i}].conflict")))
+                .map(|p| loaded.policy(p, &format!("syncs.{name}.fields[{i}].conflict"), &streams))
                 .transpose()?,
             counter,
+            more: found[2..]
+                .iter()
+                .zip(&types[2..])
+                .map(|(f, t)| (f.name.clone(), *t))
+                .collect(),
         });
     }
+    let labels: Vec<String> = sides.iter().map(|(c, s, _)| format!("{c}.{s}")).collect();
+    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let policy = match &cfg.conflict {
-        Some(p) => loaded.policy(p, &format!("syncs.{name}.conflict"))?,
+        Some(p) => loaded.policy(p, &format!("syncs.{name}.conflict"), &label_refs)?,
         None => Policy::LastWriterWins,
     };
     let scope = scope(loaded, name, cfg.filter.as_ref(), &fields)?;
-    schema.compare(
-        &fields,
-        [&format!("{lc}.{ls}"), &format!("{rc}.{rs}")],
-        [&now[0], &now[1]],
-    );
+    let shapes: Vec<&crate::schema::Shape> = now.iter().collect();
+    schema.compare(&fields, &label_refs, &shapes);
     let schedule = match &cfg.schedule {
         Some(s) => Schedule::parse(s.get_ref())
             .map_err(|m| loaded.invalid(s, format!("syncs.{name}.schedule"), m))?,
@@ -1171,8 +1177,9 @@ fn build_sync(
         spec: SyncSpec {
             name: name.to_owned(),
             origin: format!("duplex:{name}"),
-            left_name: lc.clone(),
-            right_name: rc.clone(),
+            left_name: sides[0].0.clone(),
+            right_name: sides[1].0.clone(),
+            more_names: sides[2..].iter().map(|(c, _, _)| c.clone()).collect(),
             fields,
             match_key: cfg.match_key.as_ref().map(|m| MatchKey {
                 field: m.field.get_ref().clone(),
@@ -1187,8 +1194,7 @@ fn build_sync(
         schema_kept,
         schedule,
         batch: cfg.batch.max(1),
-        left: (lc, ls),
-        right: (rc, rs),
+        sides: sides.into_iter().map(|(c, s, _)| (c, s)).collect(),
     })
 }
 
@@ -1206,10 +1212,7 @@ fn scope(
         let Some(text) = text else { return Ok(None) };
         // The side's own names first, then the common names; either way the side's field,
         // for a side's filter reads its records as the side holds them.
-        let own = |f: &FieldSpec| match side {
-            crate::engine::Side::Left => (f.left.clone(), f.left_type),
-            crate::engine::Side::Right => (f.right.clone(), f.right_type),
-        };
+        let own = |f: &FieldSpec| (f.side_name(side).to_owned(), f.side_type(side));
         let field = |n: &str| {
             fields
                 .iter()
@@ -1229,8 +1232,8 @@ fn scope(
             .map_err(|why| loaded.invalid(text, format!("syncs.{name}.filter.{side}"), why))
     };
     Ok(crate::engine::Scope {
-        left: parse(crate::engine::Side::Left, &cfg.left)?,
-        right: parse(crate::engine::Side::Right, &cfg.right)?,
+        left: parse(crate::engine::Side::LEFT, &cfg.left)?,
+        right: parse(crate::engine::Side::RIGHT, &cfg.right)?,
         leaving: cfg.leaving.into(),
     })
 }

@@ -57,7 +57,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::driver::schedule::Schedule;
-use crate::engine::{DeletePolicy, Direction, Policy, Side};
+use crate::engine::{DeletePolicy, Direction, Policy, Side, MOST_SIDES};
 use crate::host::{http, Grants};
 
 /// The whole file.
@@ -282,6 +282,11 @@ pub struct SyncConfig {
     pub left: Spanned<String>,
     /// `connection.stream` of the right side.
     pub right: Spanned<String>,
+    /// `connection.stream` of each further side: one record kept the same in three systems
+    /// or more (a CRM, an ERP and a helpdesk), one link per record. Each field then names its
+    /// field on these sides in its own `also`.
+    #[serde(default)]
+    pub also: Vec<Spanned<String>>,
     /// How records are matched on first sight (else every unlinked record is new to the other
     /// side). Ambiguous matches are reported, never guessed.
     #[serde(default, rename = "match")]
@@ -378,6 +383,9 @@ pub struct FieldConfig {
     pub left: Spanned<String>,
     /// The right stream's field.
     pub right: Spanned<String>,
+    /// The field on each of the sync's `also` sides, in their order.
+    #[serde(default)]
+    pub also: Vec<Spanned<String>>,
     /// The common name, used in conflicts and `match`. Default: the left field's name.
     #[serde(default)]
     pub name: Option<String>,
@@ -516,7 +524,18 @@ impl Loaded {
     /// schedules, limits.
     fn validate(&self) -> Result<(), ConfigError> {
         for (name, sync) in &self.config.syncs {
-            for (key, at) in [("left", &sync.left), ("right", &sync.right)] {
+            let sides = sync.streams();
+            if sides.len() > MOST_SIDES {
+                return Err(self.invalid(
+                    &sync.also[MOST_SIDES - 2],
+                    format!("syncs.{name}.also"),
+                    format!(
+                        "a sync has at most {MOST_SIDES} sides; this one names {}",
+                        sides.len()
+                    ),
+                ));
+            }
+            for (key, at) in &sides {
                 let (conn, _) = split_stream(at.get_ref()).ok_or_else(|| {
                     self.invalid(
                         at,
@@ -540,12 +559,16 @@ impl Loaded {
                     ));
                 }
             }
+            let streams: Vec<&str> = sides.iter().map(|(_, s)| s.get_ref().as_str()).collect();
             if let Some(p) = &sync.conflict {
-                self.policy(p, &format!("syncs.{name}.conflict"))?;
+                self.policy(p, &format!("syncs.{name}.conflict"), &streams)?;
+            }
+            if !sync.also.is_empty() {
+                self.validate_more_sides(name, sync)?;
             }
             for (i, f) in sync.fields.iter().enumerate() {
                 if let Some(p) = &f.conflict {
-                    self.policy(p, &format!("syncs.{name}.fields[{i}].conflict"))?;
+                    self.policy(p, &format!("syncs.{name}.fields[{i}].conflict"), &streams)?;
                 }
                 if let Some(c) = f.counter.as_ref().filter(|c| *c.get_ref()) {
                     let key = format!("syncs.{name}.fields[{i}].counter");
@@ -606,6 +629,77 @@ impl Loaded {
                         format!("field {} is mapped twice", common_name(f)),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a sync of more than two sides can do yet: each field names its field on every
+    /// side; filters, counters, value translation, one-way fields, rules and `prefer-left` /
+    /// `prefer-right` are defined between two sides and refused here, each with what to use.
+    fn validate_more_sides(&self, name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
+        let n = sync.also.len();
+        if let Some(f) = &sync.filter {
+            let at = f.left.as_ref().or(f.right.as_ref()).unwrap_or(&sync.right);
+            return Err(self.invalid(
+                at,
+                format!("syncs.{name}.filter"),
+                "a sync of more than two sides takes no filter yet: filter in pairwise syncs through a shared side",
+            ));
+        }
+        let two_sided = |p: &Spanned<String>| -> Option<()> {
+            let s = p.get_ref().trim();
+            (s == "prefer-left" || s == "prefer-right" || s.starts_with("rule:")).then_some(())
+        };
+        if let Some(p) = sync.conflict.as_ref().filter(|p| two_sided(p).is_some()) {
+            return Err(self.invalid(
+                p,
+                format!("syncs.{name}.conflict"),
+                format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, or order: SIDE, SIDE, ... (its sides by connection, first wins)", p.get_ref().trim()),
+            ));
+        }
+        for (i, f) in sync.fields.iter().enumerate() {
+            let key = |k: &str| format!("syncs.{name}.fields[{i}].{k}");
+            if f.also.len() != n {
+                return Err(self.invalid(
+                    f.also.first().unwrap_or(&f.right),
+                    key("also"),
+                    format!(
+                        "names {} field{} for the sync's {n} further side{} ({}): give one for each, in that order",
+                        f.also.len(),
+                        if f.also.len() == 1 { "" } else { "s" },
+                        if n == 1 { "" } else { "s" },
+                        sync.also.iter().map(|s| s.get_ref().as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            let refuse = |at: &Spanned<String>, k: &str, why: &str| {
+                Err(self.invalid(
+                    at,
+                    key(k),
+                    format!("a sync of more than two sides takes no {k} yet: {why}"),
+                ))
+            };
+            if let Some(c) = f.counter.as_ref().filter(|c| *c.get_ref()) {
+                let _ = c;
+                return refuse(&f.left, "counter", "keep a counter in a sync of two sides");
+            }
+            if f.values.is_some() {
+                return refuse(&f.left, "values", "translate values in a sync of two sides");
+            }
+            if !matches!(f.direction, DirectionConfig::Both) {
+                return refuse(
+                    &f.left,
+                    "direction",
+                    "give the owning side first place with conflict = \"order: ...\"",
+                );
+            }
+            if let Some(p) = f.conflict.as_ref().filter(|p| two_sided(p).is_some()) {
+                return Err(self.invalid(
+                    p,
+                    key("conflict"),
+                    format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, or order: SIDE, SIDE, ...", p.get_ref().trim()),
+                ));
             }
         }
         Ok(())
@@ -772,12 +866,23 @@ impl Loaded {
     }
 
     /// Parses a conflict policy.
-    pub fn policy(&self, p: &Spanned<String>, key: &str) -> Result<Policy, ConfigError> {
+    /// A conflict policy; `sides` are the sync's `connection.stream`s, in order, for `order:`.
+    pub fn policy(
+        &self,
+        p: &Spanned<String>,
+        key: &str,
+        sides: &[&str],
+    ) -> Result<Policy, ConfigError> {
         let s = p.get_ref().trim();
+        if let Some(list) = s.strip_prefix("order:") {
+            return side_order(list, sides)
+                .map(Policy::Order)
+                .map_err(|why| self.invalid(p, key, why));
+        }
         Ok(match s {
             "last-writer-wins" => Policy::LastWriterWins,
-            "prefer-left" => Policy::Prefer(Side::Left),
-            "prefer-right" => Policy::Prefer(Side::Right),
+            "prefer-left" => Policy::Prefer(Side::LEFT),
+            "prefer-right" => Policy::Prefer(Side::RIGHT),
             "manual" => Policy::Manual,
             _ => match s.strip_prefix("rule:") {
                 Some(rule) if self.config.rules.contains_key(rule.trim()) => Policy::Rule(rule.trim().to_owned()),
@@ -786,7 +891,7 @@ impl Loaded {
                     return Err(self.invalid(
                         p,
                         key,
-                        format!("{s:?} is not a conflict policy: use last-writer-wins, prefer-left, prefer-right, manual or rule:NAME"),
+                        format!("{s:?} is not a conflict policy: use last-writer-wins, prefer-left, prefer-right, order: SIDE, SIDE, ..., manual or rule:NAME"),
                     ))
                 }
             },
@@ -857,6 +962,76 @@ pub fn split_stream(s: &str) -> Option<(&str, &str)> {
     (!c.is_empty() && !st.is_empty()).then_some((c, st))
 }
 
+/// The sides named by `order: crm, erp, desk`, first wins: each by its connection, or by its
+/// `connection.stream` where two sides share a connection. Sides left out rank after, in the
+/// sync's order.
+fn side_order(list: &str, sides: &[&str]) -> Result<Vec<Side>, String> {
+    let mut order: Vec<Side> = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let hits: Vec<usize> = (0..sides.len())
+            .filter(|&i| sides[i] == item || split_stream(sides[i]).is_some_and(|(c, _)| c == item))
+            .collect();
+        let side = match hits.as_slice() {
+            [one] => Side::nth(*one),
+            [] => return Err(format!("order names {item:?}, which is none of the sync's sides ({})", sides.join(", "))),
+            _ => return Err(format!("order names {item:?}, which is more than one of the sync's sides: name it as connection.stream")),
+        };
+        if order.contains(&side) {
+            return Err(format!("order names {item} twice"));
+        }
+        order.push(side);
+    }
+    for side in Side::all(sides.len()) {
+        if !order.contains(&side) {
+            order.push(side);
+        }
+    }
+    Ok(order)
+}
+
+/// The config key naming `side` in a sync or a field: `left`, `right`, `also[0]`, ...
+pub fn side_key(side: Side) -> String {
+    match side.index() {
+        0 => "left".to_owned(),
+        1 => "right".to_owned(),
+        n => format!("also[{}]", n - 2),
+    }
+}
+
+impl SyncConfig {
+    /// Each side's key and `connection.stream`, in order: `left`, `right`, then `also[i]`.
+    pub fn streams(&self) -> Vec<(String, &Spanned<String>)> {
+        let mut out = vec![
+            ("left".to_owned(), &self.left),
+            ("right".to_owned(), &self.right),
+        ];
+        out.extend(
+            self.also
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("also[{i}]"), s)),
+        );
+        out
+    }
+}
+
+impl FieldConfig {
+    /// Each side's key and field name, in the sync's order of sides.
+    pub fn names(&self) -> Vec<(String, &Spanned<String>)> {
+        let mut out = vec![
+            ("left".to_owned(), &self.left),
+            ("right".to_owned(), &self.right),
+        ];
+        out.extend(
+            self.also
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("also[{i}]"), s)),
+        );
+        out
+    }
+}
+
 /// A field's common name: its `name`, else the left field's.
 pub fn common_name(f: &FieldConfig) -> &str {
     f.name.as_deref().unwrap_or(f.left.get_ref())
@@ -882,7 +1057,9 @@ mod tests {
         let sync = &loaded.config.syncs["customers"];
         assert_eq!(sync.fields.len(), 3);
         assert_eq!(
-            loaded.policy(sync.conflict.as_ref().unwrap(), "x").unwrap(),
+            loaded
+                .policy(sync.conflict.as_ref().unwrap(), "x", &["a.s", "b.s"])
+                .unwrap(),
             Policy::LastWriterWins
         );
     }

@@ -84,7 +84,8 @@ pub enum CycleError {
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleReport {
-    pub read: [usize; 2],
+    /// Changes read, by side in config order.
+    pub read: Vec<usize>,
     pub writes: usize,
     pub failed: usize,
     pub echoes: usize,
@@ -103,15 +104,25 @@ pub struct CycleReport {
 impl CycleReport {
     /// Nothing was read and nothing was written: both sides are caught up.
     pub fn idle(&self) -> bool {
-        self.read == [0, 0] && self.writes == 0 && self.failed == 0 && !self.more
+        self.read.iter().all(|n| *n == 0) && self.writes == 0 && self.failed == 0 && !self.more
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "read {} left, {} right; wrote {}; {} failed; {} echoes ignored; {} conflicts held; {} rejected; {} last-writer-wins decisions",
-            self.read[0], self.read[1], self.writes, self.failed, self.echoes, self.conflicts, self.rejected, self.decided
+            "read {}; wrote {}; {} failed; {} echoes ignored; {} conflicts held; {} rejected; {} last-writer-wins decisions",
+            read_by_side(&self.read), self.writes, self.failed, self.echoes, self.conflicts, self.rejected, self.decided
         )
     }
+}
+
+/// `2 left, 0 right` (and `, 1 third` on): changes read by side.
+fn read_by_side(read: &[usize]) -> String {
+    let sides: Vec<String> = read
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n} {}", Side::nth(i)))
+        .collect();
+    sides.join(", ")
 }
 
 /// What a sync would do with the changes waiting (a pilot run): all of them read (up to
@@ -120,7 +131,8 @@ impl CycleReport {
 /// next real cycle.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DryRun {
-    pub read: [usize; 2],
+    /// Changes read, by side in config order.
+    pub read: Vec<usize>,
     /// More changes wait than were read (past the limit): a real run would plan further.
     pub more: bool,
     pub writes: Vec<PlannedWrite>,
@@ -148,9 +160,8 @@ impl DryRun {
         let mut lines = Vec::new();
         let side_name = |s: Side| s.as_str();
         lines.push(format!(
-            "read {} left, {} right{}",
-            self.read[0],
-            self.read[1],
+            "read {}{}",
+            read_by_side(&self.read),
             if self.more {
                 " (more waiting: a real run continues past these)"
             } else {
@@ -159,7 +170,7 @@ impl DryRun {
         ));
         lines.push(format!("matched by key: {}", self.matched));
         for op in ["create", "update", "delete"] {
-            for side in [Side::Left, Side::Right] {
+            for side in Side::all(self.read.len().max(2)) {
                 let writes: Vec<&PlannedWrite> = self
                     .writes
                     .iter()
@@ -268,21 +279,21 @@ struct MergedAgain {
 const REWRITE_ROUNDS: usize = 3;
 
 /// One sync, ready to run cycles.
-pub struct SyncRunner<L, R> {
+pub struct SyncRunner<S> {
     pub spec: SyncSpec,
-    pub left: L,
-    pub right: R,
+    /// The sides' I/O, in config order: the left, the right, then any more.
+    pub sides: Vec<S>,
     pub rules: Rules,
     /// Most changes read from each side per cycle: the sync's batch, or less while a read of
     /// that many runs the side's plugin out of memory or CPU (see [`read_fitting`]).
-    read_max: [CallSize; 2],
+    read_max: Vec<CallSize>,
     /// Most ops written to each side per call: [`WRITE_BATCH`], or less while a write of that
     /// many runs the side's plugin out of memory or CPU.
-    write_max: [CallSize; 2],
+    write_max: Vec<CallSize>,
     /// Batches read ahead, by side, with the cursor they start at and when they were read:
     /// while the last cycle wrote the other side or committed (see
     /// [`SyncRunner::commit_reading_ahead`]).
-    ahead: [Option<(String, Read)>; 2],
+    ahead: Vec<Option<(String, Read)>>,
     /// When changes were read (see invariant 4).
     clock: Clock,
     /// A pilot's size: each cycle (or dry run) takes at most this many changes from each side.
@@ -315,7 +326,7 @@ pub struct Relay {
 pub struct Joins<'a> {
     pub sync: &'a str,
     pub origin: &'a str,
-    pub sides: [&'a str; 2],
+    pub sides: Vec<&'a str>,
 }
 
 impl Relay {
@@ -326,9 +337,11 @@ impl Relay {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (side, records) in [Side::Left, Side::Right].into_iter().zip(me.sides) {
+        for (side, records) in me.sides.iter().enumerate() {
+            let side = Side::nth(side);
             for other in syncs.iter().filter(|s| s.sync != this) {
-                for (their_side, theirs) in [Side::Left, Side::Right].into_iter().zip(other.sides) {
+                for (their_side, theirs) in other.sides.iter().enumerate() {
+                    let their_side = Side::nth(their_side);
                     if theirs == records {
                         out.push(Relay {
                             side,
@@ -354,7 +367,7 @@ pub struct SchemaWatch {
     dir: std::path::PathBuf,
     record: SyncSchema,
     /// `connection.stream` of each side, for messages.
-    labels: [String; 2],
+    labels: Vec<String>,
     /// The record is still to be written: a first run, or a write that failed.
     unsaved: bool,
     /// Compare at the next cycle: a cycle or a write failed, maybe on a changed column.
@@ -367,7 +380,7 @@ impl SchemaWatch {
     pub fn new(
         dir: std::path::PathBuf,
         record: SyncSchema,
-        labels: [String; 2],
+        labels: Vec<String>,
         unsaved: bool,
     ) -> SchemaWatch {
         SchemaWatch {
@@ -432,16 +445,28 @@ impl CallSize {
     }
 }
 
-impl<L, R> SyncRunner<L, R> {
-    pub fn new(spec: SyncSpec, left: L, right: R, batch: u32, rules: Rules) -> Self {
+impl<S> SyncRunner<S> {
+    /// A sync of two sides.
+    pub fn new(spec: SyncSpec, left: S, right: S, batch: u32, rules: Rules) -> Self {
+        SyncRunner::of(spec, vec![left, right], batch, rules)
+    }
+
+    /// A sync of `sides`, one per side of `spec`, in its order.
+    pub fn of(spec: SyncSpec, sides: Vec<S>, batch: u32, rules: Rules) -> Self {
+        assert_eq!(
+            sides.len(),
+            spec.sides(),
+            "one I/O per side of sync {}",
+            spec.name
+        );
+        let n = sides.len();
         SyncRunner {
             spec,
-            left,
-            right,
+            sides,
             rules,
-            read_max: [CallSize::new(batch); 2],
-            write_max: [CallSize::new(WRITE_BATCH as u32); 2],
-            ahead: [None, None],
+            read_max: vec![CallSize::new(batch); n],
+            write_max: vec![CallSize::new(WRITE_BATCH as u32); n],
+            ahead: (0..n).map(|_| None).collect(),
             clock: Arc::new(system_clock),
             limit: None,
             schema: None,
@@ -465,7 +490,7 @@ impl<L, R> SyncRunner<L, R> {
 
     /// A pilot: each cycle, and a dry run, takes at most `n` changes from each side.
     pub fn limited(mut self, n: u32) -> Self {
-        self.read_max = [CallSize::new(n); 2];
+        self.read_max = vec![CallSize::new(n); self.sides.len()];
         self.limit = Some(n);
         self
     }
@@ -532,11 +557,15 @@ fn record_intents(state: &State, sync: &str, plan: &Plan) -> Result<(), CycleErr
         .map_err(state_err(sync))
 }
 
-impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
+impl<S: SideIo> SyncRunner<S> {
     fn io(&mut self, side: Side) -> &mut dyn SideIoDyn {
-        match side {
-            Side::Left => &mut self.left,
-            Side::Right => &mut self.right,
+        &mut self.sides[side.index()]
+    }
+
+    /// Ends the unit of work of every side.
+    fn finish_all(&mut self) {
+        for io in &mut self.sides {
+            io.finish();
         }
     }
 
@@ -611,11 +640,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         .or_insert_with(|| intent.link.clone());
                     let st = link.side_mut(intent.side);
                     for note in &notes {
-                        let now = match intent.side {
-                            Side::Left => &note.left,
-                            Side::Right => &note.right,
-                        };
-                        if let Some(v) = now {
+                        if let Some(v) = note.value(intent.side) {
                             st.seen
                                 .get_or_insert_with(Fields::new)
                                 .insert(note.field.clone(), v.clone());
@@ -680,11 +705,17 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .filter_map(|(f, written)| {
                 let value = now.get(f)?;
                 let was = before.and_then(|b| b.get(f))?;
-                let (left, right) = match intent.side {
-                    Side::Left => (Some(value.clone()), intent.link.right.seen.as_ref().and_then(|s| s.get(f)).cloned()),
-                    Side::Right => (intent.link.left.seen.as_ref().and_then(|s| s.get(f)).cloned(), Some(value.clone())),
-                };
+                // What each side shows: this side's counter now, the others' as last seen.
+                let mut values = intent.link.each_side().map(|(side, st)| {
+                    if side == intent.side {
+                        Some(value.clone())
+                    } else {
+                        st.seen.as_ref().and_then(|s| s.get(f)).cloned()
+                    }
+                });
+                let (left, right) = (values.next().flatten(), values.next().flatten());
                 Some(engine::ConflictNote {
+                    more: values.collect(),
                     link: intent.link.id,
                     field: f.clone(),
                     base: Some(written.clone()),
@@ -709,7 +740,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     async fn look_up(&mut self, state: &State, lot: &[Intent]) -> Result<Found, (Side, IoError)> {
         let sync = self.spec.name.clone();
         let mut found = Found::default();
-        for side in [Side::Left, Side::Right] {
+        for side in self.spec.all_sides() {
             let ids: BTreeSet<String> = lot
                 .iter()
                 .filter(|i| i.side == side)
@@ -954,37 +985,28 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         use plugin::Watched;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let outcome = {
-            let l = self.left.watch(ms);
-            let r = self.right.watch(ms);
-            tokio::pin!(l, r);
-            let (mut left_done, mut right_done) = (None, None);
+            use futures_util::StreamExt;
+            let mut waits: futures_util::stream::FuturesUnordered<_> =
+                self.sides.iter_mut().map(|io| io.watch(ms)).collect();
+            let mut waited = false;
+            // The first announcement wins; a side that cannot announce answers at once.
             loop {
-                // The first announcement wins; a side that cannot announce answers at once.
-                tokio::select! {
-                    w = &mut l, if left_done.is_none() => left_done = Some(w),
-                    w = &mut r, if right_done.is_none() => right_done = Some(w),
-                }
-                let announced =
-                    |d: &Option<Result<Watched, IoError>>| matches!(d, Some(Ok(Watched::Changed)));
-                if announced(&left_done) || announced(&right_done) {
-                    break Some(true);
-                }
-                if let (Some(a), Some(b)) = (&left_done, &right_done) {
-                    let waited = |d: &Result<Watched, IoError>| matches!(d, Ok(Watched::Timeout));
-                    break (waited(a) || waited(b)).then_some(false);
+                match waits.next().await {
+                    Some(Ok(Watched::Changed)) => break Some(true),
+                    Some(Ok(Watched::Timeout)) => waited = true,
+                    Some(_) => {}
+                    None => break waited.then_some(false),
                 }
             }
         };
-        self.left.finish();
-        self.right.finish();
+        self.finish_all();
         outcome
     }
 
     /// Runs one cycle at time `now` (microseconds since the epoch).
     pub async fn cycle(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
         let result = self.cycle_inner(state, now).await;
-        self.left.finish();
-        self.right.finish();
+        self.finish_all();
         // A statement may have failed on a column that changed: compare before the next one.
         if let Some(w) = &mut self.schema {
             w.due |= result.as_ref().map_or(true, |r| r.failed > 0);
@@ -999,22 +1021,28 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         if self.schema.is_none() {
             return;
         }
-        let left = self.left.shape().await;
-        let right = self.right.shape().await;
+        let mut shapes = Vec::with_capacity(self.sides.len());
+        for io in &mut self.sides {
+            shapes.push(io.shape().await);
+        }
         let sync = self.spec.name.clone();
         let w = self.schema.as_mut().expect("checked above");
         w.due = false;
         w.checked_at = Some(now);
-        let (left, right) = match (left, right) {
-            (Ok(Some(l)), Ok(Some(r))) => (l, r),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(sync = %sync, "cannot compare the schemas: {e}");
-                return;
+        let mut now_shapes = Vec::with_capacity(shapes.len());
+        for shape in shapes {
+            match shape {
+                Ok(Some(s)) => now_shapes.push(s),
+                Err(e) => {
+                    tracing::warn!(sync = %sync, "cannot compare the schemas: {e}");
+                    return;
+                }
+                Ok(None) => return,
             }
-            _ => return,
-        };
-        let labels = [w.labels[0].as_str(), w.labels[1].as_str()];
-        if w.record.compare(&self.spec.fields, labels, [&left, &right]) {
+        }
+        let labels: Vec<&str> = w.labels.iter().map(String::as_str).collect();
+        let shapes: Vec<&crate::schema::Shape> = now_shapes.iter().collect();
+        if w.record.compare(&self.spec.fields, &labels, &shapes) {
             for line in w.record.report() {
                 tracing::warn!(sync = %sync, "schema drift: {line}");
             }
@@ -1091,7 +1119,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     let st = l.side(relay.their_side);
                     st.id.as_deref() == Some(ch.id.as_str()) && st.version == ch.version
                 });
-                if let Some(at) = theirs.and_then(|l| l.left.changed_at.max(l.right.changed_at)) {
+                let latest =
+                    theirs.and_then(|l| l.each_side().filter_map(|(_, s)| s.changed_at).max());
+                if let Some(at) = latest {
                     carried.insert((side, ch.id.as_str()), at);
                 }
             }
@@ -1110,8 +1140,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
     pub async fn dry_run(&mut self, state: &State, now: i64) -> Result<DryRun, CycleError> {
         let mut dry = Some(DryRun::default());
         let result = self.cycle_inner_with(state, now, &mut dry).await;
-        self.left.finish();
-        self.right.finish();
+        self.finish_all();
         result?;
         Ok(dry.unwrap_or_default())
     }
@@ -1142,16 +1171,17 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             self.recover(state, now).await?;
         }
         lap.end("recover");
-        let [cursor_l, cursor_r] = state.cursors(&sync).map_err(&se)?;
+        let cursors = state.cursors(&sync, self.sides.len()).map_err(&se)?;
 
         // 1. Read.
-        let mut batches = Vec::with_capacity(2);
+        let mut batches = Vec::with_capacity(self.sides.len());
         let origin = self.spec.origin.clone();
-        let ahead = std::mem::take(&mut self.ahead);
-        for ((side, cursor), ahead) in [(Side::Left, cursor_l), (Side::Right, cursor_r)]
-            .into_iter()
-            .zip(ahead)
-        {
+        let ahead = std::mem::replace(
+            &mut self.ahead,
+            (0..self.sides.len()).map(|_| None).collect(),
+        );
+        report.read = vec![0; self.sides.len()];
+        for ((side, cursor), ahead) in self.spec.all_sides().zip(cursors).zip(ahead) {
             let (batch, read_at) = match ahead {
                 Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
                 _ => self
@@ -1163,7 +1193,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         error,
                     })?,
             };
-            report.read[side_index(side)] = batch.changes.len();
+            report.read[side.index()] = batch.changes.len();
             let mut waiting = batch.has_more;
             // A dry run plans everything waiting at once, unless it is a pilot's first `limit`.
             let mut more = batch.has_more.then(|| batch.next_cursor.clone());
@@ -1172,7 +1202,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                 .take()
                 .filter(|_| dry.is_some() && self.limit.is_none())
             {
-                if report.read[side_index(side)] >= DRY_RUN_MOST {
+                if report.read[side.index()] >= DRY_RUN_MOST {
                     break;
                 }
                 let (batch, read_at) = self
@@ -1183,7 +1213,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         side,
                         error,
                     })?;
-                report.read[side_index(side)] += batch.changes.len();
+                report.read[side.index()] += batch.changes.len();
                 waiting = batch.has_more;
                 more = batch.has_more.then(|| batch.next_cursor.clone());
                 batches.push((side, batch, read_at));
@@ -1224,7 +1254,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                     let Some(why) = self.spec.stopped.get(&f.name).and_then(|s| s.on(*side)) else {
                         continue;
                     };
-                    let column = if *side == Side::Left {
+                    let column = if *side == Side::LEFT {
                         &f.left
                     } else {
                         &f.right
@@ -1343,7 +1373,11 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let writes_to = |side: Side| plan.ops.iter().any(|o| o.side == side);
         let early = batches
             .iter()
-            .find(|(side, b, _)| b.has_more && !writes_to(*side) && writes_to(side.other()))
+            .find(|(side, b, _)| {
+                b.has_more
+                    && !writes_to(*side)
+                    && self.spec.all_sides().any(|o| o != *side && writes_to(o))
+            })
             .map(|(side, b, _)| (*side, b.next_cursor.clone()));
         let (conflicted, mut rewritten) = self
             .write(&mut plan, now, &mut commit, &mut failed, &mut report, early)
@@ -1394,7 +1428,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         // (the sides came together otherwise) has no failed write left: without this, its
         // rejection stayed listed for ever, since only a successful write cleared it.
         for id in due_ids.iter().filter(|id| !failed.contains_key(id)) {
-            for side in [Side::Left, Side::Right] {
+            for side in self.spec.all_sides() {
                 commit.cleared.push((side, format!("link {id}")));
             }
         }
@@ -1442,18 +1476,20 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         commit.next_link_id = plan.next_link_id;
         commit.new_links_from = Some(input.next_link_id);
         commit.links = plan.links.into_values().collect();
-        commit.cursors = [
-            Some(batches[0].1.next_cursor.clone()),
-            Some(batches[1].1.next_cursor.clone()),
-        ];
+        // The cursor each side reached: its last batch's.
+        let mut cursors = vec![None; self.sides.len()];
+        for (side, batch, _) in &batches {
+            cursors[side.index()] = Some(batch.next_cursor.clone());
+        }
+        commit.cursors = cursors;
         let read_ahead: Vec<(Side, String)> = batches
             .iter()
-            .filter(|(side, b, _)| b.has_more && self.ahead[side_index(*side)].is_none())
+            .filter(|(side, b, _)| b.has_more && self.ahead[side.index()].is_none())
             .map(|(side, b, _)| (*side, b.next_cursor.clone()))
             .collect();
         let mut stats: SyncStats = state.stats(&sync).map_err(&se)?;
         stats.cycles += 1;
-        stats.changes_read += (report.read[0] + report.read[1]) as u64;
+        stats.changes_read += report.read.iter().sum::<usize>() as u64;
         stats.writes += report.writes as u64;
         stats.write_failures += report.failed as u64;
         stats.echoes += report.echoes as u64;
@@ -1466,7 +1502,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             .await
             .map_err(&se)?;
         lap.end("commit");
-        tracing::debug!(sync = %sync, read = report.read[0] + report.read[1], writes = report.writes,
+        tracing::debug!(sync = %sync, read = report.read.iter().sum::<usize>(), writes = report.writes,
             "cycle took {}", lap);
         Ok(report)
     }
@@ -1526,7 +1562,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         };
         committed?;
         for (side, from, read) in read {
-            self.ahead[side_index(side)] = Some((from, read));
+            self.ahead[side.index()] = Some((from, read));
         }
         Ok(())
     }
@@ -1538,11 +1574,8 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         origin: &str,
         cursor: Option<&str>,
     ) -> Result<Read, IoError> {
-        let io: &mut dyn SideIoDyn = match side {
-            Side::Left => &mut self.left,
-            Side::Right => &mut self.right,
-        };
-        let max = &mut self.read_max[side_index(side)];
+        let io: &mut dyn SideIoDyn = &mut self.sides[side.index()];
+        let max = &mut self.read_max[side.index()];
         read_fitting(io, max, &self.spec.name, side, origin, cursor, &self.clock).await
     }
 
@@ -1567,7 +1600,7 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         })
     }
 
-    /// Looks up, on the other side, the records whose match key equals that of a new record.
+    /// Looks up, on every other side, the records whose match key equals that of a new record.
     async fn candidates(
         &mut self,
         changes: &[Observed],
@@ -1581,13 +1614,21 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         let linked: BTreeSet<(Side, &str)> = links
             .iter()
             .flat_map(|l| {
-                [Side::Left, Side::Right]
-                    .into_iter()
-                    .filter_map(move |s| l.side(s).id.as_deref().map(|id| (s, id)))
+                l.each_side()
+                    .filter_map(|(s, st)| st.id.as_deref().map(|id| (s, id)))
             })
             .collect();
-        for side in [Side::Left, Side::Right] {
-            let other = side.other();
+        let pairs: Vec<(Side, Side)> = self
+            .spec
+            .all_sides()
+            .flat_map(|side| {
+                self.spec
+                    .all_sides()
+                    .filter(move |o| *o != side)
+                    .map(move |o| (side, o))
+            })
+            .collect();
+        for (side, other) in pairs {
             let mut values = Vec::new();
             let mut field = None;
             for c in changes.iter().filter(|c| c.side == side && !c.deleted) {
@@ -1675,9 +1716,9 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
         debug_assert!(early
             .as_ref()
             .is_none_or(|(e, _)| all_ops.iter().all(|o| o.side != *e)));
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             if all_ops.iter().any(|o| o.side == side) {
-                self.ahead[side_index(side)] = None;
+                self.ahead[side.index()] = None;
             }
             let conditional = self.io(side).conditional_writes();
             // Map every op first: a value that cannot be written fails its record alone.
@@ -1702,16 +1743,13 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
             while sendable.peek().is_some() {
                 let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) = sendable
                     .by_ref()
-                    .take(self.write_max[side_index(side)].now as usize)
+                    .take(self.write_max[side.index()].now as usize)
                     .unzip();
                 let written = match early.take_if(|(other, _)| *other != side) {
                     None => self.io(side).write_dyn(&origin, writes).await,
                     Some((other, from)) => {
-                        let (to, from_io): (&mut dyn SideIoDyn, &mut dyn SideIoDyn) = match side {
-                            Side::Left => (&mut self.left, &mut self.right),
-                            Side::Right => (&mut self.right, &mut self.left),
-                        };
-                        let max = &mut self.read_max[side_index(other)];
+                        let (to, from_io) = two_sides(&mut self.sides, side, other);
+                        let max = &mut self.read_max[other.index()];
                         let read = read_fitting(
                             from_io,
                             max,
@@ -1724,12 +1762,12 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         let (written, read) = tokio::join!(to.write_dyn(&origin, writes), read);
                         // A read that fails is dropped; the next cycle reads again and reports.
                         if let Ok(read) = read {
-                            self.ahead[side_index(other)] = Some((from, read));
+                            self.ahead[other.index()] = Some((from, read));
                         }
                         written
                     }
                 };
-                let size = &mut self.write_max[side_index(side)];
+                let size = &mut self.write_max[side.index()];
                 let results = match written {
                     Ok(rs) => {
                         size.fitted();
@@ -1998,24 +2036,22 @@ impl<L: SideIo, R: SideIo> SyncRunner<L, R> {
                         continue;
                     };
                     let field = key.1.clone();
-                    let get =
-                        |s: Side| l.side(s).seen.as_ref().and_then(|f| f.get(&field)).cloned();
-                    let (name, other) =
-                        (self.spec.side_name(side), self.spec.side_name(side.other()));
+                    let name = self.spec.side_name(side);
+                    let others: Vec<&str> = self
+                        .spec
+                        .all_sides()
+                        .filter(|s| *s != side)
+                        .map(|s| self.spec.side_name(s))
+                        .collect();
+                    let other = others.join(" and ");
                     let reason = if *before == side {
                         format!("{name} changes {field} whenever Duplex writes it, and {other}'s value owns it; give the field a direction from {name}, or make {name} keep what it is given, then resolve this conflict")
                     } else {
-                        format!("{} and {} both change {field} whenever Duplex writes it (a trigger, default or rounding on each side), so it would go back and forth for ever; give the field a direction so that one side owns it, then resolve this conflict", self.spec.left_name, self.spec.right_name)
+                        format!("{} and {} both change {field} whenever Duplex writes it (a trigger, default or rounding on each side), so it would go back and forth for ever; give the field a direction so that one side owns it, then resolve this conflict", self.spec.side_name((*before).min(side)), self.spec.side_name((*before).max(side)))
                     };
                     tracing::warn!(sync = %self.spec.name, link, field = %field, "{reason}");
-                    plan.conflicts.push(engine::ConflictNote {
-                        link,
-                        field: field.clone(),
-                        base: l.base.get(&field).cloned(),
-                        left: get(Side::Left),
-                        right: get(Side::Right),
-                        reason,
-                    });
+                    plan.conflicts
+                        .push(engine::ConflictNote::of_link(l, &field, reason));
                     held.entry(link).or_default().insert(field);
                     continue;
                 }
@@ -2223,10 +2259,20 @@ fn outcome_unknown(e: &WitError) -> bool {
     matches!(e, WitError::Transient(_) | WitError::RateLimited(_))
 }
 
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::Left => 0,
-        Side::Right => 1,
+/// Two different sides' I/O at once: one written while the other is read.
+fn two_sides<S: SideIo>(
+    sides: &mut [S],
+    a: Side,
+    b: Side,
+) -> (&mut dyn SideIoDyn, &mut dyn SideIoDyn) {
+    let (i, j) = (a.index(), b.index());
+    assert_ne!(i, j, "two different sides");
+    if i < j {
+        let (low, high) = sides.split_at_mut(j);
+        (&mut low[i], &mut high[0])
+    } else {
+        let (low, high) = sides.split_at_mut(i);
+        (&mut high[0], &mut low[j])
     }
 }
 
@@ -2318,7 +2364,7 @@ impl<T: SideIo> SideIoDyn for T {
 
 /// What a dry run shows of a plan.
 fn fill_dry_run(dry: &mut DryRun, plan: &Plan, commit: &CycleCommit, report: &CycleReport) {
-    dry.read = report.read;
+    dry.read = report.read.clone();
     dry.more = report.more;
     dry.writes = plan
         .ops

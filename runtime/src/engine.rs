@@ -49,27 +49,70 @@ pub fn change_time(source: Option<i64>, read_at: i64) -> (i64, bool) {
     }
 }
 
-/// One of the two sides of a sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Left,
-    Right,
-}
+/// Most sides one sync may name.
+pub const MOST_SIDES: usize = 8;
+
+/// One side of a sync, by its place in the config: the first (left), the second (right), and,
+/// in a sync of more than two systems, the third and on. Stored and shown by name (`left`,
+/// `right`, `third`, ...), so links, intents and logs written before a sync could have more
+/// than two sides read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Side(u8);
+
+const SIDE_NAMES: [&str; MOST_SIDES] = [
+    "left", "right", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+];
 
 impl Side {
+    pub const LEFT: Side = Side(0);
+    pub const RIGHT: Side = Side(1);
+
+    /// The side at `index` in the config; panics past [`MOST_SIDES`], which config refuses.
+    pub fn nth(index: usize) -> Side {
+        assert!(index < MOST_SIDES, "a sync has at most {MOST_SIDES} sides");
+        Side(index as u8)
+    }
+
+    /// The sides of a sync of `n` sides, in config order.
+    pub fn all(n: usize) -> impl Iterator<Item = Side> {
+        (0..n).map(Side::nth)
+    }
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// The other side of a two-sided sync. A sync of more sides has no one other side: the
+    /// code that asks is the two-sided path, which such a sync never takes.
     pub fn other(self) -> Side {
-        match self {
-            Side::Left => Side::Right,
-            Side::Right => Side::Left,
+        debug_assert!(self.0 < 2, "the other side of side {}", self.0);
+        if self == Side::LEFT {
+            Side::RIGHT
+        } else {
+            Side::LEFT
         }
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Left => "left",
-            Side::Right => "right",
-        }
+        SIDE_NAMES[self.index()]
+    }
+
+    /// The side a stored or typed name stands for.
+    pub fn named(name: &str) -> Option<Side> {
+        SIDE_NAMES.iter().position(|n| *n == name).map(Side::nth)
+    }
+}
+
+impl Serialize for Side {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Side {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Side, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        Side::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown side {name:?}")))
     }
 }
 
@@ -120,6 +163,8 @@ pub struct Link {
     pub id: u64,
     pub left: SideState,
     pub right: SideState,
+    /// The third side and on, in a sync of more than two; empty in a sync of two.
+    pub more: Vec<SideState>,
     /// The values both sides agreed on last: the base of the three-way merge.
     pub base: Fields,
     /// Values a person (or a rule) decided, written until both sides hold them.
@@ -134,10 +179,16 @@ pub struct Link {
 
 impl Link {
     pub fn new(id: u64) -> Link {
+        Link::with_sides(id, 2)
+    }
+
+    /// A new link of a sync of `sides` sides.
+    pub fn with_sides(id: u64, sides: usize) -> Link {
         Link {
             id,
             left: SideState::default(),
             right: SideState::default(),
+            more: vec![SideState::default(); sides.saturating_sub(2)],
             base: Fields::new(),
             pins: Fields::new(),
             delete_approved: false,
@@ -146,17 +197,33 @@ impl Link {
         }
     }
 
+    /// How many sides the link has.
+    pub fn sides(&self) -> usize {
+        2 + self.more.len()
+    }
+
     pub fn side(&self, side: Side) -> &SideState {
-        match side {
-            Side::Left => &self.left,
-            Side::Right => &self.right,
+        match side.index() {
+            0 => &self.left,
+            1 => &self.right,
+            n => &self.more[n - 2],
         }
     }
 
     pub fn side_mut(&mut self, side: Side) -> &mut SideState {
-        match side {
-            Side::Left => &mut self.left,
-            Side::Right => &mut self.right,
+        match side.index() {
+            0 => &mut self.left,
+            1 => &mut self.right,
+            n => &mut self.more[n - 2],
         }
+    }
+
+    /// Every side's state, in config order.
+    pub fn each_side(&self) -> impl Iterator<Item = (Side, &SideState)> {
+        [&self.left, &self.right]
+            .into_iter()
+            .chain(&self.more)
+            .enumerate()
+            .map(|(i, s)| (Side::nth(i), s))
     }
 }

@@ -298,7 +298,7 @@ impl Progress {
             return;
         }
         let t = self.totals.entry(sync.to_owned()).or_default();
-        t.0 += r.read[0] + r.read[1];
+        t.0 += r.read.iter().sum::<usize>();
         t.1 += r.writes;
         if self.terminal && r.more {
             eprint!("\r{sync}: {} changes read, {} written ...", t.0, t.1);
@@ -616,10 +616,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if app.loaded.state_path().exists() {
                 let state = app.open_state()?;
                 for s in &app.syncs {
-                    for (side, (conn, _)) in [
-                        (duplex::engine::Side::Left, &s.left),
-                        (duplex::engine::Side::Right, &s.right),
-                    ] {
+                    for (side, (conn, _)) in s.spec.all_sides().zip(&s.sides) {
                         if connection.as_ref().is_none_or(|only| only == conn) {
                             state.reset_cursor(&s.spec.name, side)?;
                         }
@@ -825,9 +822,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let op = Operator::open(&config).await?;
             let side_value = if side == "left" {
-                Side::Left
+                Side::LEFT
             } else {
-                Side::Right
+                Side::RIGHT
             };
             let done: anyhow::Result<()> = match &op {
                 Operator::Offline(ops) => ops.retry(&sync, side_value, &id).map_err(Into::into),
@@ -1095,7 +1092,7 @@ fn accept_schemas(app: &App) -> anyhow::Result<()> {
     let dir = duplex::schema::dir(&app.loaded.state_path());
     for s in &app.syncs {
         let mut shapes = Vec::new();
-        for (side, (conn, stream)) in [(Side::Left, &s.left), (Side::Right, &s.right)] {
+        for (side, (conn, stream)) in s.spec.all_sides().zip(&s.sides) {
             let found = app.connections[conn]
                 .streams
                 .iter()
@@ -1106,15 +1103,15 @@ fn accept_schemas(app: &App) -> anyhow::Result<()> {
                 let column = f.side_name(side);
                 if !found.contains_key(column) {
                     bail!(
-                        "syncs.{}.fields[{i}].{side}: column {column} is gone from {conn}.{stream}; remove the field from the config or map it to another column, then accept",
-                        s.spec.name
+                        "syncs.{}.fields[{i}].{}: column {column} is gone from {conn}.{stream}; remove the field from the config or map it to another column, then accept",
+                        s.spec.name,
+                        duplex::config::side_key(side)
                     );
                 }
             }
             shapes.push(found);
         }
-        let [left, right]: [duplex::schema::Shape; 2] = shapes.try_into().expect("two sides");
-        duplex::schema::SyncSchema::accepting([left, right]).save(&dir, &s.spec.name)?;
+        duplex::schema::SyncSchema::accepting(shapes).save(&dir, &s.spec.name)?;
         println!("sync {}: schema accepted", s.spec.name);
     }
     Ok(())
@@ -1123,7 +1120,9 @@ fn accept_schemas(app: &App) -> anyhow::Result<()> {
 fn print_status(syncs: &[SyncStatus]) {
     for s in syncs {
         let name = &s.info.name;
-        println!("sync {name}: {} <-> {}", s.info.left, s.info.right);
+        let mut sides = vec![s.info.left.as_str(), s.info.right.as_str()];
+        sides.extend(s.info.also.iter().map(String::as_str));
+        println!("sync {name}: {}", sides.join(" <-> "));
         if let Some(p) = &s.paused {
             println!(
                 "  paused by {} at {} UTC (`duplex sync resume` resumes it)",

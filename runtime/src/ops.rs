@@ -59,6 +59,9 @@ pub struct SyncInfo {
     /// `connection.stream`.
     pub left: String,
     pub right: String,
+    /// The further sides of a sync of more than two, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// `realtime`, an interval or a cron expression.
     pub schedule: String,
 }
@@ -204,6 +207,9 @@ pub struct CycleEntry {
     pub duration_ms: f64,
     pub read_left: usize,
     pub read_right: usize,
+    /// Changes read from the third side and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_more: Vec<usize>,
     pub writes: usize,
     pub failed: usize,
     pub conflicts: usize,
@@ -229,7 +235,8 @@ pub const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 pub struct SyncCounters {
     pub cycles_ok: u64,
     pub cycles_failed: u64,
-    pub read: [u64; 2],
+    /// Changes read, by side in config order.
+    pub read: Vec<u64>,
     pub writes_ok: u64,
     pub writes_failed: u64,
     /// Writes by kind (`create`, `update`, `delete`): [succeeded, failed].
@@ -273,8 +280,12 @@ impl Live {
         let entry = match report {
             Ok(r) => {
                 c.cycles_ok += 1;
-                c.read[0] += r.read[0] as u64;
-                c.read[1] += r.read[1] as u64;
+                if c.read.len() < r.read.len() {
+                    c.read.resize(r.read.len(), 0);
+                }
+                for (total, n) in c.read.iter_mut().zip(&r.read) {
+                    *total += *n as u64;
+                }
                 c.writes_ok += r.writes as u64;
                 c.writes_failed += r.failed as u64;
                 for (kind, [ok, failed]) in &r.by_kind {
@@ -297,8 +308,9 @@ impl Live {
                 CycleEntry {
                     at,
                     duration_ms: seconds * 1e3,
-                    read_left: r.read[0],
-                    read_right: r.read[1],
+                    read_left: r.read.first().copied().unwrap_or(0),
+                    read_right: r.read.get(1).copied().unwrap_or(0),
+                    read_more: r.read.iter().skip(2).copied().collect(),
                     writes: r.writes,
                     failed: r.failed,
                     conflicts: r.conflicts,
@@ -317,6 +329,7 @@ impl Live {
                     duration_ms: seconds * 1e3,
                     read_left: 0,
                     read_right: 0,
+                    read_more: Vec::new(),
                     writes: 0,
                     failed: 0,
                     conflicts: 0,
@@ -590,6 +603,7 @@ impl Ops {
                 name: name.clone(),
                 left: s.left.get_ref().clone(),
                 right: s.right.get_ref().clone(),
+                also: s.also.iter().map(|a| a.get_ref().clone()).collect(),
                 schedule: s
                     .schedule
                     .as_ref()

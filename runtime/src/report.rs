@@ -75,16 +75,14 @@ pub fn activity_line(a: &Activity) -> String {
 /// A decision in words: `name: last writer wins, right "R" (changed ...) over left "L" (...)`.
 fn decision(d: &Decided) -> String {
     let side = |s: Side| {
-        let (v, at, read) = match s {
-            Side::Left => (&d.left, d.left_at, d.left_read_time),
-            Side::Right => (&d.right, d.right_at, d.right_read_time),
-        };
+        let (v, at, read) = d.side(s);
+        let v = v.map_or_else(|| "-".to_owned(), Value::display);
         let when = match at {
             None => "no change time known: counts as earliest".to_owned(),
             Some(t) if read => format!("changed by {} UTC, when Duplex read it", format_sqlite(t)),
             Some(t) => format!("changed {} UTC by its clock", format_sqlite(t)),
         };
-        format!("{s} {} ({when})", v.display())
+        format!("{s} {v} ({when})")
     };
     if let Some(rule) = &d.rule {
         let by = d
@@ -102,16 +100,25 @@ fn decision(d: &Decided) -> String {
             d.right.display()
         );
     }
-    let tie = if d.left_at == d.right_at {
-        "; a tie goes to the left"
+    // The others that changed the field too (in a sync of two, the other side).
+    let losers: Vec<Side> = Side::all(2 + d.more.len())
+        .filter(|s| *s != d.winner && d.side(*s).0.is_some())
+        .collect();
+    let tie = if losers.iter().any(|s| d.side(*s).1 == d.side(d.winner).1) {
+        if d.more.is_empty() {
+            "; a tie goes to the left"
+        } else {
+            "; a tie goes to the side named first"
+        }
     } else {
         ""
     };
+    let over: Vec<String> = losers.into_iter().map(side).collect();
     format!(
         "{}: last writer wins, {} over {}{tie}",
         d.field,
         side(d.winner),
-        side(d.winner.other())
+        over.join(", ")
     )
 }
 
@@ -122,6 +129,7 @@ mod tests {
     #[test]
     fn a_decision_reads_with_both_values_both_times_and_the_winner() {
         let d = Decided {
+            more: Vec::new(),
             link: 7,
             field: "name".into(),
             left: Value::Text("Ada".into()),
@@ -130,7 +138,7 @@ mod tests {
             right_at: Some(2_500_000),
             left_read_time: false,
             right_read_time: true,
-            winner: Side::Right,
+            winner: Side::RIGHT,
             rule: None,
             value: None,
             plugin: None,
@@ -139,7 +147,7 @@ mod tests {
             at: 3_000_000,
             sync: "people".into(),
             link: 7,
-            side: Side::Right,
+            side: Side::RIGHT,
             op: crate::state::DECIDED.into(),
             record: "r1".into(),
             fields: vec!["name".into()],

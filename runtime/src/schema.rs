@@ -31,6 +31,9 @@ pub struct SyncSchema {
     /// The columns accepted on each side.
     pub left: Shape,
     pub right: Shape,
+    /// The third side's and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Shape>,
     /// Mapped fields stopped by a change of their column, with what changed on which side.
     #[serde(default)]
     pub stopped: BTreeMap<String, Stopped>,
@@ -62,34 +65,36 @@ impl std::fmt::Display for NewColumn {
 
 impl SyncSchema {
     /// A record accepting `shapes` as they are.
-    pub fn accepting(shapes: [Shape; 2]) -> SyncSchema {
-        let [left, right] = shapes;
+    pub fn accepting(shapes: Vec<Shape>) -> SyncSchema {
+        let mut shapes = shapes.into_iter();
         SyncSchema {
-            left,
-            right,
+            left: shapes.next().unwrap_or_default(),
+            right: shapes.next().unwrap_or_default(),
+            more: shapes.collect(),
             ..SyncSchema::default()
         }
     }
 
+    /// The columns accepted on `side`; none for a side the record has not seen.
     pub fn shape(&self, side: Side) -> &Shape {
-        match side {
-            Side::Left => &self.left,
-            Side::Right => &self.right,
+        static NONE: Shape = Shape::new();
+        match side.index() {
+            0 => &self.left,
+            1 => &self.right,
+            n => self.more.get(n - 2).unwrap_or(&NONE),
         }
     }
 
     /// Compares the sides' schemas now with the accepted one. Stops are kept: a field stopped
     /// earlier stays stopped though its column is back, until a person accepts. Returns whether
     /// the record changed (a field stopped anew, or a new column appeared).
-    pub fn compare(&mut self, fields: &[FieldSpec], labels: [&str; 2], now: [&Shape; 2]) -> bool {
+    pub fn compare(&mut self, fields: &[FieldSpec], labels: &[&str], now: &[&Shape]) -> bool {
         let before = (self.stopped.clone(), self.added.clone());
         // A field the config no longer maps is no longer stopped: it is gone.
         self.stopped
             .retain(|name, _| fields.iter().any(|f| &f.name == name));
-        for (side, label, current) in [
-            (Side::Left, labels[0], now[0]),
-            (Side::Right, labels[1], now[1]),
-        ] {
+        for (i, (label, current)) in labels.iter().zip(now).enumerate() {
+            let side = Side::nth(i);
             let accepted = self.shape(side).clone();
             let mapped: BTreeSet<&str> = fields.iter().map(|f| f.side_name(side)).collect();
             // Unmapped columns the accepted schema lacks: new. One of a gone column's type may
@@ -227,6 +232,7 @@ mod tests {
 
     fn field(name: &str, left: &str, right: &str, t: FieldType) -> FieldSpec {
         FieldSpec {
+            more: Vec::new(),
             name: name.into(),
             left: left.into(),
             right: right.into(),
@@ -263,8 +269,8 @@ mod tests {
             ("tel", Text),
             ("stock", Integer),
         ]);
-        let mut record = SyncSchema::accepting([left.clone(), right.clone()]);
-        assert!(!record.compare(&fields, ["crm.people", "erp.people"], [&left, &right]));
+        let mut record = SyncSchema::accepting(vec![left.clone(), right.clone()]);
+        assert!(!record.compare(&fields, &["crm.people", "erp.people"], &[&left, &right]));
 
         // The left's phone is renamed mobile, the right's stock becomes text, a note appears.
         let left2 = shape(&[
@@ -280,7 +286,7 @@ mod tests {
             ("stock", Text),
             ("note", Text),
         ]);
-        assert!(record.compare(&fields, ["crm.people", "erp.people"], [&left2, &right2]));
+        assert!(record.compare(&fields, &["crm.people", "erp.people"], &[&left2, &right2]));
         assert_eq!(
             record.stopped["phone"].left.as_deref(),
             Some("column phone is gone from crm.people (new column of its type: mobile; renamed? map the field to it)")
@@ -294,11 +300,15 @@ mod tests {
         let added: Vec<&str> = record.added.iter().map(|n| n.column.as_str()).collect();
         assert_eq!(added, ["mobile", "note"]);
         // The same again changes nothing; the columns coming back do not resume the fields.
-        assert!(!record.compare(&fields, ["crm.people", "erp.people"], [&left2, &right2]));
-        assert!(!record.compare(&fields, ["crm.people", "erp.people"], [&left, &right]));
+        assert!(!record.compare(&fields, &["crm.people", "erp.people"], &[&left2, &right2]));
+        assert!(!record.compare(&fields, &["crm.people", "erp.people"], &[&left, &right]));
         assert_eq!(record.stopped.len(), 2);
         // A field taken out of the config is no longer reported.
-        assert!(record.compare(&fields[..2], ["crm.people", "erp.people"], [&left, &right]));
+        assert!(record.compare(
+            &fields[..2],
+            &["crm.people", "erp.people"],
+            &[&left, &right]
+        ));
         assert_eq!(record.stopped.keys().collect::<Vec<_>>(), ["phone"]);
     }
 
@@ -307,7 +317,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = self::dir(&dir.path().join("duplex.redb"));
         assert_eq!(SyncSchema::load(&at, "a/b").unwrap(), None);
-        let record = SyncSchema::accepting([shape(&[("id", FieldType::Integer)]), Shape::new()]);
+        let record =
+            SyncSchema::accepting(vec![shape(&[("id", FieldType::Integer)]), Shape::new()]);
         record.save(&at, "a/b").unwrap();
         assert_eq!(SyncSchema::load(&at, "a/b").unwrap(), Some(record));
     }

@@ -76,10 +76,7 @@ storage!(
 );
 
 fn side_key(side: Side) -> u8 {
-    match side {
-        Side::Left => 0,
-        Side::Right => 1,
-    }
+    side.index() as u8
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
@@ -179,7 +176,7 @@ fn put_links(
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
         if let Some(old) = old {
-            for side in [Side::Left, Side::Right] {
+            for side in [Side::LEFT, Side::RIGHT] {
                 if let Some(id) = &old.side(side).id {
                     if link.side(side).id.as_ref() != Some(id) {
                         index.remove((sync, side_key(side), id.as_str()))?;
@@ -187,7 +184,7 @@ fn put_links(
                 }
             }
         }
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             if let Some(id) = &link.side(side).id {
                 entries.push((side_key(side), id.as_str(), link.id));
             }
@@ -338,6 +335,9 @@ struct LinkOut<'a> {
     id: u64,
     left: SideOut<'a>,
     right: SideOut<'a>,
+    /// The third side and on, in a sync of more than two.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    more: Vec<SideOut<'a>>,
     base: &'a Fields,
     #[serde(skip_serializing_if = "Fields::is_empty")]
     pins: &'a Fields,
@@ -375,6 +375,8 @@ struct LinkIn {
     id: u64,
     left: SideIn,
     right: SideIn,
+    #[serde(default)]
+    more: Vec<SideIn>,
     base: Fields,
     #[serde(default)]
     pins: Fields,
@@ -446,6 +448,11 @@ impl Serialize for Link {
             id: self.id,
             left: SideOut::of(&self.left, &self.base),
             right: SideOut::of(&self.right, &self.base),
+            more: self
+                .more
+                .iter()
+                .map(|s| SideOut::of(s, &self.base))
+                .collect(),
             base: &self.base,
             pins: &self.pins,
             delete_approved: self.delete_approved,
@@ -463,6 +470,7 @@ impl<'de> Deserialize<'de> for Link {
             id: l.id,
             left: l.left.into_side(&l.base),
             right: l.right.into_side(&l.base),
+            more: l.more.into_iter().map(|s| s.into_side(&l.base)).collect(),
             base: l.base,
             pins: l.pins,
             delete_approved: l.delete_approved,
@@ -897,7 +905,8 @@ pub struct SyncStats {
 #[derive(Debug, Default)]
 pub struct CycleCommit {
     pub links: Vec<Link>,
-    pub cursors: [Option<String>; 2],
+    /// Where each side reads from next, in config order; none: where it was.
+    pub cursors: Vec<Option<String>>,
     pub next_link_id: u64,
     /// Links from this id on were made in this cycle: none of them is stored yet. `None`: look.
     pub new_links_from: Option<u64>,
@@ -1017,13 +1026,14 @@ impl State {
         Ok(())
     }
 
-    pub fn cursors(&self, sync: &str) -> Result<[Option<String>; 2], StateError> {
+    /// Where each of a sync's `sides` reads from next, in config order.
+    pub fn cursors(&self, sync: &str, sides: usize) -> Result<Vec<Option<String>>, StateError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(CURSORS)?;
         let get = |s: Side| -> Result<Option<String>, StateError> {
             Ok(t.get((sync, side_key(s)))?.map(|v| v.value().to_owned()))
         };
-        Ok([get(Side::Left)?, get(Side::Right)?])
+        Side::all(sides).map(get).collect()
     }
 
     /// Forgets where a side's reader stands: it starts again from a snapshot of the records
@@ -1183,9 +1193,9 @@ impl State {
                 c.new_links_from,
             )?;
             let mut cursors = w.open_table(CURSORS)?;
-            for side in [Side::Left, Side::Right] {
-                if let Some(cur) = &c.cursors[side_key(side) as usize] {
-                    cursors.insert((sync, side_key(side)), cur.as_str())?;
+            for (i, cur) in c.cursors.iter().enumerate() {
+                if let Some(cur) = cur {
+                    cursors.insert((sync, side_key(Side::nth(i))), cur.as_str())?;
                 }
             }
             counters.insert(format!("link:{sync}").as_str(), c.next_link_id)?;
@@ -1408,13 +1418,13 @@ impl State {
                 link.copy_kept = !link.delete_approved;
             } else if record.field == crate::engine::WHOLE_RECORD {
                 let deleted = if link.left.deleted {
-                    Side::Left
+                    Side::LEFT
                 } else {
-                    Side::Right
+                    Side::RIGHT
                 };
                 let keep = match &choice {
-                    Choice::TakeLeft => deleted == Side::Right,
-                    Choice::TakeRight => deleted == Side::Left,
+                    Choice::TakeLeft => deleted == Side::RIGHT,
+                    Choice::TakeRight => deleted == Side::LEFT,
                     Choice::Value(_) => true,
                 };
                 if keep {
@@ -1437,7 +1447,7 @@ impl State {
             }
             if link.left.id.is_none() || link.right.id.is_none() {
                 let mut index = w.open_table(INDEX)?;
-                for side in [Side::Left, Side::Right] {
+                for side in [Side::LEFT, Side::RIGHT] {
                     if link.side(side).id.is_none() {
                         let stale: Vec<String> = index
                             .range(
@@ -1554,7 +1564,7 @@ mod tests {
                 commit(vec![with_left(3, None), with_left(5, Some("x"))]),
             )
             .unwrap();
-        assert_eq!(state.link_for("items", Side::Left, "x").unwrap(), Some(5));
+        assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(5));
         state
             .commit_cycle(
                 "items",
@@ -1562,8 +1572,8 @@ mod tests {
                 commit(vec![with_left(3, Some("x")), with_left(5, None)]),
             )
             .unwrap();
-        assert_eq!(state.link_for("items", Side::Left, "x").unwrap(), Some(3));
-        assert_eq!(state.link_for("items", Side::Right, "r5").unwrap(), Some(5));
+        assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(3));
+        assert_eq!(state.link_for("items", Side::RIGHT, "r5").unwrap(), Some(5));
     }
 
     #[test]
@@ -1612,7 +1622,7 @@ mod tests {
             at: 9,
             sync: "items".into(),
             link,
-            side: Side::Right,
+            side: Side::RIGHT,
             op: op.into(),
             record: format!("r{link}"),
             fields: fields.iter().map(|f| f.to_string()).collect(),
@@ -1679,6 +1689,7 @@ mod tests {
             op: DECIDED.into(),
             side: winner,
             decided: Some(Decided {
+                more: Vec::new(),
                 link,
                 field: "qty".into(),
                 left: Value::Int(1),
@@ -1695,8 +1706,8 @@ mod tests {
             ..wrote(link, DECIDED, &["qty"])
         };
         let activity = vec![
-            decided(1, Side::Right),
-            decided(2, Side::Right),
+            decided(1, Side::RIGHT),
+            decided(2, Side::RIGHT),
             wrote(1, "update", &["qty"]),
         ];
         let commit = CycleCommit {
@@ -1713,7 +1724,7 @@ mod tests {
         link.right = SideState::default();
         let create = |link: &Link, fields: Fields| Intent {
             link: link.clone(),
-            side: Side::Right,
+            side: Side::RIGHT,
             op: OpKind::Create { fields },
         };
         let of_base = create(&link, link.base.clone());
@@ -1730,7 +1741,7 @@ mod tests {
             create(&link, other),
             Intent {
                 link: link.clone(),
-                side: Side::Left,
+                side: Side::LEFT,
                 op: OpKind::Delete {
                     id: "1".into(),
                     if_version: Some("v1".into()),

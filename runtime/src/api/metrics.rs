@@ -124,16 +124,16 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
         "Changes read, by side.",
     );
     for (name, l) in &live {
-        out.sample(
-            "duplex_changes_read_total",
-            &[("sync", name), ("side", "left")],
-            l.counters.read[0],
-        );
-        out.sample(
-            "duplex_changes_read_total",
-            &[("sync", name), ("side", "right")],
-            l.counters.read[1],
-        );
+        for (i, n) in l.counters.read.iter().enumerate() {
+            out.sample(
+                "duplex_changes_read_total",
+                &[
+                    ("sync", name),
+                    ("side", crate::engine::Side::nth(i).as_str()),
+                ],
+                n,
+            );
+        }
     }
     out.family(
         "duplex_writes_total",

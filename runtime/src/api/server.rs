@@ -693,8 +693,8 @@ async fn dispatch(
             let id = id()?;
             let r: Resolve = from_body(body)?;
             let choice = match (r.take, r.value) {
-                (Some(Side::Left), None) => Choice::TakeLeft,
-                (Some(Side::Right), None) => Choice::TakeRight,
+                (Some(Side::LEFT), None) => Choice::TakeLeft,
+                (Some(Side::RIGHT), None) => Choice::TakeRight,
                 (None, Some(v)) => {
                     let c = ops.conflict(id)?;
                     Choice::Value(crate::ops::value_from_json(

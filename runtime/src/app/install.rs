@@ -298,7 +298,7 @@ impl App {
 }
 
 fn uses_connection(sync: &Sync, connection: &str) -> bool {
-    sync.left.0 == connection || sync.right.0 == connection
+    sync.uses(connection)
 }
 
 /// Whether a sync's policies name the rule.

@@ -166,7 +166,7 @@ pub(crate) fn count(
                 .and_then(|s| s.get(f))
                 .cloned()
         };
-        let (Some(l), Some(r)) = (seen(Side::Left), seen(Side::Right)) else {
+        let (Some(l), Some(r)) = (seen(Side::LEFT), seen(Side::RIGHT)) else {
             continue;
         };
         // A person's (or a rule's) value replaces the total; what the sides show now counts as
@@ -180,8 +180,8 @@ pub(crate) fn count(
         }
         let counted = |side: Side| link.side(side).counted.get(f).cloned();
         let (cl, cr) = (
-            counted(Side::Left).unwrap_or_else(|| total.clone()),
-            counted(Side::Right).unwrap_or_else(|| total.clone()),
+            counted(Side::LEFT).unwrap_or_else(|| total.clone()),
+            counted(Side::RIGHT).unwrap_or_else(|| total.clone()),
         );
         if l == cl && r == cr {
             continue;
@@ -189,6 +189,7 @@ pub(crate) fn count(
         match merged_total(&total, [(&l, &cl), (&r, &cr)]) {
             Ok(sum) => restart(link, f, sum, &l, &r),
             Err(why) => notes.push(ConflictNote {
+                more: Vec::new(),
                 link: link.id,
                 field: f.to_owned(),
                 base: Some(total),
@@ -265,6 +266,7 @@ mod tests {
         use crate::engine::{plan, FieldType, Input, Observed, OpKind};
         let mut spec = crate::engine::mapping::tests::spec();
         spec.fields.push(crate::engine::FieldSpec {
+            more: Vec::new(),
             name: "stock".into(),
             left: "stock".into(),
             right: "stock".into(),
@@ -282,7 +284,7 @@ mod tests {
             f
         };
         let mut link = Link::new(1);
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             let st = link.side_mut(side);
             st.id = Some(format!("{side}1"));
             st.seen = Some(seen(10));
@@ -311,7 +313,7 @@ mod tests {
         };
         let p = plan(&input(
             link,
-            vec![sold(Side::Left, 9), sold(Side::Right, 9)],
+            vec![sold(Side::LEFT, 9), sold(Side::RIGHT, 9)],
         ));
         let writes: Vec<(Side, Value)> = p
             .ops
@@ -323,12 +325,12 @@ mod tests {
             .collect();
         assert_eq!(
             writes,
-            vec![(Side::Left, Value::Int(8)), (Side::Right, Value::Int(8))]
+            vec![(Side::LEFT, Value::Int(8)), (Side::RIGHT, Value::Int(8))]
         );
         // Both writes refused: the left sold one more meanwhile. Read again, only that sale is
         // added: 7, not 8 - 1 - 1 again.
         let link = p.links[&1].clone();
-        let p = plan(&input(link, vec![sold(Side::Left, 8)]));
+        let p = plan(&input(link, vec![sold(Side::LEFT, 8)]));
         assert!(
             p.ops.iter().all(|o| matches!(&o.kind,
             OpKind::Update { fields, .. } if fields["stock"] == Value::Int(7))),

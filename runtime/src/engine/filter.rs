@@ -513,7 +513,7 @@ pub(crate) fn scope(
         out.merge = true;
         return out;
     }
-    let outside: Vec<Side> = [Side::Left, Side::Right]
+    let outside: Vec<Side> = [Side::LEFT, Side::RIGHT]
         .into_iter()
         .filter(|s| {
             let st = link.side(*s);
@@ -528,7 +528,7 @@ pub(crate) fn scope(
             out.entered = true;
             // A copy deleted while the record was out (by the filter, or by a person) is
             // made again: the record is new to that side.
-            for side in [Side::Left, Side::Right] {
+            for side in [Side::LEFT, Side::RIGHT] {
                 if link.side(side).deleted {
                     *link.side_mut(side) = SideState::default();
                     link.base.clear();
@@ -562,6 +562,7 @@ pub(crate) fn scope(
             if !held.contains(WHOLE_RECORD) && !link.copy_kept {
                 let filter = spec.filter(*gone).map_or("", |f| f.text.as_str());
                 out.conflicts.push(ConflictNote {
+more: Vec::new(),
                     link: link.id,
                     field: WHOLE_RECORD.into(),
                     base: None,
@@ -606,7 +607,7 @@ pub(crate) fn after_merge(
     {
         return out;
     }
-    for side in [Side::Left, Side::Right] {
+    for side in [Side::LEFT, Side::RIGHT] {
         let Some(pos) = ops.iter().position(|(s, _)| *s == side) else {
             continue;
         };

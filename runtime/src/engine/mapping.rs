@@ -17,6 +17,9 @@ pub enum Policy {
     LastWriterWins,
     /// This side always wins.
     Prefer(Side),
+    /// Of the sides that changed the field, the first in this order wins: a priority order
+    /// of systems (every side of the sync is listed).
+    Order(Vec<Side>),
     /// A custom rule component decides (by its name in the config).
     Rule(String),
     /// A person decides; the field is held, the rest of the record flows.
@@ -39,8 +42,8 @@ impl Direction {
     pub fn writes_to(self, side: Side) -> bool {
         match self {
             Direction::Both => true,
-            Direction::LeftToRight => side == Side::Right,
-            Direction::RightToLeft => side == Side::Left,
+            Direction::LeftToRight => side == Side::RIGHT,
+            Direction::RightToLeft => side == Side::LEFT,
         }
     }
 
@@ -48,8 +51,8 @@ impl Direction {
     pub fn owner(self) -> Option<Side> {
         match self {
             Direction::Both => None,
-            Direction::LeftToRight => Some(Side::Left),
-            Direction::RightToLeft => Some(Side::Right),
+            Direction::LeftToRight => Some(Side::LEFT),
+            Direction::RightToLeft => Some(Side::RIGHT),
         }
     }
 }
@@ -128,22 +131,27 @@ pub struct FieldSpec {
     /// (see `engine::counter`). Integer or decimal, flowing both ways.
     #[serde(default)]
     pub counter: bool,
+    /// The field on the third side and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<(String, FieldType)>,
 }
 
 impl FieldSpec {
     /// The field's name on `side`.
     pub fn side_name(&self, side: Side) -> &str {
-        match side {
-            Side::Left => &self.left,
-            Side::Right => &self.right,
+        match side.index() {
+            0 => &self.left,
+            1 => &self.right,
+            n => &self.more[n - 2].0,
         }
     }
 
     /// The field's type on `side`.
     pub fn side_type(&self, side: Side) -> FieldType {
-        match side {
-            Side::Left => self.left_type,
-            Side::Right => self.right_type,
+        match side.index() {
+            0 => self.left_type,
+            1 => self.right_type,
+            n => self.more[n - 2].1,
         }
     }
 }
@@ -154,9 +162,12 @@ pub struct SyncSpec {
     pub name: String,
     /// The tag Duplex's writes for this sync carry, so their echoes are known as such.
     pub origin: String,
-    /// The two sides' names, for conflicts and messages.
+    /// The sides' names, for conflicts and messages.
     pub left_name: String,
     pub right_name: String,
+    /// The third side's name and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_names: Vec<String>,
     pub fields: Vec<FieldSpec>,
     pub match_key: Option<MatchKey>,
     pub policy: Policy,
@@ -178,21 +189,31 @@ pub struct Stopped {
     pub left: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub right: Option<String>,
+    /// The third side and on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Option<String>>,
 }
 
 impl Stopped {
     /// What changed on `side`, if its column did.
     pub fn on(&self, side: Side) -> Option<&str> {
-        match side {
-            Side::Left => self.left.as_deref(),
-            Side::Right => self.right.as_deref(),
+        match side.index() {
+            0 => self.left.as_deref(),
+            1 => self.right.as_deref(),
+            n => self.more.get(n - 2).and_then(Option::as_deref),
         }
     }
 
     pub fn on_mut(&mut self, side: Side) -> &mut Option<String> {
-        match side {
-            Side::Left => &mut self.left,
-            Side::Right => &mut self.right,
+        match side.index() {
+            0 => &mut self.left,
+            1 => &mut self.right,
+            n => {
+                if self.more.len() < n - 1 {
+                    self.more.resize(n - 1, None);
+                }
+                &mut self.more[n - 2]
+            }
         }
     }
 
@@ -200,6 +221,7 @@ impl Stopped {
     pub fn reason(&self) -> String {
         [&self.left, &self.right]
             .into_iter()
+            .chain(&self.more)
             .flatten()
             .cloned()
             .collect::<Vec<_>>()
@@ -219,10 +241,21 @@ pub struct MapError {
 impl SyncSpec {
     /// A side's connection name, as messages name it.
     pub fn side_name(&self, side: Side) -> &str {
-        match side {
-            Side::Left => &self.left_name,
-            Side::Right => &self.right_name,
+        match side.index() {
+            0 => &self.left_name,
+            1 => &self.right_name,
+            n => &self.more_names[n - 2],
         }
+    }
+
+    /// How many sides the sync has: two, or more.
+    pub fn sides(&self) -> usize {
+        2 + self.more_names.len()
+    }
+
+    /// The sync's sides, in config order.
+    pub fn all_sides(&self) -> impl Iterator<Item = Side> {
+        Side::all(self.sides())
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
@@ -231,9 +264,11 @@ impl SyncSpec {
 
     /// A side's record filter, if it has one.
     pub fn filter(&self, side: Side) -> Option<&super::Filter> {
-        match side {
-            Side::Left => self.scope.left.as_ref(),
-            Side::Right => self.scope.right.as_ref(),
+        // A sync of more than two sides has none: config refuses them there.
+        match side.index() {
+            0 => self.scope.left.as_ref(),
+            1 => self.scope.right.as_ref(),
+            _ => None,
         }
     }
 
@@ -278,14 +313,16 @@ impl SyncSpec {
             if self.stopped_on(&f.name, side) {
                 continue;
             }
+            // Values translate between the left and the right only (config refuses them in a
+            // sync of more sides).
             let v = match side {
-                Side::Left => v,
-                Side::Right => f
+                Side::RIGHT => f
                     .values
                     .iter()
                     .find(|(_, r)| *r == v)
                     .map(|(l, _)| l.clone())
                     .unwrap_or(v),
+                _ => v,
             };
             let v = convert(v, f.left_type).map_err(|message| MapError {
                 field: name.to_owned(),
@@ -306,8 +343,7 @@ impl SyncSpec {
             }
             let side_name = f.side_name(side);
             let (v, ty) = match side {
-                Side::Left => (v.clone(), f.left_type),
-                Side::Right => (
+                Side::RIGHT => (
                     f.values
                         .iter()
                         .find(|(l, _)| l == v)
@@ -315,6 +351,7 @@ impl SyncSpec {
                         .unwrap_or_else(|| v.clone()),
                     f.right_type,
                 ),
+                _ => (v.clone(), f.side_type(side)),
             };
             let v = convert(v, ty).map_err(|message| MapError {
                 field: side_name.to_owned(),
@@ -332,6 +369,7 @@ pub(crate) mod tests {
 
     pub fn spec() -> SyncSpec {
         let text = |n: &str, l: &str, r: &str| FieldSpec {
+            more: Vec::new(),
             name: n.into(),
             left: l.into(),
             right: r.into(),
@@ -343,6 +381,7 @@ pub(crate) mod tests {
             counter: false,
         };
         SyncSpec {
+            more_names: Vec::new(),
             name: "crm-erp".into(),
             origin: "duplex:crm-erp".into(),
             left_name: "crm".into(),
@@ -378,11 +417,11 @@ pub(crate) mod tests {
             ("status_code", Value::Int(2)),
             ("unmapped", Value::Int(7)),
         ];
-        let common = s.map_in(Side::Right, right).unwrap();
+        let common = s.map_in(Side::RIGHT, right).unwrap();
         assert_eq!(common.get("status"), Some(&Value::Text("lead".into())));
         assert_eq!(common.get("email"), Some(&Value::Text("a@x".into())));
         assert!(!common.contains_key("unmapped"));
-        let out = s.map_out(Side::Right, &common).unwrap();
+        let out = s.map_out(Side::RIGHT, &common).unwrap();
         assert!(out.contains(&("status_code".into(), Value::Int(2))));
         assert!(out.contains(&("mail".into(), Value::Text("a@x".into()))));
     }
@@ -392,7 +431,7 @@ pub(crate) mod tests {
         let s = spec();
         let mut common = Fields::new();
         common.insert("status".into(), Value::Text("churned".into()));
-        let err = s.map_out(Side::Right, &common).unwrap_err();
+        let err = s.map_out(Side::RIGHT, &common).unwrap_err();
         assert_eq!(err.field, "status_code");
     }
 

@@ -41,7 +41,46 @@ pub struct ConflictNote {
     pub base: Option<Value>,
     pub left: Option<Value>,
     pub right: Option<Value>,
+    /// The third side's value and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Option<Value>>,
     pub reason: String,
+}
+
+impl ConflictNote {
+    /// A conflict on `field` of `link`, with each side's value as last seen.
+    pub fn of_link(link: &Link, field: &str, reason: String) -> ConflictNote {
+        let mut values = link
+            .each_side()
+            .map(|(_, st)| st.seen.as_ref().and_then(|f| f.get(field)).cloned());
+        ConflictNote {
+            link: link.id,
+            field: field.to_owned(),
+            base: link.base.get(field).cloned(),
+            left: values.next().flatten(),
+            right: values.next().flatten(),
+            more: values.collect(),
+            reason,
+        }
+    }
+
+    /// `side`'s value.
+    pub fn value(&self, side: Side) -> Option<&Value> {
+        match side.index() {
+            0 => self.left.as_ref(),
+            1 => self.right.as_ref(),
+            n => self.more.get(n - 2).and_then(Option::as_ref),
+        }
+    }
+
+    /// Every side's value, in config order.
+    pub fn values(&self) -> impl Iterator<Item = (Side, Option<&Value>)> {
+        [self.left.as_ref(), self.right.as_ref()]
+            .into_iter()
+            .chain(self.more.iter().map(Option::as_ref))
+            .enumerate()
+            .map(|(i, v)| (Side::nth(i), v))
+    }
 }
 
 /// A field both sides changed to different values since the base, settled by last-writer-wins
@@ -73,6 +112,34 @@ pub struct Decided {
     /// The plugin that answered for the rule (its name and content hash), as the driver knew it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// The third side and on, in a sync of more than two: its value when it changed the field
+    /// too, and its change time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<DecidedSide>,
+}
+
+/// A side's part in a decision, beyond the left and the right.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecidedSide {
+    /// Its value, when it changed the field; none when it did not.
+    pub value: Option<Value>,
+    pub at: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_time: bool,
+}
+
+impl Decided {
+    /// `side`'s value (none: it did not change the field), change time, and whether that time
+    /// is Duplex's reading.
+    pub fn side(&self, side: Side) -> (Option<&Value>, Option<i64>, bool) {
+        match side.index() {
+            0 => (Some(&self.left), self.left_at, self.left_read_time),
+            1 => (Some(&self.right), self.right_at, self.right_read_time),
+            n => self.more.get(n - 2).map_or((None, None, false), |d| {
+                (d.value.as_ref(), d.at, d.read_time)
+            }),
+        }
+    }
 }
 
 /// What a merge decided for one link.
@@ -118,23 +185,27 @@ fn settle_conflict(
     answers: &BTreeMap<(u64, String), RuleAnswer>,
 ) -> Settled {
     match spec.policy_for(field) {
-        Policy::Prefer(Side::Left) => Settled::Value(left.clone()),
-        Policy::Prefer(Side::Right) => Settled::Value(right.clone()),
+        Policy::Prefer(Side::LEFT) => Settled::Value(left.clone()),
+        Policy::Prefer(_) => Settled::Value(right.clone()),
+        Policy::Order(order) => match order.iter().find(|s| s.index() < 2) {
+            Some(&Side::RIGHT) => Settled::Value(right.clone()),
+            _ => Settled::Value(left.clone()),
+        },
         // Option orders None first: a side that only Duplex changed counts as earliest. Ties
         // go to the left, a rule that does not depend on arrival order.
         Policy::LastWriterWins => {
             if link.right.changed_at > link.left.changed_at {
-                Settled::Latest(Side::Right)
+                Settled::Latest(Side::RIGHT)
             } else {
-                Settled::Latest(Side::Left)
+                Settled::Latest(Side::LEFT)
             }
         }
         Policy::Rule(name) => match answers.get(&(link.id, field.to_owned())) {
             Some(RuleAnswer::TakeLeft) => {
-                Settled::Ruled(name.clone(), Some(Side::Left), left.clone())
+                Settled::Ruled(name.clone(), Some(Side::LEFT), left.clone())
             }
             Some(RuleAnswer::TakeRight) => {
-                Settled::Ruled(name.clone(), Some(Side::Right), right.clone())
+                Settled::Ruled(name.clone(), Some(Side::RIGHT), right.clone())
             }
             Some(RuleAnswer::Value(v)) => Settled::Ruled(name.clone(), None, v.clone()),
             Some(RuleAnswer::Manual(why)) => {
@@ -167,9 +238,9 @@ pub(crate) fn merge_link(
     }
     if l.deleted || r.deleted {
         let (gone, kept) = if l.deleted {
-            (Side::Left, Side::Right)
+            (Side::LEFT, Side::RIGHT)
         } else {
-            (Side::Right, Side::Left)
+            (Side::RIGHT, Side::LEFT)
         };
         let kept_state = link.side(kept);
         let Some(id) = kept_state.id.clone() else {
@@ -177,6 +248,7 @@ pub(crate) fn merge_link(
             return m;
         };
         let note = |reason: String| ConflictNote {
+            more: Vec::new(),
             link: link.id,
             field: WHOLE_RECORD.into(),
             base: None,
@@ -224,6 +296,7 @@ pub(crate) fn merge_link(
                 // counter waits for a person's total.
                 (Some(a), Some(c)) if a == c && !fs.counter => m.agreed.push(f.to_owned()),
                 _ => m.conflicts.push(ConflictNote {
+                    more: Vec::new(),
                     link: link.id,
                     field: f.to_owned(),
                     base: b.cloned(),
@@ -259,6 +332,7 @@ pub(crate) fn merge_link(
                 (true, true, Some(a), Some(c)) => {
                     // Both values and both times, for a person to audit the decision.
                     let decided = |winner, rule, value| Decided {
+                        more: Vec::new(),
                         link: link.id,
                         field: f.to_owned(),
                         left: a.clone(),
@@ -276,16 +350,17 @@ pub(crate) fn merge_link(
                         Settled::Value(v) => Some(v),
                         Settled::Latest(winner) => {
                             m.decided.push(decided(winner, None, None));
-                            Some(if winner == Side::Left { a } else { c }.clone())
+                            Some(if winner == Side::LEFT { a } else { c }.clone())
                         }
                         Settled::Ruled(rule, winner, v) => {
                             let own = winner.is_none().then(|| v.clone());
                             m.decided
-                                .push(decided(winner.unwrap_or(Side::Left), Some(rule), own));
+                                .push(decided(winner.unwrap_or(Side::LEFT), Some(rule), own));
                             Some(v)
                         }
                         Settled::Hold(reason) => {
                             m.conflicts.push(ConflictNote {
+                                more: Vec::new(),
                                 link: link.id,
                                 field: f.to_owned(),
                                 base: b.cloned(),
@@ -313,7 +388,7 @@ pub(crate) fn merge_link(
             }
         };
         let Some(d) = desired else { continue };
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             if !fs.direction.writes_to(side) {
                 continue;
             }

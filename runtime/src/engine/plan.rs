@@ -159,7 +159,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let mut links: BTreeMap<u64, Link> = input.links.iter().map(|l| (l.id, l.clone())).collect();
     let mut index: BTreeMap<(Side, String), u64> = BTreeMap::new();
     for l in links.values() {
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             if let Some(id) = &l.side(side).id {
                 index.insert((side, id.clone()), l.id);
             }
@@ -473,7 +473,7 @@ mod tests {
         let mut link = agreed();
         link.base
             .insert("price".into(), Value::Decimal("12.5".into()));
-        for side in [Side::Left, Side::Right] {
+        for side in [Side::LEFT, Side::RIGHT] {
             let seen = link.side_mut(side).seen.as_mut().unwrap();
             seen.insert("price".into(), Value::Decimal("12.50".into()));
         }
@@ -523,20 +523,20 @@ mod tests {
     fn concurrent_edits_of_different_fields_both_survive() {
         let s = spec();
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "Ada L."), ("status", "active")]),
             5,
         );
         let r = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "Ada"), ("status", "lead")]),
             6,
         );
         let p = plan(&input(&s, vec![l, r]));
-        assert_eq!(updates(&p, Side::Right), fields(&[("name", "Ada L.")]));
-        assert_eq!(updates(&p, Side::Left), fields(&[("status", "lead")]));
+        assert_eq!(updates(&p, Side::RIGHT), fields(&[("name", "Ada L.")]));
+        assert_eq!(updates(&p, Side::LEFT), fields(&[("status", "lead")]));
         assert!(p.conflicts.is_empty());
     }
 
@@ -548,25 +548,26 @@ mod tests {
         s.stopped.insert(
             "name".into(),
             crate::engine::Stopped {
+                more: Vec::new(),
                 right: Some("column full_name is gone from erp.clients".into()),
                 left: None,
             },
         );
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "Ada L."), ("status", "active")]),
             5,
         );
         let r = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("status", "lead")]),
             6,
         );
         let p = plan(&input(&s, vec![l, r]));
-        assert_eq!(updates(&p, Side::Right), Fields::new());
-        assert_eq!(updates(&p, Side::Left), fields(&[("status", "lead")]));
+        assert_eq!(updates(&p, Side::RIGHT), Fields::new());
+        assert_eq!(updates(&p, Side::LEFT), fields(&[("status", "lead")]));
         let link = &p.links[&7];
         assert_eq!(link.right.seen.as_ref().unwrap()["name"], text("Ada"));
         assert_eq!(link.left.seen.as_ref().unwrap()["name"], text("Ada L."));
@@ -574,7 +575,7 @@ mod tests {
         assert_eq!(
             p.unsynced,
             [Unsynced {
-                side: Side::Left,
+                side: Side::LEFT,
                 id: "1".into(),
                 field: "name".into(),
                 reason: "column full_name is gone from erp.clients".into(),
@@ -586,25 +587,25 @@ mod tests {
     fn last_writer_wins_ties_go_to_the_left() {
         let s = spec();
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "L"), ("status", "active")]),
             5,
         );
         let r = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
             5,
         );
         let p = plan(&input(&s, vec![l.clone(), r.clone()]));
-        assert_eq!(updates(&p, Side::Right), fields(&[("name", "L")]));
+        assert_eq!(updates(&p, Side::RIGHT), fields(&[("name", "L")]));
         let r_later = Observed {
             changed_at: Some(6),
             ..r
         };
         let p = plan(&input(&s, vec![l, r_later]));
-        assert_eq!(updates(&p, Side::Left), fields(&[("name", "R")]));
+        assert_eq!(updates(&p, Side::LEFT), fields(&[("name", "R")]));
     }
 
     #[test]
@@ -613,14 +614,14 @@ mod tests {
         // with the cycle's start, so an edit made after the other side's looked older.
         let s = spec();
         let name = |v: &str| fields(&[("email", "a@x"), ("name", v), ("status", "active")]);
-        let right = change(Side::Right, "r1", name("R"), 50);
+        let right = change(Side::RIGHT, "r1", name("R"), 50);
         let left = Observed {
             changed_at: None,
             read_at: 60,
-            ..change(Side::Left, "1", name("L"), 0)
+            ..change(Side::LEFT, "1", name("L"), 0)
         };
         let p = plan(&input(&s, vec![left, right]));
-        assert_eq!(updates(&p, Side::Right), fields(&[("name", "L")]));
+        assert_eq!(updates(&p, Side::RIGHT), fields(&[("name", "L")]));
         assert!(p.links[&7].left.read_time);
         assert_eq!(p.links[&7].left.changed_at, Some(60));
     }
@@ -633,11 +634,11 @@ mod tests {
         // edit at 65 is the later one.
         let left = Observed {
             read_at: 60,
-            ..change(Side::Left, "1", name("L"), 90)
+            ..change(Side::LEFT, "1", name("L"), 90)
         };
-        let right = change(Side::Right, "r1", name("R"), 65);
+        let right = change(Side::RIGHT, "r1", name("R"), 65);
         let p = plan(&input(&s, vec![left, right]));
-        assert_eq!(updates(&p, Side::Left), fields(&[("name", "R")]));
+        assert_eq!(updates(&p, Side::LEFT), fields(&[("name", "R")]));
         assert_eq!(p.links[&7].left.changed_at, Some(60));
     }
 
@@ -645,7 +646,7 @@ mod tests {
     fn last_writer_wins_records_both_values_both_times_and_the_winner() {
         let s = spec();
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
             5,
@@ -654,7 +655,7 @@ mod tests {
             changed_at: None,
             read_at: 8,
             ..change(
-                Side::Right,
+                Side::RIGHT,
                 "r1",
                 fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
                 0,
@@ -664,6 +665,7 @@ mod tests {
         assert_eq!(
             p.decided,
             vec![Decided {
+                more: Vec::new(),
                 link: 7,
                 field: "name".into(),
                 left: text("L"),
@@ -672,7 +674,7 @@ mod tests {
                 right_at: Some(8),
                 left_read_time: false,
                 right_read_time: true,
-                winner: Side::Right,
+                winner: Side::RIGHT,
                 rule: None,
                 value: None,
                 plugin: None,
@@ -692,7 +694,7 @@ mod tests {
         link.right.read_time = true;
         i.links = vec![link];
         let seen = agreed().right.seen.unwrap();
-        i.changes = vec![change(Side::Right, "r1", seen, 40)];
+        i.changes = vec![change(Side::RIGHT, "r1", seen, 40)];
         let p = plan(&i);
         assert_eq!(p.links[&7].right.changed_at, Some(40));
         assert!(!p.links[&7].right.read_time);
@@ -722,7 +724,7 @@ mod tests {
             version: Some("2".into()),
             stored,
         };
-        let rewritten = crate::engine::settle(&s, &mut link, Side::Right, &op, &outcome);
+        let rewritten = crate::engine::settle(&s, &mut link, Side::RIGHT, &op, &outcome);
         assert_eq!(rewritten, vec!["name".to_owned()]);
         assert_eq!(
             link.base["name"],
@@ -733,13 +735,13 @@ mod tests {
         let mut i = input(&s, vec![]);
         i.links = vec![link.clone()];
         let p = plan(&i);
-        assert_eq!(updates(&p, Side::Left), fields(&[("name", "ADA L.")]));
+        assert_eq!(updates(&p, Side::LEFT), fields(&[("name", "ADA L.")]));
 
         // A person on the left renamed her meanwhile, earlier by the clocks than the right's
         // later edit of another field: the person's name wins over the rewrite.
         link.right.changed_at = Some(50);
         let renamed = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[
                 ("email", "a@x"),
@@ -752,7 +754,7 @@ mod tests {
         i.links = vec![link];
         let p = plan(&i);
         assert_eq!(
-            updates(&p, Side::Right),
+            updates(&p, Side::RIGHT),
             fields(&[("name", "Ada Lovelace")])
         );
         assert!(p.decided.is_empty() && p.conflicts.is_empty());
@@ -763,13 +765,13 @@ mod tests {
         let mut s = spec();
         s.policy = Policy::Manual;
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
             5,
         );
         let r = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "R"), ("status", "active")]),
             6,
@@ -778,15 +780,15 @@ mod tests {
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].field, "name");
         assert_eq!(p.conflicts[0].base, Some(text("Ada")));
-        assert_eq!(updates(&p, Side::Right), fields(&[("status", "lead")]));
-        assert!(!updates(&p, Side::Left).contains_key("name"));
+        assert_eq!(updates(&p, Side::RIGHT), fields(&[("status", "lead")]));
+        assert!(!updates(&p, Side::LEFT).contains_key("name"));
     }
 
     #[test]
     fn an_echo_of_a_write_is_no_change() {
         let s = spec();
         let same = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "Ada"), ("status", "active")]),
             9,
@@ -801,14 +803,14 @@ mod tests {
         let mut s = spec();
         s.fields[1].direction = Direction::LeftToRight;
         let r = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "Hacked"), ("status", "active")]),
             9,
         );
         let p = plan(&input(&s, vec![r]));
-        assert_eq!(updates(&p, Side::Right), fields(&[("name", "Ada")]));
-        assert!(updates(&p, Side::Left).is_empty());
+        assert_eq!(updates(&p, Side::RIGHT), fields(&[("name", "Ada")]));
+        assert!(updates(&p, Side::LEFT).is_empty());
     }
 
     #[test]
@@ -817,10 +819,10 @@ mod tests {
         let del = Observed {
             deleted: true,
             fields: Fields::new(),
-            ..change(Side::Left, "1", Fields::new(), 5)
+            ..change(Side::LEFT, "1", Fields::new(), 5)
         };
         let edit = change(
-            Side::Right,
+            Side::RIGHT,
             "r1",
             fields(&[("email", "a@x"), ("name", "Ada R."), ("status", "active")]),
             6,
@@ -837,7 +839,7 @@ mod tests {
         let mut i = input(
             &s,
             vec![change(
-                Side::Left,
+                Side::LEFT,
                 "9",
                 fields(&[("email", "B@x"), ("name", "B")]),
                 5,
@@ -851,7 +853,7 @@ mod tests {
             read_at: 100,
         };
         i.candidates
-            .insert((Side::Right, "b@x".into()), vec![cand("r8"), cand("r9")]);
+            .insert((Side::RIGHT, "b@x".into()), vec![cand("r8"), cand("r9")]);
         let p = plan(&i);
         assert!(p.ops.is_empty());
         assert_eq!(p.rejected.len(), 1);
@@ -866,13 +868,13 @@ mod tests {
     fn the_same_input_gives_the_same_plan() {
         let s = spec();
         let l = change(
-            Side::Left,
+            Side::LEFT,
             "1",
             fields(&[("email", "a@x"), ("name", "L"), ("status", "lead")]),
             5,
         );
         let n = change(
-            Side::Right,
+            Side::RIGHT,
             "r5",
             fields(&[("email", "n@x"), ("name", "New"), ("status", "active")]),
             6,
