@@ -11,6 +11,7 @@
 
 mod counter;
 mod filter;
+mod many;
 mod mapping;
 mod merge;
 mod plan;
@@ -23,7 +24,8 @@ pub use mapping::{
     SyncSpec,
 };
 pub use merge::{
-    settle, ConflictNote, Decided, LinkStatus, Outcome, HELD_FOR_A_PERSON, WHOLE_RECORD,
+    settle, ConflictNote, Decided, DecidedSide, LinkStatus, Outcome, HELD_FOR_A_PERSON,
+    WHOLE_RECORD,
 };
 pub use plan::{
     plan, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery, Unsynced,

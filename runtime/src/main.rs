@@ -718,14 +718,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "value": serde_json::from_str::<serde_json::Value>(v)
                         .unwrap_or(serde_json::Value::String(v.clone()))
                 }),
-                _ => bail!("say how to resolve it: --take left, --take right, or --value VALUE"),
+                _ => bail!("say how to resolve it: --take left, --take right (third, ... in a sync of more sides), or --value VALUE"),
             };
             let action = format!("conflicts resolve {}", args.id);
             let resolved: anyhow::Result<Conflict> = match &op {
                 Operator::Offline(ops) => {
                     let choice = match (args.take.as_deref(), json.get("value")) {
-                        (Some("left"), _) => Choice::TakeLeft,
-                        (Some(_), _) => Choice::TakeRight,
+                        (Some(side), _) => Choice::taking(Side::named(side).ok_or_else(|| {
+                            anyhow::anyhow!("--take {side}: name a side: left, right, third, ...")
+                        })?),
                         (None, value) => {
                             let c = ops.conflict(args.id)?;
                             Choice::Value(duplex::ops::value_from_json(

@@ -10,11 +10,10 @@ fn value(v: &Option<Value>) -> String {
 
 /// One conflict on one line.
 pub fn conflict_line(c: &Conflict) -> String {
-    let ids = format!(
-        "left {} / right {}",
-        c.left_id.as_deref().unwrap_or("-"),
-        c.right_id.as_deref().unwrap_or("-")
-    );
+    let ids: Vec<String> = Side::all(c.sides())
+        .map(|s| format!("{s} {}", c.record(s).unwrap_or("-")))
+        .collect();
+    let ids = ids.join(" / ");
     let what = if c.field == crate::engine::WHOLE_RECORD {
         format!("record: {}", c.reason)
     } else {
@@ -25,12 +24,14 @@ pub fn conflict_line(c: &Conflict) -> String {
         } else {
             format!(" ({})", c.reason)
         };
+        let values: Vec<String> = Side::all(c.sides())
+            .map(|s| format!("{s} {}", value(&c.value(s).cloned())))
+            .collect();
         format!(
-            "{}: base {}, left {}, right {}{why}",
+            "{}: base {}, {}{why}",
             c.field,
             value(&c.base),
-            value(&c.left),
-            value(&c.right)
+            values.join(", ")
         )
     };
     let status = match c.status {
@@ -42,6 +43,7 @@ pub fn conflict_line(c: &Conflict) -> String {
             match &c.choice {
                 Some(Choice::TakeLeft) => "took left".to_owned(),
                 Some(Choice::TakeRight) => "took right".to_owned(),
+                Some(Choice::Take(s)) => format!("took {s}"),
                 Some(Choice::Value(v)) => format!("set {}", v.display()),
                 None => "?".to_owned(),
             }
@@ -101,9 +103,11 @@ fn decision(d: &Decided) -> String {
         );
     }
     // The others that changed the field too (in a sync of two, the other side).
-    let losers: Vec<Side> = Side::all(2 + d.more.len())
-        .filter(|s| *s != d.winner && d.side(*s).0.is_some())
-        .collect();
+    let losers: Vec<Side> = if d.among.is_empty() {
+        vec![d.winner.other()]
+    } else {
+        d.among.iter().copied().filter(|s| *s != d.winner).collect()
+    };
     let tie = if losers.iter().any(|s| d.side(*s).1 == d.side(d.winner).1) {
         if d.more.is_empty() {
             "; a tie goes to the left"
@@ -130,6 +134,7 @@ mod tests {
     fn a_decision_reads_with_both_values_both_times_and_the_winner() {
         let d = Decided {
             more: Vec::new(),
+            among: Vec::new(),
             link: 7,
             field: "name".into(),
             left: Value::Text("Ada".into()),

@@ -302,6 +302,8 @@ fn put_conflicts(
                     base: note.base.clone(),
                     left: None,
                     right: None,
+                    more_ids: Vec::new(),
+                    more: Vec::new(),
                     reason: note.reason.clone(),
                     status: ConflictStatus::Open,
                     opened_at: now,
@@ -311,15 +313,21 @@ fn put_conflicts(
                 }
             }
         };
-        if existing.is_some() && record.left == note.left && record.right == note.right {
+        if existing.is_some()
+            && record.left == note.left
+            && record.right == note.right
+            && record.more == note.more
+        {
             continue;
         }
         record.left = note.left.clone();
         record.right = note.right.clone();
+        record.more = note.more.clone();
         record.updated_at = now;
         if let Some(l) = link_of(note.link) {
             record.left_id = l.left.id.clone();
             record.right_id = l.right.id.clone();
+            record.more_ids = l.more.iter().map(|s| s.id.clone()).collect();
         }
         conflicts.insert(record.id, enc(&record)?.as_slice())?;
     }
@@ -714,7 +722,30 @@ pub enum ConflictStatus {
 pub enum Choice {
     TakeLeft,
     TakeRight,
+    /// Take the value of a further side, in a sync of more than two.
+    Take(Side),
     Value(Value),
+}
+
+impl Choice {
+    /// Taking `side`'s value.
+    pub fn taking(side: Side) -> Choice {
+        match side.index() {
+            0 => Choice::TakeLeft,
+            1 => Choice::TakeRight,
+            _ => Choice::Take(side),
+        }
+    }
+
+    /// The side whose value is taken, if any.
+    pub fn taken(&self) -> Option<Side> {
+        match self {
+            Choice::TakeLeft => Some(Side::LEFT),
+            Choice::TakeRight => Some(Side::RIGHT),
+            Choice::Take(s) => Some(*s),
+            Choice::Value(_) => None,
+        }
+    }
 }
 
 /// A conflict as stored and listed.
@@ -729,12 +760,42 @@ pub struct Conflict {
     pub base: Option<Value>,
     pub left: Option<Value>,
     pub right: Option<Value>,
+    /// The third side and on, in a sync of more than two: each record's id and value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_ids: Vec<Option<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Option<Value>>,
     pub reason: String,
     pub status: ConflictStatus,
     pub opened_at: i64,
     pub updated_at: i64,
     pub resolved_by: Option<String>,
     pub choice: Option<Choice>,
+}
+
+impl Conflict {
+    /// `side`'s value.
+    pub fn value(&self, side: Side) -> Option<&Value> {
+        match side.index() {
+            0 => self.left.as_ref(),
+            1 => self.right.as_ref(),
+            n => self.more.get(n - 2).and_then(Option::as_ref),
+        }
+    }
+
+    /// `side`'s record id.
+    pub fn record(&self, side: Side) -> Option<&str> {
+        match side.index() {
+            0 => self.left_id.as_deref(),
+            1 => self.right_id.as_deref(),
+            n => self.more_ids.get(n - 2).and_then(Option::as_deref),
+        }
+    }
+
+    /// How many sides the conflict's sync has.
+    pub fn sides(&self) -> usize {
+        2 + self.more.len().max(self.more_ids.len())
+    }
 }
 
 /// A change that could not be applied, kept to be retried, with why.
@@ -1417,37 +1478,43 @@ impl State {
                 link.delete_approved = matches!(&choice, Choice::Value(Value::Text(t)) if t.eq_ignore_ascii_case("delete"));
                 link.copy_kept = !link.delete_approved;
             } else if record.field == crate::engine::WHOLE_RECORD {
-                let deleted = if link.left.deleted {
-                    Side::LEFT
-                } else {
-                    Side::RIGHT
-                };
-                let keep = match &choice {
-                    Choice::TakeLeft => deleted == Side::RIGHT,
-                    Choice::TakeRight => deleted == Side::LEFT,
-                    Choice::Value(_) => true,
-                };
+                // Taking a side that kept its record (or giving a value) keeps the record;
+                // taking a side that deleted it approves the delete.
+                let keep = choice
+                    .taken()
+                    .is_none_or(|s| s.index() < link.sides() && !link.side(s).deleted);
                 if keep {
-                    // Restore: the deleted side's record is created again from the other's.
-                    let st = link.side_mut(deleted);
-                    *st = crate::engine::SideState::default();
+                    // Restore: the deleted sides' records are created again from the others'.
+                    for i in 0..link.sides() {
+                        let st = link.side_mut(Side::nth(i));
+                        if st.deleted {
+                            *st = crate::engine::SideState::default();
+                        }
+                    }
                     link.base.clear();
                 } else {
                     link.delete_approved = true;
                 }
             } else {
                 let value = match &choice {
-                    Choice::TakeLeft => record.left.clone(),
-                    Choice::TakeRight => record.right.clone(),
                     Choice::Value(v) => Some(v.clone()),
+                    taken => {
+                        let side = taken.taken().expect("a side is taken");
+                        if side.index() >= link.sides() {
+                            return Err(StateError::Query(format!(
+                                "conflict {id}: sync {sync} has no {side} side"
+                            )));
+                        }
+                        record.value(side).cloned()
+                    }
                 };
                 if let Some(v) = value {
                     link.pins.insert(record.field.clone(), v);
                 }
             }
-            if link.left.id.is_none() || link.right.id.is_none() {
+            if link.each_side().any(|(_, s)| s.id.is_none()) {
                 let mut index = w.open_table(INDEX)?;
-                for side in [Side::LEFT, Side::RIGHT] {
+                for side in Side::all(link.sides()) {
                     if link.side(side).id.is_none() {
                         let stale: Vec<String> = index
                             .range(
@@ -1690,6 +1757,7 @@ mod tests {
             side: winner,
             decided: Some(Decided {
                 more: Vec::new(),
+                among: Vec::new(),
                 link,
                 field: "qty".into(),
                 left: Value::Int(1),

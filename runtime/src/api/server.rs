@@ -693,8 +693,7 @@ async fn dispatch(
             let id = id()?;
             let r: Resolve = from_body(body)?;
             let choice = match (r.take, r.value) {
-                (Some(Side::LEFT), None) => Choice::TakeLeft,
-                (Some(Side::RIGHT), None) => Choice::TakeRight,
+                (Some(side), None) => Choice::taking(side),
                 (None, Some(v)) => {
                     let c = ops.conflict(id)?;
                     Choice::Value(crate::ops::value_from_json(

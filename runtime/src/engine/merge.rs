@@ -116,6 +116,10 @@ pub struct Decided {
     /// too, and its change time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more: Vec<DecidedSide>,
+    /// The sides whose changes competed, in a sync of more than two; empty: the left and the
+    /// right.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub among: Vec<Side>,
 }
 
 /// A side's part in a decision, beyond the left and the right.
@@ -333,6 +337,7 @@ pub(crate) fn merge_link(
                     // Both values and both times, for a person to audit the decision.
                     let decided = |winner, rule, value| Decided {
                         more: Vec::new(),
+                        among: Vec::new(),
                         link: link.id,
                         field: f.to_owned(),
                         left: a.clone(),
@@ -533,14 +538,20 @@ fn take_stored(
 /// sides agreeing: both sides selling one item show the same value, and the total is two
 /// less. Its base is set here only the first time both sides agree, with both counted.
 pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
-    if let (Some(l), Some(r)) = (&link.left.seen, &link.right.seen) {
+    let others: Vec<&Fields> = link.more.iter().filter_map(|s| s.seen.as_ref()).collect();
+    let all_seen = others.len() == link.more.len();
+    // What every side but the left shows of `f` is `v`.
+    let all = |f: &str, v: &Value, r: &Fields| {
+        r.get(f) == Some(v) && others.iter().all(|o| o.get(f) == Some(v))
+    };
+    if let (Some(l), Some(r), true) = (&link.left.seen, &link.right.seen, all_seen) {
         for (f, v) in l {
             // A stopped field's base stays as the sides last agreed it, for when it resumes.
             if spec.is_stopped(f) {
                 continue;
             }
             if spec.is_counter(f) {
-                if !link.base.contains_key(f) && r.get(f) == Some(v) {
+                if !link.base.contains_key(f) && all(f, v, r) {
                     link.base.insert(f.clone(), v.clone());
                     link.left.counted.insert(f.clone(), v.clone());
                     link.right.counted.insert(f.clone(), v.clone());
@@ -550,25 +561,28 @@ pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
             // Most agreed values are already the base, to the letter: copy only the others
             // ("12.50" replaces "12.5", as it did before this check).
             let unchanged = link.base.get(f).is_some_and(|b| b.same_text(v));
-            if !unchanged && r.get(f) == Some(v) {
+            if !unchanged && all(f, v, r) {
                 link.base.insert(f.clone(), v.clone());
             }
         }
         // A counter's pin is a person's total, taken in by `counter::count` even when both
         // sides already show it.
         link.pins
-            .retain(|f, p| spec.is_counter(f) || !(l.get(f) == Some(p) && r.get(f) == Some(p)));
+            .retain(|f, p| spec.is_counter(f) || !(l.get(f) == Some(p) && all(f, p, r)));
     }
     // A rewrite both sides now hold is agreed: nothing is pending of it.
     let base = &link.base;
-    for st in [&mut link.left, &mut link.right] {
+    for st in [&mut link.left, &mut link.right]
+        .into_iter()
+        .chain(link.more.iter_mut())
+    {
         let seen = st.seen.as_ref();
         st.rewritten
             .retain(|f| base.get(f) != seen.and_then(|s| s.get(f)));
     }
     // Gone on both sides, or gone on one and never created on the other.
     let gone = |s: &SideState| s.deleted || s.id.is_none();
-    if (link.left.deleted || link.right.deleted) && gone(&link.left) && gone(&link.right) {
+    if link.each_side().any(|(_, s)| s.deleted) && link.each_side().all(|(_, s)| gone(s)) {
         link.status = LinkStatus::Deleted;
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::counter::count;
 use super::filter::{after_merge, in_scope, scope};
+use super::many::merge_many;
 use super::mapping::SyncSpec;
 use super::merge::{merge_link, refresh, ConflictNote, Decided, LinkStatus, WHOLE_RECORD};
 use super::value::{Fields, Value};
@@ -159,8 +160,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let mut links: BTreeMap<u64, Link> = input.links.iter().map(|l| (l.id, l.clone())).collect();
     let mut index: BTreeMap<(Side, String), u64> = BTreeMap::new();
     for l in links.values() {
-        for side in [Side::LEFT, Side::RIGHT] {
-            if let Some(id) = &l.side(side).id {
+        for (side, st) in l.each_side() {
+            if let Some(id) = &st.id {
                 index.insert((side, id.clone()), l.id);
             }
         }
@@ -177,23 +178,30 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 continue;
             }
             None => match identify(input, &links, &index, change) {
-                Ok(Identified::Existing(link_id)) => {
+                Ok(Identified::Existing(link_id, with)) => {
                     out.matched += 1;
                     let link = links
                         .get_mut(&link_id)
                         .expect("index points at loaded links");
                     attach(link, change.side, &change.id);
                     index.insert(key, link_id);
+                    // A sync of more sides: records of further sides matched too.
+                    for (side, c) in with {
+                        if link.side(side).id.is_none() {
+                            attach_candidate(link, side, c);
+                            index.insert((side, c.id.clone()), link_id);
+                        }
+                    }
                     link_id
                 }
-                Ok(found) => {
-                    let mut link = Link::new(out.next_link_id);
+                Ok(Identified::New(with)) => {
+                    let mut link = Link::with_sides(out.next_link_id, spec.sides());
                     out.next_link_id += 1;
                     attach(&mut link, change.side, &change.id);
-                    if let Identified::NewWith(c) = found {
-                        out.matched += 1;
-                        attach_candidate(&mut link, change.side.other(), c);
-                        index.insert((change.side.other(), c.id.clone()), link.id);
+                    out.matched += usize::from(!with.is_empty());
+                    for (side, c) in with {
+                        attach_candidate(&mut link, side, c);
+                        index.insert((side, c.id.clone()), link.id);
                     }
                     index.insert(key, link.id);
                     let id = link.id;
@@ -230,7 +238,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 held.to_mut().insert(note.field.clone());
                 out.conflicts.push(note);
             }
-            let mut merged = merge_link(link, spec, &held, &input.answers);
+            let mut merged = if spec.sides() > 2 {
+                merge_many(link, spec, &held)
+            } else {
+                merge_link(link, spec, &held, &input.answers)
+            };
             if let Some(status) = merged.status {
                 link.status = status;
             }
@@ -259,14 +271,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
     out
 }
 
-/// Where an unlinked change belongs.
+/// Where an unlinked change belongs, with the records of other sides its match key found.
 enum Identified<'a> {
-    /// A link made from the other side's record, which this change matched.
-    Existing(u64),
-    /// A new link, paired with the other side's matching record.
-    NewWith(&'a Candidate),
-    /// A new link: the record is new to the other side.
-    New,
+    /// A link made from another side's record, which this change matched.
+    Existing(u64, Vec<(Side, &'a Candidate)>),
+    /// A new link, paired with the matching records of other sides (none: the record is new
+    /// to every other side).
+    New(Vec<(Side, &'a Candidate)>),
 }
 
 /// Finds where an unlinked change belongs; an ambiguous match is an error, never a guess.
@@ -276,37 +287,70 @@ fn identify<'a>(
     index: &BTreeMap<(Side, String), u64>,
     change: &Observed,
 ) -> Result<Identified<'a>, String> {
-    let other = change.side.other();
-    match available_candidates(input, links, index, change).as_slice() {
-        [] => Ok(Identified::New),
-        [one] => Ok(match index.get(&(other, one.id.clone())) {
-            Some(link) => Identified::Existing(*link),
-            None => Identified::NewWith(one),
-        }),
-        many => {
-            let key = input
-                .spec
-                .match_key
-                .as_ref()
-                .map_or("?", |k| k.field.as_str());
-            let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
-            Err(format!(
-                "ambiguous match: {key} {} matches {} records on the {other} side ({}); Duplex does not guess",
-                change.fields.get(key).map(Value::display).unwrap_or_default(),
-                many.len(),
-                ids.join(", ")
-            ))
+    let key = input
+        .spec
+        .match_key
+        .as_ref()
+        .map_or("?", |k| k.field.as_str());
+    let value = || {
+        change
+            .fields
+            .get(key)
+            .map(Value::display)
+            .unwrap_or_default()
+    };
+    let mut found: Vec<(Side, &'a Candidate)> = Vec::new();
+    for other in input.spec.all_sides().filter(|s| *s != change.side) {
+        match available_candidates(input, links, index, change, other).as_slice() {
+            [] => {}
+            [one] => found.push((other, one)),
+            many => {
+                let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+                return Err(format!(
+                    "ambiguous match: {key} {} matches {} records on the {other} side ({}); Duplex does not guess",
+                    value(),
+                    many.len(),
+                    ids.join(", ")
+                ));
+            }
         }
+    }
+    // Records already linked: the change joins their link, which must be one.
+    let linked: BTreeSet<u64> = found
+        .iter()
+        .filter_map(|(side, c)| index.get(&(*side, c.id.clone())).copied())
+        .collect();
+    match linked.len() {
+        0 => Ok(Identified::New(found)),
+        1 => {
+            let link = *linked.first().expect("one");
+            let unlinked = found
+                .into_iter()
+                .filter(|(side, c)| !index.contains_key(&(*side, c.id.clone())))
+                .collect();
+            Ok(Identified::Existing(link, unlinked))
+        }
+        _ => Err(format!(
+            "ambiguous match: {key} {} matches records of {} different links ({}); Duplex does not join them",
+            value(),
+            linked.len(),
+            linked
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
-/// Records on the other side with the change's match key that are not yet linked to another
+/// Records on side `other` with the change's match key that are not yet linked to another
 /// record of the change's side.
 fn available_candidates<'a>(
     input: &'a Input<'_>,
     links: &BTreeMap<u64, Link>,
     index: &BTreeMap<(Side, String), u64>,
     change: &Observed,
+    other: Side,
 ) -> Vec<&'a Candidate> {
     let Some(key) = &input.spec.match_key else {
         return Vec::new();
@@ -314,7 +358,6 @@ fn available_candidates<'a>(
     let Some(norm) = change.fields.get(&key.field).and_then(|v| key.normalise(v)) else {
         return Vec::new();
     };
-    let other = change.side.other();
     let Some(cands) = input.candidates.get(&(other, norm)) else {
         return Vec::new();
     };
@@ -666,6 +709,7 @@ mod tests {
             p.decided,
             vec![Decided {
                 more: Vec::new(),
+                among: Vec::new(),
                 link: 7,
                 field: "name".into(),
                 left: text("L"),
