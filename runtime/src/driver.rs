@@ -1254,11 +1254,7 @@ impl<S: SideIo> SyncRunner<S> {
                     let Some(why) = self.spec.stopped.get(&f.name).and_then(|s| s.on(*side)) else {
                         continue;
                     };
-                    let column = if *side == Side::LEFT {
-                        &f.left
-                    } else {
-                        &f.right
-                    };
+                    let column = f.side_name(*side);
                     let held = ch
                         .fields
                         .iter()
@@ -1716,7 +1712,7 @@ impl<S: SideIo> SyncRunner<S> {
         debug_assert!(early
             .as_ref()
             .is_none_or(|(e, _)| all_ops.iter().all(|o| o.side != *e)));
-        for side in [Side::LEFT, Side::RIGHT] {
+        for side in self.spec.all_sides() {
             if all_ops.iter().any(|o| o.side == side) {
                 self.ahead[side.index()] = None;
             }

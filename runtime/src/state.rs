@@ -176,16 +176,16 @@ fn put_links(
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
         if let Some(old) = old {
-            for side in [Side::LEFT, Side::RIGHT] {
-                if let Some(id) = &old.side(side).id {
+            for (side, st) in old.each_side() {
+                if let Some(id) = &st.id {
                     if link.side(side).id.as_ref() != Some(id) {
                         index.remove((sync, side_key(side), id.as_str()))?;
                     }
                 }
             }
         }
-        for side in [Side::LEFT, Side::RIGHT] {
-            if let Some(id) = &link.side(side).id {
+        for (side, st) in link.each_side() {
+            if let Some(id) = &st.id {
                 entries.push((side_key(side), id.as_str(), link.id));
             }
         }
