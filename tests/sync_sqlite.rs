@@ -1318,3 +1318,253 @@ async fn a_chain_of_syncs_through_a_shared_database_keeps_the_later_edit_and_ref
         "{err}"
     );
 }
+
+/// One sync over three SQLite databases, each naming the fields its own way (issue 16): one
+/// link per record. Records already in two systems are matched, not copied twice; an edit in
+/// any reaches both others; of racing edits the later wins, or the first side of the field's
+/// order; a delete reaches all three; once caught up, nothing is written again.
+#[tokio::test]
+async fn one_sync_keeps_a_record_the_same_in_three_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = |n: &str| rusqlite::Connection::open(dir.path().join(format!("{n}.db"))).unwrap();
+    let tables = [
+        ("crm", "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT, phone TEXT)"),
+        ("erp", "CREATE TABLE customers (id INTEGER PRIMARY KEY, mail TEXT NOT NULL, full_name TEXT, tel TEXT)"),
+        ("desk", "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT NOT NULL, display TEXT, phone TEXT)"),
+    ];
+    let mut config = String::new();
+    for (n, table) in tables {
+        db(n).execute_batch(table).unwrap();
+        config.push_str(&format!(
+            "[connections.{n}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{n}.db\" }}\ngrants = {{ sql = [\"sqlite://{n}.db\"] }}\n\n"
+        ));
+    }
+    config.push_str(
+        r#"[syncs.people]
+left = "crm.people"
+right = "erp.customers"
+also = ["desk.users"]
+match = { field = "email", ignore_case = true }
+fields = [
+  { name = "email", left = "email", right = "mail", also = ["email_address"] },
+  { name = "name", left = "name", right = "full_name", also = ["display"] },
+  { name = "phone", left = "phone", right = "tel", also = ["phone"], conflict = "order: erp, crm, desk" },
+]
+"#,
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &config).unwrap();
+    let app = App::load(&path).await.expect("config loads");
+    let state = app.open_state().expect("state opens");
+    let run = || async {
+        let mut writes = 0;
+        for _ in 0..2 {
+            let reports = app
+                .run_once(&state, |_, _| {})
+                .await
+                .expect("the sync runs");
+            writes += reports.values().flatten().map(|r| r.writes).sum::<usize>();
+        }
+        writes
+    };
+    let rows = |n: &str| -> Vec<(String, Option<String>, Option<String>)> {
+        let (table, email, name, phone) = match n {
+            "crm" => ("people", "email", "name", "phone"),
+            "erp" => ("customers", "mail", "full_name", "tel"),
+            _ => ("users", "email_address", "display", "phone"),
+        };
+        let c = db(n);
+        let mut q = c
+            .prepare(&format!(
+                "SELECT lower({email}), {name}, {phone} FROM {table} ORDER BY lower({email})"
+            ))
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let same_everywhere = || {
+        let crm = rows("crm");
+        assert_eq!(rows("erp"), crm, "erp differs from crm");
+        assert_eq!(rows("desk"), crm, "desk differs from crm");
+        crm
+    };
+    let exec = |n: &str, sql: &str| {
+        db(n).execute(sql, []).unwrap();
+        // Change times are the databases' clocks, to the millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+
+    // Ada is in the CRM and (typed otherwise) in the helpdesk; Bob only in the ERP.
+    exec(
+        "crm",
+        "INSERT INTO people (email, name) VALUES ('ada@example.com', 'Ada')",
+    );
+    exec(
+        "desk",
+        "INSERT INTO users (email_address, display) VALUES ('ADA@example.com', 'Ada')",
+    );
+    exec(
+        "erp",
+        "INSERT INTO customers (mail, full_name, tel) VALUES ('bob@example.com', 'Bob', '555')",
+    );
+    run().await;
+    let all = same_everywhere();
+    assert_eq!(all.len(), 2, "a record twice or missing: {all:?}");
+
+    // An edit in one reaches both others.
+    exec(
+        "desk",
+        "UPDATE users SET display = 'Ada Lovelace' WHERE email_address LIKE 'ada@%'",
+    );
+    run().await;
+    assert_eq!(same_everywhere()[0].1.as_deref(), Some("Ada Lovelace"));
+
+    // Racing edits of the name: the later (the ERP's) wins everywhere.
+    exec(
+        "crm",
+        "UPDATE people SET name = 'Ada (crm)' WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "desk",
+        "UPDATE users SET display = 'Ada (desk)' WHERE email_address LIKE 'ada@%'",
+    );
+    exec(
+        "erp",
+        "UPDATE customers SET full_name = 'Ada (erp)' WHERE mail LIKE 'ada@%'",
+    );
+    run().await;
+    assert_eq!(same_everywhere()[0].1.as_deref(), Some("Ada (erp)"));
+
+    // The phone's order puts the ERP first, then the CRM: the CRM's earlier edit beats the
+    // helpdesk's later one, and the ERP's beats both.
+    exec(
+        "crm",
+        "UPDATE people SET phone = '111' WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "desk",
+        "UPDATE users SET phone = '333' WHERE email_address LIKE 'ada@%'",
+    );
+    run().await;
+    assert_eq!(same_everywhere()[0].2.as_deref(), Some("111"));
+    exec(
+        "desk",
+        "UPDATE users SET phone = '334' WHERE email_address LIKE 'ada@%'",
+    );
+    exec(
+        "erp",
+        "UPDATE customers SET tel = '222' WHERE mail LIKE 'ada@%'",
+    );
+    exec(
+        "crm",
+        "UPDATE people SET phone = '112' WHERE email LIKE 'ada@%'",
+    );
+    run().await;
+    assert_eq!(same_everywhere()[0].2.as_deref(), Some("222"));
+
+    // A delete in one reaches both others.
+    exec(
+        "erp",
+        "DELETE FROM customers WHERE mail = 'bob@example.com'",
+    );
+    run().await;
+    assert_eq!(same_everywhere().len(), 1);
+
+    // Caught up: nothing is written again (no echo).
+    assert_eq!(run().await, 0, "writes after convergence");
+    drop(state);
+    drop(app);
+
+    // With `manual`, racing edits wait for a person, who sees all three values and takes one.
+    let manual = config.replace(
+        "also = [\"display\"] }",
+        "also = [\"display\"], conflict = \"manual\" }",
+    );
+    std::fs::write(&path, &manual).unwrap();
+    exec(
+        "crm",
+        "UPDATE people SET name = 'Ada C' WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "desk",
+        "UPDATE users SET display = 'Ada D' WHERE email_address LIKE 'ada@%'",
+    );
+    let cli = |args: &[&str]| {
+        let out = duplex(args, dir.path());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    cli(&["run", "duplex.toml", "--once"]);
+    let list = cli(&["conflicts", "list", "duplex.toml"]);
+    let line = list
+        .lines()
+        .find(|l| l.contains("name:"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains(r#"left "Ada C", right "Ada (erp)", third "Ada D""#)
+            && line.contains("crm and desk all changed name"),
+        "{line}"
+    );
+    assert_eq!(
+        rows("erp")[0].1.as_deref(),
+        Some("Ada (erp)"),
+        "a held field is not written"
+    );
+    let id = line.trim_start_matches('#').split(' ').next().unwrap();
+    cli(&["conflicts", "resolve", "duplex.toml", id, "--take", "third"]);
+    cli(&["run", "duplex.toml", "--once"]);
+    assert_eq!(same_everywhere()[0].1.as_deref(), Some("Ada D"));
+    std::fs::write(&path, &config).unwrap();
+
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("crm.people <-> erp.customers <-> desk.users"),
+        "{said}"
+    );
+
+    // A field that does not name its column on the third side is refused, with where.
+    std::fs::write(&path, config.replace(", also = [\"phone\"]", "")).unwrap();
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("syncs.people.fields[2].also")
+            && err.contains("names 0 fields for the sync's 1 further side (desk.users)"),
+        "{err}"
+    );
+    // What a sync of three sides cannot do yet is refused, with what to use instead.
+    std::fs::write(
+        &path,
+        config.replace(
+            "conflict = \"order: erp, crm, desk\"",
+            "conflict = \"prefer-left\"",
+        ),
+    )
+    .unwrap();
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("syncs.people.fields[2].conflict")
+            && err.contains("prefer-left decides between two sides"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        config.replace("order: erp, crm, desk", "order: erp, shop"),
+    )
+    .unwrap();
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("order names \"shop\", which is none of the sync's sides (crm.people, erp.customers, desk.users)"),
+        "{err}"
+    );
+}

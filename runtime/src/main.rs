@@ -162,11 +162,11 @@ struct ResolveArgs {
     config: PathBuf,
     /// The conflict's number, from `conflicts list`.
     id: u64,
-    /// Keep this side's value (`left` or `right`); for a held delete, `left`/`right` is the
-    /// side whose state wins (the deleting side approves the delete).
-    #[arg(long, value_parser = ["left", "right"], conflicts_with = "value")]
+    /// Keep this side's value (`left`, `right`, or in a sync of more sides `third`, ...); for
+    /// a held delete, the side whose state wins (a deleting side approves the delete).
+    #[arg(long, value_parser = ["left", "right", "third", "fourth", "fifth", "sixth", "seventh", "eighth"], conflicts_with = "value")]
     take: Option<String>,
-    /// Write this value to both sides (JSON: "text", 12, 12.5, true, null).
+    /// Write this value to every side (JSON: "text", 12, 12.5, true, null).
     #[arg(long)]
     value: Option<String>,
 }
