@@ -565,6 +565,17 @@ impl Loaded {
             }
             if !sync.also.is_empty() {
                 self.validate_more_sides(name, sync)?;
+            } else if let Some((i, f)) = sync
+                .fields
+                .iter()
+                .enumerate()
+                .find(|(_, f)| !f.also.is_empty())
+            {
+                return Err(self.invalid(
+                    &f.also[0],
+                    format!("syncs.{name}.fields[{i}].also"),
+                    "names a field on further sides, but the sync has none: list them in the sync's also",
+                ));
             }
             for (i, f) in sync.fields.iter().enumerate() {
                 if let Some(p) = &f.conflict {
@@ -647,11 +658,11 @@ impl Loaded {
                 "a sync of more than two sides takes no filter yet: filter in pairwise syncs through a shared side",
             ));
         }
-        let two_sided = |p: &Spanned<String>| -> Option<()> {
+        let two_sided = |p: &&Spanned<String>| {
             let s = p.get_ref().trim();
-            (s == "prefer-left" || s == "prefer-right" || s.starts_with("rule:")).then_some(())
+            s == "prefer-left" || s == "prefer-right" || s.starts_with("rule:")
         };
-        if let Some(p) = sync.conflict.as_ref().filter(|p| two_sided(p).is_some()) {
+        if let Some(p) = sync.conflict.as_ref().filter(two_sided) {
             return Err(self.invalid(
                 p,
                 format!("syncs.{name}.conflict"),
@@ -680,8 +691,7 @@ impl Loaded {
                     format!("a sync of more than two sides takes no {k} yet: {why}"),
                 ))
             };
-            if let Some(c) = f.counter.as_ref().filter(|c| *c.get_ref()) {
-                let _ = c;
+            if f.counter.as_ref().is_some_and(|c| *c.get_ref()) {
                 return refuse(&f.left, "counter", "keep a counter in a sync of two sides");
             }
             if f.values.is_some() {
@@ -691,10 +701,10 @@ impl Loaded {
                 return refuse(
                     &f.left,
                     "direction",
-                    "give the owning side first place with conflict = \"order: ...\"",
+                    "a one-way field is defined between two sides; keep it in a sync of two, or let it flow both ways with its owner first in conflict = \"order: ...\" (its edits then win races)",
                 );
             }
-            if let Some(p) = f.conflict.as_ref().filter(|p| two_sided(p).is_some()) {
+            if let Some(p) = f.conflict.as_ref().filter(two_sided) {
                 return Err(self.invalid(
                     p,
                     key("conflict"),
@@ -1062,6 +1072,69 @@ mod tests {
                 .unwrap(),
             Policy::LastWriterWins
         );
+    }
+
+    /// A sync of three sides: each field names its column on every side, `order:` names sides
+    /// by connection, and what is defined between two sides only is refused with its key.
+    #[test]
+    fn a_sync_of_three_sides_checks_its_fields_and_its_order() {
+        let config = |sync: &str, field: &str| {
+            format!(
+                r#"
+[connections.crm]
+plugin = "builtin:sql"
+[connections.erp]
+plugin = "builtin:sql"
+[connections.desk]
+plugin = "builtin:sql"
+
+[syncs.people]
+left = "crm.people"
+right = "erp.people"
+{sync}
+fields = [{{ left = "email", right = "mail", {field} }}]
+"#
+            )
+        };
+        let good = Loaded::parse(
+            Path::new("duplex.toml"),
+            config(r#"also = ["desk.users"]"#, r#"also = ["email_address"]"#),
+        )
+        .unwrap();
+        let order = Spanned::new(0..0, "order: desk, crm".to_owned());
+        let sides = ["crm.people", "erp.people", "desk.users"];
+        assert_eq!(
+            good.policy(&order, "x", &sides).unwrap(),
+            Policy::Order(vec![Side::nth(2), Side::LEFT, Side::RIGHT])
+        );
+        let twice = Spanned::new(0..0, "order: desk, desk.users".to_owned());
+        assert!(good
+            .policy(&twice, "x", &sides)
+            .unwrap_err()
+            .to_string()
+            .contains("order names desk.users twice"));
+        let shared = ["crm.people", "crm.leads"];
+        let by_conn = Spanned::new(0..0, "order: crm".to_owned());
+        assert!(good
+            .policy(&by_conn, "x", &shared)
+            .unwrap_err()
+            .to_string()
+            .contains("more than one of the sync's sides: name it as connection.stream"));
+
+        for (sync, field, says) in [
+            (r#"also = ["desk.users"]"#, "", "syncs.people.fields[0].also: names 0 fields for the sync's 1 further side (desk.users)"),
+            ("", r#"also = ["email_address"]"#, "syncs.people.fields[0].also: names a field on further sides, but the sync has none"),
+            (r#"also = ["desk.users"]"#, r#"also = ["e"], direction = "left-to-right""#, "fields[0].direction: a sync of more than two sides takes no direction yet"),
+            (r#"also = ["desk.users"]"#, r#"also = ["e"], counter = true"#, "fields[0].counter: a sync of more than two sides takes no counter yet"),
+            ("also = [\"desk.users\"]\nconflict = \"prefer-right\"", r#"also = ["e"]"#, "syncs.people.conflict: prefer-right decides between two sides"),
+            ("also = [\"desk.users\"]\nfilter = { left = \"email = 'x'\" }", r#"also = ["e"]"#, "syncs.people.filter: a sync of more than two sides takes no filter yet"),
+            (r#"also = ["shop.items"]"#, r#"also = ["e"]"#, "syncs.people.also[0]: no connection named shop"),
+        ] {
+            let err = Loaded::parse(Path::new("duplex.toml"), config(sync, field))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{sync} / {field}: {err}");
+        }
     }
 
     /// An HTTP connection's grants, secrets, headers, rates, OAuth and signatures parse into one

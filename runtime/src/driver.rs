@@ -1258,7 +1258,7 @@ impl<S: SideIo> SyncRunner<S> {
                     let held = ch
                         .fields
                         .iter()
-                        .any(|v| &v.name == column && !matches!(v.value, plugin::Value::Null));
+                        .any(|v| v.name == column && !matches!(v.value, plugin::Value::Null));
                     if held {
                         unsynced
                             .entry((*side, ch.id.clone()))
