@@ -1102,6 +1102,30 @@ async fn a_dry_run_changes_no_byte_and_plans_what_the_real_run_does() {
 /// changes that could not sync are reported, `status` and `check` say what changed, a restart
 /// keeps the stops, and `check --accept` takes the new schema once the config maps it.
 #[tokio::test]
+async fn a_column_dropped_while_duplex_was_stopped_is_shown_by_status() {
+    let s = Setup::new("last-writer-wins", "propagate", "");
+    let dir = s.dir.path();
+    let (app, state, _) = s.sync().await;
+    drop(state);
+    drop(app);
+    s.erp()
+        .execute_batch("ALTER TABLE clients DROP COLUMN visits")
+        .unwrap();
+    let run = duplex(&["run", "duplex.toml", "--once"], dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let status = duplex(&["status", "duplex.toml"], dir);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        out.contains("schema: field visits stopped: column visits is gone from erp.clients"),
+        "a drift found as the config loaded was not kept: {out}"
+    );
+}
+
+#[tokio::test]
 async fn a_dropped_and_a_renamed_column_stop_only_their_fields() {
     let s = Setup::new("last-writer-wins", "propagate", "");
     let dir = s.dir.path();

@@ -531,7 +531,7 @@ async fn hook(
             let syncs: Vec<String> = registry
                 .infos
                 .iter()
-                .filter(|s| s.left.starts_with(&prefix) || s.right.starts_with(&prefix))
+                .filter(|s| s.streams().any(|st| st.starts_with(&prefix)))
                 .map(|s| s.name.clone())
                 .collect();
             for sync in &syncs {
@@ -788,8 +788,11 @@ impl SyncSetup {
         let name = &self.sync.spec.name;
         let dir = crate::schema::dir(&self.state_path);
         let mut record = self.sync.schema.clone();
-        let mut kept = self.sync.schema_kept;
+        let mut unsaved = !self.sync.schema_kept;
         if let Ok(Some(latest)) = SyncSchema::load(&dir, name) {
+            // A drift found as the config loaded (a column dropped while Duplex was stopped)
+            // is in `record` only: kept too, or `status` and `check` would not show it.
+            unsaved = record.stopped != latest.stopped;
             for (field, stop) in latest.stopped {
                 let mine = record.stopped.entry(field).or_default();
                 for side in self.sync.spec.all_sides() {
@@ -798,11 +801,10 @@ impl SyncSetup {
                     *mine = mine.take().or(theirs);
                 }
             }
-            kept = true;
         }
         let labels = self.sync.streams();
         self.runner_with(|side| side)
-            .watching_schema(SchemaWatch::new(dir, record, labels, !kept))
+            .watching_schema(SchemaWatch::new(dir, record, labels, unsaved))
     }
 
     /// A runner for a dry run: its sides change nothing (see [`PluginSide::read_only`]).

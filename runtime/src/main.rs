@@ -1121,8 +1121,7 @@ fn accept_schemas(app: &App) -> anyhow::Result<()> {
 fn print_status(syncs: &[SyncStatus]) {
     for s in syncs {
         let name = &s.info.name;
-        let mut sides = vec![s.info.left.as_str(), s.info.right.as_str()];
-        sides.extend(s.info.also.iter().map(String::as_str));
+        let sides: Vec<&str> = s.info.streams().collect();
         println!("sync {name}: {}", sides.join(" <-> "));
         if let Some(p) = &s.paused {
             println!(

@@ -66,6 +66,15 @@ pub struct SyncInfo {
     pub schedule: String,
 }
 
+impl SyncInfo {
+    /// Every side's `connection.stream`, in config order.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        [self.left.as_str(), self.right.as_str()]
+            .into_iter()
+            .chain(self.also.iter().map(String::as_str))
+    }
+}
+
 /// A plugin the config uses, as `duplex plugin inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginView {
