@@ -1008,37 +1008,31 @@ pub fn side_key(side: Side) -> String {
     }
 }
 
+/// Each side's config key (see [`side_key`]) with what it names, in the order of sides.
+fn by_side<'a>(
+    left: &'a Spanned<String>,
+    right: &'a Spanned<String>,
+    also: &'a [Spanned<String>],
+) -> Vec<(String, &'a Spanned<String>)> {
+    [left, right]
+        .into_iter()
+        .chain(also)
+        .enumerate()
+        .map(|(i, s)| (side_key(Side::nth(i)), s))
+        .collect()
+}
+
 impl SyncConfig {
     /// Each side's key and `connection.stream`, in order: `left`, `right`, then `also[i]`.
     pub fn streams(&self) -> Vec<(String, &Spanned<String>)> {
-        let mut out = vec![
-            ("left".to_owned(), &self.left),
-            ("right".to_owned(), &self.right),
-        ];
-        out.extend(
-            self.also
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("also[{i}]"), s)),
-        );
-        out
+        by_side(&self.left, &self.right, &self.also)
     }
 }
 
 impl FieldConfig {
     /// Each side's key and field name, in the sync's order of sides.
     pub fn names(&self) -> Vec<(String, &Spanned<String>)> {
-        let mut out = vec![
-            ("left".to_owned(), &self.left),
-            ("right".to_owned(), &self.right),
-        ];
-        out.extend(
-            self.also
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("also[{i}]"), s)),
-        );
-        out
+        by_side(&self.left, &self.right, &self.also)
     }
 }
 

@@ -17,21 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::mapping::{DeletePolicy, Policy, SyncSpec};
 use super::merge::{
-    ConflictNote, Decided, DecidedSide, LinkStatus, Merged, HELD_FOR_A_PERSON, WHOLE_RECORD,
+    changed_since_base, get, writes_to_ops, ConflictNote, Decided, DecidedSide, LinkStatus, Merged,
+    HELD_FOR_A_PERSON, WHOLE_RECORD,
 };
 use super::plan::OpKind;
 use super::value::{Fields, Value};
 use super::{Link, Side, SideState};
-
-fn get<'a>(st: &'a SideState, field: &str) -> Option<&'a Value> {
-    st.seen.as_ref().and_then(|s| s.get(field))
-}
-
-fn changed_since_base(st: &SideState, base: &Fields) -> bool {
-    st.seen
-        .as_ref()
-        .is_some_and(|seen| seen.iter().any(|(f, v)| base.get(f) != Some(v)))
-}
 
 /// The sides' names as a list for a message: `crm, erp and desk`.
 fn names(spec: &SyncSpec, sides: impl IntoIterator<Item = Side>) -> String {
@@ -102,20 +93,7 @@ pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) 
             }
         }
     }
-    for (side, fields) in writes {
-        let st = link.side(side);
-        match &st.id {
-            None => m.ops.push((side, OpKind::Create { fields })),
-            Some(id) => m.ops.push((
-                side,
-                OpKind::Update {
-                    id: id.clone(),
-                    fields,
-                    if_version: st.version.clone(),
-                },
-            )),
-        }
-    }
+    m.ops.extend(writes_to_ops(link, writes));
     m
 }
 

@@ -159,13 +159,13 @@ pub(crate) struct Merged {
 }
 
 /// Whether a side's record differs from the base on any field it shows.
-fn changed_since_base(side: &SideState, base: &Fields) -> bool {
+pub(crate) fn changed_since_base(side: &SideState, base: &Fields) -> bool {
     side.seen
         .as_ref()
         .is_some_and(|seen| seen.iter().any(|(f, v)| base.get(f) != Some(v)))
 }
 
-fn get<'a>(side: &'a SideState, field: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(side: &'a SideState, field: &str) -> Option<&'a Value> {
     side.seen.as_ref().and_then(|s| s.get(field))
 }
 
@@ -406,21 +406,28 @@ pub(crate) fn merge_link(
             }
         }
     }
-    for (side, fields) in writes {
-        let st = link.side(side);
-        match &st.id {
-            None => m.ops.push((side, OpKind::Create { fields })),
-            Some(id) => m.ops.push((
-                side,
-                OpKind::Update {
-                    id: id.clone(),
-                    fields,
-                    if_version: st.version.clone(),
-                },
-            )),
-        }
-    }
+    m.ops.extend(writes_to_ops(link, writes));
     m
+}
+
+/// The fields to write to each side as ops: an update of the side's record (conditional on
+/// its version), or a create where it has none.
+pub(crate) fn writes_to_ops(
+    link: &Link,
+    writes: BTreeMap<Side, Fields>,
+) -> impl Iterator<Item = (Side, OpKind)> + '_ {
+    writes.into_iter().map(|(side, fields)| {
+        let st = link.side(side);
+        let kind = match &st.id {
+            None => OpKind::Create { fields },
+            Some(id) => OpKind::Update {
+                id: id.clone(),
+                fields,
+                if_version: st.version.clone(),
+            },
+        };
+        (side, kind)
+    })
 }
 
 /// How a write went, as far as the link is concerned.
