@@ -482,7 +482,7 @@ impl Sim {
         self.world.advance(1_000);
         self.cycles += 1;
         self.plan_mid_cycle(step);
-        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &[&self.left, &self.right]) {
             self.crashes += 1;
             if std::env::var("SIM_TRACE").is_ok() {
                 println!("   (crash injected)");
@@ -493,7 +493,7 @@ impl Sim {
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
         }
-        sim::clear_crashes(&self.state, &self.left, &self.right);
+        sim::clear_crashes(&self.state, &[&self.left, &self.right]);
     }
 
     /// Runs cycles until both sides are caught up.

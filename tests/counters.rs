@@ -3,7 +3,9 @@
 //! driver makes, so between a conditional write's read and its write), with crashes injected
 //! between any two steps of a cycle. Once the sales stop and the sync catches up, every item's
 //! counters on both sides must equal their first value plus every change made on either side,
-//! exactly: no sale lost, none counted twice, and nothing left for a person.
+//! exactly: no sale lost, none counted twice, and nothing left for a person. The same runs
+//! against one sync of three systems (a shop, a warehouse and a marketplace), every sale on any
+//! of them counted.
 
 // Test helpers unwrap too: a panic there is a failed test with its message.
 #![allow(clippy::unwrap_used)]
@@ -28,9 +30,20 @@ const FIRST_STOCK: i64 = 100;
 /// 50.00, in cents.
 const FIRST_BALANCE: i64 = 5_000;
 
-fn spec() -> SyncSpec {
+/// The sync of `n` systems: a shop and a warehouse, and a marketplace when three.
+fn spec(n: usize) -> SyncSpec {
     let field = |name: &str, right: &str, ty: FieldType, counter: bool| FieldSpec {
-        more: Vec::new(),
+        more: (2..n)
+            .map(|i| {
+                let names = field_names(Side::nth(i));
+                let third = match name {
+                    "sku" => names.0,
+                    "stock" => names.1,
+                    _ => names.2,
+                };
+                (third.to_owned(), ty)
+            })
+            .collect(),
         name: name.into(),
         left: name.into(),
         right: right.into(),
@@ -42,7 +55,7 @@ fn spec() -> SyncSpec {
         counter,
     };
     SyncSpec {
-        more_names: Vec::new(),
+        more_names: (2..n).map(|_| "market".to_owned()).collect(),
         name: "stock".into(),
         origin: "duplex:stock".into(),
         left_name: "shop".into(),
@@ -69,9 +82,10 @@ fn cents(v: i64) -> String {
 }
 
 fn field_names(side: Side) -> (&'static str, &'static str, &'static str) {
-    match side {
-        Side::LEFT => ("sku", "stock", "balance"),
-        _ => ("code", "on_hand", "credit"),
+    match side.index() {
+        0 => ("sku", "stock", "balance"),
+        1 => ("code", "on_hand", "credit"),
+        _ => ("ref", "quantity", "account"),
     }
 }
 
@@ -86,11 +100,8 @@ struct Sale {
 }
 
 /// Makes a sale on its system; false when the item's record is not there yet.
-fn sell(left: &Shared, right: &Shared, s: Sale) -> bool {
-    let sys = match s.side {
-        Side::LEFT => left,
-        _ => right,
-    };
+fn sell(systems: &[Shared], s: Sale) -> bool {
+    let sys = &systems[s.side.index()];
     let (sku, stock, balance) = field_names(s.side);
     let mut sys = sys.0.borrow_mut();
     let want = format!("item-{}", s.item);
@@ -121,8 +132,8 @@ type MidCycle = Rc<RefCell<(Vec<(u64, Sale)>, Vec<Sale>)>>;
 struct Shop {
     rng: Rng,
     world: Rc<World>,
-    left: Shared,
-    right: Shared,
+    /// The shop, the warehouse, and the marketplace in a sync of three.
+    systems: Vec<Shared>,
     runner: SyncRunner<Shared>,
     state: State,
     /// Every item's units and cents as they must end: the first value plus every sale made.
@@ -135,13 +146,15 @@ struct Shop {
 }
 
 impl Shop {
-    fn new(seed: u64) -> Shop {
+    fn new(seed: u64, n: usize) -> Shop {
         let world = World::new(1_000_000);
-        let left = Shared::in_world("", world.clone());
-        let right = Shared::in_world("w", world.clone());
+        let systems: Vec<Shared> = ["", "w", "m"][..n]
+            .iter()
+            .map(|p| Shared::in_world(p, world.clone()))
+            .collect();
         let mid_cycle: MidCycle = Rc::default();
         {
-            let (left, right, mid) = (left.clone(), right.clone(), mid_cycle.clone());
+            let (systems, mid) = (systems.clone(), mid_cycle.clone());
             world.set_before_call(move |call| {
                 let due: Vec<Sale> = {
                     let mut m = mid.borrow_mut();
@@ -150,7 +163,7 @@ impl Shop {
                     due.into_iter().map(|(_, s)| s).collect()
                 };
                 for s in due {
-                    if sell(&left, &right, s) {
+                    if sell(&systems, s) {
                         mid.borrow_mut().1.push(s);
                     }
                 }
@@ -161,25 +174,29 @@ impl Shop {
         for item in 0..ITEMS {
             let mut sides = vec![Side::LEFT];
             if rng.chance(25) {
-                sides.push(Side::RIGHT);
+                // Of two systems, the other one, as the two-sided runs always did.
+                let other = if n == 2 {
+                    1
+                } else {
+                    1 + rng.below(n as u64 - 1) as usize
+                };
+                sides.push(Side::nth(other));
             }
             for side in sides {
                 let (sku, stock, balance) = field_names(side);
-                let sys = if side == Side::LEFT { &left } else { &right };
-                sys.0.borrow_mut().user_create(&[
+                systems[side.index()].0.borrow_mut().user_create(&[
                     (sku, Value::Text(format!("item-{item}"))),
                     (stock, Value::Integer(FIRST_STOCK)),
                     (balance, Value::Decimal(cents(FIRST_BALANCE))),
                 ]);
             }
         }
-        let runner = SyncRunner::new(spec(), left.clone(), right.clone(), 3, Rules::new())
+        let runner = SyncRunner::of(spec(n), systems.clone(), 3, Rules::new())
             .with_clock(world.driver_clock());
         Shop {
             rng,
             world,
-            left,
-            right,
+            systems,
             runner,
             state: State::in_memory().unwrap(),
             expected: vec![(FIRST_STOCK, FIRST_BALANCE); ITEMS],
@@ -194,7 +211,7 @@ impl Shop {
         let units = self.rng.below(7) as i64 - 4; // mostly sales, some restocks
         Sale {
             item: self.rng.below(ITEMS as u64) as usize,
-            side: self.rng.side(),
+            side: self.rng.side_of(self.systems.len()),
             units: if units == 0 { 5 } else { units },
             amount: self.rng.below(2_001) as i64 - 1_000,
         }
@@ -215,7 +232,8 @@ impl Shop {
                 .collect();
             self.mid_cycle.borrow_mut().0 = planned;
         }
-        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
+        let systems: Vec<&Shared> = self.systems.iter().collect();
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &systems) {
             self.crashes += 1;
             if std::env::var("SIM_TRACE").is_ok() {
                 println!("   (crash injected)");
@@ -234,19 +252,18 @@ impl Shop {
             println!("   cycle: {r:?}; sales in it: {made:?}");
             self.books();
         }
-        sim::clear_crashes(&self.state, &self.left, &self.right);
+        sim::clear_crashes(&self.state, &self.refs());
     }
 
     /// Cycles until two in a row find nothing to do; returns the writes made after that.
     async fn settle(&mut self) -> usize {
-        sim::settle(
-            &mut self.runner,
-            &self.state,
-            &self.world,
-            &self.left,
-            &self.right,
-        )
-        .await
+        let systems = self.systems.clone();
+        let refs: Vec<&Shared> = systems.iter().collect();
+        sim::settle(&mut self.runner, &self.state, &self.world, &refs).await
+    }
+
+    fn refs(&self) -> Vec<&Shared> {
+        self.systems.iter().collect()
     }
 
     /// Resolves the counters held after a crash with the books' totals; returns how many.
@@ -297,12 +314,7 @@ impl Shop {
             let get = |side: Side| -> Option<i64> {
                 let (_, stock, _) = field_names(side);
                 let st = link.side(side);
-                let sys = if side == Side::LEFT {
-                    &self.left
-                } else {
-                    &self.right
-                };
-                let sys = sys.0.borrow();
+                let sys = self.systems[side.index()].0.borrow();
                 let Value::Integer(now) = sys.records.get(st.id.as_ref()?)?.get(stock)? else {
                     return None;
                 };
@@ -316,14 +328,16 @@ impl Shop {
                 Some(duplex::engine::Value::Int(i)) => *i,
                 _ => continue,
             };
-            let (l, r) = (get(Side::LEFT).unwrap_or(0), get(Side::RIGHT).unwrap_or(0));
+            let changes: Vec<i64> = Side::all(self.systems.len())
+                .map(|s| get(s).unwrap_or(0))
+                .collect();
             let books = self.expected[item].0;
-            let mark = if total + l + r == books {
+            let mark = if total + changes.iter().sum::<i64>() == books {
                 ""
             } else {
                 "   <-- off"
             };
-            println!("     item-{item}: books {books}, total {total} + left {l} + right {r} (intents {intents}){mark}");
+            println!("     item-{item}: books {books}, total {total} + changes by side {changes:?} (intents {intents}){mark}");
         }
     }
 
@@ -333,14 +347,9 @@ impl Shop {
             conflicts.is_empty(),
             "seed {seed}: conflicts left: {conflicts:?}"
         );
-        for side in [Side::LEFT, Side::RIGHT] {
+        for side in Side::all(self.systems.len()) {
             let (sku, stock, balance) = field_names(side);
-            let sys = if side == Side::LEFT {
-                &self.left
-            } else {
-                &self.right
-            };
-            let sys = sys.0.borrow();
+            let sys = self.systems[side.index()].0.borrow();
             for (item, (units, amount)) in self.expected.iter().enumerate() {
                 let records: Vec<_> = sys
                     .records
@@ -371,8 +380,8 @@ impl Shop {
     }
 }
 
-async fn run(seed: u64, crashes: bool) -> Shop {
-    let mut shop = Shop::new(seed);
+async fn run(seed: u64, n: usize, crashes: bool) -> Shop {
+    let mut shop = Shop::new(seed, n);
     // Twins typed into both systems before any sync have no common first value to add changes
     // to: the first sync links them (their values agree), and the sales start after it.
     shop.settle().await;
@@ -384,7 +393,7 @@ async fn run(seed: u64, crashes: bool) -> Shop {
             if std::env::var("SIM_TRACE").is_ok() {
                 println!("sale {s:?}");
             }
-            if sell(&shop.left, &shop.right, s) {
+            if sell(&shop.systems, s) {
                 shop.record(s);
             }
         }
@@ -402,32 +411,42 @@ async fn run(seed: u64, crashes: bool) -> Shop {
     shop
 }
 
-async fn check_schedules(crashes: bool, schedules: u64) {
+async fn check_schedules(n: usize, crashes: bool, schedules: u64) {
     let (mut sales, mut crashed, mut unsure) = (0, 0, 0);
     for seed in 0..schedules {
-        let shop = run(seed, crashes).await;
+        let shop = run(seed, n, crashes).await;
         shop.check(seed);
         sales += shop.sales;
         crashed += shop.crashes;
         unsure += shop.unsure;
     }
     println!(
-        "checked {schedules} schedules: {sales} sales and restocks on both sides, {crashed} crashes \
+        "checked {schedules} schedules of {n} systems: {sales} sales and restocks, {crashed} crashes \
          injected, {unsure} counters whose write a crash cut short held for a person"
     );
 }
 
 #[tokio::test]
 async fn concurrent_sales_on_both_sides_all_count() {
-    check_schedules(false, 1_000).await;
+    check_schedules(2, false, 1_000).await;
 }
 
 #[tokio::test]
 async fn concurrent_sales_and_crashes_count_every_sale_exactly_once() {
-    check_schedules(true, 1_500).await;
+    check_schedules(2, true, 1_500).await;
 }
 
-/// `SIM_SEED=3 SIM_CRASH=1 cargo test --test counters replay -- --ignored --nocapture`
+#[tokio::test]
+async fn concurrent_sales_on_three_systems_all_count() {
+    check_schedules(3, false, 1_000).await;
+}
+
+#[tokio::test]
+async fn concurrent_sales_on_three_systems_and_crashes_count_every_sale_exactly_once() {
+    check_schedules(3, true, 1_500).await;
+}
+
+/// `SIM_SEED=3 SIM_CRASH=1 SIM_SIDES=3 cargo test --test counters replay -- --ignored --nocapture`
 #[tokio::test]
 #[ignore]
 async fn replay() {
@@ -435,10 +454,12 @@ async fn replay() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let shop = run(seed, std::env::var("SIM_CRASH").is_ok()).await;
+    let n = std::env::var("SIM_SIDES").map_or(2, |s| s.parse().unwrap());
+    let shop = run(seed, n, std::env::var("SIM_CRASH").is_ok()).await;
     println!("expected: {:?}", shop.expected);
-    println!("left: {:#?}", shop.left.0.borrow().records);
-    println!("right: {:#?}", shop.right.0.borrow().records);
+    for (side, sys) in shop.systems.iter().enumerate() {
+        println!("side {side}: {:#?}", sys.0.borrow().records);
+    }
     for l in shop.state.all_links("stock").unwrap() {
         println!("link {l:?}");
     }

@@ -162,14 +162,14 @@ impl Sim {
 
     async fn cycle(&mut self, crashes: bool) {
         self.world.advance(1_000);
-        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &self.left, &self.right) {
+        if crashes && sim::maybe_crash(&mut self.rng, &self.state, &[&self.left, &self.right]) {
             self.crashes += 1;
         }
         let r = self.runner.cycle(&self.state, self.world.tick()).await;
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
         }
-        sim::clear_crashes(&self.state, &self.left, &self.right);
+        sim::clear_crashes(&self.state, &[&self.left, &self.right]);
     }
 
     async fn settle(&mut self) -> usize {
@@ -177,8 +177,7 @@ impl Sim {
             &mut self.runner,
             &self.state,
             &self.world,
-            &self.left,
-            &self.right,
+            &[&self.left, &self.right],
         )
         .await
     }

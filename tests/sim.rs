@@ -57,19 +57,28 @@ impl Rng {
             Side::RIGHT
         }
     }
+
+    /// One of `n` sides; of two, as [`Rng::side`] picks.
+    pub fn side_of(&mut self, n: usize) -> Side {
+        if n == 2 {
+            self.side()
+        } else {
+            Side::nth(self.below(n as u64) as usize)
+        }
+    }
 }
 
 /// Sometimes (30%) arranges for the next cycle to crash: the state's commit fails after a few
 /// write transactions, or one side's call fails, a write having applied some of its ops first.
 /// Returns whether it did; [`clear_crashes`] undoes it once the cycle ran.
-pub fn maybe_crash(rng: &mut Rng, state: &State, left: &Shared, right: &Shared) -> bool {
+pub fn maybe_crash(rng: &mut Rng, state: &State, systems: &[&Shared]) -> bool {
     if !rng.chance(30) {
         return false;
     }
-    match rng.below(3) {
+    match rng.below(1 + systems.len() as u64) as usize {
         0 => state.crash_after_writes(rng.below(3) as i64),
         n => {
-            let mut s = if n == 1 { left } else { right }.0.borrow_mut();
+            let mut s = systems[n - 1].0.borrow_mut();
             s.fail_in = Some(rng.below(4) as u32);
             s.apply_before_failing = rng.below(4) as usize;
         }
@@ -77,10 +86,11 @@ pub fn maybe_crash(rng: &mut Rng, state: &State, left: &Shared, right: &Shared) 
     true
 }
 
-pub fn clear_crashes(state: &State, left: &Shared, right: &Shared) {
+pub fn clear_crashes(state: &State, systems: &[&Shared]) {
     state.crash_after_writes(-1);
-    left.0.borrow_mut().fail_in = None;
-    right.0.borrow_mut().fail_in = None;
+    for s in systems {
+        s.0.borrow_mut().fail_in = None;
+    }
 }
 
 /// Runs cycles, time jumping past every retry's backoff, until two in a row find nothing to
@@ -89,10 +99,9 @@ pub async fn settle(
     runner: &mut SyncRunner<Shared>,
     state: &State,
     world: &World,
-    left: &Shared,
-    right: &Shared,
+    systems: &[&Shared],
 ) -> usize {
-    let writes = || left.0.borrow().writes + right.0.borrow().writes;
+    let writes = || systems.iter().map(|s| s.0.borrow().writes).sum::<usize>();
     let mut idle = 0;
     for _ in 0..400 {
         world.advance(700_000_000);

@@ -1346,15 +1346,16 @@ async fn a_chain_of_syncs_through_a_shared_database_keeps_the_later_edit_and_ref
 /// One sync over three SQLite databases, each naming the fields its own way (issue 16): one
 /// link per record. Records already in two systems are matched, not copied twice; an edit in
 /// any reaches both others; of racing edits the later wins, or the first side of the field's
-/// order; a delete reaches all three; once caught up, nothing is written again.
+/// order; a counter adds the changes of all three; a delete reaches all three; once caught
+/// up, nothing is written again.
 #[tokio::test]
 async fn one_sync_keeps_a_record_the_same_in_three_databases() {
     let dir = tempfile::tempdir().unwrap();
     let db = |n: &str| rusqlite::Connection::open(dir.path().join(format!("{n}.db"))).unwrap();
     let tables = [
-        ("crm", "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT, phone TEXT)"),
-        ("erp", "CREATE TABLE customers (id INTEGER PRIMARY KEY, mail TEXT NOT NULL, full_name TEXT, tel TEXT)"),
-        ("desk", "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT NOT NULL, display TEXT, phone TEXT)"),
+        ("crm", "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0)"),
+        ("erp", "CREATE TABLE customers (id INTEGER PRIMARY KEY, mail TEXT NOT NULL, full_name TEXT, tel TEXT, licences INTEGER NOT NULL DEFAULT 0)"),
+        ("desk", "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT NOT NULL, display TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0)"),
     ];
     let mut config = String::new();
     for (n, table) in tables {
@@ -1373,6 +1374,7 @@ fields = [
   { name = "email", left = "email", right = "mail", also = ["email_address"] },
   { name = "name", left = "name", right = "full_name", also = ["display"] },
   { name = "phone", left = "phone", right = "tel", also = ["phone"], conflict = "order: erp, crm, desk" },
+  { name = "seats", left = "seats", right = "licences", also = ["seats"], counter = true },
 ]
 "#,
     );
@@ -1423,11 +1425,11 @@ fields = [
     // Ada is in the CRM and (typed otherwise) in the helpdesk; Bob only in the ERP.
     exec(
         "crm",
-        "INSERT INTO people (email, name) VALUES ('ada@example.com', 'Ada')",
+        "INSERT INTO people (email, name, seats) VALUES ('ada@example.com', 'Ada', 10)",
     );
     exec(
         "desk",
-        "INSERT INTO users (email_address, display) VALUES ('ADA@example.com', 'Ada')",
+        "INSERT INTO users (email_address, display, seats) VALUES ('ADA@example.com', 'Ada', 10)",
     );
     exec(
         "erp",
@@ -1487,6 +1489,42 @@ fields = [
     );
     run().await;
     assert_eq!(same_everywhere()[0].2.as_deref(), Some("222"));
+
+    // Seats, a counter, used on all three at once: every change counts, 10 - 1 - 2 - 3.
+    let seats = |n: &str| -> Vec<i64> {
+        let (table, email, seats) = match n {
+            "crm" => ("people", "email", "seats"),
+            "erp" => ("customers", "mail", "licences"),
+            _ => ("users", "email_address", "seats"),
+        };
+        let c = db(n);
+        let mut q = c
+            .prepare(&format!(
+                "SELECT {seats} FROM {table} ORDER BY lower({email})"
+            ))
+            .unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(seats("erp")[0], 10);
+    exec(
+        "crm",
+        "UPDATE people SET seats = seats - 1 WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "erp",
+        "UPDATE customers SET licences = licences - 2 WHERE mail LIKE 'ada@%'",
+    );
+    exec(
+        "desk",
+        "UPDATE users SET seats = seats - 3 WHERE email_address LIKE 'ada@%'",
+    );
+    run().await;
+    for n in ["crm", "erp", "desk"] {
+        assert_eq!(seats(n)[0], 4, "{n}");
+    }
 
     // A delete in one reaches both others.
     exec(

@@ -1075,7 +1075,7 @@ fn build_sync(
                             c,
                             format!("syncs.{name}.fields[{i}].counter"),
                             format!(
-                                "connection {conn} cannot write conditionally (its connector {} refuses no write to a record changed since it was read), so a change of the counter made there meanwhile would be overwritten, not added: a counter needs conditional writes on both sides",
+                                "connection {conn} cannot write conditionally (its connector {} refuses no write to a record changed since it was read), so a change of the counter made there meanwhile would be overwritten, not added: a counter needs conditional writes on every side",
                                 info.name
                             ),
                         )
@@ -1090,7 +1090,7 @@ fn build_sync(
                             c,
                             format!("syncs.{name}.fields[{i}].counter"),
                             format!(
-                                "field {} of connection {conn} is {ty:?}: a counter must be an integer or a decimal on both sides, to be added exactly",
+                                "field {} of connection {conn} is {ty:?}: a counter must be an integer or a decimal on every side, to be added exactly",
                                 field.name
                             ),
                         )

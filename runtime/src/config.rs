@@ -646,7 +646,7 @@ impl Loaded {
     }
 
     /// What a sync of more than two sides can do yet: each field names its field on every
-    /// side; filters, counters, value translation, one-way fields, rules and `prefer-left` /
+    /// side; filters, value translation, one-way fields, rules and `prefer-left` /
     /// `prefer-right` are defined between two sides and refused here, each with what to use.
     fn validate_more_sides(&self, name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
         let n = sync.also.len();
@@ -691,9 +691,6 @@ impl Loaded {
                     format!("a sync of more than two sides takes no {k} yet: {why}"),
                 ))
             };
-            if f.counter.as_ref().is_some_and(|c| *c.get_ref()) {
-                return refuse(&f.left, "counter", "keep a counter in a sync of two sides");
-            }
             if f.values.is_some() {
                 return refuse(&f.left, "values", "translate values in a sync of two sides");
             }
@@ -1119,7 +1116,6 @@ fields = [{{ left = "email", right = "mail", {field} }}]
             (r#"also = ["desk.users"]"#, "", "syncs.people.fields[0].also: names 0 fields for the sync's 1 further side (desk.users)"),
             ("", r#"also = ["email_address"]"#, "syncs.people.fields[0].also: names a field on further sides, but the sync has none"),
             (r#"also = ["desk.users"]"#, r#"also = ["e"], direction = "left-to-right""#, "fields[0].direction: a sync of more than two sides takes no direction yet"),
-            (r#"also = ["desk.users"]"#, r#"also = ["e"], counter = true"#, "fields[0].counter: a sync of more than two sides takes no counter yet"),
             ("also = [\"desk.users\"]\nconflict = \"prefer-right\"", r#"also = ["e"]"#, "syncs.people.conflict: prefer-right decides between two sides"),
             ("also = [\"desk.users\"]\nfilter = { left = \"email = 'x'\" }", r#"also = ["e"]"#, "syncs.people.filter: a sync of more than two sides takes no filter yet"),
             (r#"also = ["shop.items"]"#, r#"also = ["e"]"#, "syncs.people.also[0]: no connection named shop"),

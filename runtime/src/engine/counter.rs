@@ -1,6 +1,7 @@
 //! Counters merged as deltas (issue 16): a field such as stock on hand is not a value to pick a
 //! winner for. When both sides change it, the result is the total plus both changes, so two
-//! sales of one item in two systems at once both count.
+//! sales of one item in two systems at once both count; in a sync of more sides, the total plus
+//! every side's change.
 //!
 //! The bookkeeping lives in the link: `base` holds the total Duplex has accounted for, and each
 //! side's `counted` holds the value of that side already added into it. A side's change is its
@@ -97,11 +98,13 @@ impl Exact {
     }
 }
 
-/// `total + (left - left_counted) + (right - right_counted)`, exactly, in the total's kind.
-pub(crate) fn merged_total(total: &Value, changes: [(&Value, &Value); 2]) -> Result<Value, String> {
+/// `total + (left - left_counted) + (right - right_counted) + ...`, exactly, in the total's
+/// kind: each side's `(now, counted)`.
+pub(crate) fn merged_total(total: &Value, changes: &[(&Value, &Value)]) -> Result<Value, String> {
     let mut sum = Exact::of(total)?;
     for (now, counted) in changes {
         let (add, take) = (Exact::of(now)?, Exact::of(counted)?);
+        let now = *now;
         sum = sum
             .add(add, 1)
             .and_then(|s| s.add(take, -1))
@@ -124,7 +127,7 @@ pub fn counter_change(now: &Value, then: &Value) -> String {
         Value::Int(_) => Value::Int(0),
         _ => Value::Decimal("0".into()),
     };
-    match merged_total(&zero, [(now, then), (&zero, &zero)]) {
+    match merged_total(&zero, &[(now, then)]) {
         Ok(v) => {
             let text = v.display();
             if text.starts_with('-') {
@@ -147,7 +150,7 @@ pub(crate) fn count(
     held: &BTreeSet<String>,
 ) -> Vec<ConflictNote> {
     let mut notes = Vec::new();
-    if !(link.left.exists() && link.right.exists()) {
+    if !link.each_side().all(|(_, st)| st.exists()) {
         return notes;
     }
     for fs in spec
@@ -166,46 +169,49 @@ pub(crate) fn count(
                 .and_then(|s| s.get(f))
                 .cloned()
         };
-        let (Some(l), Some(r)) = (seen(Side::LEFT), seen(Side::RIGHT)) else {
+        // What each side shows now, in the order of sides.
+        let Some(now): Option<Vec<Value>> = Side::all(link.sides()).map(seen).collect() else {
             continue;
         };
         // A person's (or a rule's) value replaces the total; what the sides show now counts as
         // added to it.
         if let Some(pin) = link.pins.remove(f) {
-            restart(link, f, pin, &l, &r);
+            restart(link, f, pin, &now);
             continue;
         }
         if held.contains(f) {
             continue;
         }
-        let counted = |side: Side| link.side(side).counted.get(f).cloned();
-        let (cl, cr) = (
-            counted(Side::LEFT).unwrap_or_else(|| total.clone()),
-            counted(Side::RIGHT).unwrap_or_else(|| total.clone()),
-        );
-        if l == cl && r == cr {
+        let counted: Vec<Value> = Side::all(link.sides())
+            .map(|side| {
+                let counted = link.side(side).counted.get(f);
+                counted.cloned().unwrap_or_else(|| total.clone())
+            })
+            .collect();
+        if now == counted {
             continue;
         }
-        match merged_total(&total, [(&l, &cl), (&r, &cr)]) {
-            Ok(sum) => restart(link, f, sum, &l, &r),
-            Err(why) => notes.push(ConflictNote {
-                more: Vec::new(),
-                link: link.id,
-                field: f.to_owned(),
-                base: Some(total),
-                left: Some(l),
-                right: Some(r),
-                reason: format!("counter {f} cannot be added: {why}"),
-            }),
+        let changes: Vec<(&Value, &Value)> = now.iter().zip(&counted).collect();
+        match merged_total(&total, &changes) {
+            Ok(sum) => restart(link, f, sum, &now),
+            Err(why) => notes.push(ConflictNote::of_link(
+                link,
+                f,
+                format!("counter {f} cannot be added: {why}"),
+            )),
         }
     }
     notes
 }
 
-fn restart(link: &mut Link, field: &str, total: Value, left: &Value, right: &Value) {
+/// The counter's total is `total`, with what each side shows `now` counted into it.
+fn restart(link: &mut Link, field: &str, total: Value, now: &[Value]) {
     link.base.insert(field.to_owned(), total);
-    link.left.counted.insert(field.to_owned(), left.clone());
-    link.right.counted.insert(field.to_owned(), right.clone());
+    for (i, v) in now.iter().enumerate() {
+        link.side_mut(Side::nth(i))
+            .counted
+            .insert(field.to_owned(), v.clone());
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +226,7 @@ mod tests {
     fn integers_and_decimals_add_exactly() {
         let sum = merged_total(
             &Value::Int(10),
-            [
+            &[
                 (&Value::Int(9), &Value::Int(10)),
                 (&Value::Int(7), &Value::Int(10)),
             ],
@@ -228,12 +234,12 @@ mod tests {
         assert_eq!(sum, Ok(Value::Int(6)));
         let sum = merged_total(
             &dec("0.3"),
-            [(&dec("0.1"), &dec("0.3")), (&dec("0.35"), &dec("0.3"))],
+            &[(&dec("0.1"), &dec("0.3")), (&dec("0.35"), &dec("0.3"))],
         );
         assert_eq!(sum, Ok(dec("0.15")));
         let sum = merged_total(
             &dec("1"),
-            [(&dec("-2.5"), &dec("1")), (&dec("1"), &dec("1"))],
+            &[(&dec("-2.5"), &dec("1")), (&dec("1"), &dec("1"))],
         );
         assert_eq!(sum, Ok(dec("-2.5")));
     }
@@ -242,7 +248,7 @@ mod tests {
     fn what_cannot_be_added_says_why() {
         let err = merged_total(
             &Value::Int(i64::MAX - 1),
-            [
+            &[
                 (&Value::Int(i64::MAX), &Value::Int(i64::MAX - 1)),
                 (&Value::Int(i64::MAX), &Value::Int(i64::MAX - 1)),
             ],
@@ -251,7 +257,7 @@ mod tests {
         assert!(err.contains("does not fit"), "{err}");
         let err = merged_total(
             &Value::Int(1),
-            [
+            &[
                 (&Value::Null, &Value::Int(1)),
                 (&Value::Int(1), &Value::Int(1)),
             ],

@@ -9,9 +9,10 @@
 //! side's value). A delete reaches every side, unless another side changed the record since
 //! (then a person decides) or the policy says otherwise.
 //!
-//! Filters, counters, value translation, one-way fields and rules are defined between two
-//! sides; config refuses them in a sync of more (`Loaded::validate_more_sides`), and this
-//! merge never sees them: a rule policy is held for a person rather than guessed.
+//! Counters add every side's change (`counter::count`), as in a sync of two. Filters, value
+//! translation, one-way fields and rules are defined between two sides; config refuses them in
+//! a sync of more (`Loaded::validate_more_sides`), and this merge never sees them: a rule
+//! policy is held for a person rather than guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,7 +64,14 @@ pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) 
             let values: Vec<Option<&Value>> = sides.iter().map(|(_, st)| get(st, f)).collect();
             let shown: Vec<&Value> = values.iter().flatten().copied().collect();
             if shown.len() == values.len() && shown.windows(2).all(|w| w[0] == w[1]) {
-                m.agreed.push(f.to_owned());
+                // Every side showing one count says nothing of the sales it misses: a held
+                // counter waits for a person's total.
+                if !fs.counter {
+                    m.agreed.push(f.to_owned());
+                } else {
+                    m.conflicts
+                        .push(ConflictNote::of_link(link, f, HELD_FOR_A_PERSON.into()));
+                }
             } else {
                 m.conflicts
                     .push(ConflictNote::of_link(link, f, HELD_FOR_A_PERSON.into()));
@@ -74,6 +82,9 @@ pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) 
             Some(pin.clone())
         } else if let Some(owner) = fs.direction.owner() {
             get(link.side(owner), f).or(b).cloned()
+        } else if fs.counter && b.is_some() && sides.iter().all(|(_, st)| get(st, f).is_some()) {
+            // The total, every side's change added in (`counter::count`).
+            b.cloned()
         } else {
             match settle_field(link, spec, f, &sides, &mut m) {
                 Field::Value(v) => v,
@@ -523,6 +534,67 @@ mod tests {
         );
         // The ERP's email differs in case only from the CRM's, which changed it: it follows.
         assert_eq!(w[&Side::RIGHT].1, fields(&[("email", "ada@x")]));
+    }
+
+    #[test]
+    fn a_counter_adds_the_change_of_every_side() {
+        let mut s = spec(Policy::LastWriterWins);
+        s.fields.push(FieldSpec {
+            counter: true,
+            left_type: FieldType::Integer,
+            right_type: FieldType::Integer,
+            more: vec![("stock".into(), FieldType::Integer)],
+            ..s.fields[1].clone()
+        });
+        s.fields[2].name = "stock".into();
+        let mut link = agreed();
+        for i in 0..3 {
+            let st = link.side_mut(Side::nth(i));
+            st.seen
+                .as_mut()
+                .unwrap()
+                .insert("stock".into(), Value::Int(10));
+            st.counted.insert("stock".into(), Value::Int(10));
+        }
+        link.base.insert("stock".into(), Value::Int(10));
+        // One sold on the CRM, two on the ERP, one restocked on the desk: 10 - 1 - 2 + 1.
+        let sold = |side: Side, id: &str, n: i64| {
+            let mut o = edit(side, id, "Ada", 5);
+            o.fields.insert("stock".into(), Value::Int(n));
+            o
+        };
+        let p = run(
+            &s,
+            vec![link],
+            vec![
+                sold(Side::LEFT, "c1", 9),
+                sold(Side::RIGHT, "e1", 8),
+                sold(DESK, "d1", 11),
+            ],
+        );
+        let w = written(&p);
+        // The ERP shows 8 already: nothing to write there.
+        assert_eq!(w.keys().copied().collect::<Vec<_>>(), [Side::LEFT, DESK]);
+        for side in [Side::LEFT, DESK] {
+            assert_eq!(w[&side].1.get("stock"), Some(&Value::Int(8)), "{side}");
+        }
+        assert_eq!(p.links[&7].base.get("stock"), Some(&Value::Int(8)));
+        // Each side's change counted once: after the writes land, one more sale on the desk
+        // alone takes four off the total, not more.
+        let mut link = p.links[&7].clone();
+        for side in Side::all(3) {
+            let st = link.side_mut(side);
+            st.seen
+                .as_mut()
+                .unwrap()
+                .insert("stock".into(), Value::Int(8));
+            st.counted.insert("stock".into(), Value::Int(8));
+        }
+        let p = run(&s, vec![link], vec![sold(DESK, "d1", 4)]);
+        let w = written(&p);
+        assert_eq!(w[&Side::LEFT].1.get("stock"), Some(&Value::Int(4)));
+        assert_eq!(w[&Side::RIGHT].1.get("stock"), Some(&Value::Int(4)));
+        assert!(!w.contains_key(&DESK));
     }
 
     #[test]

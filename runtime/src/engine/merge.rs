@@ -545,6 +545,8 @@ fn take_stored(
 /// sides agreeing: both sides selling one item show the same value, and the total is two
 /// less. Its base is set here only the first time both sides agree, with both counted.
 pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
+    // Counters every side first agrees on: counted into their total on every side, below.
+    let mut first_counts: Vec<(String, Value)> = Vec::new();
     let others: Vec<&Fields> = link.more.iter().filter_map(|s| s.seen.as_ref()).collect();
     let all_seen = others.len() == link.more.len();
     // What every side but the left shows of `f` is `v`.
@@ -560,8 +562,7 @@ pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
             if spec.is_counter(f) {
                 if !link.base.contains_key(f) && all(f, v, r) {
                     link.base.insert(f.clone(), v.clone());
-                    link.left.counted.insert(f.clone(), v.clone());
-                    link.right.counted.insert(f.clone(), v.clone());
+                    first_counts.push((f.clone(), v.clone()));
                 }
                 continue;
             }
@@ -576,6 +577,13 @@ pub(crate) fn refresh(link: &mut Link, spec: &SyncSpec) {
         // sides already show it.
         link.pins
             .retain(|f, p| spec.is_counter(f) || !(l.get(f) == Some(p) && all(f, p, r)));
+    }
+    for (f, v) in first_counts {
+        for i in 0..link.sides() {
+            link.side_mut(Side::nth(i))
+                .counted
+                .insert(f.clone(), v.clone());
+        }
     }
     // A rewrite both sides now hold is agreed: nothing is pending of it.
     let base = &link.base;
