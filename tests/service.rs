@@ -782,6 +782,10 @@ fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
     );
     assert_eq!(value(&before, "duplex_links", &[("sync", "people")]), 2.0);
     assert_eq!(
+        value(&before, "duplex_filtered_links", &[("sync", "people")]),
+        0.0
+    );
+    assert_eq!(
         value(&before, "duplex_open_conflicts", &[("sync", "people")]),
         0.0
     );

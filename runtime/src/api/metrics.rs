@@ -38,7 +38,7 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
     let _ = writeln!(out.0, "duplex_up 1");
 
     type Gauge = fn(&crate::ops::SyncStatus) -> u64;
-    let gauges: [(&str, &str, Gauge); 5] = [
+    let gauges: [(&str, &str, Gauge); 6] = [
         (
             "duplex_open_conflicts",
             "Conflicts waiting for a person.",
@@ -56,8 +56,13 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
         ),
         (
             "duplex_links",
-            "Pairs of records the sync keeps together.",
+            "Records the sync keeps together (one link each, over all its sides).",
             |s| s.links,
+        ),
+        (
+            "duplex_filtered_links",
+            "Links whose record left its side's filter: not synced until it passes again.",
+            |s| s.filtered_links,
         ),
         ("duplex_paused", "1 when a person paused the sync.", |s| {
             u64::from(s.paused.is_some())
