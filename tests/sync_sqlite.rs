@@ -326,6 +326,23 @@ async fn a_manual_conflict_holds_only_its_field_until_resolved_through_the_cli()
         .unwrap()
         .to_owned();
 
+    // A sync of two has no third side to take: refused, and the conflict stays open.
+    let out = duplex(
+        &[
+            "conflicts",
+            "resolve",
+            "duplex.toml",
+            &id,
+            "--take",
+            "third",
+        ],
+        s.dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("sync people has no third side"),
+        "{err}"
+    );
     let out = duplex(
         &[
             "conflicts",

@@ -1467,6 +1467,11 @@ impl State {
                     )))
                 }
             };
+            if let Some(side) = choice.taken().filter(|s| s.index() >= link.sides()) {
+                return Err(StateError::Query(format!(
+                    "conflict {id}: sync {sync} has no {side} side"
+                )));
+            }
             if record.field == crate::engine::WHOLE_RECORD
                 && link.status == LinkStatus::Filtered
                 && !link.left.deleted
@@ -1480,9 +1485,7 @@ impl State {
             } else if record.field == crate::engine::WHOLE_RECORD {
                 // Taking a side that kept its record (or giving a value) keeps the record;
                 // taking a side that deleted it approves the delete.
-                let keep = choice
-                    .taken()
-                    .is_none_or(|s| s.index() < link.sides() && !link.side(s).deleted);
+                let keep = choice.taken().is_none_or(|s| !link.side(s).deleted);
                 if keep {
                     // Restore: the deleted sides' records are created again from the others'.
                     for i in 0..link.sides() {
@@ -1498,15 +1501,9 @@ impl State {
             } else {
                 let value = match &choice {
                     Choice::Value(v) => Some(v.clone()),
-                    taken => {
-                        let side = taken.taken().expect("a side is taken");
-                        if side.index() >= link.sides() {
-                            return Err(StateError::Query(format!(
-                                "conflict {id}: sync {sync} has no {side} side"
-                            )));
-                        }
-                        record.value(side).cloned()
-                    }
+                    taken => record
+                        .value(taken.taken().expect("a side is taken"))
+                        .cloned(),
                 };
                 if let Some(v) = value {
                     link.pins.insert(record.field.clone(), v);
