@@ -50,6 +50,7 @@ fn spec(leaving: Leaving) -> SyncSpec {
         scope: Scope {
             left: Some(Filter::parse("status = 'active'", &status).unwrap()),
             right: None,
+            more: Vec::new(),
             leaving,
         },
         stopped: Default::default(),

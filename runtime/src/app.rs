@@ -1210,8 +1210,10 @@ fn scope(
     let Some(cfg) = cfg else {
         return Ok(crate::engine::Scope::default());
     };
-    let parse = |side: crate::engine::Side, text: &Option<toml::Spanned<String>>| {
-        let Some(text) = text else { return Ok(None) };
+    let parse = |side: crate::engine::Side, text: Option<&toml::Spanned<String>>| {
+        let Some(text) = text.filter(|t| !t.get_ref().trim().is_empty()) else {
+            return Ok(None);
+        };
         // The side's own names first, then the common names; either way the side's field,
         // for a side's filter reads its records as the side holds them.
         let own = |f: &FieldSpec| (f.side_name(side).to_owned(), f.side_type(side));
@@ -1231,11 +1233,20 @@ fn scope(
         };
         crate::engine::Filter::parse(text.get_ref(), &field)
             .map(Some)
-            .map_err(|why| loaded.invalid(text, format!("syncs.{name}.filter.{side}"), why))
+            .map_err(|why| {
+                let key = crate::config::side_key(side);
+                loaded.invalid(text, format!("syncs.{name}.filter.{key}"), why)
+            })
     };
     Ok(crate::engine::Scope {
-        left: parse(crate::engine::Side::LEFT, &cfg.left)?,
-        right: parse(crate::engine::Side::RIGHT, &cfg.right)?,
+        left: parse(crate::engine::Side::LEFT, cfg.left.as_ref())?,
+        right: parse(crate::engine::Side::RIGHT, cfg.right.as_ref())?,
+        more: cfg
+            .also
+            .iter()
+            .enumerate()
+            .map(|(i, text)| parse(crate::engine::Side::nth(i + 2), Some(text)))
+            .collect::<Result<_, _>>()?,
         leaving: cfg.leaving.into(),
     })
 }

@@ -324,6 +324,9 @@ pub struct FilterConfig {
     pub left: Option<Spanned<String>>,
     #[serde(default)]
     pub right: Option<Spanned<String>>,
+    /// The filters of the sync's `also` sides, in their order; `""` for a side without one.
+    #[serde(default)]
+    pub also: Vec<Spanned<String>>,
     /// What a record leaving its filter does to its copy on the other side: `keep`
     /// (default), `delete`, or `hold` for a person.
     #[serde(default)]
@@ -565,6 +568,12 @@ impl Loaded {
             }
             if !sync.also.is_empty() {
                 self.validate_more_sides(name, sync)?;
+            } else if let Some(at) = sync.filter.as_ref().and_then(|f| f.also.first()) {
+                return Err(self.invalid(
+                    at,
+                    format!("syncs.{name}.filter.also"),
+                    "filters further sides, but the sync has none: list them in the sync's also",
+                ));
             } else if let Some((i, f)) = sync
                 .fields
                 .iter()
@@ -646,16 +655,15 @@ impl Loaded {
     }
 
     /// What a sync of more than two sides can do yet: each field names its field on every
-    /// side; filters, value translation, one-way fields, rules and `prefer-left` /
+    /// side; value translation, one-way fields, rules and `prefer-left` /
     /// `prefer-right` are defined between two sides and refused here, each with what to use.
     fn validate_more_sides(&self, name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
         let n = sync.also.len();
-        if let Some(f) = &sync.filter {
-            let at = f.left.as_ref().or(f.right.as_ref()).unwrap_or(&sync.right);
+        if let Some(at) = sync.filter.as_ref().and_then(|f| f.also.get(n)) {
             return Err(self.invalid(
                 at,
-                format!("syncs.{name}.filter"),
-                "a sync of more than two sides takes no filter yet: filter in pairwise syncs through a shared side",
+                format!("syncs.{name}.filter.also"),
+                format!("names more filters than the sync has further sides ({n})"),
             ));
         }
         let two_sided = |p: &&Spanned<String>| {
@@ -1117,7 +1125,8 @@ fields = [{{ left = "email", right = "mail", {field} }}]
             ("", r#"also = ["email_address"]"#, "syncs.people.fields[0].also: names a field on further sides, but the sync has none"),
             (r#"also = ["desk.users"]"#, r#"also = ["e"], direction = "left-to-right""#, "fields[0].direction: a sync of more than two sides takes no direction yet"),
             ("also = [\"desk.users\"]\nconflict = \"prefer-right\"", r#"also = ["e"]"#, "syncs.people.conflict: prefer-right decides between two sides"),
-            ("also = [\"desk.users\"]\nfilter = { left = \"email = 'x'\" }", r#"also = ["e"]"#, "syncs.people.filter: a sync of more than two sides takes no filter yet"),
+            ("also = [\"desk.users\"]\nfilter = { also = [\"\", \"email = 'x'\"] }", r#"also = ["e"]"#, "syncs.people.filter.also: names more filters than the sync has further sides (1)"),
+            ("filter = { also = [\"email = 'x'\"] }", "", "syncs.people.filter.also: filters further sides, but the sync has none"),
             (r#"also = ["shop.items"]"#, r#"also = ["e"]"#, "syncs.people.also[0]: no connection named shop"),
         ] {
             let err = Loaded::parse(Path::new("duplex.toml"), config(sync, field))

@@ -496,9 +496,9 @@ pub(crate) struct Scoped {
 }
 
 /// Applies the sync's filters to a link. A link syncs while every record it has passes its
-/// side's filter. When one leaves, the pair stops syncing and the copy on the other side is
-/// kept, deleted, or held for a person ([`super::Leaving`]); when it passes again, the pair
-/// syncs again from where it was, and a copy the filter deleted is created anew.
+/// side's filter. When one leaves, the link stops syncing and the copies on the other sides
+/// are kept, deleted, or held for a person ([`super::Leaving`]); when it passes again, the
+/// link syncs again from where it was, and a copy the filter deleted is created anew.
 pub(crate) fn scope(
     link: &mut super::Link,
     spec: &SyncSpec,
@@ -507,14 +507,13 @@ pub(crate) fn scope(
     use super::{ConflictNote, Leaving, LinkStatus, OpKind, Side, SideState, WHOLE_RECORD};
     let mut out = Scoped::default();
     let filtered = link.status == LinkStatus::Filtered;
-    if (spec.scope.left.is_none() && spec.scope.right.is_none() && !filtered)
+    if (!spec.scope.any() && !filtered)
         || !matches!(link.status, LinkStatus::Active | LinkStatus::Filtered)
     {
         out.merge = true;
         return out;
     }
-    let outside: Vec<Side> = [Side::LEFT, Side::RIGHT]
-        .into_iter()
+    let outside: Vec<Side> = Side::all(link.sides())
         .filter(|s| {
             let st = link.side(*s);
             st.exists() && !in_scope(spec, *s, st.seen.as_ref())
@@ -528,7 +527,7 @@ pub(crate) fn scope(
             out.entered = true;
             // A copy deleted while the record was out (by the filter, or by a person) is
             // made again: the record is new to that side.
-            for side in [Side::LEFT, Side::RIGHT] {
+            for side in Side::all(link.sides()) {
                 if link.side(side).deleted {
                     *link.side_mut(side) = SideState::default();
                     link.base.clear();
@@ -538,7 +537,7 @@ pub(crate) fn scope(
         // A held leaving closes once the record passes again. Also when the link came back
         // without this plan (a crash's recovery committed it as a write planned it): with both
         // records there, a whole-record question can only be a leaving's.
-        out.agreed = held.contains(WHOLE_RECORD) && link.left.exists() && link.right.exists();
+        out.agreed = held.contains(WHOLE_RECORD) && link.each_side().all(|(_, s)| s.exists());
         out.merge = true;
         return out;
     }
@@ -547,13 +546,17 @@ pub(crate) fn scope(
         out.left = true;
     }
     let [gone] = outside.as_slice() else {
-        return out; // both records are out: nothing of either is synced
+        return out; // several records are out: nothing of them is synced
     };
-    let other = gone.other();
-    let copy = link.side(other);
-    let Some(id) = copy.id.clone().filter(|_| copy.exists()) else {
+    // The copies of the record that left, on every other side.
+    let copies: Vec<(Side, String, Option<String>)> = link
+        .each_side()
+        .filter(|(s, st)| s != gone && st.exists())
+        .filter_map(|(s, st)| Some((s, st.id.clone()?, st.version.clone())))
+        .collect();
+    if copies.is_empty() {
         return out;
-    };
+    }
     let delete = match spec.scope.leaving {
         Leaving::Keep => false,
         Leaving::Delete => true,
@@ -561,17 +564,19 @@ pub(crate) fn scope(
         Leaving::Hold => {
             if !held.contains(WHOLE_RECORD) && !link.copy_kept {
                 let filter = spec.filter(*gone).map_or("", |f| f.text.as_str());
+                let names: Vec<&str> = copies.iter().map(|(s, ..)| spec.side_name(*s)).collect();
+                let copy = if names.len() == 1 { "copy" } else { "copies" };
                 out.conflicts.push(ConflictNote {
-more: Vec::new(),
+                    more: Vec::new(),
                     link: link.id,
                     field: WHOLE_RECORD.into(),
                     base: None,
                     left: None,
                     right: None,
                     reason: format!(
-                        "left the filter of {} ({filter}): delete its copy in {}? Resolve with the value delete, or keep",
+                        "left the filter of {} ({filter}): delete its {copy} in {}? Resolve with the value delete, or keep",
                         spec.side_name(*gone),
-                        spec.side_name(other)
+                        names.join(" and ")
                     ),
                 });
             }
@@ -579,13 +584,11 @@ more: Vec::new(),
         }
     };
     if delete {
-        out.ops.push((
-            other,
-            OpKind::Delete {
-                id,
-                if_version: copy.version.clone(),
-            },
-        ));
+        out.ops.extend(
+            copies
+                .into_iter()
+                .map(|(side, id, if_version)| (side, OpKind::Delete { id, if_version })),
+        );
     }
     out
 }
@@ -603,11 +606,10 @@ pub(crate) fn after_merge(
 ) -> Scoped {
     use super::{LinkStatus, OpKind, Side};
     let mut out = Scoped::default();
-    if spec.scope.left.is_none() && spec.scope.right.is_none() || link.status != LinkStatus::Active
-    {
+    if !spec.scope.any() || link.status != LinkStatus::Active {
         return out;
     }
-    for side in [Side::LEFT, Side::RIGHT] {
+    for side in Side::all(link.sides()) {
         let Some(pos) = ops.iter().position(|(s, _)| *s == side) else {
             continue;
         };
@@ -627,14 +629,13 @@ pub(crate) fn after_merge(
             ops.remove(pos);
             continue;
         }
-        // The record leaves once written: the copy on the other side gets what leaving gives
-        // it, from the link as it will stand.
+        // The record leaves once written: the copies on the other sides get what leaving gives
+        // them, from the link as it will stand; a copy deleted is not written first.
         let mut projected = link.clone();
         projected.side_mut(side).seen = Some(after);
         let leaving = scope(&mut projected, spec, held);
-        if leaving.ops.iter().any(|(s, _)| *s == side.other()) {
-            ops.retain(|(s, _)| *s != side.other());
-        }
+        let deleted: Vec<Side> = leaving.ops.iter().map(|(s, _)| *s).collect();
+        ops.retain(|(s, _)| !deleted.contains(s));
         ops.extend(leaving.ops);
         out.conflicts.extend(leaving.conflicts);
         break;

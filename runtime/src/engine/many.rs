@@ -598,6 +598,43 @@ mod tests {
     }
 
     #[test]
+    fn a_record_leaving_the_filter_of_one_side_takes_its_copies_on_the_others_as_told() {
+        let mut s = spec(Policy::LastWriterWins);
+        let name = |n: &str| {
+            let t = FieldType::Text;
+            Ok::<_, String>((if n == "display" { "display" } else { "?" }.to_owned(), t))
+        };
+        s.scope.more = vec![Some(
+            crate::engine::Filter::parse("display != 'Gone'", &name).unwrap(),
+        )];
+        s.scope.leaving = crate::engine::Leaving::Delete;
+        let p = run(&s, vec![agreed()], vec![edit(DESK, "d1", "Gone", 5)]);
+        let w = written(&p);
+        assert_eq!(
+            w.keys().copied().collect::<Vec<_>>(),
+            [Side::LEFT, Side::RIGHT]
+        );
+        assert!(w.values().all(|(kind, _)| *kind == "delete"), "{w:?}");
+        assert_eq!(p.links[&7].status, LinkStatus::Filtered);
+
+        s.scope.leaving = crate::engine::Leaving::Hold;
+        let p = run(&s, vec![agreed()], vec![edit(DESK, "d1", "Gone", 5)]);
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        assert_eq!(
+            p.conflicts[0].reason,
+            "left the filter of desk (display != 'Gone'): delete its copies in crm and erp? Resolve with the value delete, or keep"
+        );
+
+        // Written a value that puts it outside the desk's filter, the desk's record leaves
+        // too: the others keep the value, and the desk's record is written and left alone.
+        s.scope.leaving = crate::engine::Leaving::Keep;
+        let p = run(&s, vec![agreed()], vec![edit(Side::LEFT, "c1", "Gone", 5)]);
+        let w = written(&p);
+        assert_eq!(w[&DESK], ("update", fields(&[("name", "Gone")])));
+        assert_eq!(p.links[&7].status, LinkStatus::Filtered);
+    }
+
+    #[test]
     fn the_base_moves_only_once_every_side_holds_the_value() {
         let s = spec(Policy::LastWriterWins);
         let mut link = agreed();

@@ -85,7 +85,17 @@ pub enum Leaving {
 pub struct Scope {
     pub left: Option<super::Filter>,
     pub right: Option<super::Filter>,
+    /// The third side's filter and on, in a sync of more than two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Option<super::Filter>>,
     pub leaving: Leaving,
+}
+
+impl Scope {
+    /// Whether any side has a filter.
+    pub fn any(&self) -> bool {
+        self.left.is_some() || self.right.is_some() || self.more.iter().any(Option::is_some)
+    }
 }
 
 /// How records are matched on first sight.
@@ -264,11 +274,10 @@ impl SyncSpec {
 
     /// A side's record filter, if it has one.
     pub fn filter(&self, side: Side) -> Option<&super::Filter> {
-        // A sync of more than two sides has none: config refuses them there.
         match side.index() {
             0 => self.scope.left.as_ref(),
             1 => self.scope.right.as_ref(),
-            _ => None,
+            n => self.scope.more.get(n - 2).and_then(Option::as_ref),
         }
     }
 
