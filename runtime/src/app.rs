@@ -1024,7 +1024,17 @@ fn build_sync(
         let found: Vec<crate::plugin::Field> = Side::all(sides.len())
             .map(lookup)
             .collect::<Result<_, _>>()?;
-        let direction: crate::engine::Direction = f.direction.into();
+        let streams: Vec<String> = sides.iter().map(|(c, s, _)| format!("{c}.{s}")).collect();
+        let streams: Vec<&str> = streams.iter().map(String::as_str).collect();
+        let direction = match &f.owner {
+            // Checked by `Loaded::validate`.
+            Some(o) => crate::engine::Direction::From(
+                crate::config::side_named(o.get_ref().trim(), &streams).map_err(|why| {
+                    loaded.invalid(o, format!("syncs.{name}.fields[{i}].owner"), why)
+                })?,
+            ),
+            None => f.direction.into(),
+        };
         for (side, field) in Side::all(sides.len()).zip(&found) {
             let (key, at) = &names[side.index()];
             let (conn, _, s) = &sides[side.index()];
@@ -1138,8 +1148,6 @@ fn build_sync(
                 values.push((left, right));
             }
         }
-        let streams: Vec<String> = sides.iter().map(|(c, s, _)| format!("{c}.{s}")).collect();
-        let streams: Vec<&str> = streams.iter().map(String::as_str).collect();
         fields.push(FieldSpec {
             name: common_name(f).to_owned(),
             left: lf.name.clone(),

@@ -395,6 +395,11 @@ pub struct FieldConfig {
     /// `both` (default), `left-to-right` (the left owns it), `right-to-left`.
     #[serde(default)]
     pub direction: DirectionConfig,
+    /// The side that owns the field, by connection (or `connection.stream`): its value is
+    /// written to every other side, and a change made elsewhere is put back. In a sync of two,
+    /// the same as a `direction`; in a sync of more, the way to make a field one-way.
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
     /// This field's conflict policy, overriding the sync's.
     #[serde(default)]
     pub conflict: Option<Spanned<String>>,
@@ -590,13 +595,21 @@ impl Loaded {
                 if let Some(p) = &f.conflict {
                     self.policy(p, &format!("syncs.{name}.fields[{i}].conflict"), &streams)?;
                 }
+                if let Some(o) = &f.owner {
+                    let key = format!("syncs.{name}.fields[{i}].owner");
+                    if !matches!(f.direction, DirectionConfig::Both) {
+                        return Err(self.invalid(o, key, "give a direction or an owner, not both"));
+                    }
+                    side_named(o.get_ref().trim(), &streams)
+                        .map_err(|why| self.invalid(o, key, format!("names {why}")))?;
+                }
                 if let Some(c) = f.counter.as_ref().filter(|c| *c.get_ref()) {
                     let key = format!("syncs.{name}.fields[{i}].counter");
                     let clash = if f.values.is_some() {
                         Some("values: a counter's changes are added, not translated")
                     } else if f.conflict.is_some() {
                         Some("conflict: a counter adds both sides' changes, no policy picks one")
-                    } else if !matches!(f.direction, DirectionConfig::Both) {
+                    } else if !matches!(f.direction, DirectionConfig::Both) || f.owner.is_some() {
                         Some("direction: a counter flows both ways; a one-way field has no changes to add")
                     } else {
                         None
@@ -706,7 +719,7 @@ impl Loaded {
                 return refuse(
                     &f.left,
                     "direction",
-                    "a one-way field is defined between two sides; keep it in a sync of two, or let it flow both ways with its owner first in conflict = \"order: ...\" (its edits then win races)",
+                    "name the side that owns the field with owner = \"CONNECTION\"",
                 );
             }
             if let Some(p) = f.conflict.as_ref().filter(two_sided) {
@@ -983,14 +996,7 @@ pub fn split_stream(s: &str) -> Option<(&str, &str)> {
 fn side_order(list: &str, sides: &[&str]) -> Result<Vec<Side>, String> {
     let mut order: Vec<Side> = Vec::new();
     for item in list.split(',').map(str::trim) {
-        let hits: Vec<usize> = (0..sides.len())
-            .filter(|&i| sides[i] == item || split_stream(sides[i]).is_some_and(|(c, _)| c == item))
-            .collect();
-        let side = match hits.as_slice() {
-            [one] => Side::nth(*one),
-            [] => return Err(format!("order names {item:?}, which is none of the sync's sides ({})", sides.join(", "))),
-            _ => return Err(format!("order names {item:?}, which is more than one of the sync's sides: name it as connection.stream")),
-        };
+        let side = side_named(item, sides).map_err(|why| format!("order names {why}"))?;
         if order.contains(&side) {
             return Err(format!("order names {item} twice"));
         }
@@ -1002,6 +1008,24 @@ fn side_order(list: &str, sides: &[&str]) -> Result<Vec<Side>, String> {
         }
     }
     Ok(order)
+}
+
+/// The side `item` names among the sync's `sides` (their `connection.stream`s): by its
+/// connection, or by its `connection.stream` where two sides share a connection.
+pub fn side_named(item: &str, sides: &[&str]) -> Result<Side, String> {
+    let hits: Vec<usize> = (0..sides.len())
+        .filter(|&i| sides[i] == item || split_stream(sides[i]).is_some_and(|(c, _)| c == item))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(Side::nth(*one)),
+        [] => Err(format!(
+            "{item:?}, which is none of the sync's sides ({})",
+            sides.join(", ")
+        )),
+        _ => Err(format!(
+            "{item:?}, which is more than one of the sync's sides: name it as connection.stream"
+        )),
+    }
 }
 
 /// The config key naming `side` in a sync or a field: `left`, `right`, `also[0]`, ...
@@ -1123,7 +1147,9 @@ fields = [{{ left = "email", right = "mail", {field} }}]
         for (sync, field, says) in [
             (r#"also = ["desk.users"]"#, "", "syncs.people.fields[0].also: names 0 fields for the sync's 1 further side (desk.users)"),
             ("", r#"also = ["email_address"]"#, "syncs.people.fields[0].also: names a field on further sides, but the sync has none"),
-            (r#"also = ["desk.users"]"#, r#"also = ["e"], direction = "left-to-right""#, "fields[0].direction: a sync of more than two sides takes no direction yet"),
+            (r#"also = ["desk.users"]"#, r#"also = ["e"], direction = "left-to-right""#, "fields[0].direction: a sync of more than two sides takes no direction yet: name the side that owns the field with owner"),
+            (r#"also = ["desk.users"]"#, r#"also = ["e"], owner = "shop""#, "syncs.people.fields[0].owner: names \"shop\", which is none of the sync's sides (crm.people, erp.people, desk.users)"),
+            ("", r#"owner = "crm", direction = "right-to-left""#, "syncs.people.fields[0].owner: give a direction or an owner, not both"),
             ("also = [\"desk.users\"]\nconflict = \"prefer-right\"", r#"also = ["e"]"#, "syncs.people.conflict: prefer-right decides between two sides"),
             ("also = [\"desk.users\"]\nfilter = { also = [\"\", \"email = 'x'\"] }", r#"also = ["e"]"#, "syncs.people.filter.also: names more filters than the sync has further sides (1)"),
             ("filter = { also = [\"email = 'x'\"] }", "", "syncs.people.filter.also: filters further sides, but the sync has none"),

@@ -635,6 +635,30 @@ mod tests {
     }
 
     #[test]
+    fn a_field_owned_by_one_side_is_written_to_all_others_and_put_back_elsewhere() {
+        let mut s = spec(Policy::LastWriterWins);
+        s.fields[1].direction = crate::engine::Direction::From(Side::RIGHT);
+        // The desk renames Ada: its edit is put back, from the ERP.
+        let p = run(&s, vec![agreed()], vec![edit(DESK, "d1", "Ada D", 5)]);
+        let w = written(&p);
+        assert_eq!(w.keys().copied().collect::<Vec<_>>(), [DESK]);
+        assert_eq!(w[&DESK].1, fields(&[("name", "Ada")]));
+        // The ERP's edit, though earlier than the CRM's, reaches both others.
+        let p = run(
+            &s,
+            vec![agreed()],
+            vec![
+                edit(Side::LEFT, "c1", "Ada C", 9),
+                edit(Side::RIGHT, "e1", "Ada E", 5),
+            ],
+        );
+        let w = written(&p);
+        assert_eq!(w[&Side::LEFT].1, fields(&[("name", "Ada E")]));
+        assert_eq!(w[&DESK].1, fields(&[("name", "Ada E")]));
+        assert!(!w.contains_key(&Side::RIGHT));
+    }
+
+    #[test]
     fn the_base_moves_only_once_every_side_holds_the_value() {
         let s = spec(Policy::LastWriterWins);
         let mut link = agreed();

@@ -35,6 +35,8 @@ pub enum Direction {
     LeftToRight,
     /// The right side owns the field.
     RightToLeft,
+    /// This side owns the field: its value is written to every other side.
+    From(Side),
 }
 
 impl Direction {
@@ -44,6 +46,7 @@ impl Direction {
             Direction::Both => true,
             Direction::LeftToRight => side == Side::RIGHT,
             Direction::RightToLeft => side == Side::LEFT,
+            Direction::From(owner) => side != owner,
         }
     }
 
@@ -53,6 +56,7 @@ impl Direction {
             Direction::Both => None,
             Direction::LeftToRight => Some(Side::LEFT),
             Direction::RightToLeft => Some(Side::RIGHT),
+            Direction::From(owner) => Some(owner),
         }
     }
 }
