@@ -572,7 +572,7 @@ impl Loaded {
                 self.policy(p, &format!("syncs.{name}.conflict"), &streams)?;
             }
             if !sync.also.is_empty() {
-                self.validate_more_sides(name, sync)?;
+                self.validate_more_sides(name, sync, &streams)?;
             } else if let Some(at) = sync.filter.as_ref().and_then(|f| f.also.first()) {
                 return Err(self.invalid(
                     at,
@@ -670,7 +670,12 @@ impl Loaded {
     /// What a sync of more than two sides can do yet: each field names its field on every
     /// side; value translation, one-way fields, rules and `prefer-left` /
     /// `prefer-right` are defined between two sides and refused here, each with what to use.
-    fn validate_more_sides(&self, name: &str, sync: &SyncConfig) -> Result<(), ConfigError> {
+    fn validate_more_sides(
+        &self,
+        name: &str,
+        sync: &SyncConfig,
+        streams: &[&str],
+    ) -> Result<(), ConfigError> {
         let n = sync.also.len();
         if let Some(at) = sync.filter.as_ref().and_then(|f| f.also.get(n)) {
             return Err(self.invalid(
@@ -679,16 +684,19 @@ impl Loaded {
                 format!("names more filters than the sync has further sides ({n})"),
             ));
         }
-        let two_sided = |p: &&Spanned<String>| {
-            let s = p.get_ref().trim();
-            s == "prefer-left" || s == "prefer-right" || s.starts_with("rule:")
-        };
-        if let Some(p) = sync.conflict.as_ref().filter(two_sided) {
-            return Err(self.invalid(
+        // A policy that decides between a left and a right only.
+        let two_sided = |p: &Spanned<String>, key: String| {
+            match self.policy(p, &key, streams)? {
+            Policy::Prefer(_) | Policy::Rule(_) => Err(self.invalid(
                 p,
-                format!("syncs.{name}.conflict"),
+                key,
                 format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, or order: SIDE, SIDE, ... (its sides by connection, first wins)", p.get_ref().trim()),
-            ));
+            )),
+            _ => Ok(()),
+        }
+        };
+        if let Some(p) = &sync.conflict {
+            two_sided(p, format!("syncs.{name}.conflict"))?;
         }
         for (i, f) in sync.fields.iter().enumerate() {
             let key = |k: &str| format!("syncs.{name}.fields[{i}].{k}");
@@ -722,12 +730,8 @@ impl Loaded {
                     "name the side that owns the field with owner = \"CONNECTION\"",
                 );
             }
-            if let Some(p) = f.conflict.as_ref().filter(two_sided) {
-                return Err(self.invalid(
-                    p,
-                    key("conflict"),
-                    format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, or order: SIDE, SIDE, ...", p.get_ref().trim()),
-                ));
+            if let Some(p) = &f.conflict {
+                two_sided(p, key("conflict"))?;
             }
         }
         Ok(())

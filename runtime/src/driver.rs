@@ -2033,13 +2033,9 @@ impl<S: SideIo> SyncRunner<S> {
                     };
                     let field = key.1.clone();
                     let name = self.spec.side_name(side);
-                    let others: Vec<&str> = self
+                    let other = self
                         .spec
-                        .all_sides()
-                        .filter(|s| *s != side)
-                        .map(|s| self.spec.side_name(s))
-                        .collect();
-                    let other = others.join(" and ");
+                        .list_sides(self.spec.all_sides().filter(|s| *s != side));
                     let reason = if *before == side {
                         format!("{name} changes {field} whenever Duplex writes it, and {other}'s value owns it; give the field a direction from {name}, or make {name} keep what it is given, then resolve this conflict")
                     } else {

@@ -564,8 +564,7 @@ pub(crate) fn scope(
         Leaving::Hold => {
             if !held.contains(WHOLE_RECORD) && !link.copy_kept {
                 let filter = spec.filter(*gone).map_or("", |f| f.text.as_str());
-                let names: Vec<&str> = copies.iter().map(|(s, ..)| spec.side_name(*s)).collect();
-                let copy = if names.len() == 1 { "copy" } else { "copies" };
+                let copy = if copies.len() == 1 { "copy" } else { "copies" };
                 out.conflicts.push(ConflictNote {
                     more: Vec::new(),
                     link: link.id,
@@ -576,7 +575,7 @@ pub(crate) fn scope(
                     reason: format!(
                         "left the filter of {} ({filter}): delete its {copy} in {}? Resolve with the value delete, or keep",
                         spec.side_name(*gone),
-                        names.join(" and ")
+                        spec.list_sides(copies.iter().map(|(s, ..)| *s))
                     ),
                 });
             }

@@ -9,10 +9,11 @@
 //! side's value). A delete reaches every side, unless another side changed the record since
 //! (then a person decides) or the policy says otherwise.
 //!
-//! Counters add every side's change (`counter::count`), as in a sync of two. Filters, value
-//! translation, one-way fields and rules are defined between two sides; config refuses them in
-//! a sync of more (`Loaded::validate_more_sides`), and this merge never sees them: a rule
-//! policy is held for a person rather than guessed.
+//! Counters add every side's change (`counter::count`) and filters apply to every side
+//! (`filter::scope`), as in a sync of two; a one-way field is written from its owner to every
+//! other side. Value translation and rules are defined between two sides: config refuses them
+//! in a sync of more (`Loaded::validate_more_sides`), and a rule policy reaching this merge is
+//! held for a person rather than guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,16 +25,6 @@ use super::merge::{
 use super::plan::OpKind;
 use super::value::{Fields, Value};
 use super::{Link, Side, SideState};
-
-/// The sides' names as a list for a message: `crm, erp and desk`.
-fn names(spec: &SyncSpec, sides: impl IntoIterator<Item = Side>) -> String {
-    let names: Vec<&str> = sides.into_iter().map(|s| spec.side_name(s)).collect();
-    match names.as_slice() {
-        [] => String::new(),
-        [one] => (*one).to_owned(),
-        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
-    }
-}
 
 /// Merges one link of a sync of more than two sides. `held` are the fields (or
 /// [`WHOLE_RECORD`]) with open conflicts.
@@ -174,7 +165,7 @@ fn settle_field(
             m.conflicts.push(ConflictNote::of_link(
                 link,
                 f,
-                format!("{} all changed {f}", names(spec, contenders)),
+                format!("{} all changed {f}", spec.list_sides(contenders)),
             ));
             return Field::Held;
         }
@@ -184,7 +175,7 @@ fn settle_field(
                 f,
                 format!(
                     "{} all changed {f}, and rule {name} decides between two sides only",
-                    names(spec, contenders)
+                    spec.list_sides(contenders)
                 ),
             ));
             return Field::Held;
@@ -246,7 +237,7 @@ fn merge_delete(
         more: Vec::new(),
         reason,
     };
-    let gone_names = names(spec, gone.iter().copied());
+    let gone_names = spec.list_sides(gone.iter().copied());
     let changed: Vec<Side> = kept
         .iter()
         .filter(|(_, st)| changed_since_base(st, &link.base))
@@ -258,7 +249,7 @@ fn merge_delete(
         // Deleting now would lose another side's edit (invariant 1): a person decides.
         m.conflicts.push(note(format!(
             "deleted in {gone_names} while changed in {}",
-            names(spec, changed)
+            spec.list_sides(changed)
         )));
     } else if link.delete_approved || spec.deletes == DeletePolicy::Propagate {
         for (side, st) in kept {

@@ -262,6 +262,16 @@ impl SyncSpec {
         }
     }
 
+    /// Sides' names as a list for a message: `crm, erp and desk`.
+    pub fn list_sides(&self, sides: impl IntoIterator<Item = Side>) -> String {
+        let names: Vec<&str> = sides.into_iter().map(|s| self.side_name(s)).collect();
+        match names.as_slice() {
+            [] => String::new(),
+            [one] => (*one).to_owned(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
     /// How many sides the sync has: two, or more.
     pub fn sides(&self) -> usize {
         2 + self.more_names.len()
