@@ -276,6 +276,7 @@ async fn a_rule_can_never_use_http() {
             base: None,
             left: side(&server.url("/")),
             right: side("x"),
+            others: Vec::new(),
         }])
         .await
         .unwrap();

@@ -38,7 +38,9 @@ fn tool(relative: &str) -> Option<PathBuf> {
 /// Builds a rule with `command` into `out`, unless `out` is newer than `source`.
 fn build(source: &Path, out: &Path, command: &mut Command) {
     let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(written)) = (fresh(out), fresh(source)) {
+    // A rule is rebuilt when its source or the contract it is built against changed.
+    let written = fresh(source).max(fresh(&root().join("wit/resolver.wit")));
+    if let (Some(built), Some(written)) = (fresh(out), written) {
         if built > written {
             return;
         }
@@ -91,48 +93,59 @@ const SCHEMA: &str = "CREATE TABLE notes (id INTEGER PRIMARY KEY, email TEXT NOT
                       note TEXT NOT NULL, boom TEXT NOT NULL);
                       INSERT INTO notes VALUES (1, 'ada@example.com', 'first', 'x');";
 
-/// Two SQLite databases with the same note, synced with `rule` deciding every conflict.
+/// SQLite databases (`a.db`, `b.db`, and `c.db` in a sync of three) with the same note, synced
+/// with `rule` deciding every conflict.
 struct Setup {
     dir: tempfile::TempDir,
 }
 
 impl Setup {
     fn new(rule: &Path) -> Setup {
+        Setup::with_sides(rule, &["a", "b"])
+    }
+
+    fn with_sides(rule: &Path, sides: &[&str]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        for db in ["a.db", "b.db"] {
-            rusqlite::Connection::open(dir.path().join(db))
+        let mut config = String::new();
+        for db in sides {
+            rusqlite::Connection::open(dir.path().join(format!("{db}.db")))
                 .unwrap()
                 .execute_batch(SCHEMA)
                 .unwrap();
+            config.push_str(&format!(
+                "[connections.{db}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{db}.db\" }}\ngrants = {{ sql = [\"sqlite://{db}.db\"] }}\n\n"
+            ));
         }
-        let config = format!(
-            r#"
-[connections.a]
-plugin = "builtin:sql"
-config = {{ url = "sqlite://a.db" }}
-grants = {{ sql = ["sqlite://a.db"] }}
-
-[connections.b]
-plugin = "builtin:sql"
-config = {{ url = "sqlite://b.db" }}
-grants = {{ sql = ["sqlite://b.db"] }}
-
-[rules.polyglot]
+        let also = |column: &str| {
+            let more: Vec<String> = sides[2..].iter().map(|_| format!("\"{column}\"")).collect();
+            format!("also = [{}]", more.join(", "))
+        };
+        let more: Vec<String> = sides[2..]
+            .iter()
+            .map(|s| format!("\"{s}.notes\""))
+            .collect();
+        config.push_str(&format!(
+            r#"[rules.polyglot]
 plugin = "{rule}"
 
 [syncs.notes]
 left = "a.notes"
 right = "b.notes"
+also = [{more}]
 match = {{ field = "email" }}
 conflict = "rule:polyglot"
 fields = [
-    {{ left = "email", right = "email" }},
-    {{ left = "note", right = "note" }},
-    {{ left = "boom", right = "boom" }},
+    {{ left = "email", right = "email", {email} }},
+    {{ left = "note", right = "note", {note} }},
+    {{ left = "boom", right = "boom", {boom} }},
 ]
 "#,
-            rule = rule.display()
-        );
+            rule = rule.display(),
+            more = more.join(", "),
+            email = also("email"),
+            note = also("note"),
+            boom = also("boom"),
+        ));
         std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
         Setup { dir }
     }
@@ -204,11 +217,30 @@ async fn decides_and_a_throw_waits_for_a_person(rule: &Path, long: bool, thrown:
     assert_eq!(s.value("b.db", "boom"), "right");
 }
 
+/// Contract 0.4.0: the rule sees every side of a sync of three and takes the third's value.
+async fn takes_the_third_of_three(rule: &Path, long: bool) {
+    let s = Setup::with_sides(rule, &["a", "b", "c"]);
+    assert!(s.sync().await.is_empty());
+    s.edit("a.db", "note", "a note of middle size");
+    s.edit("b.db", "note", "a note longer than the first");
+    let third = if long {
+        "the longest note of them all, by far"
+    } else {
+        "short"
+    };
+    s.edit("c.db", "note", third);
+    assert!(s.sync().await.is_empty(), "the rule decided");
+    for db in ["a.db", "b.db", "c.db"] {
+        assert_eq!(s.value(db, "note"), third, "{db}");
+    }
+}
+
 #[tokio::test]
 async fn a_javascript_rule_built_by_componentize_js_decides_and_its_throw_waits_for_a_person() {
     let Some(rule) = js_rule() else { return };
     decides_and_a_throw_waits_for_a_person(&rule, true, "no rule for boom (thrown on purpose)")
         .await;
+    takes_the_third_of_three(&rule, true).await;
 }
 
 #[tokio::test]
@@ -216,4 +248,5 @@ async fn a_python_rule_built_by_componentize_py_decides_and_its_raise_waits_for_
     let Some(rule) = python_rule() else { return };
     decides_and_a_throw_waits_for_a_person(&rule, false, "no rule for boom (raised on purpose)")
         .await;
+    takes_the_third_of_three(&rule, false).await;
 }

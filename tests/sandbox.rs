@@ -205,7 +205,7 @@ async fn a_connector_importing_sql_without_a_grant_does_not_load() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("duplex:plugin/sql@0.3.0") && msg.contains("connection crm"),
+        msg.contains("duplex:plugin/sql@0.4.0") && msg.contains("connection crm"),
         "{msg}"
     );
 }
@@ -221,11 +221,11 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
     let msg = err.to_string();
     assert!(msg.contains("duplex_rule_larger_wins"), "{msg}");
     assert!(
-        msg.contains("does not export duplex:plugin/connector@0.3.0"),
+        msg.contains("does not export duplex:plugin/connector@0.4.0"),
         "{msg}"
     );
     assert!(
-        msg.contains("duplex:plugin/resolver@0.3.0"),
+        msg.contains("duplex:plugin/resolver@0.4.0"),
         "says what it exports instead: {msg}"
     );
 
@@ -237,7 +237,7 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
         .expect("a connector is not a rule");
     assert!(
         err.to_string()
-            .contains("does not export duplex:plugin/resolver@0.3.0"),
+            .contains("does not export duplex:plugin/resolver@0.4.0"),
         "{err}"
     );
     drop(db);
@@ -330,7 +330,126 @@ fn conflict(field: &str, base: Option<Value>, left: Value, right: Value) -> Conf
             value: right,
             changed_at: Some(2),
         },
+        others: Vec::new(),
     }
+}
+
+/// `conflict` in a sync of more sides: `others` are the third side and on.
+fn conflict_of_more(field: &str, values: [Value; 4]) -> Conflict {
+    let [left, right, third, fourth] = values;
+    let mut c = conflict(field, None, left, right);
+    c.others = [("desk", third), ("shop", fourth)]
+        .into_iter()
+        .map(|(name, value)| Side {
+            name: name.into(),
+            value,
+            changed_at: Some(3),
+        })
+        .collect();
+    c
+}
+
+/// Contract 0.4.0: a rule sees every side of a sync of more than two and may take any.
+#[tokio::test]
+async fn a_rule_sees_every_side_of_a_sync_of_more_and_takes_any() {
+    let host = common::host();
+    let rule = host
+        .load_resolver_file(&plugin(LARGER_WINS), "people")
+        .await
+        .expect("rule loads");
+    let int = Value::Integer;
+    let answers = rule
+        .resolve(vec![
+            conflict_of_more("visits", [int(5), int(7), int(9), int(3)]),
+            conflict_of_more("seats", [int(5), int(7), int(3), int(8)]),
+            // Ties go to the side named first.
+            conflict_of_more("level", [int(2), int(2), int(2), int(2)]),
+            conflict_of_more("flag", [int(1), int(2), Value::Boolean(true), int(3)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0], Resolution::TakeOther(0));
+    assert_eq!(answers[1], Resolution::TakeOther(1));
+    assert_eq!(answers[2], Resolution::TakeLeft);
+    assert!(
+        matches!(&answers[3], Resolution::Manual(why) if why.contains("flag")),
+        "{answers:?}"
+    );
+}
+
+/// A rule built for 0.3.0 sees two sides: asked about a sync of two it answers as before; a
+/// conflict of a sync of more is not put to it but left to a person, saying to rebuild it.
+#[tokio::test]
+async fn a_rule_built_for_0_3_0_is_asked_about_syncs_of_two_only() {
+    let host = common::host();
+    let rule = host
+        .load_resolver_file(&plugin(common::V0_3_0_TAKE_RIGHT), "people")
+        .await
+        .expect("a 0.3.0 rule loads");
+    assert_eq!(rule.origin().contract.version(), "0.3.0");
+    let int = Value::Integer;
+    let answers = rule
+        .resolve(vec![
+            conflict("a", None, int(1), int(2)),
+            conflict_of_more("b", [int(1), int(2), int(3), int(4)]),
+            conflict("c", None, int(1), Value::Null),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0], Resolution::TakeRight);
+    let Resolution::Manual(why) = &answers[1] else {
+        panic!("a conflict of four sides was put to a rule that sees two: {answers:?}")
+    };
+    assert!(
+        why.contains("duplex:plugin@0.3.0")
+            && why.contains("has 4")
+            && why.contains("rebuild the rule against duplex:plugin@0.4.0"),
+        "{why}"
+    );
+    assert!(matches!(&answers[2], Resolution::Manual(why) if why.contains("no value")));
+}
+
+/// A connector built for 0.3.0 keeps taking webhooks: its `webhook` export is called through
+/// the adapter and its `signing` import reaches the host's HMAC keyed by the connection's
+/// secret.
+#[tokio::test]
+async fn a_connector_built_for_0_3_0_verifies_webhooks_with_the_hosts_signing() {
+    use duplex::host::http::{Secret, Secrets};
+    use duplex::plugin::{WebhookAnswer, WebhookRequest};
+    let host = common::host();
+    let mut secrets = Secrets::default();
+    secrets.insert("hook", Secret::new("s3cret"));
+    let mut grants = Grants {
+        sql: vec!["sqlite://unused.db".into()],
+        ..Grants::default()
+    };
+    grants.http.secrets = secrets;
+    let connector = host
+        .load_connector_file(&plugin(common::V0_3_0_NOTES), "notes", &grants)
+        .await
+        .expect("a 0.3.0 connector loads");
+    assert_eq!(connector.origin().contract.version(), "0.3.0");
+    let body = br#"[{"changed":"notes"}]"#.to_vec();
+    let hex = |mac: Vec<u8>| mac.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let request = |signature: String| WebhookRequest {
+        method: "POST".into(),
+        path: "/hooks/notes".into(),
+        headers: vec![("x-signature".into(), signature)],
+        body: body.clone(),
+        received_at: 0,
+    };
+    let mut session = connector.session().await.unwrap();
+    let good = hex(duplex::host::signing::hmac_sha256(b"s3cret", &body));
+    let config = r#"{"url":"sqlite://unused.db"}"#;
+    assert!(matches!(
+        session.webhook(config, request(good)).await.unwrap(),
+        WebhookAnswer::ChangesWaiting
+    ));
+    let bad = hex(duplex::host::signing::hmac_sha256(b"guess", &body));
+    assert!(matches!(
+        session.webhook(config, request(bad)).await.unwrap(),
+        WebhookAnswer::Refused(why) if why.contains("does not match")
+    ));
 }
 
 #[tokio::test]
@@ -407,12 +526,12 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("duplex:plugin/connector-plugin@0.3.0 (connector plugin)"),
+        stdout.contains("duplex:plugin/connector-plugin@0.4.0 (connector plugin)"),
         "{stdout}"
     );
     assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/connector@0.3.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/sql@0.3.0"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.4.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/sql@0.4.0"), "{stdout}");
     assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))

@@ -836,6 +836,17 @@ async fn components_built_for_contract_0_2_0_keep_loading_and_syncing() {
     .await;
 }
 
+/// The same for components built against 0.3.0, after 0.4.0 showed rules every side of a sync.
+#[tokio::test]
+async fn components_built_for_contract_0_3_0_keep_loading_and_syncing() {
+    older_components_keep_loading_and_syncing(
+        common::V0_3_0_NOTES,
+        common::V0_3_0_TAKE_RIGHT,
+        "0.3.0",
+    )
+    .await;
+}
+
 async fn older_components_keep_loading_and_syncing(notes: &str, take_right: &str, version: &str) {
     let dir = tempfile::tempdir().unwrap();
     rusqlite::Connection::open(dir.path().join("crm.db"))
@@ -1364,7 +1375,7 @@ async fn a_chain_of_syncs_through_a_shared_database_keeps_the_later_edit_and_ref
 /// link per record. Records already in two systems are matched, not copied twice; an edit in
 /// any reaches both others; of racing edits the later wins, or the first side of the field's
 /// order; a counter adds the changes of all three; a delete reaches all three; once caught
-/// up, nothing is written again.
+/// up, nothing is written again. `manual` and rules see all three values and may take any.
 #[tokio::test]
 async fn one_sync_keeps_a_record_the_same_in_three_databases() {
     let dir = tempfile::tempdir().unwrap();
@@ -1600,6 +1611,61 @@ fields = [
     cli(&["conflicts", "resolve", "duplex.toml", id, "--take", "third"]);
     cli(&["run", "duplex.toml", "--once"]);
     assert_eq!(same_everywhere()[0].1.as_deref(), Some("Ada D"));
+
+    // A rule sees all three values and may take any side: of racing names the longest wins,
+    // here the helpdesk's (the third side).
+    let ruled = |rule: &str| {
+        format!(
+            "[rules.pick]\nplugin = \"{}\"\n\n{}",
+            common::plugin(rule).display(),
+            config.replace(
+                "also = [\"display\"] }",
+                "also = [\"display\"], conflict = \"rule:pick\" }",
+            )
+        )
+    };
+    std::fs::write(&path, ruled(common::LARGER_WINS)).unwrap();
+    exec(
+        "crm",
+        "UPDATE people SET name = 'Ada K' WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "desk",
+        "UPDATE users SET display = 'Ada King, Countess' WHERE email_address LIKE 'ada@%'",
+    );
+    exec(
+        "erp",
+        "UPDATE customers SET full_name = 'A. King' WHERE mail LIKE 'ada@%'",
+    );
+    cli(&["run", "duplex.toml", "--once"]);
+    cli(&["run", "duplex.toml", "--once"]);
+    assert_eq!(
+        same_everywhere()[0].1.as_deref(),
+        Some("Ada King, Countess")
+    );
+    // A rule built for 0.3.0 sees two sides: its conflicts in a sync of three wait for a
+    // person, saying so, rather than being decided between two of the sides.
+    std::fs::write(&path, ruled(common::V0_3_0_TAKE_RIGHT)).unwrap();
+    exec(
+        "crm",
+        "UPDATE people SET name = 'Ada' WHERE email LIKE 'ada@%'",
+    );
+    exec(
+        "erp",
+        "UPDATE customers SET full_name = 'Ada L' WHERE mail LIKE 'ada@%'",
+    );
+    cli(&["run", "duplex.toml", "--once"]);
+    let list = cli(&["conflicts", "list", "duplex.toml"]);
+    assert!(
+        list.contains("rule left it to a person")
+            && list.contains("rebuild the rule against duplex:plugin@0.4.0"),
+        "{list}"
+    );
+    assert_eq!(rows("desk")[0].1.as_deref(), Some("Ada King, Countess"));
+    let id = list.trim_start_matches('#').split(' ').next().unwrap();
+    cli(&["conflicts", "resolve", "duplex.toml", id, "--take", "right"]);
+    cli(&["run", "duplex.toml", "--once"]);
+    assert_eq!(same_everywhere()[0].1.as_deref(), Some("Ada L"));
     std::fs::write(&path, &config).unwrap();
 
     let out = duplex(&["check", "duplex.toml"], dir.path());

@@ -668,8 +668,8 @@ impl Loaded {
     }
 
     /// What a sync of more than two sides can do yet: each field names its field on every
-    /// side; value translation, one-way fields, rules and `prefer-left` /
-    /// `prefer-right` are defined between two sides and refused here, each with what to use.
+    /// side; value translation, `direction` and `prefer-left` / `prefer-right` are defined
+    /// between two sides and refused here, each with what to use.
     fn validate_more_sides(
         &self,
         name: &str,
@@ -687,10 +687,10 @@ impl Loaded {
         // A policy that decides between a left and a right only.
         let two_sided = |p: &Spanned<String>, key: String| {
             match self.policy(p, &key, streams)? {
-            Policy::Prefer(_) | Policy::Rule(_) => Err(self.invalid(
+            Policy::Prefer(_) => Err(self.invalid(
                 p,
                 key,
-                format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, or order: SIDE, SIDE, ... (its sides by connection, first wins)", p.get_ref().trim()),
+                format!("{} decides between two sides; a sync of more takes last-writer-wins, manual, order: SIDE, SIDE, ... (its sides by connection, first wins) or rule:NAME", p.get_ref().trim()),
             )),
             _ => Ok(()),
         }

@@ -2194,6 +2194,16 @@ async fn ask_rules(
                     value: q.right.clone().into(),
                     changed_at: q.right_changed_at,
                 },
+                others: spec
+                    .more_names
+                    .iter()
+                    .zip(&q.more)
+                    .map(|(name, (value, changed_at))| plugin::Side {
+                        name: name.clone(),
+                        value: value.clone().into(),
+                        changed_at: *changed_at,
+                    })
+                    .collect(),
             })
             .collect();
         match rule.resolve(conflicts).await {
@@ -2202,6 +2212,15 @@ async fn ask_rules(
                     let a = match r {
                         plugin::Resolution::TakeLeft => RuleAnswer::TakeLeft,
                         plugin::Resolution::TakeRight => RuleAnswer::TakeRight,
+                        plugin::Resolution::TakeOther(n) if (n as usize) < q.more.len() => {
+                            RuleAnswer::Take(engine::Side::nth(n as usize + 2))
+                        }
+                        plugin::Resolution::TakeOther(n) => RuleAnswer::Manual(format!(
+                            "rule {name} answered take-other({n}), but sync {} has {} other \
+                             sides (take-other counts from 0, the third side)",
+                            spec.name,
+                            q.more.len()
+                        )),
                         plugin::Resolution::Value(v) => {
                             let v = engine::Value::from(v).canonical();
                             match unfit(spec, &q.field, &v) {

@@ -14,6 +14,7 @@ mod sandbox;
 mod since;
 mod since_v0_1_0;
 mod since_v0_2_0;
+mod since_v0_3_0;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -301,7 +302,8 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
         wasmtime::component::HasSelf<StoreState>,
     >(&mut l, |s| s)?;
     host::link_all(&mut l)?;
-    // Components built for 0.2.0 and 0.1.0 import the same capabilities by their own names.
+    // Components built for older versions import the same capabilities by their own names.
+    since_v0_3_0::add_to_linker(&mut l)?;
     since_v0_2_0::add_to_linker(&mut l)?;
     since_v0_1_0::add_to_linker(&mut l)?;
     Ok(l)

@@ -28,6 +28,26 @@ pub trait Resolver {
     fn resolve(conflict: &Conflict) -> Resolution;
 }
 
+impl Conflict {
+    /// Every side, in the sync's order: left, right, then its third side and on (`others`,
+    /// empty in a sync of two). [`Resolution::take`] takes one by its position here.
+    pub fn sides(&self) -> impl Iterator<Item = &Side> {
+        [&self.left, &self.right].into_iter().chain(&self.others)
+    }
+}
+
+impl Resolution {
+    /// Keeps the value of the side at `index` of [`Conflict::sides`]: 0 is the left, 1 the
+    /// right, 2 the third side.
+    pub fn take(index: usize) -> Resolution {
+        match index {
+            0 => Resolution::TakeLeft,
+            1 => Resolution::TakeRight,
+            n => Resolution::TakeOther(u32::try_from(n - 2).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
 /// Registers `T` as this component's conflict rule. Use once, at the crate root.
 #[macro_export]
 macro_rules! register_resolver {

@@ -11,9 +11,9 @@
 //!
 //! Counters add every side's change (`counter::count`) and filters apply to every side
 //! (`filter::scope`), as in a sync of two; a one-way field is written from its owner to every
-//! other side. Value translation and rules are defined between two sides: config refuses them
-//! in a sync of more (`Loaded::validate_more_sides`), and a rule policy reaching this merge is
-//! held for a person rather than guessed.
+//! other side. A rule is asked with every side's value (`RuleQuery::more`) and may take any
+//! side. Value translation is defined between two sides: config refuses it in a sync of more
+//! (`Loaded::validate_more_sides`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,13 +22,19 @@ use super::merge::{
     changed_since_base, get, writes_to_ops, ConflictNote, Decided, DecidedSide, LinkStatus, Merged,
     HELD_FOR_A_PERSON, WHOLE_RECORD,
 };
-use super::plan::OpKind;
+use super::plan::{OpKind, RuleAnswer, RuleQuery};
 use super::value::{Fields, Value};
 use super::{Link, Side, SideState};
 
 /// Merges one link of a sync of more than two sides. `held` are the fields (or
-/// [`WHOLE_RECORD`]) with open conflicts.
-pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) -> Merged {
+/// [`WHOLE_RECORD`]) with open conflicts; `answers` are rules' answers to the queries of an
+/// earlier pass over the same input.
+pub(crate) fn merge_many(
+    link: &Link,
+    spec: &SyncSpec,
+    held: &BTreeSet<String>,
+    answers: &BTreeMap<(u64, String), RuleAnswer>,
+) -> Merged {
     let mut m = Merged::default();
     if link.status != LinkStatus::Active {
         return m;
@@ -77,7 +83,7 @@ pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) 
             // The total, every side's change added in (`counter::count`).
             b.cloned()
         } else {
-            match settle_field(link, spec, f, &sides, &mut m) {
+            match settle_field(link, spec, f, &sides, answers, &mut m) {
                 Field::Value(v) => v,
                 Field::Held => continue,
             }
@@ -102,7 +108,7 @@ pub(crate) fn merge_many(link: &Link, spec: &SyncSpec, held: &BTreeSet<String>) 
 enum Field {
     /// The value every side should hold (none: no side has one).
     Value(Option<Value>),
-    /// Held for a person.
+    /// Held for a person, or waiting for a rule's answer.
     Held,
 }
 
@@ -112,6 +118,7 @@ fn settle_field(
     spec: &SyncSpec,
     f: &str,
     sides: &[(Side, &SideState)],
+    answers: &BTreeMap<(u64, String), RuleAnswer>,
     m: &mut Merged,
 ) -> Field {
     let b = link.base.get(f);
@@ -152,7 +159,7 @@ fn settle_field(
                 .iter()
                 .max_by_key(|(s, st, _)| (st.changed_at, std::cmp::Reverse(*s)))
                 .expect("several edits");
-            m.decided.push(decided(link, f, *side, &contenders));
+            m.decided.push(decided(link, f, *side, &contenders, None));
             *side
         }
         Policy::Order(order) => *order
@@ -170,22 +177,68 @@ fn settle_field(
             return Field::Held;
         }
         Policy::Rule(name) => {
-            m.conflicts.push(ConflictNote::of_link(
-                link,
-                f,
-                format!(
-                    "{} all changed {f}, and rule {name} decides between two sides only",
-                    spec.list_sides(contenders)
-                ),
-            ));
-            return Field::Held;
+            let taken = match answers.get(&(link.id, f.to_owned())) {
+                None => {
+                    m.queries.push(query(link, f));
+                    return Field::Held;
+                }
+                Some(RuleAnswer::TakeLeft) => Side::LEFT,
+                Some(RuleAnswer::TakeRight) => Side::RIGHT,
+                Some(RuleAnswer::Take(side)) if side.index() < spec.sides() => *side,
+                Some(RuleAnswer::Take(side)) => {
+                    m.conflicts.push(ConflictNote::of_link(
+                        link,
+                        f,
+                        format!("rule {name} took side {side}, which this sync does not have"),
+                    ));
+                    return Field::Held;
+                }
+                Some(RuleAnswer::Value(v)) => {
+                    let mut d = decided(link, f, Side::LEFT, &contenders, Some(name));
+                    d.value = Some(v.clone());
+                    m.decided.push(d);
+                    return Field::Value(Some(v.clone()));
+                }
+                Some(RuleAnswer::Manual(why)) => {
+                    m.conflicts.push(ConflictNote::of_link(
+                        link,
+                        f,
+                        format!("the rule left it to a person: {why}"),
+                    ));
+                    return Field::Held;
+                }
+            };
+            m.decided
+                .push(decided(link, f, taken, &contenders, Some(name)));
+            taken
         }
     };
     Field::Value(get(link.side(winner), f).cloned())
 }
 
-/// A last-writer-wins decision over several sides, with every side's value and time.
-fn decided(link: &Link, f: &str, winner: Side, among: &[Side]) -> Decided {
+/// What a rule is asked about one field: every side's value (null where it has none) and
+/// change time.
+fn query(link: &Link, f: &str) -> RuleQuery {
+    let mut sides = link
+        .each_side()
+        .map(|(_, st)| (get(st, f).cloned().unwrap_or(Value::Null), st.changed_at));
+    let (left, left_changed_at) = sides.next().expect("a left side");
+    let (right, right_changed_at) = sides.next().expect("a right side");
+    RuleQuery {
+        link: link.id,
+        field: f.to_owned(),
+        base: link.base.get(f).cloned(),
+        left,
+        right,
+        left_changed_at,
+        right_changed_at,
+        more: sides.collect(),
+    }
+}
+
+/// A decision over several sides (by last writer wins, or by `rule`), with every side's value
+/// and time.
+fn decided(link: &Link, f: &str, winner: Side, among: &[Side], rule: Option<&String>) -> Decided {
     let value = |s: Side| get(link.side(s), f).cloned().unwrap_or(Value::Null);
     let (l, r) = (&link.left, &link.right);
     Decided {
@@ -198,7 +251,7 @@ fn decided(link: &Link, f: &str, winner: Side, among: &[Side]) -> Decided {
         left_read_time: l.read_time,
         right_read_time: r.read_time,
         winner,
-        rule: None,
+        rule: rule.cloned(),
         value: None,
         plugin: None,
         more: link
@@ -470,6 +523,59 @@ mod tests {
                 Some(&text("Ada D"))
             ]
         );
+    }
+
+    #[test]
+    fn a_rule_is_asked_with_every_sides_value_and_may_take_any() {
+        let s = spec(Policy::Rule("pick".into()));
+        let input = |answers: BTreeMap<(u64, String), RuleAnswer>| Input {
+            spec: &s,
+            links: vec![agreed()],
+            held: BTreeMap::new(),
+            changes: vec![
+                edit(Side::LEFT, "c1", "Ada C", 5),
+                edit(DESK, "d1", "Ada D", 6),
+            ],
+            candidates: BTreeMap::new(),
+            answers,
+            next_link_id: 8,
+        };
+        // First pass: a query with all three values, nothing written yet.
+        let p = plan(&input(BTreeMap::new()));
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        let q = &p.queries[0];
+        assert_eq!((q.link, q.field.as_str()), (7, "name"));
+        assert_eq!((&q.left, &q.right), (&text("Ada C"), &text("Ada")));
+        assert_eq!(q.more, [(text("Ada D"), Some(6))]);
+        assert_eq!(q.base, Some(text("Ada")));
+        // The rule takes the third side: written to the other two, decided by the rule.
+        let key = (7, "name".to_owned());
+        let p = plan(&input([(key.clone(), RuleAnswer::Take(DESK))].into()));
+        let w = written(&p);
+        assert_eq!(
+            w.keys().copied().collect::<Vec<_>>(),
+            [Side::LEFT, Side::RIGHT]
+        );
+        assert_eq!(w[&Side::RIGHT].1, fields(&[("name", "Ada D")]));
+        let d = &p.decided[0];
+        assert_eq!((d.winner, d.rule.as_deref()), (DESK, Some("pick")));
+        assert_eq!(d.among, [Side::LEFT, DESK]);
+        // Its own value goes to every side; a person's turn holds the field with all values.
+        let p = plan(&input(
+            [(key.clone(), RuleAnswer::Value(text("A. D.")))].into(),
+        ));
+        assert_eq!(written(&p).len(), 3);
+        assert_eq!(p.decided[0].value, Some(text("A. D.")));
+        let p = plan(&input(
+            [(key.clone(), RuleAnswer::Manual("why".into()))].into(),
+        ));
+        assert!(p.ops.is_empty());
+        assert_eq!(p.conflicts[0].reason, "the rule left it to a person: why");
+        assert_eq!(p.conflicts[0].value(DESK), Some(&text("Ada D")));
+        // A side the sync lacks decides nothing.
+        let p = plan(&input([(key, RuleAnswer::Take(Side::nth(5)))].into()));
+        assert!(p.ops.is_empty());
+        assert!(p.conflicts[0].reason.contains("does not have"));
     }
 
     #[test]

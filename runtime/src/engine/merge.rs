@@ -212,6 +212,10 @@ fn settle_conflict(
                 Settled::Ruled(name.clone(), Some(Side::RIGHT), right.clone())
             }
             Some(RuleAnswer::Value(v)) => Settled::Ruled(name.clone(), None, v.clone()),
+            // The driver answers `Take` for a third side only, which a sync of two lacks.
+            Some(RuleAnswer::Take(side)) => Settled::Hold(format!(
+                "rule {name} took side {side}, which this sync of two does not have"
+            )),
             Some(RuleAnswer::Manual(why)) => {
                 Settled::Hold(format!("the rule left it to a person: {why}"))
             }
@@ -384,6 +388,7 @@ pub(crate) fn merge_link(
                                 right: c.clone(),
                                 left_changed_at: l.changed_at,
                                 right_changed_at: r.changed_at,
+                                more: Vec::new(),
                             });
                             continue;
                         }

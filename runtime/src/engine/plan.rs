@@ -50,6 +50,9 @@ pub struct RuleQuery {
     pub right: Value,
     pub left_changed_at: Option<i64>,
     pub right_changed_at: Option<i64>,
+    /// The third side and on, in order: each one's value (null where it has none) and change
+    /// time. Empty in a sync of two.
+    pub more: Vec<(Value, Option<i64>)>,
 }
 
 /// A rule's (or a person's) answer to a conflict.
@@ -57,6 +60,8 @@ pub struct RuleQuery {
 pub enum RuleAnswer {
     TakeLeft,
     TakeRight,
+    /// The value of this side, the third or later (a sync of more than two).
+    Take(Side),
     Value(Value),
     Manual(String),
 }
@@ -239,7 +244,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 out.conflicts.push(note);
             }
             let mut merged = if spec.sides() > 2 {
-                merge_many(link, spec, &held)
+                merge_many(link, spec, &held, &input.answers)
             } else {
                 merge_link(link, spec, &held, &input.answers)
             };

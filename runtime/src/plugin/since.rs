@@ -1,10 +1,12 @@
 //! What every adapter of an older contract version (`since_v0_*.rs`) does the same way: its
-//! `log` and `sql` imports forward to the latest host capabilities, and its rules are called
-//! with the latest types (the resolver interface has not changed). The shapes are the same in
-//! every version, but each version's bindings are Rust types of their own, so the code is
-//! written once here and stamped out in each adapter, where `old_log`, `old_sql`,
-//! `old_resolver`, `latest_log`, `latest_sql`, `latest_resolver` and `ResolverWorld` name that
-//! version's and the latest bindings.
+//! `log` and `sql` imports forward to the latest host capabilities, its rules are called with
+//! the latest types (0.4.0 added the sides of a sync of more, which an older rule is not asked
+//! about), and, from 0.2.0 on, its connector's exports are called with the latest types. The
+//! shapes are the same in every version, but each version's bindings are Rust types of their
+//! own, so the code is written once here and stamped out in each adapter, where `old`,
+//! `old_log`, `old_sql`, `old_resolver`, `latest`, `latest_log`, `latest_sql`,
+//! `latest_resolver`, `ConnectorWorld` and `ResolverWorld` name that version's and the latest
+//! bindings.
 
 /// The `log` and `sql` imports of an older version, forwarded to the latest.
 macro_rules! forward_log_and_sql {
@@ -122,7 +124,9 @@ macro_rules! forward_log_and_sql {
     };
 }
 
-/// `resolve` for an older version's rules, called with the latest types.
+/// `resolve` for an older version's rules, called with the latest types. Such a rule sees two
+/// sides: a conflict of a sync of more (`others` not empty) is not asked but left to a person,
+/// saying why, rather than decided between two of its sides.
 macro_rules! resolve_as_latest {
     () => {
         pub(crate) async fn resolve<S: AsContextMut<Data = StoreState>>(
@@ -135,8 +139,9 @@ macro_rules! resolve_as_latest {
                 value: s.value.clone(),
                 changed_at: s.changed_at,
             };
-            let conflicts: Vec<old_resolver::Conflict> = conflicts
+            let asked: Vec<old_resolver::Conflict> = conflicts
                 .iter()
+                .filter(|c| c.others.is_empty())
                 .map(|c| old_resolver::Conflict {
                     sync: c.sync.clone(),
                     field: c.field.clone(),
@@ -145,21 +150,269 @@ macro_rules! resolve_as_latest {
                     right: side(&c.right),
                 })
                 .collect();
-            let resolutions = world
-                .duplex_plugin_resolver()
-                .call_resolve(s, &conflicts)
-                .await?;
-            Ok(resolutions
-                .into_iter()
-                .map(|r| match r {
-                    old_resolver::Resolution::TakeLeft => latest_resolver::Resolution::TakeLeft,
-                    old_resolver::Resolution::TakeRight => latest_resolver::Resolution::TakeRight,
-                    old_resolver::Resolution::Value(v) => latest_resolver::Resolution::Value(v),
-                    old_resolver::Resolution::Manual(why) => {
-                        latest_resolver::Resolution::Manual(why)
+            let answers = if asked.is_empty() {
+                Vec::new()
+            } else {
+                world
+                    .duplex_plugin_resolver()
+                    .call_resolve(s, &asked)
+                    .await?
+            };
+            let asked = asked.len();
+            let mut answers = answers.into_iter().map(|r| match r {
+                old_resolver::Resolution::TakeLeft => latest_resolver::Resolution::TakeLeft,
+                old_resolver::Resolution::TakeRight => latest_resolver::Resolution::TakeRight,
+                old_resolver::Resolution::Value(v) => latest_resolver::Resolution::Value(v),
+                old_resolver::Resolution::Manual(why) => latest_resolver::Resolution::Manual(why),
+            });
+            let unasked = |c: &latest_resolver::Conflict| {
+                latest_resolver::Resolution::Manual(format!(
+                    "the rule was built for duplex:plugin@{VERSION}, which shows it two sides; \
+                     sync {} has {}: rebuild the rule against duplex:plugin@{}",
+                    c.sync,
+                    c.others.len() + 2,
+                    super::world::VERSION
+                ))
+            };
+            if answers.len() != asked {
+                // A wrong count stays wrong, for the caller's contract check to name.
+                let unasked = conflicts.iter().filter(|c| !c.others.is_empty()).map(unasked);
+                return Ok(answers.chain(unasked).collect());
+            }
+            Ok(conflicts
+                .iter()
+                .map(|c| {
+                    if c.others.is_empty() {
+                        answers.next().expect("one answer per conflict asked")
+                    } else {
+                        unasked(c)
                     }
                 })
                 .collect())
+        }
+    };
+}
+
+/// A connector of an older version whose exports have the latest shapes (0.2.0 on: only
+/// `webhook` came later), called with the latest types: `Connector` wraps its bindings; the
+/// adapter adds `webhook` itself.
+macro_rules! connector_as_latest {
+    () => {
+        type CallResult<T> = wasmtime::Result<Result<T, Error>>;
+
+        impl Connector<'_> {
+            fn guest(&self) -> &old::Guest {
+                self.0.duplex_plugin_connector()
+            }
+
+            pub async fn info<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+            ) -> wasmtime::Result<latest::ConnectorInfo> {
+                let i = self.guest().call_info(s).await?;
+                let mut capabilities = latest::Capabilities::empty();
+                for (old_flag, flag) in [
+                    (
+                        old::Capabilities::CHANGE_FEED,
+                        latest::Capabilities::CHANGE_FEED,
+                    ),
+                    (
+                        old::Capabilities::DELETES_IN_FEED,
+                        latest::Capabilities::DELETES_IN_FEED,
+                    ),
+                    (
+                        old::Capabilities::CONDITIONAL_WRITES,
+                        latest::Capabilities::CONDITIONAL_WRITES,
+                    ),
+                    (old::Capabilities::REALTIME, latest::Capabilities::REALTIME),
+                ] {
+                    if i.capabilities.contains(old_flag) {
+                        capabilities |= flag;
+                    }
+                }
+                Ok(latest::ConnectorInfo {
+                    name: i.name,
+                    version: i.version,
+                    config_schema: i.config_schema,
+                    capabilities,
+                })
+            }
+
+            pub async fn check<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+            ) -> CallResult<()> {
+                self.guest().call_check(s, config).await
+            }
+
+            pub async fn discover<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+            ) -> CallResult<Vec<latest::Stream>> {
+                let streams = self.guest().call_discover(s, config).await?;
+                Ok(streams.map(|streams| streams.into_iter().map(stream).collect()))
+            }
+
+            pub async fn read<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                stream: &str,
+                origin: &str,
+                cursor: Option<&str>,
+                max: u32,
+            ) -> CallResult<latest::ChangeBatch> {
+                let batch = self
+                    .guest()
+                    .call_read(s, config, stream, origin, cursor, max)
+                    .await?;
+                Ok(batch.map(|b| latest::ChangeBatch {
+                    changes: b.changes.into_iter().map(change).collect(),
+                    next_cursor: b.next_cursor,
+                    has_more: b.has_more,
+                }))
+            }
+
+            pub async fn write<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                stream: &str,
+                origin: &str,
+                ops: &[latest::WriteOp],
+            ) -> CallResult<Vec<Result<latest::Written, Error>>> {
+                let ops: Vec<old::WriteOp> = ops.iter().map(write_op).collect();
+                let results = self
+                    .guest()
+                    .call_write(s, config, stream, origin, &ops)
+                    .await?;
+                Ok(results.map(|rs| {
+                    rs.into_iter()
+                        .map(|r| {
+                            r.map(|w| latest::Written {
+                                id: w.id,
+                                version: w.version,
+                                stored: w.stored,
+                            })
+                        })
+                        .collect()
+                }))
+            }
+
+            pub async fn find<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                stream: &str,
+                key: &latest::LookupKey,
+            ) -> CallResult<Vec<latest::Current>> {
+                let key = match key {
+                    latest::LookupKey::Ids(ids) => old::LookupKey::Ids(ids.clone()),
+                    latest::LookupKey::ByField(m) => old::LookupKey::ByField(old::FieldMatch {
+                        field: m.field.clone(),
+                        values: m.values.clone(),
+                        ignore_case: m.ignore_case,
+                    }),
+                };
+                let found = self.guest().call_find(s, config, stream, &key).await?;
+                Ok(found.map(|found| {
+                    found
+                        .into_iter()
+                        .map(|c| latest::Current {
+                            id: c.id,
+                            fields: c.fields,
+                            version: c.version,
+                            changed_at: c.changed_at,
+                        })
+                        .collect()
+                }))
+            }
+
+            pub async fn watch<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                timeout_ms: u32,
+            ) -> CallResult<latest::Watched> {
+                let watched = self.guest().call_watch(s, config, timeout_ms).await?;
+                Ok(watched.map(|w| match w {
+                    old::Watched::Changed => latest::Watched::Changed,
+                    old::Watched::Timeout => latest::Watched::Timeout,
+                    old::Watched::Unsupported => latest::Watched::Unsupported,
+                }))
+            }
+
+            pub async fn remove_capture<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                stream: Option<&str>,
+            ) -> CallResult<()> {
+                self.guest().call_remove_capture(s, config, stream).await
+            }
+        }
+
+        fn stream(s: old::Stream) -> latest::Stream {
+            latest::Stream {
+                name: s.name,
+                fields: s
+                    .fields
+                    .into_iter()
+                    .map(|f| latest::Field {
+                        name: f.name,
+                        type_: match f.type_ {
+                            old::FieldType::Boolean => latest::FieldType::Boolean,
+                            old::FieldType::Integer => latest::FieldType::Integer,
+                            old::FieldType::Float => latest::FieldType::Float,
+                            old::FieldType::Decimal => latest::FieldType::Decimal,
+                            old::FieldType::Text => latest::FieldType::Text,
+                            old::FieldType::Bytes => latest::FieldType::Bytes,
+                            old::FieldType::Timestamp => latest::FieldType::Timestamp,
+                            old::FieldType::Json => latest::FieldType::Json,
+                        },
+                        nullable: f.nullable,
+                        writable: f.writable,
+                        matchable: f.matchable,
+                        allowed: f.allowed,
+                        unsupported: f.unsupported,
+                    })
+                    .collect(),
+                primary_key: s.primary_key,
+            }
+        }
+
+        fn change(c: old::Change) -> latest::Change {
+            latest::Change {
+                id: c.id,
+                kind: match c.kind {
+                    old::ChangeKind::Create => latest::ChangeKind::Create,
+                    old::ChangeKind::Update => latest::ChangeKind::Update,
+                    old::ChangeKind::Delete => latest::ChangeKind::Delete,
+                },
+                fields: c.fields,
+                version: c.version,
+                changed_at: c.changed_at,
+                origin: c.origin,
+            }
+        }
+
+        fn write_op(op: &latest::WriteOp) -> old::WriteOp {
+            match op {
+                latest::WriteOp::Create(c) => old::WriteOp::Create(old::CreateOp {
+                    fields: c.fields.clone(),
+                }),
+                latest::WriteOp::Update(u) => old::WriteOp::Update(old::UpdateOp {
+                    id: u.id.clone(),
+                    fields: u.fields.clone(),
+                    if_version: u.if_version.clone(),
+                }),
+                latest::WriteOp::Delete(d) => old::WriteOp::Delete(old::DeleteOp {
+                    id: d.id.clone(),
+                    if_version: d.if_version.clone(),
+                }),
+            }
         }
     };
 }

@@ -1,0 +1,122 @@
+//! Components built against `duplex:plugin@0.3.0` (`wit/v0.3.0/`), kept loading.
+//!
+//! The same thin adapter as `since_v0_2_0.rs`: the 0.3.0 imports (`log`, `sql`, `signing`)
+//! forward to the same host capabilities, and the 0.3.0 exports are called and their values
+//! converted to the latest types. 0.4.0 changed only the resolver: a conflict carries the
+//! sync's third side and on (`others`) and a rule may take one of them. A 0.3.0 rule sees two
+//! sides; in a sync of more, `resolve_as_latest!` leaves its conflicts to a person.
+//!
+//! Must not: grow behaviour of its own.
+
+#![allow(missing_docs, clippy::all)]
+
+use wasmtime::component::{Linker, Resource};
+use wasmtime::AsContextMut;
+
+use super::StoreState;
+use crate::bindings::connector as latest;
+use crate::bindings::duplex::plugin::types::{Error, Value};
+use crate::bindings::duplex::plugin::{
+    log as latest_log, signing as latest_signing, sql as latest_sql,
+};
+use crate::bindings::resolver as latest_resolver;
+use crate::host::sql::Connection;
+use crate::host::{HasHost, HostData, HostView};
+
+/// The version this module adapts.
+pub const VERSION: &str = "0.3.0";
+
+mod connector_world {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.3.0",
+        world: "connector-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+            "duplex:plugin/sql.connection": crate::host::sql::Connection,
+        },
+    });
+}
+
+mod resolver_world {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.3.0",
+        world: "resolver-plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+        },
+    });
+}
+
+pub(crate) use connector_world::{
+    ConnectorPlugin as ConnectorWorld, ConnectorPluginPre as ConnectorWorldPre,
+};
+pub(crate) use resolver_world::{
+    ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre,
+};
+
+use connector_world::duplex::plugin::{log as old_log, signing as old_signing, sql as old_sql};
+use connector_world::exports::duplex::plugin::connector as old;
+use resolver_world::exports::duplex::plugin::resolver as old_resolver;
+
+// ---- Imports: what 0.3.0 components call, forwarded to the host's capabilities.
+
+/// Links the 0.3.0 names of the contract's types (no functions), `log`, `sql` and `signing`,
+/// which forward to the latest and so check the same grants.
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
+    old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    old_signing::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+    Ok(())
+}
+
+forward_log_and_sql!();
+
+impl old_signing::Host for HostView<'_> {
+    async fn hmac_sha256(
+        &mut self,
+        name: String,
+        message: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        latest_signing::Host::hmac_sha256(self, name, message).await
+    }
+}
+
+// ---- Exports: a 0.3.0 connector called as the latest one.
+
+/// Calls a 0.3.0 connector's exports with the latest types.
+pub(crate) struct Connector<'a>(pub &'a ConnectorWorld);
+
+connector_as_latest!();
+
+impl Connector<'_> {
+    pub async fn webhook<S: AsContextMut<Data = StoreState>>(
+        &self,
+        s: S,
+        config: &str,
+        request: &latest::WebhookRequest,
+    ) -> CallResult<latest::WebhookAnswer> {
+        let request = old::WebhookRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+            received_at: request.received_at,
+        };
+        let answer = self.guest().call_webhook(s, config, &request).await?;
+        Ok(answer.map(|a| match a {
+            old::WebhookAnswer::ChangesWaiting => latest::WebhookAnswer::ChangesWaiting,
+            old::WebhookAnswer::Nothing => latest::WebhookAnswer::Nothing,
+            old::WebhookAnswer::Refused(why) => latest::WebhookAnswer::Refused(why),
+            old::WebhookAnswer::Unsupported => latest::WebhookAnswer::Unsupported,
+        }))
+    }
+}
+
+// ---- A 0.3.0 rule called as the latest one: it sees the left and right sides only.
+
+resolve_as_latest!();
