@@ -47,12 +47,12 @@ fn spec(policy: Policy) -> SyncSpec {
             FieldSpec {
                 more: Vec::new(),
                 values: vec![
-                    (
+                    vec![
                         Value::Text("active".into()).into(),
                         Value::Integer(1).into(),
-                    ),
-                    (Value::Text("lead".into()).into(), Value::Integer(2).into()),
-                    (Value::Text("gone".into()).into(), Value::Integer(3).into()),
+                    ],
+                    vec![Value::Text("lead".into()).into(), Value::Integer(2).into()],
+                    vec![Value::Text("gone".into()).into(), Value::Integer(3).into()],
                 ],
                 ..field("status", "state", FieldType::Integer)
             },
@@ -848,7 +848,7 @@ fn value_maps_cover_every_status() {
     let map: BTreeMap<String, String> = f
         .values
         .iter()
-        .map(|(l, r)| (l.display(), r.display()))
+        .map(|row| (row[0].display(), row[1].display()))
         .collect();
     assert_eq!(map.len(), STATUSES.len());
 }

@@ -1381,9 +1381,9 @@ async fn one_sync_keeps_a_record_the_same_in_three_databases() {
     let dir = tempfile::tempdir().unwrap();
     let db = |n: &str| rusqlite::Connection::open(dir.path().join(format!("{n}.db"))).unwrap();
     let tables = [
-        ("crm", "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0)"),
-        ("erp", "CREATE TABLE customers (id INTEGER PRIMARY KEY, mail TEXT NOT NULL, full_name TEXT, tel TEXT, licences INTEGER NOT NULL DEFAULT 0)"),
-        ("desk", "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT NOT NULL, display TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0)"),
+        ("crm", "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0, tier TEXT)"),
+        ("erp", "CREATE TABLE customers (id INTEGER PRIMARY KEY, mail TEXT NOT NULL, full_name TEXT, tel TEXT, licences INTEGER NOT NULL DEFAULT 0, level INTEGER)"),
+        ("desk", "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT NOT NULL, display TEXT, phone TEXT, seats INTEGER NOT NULL DEFAULT 0, plan TEXT)"),
     ];
     let mut config = String::new();
     for (n, table) in tables {
@@ -1403,6 +1403,7 @@ fields = [
   { name = "name", left = "name", right = "full_name", also = ["display"] },
   { name = "phone", left = "phone", right = "tel", also = ["phone"], conflict = "order: erp, crm, desk" },
   { name = "seats", left = "seats", right = "licences", also = ["seats"], counter = true },
+  { name = "tier", left = "tier", right = "level", also = ["plan"], values = { gold = [1, "G"], silver = [2, "S"] } },
 ]
 "#,
     );
@@ -1554,6 +1555,38 @@ fields = [
         assert_eq!(seats(n)[0], 4, "{n}");
     }
 
+    // Values translate between all three: the helpdesk's "S" is the CRM's silver and the ERP's
+    // 2, and the ERP's 1 is gold and "G".
+    let tiers = || {
+        let one = |n: &str, sql: &str| -> Option<String> {
+            db(n).query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        (
+            one("crm", "SELECT tier FROM people WHERE email LIKE 'ada@%'"),
+            one(
+                "erp",
+                "SELECT CAST(level AS TEXT) FROM customers WHERE mail LIKE 'ada@%'",
+            ),
+            one(
+                "desk",
+                "SELECT plan FROM users WHERE email_address LIKE 'ada@%'",
+            ),
+        )
+    };
+    exec(
+        "desk",
+        "UPDATE users SET plan = 'S' WHERE email_address LIKE 'ada@%'",
+    );
+    run().await;
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(tiers(), (some("silver"), some("2"), some("S")));
+    exec(
+        "erp",
+        "UPDATE customers SET level = 1 WHERE mail LIKE 'ada@%'",
+    );
+    run().await;
+    assert_eq!(tiers(), (some("gold"), some("1"), some("G")));
+
     // A delete in one reaches both others.
     exec(
         "erp",
@@ -1673,6 +1706,16 @@ fields = [
     assert!(
         said.contains("crm.people <-> erp.customers <-> desk.users"),
         "{said}"
+    );
+
+    // Values name one per other side, in order: a sync of three takes two.
+    std::fs::write(&path, config.replace("gold = [1, \"G\"]", "gold = 1")).unwrap();
+    let out = duplex(&["check", "duplex.toml"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("syncs.people.fields[4].values")
+            && err.contains("gold: a sync of 3 sides maps each left value to a list of the 2 others' values, in order (erp.customers, desk.users)"),
+        "{err}"
     );
 
     // A field that does not name its column on the third side is refused, with where.

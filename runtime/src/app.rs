@@ -1110,42 +1110,59 @@ fn build_sync(
         }
         let mut values = Vec::new();
         if let Some(table) = &f.values {
+            let key = format!("syncs.{name}.fields[{i}].values");
+            let n = sides.len();
+            let invalid =
+                |at: &toml::Spanned<String>, why: String| loaded.invalid(at, key.clone(), why);
             for (k, v) in table {
-                let left = convert(Value::Text(k.clone()), lt).map_err(|m| {
-                    loaded.invalid(
+                // A sync of two maps a left value to a right one; a sync of more, to a list of
+                // the other sides' values in config order.
+                let others: Vec<&toml::Value> = match v {
+                    toml::Value::Array(a) if n > 2 => a.iter().collect(),
+                    v => vec![v],
+                };
+                if others.len() != n - 1 {
+                    let list: Vec<&str> = streams[1..].to_vec();
+                    return Err(invalid(
                         &f.left,
-                        format!("syncs.{name}.fields[{i}].values"),
-                        format!("{k}: {m}"),
+                        format!(
+                            "{k}: a sync of {n} sides maps each left value to a list of the {} others' values, in order ({}): {k} = [...]",
+                            n - 1,
+                            list.join(", ")
+                        ),
                     )
-                })?;
-                let right = toml_value(v).and_then(|v| convert(v, rt)).map_err(|m| {
-                    loaded.invalid(
-                        &f.right,
-                        format!("syncs.{name}.fields[{i}].values"),
-                        format!("{k}: {m}"),
-                    )
-                })?;
-                // An enum on either side: the mapped values must be among its values.
-                for (value, field, at) in [(&left, lf, &f.left), (&right, rf, &f.right)] {
+                    .into());
+                }
+                let mut row = vec![convert(Value::Text(k.clone()), lt)
+                    .map_err(|m| invalid(&f.left, format!("{k}: {m}")))?];
+                for (side, v) in Side::all(n).skip(1).zip(others) {
+                    let (_, at) = &names[side.index()];
+                    row.push(
+                        toml_value(v)
+                            .and_then(|v| convert(v, types[side.index()]))
+                            .map_err(|m| invalid(at, format!("{k}: {m}")))?,
+                    );
+                }
+                // An enum on any side: the mapped values must be among its values.
+                for (side, (value, field)) in Side::all(n).zip(row.iter().zip(&found)) {
                     let text = match value {
                         Value::Text(t) => t.clone(),
                         other => other.display(),
                     };
                     if !field.allowed.is_empty() && !field.allowed.contains(&text) {
-                        return Err(loaded
-                            .invalid(
-                                at,
-                                format!("syncs.{name}.fields[{i}].values"),
-                                format!(
-                                    "{text} is not a value of field {} (it takes: {})",
-                                    field.name,
-                                    field.allowed.join(", ")
-                                ),
-                            )
-                            .into());
+                        let (_, at) = &names[side.index()];
+                        return Err(invalid(
+                            at,
+                            format!(
+                                "{text} is not a value of field {} (it takes: {})",
+                                field.name,
+                                field.allowed.join(", ")
+                            ),
+                        )
+                        .into());
                     }
                 }
-                values.push((left, right));
+                values.push(row);
             }
         }
         fields.push(FieldSpec {

@@ -403,7 +403,8 @@ pub struct FieldConfig {
     /// This field's conflict policy, overriding the sync's.
     #[serde(default)]
     pub conflict: Option<Spanned<String>>,
-    /// Value translation: `{ left value = right value }`, applied both ways.
+    /// Value translation: `{ left value = right value }`, applied both ways; in a sync of more
+    /// sides, `{ left value = [right value, third value, ...] }`.
     #[serde(default)]
     pub values: Option<toml::Table>,
     /// A counter (stock on hand, seats used): when both sides change it, the result is the
@@ -668,8 +669,8 @@ impl Loaded {
     }
 
     /// What a sync of more than two sides can do yet: each field names its field on every
-    /// side; value translation, `direction` and `prefer-left` / `prefer-right` are defined
-    /// between two sides and refused here, each with what to use.
+    /// side; `direction` and `prefer-left` / `prefer-right` are defined between two sides and
+    /// refused here, each with what to use.
     fn validate_more_sides(
         &self,
         name: &str,
@@ -720,9 +721,6 @@ impl Loaded {
                     format!("a sync of more than two sides takes no {k} yet: {why}"),
                 ))
             };
-            if f.values.is_some() {
-                return refuse(&f.left, "values", "translate values in a sync of two sides");
-            }
             if !matches!(f.direction, DirectionConfig::Both) {
                 return refuse(
                     &f.left,

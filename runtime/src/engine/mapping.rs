@@ -137,8 +137,9 @@ pub struct FieldSpec {
     pub left_type: FieldType,
     pub right_type: FieldType,
     pub direction: Direction,
-    /// Pairs of (left value, right value): `open` on the left is `To Do` on the right.
-    pub values: Vec<(Value, Value)>,
+    /// Value translations, one row per value: the value on every side, in config order (the
+    /// left's first, which is the common value): `open` on the left is `To Do` on the right.
+    pub values: Vec<Vec<Value>>,
     /// Overrides the sync's default policy for this field.
     pub policy: Option<Policy>,
     /// A counter (stock on hand, seats used): both sides' changes are added, never one picked
@@ -167,6 +168,30 @@ impl FieldSpec {
             1 => self.right_type,
             n => self.more[n - 2].1,
         }
+    }
+
+    /// A value as `side` holds it, translated to the common (left) value; a value outside the
+    /// translations is itself.
+    fn translate_in(&self, side: Side, v: Value) -> Value {
+        let i = side.index();
+        match self
+            .values
+            .iter()
+            .find(|row| i > 0 && row.get(i) == Some(&v))
+        {
+            Some(row) => row[0].clone(),
+            None => v,
+        }
+    }
+
+    /// A common value as `side` holds it.
+    fn translate_out(&self, side: Side, v: &Value) -> Value {
+        self.values
+            .iter()
+            .find(|row| row.first() == Some(v))
+            .and_then(|row| row.get(side.index()))
+            .unwrap_or(v)
+            .clone()
     }
 }
 
@@ -336,18 +361,7 @@ impl SyncSpec {
             if self.stopped_on(&f.name, side) {
                 continue;
             }
-            // Values translate between the left and the right only (config refuses them in a
-            // sync of more sides).
-            let v = match side {
-                Side::RIGHT => f
-                    .values
-                    .iter()
-                    .find(|(_, r)| *r == v)
-                    .map(|(l, _)| l.clone())
-                    .unwrap_or(v),
-                _ => v,
-            };
-            let v = convert(v, f.left_type).map_err(|message| MapError {
+            let v = convert(f.translate_in(side, v), f.left_type).map_err(|message| MapError {
                 field: name.to_owned(),
                 message,
             })?;
@@ -365,20 +379,11 @@ impl SyncSpec {
                 continue;
             }
             let side_name = f.side_name(side);
-            let (v, ty) = match side {
-                Side::RIGHT => (
-                    f.values
-                        .iter()
-                        .find(|(l, _)| l == v)
-                        .map(|(_, r)| r.clone())
-                        .unwrap_or_else(|| v.clone()),
-                    f.right_type,
-                ),
-                _ => (v.clone(), f.side_type(side)),
-            };
-            let v = convert(v, ty).map_err(|message| MapError {
-                field: side_name.to_owned(),
-                message,
+            let v = convert(f.translate_out(side, v), f.side_type(side)).map_err(|message| {
+                MapError {
+                    field: side_name.to_owned(),
+                    message,
+                }
             })?;
             out.push((side_name.to_owned(), v));
         }
@@ -415,8 +420,8 @@ pub(crate) mod tests {
                 FieldSpec {
                     right_type: FieldType::Integer,
                     values: vec![
-                        (Value::Text("active".into()), Value::Int(1)),
-                        (Value::Text("lead".into()), Value::Int(2)),
+                        vec![Value::Text("active".into()), Value::Int(1)],
+                        vec![Value::Text("lead".into()), Value::Int(2)],
                     ],
                     ..text("status", "status", "status_code")
                 },
@@ -447,6 +452,38 @@ pub(crate) mod tests {
         let out = s.map_out(Side::RIGHT, &common).unwrap();
         assert!(out.contains(&("status_code".into(), Value::Int(2))));
         assert!(out.contains(&("mail".into(), Value::Text("a@x".into()))));
+    }
+
+    #[test]
+    fn values_translate_between_every_side_of_a_sync_of_more() {
+        let mut s = spec();
+        s.more_names = vec!["desk".into()];
+        for f in &mut s.fields {
+            f.more = vec![(format!("desk_{}", f.name), FieldType::Text)];
+        }
+        let status = s.fields.iter_mut().find(|f| f.name == "status").unwrap();
+        status.values[0].push(Value::Text("A".into()));
+        status.values[1].push(Value::Text("L".into()));
+        let desk = Side::nth(2);
+        let common = s
+            .map_in(desk, [("desk_status", Value::Text("L".into()))])
+            .unwrap();
+        assert_eq!(common.get("status"), Some(&Value::Text("lead".into())));
+        assert!(s
+            .map_out(Side::RIGHT, &common)
+            .unwrap()
+            .contains(&("status_code".into(), Value::Int(2))));
+        let active = [("status".to_owned(), Value::Text("active".into()))].into();
+        assert!(s
+            .map_out(desk, &active)
+            .unwrap()
+            .contains(&("desk_status".into(), Value::Text("A".into()))));
+        // A value outside the table is itself, and a left value is never looked up as another
+        // side's: "A" on the left stays "A".
+        let left = s
+            .map_in(Side::LEFT, [("status", Value::Text("A".into()))])
+            .unwrap();
+        assert_eq!(left.get("status"), Some(&Value::Text("A".into())));
     }
 
     #[test]
