@@ -886,6 +886,14 @@ async fn write_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_sync_under_concurrent_writers_converges_without_duplicates_or_echoes() {
+    // Failed cycles and retries are logged: a failure of this test shows them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let Some(pg) = ServerDb::new("postgres").await else {
         return;
     };
@@ -944,12 +952,26 @@ async fn realtime_sync_under_concurrent_writers_converges_without_duplicates_or_
             if std::env::var("LOAD_TRACE").is_ok() {
                 eprintln!("waiting: {} vs {} records", a.len(), b.len());
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "did not converge: {} vs {} records",
-                a.len(),
-                b.len()
-            );
+            if std::time::Instant::now() >= deadline {
+                let only =
+                    |x: &std::collections::BTreeMap<String, String>,
+                     y: &std::collections::BTreeMap<String, String>| {
+                        x.iter()
+                            .filter(|(k, v)| y.get(*k) != Some(*v))
+                            .take(5)
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                    };
+                panic!(
+                    "did not converge: {} vs {} records; only on postgres: {:?}; only on mariadb: {:?}; rejected: {:?}; stats: {:?}",
+                    a.len(),
+                    b.len(),
+                    only(&a, &b),
+                    only(&b, &a),
+                    state.rejected("people").unwrap().iter().take(5).collect::<Vec<_>>(),
+                    state.stats("people").unwrap(),
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // A write that lost a deadlock more often than the connector starts over is listed as
