@@ -5,7 +5,13 @@
 //! - change-to-visible latency in realtime mode, PostgreSQL to PostgreSQL, p50 and p99 over
 //!   1,000 changes, beside the database's own NOTIFY round trip;
 //! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
-//!   native client (batched multi-row INSERTs over one connection).
+//!   native client (batched multi-row INSERTs over one connection);
+//! - a 10,000-row UPDATE in one transaction, PostgreSQL to PostgreSQL in realtime: seconds from
+//!   the source's commit until the first and until the last row is visible on the other side,
+//!   beside the time the database takes to apply the same UPDATE natively (issue 17).
+//!
+//! `BENCH_SQL_PLUGIN=path/to/sql.wasm` runs the syncs with that build of the SQL connector in
+//! place of the built-in one, to compare two builds on the same machine.
 //!
 //! `BENCH_ROWS` sets the initial sync's row count (default 100,000), `BENCH_BATCH` the sync's
 //! batch (default: a sync's default, 1,000), and `DUPLEX_LOG=duplex=debug` prints each cycle's
@@ -38,15 +44,16 @@ async fn fresh_db(name: &str) -> String {
 /// A realtime sync of `items` from `src` to `dst`, with the default batch unless one is given.
 fn config(dir: &std::path::Path, src: &str, dst: &str, batch: Option<u32>) -> std::path::PathBuf {
     let batch = batch.map_or(String::new(), |b| format!("batch = {b}"));
+    let plugin = std::env::var("BENCH_SQL_PLUGIN").unwrap_or_else(|_| "builtin:sql".into());
     let text = format!(
         r#"
 [connections.src]
-plugin = "builtin:sql"
+plugin = "{plugin}"
 config = {{ url = "{src}" }}
 grants = {{ sql = ["{src}"] }}
 
 [connections.dst]
-plugin = "builtin:sql"
+plugin = "{plugin}"
 config = {{ url = "{dst}" }}
 grants = {{ sql = ["{dst}"] }}
 
@@ -220,6 +227,122 @@ async fn realtime_latency_postgres_to_postgres() {
             "NOT met"
         }
     );
+}
+
+/// Issue 17: a 10,000-row UPDATE made in one transaction, seconds from its commit until the
+/// other side shows the first and the last row updated (between them, the other side holds a
+/// partly applied transaction), beside the same UPDATE applied natively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_update_of_10k_rows_postgres_to_postgres() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rounds = 3;
+    let src = fresh_db("duplex_bench_upd_src").await;
+    let dst = fresh_db("duplex_bench_upd_dst").await;
+    let native = fresh_db("duplex_bench_upd_native").await;
+    let fill = format!(
+        "INSERT INTO items (code, label, qty, price) \
+         SELECT 'c' || i, 'label ' || i, 0, 1.25 FROM generate_series(1, {rows}) AS i"
+    );
+    for url in [&src, &native] {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        c.execute(TABLE).await.unwrap();
+        c.execute(fill.as_str()).await.unwrap();
+    }
+    let mut c = sqlx::PgConnection::connect(&dst).await.unwrap();
+    c.execute(TABLE).await.unwrap();
+    drop(c);
+
+    // Baseline: the same UPDATE, one statement, on a copy of the rows.
+    let mut base = Vec::new();
+    let mut n = sqlx::PgConnection::connect(&native).await.unwrap();
+    for round in 1..=rounds {
+        let t = Instant::now();
+        n.execute(format!("UPDATE items SET qty = {round}").as_str())
+            .await
+            .unwrap();
+        base.push(t.elapsed());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, None))
+        .await
+        .unwrap();
+    let state = app.open_state().unwrap();
+    app.run_once(&state, |_, _| {}).await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let measure = async {
+        let mut writer = sqlx::PgConnection::connect(&src).await.unwrap();
+        let mut reader = sqlx::PgConnection::connect(&dst).await.unwrap();
+        let count = |qty: i64| format!("SELECT count(*) FROM items WHERE qty = {qty}");
+        let mut out = Vec::new();
+        for round in 1..=rounds {
+            // Idle first: the sync waits for a change, as a running sync does.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let cpu = cpu_seconds();
+            writer
+                .execute(format!("UPDATE items SET qty = {round}").as_str())
+                .await
+                .unwrap();
+            let t = Instant::now();
+            let mut first = None;
+            loop {
+                let seen: i64 = sqlx::query(&count(round))
+                    .fetch_one(&mut reader)
+                    .await
+                    .unwrap()
+                    .get(0);
+                if seen > 0 && first.is_none() {
+                    first = Some(t.elapsed());
+                }
+                if seen == rows {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "round {round}: {seen} of {rows} rows arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            out.push((
+                first.unwrap(),
+                t.elapsed(),
+                cpu_per_row(cpu, cpu_seconds(), rows),
+            ));
+        }
+        let _ = stop_tx.send(());
+        out
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {},
+    );
+    let (rounds_seen, ran) = tokio::join!(measure, run);
+    ran.unwrap();
+    println!("a {rows}-row UPDATE in one transaction, PostgreSQL -> PostgreSQL, realtime:");
+    for ((first, all, cpu), native) in rounds_seen.iter().zip(&base) {
+        println!(
+            "  duplex: first row {}, all rows {} ({:.0} rows/s); partly applied for {}; native UPDATE {}; ratio {:.1}x native; {cpu}",
+            ms(*first),
+            ms(*all),
+            rows as f64 / all.as_secs_f64(),
+            ms(*all - *first),
+            ms(*native),
+            all.as_secs_f64() / native.as_secs_f64()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

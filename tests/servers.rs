@@ -2235,3 +2235,118 @@ async fn columns_dropped_and_retyped_on_postgres_and_mariadb_stop_only_their_fie
         Some("Bob B.")
     );
 }
+
+/// Issue 17: a call of many conditional updates (one statement on PostgreSQL, where the row
+/// carries its version) changes exactly the records whose versions still match, refuses the
+/// one a person changed since as a conflict, alone, and returns each changed record's new
+/// version, which the next conditional write then passes with.
+async fn many_conditional_updates_in_one_call(kind: &'static str, table: &str) {
+    let Some(db) = ServerDb::new(kind).await else {
+        return;
+    };
+    db.exec(table).await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let mut s = plugin.session().await.unwrap();
+    let config = db.config();
+    s.read(&config, "items", "sync:a", None, 100).await.unwrap();
+    let name = |to: &str| FieldValue {
+        name: "name".into(),
+        value: Value::Text(to.into()),
+    };
+    let created = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            (1..=4)
+                .map(|i| {
+                    WriteOp::Create(CreateOp {
+                        fields: vec![name(&format!("row {i}"))],
+                    })
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = created
+        .into_iter()
+        .map(|w| {
+            let w = w.unwrap();
+            (w.id, w.version.unwrap())
+        })
+        .collect();
+    db.exec(&format!(
+        "UPDATE items SET name = 'person' WHERE id = {}",
+        rows[1].0
+    ))
+    .await;
+    let updates = |rows: &[(String, String)], to: &str| {
+        rows.iter()
+            .map(|(id, version)| {
+                WriteOp::Update(duplex::plugin::UpdateOp {
+                    id: id.clone(),
+                    fields: vec![name(&format!("{to} {id}"))],
+                    if_version: Some(version.clone()),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let results = s
+        .write(&config, "items", "sync:a", updates(&rows, "duplex"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[1], Err(duplex::plugin::WitError::Conflict(_))),
+        "{results:?}"
+    );
+    let fresh: Vec<(String, String)> = [0, 2, 3]
+        .into_iter()
+        .map(|i| {
+            let w = results[i].as_ref().unwrap();
+            assert_eq!(w.id, rows[i].0);
+            (w.id.clone(), w.version.clone().unwrap())
+        })
+        .collect();
+    // The versions returned are the records' own: writing with them passes, every one.
+    let again = s
+        .write(&config, "items", "sync:a", updates(&fresh, "again"))
+        .await
+        .unwrap();
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    let mut names = Vec::new();
+    for (id, _) in &rows {
+        let sql = format!("SELECT name FROM items WHERE id = {id}");
+        names.push(db.text(&sql).await.unwrap_or_default());
+    }
+    let want: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| {
+            if i == 1 {
+                "person".to_owned()
+            } else {
+                format!("again {id}")
+            }
+        })
+        .collect();
+    assert_eq!(names, want);
+}
+
+#[tokio::test]
+async fn many_conditional_updates_in_one_call_on_postgres() {
+    many_conditional_updates_in_one_call(
+        "postgres",
+        "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn many_conditional_updates_in_one_call_on_mariadb() {
+    many_conditional_updates_in_one_call(
+        "mysql",
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)",
+    )
+    .await;
+}

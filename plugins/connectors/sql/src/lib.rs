@@ -17,7 +17,7 @@ mod readers;
 mod sqlite;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use duplex_sdk::sql::{Db, Dialect as SqlDialect, Row};
@@ -978,6 +978,21 @@ impl SqlConnector {
         let mut out = Vec::with_capacity(ops.len());
         let mut i = 0;
         while i < ops.len() {
+            if let WriteOp::Update(first) = &ops[i] {
+                let j = self.update_run(ops, i, first);
+                if j - i > 1 {
+                    let updates: Vec<&UpdateOp> = ops[i..j]
+                        .iter()
+                        .filter_map(|o| match o {
+                            WriteOp::Update(u) => Some(u),
+                            _ => None,
+                        })
+                        .collect();
+                    out.extend(self.update_many(db, table, &updates)?);
+                    i = j;
+                    continue;
+                }
+            }
             let WriteOp::Create(first) = &ops[i] else {
                 out.push((self.apply(db, table, ops[i].clone())?, false));
                 i += 1;
@@ -1017,6 +1032,133 @@ impl SqlConnector {
             i = j;
         }
         Ok(out)
+    }
+
+    /// Where the run of updates starting at `i` that one statement can make ends: updates of
+    /// the same columns, all conditional or none, of different records, under the parameter
+    /// limits. Only where the row carries its version (PostgreSQL), so that the statement
+    /// checks every row's version itself; elsewhere each update checks `_duplex_rows` first.
+    fn update_run(&self, ops: &[WriteOp], i: usize, first: &UpdateOp) -> usize {
+        if self.dialect.row_version().is_none() || first.fields.is_empty() {
+            return i + 1;
+        }
+        let per_statement = (30_000 / (first.fields.len() + 2)).clamp(1, 1_000);
+        let mut ids = BTreeSet::new();
+        let mut j = i;
+        while j < ops.len() && j - i < per_statement {
+            match &ops[j] {
+                WriteOp::Update(u)
+                    if u.if_version.is_some() == first.if_version.is_some()
+                        && u.fields.len() == first.fields.len()
+                        && u.fields
+                            .iter()
+                            .zip(&first.fields)
+                            .all(|(a, b)| a.name == b.name)
+                        && ids.insert(u.id.as_str()) =>
+                {
+                    j += 1
+                }
+                _ => break,
+            }
+        }
+        j
+    }
+
+    /// Updates records with the same columns in one statement, each row's version checked by
+    /// the statement as a single update checks it: `UPDATE .. FROM (VALUES ..)` joined on the
+    /// key and the version, returning the rows it changed with their new versions. A record
+    /// it did not change (moved or gone) fails the call, and the caller writes op by op, which
+    /// tells each refusal apart, exactly as before.
+    fn update_many(
+        &self,
+        db: &Db,
+        table: &Table,
+        updates: &[&UpdateOp],
+    ) -> Result<Vec<(Written, bool)>, Error> {
+        for u in updates {
+            check_fields(table, &u.fields)?;
+            if let Some(f) = u.fields.iter().find(|f| f.name == table.pk) {
+                return Err(Error::validation(
+                    Some(&f.name),
+                    format!("record {}: the primary key cannot be changed", u.id),
+                ));
+            }
+        }
+        let version = self
+            .dialect
+            .row_version()
+            .expect("update_run batches only where rows carry versions");
+        let conditional = updates[0].if_version.is_some();
+        let columns: Vec<&Column> = updates[0]
+            .fields
+            .iter()
+            .filter_map(|f| table.column(&f.name))
+            .collect();
+        let pk = self.pk_column(table);
+        let mut params = Vec::with_capacity(updates.len() * (columns.len() + 2));
+        let mut rows = Vec::with_capacity(updates.len());
+        for u in updates {
+            let mut marks = Vec::with_capacity(columns.len() + 2);
+            params.push(id_value(table, &u.id)?);
+            marks.push(self.dialect.param_for(params.len(), pk));
+            if let Some(v) = &u.if_version {
+                params.push(Value::Text(v.clone()));
+                marks.push(format!("{}::text", self.dialect.param(params.len())));
+            }
+            for (f, col) in u.fields.iter().zip(&columns) {
+                params.push(f.value.clone());
+                marks.push(self.dialect.param_for(params.len(), col));
+            }
+            rows.push(format!("({})", marks.join(", ")));
+        }
+        // The VALUES columns: the key, the expected version, then the written columns.
+        let names: Vec<String> = (0..columns.len()).map(|k| format!("c{k}")).collect();
+        let mut list = vec!["k".to_owned()];
+        if conditional {
+            list.push("v".to_owned());
+        }
+        list.extend(names.iter().cloned());
+        let sets: Vec<String> = columns
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| format!("{} = u.{n}", self.dialect.ident(&c.name)))
+            .collect();
+        let t = self.dialect.ident(&table.name);
+        let key = self.dialect.ident(&table.pk);
+        let mut filter = format!("{t}.{key} = u.k");
+        if conditional {
+            filter.push_str(&format!(" AND {t}.{version} = u.v"));
+        }
+        let sql = format!(
+            "UPDATE {t} SET {} FROM (VALUES {}) AS u({}) WHERE {filter} RETURNING {t}.{key}, {t}.{version}",
+            sets.join(", "),
+            rows.join(", "),
+            list.join(", "),
+        );
+        let returned = db
+            .query(&sql, &params)
+            .map_err(|e| in_record(e, "an update of many records"))?;
+        let mut versions: BTreeMap<String, Option<String>> = returned
+            .iter()
+            .map(|r| {
+                let (id, _, version) = self.returned(r);
+                (id, version)
+            })
+            .collect();
+        updates
+            .iter()
+            .map(|u| match versions.remove(&u.id) {
+                Some(version) => Ok((
+                    Written {
+                        id: u.id.clone(),
+                        version,
+                        stored: Vec::new(),
+                    },
+                    false,
+                )),
+                None => Err(self.refused(db, table, &u.id, u.if_version.as_deref())),
+            })
+            .collect()
     }
 
     /// Creates rows of the same columns in one statement; ids come back in VALUES order. Each
