@@ -1,19 +1,22 @@
 //! Benchmarks, not tests: each prints its figures beside a baseline measured in the same run.
 //! Run them with `cargo test --release --test bench -- --ignored --nocapture` (or without
-//! `--release` for a quicker build and slower figures). They need the local PostgreSQL.
+//! `--release` for a quicker build and slower figures). They need the local PostgreSQL (and
+//! MariaDB, for the update to MariaDB).
 //!
 //! - change-to-visible latency in realtime mode, PostgreSQL to PostgreSQL, p50 and p99 over
 //!   1,000 changes, beside the database's own NOTIFY round trip;
 //! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
 //!   native client (batched multi-row INSERTs over one connection);
-//! - a 10,000-row UPDATE in one transaction, PostgreSQL to PostgreSQL in realtime: seconds from
-//!   the source's commit until the first and until the last row is visible on the other side,
-//!   beside the time the database takes to apply the same UPDATE natively (issue 17).
+//! - a 10,000-row UPDATE in one transaction, PostgreSQL to PostgreSQL and to MariaDB in
+//!   realtime: seconds from the source's commit until the first and until the last row is
+//!   visible on the other side, beside the time the destination takes to apply the same UPDATE
+//!   natively (issue 17). The CPU per row counts PostgreSQL's processes only.
 //!
 //! `BENCH_SQL_PLUGIN=path/to/sql.wasm` runs the syncs with that build of the SQL connector in
 //! place of the built-in one, to compare two builds on the same machine.
 //!
-//! `BENCH_ROWS` sets the initial sync's row count (default 100,000), `BENCH_BATCH` the sync's
+//! `BENCH_ROWS` sets the initial sync's row count (default 100,000) and the bulk update's
+//! (default 10,000), `BENCH_BATCH` the sync's
 //! batch (default: a sync's default, 1,000), and `DUPLEX_LOG=duplex=debug` prints each cycle's
 //! phases. Each figure comes with the CPU time per row of Duplex's process and of PostgreSQL.
 
@@ -119,6 +122,21 @@ fn cpu_per_row(before: Option<(f64, f64)>, after: Option<(f64, f64)>, rows: i64)
         ),
         _ => "CPU per row: not measured here (no /proc)".into(),
     }
+}
+
+/// A benchmark's start: logs as `DUPLEX_LOG` says (warnings by default), and its row count,
+/// `BENCH_ROWS` or `default`.
+fn start(default: i64) -> i64 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+    std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -229,47 +247,117 @@ async fn realtime_latency_postgres_to_postgres() {
     );
 }
 
-/// Issue 17: a 10,000-row UPDATE made in one transaction, seconds from its commit until the
-/// other side shows the first and the last row updated (between them, the other side holds a
-/// partly applied transaction), beside the same UPDATE applied natively.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run with --ignored --nocapture"]
-async fn bulk_update_of_10k_rows_postgres_to_postgres() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let rounds = 3;
-    let src = fresh_db("duplex_bench_upd_src").await;
-    let dst = fresh_db("duplex_bench_upd_dst").await;
-    let native = fresh_db("duplex_bench_upd_native").await;
-    let fill = format!(
-        "INSERT INTO items (code, label, qty, price) \
-         SELECT 'c' || i, 'label ' || i, 0, 1.25 FROM generate_series(1, {rows}) AS i"
-    );
-    for url in [&src, &native] {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        c.execute(TABLE).await.unwrap();
-        c.execute(fill.as_str()).await.unwrap();
+/// Where a benchmark writes: PostgreSQL or MariaDB on loopback.
+#[derive(Clone, Copy, PartialEq)]
+enum Dest {
+    Postgres,
+    MariaDb,
+}
+
+/// A connection to a [`Dest`], for the benchmark's own statements.
+enum Conn {
+    Pg(sqlx::PgConnection),
+    My(sqlx::MySqlConnection),
+}
+
+impl Dest {
+    fn label(self) -> &'static str {
+        match self {
+            Dest::Postgres => "PostgreSQL",
+            Dest::MariaDb => "MariaDB",
+        }
     }
-    let mut c = sqlx::PgConnection::connect(&dst).await.unwrap();
-    c.execute(TABLE).await.unwrap();
-    drop(c);
+
+    /// A new, empty database named `name` with the items table, and its URL.
+    async fn fresh(self, name: &str) -> String {
+        match self {
+            Dest::Postgres => {
+                let url = fresh_db(name).await;
+                self.connect(&url).await.exec(TABLE).await;
+                url
+            }
+            Dest::MariaDb => {
+                let server = "mysql://root@127.0.0.1:3306";
+                let mut admin = sqlx::MySqlConnection::connect(&format!("{server}/test"))
+                    .await
+                    .expect("the local MariaDB");
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                    .await
+                    .unwrap();
+                admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
+                let url = format!("{server}/{name}");
+                self.connect(&url).await.exec(
+                    "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(64) NOT NULL UNIQUE, label TEXT, qty INT, price DECIMAL(12, 2))",
+                ).await;
+                url
+            }
+        }
+    }
+
+    /// `rows` items, as the source holds them before the benchmark.
+    fn fill(self, rows: i64) -> String {
+        match self {
+            Dest::Postgres => format!(
+                "INSERT INTO items (code, label, qty, price) \
+                 SELECT 'c' || i, 'label ' || i, 0, 1.25 FROM generate_series(1, {rows}) AS i"
+            ),
+            Dest::MariaDb => format!(
+                "INSERT INTO items (code, label, qty, price) \
+                 SELECT concat('c', seq), concat('label ', seq), 0, 1.25 FROM seq_1_to_{rows}"
+            ),
+        }
+    }
+
+    async fn connect(self, url: &str) -> Conn {
+        match self {
+            Dest::Postgres => Conn::Pg(sqlx::PgConnection::connect(url).await.unwrap()),
+            Dest::MariaDb => Conn::My(sqlx::MySqlConnection::connect(url).await.unwrap()),
+        }
+    }
+}
+
+impl Conn {
+    async fn exec(&mut self, sql: &str) {
+        match self {
+            Conn::Pg(c) => drop(c.execute(sql).await.unwrap()),
+            Conn::My(c) => drop(c.execute(sql).await.unwrap()),
+        }
+    }
+
+    async fn count(&mut self, sql: &str) -> i64 {
+        match self {
+            Conn::Pg(c) => sqlx::query_scalar(sql).fetch_one(c).await.unwrap(),
+            Conn::My(c) => sqlx::query_scalar(sql).fetch_one(c).await.unwrap(),
+        }
+    }
+}
+
+/// Issue 17: a 10,000-row UPDATE made in one transaction on PostgreSQL, seconds from its commit
+/// until `to` shows the first and the last row updated (between them, it holds a partly
+/// applied transaction), beside the same UPDATE applied natively on `to`.
+async fn bulk_update(to: Dest) {
+    let rows = start(10_000);
+    let rounds = 3;
+    let src = Dest::Postgres.fresh("duplex_bench_upd_src").await;
+    let dst = to.fresh("duplex_bench_upd_dst").await;
+    let native = to.fresh("duplex_bench_upd_native").await;
+    Dest::Postgres
+        .connect(&src)
+        .await
+        .exec(&Dest::Postgres.fill(rows))
+        .await;
+    let mut n = to.connect(&native).await;
+    n.exec(&to.fill(rows)).await;
 
     // Baseline: the same UPDATE, one statement, on a copy of the rows.
     let mut base = Vec::new();
-    let mut n = sqlx::PgConnection::connect(&native).await.unwrap();
     for round in 1..=rounds {
         let t = Instant::now();
-        n.execute(format!("UPDATE items SET qty = {round}").as_str())
-            .await
-            .unwrap();
+        n.exec(&format!("UPDATE items SET qty = {round}")).await;
         base.push(t.elapsed());
     }
 
@@ -281,26 +369,22 @@ async fn bulk_update_of_10k_rows_postgres_to_postgres() {
     app.run_once(&state, |_, _| {}).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let measure = async {
-        let mut writer = sqlx::PgConnection::connect(&src).await.unwrap();
-        let mut reader = sqlx::PgConnection::connect(&dst).await.unwrap();
-        let count = |qty: i64| format!("SELECT count(*) FROM items WHERE qty = {qty}");
+        let mut writer = Dest::Postgres.connect(&src).await;
+        let mut reader = to.connect(&dst).await;
         let mut out = Vec::new();
         for round in 1..=rounds {
             // Idle first: the sync waits for a change, as a running sync does.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let cpu = cpu_seconds();
             writer
-                .execute(format!("UPDATE items SET qty = {round}").as_str())
-                .await
-                .unwrap();
+                .exec(&format!("UPDATE items SET qty = {round}"))
+                .await;
             let t = Instant::now();
             let mut first = None;
             loop {
-                let seen: i64 = sqlx::query(&count(round))
-                    .fetch_one(&mut reader)
-                    .await
-                    .unwrap()
-                    .get(0);
+                let seen = reader
+                    .count(&format!("SELECT count(*) FROM items WHERE qty = {round}"))
+                    .await;
                 if seen > 0 && first.is_none() {
                     first = Some(t.elapsed());
                 }
@@ -331,7 +415,10 @@ async fn bulk_update_of_10k_rows_postgres_to_postgres() {
     );
     let (rounds_seen, ran) = tokio::join!(measure, run);
     ran.unwrap();
-    println!("a {rows}-row UPDATE in one transaction, PostgreSQL -> PostgreSQL, realtime:");
+    println!(
+        "a {rows}-row UPDATE in one transaction, PostgreSQL -> {}, realtime:",
+        to.label()
+    );
     for ((first, all, cpu), native) in rounds_seen.iter().zip(&base) {
         println!(
             "  duplex: first row {}, all rows {} ({:.0} rows/s); partly applied for {}; native UPDATE {}; ratio {:.1}x native; {cpu}",
@@ -347,17 +434,20 @@ async fn bulk_update_of_10k_rows_postgres_to_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_update_of_10k_rows_postgres_to_postgres() {
+    bulk_update(Dest::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_update_of_10k_rows_postgres_to_mariadb() {
+    bulk_update(Dest::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn initial_sync_of_100k_rows() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let rows = start(100_000);
     let src = fresh_db("duplex_bench_init_src").await;
     let dst = fresh_db("duplex_bench_init_dst").await;
     let native = fresh_db("duplex_bench_init_native").await;

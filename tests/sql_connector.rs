@@ -595,3 +595,66 @@ async fn pruning_beside_writers_loses_nothing() {
     })
     .await;
 }
+
+/// Many conditional updates in one call (issue 17: one statement where the versions check out)
+/// on SQLite: the one a person changed since is refused alone, the others change, and the
+/// versions they return pass the next conditional write.
+#[tokio::test]
+async fn many_conditional_updates_in_one_call_refuse_only_the_stale_one() {
+    let db = Db::new(SCHEMA);
+    db.user()
+        .execute_batch(
+            "INSERT INTO customers (id, email, name) VALUES
+                 (3, 'cy@example.com', 'Cy'), (4, 'di@example.com', 'Di');",
+        )
+        .unwrap();
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let (snapshot, _) = read_all(&db, &plugin, None).await;
+    let read: Vec<(String, String)> = snapshot
+        .iter()
+        .map(|c| (c.id.clone(), c.version.clone().unwrap()))
+        .collect();
+    assert_eq!(read.len(), 4);
+    db.user()
+        .execute("UPDATE customers SET name = 'person' WHERE id = 2", [])
+        .unwrap();
+    let updates = |rows: &[(String, String)], to: &str| -> Vec<WriteOp> {
+        rows.iter()
+            .map(|(id, v)| update(id, &[("name", text(&format!("{to} {id}")))], Some(v)))
+            .collect()
+    };
+    let mut s = plugin.session().await.unwrap();
+    let results = s
+        .write(&db.config(), "customers", "t", updates(&read, "duplex"))
+        .await
+        .unwrap();
+    let stale = read.iter().position(|(id, _)| id == "2").unwrap();
+    assert!(
+        matches!(&results[stale], Err(WitError::Conflict(_))),
+        "{results:?}"
+    );
+    let fresh: Vec<(String, String)> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != stale)
+        .map(|(_, r)| {
+            let w = r.as_ref().unwrap();
+            (w.id.clone(), w.version.clone().unwrap())
+        })
+        .collect();
+    let again = s
+        .write(&db.config(), "customers", "t", updates(&fresh, "again"))
+        .await
+        .unwrap();
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    let names: Vec<String> = {
+        let c = db.user();
+        let mut q = c.prepare("SELECT name FROM customers ORDER BY id").unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(names, ["again 1", "person", "again 3", "again 4"]);
+}

@@ -1036,13 +1036,12 @@ impl SqlConnector {
 
     /// Where the run of updates starting at `i` that one statement can make ends: updates of
     /// the same columns, all conditional or none, of different records, under the parameter
-    /// limits. Only where the row carries its version (PostgreSQL), so that the statement
-    /// checks every row's version itself; elsewhere each update checks `_duplex_rows` first.
+    /// limits of every dialect.
     fn update_run(&self, ops: &[WriteOp], i: usize, first: &UpdateOp) -> usize {
-        if self.dialect.row_version().is_none() || first.fields.is_empty() {
+        if first.fields.is_empty() {
             return i + 1;
         }
-        let per_statement = (30_000 / (first.fields.len() + 2)).clamp(1, 1_000);
+        let per_statement = (30_000 / (2 * first.fields.len() + 2)).clamp(1, 1_000);
         let mut ids = BTreeSet::new();
         let mut j = i;
         while j < ops.len() && j - i < per_statement {
@@ -1084,10 +1083,9 @@ impl SqlConnector {
                 ));
             }
         }
-        let version = self
-            .dialect
-            .row_version()
-            .expect("update_run batches only where rows carry versions");
+        let Some(version) = self.dialect.row_version() else {
+            return self.update_many_checked(db, table, updates);
+        };
         let conditional = updates[0].if_version.is_some();
         let columns: Vec<&Column> = updates[0]
             .fields
@@ -1159,6 +1157,90 @@ impl SqlConnector {
                 None => Err(self.refused(db, table, &u.id, u.if_version.as_deref())),
             })
             .collect()
+    }
+
+    /// [`Self::update_many`] where versions live in `_duplex_rows` (MariaDB, SQLite): the rows
+    /// are locked (`Dialect::for_update`) and their versions checked in one query each, as
+    /// [`Self::version_to_write`] does for one, then changed by one `UPDATE .. SET c = CASE
+    /// key WHEN .. END WHERE key IN (..)`, whose count of matched rows tells that every one
+    /// still exists, and their new versions read in one query.
+    fn update_many_checked(
+        &self,
+        db: &Db,
+        table: &Table,
+        updates: &[&UpdateOp],
+    ) -> Result<Vec<(Written, bool)>, Error> {
+        let t = self.dialect.ident(&table.name);
+        let key = self.dialect.ident(&table.pk);
+        let pk = self.pk_column(table);
+        let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+        let in_list = |params: &mut Vec<Value>| -> Result<String, Error> {
+            let mut marks = Vec::with_capacity(ids.len());
+            for id in &ids {
+                params.push(id_value(table, id)?);
+                marks.push(self.dialect.param_for(params.len(), pk));
+            }
+            Ok(format!("{key} IN ({})", marks.join(", ")))
+        };
+        if updates[0].if_version.is_some() {
+            let lock = self.dialect.for_update();
+            if !lock.is_empty() {
+                let mut params = Vec::with_capacity(ids.len());
+                let filter = in_list(&mut params)?;
+                db.query(&format!("SELECT 1 FROM {t} WHERE {filter}{lock}"), &params)?;
+            }
+            let now = self.versions(db, table, &ids)?;
+            for u in updates {
+                let now = now.get(&u.id).map_or("0", String::as_str);
+                let expected = u.if_version.as_deref().unwrap_or_default();
+                if now != expected {
+                    return Err(moved(table, &u.id, now, expected));
+                }
+            }
+        }
+        let mut params = Vec::new();
+        let mut sets = Vec::with_capacity(updates[0].fields.len());
+        for (k, f) in updates[0].fields.iter().enumerate() {
+            let column = table.column(&f.name).expect("checked by check_fields");
+            let mut whens = Vec::with_capacity(updates.len());
+            for u in updates {
+                params.push(id_value(table, &u.id)?);
+                let when = self.dialect.param_for(params.len(), pk);
+                params.push(u.fields[k].value.clone());
+                let then = self.dialect.param_for(params.len(), column);
+                whens.push(format!("WHEN {when} THEN {then}"));
+            }
+            sets.push(format!(
+                "{} = CASE {key} {} END",
+                self.dialect.ident(&f.name),
+                whens.join(" ")
+            ));
+        }
+        let filter = in_list(&mut params)?;
+        let sql = format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "));
+        let changed = db
+            .execute(&sql, &params)
+            .map_err(|e| in_record(e, "an update of many records"))?;
+        if usize::try_from(changed).unwrap_or(usize::MAX) != updates.len() {
+            // One is gone: which, the op-by-op retry tells.
+            return Err(Error::not_found(format!(
+                "{changed} of {} records of {} were there to update",
+                updates.len(),
+                table.name
+            )));
+        }
+        let mut versions = self.versions(db, table, &ids)?;
+        Ok(updates
+            .iter()
+            .map(|u| {
+                let written = Written {
+                    id: u.id.clone(),
+                    version: Some(versions.remove(&u.id).unwrap_or_else(|| "0".into())),
+                    stored: Vec::new(),
+                };
+                (written, false)
+            })
+            .collect())
     }
 
     /// Creates rows of the same columns in one statement; ids come back in VALUES order. Each
