@@ -2252,16 +2252,15 @@ async fn ask_rules(
     answers
 }
 
-/// Why a rule's own value does not fit its field (none: it fits both sides' types). Fields
+/// Why a rule's own value does not fit its field (none: it fits every side's type). Fields
 /// with a table of values are checked by the write, which rejects a value outside it.
 fn unfit(spec: &SyncSpec, field: &str, v: &engine::Value) -> Option<String> {
     let f = spec.field(field)?;
     if !f.values.is_empty() {
         return None;
     }
-    engine::convert(v.clone(), f.left_type)
-        .and_then(|_| engine::convert(v.clone(), f.right_type))
-        .err()
+    spec.all_sides()
+        .find_map(|side| engine::convert(v.clone(), f.side_type(side)).err())
 }
 
 /// Whether a failed write may still have reached the system (the call broke off, or the system

@@ -12,8 +12,8 @@
 //! Counters add every side's change (`counter::count`) and filters apply to every side
 //! (`filter::scope`), as in a sync of two; a one-way field is written from its owner to every
 //! other side. A rule is asked with every side's value (`RuleQuery::more`) and may take any
-//! side. Value translation is defined between two sides: config refuses it in a sync of more
-//! (`Loaded::validate_more_sides`).
+//! side. Value translations hold a value per side (`FieldSpec::values`) and are applied by the
+//! mapping, as in a sync of two.
 
 use std::collections::{BTreeMap, BTreeSet};
 
