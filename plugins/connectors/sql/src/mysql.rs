@@ -255,7 +255,7 @@ impl Dialect for MySql {
     fn tables(&self, db: &Db) -> Result<Vec<String>, Error> {
         let rows = db.query(
             "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' \
+             WHERE table_schema = DATABASE() AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') \
              AND table_name NOT LIKE '\\_duplex\\_%' ORDER BY 1",
             &[],
         )?;
@@ -269,7 +269,8 @@ impl Dialect for MySql {
         let rows = db.query(
             "SELECT CAST(column_name AS CHAR) AS name, CAST(data_type AS CHAR) AS data_type, \
                     CAST(column_type AS CHAR) AS column_type, CAST(is_nullable AS CHAR) AS nullable, \
-                    CAST(column_key AS CHAR) AS ckey, CAST(extra AS CHAR) AS extra \
+                    CAST(column_key AS CHAR) AS ckey, CAST(extra AS CHAR) AS extra, \
+                    CAST(generation_expression AS CHAR) AS generation \
              FROM information_schema.columns \
              WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
             params![table],
@@ -286,7 +287,9 @@ impl Dialect for MySql {
                 };
                 let data_type = text("data_type").to_ascii_lowercase();
                 let column_type = text("column_type").to_ascii_lowercase();
-                let is_pk = text("ckey") == "PRI";
+                // A system-versioned table's key holds its ROW END column too, which tells a
+                // row's history apart; the row's id is the rest.
+                let is_pk = text("ckey") == "PRI" && text("generation") != "ROW END";
                 if is_pk {
                     pk += 1;
                 }
