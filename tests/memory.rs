@@ -436,6 +436,7 @@ impl SideIo for Shared {
             changes,
             next_cursor: next.to_string(),
             has_more: s.log.iter().any(|e| e.seq > next),
+            mid_transaction: false,
         })
     }
 

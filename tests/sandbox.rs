@@ -205,7 +205,7 @@ async fn a_connector_importing_sql_without_a_grant_does_not_load() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("duplex:plugin/sql@0.4.0") && msg.contains("connection crm"),
+        msg.contains("duplex:plugin/sql@0.5.0") && msg.contains("connection crm"),
         "{msg}"
     );
 }
@@ -221,11 +221,11 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
     let msg = err.to_string();
     assert!(msg.contains("duplex_rule_larger_wins"), "{msg}");
     assert!(
-        msg.contains("does not export duplex:plugin/connector@0.4.0"),
+        msg.contains("does not export duplex:plugin/connector@0.5.0"),
         "{msg}"
     );
     assert!(
-        msg.contains("duplex:plugin/resolver@0.4.0"),
+        msg.contains("duplex:plugin/resolver@0.5.0"),
         "says what it exports instead: {msg}"
     );
 
@@ -237,7 +237,7 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
         .expect("a connector is not a rule");
     assert!(
         err.to_string()
-            .contains("does not export duplex:plugin/resolver@0.4.0"),
+            .contains("does not export duplex:plugin/resolver@0.5.0"),
         "{err}"
     );
     drop(db);
@@ -403,10 +403,37 @@ async fn a_rule_built_for_0_3_0_is_asked_about_syncs_of_two_only() {
     assert!(
         why.contains("duplex:plugin@0.3.0")
             && why.contains("has 4")
-            && why.contains("rebuild the rule against duplex:plugin@0.4.0"),
+            && why.contains("rebuild the rule against duplex:plugin@0.5.0"),
         "{why}"
     );
     assert!(matches!(&answers[2], Resolution::Manual(why) if why.contains("no value")));
+}
+
+/// A rule built for 0.4.0 sees every side, as the latest does: it is asked about syncs of
+/// more too, and its `take-other` reaches the host.
+#[tokio::test]
+async fn a_rule_built_for_0_4_0_is_asked_with_every_side() {
+    let host = common::host();
+    let rule = host
+        .load_resolver_file(&plugin(common::V0_4_0_TAKE_LAST), "people")
+        .await
+        .expect("a 0.4.0 rule loads");
+    assert_eq!(rule.origin().contract.version(), "0.4.0");
+    let int = Value::Integer;
+    let answers = rule
+        .resolve(vec![
+            conflict("a", None, int(1), int(2)),
+            conflict_of_more("b", [int(1), int(2), int(3), int(4)]),
+            conflict_of_more("c", [int(1), int(2), int(3), Value::Null]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0], Resolution::TakeRight);
+    assert_eq!(answers[1], Resolution::TakeOther(1));
+    assert!(
+        matches!(&answers[2], Resolution::Manual(why) if why.contains("no value")),
+        "{answers:?}"
+    );
 }
 
 /// A connector built for 0.3.0 keeps taking webhooks: its `webhook` export is called through
@@ -414,6 +441,16 @@ async fn a_rule_built_for_0_3_0_is_asked_about_syncs_of_two_only() {
 /// secret.
 #[tokio::test]
 async fn a_connector_built_for_0_3_0_verifies_webhooks_with_the_hosts_signing() {
+    older_connector_verifies_webhooks(common::V0_3_0_NOTES, "0.3.0").await;
+}
+
+/// The same for a connector built for 0.4.0, through its own adapter.
+#[tokio::test]
+async fn a_connector_built_for_0_4_0_verifies_webhooks_with_the_hosts_signing() {
+    older_connector_verifies_webhooks(common::V0_4_0_NOTES, "0.4.0").await;
+}
+
+async fn older_connector_verifies_webhooks(fixture: &str, version: &str) {
     use duplex::host::http::{Secret, Secrets};
     use duplex::plugin::{WebhookAnswer, WebhookRequest};
     let host = common::host();
@@ -425,10 +462,10 @@ async fn a_connector_built_for_0_3_0_verifies_webhooks_with_the_hosts_signing() 
     };
     grants.http.secrets = secrets;
     let connector = host
-        .load_connector_file(&plugin(common::V0_3_0_NOTES), "notes", &grants)
+        .load_connector_file(&plugin(fixture), "notes", &grants)
         .await
-        .expect("a 0.3.0 connector loads");
-    assert_eq!(connector.origin().contract.version(), "0.3.0");
+        .expect("an older connector loads");
+    assert_eq!(connector.origin().contract.version(), version);
     let body = br#"[{"changed":"notes"}]"#.to_vec();
     let hex = |mac: Vec<u8>| mac.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let request = |signature: String| WebhookRequest {
@@ -526,12 +563,12 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("duplex:plugin/connector-plugin@0.4.0 (connector plugin)"),
+        stdout.contains("duplex:plugin/connector-plugin@0.5.0 (connector plugin)"),
         "{stdout}"
     );
     assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/connector@0.4.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/sql@0.4.0"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.5.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/sql@0.5.0"), "{stdout}");
     assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))

@@ -15,6 +15,7 @@ mod since;
 mod since_v0_1_0;
 mod since_v0_2_0;
 mod since_v0_3_0;
+mod since_v0_4_0;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -303,6 +304,7 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
     >(&mut l, |s| s)?;
     host::link_all(&mut l)?;
     // Components built for older versions import the same capabilities by their own names.
+    since_v0_4_0::add_to_linker(&mut l)?;
     since_v0_3_0::add_to_linker(&mut l)?;
     since_v0_2_0::add_to_linker(&mut l)?;
     since_v0_1_0::add_to_linker(&mut l)?;

@@ -1,7 +1,8 @@
 //! What every adapter of an older contract version (`since_v0_*.rs`) does the same way: its
 //! `log` and `sql` imports forward to the latest host capabilities, its rules are called with
-//! the latest types (0.4.0 added the sides of a sync of more, which an older rule is not asked
-//! about), and, from 0.2.0 on, its connector's exports are called with the latest types. The
+//! the latest types (0.4.0 added the sides of a sync of more, which a rule older than that is
+//! not asked about), and, from 0.2.0 on, its connector's exports are called with the latest
+//! types. The
 //! shapes are the same in every version, but each version's bindings are Rust types of their
 //! own, so the code is written once here and stamped out in each adapter, where `old`,
 //! `old_log`, `old_sql`, `old_resolver`, `latest`, `latest_log`, `latest_sql`,
@@ -124,6 +125,21 @@ macro_rules! forward_log_and_sql {
     };
 }
 
+/// The `signing` import of 0.3.0 or 0.4.0, forwarded to the latest.
+macro_rules! forward_signing {
+    () => {
+        impl old_signing::Host for HostView<'_> {
+            async fn hmac_sha256(
+                &mut self,
+                name: String,
+                message: Vec<u8>,
+            ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+                latest_signing::Host::hmac_sha256(self, name, message).await
+            }
+        }
+    };
+}
+
 /// `resolve` for an older version's rules, called with the latest types. Such a rule sees two
 /// sides: a conflict of a sync of more (`others` not empty) is not asked but left to a person,
 /// saying why, rather than decided between two of its sides.
@@ -194,8 +210,8 @@ macro_rules! resolve_as_latest {
 }
 
 /// A connector of an older version whose exports have the latest shapes (0.2.0 on: only
-/// `webhook` came later), called with the latest types: `Connector` wraps its bindings; the
-/// adapter adds `webhook` itself.
+/// `webhook` came later, and `change-batch.mid-transaction` in 0.5.0), called with the latest
+/// types: `Connector` wraps its bindings; an adapter from 0.3.0 on adds `webhook_as_latest!`.
 macro_rules! connector_as_latest {
     () => {
         type CallResult<T> = wasmtime::Result<Result<T, Error>>;
@@ -272,6 +288,8 @@ macro_rules! connector_as_latest {
                     changes: b.changes.into_iter().map(change).collect(),
                     next_cursor: b.next_cursor,
                     has_more: b.has_more,
+                    // Before 0.5.0 a connector could not say; its batches count as whole.
+                    mid_transaction: false,
                 }))
             }
 
@@ -412,6 +430,35 @@ macro_rules! connector_as_latest {
                     id: d.id.clone(),
                     if_version: d.if_version.clone(),
                 }),
+            }
+        }
+    };
+}
+
+/// `webhook` of a connector of 0.3.0 or 0.4.0, called with the latest types.
+macro_rules! webhook_as_latest {
+    () => {
+        impl Connector<'_> {
+            pub async fn webhook<S: AsContextMut<Data = StoreState>>(
+                &self,
+                s: S,
+                config: &str,
+                request: &latest::WebhookRequest,
+            ) -> CallResult<latest::WebhookAnswer> {
+                let request = old::WebhookRequest {
+                    method: request.method.clone(),
+                    path: request.path.clone(),
+                    headers: request.headers.clone(),
+                    body: request.body.clone(),
+                    received_at: request.received_at,
+                };
+                let answer = self.guest().call_webhook(s, config, &request).await?;
+                Ok(answer.map(|a| match a {
+                    old::WebhookAnswer::ChangesWaiting => latest::WebhookAnswer::ChangesWaiting,
+                    old::WebhookAnswer::Nothing => latest::WebhookAnswer::Nothing,
+                    old::WebhookAnswer::Refused(why) => latest::WebhookAnswer::Refused(why),
+                    old::WebhookAnswer::Unsupported => latest::WebhookAnswer::Unsupported,
+                }))
             }
         }
     };

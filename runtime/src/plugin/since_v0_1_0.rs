@@ -156,6 +156,7 @@ impl Connector<'_> {
             changes: b.changes.into_iter().map(change).collect(),
             next_cursor: b.next_cursor,
             has_more: b.has_more,
+            mid_transaction: false,
         }))
     }
 

@@ -4,7 +4,8 @@
 //! forward to the same host capabilities, and the 0.3.0 exports are called and their values
 //! converted to the latest types. 0.4.0 changed only the resolver: a conflict carries the
 //! sync's third side and on (`others`) and a rule may take one of them. A 0.3.0 rule sees two
-//! sides; in a sync of more, `resolve_as_latest!` leaves its conflicts to a person.
+//! sides; in a sync of more, `resolve_as_latest!` leaves its conflicts to a person. 0.5.0's
+//! `change-batch.mid-transaction` is false for its connectors (see `connector_as_latest!`).
 //!
 //! Must not: grow behaviour of its own.
 
@@ -76,15 +77,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
 
 forward_log_and_sql!();
 
-impl old_signing::Host for HostView<'_> {
-    async fn hmac_sha256(
-        &mut self,
-        name: String,
-        message: Vec<u8>,
-    ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        latest_signing::Host::hmac_sha256(self, name, message).await
-    }
-}
+forward_signing!();
 
 // ---- Exports: a 0.3.0 connector called as the latest one.
 
@@ -93,29 +86,7 @@ pub(crate) struct Connector<'a>(pub &'a ConnectorWorld);
 
 connector_as_latest!();
 
-impl Connector<'_> {
-    pub async fn webhook<S: AsContextMut<Data = StoreState>>(
-        &self,
-        s: S,
-        config: &str,
-        request: &latest::WebhookRequest,
-    ) -> CallResult<latest::WebhookAnswer> {
-        let request = old::WebhookRequest {
-            method: request.method.clone(),
-            path: request.path.clone(),
-            headers: request.headers.clone(),
-            body: request.body.clone(),
-            received_at: request.received_at,
-        };
-        let answer = self.guest().call_webhook(s, config, &request).await?;
-        Ok(answer.map(|a| match a {
-            old::WebhookAnswer::ChangesWaiting => latest::WebhookAnswer::ChangesWaiting,
-            old::WebhookAnswer::Nothing => latest::WebhookAnswer::Nothing,
-            old::WebhookAnswer::Refused(why) => latest::WebhookAnswer::Refused(why),
-            old::WebhookAnswer::Unsupported => latest::WebhookAnswer::Unsupported,
-        }))
-    }
-}
+webhook_as_latest!();
 
 // ---- A 0.3.0 rule called as the latest one: it sees the left and right sides only.
 

@@ -585,6 +585,8 @@ impl Connector for HubSpot {
             changes,
             next_cursor: serde_json::to_string(&c).unwrap_or_default(),
             has_more: more,
+            // HubSpot has no transactions a change could be part of.
+            mid_transaction: false,
         })
     }
 

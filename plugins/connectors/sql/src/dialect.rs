@@ -68,6 +68,20 @@ pub struct LogEntry {
     pub changed_at: Option<i64>,
 }
 
+/// What one read of the change log found.
+pub struct LogRead {
+    /// The entries, in commit order.
+    pub entries: Vec<LogEntry>,
+    /// The position after them.
+    pub next: String,
+    /// Whether more entries are waiting after `next`.
+    pub more: bool,
+    /// Whether `next` lies inside one of the database's transactions: the entries after it
+    /// begin with the rest of that transaction. False where the log does not record which
+    /// transaction made an entry.
+    pub mid_transaction: bool,
+}
+
 pub trait Dialect {
     /// Quotes an identifier.
     fn ident(&self, name: &str) -> String;
@@ -132,6 +146,9 @@ pub trait Dialect {
     /// Up to `max` entries of `table`'s log after `pos`, in commit order, the position after
     /// them, and whether more are waiting.
     ///
+    /// This default does not know which transaction made an entry: its reads never say they
+    /// end inside one.
+    ///
     /// A dialect may leave out the entries of records whose entries among the `max` all carry
     /// origin `own` (the reader's own writes, which the reader drops anyway), as long as the
     /// position still moves past them; keeping them is never wrong.
@@ -145,7 +162,7 @@ pub trait Dialect {
         own: Option<&str>,
         pos: &str,
         max: u32,
-    ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+    ) -> Result<LogRead, Error> {
         let _ = own;
         let after: i64 = pos
             .parse()
@@ -161,7 +178,12 @@ pub trait Dialect {
         let entries = entries(&rows);
         let next = entries.last().map_or(after, |e| e.seq);
         let more = entries.len() as u32 >= max;
-        Ok((entries, next.to_string(), more))
+        Ok(LogRead {
+            entries,
+            next: next.to_string(),
+            more,
+            mid_transaction: false,
+        })
     }
     /// When each row's current version was made, by the database's clock, from the log:
     /// `versions` are (pk, version) pairs as reads and finds give them. A version whose entry

@@ -28,7 +28,7 @@ use duplex_sdk::{
 };
 
 use cursor::Cursor;
-use dialect::{Column, Dialect};
+use dialect::{Column, Dialect, LogRead};
 
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
@@ -221,6 +221,7 @@ impl Connector for SqlConnector {
                     changes: Vec::new(),
                     next_cursor: Cursor::Log { pos }.encode(),
                     has_more: false,
+                    mid_transaction: false,
                 }),
                 Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
             }?;
@@ -580,14 +581,16 @@ impl SqlConnector {
             // Read-only, with no capture installed: there is no log to carry on with.
             (Cursor::Log { pos: log_from }, false)
         } else {
-            let (waiting, _, _) = self.dialect.log_read(db, &table.name, None, &log_from, 1)?;
-            let more = !waiting.is_empty();
+            let waiting = self.dialect.log_read(db, &table.name, None, &log_from, 1)?;
+            let more = !waiting.entries.is_empty();
             (Cursor::Log { pos: log_from }, more)
         };
         Ok(ChangeBatch {
             changes,
             next_cursor: next.encode(),
             has_more,
+            // A snapshot is read in key order, not by transaction.
+            mid_transaction: false,
         })
     }
 
@@ -602,9 +605,14 @@ impl SqlConnector {
         pos: &str,
         max: u32,
     ) -> Result<ChangeBatch, Error> {
-        let (entries, next, has_more) =
-            self.dialect
-                .log_read(db, &table.name, Some(own), pos, max)?;
+        let LogRead {
+            entries,
+            next,
+            more: has_more,
+            mid_transaction,
+        } = self
+            .dialect
+            .log_read(db, &table.name, Some(own), pos, max)?;
         // Fold the entries of one record into one change, ordered by its last entry.
         struct Entry {
             last_seq: i64,
@@ -706,6 +714,7 @@ impl SqlConnector {
             changes: changes.into_iter().map(|(_, c)| c).collect(),
             next_cursor: Cursor::Log { pos: next }.encode(),
             has_more,
+            mid_transaction,
         })
     }
 

@@ -18,7 +18,7 @@
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, prune_bound, Carry, Column, Dialect, LogEntry};
+use crate::dialect::{entries, literal, prune_bound, Carry, Column, Dialect, LogRead};
 
 pub struct MySql;
 
@@ -505,7 +505,7 @@ impl Dialect for MySql {
         _own: Option<&str>,
         pos: &str,
         max: u32,
-    ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+    ) -> Result<LogRead, Error> {
         let after: i64 = pos
             .parse()
             .map_err(|_| Error::permanent(format!("log position {pos:?} is not MariaDB's")))?;
@@ -534,7 +534,14 @@ impl Dialect for MySql {
             }
         }
         let more = stopped || rows.rows.len() as u32 >= max;
-        Ok((out, upto.to_string(), more))
+        // The log does not record the transaction an entry belongs to (MariaDB gives a
+        // transaction no id a trigger could read cheaply), so a read cannot say where one ends.
+        Ok(LogRead {
+            entries: out,
+            next: upto.to_string(),
+            more,
+            mid_transaction: false,
+        })
     }
 }
 

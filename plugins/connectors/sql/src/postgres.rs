@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, Carry, Column, Dialect, LogEntry};
+use crate::dialect::{entries, literal, Carry, Column, Dialect, LogRead};
 
 pub struct Postgres;
 
@@ -541,7 +541,7 @@ impl Dialect for Postgres {
         own: Option<&str>,
         pos: &str,
         max: u32,
-    ) -> Result<(Vec<LogEntry>, String, bool), Error> {
+    ) -> Result<LogRead, Error> {
         let bad = || {
             Error::permanent(format!(
                 "log position {pos:?} is not PostgreSQL's (xid:seq)"
@@ -593,15 +593,32 @@ impl Dialect for Postgres {
             .last()
             .and_then(|r| r.get("in_batch")?.as_integer())
             .unwrap_or(0);
-        let more = in_batch >= i64::from(max)
-            || {
-                let (x, s) = next.split_once(':').unwrap_or((xid, "0"));
-                count(
+        let (x, s) = next.split_once(':').unwrap_or((xid, "0"));
+        let after_next = [
+            Value::Text(table.to_owned()),
+            Value::Text(x.to_owned()),
+            Value::Integer(s.parse().unwrap_or(seq)),
+        ];
+        let full = in_batch >= i64::from(max);
+        let more = full
+            || count(
                 db,
                 "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) LIMIT 1) waiting",
-                &[Value::Text(table.to_owned()), Value::Text(x.to_owned()), Value::Integer(s.parse().unwrap_or(seq))],
-            )? > 0
-            };
-        Ok((entries(&rows), next, more))
+                &after_next,
+            )? > 0;
+        // Entries are read in (xid, seq) order, so a transaction's entries lie together and its
+        // rest, if any, comes first after `next`. Only a full read can have stopped inside one.
+        let mid_transaction = full
+            && count(
+                db,
+                "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = $1 AND xid = $2::xid8 AND seq > $3 LIMIT 1) rest",
+                &after_next,
+            )? > 0;
+        Ok(LogRead {
+            entries: entries(&rows),
+            next,
+            more,
+            mid_transaction,
+        })
     }
 }
