@@ -30,6 +30,8 @@ struct Entry {
     origin: Option<String>,
     /// The world's clock when the change was made.
     at: i64,
+    /// The transaction that made it.
+    txn: u64,
 }
 
 /// What the systems of one simulation share: a clock (microseconds, ticked by every change
@@ -103,6 +105,10 @@ pub struct MemorySystem {
     log: Vec<Entry>,
     seq: u64,
     next_id: u64,
+    /// The transaction changes are made in now: a person's ([`MemorySystem::begin`]) or a
+    /// write call's; none: each change is a transaction of its own.
+    txn: Option<u64>,
+    txns: u64,
     /// Calls to allow before one fails; none: never.
     pub fail_in: Option<u32>,
     /// When a failing call is a write, apply this many of its ops first.
@@ -137,6 +143,8 @@ impl MemorySystem {
             log: Vec::new(),
             seq: 0,
             next_id: 0,
+            txn: None,
+            txns: 0,
             fail_in: None,
             apply_before_failing: 0,
             finds_fail_every: None,
@@ -161,14 +169,31 @@ impl MemorySystem {
         self.seq += 1;
         let at = self.world.tick();
         self.versions.insert(id.to_owned(), self.seq);
+        let txn = self.txn.unwrap_or_else(|| {
+            self.txns += 1;
+            self.txns
+        });
         self.log.push(Entry {
             seq: self.seq,
             id: id.to_owned(),
             deleted,
             origin: origin.map(str::to_owned),
             at,
+            txn,
         });
         at
+    }
+
+    /// A person starts a transaction: the changes up to [`MemorySystem::commit`] are one, and
+    /// reads say when a batch ends inside it (`mid_transaction`), as PostgreSQL's do.
+    pub fn begin(&mut self) {
+        self.txns += 1;
+        self.txn = Some(self.txns);
+    }
+
+    /// Ends the transaction [`MemorySystem::begin`] started.
+    pub fn commit(&mut self) {
+        self.txn = None;
     }
 
     /// When the record's latest change was made (its current version's entry).
@@ -432,11 +457,14 @@ impl SideIo for Shared {
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   {} read after {after}: {changes:?}", s.prefix);
         }
+        let following = s.log.iter().find(|e| e.seq > next);
         Ok(ChangeBatch {
             changes,
             next_cursor: next.to_string(),
-            has_more: s.log.iter().any(|e| e.seq > next),
-            mid_transaction: false,
+            has_more: following.is_some(),
+            mid_transaction: following
+                .zip(entries.last())
+                .is_some_and(|(f, l)| f.txn == l.txn),
         })
     }
 
@@ -463,7 +491,11 @@ impl SideIo for Shared {
             }
             return Err(IoError::new("injected failure while writing"));
         }
-        Ok(ops.into_iter().map(|op| s.apply(origin, op)).collect())
+        // One call, one transaction.
+        s.begin();
+        let written = ops.into_iter().map(|op| s.apply(origin, op)).collect();
+        s.commit();
+        Ok(written)
     }
 
     async fn find(&mut self, key: LookupKey) -> Result<Vec<Current>, IoError> {

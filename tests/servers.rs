@@ -2350,3 +2350,102 @@ async fn many_conditional_updates_in_one_call_on_mariadb() {
     )
     .await;
 }
+
+/// A PostgreSQL transaction that changes more rows than a batch holds reaches `to` in one
+/// transaction there: the rows it wrote carry one transaction id (PostgreSQL's `xmin`,
+/// MariaDB's transaction-precise system versioning), checked in the destination itself. Rows
+/// inserted in one transaction likewise. With `max_transaction` below its size, the same check
+/// counts several: the split is logged, and the check can tell.
+async fn a_postgres_transaction_arrives_whole(to: &'static str) {
+    let Some(src) = ServerDb::new("postgres").await else {
+        return;
+    };
+    let Some(dst) = ServerDb::new(to).await else {
+        return;
+    };
+    src.exec(
+        "CREATE TABLE stock (id SERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, qty INTEGER NOT NULL);
+         INSERT INTO stock (code, qty) SELECT 'c' || i, 0 FROM generate_series(1, 60) AS i",
+    )
+    .await;
+    dst.exec(match to {
+        "postgres" => {
+            "CREATE TABLE stock (id SERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, qty INTEGER NOT NULL)"
+        }
+        _ => {
+            "CREATE TABLE stock (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(32) NOT NULL UNIQUE, qty INT NOT NULL,
+                 trx_start BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE,
+                 trx_end BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE,
+                 PERIOD FOR SYSTEM_TIME(trx_start, trx_end)) WITH SYSTEM VERSIONING"
+        }
+    })
+    .await;
+    let transactions = |qty: i64| {
+        let sql = match to {
+            "postgres" => {
+                format!("SELECT count(DISTINCT xmin::text)::text FROM stock WHERE qty = {qty}")
+            }
+            _ => format!(
+                "SELECT CAST(count(DISTINCT trx_start) AS CHAR) FROM stock WHERE qty = {qty}"
+            ),
+        };
+        let dst = &dst;
+        async move { dst.text(&sql).await.unwrap().parse::<i64>().unwrap() }
+    };
+    let rows = |qty: i64| {
+        let sql = match to {
+            "postgres" => format!("SELECT count(*)::text FROM stock WHERE qty = {qty}"),
+            _ => format!("SELECT CAST(count(*) AS CHAR) FROM stock WHERE qty = {qty}"),
+        };
+        let dst = &dst;
+        async move { dst.text(&sql).await.unwrap().parse::<i64>().unwrap() }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = |settings: &str| {
+        pair_config(
+            dir.path(),
+            &src.url,
+            &dst.url,
+            "stock",
+            &["code", "qty"],
+            settings,
+        )
+    };
+    sync_once(&config("batch = 10")).await;
+    assert_eq!(rows(0).await, 60, "the first load");
+
+    src.exec("UPDATE stock SET qty = 7").await;
+    sync_once(&config("batch = 10")).await;
+    assert_eq!(rows(7).await, 60);
+    assert_eq!(
+        transactions(7).await,
+        1,
+        "60 updates in one transaction, batches of 10"
+    );
+
+    src.exec("INSERT INTO stock (code, qty) SELECT 'n' || i, 8 FROM generate_series(1, 45) AS i")
+        .await;
+    sync_once(&config("batch = 10")).await;
+    assert_eq!(rows(8).await, 45);
+    assert_eq!(transactions(8).await, 1, "45 inserts in one transaction");
+
+    src.exec("UPDATE stock SET qty = 9 WHERE code LIKE 'c%'")
+        .await;
+    sync_once(&config("batch = 10\nmax_transaction = 20")).await;
+    assert_eq!(rows(9).await, 60);
+    assert!(
+        transactions(9).await >= 3,
+        "60 updates with at most 20 at once: {} transactions",
+        transactions(9).await
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_transaction_arrives_whole_on_postgres() {
+    a_postgres_transaction_arrives_whole("postgres").await;
+}
+
+#[tokio::test]
+async fn a_postgres_transaction_arrives_whole_on_mariadb() {
+    a_postgres_transaction_arrives_whole("mysql").await;
+}

@@ -76,6 +76,8 @@ pub struct Sync {
     pub schema_kept: bool,
     pub schedule: Schedule,
     pub batch: u32,
+    /// Most changes of one source transaction applied to the other sides at once.
+    pub max_transaction: u32,
     /// Each side's connection and stream, in config order: the left, the right, then `also`.
     pub sides: Vec<(String, String)>,
 }
@@ -409,7 +411,10 @@ impl App {
         connections: &BTreeMap<String, Connection>,
         rules: &Rules,
     ) -> String {
-        let mut out = format!("{:?}|{:?}|{}|{:?}", s.spec, s.schedule, s.batch, s.sides);
+        let mut out = format!(
+            "{:?}|{:?}|{}|{}|{:?}",
+            s.spec, s.schedule, s.batch, s.max_transaction, s.sides
+        );
         for (conn, _) in &s.sides {
             if let Some(c) = connections.get(conn) {
                 let grants = self
@@ -827,6 +832,7 @@ impl SyncSetup {
             self.sync.batch,
             self.rules.clone(),
         )
+        .whole_transactions_up_to(self.sync.max_transaction)
         .relaying(self.relays.clone())
     }
 
@@ -1221,6 +1227,7 @@ fn build_sync(
         schema_kept,
         schedule,
         batch: cfg.batch.max(1),
+        max_transaction: cfg.max_transaction.max(1),
         sides: sides.into_iter().map(|(c, s, _)| (c, s)).collect(),
     })
 }

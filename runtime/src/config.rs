@@ -307,6 +307,12 @@ pub struct SyncConfig {
     /// plugin's memory at once (its limit is 256 MiB).
     #[serde(default = "default_batch")]
     pub batch: u32,
+    /// Most changes of one source transaction applied to the other sides at once, in one
+    /// transaction there, where the source's connector tells where its transactions end
+    /// (PostgreSQL's does): a cycle reads on past its batch to a transaction's end. A bigger
+    /// transaction is applied in parts, and that is logged. Default 20,000.
+    #[serde(default = "default_max_transaction")]
+    pub max_transaction: u32,
     /// Which records of each side sync (see `FilterConfig`); by default all.
     #[serde(default)]
     pub filter: Option<FilterConfig>,
@@ -355,6 +361,10 @@ impl From<LeavingConfig> for crate::engine::Leaving {
 
 fn default_batch() -> u32 {
     1_000
+}
+
+fn default_max_transaction() -> u32 {
+    crate::driver::MAX_TRANSACTION
 }
 
 /// A sync's delete policy.

@@ -41,6 +41,9 @@ pub use io::{IoError, PluginSide, SideIo};
 /// batch size (each call is a transaction with its own set-up; 200 per call cost a third of an
 /// initial sync's time).
 const WRITE_BATCH: usize = 2_000;
+/// Most changes of one source transaction a cycle applies at once, unless the sync says
+/// otherwise (`max_transaction`; see [`SyncRunner::whole_transactions_up_to`]).
+pub const MAX_TRANSACTION: u32 = 20_000;
 /// Most dirty links retried in one cycle.
 const RETRY_BATCH: usize = 500;
 /// Most intents recovery checks at once (see [`SyncRunner::recover`]).
@@ -97,6 +100,9 @@ pub struct CycleReport {
     pub by_kind: BTreeMap<&'static str, [usize; 2]>,
     /// A side has more changes waiting than one batch holds.
     pub more: bool,
+    /// A batch ended inside a source transaction and the cycle read on to its end, to write it
+    /// to the other sides whole.
+    pub whole_transaction: bool,
     /// Dirty links were retried.
     pub retried: usize,
 }
@@ -284,11 +290,19 @@ pub struct SyncRunner<S> {
     /// The sides' I/O, in config order: the left, the right, then any more.
     pub sides: Vec<S>,
     pub rules: Rules,
-    /// Most changes read from each side per cycle: the sync's batch, or less while a read of
-    /// that many runs the side's plugin out of memory or CPU (see [`read_fitting`]).
+    /// Most changes read from each side per cycle, unless the side's last batch ended inside
+    /// a transaction: the sync's batch, or a pilot's limit.
+    batch: u32,
+    /// Most changes of one source transaction applied at once: a cycle whose batch ends inside
+    /// a transaction reads on to its end, up to this many changes from the side.
+    max_transaction: u32,
+    /// Most changes read from each side per call: up to the larger of `batch` and
+    /// `max_transaction`, less while a read of that many runs the side's plugin out of memory
+    /// or CPU (see [`read_fitting`]).
     read_max: Vec<CallSize>,
-    /// Most ops written to each side per call: [`WRITE_BATCH`], or less while a write of that
-    /// many runs the side's plugin out of memory or CPU.
+    /// Most ops written to each side per call: [`WRITE_BATCH`] or `max_transaction`, whichever
+    /// is more (a transaction read whole is written in one call: one transaction on the other
+    /// side), or less while a write of that many runs the side's plugin out of memory or CPU.
     write_max: Vec<CallSize>,
     /// Batches read ahead, by side, with the cursor they start at and when they were read:
     /// while the last cycle wrote the other side or committed (see
@@ -464,8 +478,10 @@ impl<S> SyncRunner<S> {
             spec,
             sides,
             rules,
-            read_max: vec![CallSize::new(batch); n],
-            write_max: vec![CallSize::new(WRITE_BATCH as u32); n],
+            batch: batch.max(1),
+            max_transaction: MAX_TRANSACTION,
+            read_max: vec![CallSize::new(batch.max(MAX_TRANSACTION)); n],
+            write_max: vec![CallSize::new((WRITE_BATCH as u32).max(MAX_TRANSACTION)); n],
             ahead: (0..n).map(|_| None).collect(),
             clock: Arc::new(system_clock),
             limit: None,
@@ -488,10 +504,24 @@ impl<S> SyncRunner<S> {
         self
     }
 
-    /// A pilot: each cycle, and a dry run, takes at most `n` changes from each side.
+    /// A pilot: each cycle, and a dry run, takes at most `n` changes from each side, and
+    /// does not read on to the end of a transaction.
     pub fn limited(mut self, n: u32) -> Self {
-        self.read_max = vec![CallSize::new(n); self.sides.len()];
+        self.batch = n.max(1);
         self.limit = Some(n);
+        self
+    }
+
+    /// Applies a source transaction of up to `max` changes to the other side at once: a cycle
+    /// whose batch ends inside one of a side's transactions (the connector says so, see
+    /// `change-batch.mid-transaction`) reads on to its end and writes it in one call to each
+    /// other side, one transaction there. A bigger one is applied in parts, logged.
+    pub fn whole_transactions_up_to(mut self, max: u32) -> Self {
+        self.max_transaction = max.max(1);
+        let reads = self.batch.max(self.max_transaction);
+        let writes = (WRITE_BATCH as u32).max(self.max_transaction);
+        self.read_max = vec![CallSize::new(reads); self.sides.len()];
+        self.write_max = vec![CallSize::new(writes); self.sides.len()];
         self
     }
 
@@ -1185,7 +1215,7 @@ impl<S: SideIo> SyncRunner<S> {
             let (batch, read_at) = match ahead {
                 Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
                 _ => self
-                    .read_fitting(side, &origin, cursor.as_deref())
+                    .read_fitting(side, &origin, cursor.as_deref(), self.batch)
                     .await
                     .map_err(|error| CycleError::Read {
                         sync: sync.clone(),
@@ -1195,18 +1225,31 @@ impl<S: SideIo> SyncRunner<S> {
             };
             report.read[side.index()] = batch.changes.len();
             let mut waiting = batch.has_more;
-            // A dry run plans everything waiting at once, unless it is a pilot's first `limit`.
+            let mut torn = batch.has_more && batch.mid_transaction;
             let mut more = batch.has_more.then(|| batch.next_cursor.clone());
             batches.push((side, batch, read_at));
-            while let Some(cursor) = more
-                .take()
-                .filter(|_| dry.is_some() && self.limit.is_none())
-            {
-                if report.read[side.index()] >= DRY_RUN_MOST {
+            // A batch that ends inside a transaction is read on to its end, so the transaction
+            // is written whole (except in a pilot, which takes its first `limit` only). A dry
+            // run plans everything waiting at once, unless it is a pilot's.
+            while let Some(cursor) = more.take() {
+                let read = report.read[side.index()];
+                let want = if torn
+                    && self.limit.is_none()
+                    && (read as u64) < u64::from(self.max_transaction)
+                {
+                    self.max_transaction - read as u32
+                } else if dry.is_some() && self.limit.is_none() && read < DRY_RUN_MOST {
+                    self.batch
+                } else {
+                    if torn && self.limit.is_none() {
+                        tracing::warn!(sync = %sync, side = %side, max_transaction = self.max_transaction,
+                            "a transaction on the {side} side changed more than {} records (the sync's max_transaction): it is applied in parts, and the other sides see it partly applied until its rest arrives",
+                            self.max_transaction);
+                    }
                     break;
-                }
+                };
                 let (batch, read_at) = self
-                    .read_fitting(side, &origin, Some(&cursor))
+                    .read_fitting(side, &origin, Some(&cursor), want)
                     .await
                     .map_err(|error| CycleError::Read {
                         sync: sync.clone(),
@@ -1214,7 +1257,9 @@ impl<S: SideIo> SyncRunner<S> {
                         error,
                     })?;
                 report.read[side.index()] += batch.changes.len();
+                report.whole_transaction |= torn;
                 waiting = batch.has_more;
+                torn = batch.has_more && batch.mid_transaction;
                 more = batch.has_more.then(|| batch.next_cursor.clone());
                 batches.push((side, batch, read_at));
             }
@@ -1268,6 +1313,13 @@ impl<S: SideIo> SyncRunner<S> {
                 }
             }
         }
+        // A record changed again further on in a transaction read in several batches is in
+        // each: its last read is the one that counts.
+        let mut read_later = BTreeSet::new();
+        let mut mapped: Vec<_> = (mapped.into_iter().rev())
+            .filter(|(side, id, _)| read_later.insert((*side, id.clone())))
+            .collect();
+        mapped.reverse();
         for (side, id, observed) in mapped {
             fresh.insert((side, id.clone()));
             commit.cleared.push((side, id.clone()));
@@ -1367,8 +1419,7 @@ impl<S: SideIo> SyncRunner<S> {
         // read ahead during that write (an initial load, a one-way backlog): its database
         // serves the read while the other one inserts, instead of during the commit.
         let writes_to = |side: Side| plan.ops.iter().any(|o| o.side == side);
-        let early = batches
-            .iter()
+        let early = last_batches(&batches)
             .find(|(side, b, _)| {
                 b.has_more
                     && !writes_to(*side)
@@ -1474,12 +1525,11 @@ impl<S: SideIo> SyncRunner<S> {
         commit.links = plan.links.into_values().collect();
         // The cursor each side reached: its last batch's.
         let mut cursors = vec![None; self.sides.len()];
-        for (side, batch, _) in &batches {
+        for (side, batch, _) in last_batches(&batches) {
             cursors[side.index()] = Some(batch.next_cursor.clone());
         }
         commit.cursors = cursors;
-        let read_ahead: Vec<(Side, String)> = batches
-            .iter()
+        let read_ahead: Vec<(Side, String)> = last_batches(&batches)
             .filter(|(side, b, _)| b.has_more && self.ahead[side.index()].is_none())
             .map(|(side, b, _)| (*side, b.next_cursor.clone()))
             .collect();
@@ -1533,7 +1583,8 @@ impl<S: SideIo> SyncRunner<S> {
         let reads = async {
             let mut read = Vec::new();
             for (side, from) in sides {
-                if let Ok(batch) = self.read_fitting(side, &origin, Some(&from)).await {
+                let batch = self.read_fitting(side, &origin, Some(&from), self.batch);
+                if let Ok(batch) = batch.await {
                     read.push((side, from, batch));
                 }
             }
@@ -1563,16 +1614,18 @@ impl<S: SideIo> SyncRunner<S> {
         Ok(())
     }
 
-    /// Reads a batch from a side through [`read_fitting`].
+    /// Reads up to `want` changes from a side through [`read_fitting`].
     async fn read_fitting(
         &mut self,
         side: Side,
         origin: &str,
         cursor: Option<&str>,
+        want: u32,
     ) -> Result<Read, IoError> {
         let io: &mut dyn SideIoDyn = &mut self.sides[side.index()];
         let max = &mut self.read_max[side.index()];
-        read_fitting(io, max, &self.spec.name, side, origin, cursor, &self.clock).await
+        let sync = &self.spec.name;
+        read_fitting(io, max, want, sync, side, origin, cursor, &self.clock).await
     }
 
     /// A connector's change as the engine sees it, read at `read_at`.
@@ -1735,6 +1788,12 @@ impl<S: SideIo> SyncRunner<S> {
                     }
                 }
             }
+            let most = self.write_max[side.index()].now as usize;
+            if report.whole_transaction && sendable.len() > most {
+                tracing::warn!(sync = %sync, side = %side,
+                    "a source transaction read whole takes {} writes on the {side} side, more than its plugin holds at once ({most}): it is written in parts",
+                    sendable.len());
+            }
             let mut sendable = sendable.into_iter().peekable();
             while sendable.peek().is_some() {
                 let (chunk, writes): (Vec<&Op>, Vec<WriteOp>) = sendable
@@ -1749,6 +1808,7 @@ impl<S: SideIo> SyncRunner<S> {
                         let read = read_fitting(
                             from_io,
                             max,
+                            self.batch,
                             &sync,
                             other,
                             &origin,
@@ -2125,13 +2185,28 @@ impl<S: SideIo> SyncRunner<S> {
     }
 }
 
-/// Reads a batch from a side. A read that runs the side's plugin out of memory or CPU (records
-/// too big to hold so many at once) is tried again with half as many changes, down to one, and
-/// the side is asked for that many for a while ([`CallSize`], the side's own): a sync whose
-/// records are large slows down instead of failing every cycle.
+/// Each side's last batch of a cycle's `batches` (which hold a side's batches together, in the
+/// order read): where the side's cursor now stands.
+fn last_batches(
+    batches: &[(Side, ChangeBatch, i64)],
+) -> impl Iterator<Item = &(Side, ChangeBatch, i64)> {
+    batches
+        .iter()
+        .enumerate()
+        .filter(|(i, (side, _, _))| batches.get(i + 1).is_none_or(|(next, _, _)| next != side))
+        .map(|(_, b)| b)
+}
+
+/// Reads a batch of up to `want` changes from a side. A read that runs the side's plugin out of
+/// memory or CPU (records too big to hold so many at once) is tried again with half as many
+/// changes, down to one, and the side is asked for at most that many for a while
+/// ([`CallSize`], the side's own): a sync whose records are large slows down instead of failing
+/// every cycle.
+#[allow(clippy::too_many_arguments)]
 async fn read_fitting(
     io: &mut dyn SideIoDyn,
     size: &mut CallSize,
+    want: u32,
     sync: &str,
     side: Side,
     origin: &str,
@@ -2139,7 +2214,7 @@ async fn read_fitting(
     clock: &Clock,
 ) -> Result<Read, IoError> {
     loop {
-        let tried = size.now;
+        let tried = size.now.min(want.max(1));
         match io.read_dyn(origin, cursor, tried).await {
             Err(e) if e.over_limit && size.too_big(tried) => {
                 tracing::warn!(sync = %sync, side = %side, error = %e,
