@@ -336,10 +336,41 @@ impl Conn {
     }
 }
 
-/// Issue 17: a 10,000-row UPDATE made in one transaction on PostgreSQL, seconds from its commit
-/// until `to` shows the first and the last row updated (between them, it holds a partly
-/// applied transaction), beside the same UPDATE applied natively on `to`.
-async fn bulk_update(to: Dest) {
+/// What a bulk benchmark's source transaction does to `rows` rows in round `round`.
+#[derive(Clone, Copy)]
+enum Bulk {
+    /// Sets `qty` of every row to the round's number.
+    Update,
+    /// Inserts `rows` new rows whose `qty` is the round's number.
+    Insert,
+}
+
+impl Bulk {
+    /// The statement, on `db`.
+    fn sql(self, db: Dest, rows: i64, round: i64) -> String {
+        match (self, db) {
+            (Bulk::Update, _) => format!("UPDATE items SET qty = {round}"),
+            (Bulk::Insert, Dest::Postgres) => format!(
+                "INSERT INTO items (code, label, qty, price)                  SELECT 'r{round}.' || i, 'label ' || i, {round}, 1.25 FROM generate_series(1, {rows}) AS i"
+            ),
+            (Bulk::Insert, Dest::MariaDb) => format!(
+                "INSERT INTO items (code, label, qty, price)                  SELECT concat('r{round}.', seq), concat('label ', seq), {round}, 1.25 FROM seq_1_to_{rows}"
+            ),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Bulk::Update => "UPDATE",
+            Bulk::Insert => "INSERT",
+        }
+    }
+}
+
+/// Issue 17: a 10,000-row UPDATE or INSERT made in one transaction on PostgreSQL, seconds from
+/// its commit until `to` shows the first and the last row changed (between them, it holds a
+/// partly applied transaction), beside the same statement applied natively on `to`.
+async fn bulk(to: Dest, what: Bulk) {
     let rows = start(10_000);
     let rounds = 3;
     let src = Dest::Postgres.fresh("duplex_bench_upd_src").await;
@@ -353,11 +384,11 @@ async fn bulk_update(to: Dest) {
     let mut n = to.connect(&native).await;
     n.exec(&to.fill(rows)).await;
 
-    // Baseline: the same UPDATE, one statement, on a copy of the rows.
+    // Baseline: the same statement on a copy of the rows.
     let mut base = Vec::new();
     for round in 1..=rounds {
         let t = Instant::now();
-        n.exec(&format!("UPDATE items SET qty = {round}")).await;
+        n.exec(&what.sql(to, rows, round)).await;
         base.push(t.elapsed());
     }
 
@@ -376,9 +407,7 @@ async fn bulk_update(to: Dest) {
             // Idle first: the sync waits for a change, as a running sync does.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let cpu = cpu_seconds();
-            writer
-                .exec(&format!("UPDATE items SET qty = {round}"))
-                .await;
+            writer.exec(&what.sql(Dest::Postgres, rows, round)).await;
             let t = Instant::now();
             let mut first = None;
             loop {
@@ -416,16 +445,18 @@ async fn bulk_update(to: Dest) {
     let (rounds_seen, ran) = tokio::join!(measure, run);
     ran.unwrap();
     println!(
-        "a {rows}-row UPDATE in one transaction, PostgreSQL -> {}, realtime:",
+        "a {rows}-row {} in one transaction, PostgreSQL -> {}, realtime:",
+        what.label(),
         to.label()
     );
     for ((first, all, cpu), native) in rounds_seen.iter().zip(&base) {
         println!(
-            "  duplex: first row {}, all rows {} ({:.0} rows/s); partly applied for {}; native UPDATE {}; ratio {:.1}x native; {cpu}",
+            "  duplex: first row {}, all rows {} ({:.0} rows/s); partly applied for {}; native {} {}; ratio {:.1}x native; {cpu}",
             ms(*first),
             ms(*all),
             rows as f64 / all.as_secs_f64(),
             ms(*all - *first),
+            what.label(),
             ms(*native),
             all.as_secs_f64() / native.as_secs_f64()
         );
@@ -435,13 +466,25 @@ async fn bulk_update(to: Dest) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn bulk_update_of_10k_rows_postgres_to_postgres() {
-    bulk_update(Dest::Postgres).await;
+    bulk(Dest::Postgres, Bulk::Update).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn bulk_update_of_10k_rows_postgres_to_mariadb() {
-    bulk_update(Dest::MariaDb).await;
+    bulk(Dest::MariaDb, Bulk::Update).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_insert_of_10k_rows_postgres_to_postgres() {
+    bulk(Dest::Postgres, Bulk::Insert).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_insert_of_10k_rows_postgres_to_mariadb() {
+    bulk(Dest::MariaDb, Bulk::Insert).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
