@@ -45,8 +45,9 @@ async fn fresh_db(name: &str) -> String {
 }
 
 /// A realtime sync of `items` from `src` to `dst`, with the default batch unless one is given.
-fn config(dir: &std::path::Path, src: &str, dst: &str, batch: Option<u32>) -> std::path::PathBuf {
-    let batch = batch.map_or(String::new(), |b| format!("batch = {b}"));
+/// A realtime sync of the items tables of `src` and `dst`, with `settings` (`batch = ..`,
+/// `match = ..`) added to the sync's section.
+fn config(dir: &std::path::Path, src: &str, dst: &str, settings: &str) -> std::path::PathBuf {
     let plugin = std::env::var("BENCH_SQL_PLUGIN").unwrap_or_else(|_| "builtin:sql".into());
     let text = format!(
         r#"
@@ -64,7 +65,7 @@ grants = {{ sql = ["{dst}"] }}
 left = "src.items"
 right = "dst.items"
 schedule = "realtime"
-{batch}
+{settings}
 fields = [
     {{ left = "code", right = "code" }},
     {{ left = "label", right = "label" }},
@@ -174,7 +175,7 @@ async fn realtime_latency_postgres_to_postgres() {
     base.sort();
 
     let dir = tempfile::tempdir().unwrap();
-    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, None))
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, ""))
         .await
         .unwrap();
     let state = app.open_state().unwrap();
@@ -393,7 +394,7 @@ async fn bulk(to: Dest, what: Bulk) {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, None))
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, ""))
         .await
         .unwrap();
     let state = app.open_state().unwrap();
@@ -490,6 +491,18 @@ async fn bulk_insert_of_10k_rows_postgres_to_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn initial_sync_of_100k_rows() {
+    initial_sync("").await;
+}
+
+/// The same with a match key, the usual config: every new record is looked up on the other
+/// side first, so that a record both sides have is linked rather than made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn initial_sync_of_100k_rows_with_a_match_key() {
+    initial_sync(r#"match = { field = "code" }"#).await;
+}
+
+async fn initial_sync(settings: &str) {
     let rows = start(100_000);
     let src = fresh_db("duplex_bench_init_src").await;
     let dst = fresh_db("duplex_bench_init_dst").await;
@@ -533,16 +546,11 @@ async fn initial_sync_of_100k_rows() {
     let native_cpu = cpu_per_row(cpu, cpu_seconds(), rows);
 
     let dir = tempfile::tempdir().unwrap();
-    let app = duplex::app::App::load(&config(
-        dir.path(),
-        &src,
-        &dst,
-        std::env::var("BENCH_BATCH")
-            .ok()
-            .and_then(|b| b.parse().ok()),
-    ))
-    .await
-    .unwrap();
+    let batch = std::env::var("BENCH_BATCH").map_or(String::new(), |b| format!("batch = {b}"));
+    let settings = format!("{settings}\n{batch}");
+    let app = duplex::app::App::load(&config(dir.path(), &src, &dst, &settings))
+        .await
+        .unwrap();
     let state = app.open_state().unwrap();
     let cpu = cpu_seconds();
     let t = Instant::now();
@@ -558,7 +566,7 @@ async fn initial_sync_of_100k_rows() {
     assert_eq!(copied, rows);
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("initial sync of {rows} rows, PostgreSQL -> PostgreSQL:");
+    println!("initial sync of {rows} rows, PostgreSQL -> PostgreSQL ({settings:?}):");
     println!(
         "  duplex:      {:.1} s, {:.0} rows/s; {sync_cpu}",
         sync_time.as_secs_f64(),
