@@ -5,10 +5,16 @@
 //! into an engine that could have produced it. Writes are atomic (temp file, then rename), and an
 //! artifact that fails to load is recompiled and replaced, so a torn or stale file costs one
 //! compile, never a failure.
+//!
+//! A component loaded once is kept in memory and shared: every connection using the sql
+//! connector runs the same compiled code. Loaded per connection, 50 syncs of SQLite held 100
+//! copies of it.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -18,6 +24,9 @@ use wasmtime::Engine;
 #[derive(Debug)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    /// Components loaded by this process, by [`key`]. A `Component` is a handle: clones share
+    /// the compiled code.
+    loaded: Mutex<HashMap<String, Component>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -42,6 +51,7 @@ impl CompileCache {
         });
         CompileCache {
             dir,
+            loaded: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -62,13 +72,28 @@ impl CompileCache {
         }
     }
 
-    /// The compiled form of `bytes`, from the cache or freshly compiled (and then cached).
+    /// The compiled form of `bytes`: the one this process loaded already, else from the cache
+    /// directory or freshly compiled (and then cached).
     pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let key = key(engine, bytes);
+        let loaded = self.loaded.lock().map(|l| l.get(&key).cloned());
+        if let Ok(Some(c)) = loaded {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(c);
+        }
+        let component = self.compiled(engine, bytes, &key)?;
+        if let Ok(mut l) = self.loaded.lock() {
+            l.insert(key, component.clone());
+        }
+        Ok(component)
+    }
+
+    fn compiled(&self, engine: &Engine, bytes: &[u8], key: &str) -> wasmtime::Result<Component> {
         let Some(dir) = &self.dir else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Component::new(engine, bytes);
         };
-        let path = dir.join(format!("{}.cwasm", key(engine, bytes)));
+        let path = dir.join(format!("{key}.cwasm"));
         if path.exists() {
             match load(engine, &path) {
                 Ok(c) => {
@@ -88,13 +113,16 @@ impl CompileCache {
     }
 }
 
-/// Loads an artifact from the cache directory.
+/// Loads an artifact from the cache directory, into memory: a component is kept for the
+/// process's life (see [`CompileCache::loaded`]), and a file mapping that long would crash the
+/// process (SIGBUS) should anything truncate the file under it.
 #[allow(unsafe_code)]
 fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `deserialize_file` trusts the file to be wasmtime's own output. Only this host
+    let artifact = std::fs::read(path)?;
+    // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output. Only this host
     // writes into the cache directory (created 0700, filled with `Component::serialize` output
     // under a name that includes the engine's compatibility hash); plugins have no file access.
-    unsafe { Component::deserialize_file(engine, path) }
+    unsafe { Component::deserialize(engine, &artifact) }
 }
 
 fn store(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
