@@ -145,7 +145,10 @@ impl Dialect for Sqlite {
         )?;
         // A mark is only ever visible inside the transaction that made it; one seen here was
         // left by a writer that broke its contract, and would tag people's writes as Duplex's.
-        db.execute("DELETE FROM _duplex_origin", &[]).map(drop)
+        // With a WHERE clause: SQLite empties a table by rewriting it, so a bare DELETE changed
+        // the database on every read, and woke every sync watching the file.
+        db.execute("DELETE FROM _duplex_origin WHERE id = 1", &[])
+            .map(drop)
     }
 
     fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error> {
