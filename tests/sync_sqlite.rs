@@ -1768,3 +1768,80 @@ fields = [
         "{err}"
     );
 }
+
+/// An idle realtime sync of SQLite runs no cycle until its database changes, and then wakes at
+/// once: the host watches the database file, and every sync watching it hears of the change
+/// (here two syncs read the same table, one to each of two copies). Before, idle SQLite syncs
+/// polled every 2 s; now a quiet sync runs a cycle only every `Schedule::REALTIME_QUIET` (five
+/// minutes), so the change can only arrive in time through the announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["src.db", "one.db", "two.db"] {
+        let c = rusqlite::Connection::open(dir.path().join(file)).unwrap();
+        c.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE)")
+            .unwrap();
+    }
+    let mut config = String::new();
+    for name in ["src", "one", "two"] {
+        config.push_str(&format!(
+            "[connections.{name}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{name}.db\" }}\ngrants = {{ sql = [\"sqlite://{name}.db\"] }}\n\n"
+        ));
+    }
+    for to in ["one", "two"] {
+        config.push_str(&format!(
+            "[syncs.to_{to}]\nleft = \"src.notes\"\nright = \"{to}.notes\"\nschedule = \"realtime\"\nmatch = {{ field = \"body\" }}\nfields = [{{ left = \"body\", right = \"body\" }}]\n\n"
+        ));
+    }
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, config).unwrap();
+    let app = App::load(&path).await.unwrap();
+    let state = app.open_state().unwrap();
+    let count = |file: &str, body: &str| {
+        rusqlite::Connection::open(dir.path().join(file))
+            .unwrap()
+            .query_row("SELECT count(*) FROM notes WHERE body = ?1", [body], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cycles = std::sync::atomic::AtomicUsize::new(0);
+    let edit = async {
+        // Idle: both syncs caught up (nothing to do) and past their first waits.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let before = cycles.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let idle_cycles = cycles.load(std::sync::atomic::Ordering::SeqCst) - before;
+        rusqlite::Connection::open(dir.path().join("src.db"))
+            .unwrap()
+            .execute("INSERT INTO notes (body) VALUES ('hello')", [])
+            .unwrap();
+        let t = std::time::Instant::now();
+        while count("one.db", "hello") + count("two.db", "hello") < 2
+            && t.elapsed() < std::time::Duration::from_secs(30)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(());
+        idle_cycles
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {
+            cycles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let (idle_cycles, ran) = tokio::join!(edit, run);
+    ran.unwrap();
+    assert_eq!(count("one.db", "hello"), 1, "the first sync woke");
+    assert_eq!(
+        count("two.db", "hello"),
+        1,
+        "the second sync, watching the same file, woke too"
+    );
+    assert_eq!(idle_cycles, 0, "an idle sync ran cycles without a change");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::{common_name, split_stream, ConfigError, Loaded};
 use crate::driver::schedule::Schedule;
 use crate::driver::{
-    CycleError, CycleReport, Joins, PluginSide, Relay, Rules, SchemaWatch, SyncRunner,
+    Announced, CycleError, CycleReport, Joins, PluginSide, Relay, Rules, SchemaWatch, SyncRunner,
 };
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
@@ -619,6 +619,8 @@ async fn run_sync(
     // made anew.
     let mut remake = false;
     let mut idle_streak = 0u32;
+    // Whether the last wait found that every side can announce changes (see below).
+    let mut quiet_sides = false;
     // Closed once the operations layer is gone: then only the stop is awaited.
     let mut open = true;
     macro_rules! take {
@@ -686,23 +688,44 @@ async fn run_sync(
                 };
                 let schedule = setup.sync.schedule.clone();
                 let wait = schedule.wait(chrono::Utc::now(), idle, idle_streak);
-                // Realtime and idle: wait for an announcement where a side can make one
-                // (PostgreSQL NOTIFY), else poll with the adaptive backoff.
+                // Realtime and idle: wait for an announcement where the sides can make one
+                // (PostgreSQL NOTIFY, SQLite's files), else poll with the adaptive backoff.
+                // While every side can announce, a quiet wait runs no cycle: an idle sync
+                // then reads nothing and runs no plugin but its waits, until a change is
+                // announced, a failed record's retry is due, or `Schedule::REALTIME_QUIET`
+                // passed (a cycle then, in case an announcement was missed).
                 if idle && matches!(schedule, Schedule::Realtime) {
-                    let announced = tokio::select! {
-                        w = runner.watch(Schedule::REALTIME_MAX) => w,
-                        c = control.commands.recv(), if open => {
-                            match c {
-                                Some(c) => take!(c),
-                                None => open = false,
-                            }
-                            Some(true)
+                    let quiet_until = tokio::time::Instant::now() + Schedule::REALTIME_QUIET;
+                    loop {
+                        let mut until = quiet_until;
+                        if let Ok(Some(due)) = state.next_dirty_due(&name) {
+                            let ahead = u64::try_from(due - now_micros()).unwrap_or(0);
+                            until = until
+                                .min(tokio::time::Instant::now() + Duration::from_micros(ahead));
                         }
-                        _ = stopped.wait_for(|s| *s) => return,
-                    };
-                    match announced {
-                        Some(_) => Duration::ZERO,
-                        None => wait,
+                        let left = until.saturating_duration_since(tokio::time::Instant::now());
+                        let timeout = if quiet_sides {
+                            left.min(Schedule::REALTIME_QUIET_WAIT)
+                        } else {
+                            Schedule::REALTIME_MAX
+                        };
+                        let announced = tokio::select! {
+                            w = runner.watch(timeout) => w,
+                            c = control.commands.recv(), if open => {
+                                match c {
+                                    Some(c) => take!(c),
+                                    None => open = false,
+                                }
+                                Announced::Changes
+                            }
+                            _ = stopped.wait_for(|s| *s) => return,
+                        };
+                        quiet_sides = announced == Announced::Quiet;
+                        match announced {
+                            Announced::Quiet if tokio::time::Instant::now() < until => continue,
+                            Announced::CannotTell { waited: false } => break wait,
+                            _ => break Duration::ZERO,
+                        }
                     }
                 } else {
                     wait

@@ -89,6 +89,18 @@ pub enum CycleError {
     },
 }
 
+/// What a wait for announcements saw ([`SyncRunner::watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// A side announced changes: read now.
+    Changes,
+    /// Every side can announce changes, and none did in the time given: nothing to read.
+    Quiet,
+    /// A side cannot announce changes (or its wait failed): only reading it tells. `waited`:
+    /// another side could, and was waited on for the time given.
+    CannotTell { waited: bool },
+}
+
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleReport {
@@ -1013,24 +1025,23 @@ impl<S: SideIo> SyncRunner<S> {
         )
     }
 
-    /// Waits up to `timeout` for either side to announce changes: `Some(true)` when one did,
-    /// `Some(false)` when the wait ran out, `None` at once when neither side can announce (the
-    /// caller then polls).
-    pub async fn watch(&mut self, timeout: std::time::Duration) -> Option<bool> {
+    /// Waits up to `timeout` for a side to announce changes (see [`Announced`]).
+    pub async fn watch(&mut self, timeout: std::time::Duration) -> Announced {
         use plugin::Watched;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let outcome = {
             use futures_util::StreamExt;
             let mut waits: futures_util::stream::FuturesUnordered<_> =
                 self.sides.iter_mut().map(|io| io.watch(ms)).collect();
-            let mut waited = false;
+            let (mut waited, mut cannot) = (false, false);
             // The first announcement wins; a side that cannot announce answers at once.
             loop {
                 match waits.next().await {
-                    Some(Ok(Watched::Changed)) => break Some(true),
+                    Some(Ok(Watched::Changed)) => break Announced::Changes,
                     Some(Ok(Watched::Timeout)) => waited = true,
-                    Some(_) => {}
-                    None => break waited.then_some(false),
+                    Some(_) => cannot = true,
+                    None if cannot => break Announced::CannotTell { waited },
+                    None => break Announced::Quiet,
                 }
             }
         };

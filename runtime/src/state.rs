@@ -1178,6 +1178,18 @@ impl State {
         Ok(out)
     }
 
+    /// When the next of a sync's dirty links is due for a retry; none when it has none.
+    pub fn next_dirty_due(&self, sync: &str) -> Result<Option<i64>, StateError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(DIRTY)?;
+        let mut next: Option<i64> = None;
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            let d: Dirty = dec(item?.1.value())?;
+            next = Some(next.map_or(d.due_at, |n| n.min(d.due_at)));
+        }
+        Ok(next)
+    }
+
     pub fn dirty(&self, sync: &str) -> Result<Vec<(u64, Dirty)>, StateError> {
         self.due_dirty(sync, i64::MAX, usize::MAX)
     }

@@ -81,11 +81,17 @@ pub struct PluginSide {
     config: String,
     stream: String,
     session: Option<ConnectorSession>,
+    /// Who this side is when it waits for changes: unique in the process, so that each side of
+    /// each sync hears of every change its database announces (see `host::sql::changes`).
+    waiter: String,
 }
 
 impl PluginSide {
     pub fn new(plugin: std::sync::Arc<ConnectorPlugin>, config: String, stream: String) -> Self {
+        static SIDES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SIDES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         PluginSide {
+            waiter: format!("side {n} ({stream})"),
             plugin,
             config,
             stream,
@@ -112,7 +118,7 @@ impl PluginSide {
     /// The current session, or a fresh one (after a failure, or at the start of a cycle).
     async fn session(&mut self) -> Result<&mut ConnectorSession, IoError> {
         if self.session.is_none() {
-            self.session = Some(self.plugin.session().await?);
+            self.session = Some(self.plugin.session_waiting_as(&self.waiter).await?);
         }
         Ok(self.session.as_mut().expect("just set"))
     }

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 /// A sync's schedule.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    /// Run again at once while there is work; when idle, poll with a backoff from
+    /// Run again at once while there is work; when idle, wait for the sides to announce a
+    /// change where they can (PostgreSQL, SQLite), else poll with a backoff from
     /// [`Schedule::REALTIME_MIN`] up to [`Schedule::REALTIME_MAX`], so an idle sync costs
-    /// almost nothing.
+    /// almost nothing (see `app::run_sync`).
     Realtime,
     Every(Duration),
     Cron(Box<cron::Schedule>),
@@ -19,6 +20,11 @@ pub enum Schedule {
 impl Schedule {
     pub const REALTIME_MIN: Duration = Duration::from_millis(50);
     pub const REALTIME_MAX: Duration = Duration::from_secs(2);
+    /// Longest a realtime sync whose sides all announce changes goes without a cycle when
+    /// none is announced: a bound on what a missed announcement can delay.
+    pub const REALTIME_QUIET: Duration = Duration::from_secs(300);
+    /// Longest one wait for announcements of such a sync (each wait runs the sides' plugins).
+    pub const REALTIME_QUIET_WAIT: Duration = Duration::from_secs(60);
 
     /// Parses `realtime`, an interval (`30s`, `5m`, `1h`, `1d`) or `cron: <expression>` (with
     /// seconds: `cron: 0 */5 * * * *`).

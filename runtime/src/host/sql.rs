@@ -5,6 +5,7 @@
 //! Each backend (SQLite now; PostgreSQL and MariaDB later) sits behind [`Backend`], which turns
 //! the database's own column types into typed [`Value`]s and its errors into typed [`Error`]s.
 
+mod changes;
 mod server;
 mod sqlite;
 
@@ -37,6 +38,9 @@ pub struct SqlState {
     granted: Arc<[String]>,
     shared: Arc<Shared>,
     open: usize,
+    /// Who waits for changes through this store: one side of one sync (see `changes`). None:
+    /// the connection.
+    waiter: Option<String>,
 }
 
 impl SqlState {
@@ -46,7 +50,13 @@ impl SqlState {
             granted,
             shared,
             open: 0,
+            waiter: None,
         }
+    }
+
+    /// Names who waits for changes through this store (see `changes`).
+    pub fn waiting_as(&mut self, waiter: &str) {
+        self.waiter = Some(waiter.to_owned());
     }
 
     /// Refuses a URL the grants do not name. Runs before anything is opened.
@@ -263,22 +273,29 @@ impl wit::HostConnection for HostView<'_> {
         channel: String,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let url = match &self.table.get(&conn)?.backend {
-            Backend::Postgres(c) => c.url.clone(),
-            _ => {
+        let pools = &self.states.sql.shared.sql;
+        let (source, pool) = match &self.table.get(&conn)?.backend {
+            Backend::Postgres(c) => {
+                let pool = match pools.postgres(&c.url).await {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let url = c.url.clone();
+                (changes::Source::Postgres { url, channel }, Some(pool))
+            }
+            Backend::Sqlite(c) => (changes::Source::Sqlite(c.path.clone()), None),
+            Backend::MySql(_) => {
                 return Ok(Err(Error::Permanent(
-                    "only PostgreSQL announces changes; poll this database instead".into(),
+                    "MariaDB does not announce changes; poll this database instead".into(),
                 )))
             }
         };
+        let waiter = match &self.states.sql.waiter {
+            Some(w) => w.clone(),
+            None => format!("connection {}", self.states.sql.caller.connection),
+        };
         let timeout = std::time::Duration::from_millis(timeout_ms.into());
-        Ok(self
-            .states
-            .sql
-            .shared
-            .sql
-            .wait_for_change(&url, &channel, timeout)
-            .await)
+        Ok(pools.changes.wait(source, &waiter, timeout, pool).await)
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {

@@ -134,12 +134,27 @@ impl ConnectorPlugin {
 
     /// A fresh store and instance for one unit of work.
     pub async fn session(&self) -> Result<ConnectorSession, CallError> {
+        self.session_of(None).await
+    }
+
+    /// A session whose waits for changes (`watch`) are `waiter`'s: one side of one sync. Each
+    /// waiter hears of every change announced since its own last wait (see
+    /// `host::sql::changes`).
+    pub async fn session_waiting_as(&self, waiter: &str) -> Result<ConnectorSession, CallError> {
+        self.session_of(Some(waiter)).await
+    }
+
+    async fn session_of(&self, waiter: Option<&str>) -> Result<ConnectorSession, CallError> {
+        let mut states = States::new(&self.caller, &self.grants, &self.shared);
+        if let Some(w) = waiter {
+            states.sql.waiting_as(w);
+        }
         let store = new_store(
             &self.engine,
             self.caller.clone(),
             &self.limits,
             Purity::Connector,
-            States::new(&self.caller, &self.grants, &self.shared),
+            states,
         );
         let mut sandbox = Sandbox::new(store, self.limits);
         let pre = self.pre.clone();

@@ -311,10 +311,11 @@ impl Connector for SqlConnector {
             .collect())
     }
 
-    /// PostgreSQL: the capture trigger notifies `duplex_changes`; the host listens. Others
-    /// cannot announce changes, and the host polls.
+    /// PostgreSQL: the capture trigger notifies `duplex_changes`; the host listens. SQLite:
+    /// the host watches the database's files. MariaDB cannot announce changes, and the host
+    /// polls.
     fn watch(&mut self, timeout_ms: u32) -> Result<Watched, Error> {
-        if self.db.dialect() != SqlDialect::Postgres {
+        if self.db.dialect() == SqlDialect::Mysql {
             return Ok(Watched::Unsupported);
         }
         Ok(if self.db.wait_for_change("duplex_changes", timeout_ms)? {

@@ -19,7 +19,7 @@ use bigdecimal::BigDecimal;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::{Column, ConnectOptions, Row, TypeInfo, ValueRef};
 use tokio::sync::Mutex;
 
@@ -36,17 +36,14 @@ const POOL_SIZE: u32 = 8;
 /// How long to wait for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The host's pools, by URL, and its PostgreSQL listeners, by URL and channel. They live as
-/// long as the host, across the short-lived stores of plugins.
+/// The host's pools, by URL, and its change sources (see `changes`). They live as long as the
+/// host, across the short-lived stores of plugins.
 #[derive(Default)]
 pub struct Pools {
     pg: Mutex<HashMap<String, PgPool>>,
     my: Mutex<HashMap<String, MySqlPool>>,
-    listeners: Mutex<HashMap<(String, String), SharedListener>>,
+    pub changes: super::changes::Changes,
 }
-
-/// A listener on one channel of one database, shared by every plugin store that waits on it.
-type SharedListener = std::sync::Arc<Mutex<PgListener>>;
 
 impl std::fmt::Debug for Pools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,57 +95,6 @@ impl Pools {
             .connect_lazy_with(opts);
         pools.insert(url.to_owned(), pool.clone());
         Ok(pool)
-    }
-}
-
-impl Pools {
-    /// Waits for a notification on `channel` of the database at `url`, up to `timeout`.
-    ///
-    /// The listener stays open between calls and buffers what arrives, so nothing sent while
-    /// no one waited is lost; a new listener answers true at once, since it cannot know what
-    /// was sent before it listened.
-    pub async fn wait_for_change(
-        &self,
-        url: &str,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<bool, Error> {
-        let key = (url.to_owned(), channel.to_owned());
-        let existing = self.listeners.lock().await.get(&key).cloned();
-        let listener = match existing {
-            Some(l) => l,
-            None => {
-                let pool = self.postgres(url).await?;
-                let mut l = PgListener::connect_with(&pool)
-                    .await
-                    .map_err(|e| connect_error(url, e))?;
-                l.listen(channel).await.map_err(to_error)?;
-                self.listeners
-                    .lock()
-                    .await
-                    .insert(key, std::sync::Arc::new(Mutex::new(l)));
-                return Ok(true);
-            }
-        };
-        let mut l = listener.lock().await;
-        if l.next_buffered().is_some() {
-            while l.next_buffered().is_some() {}
-            return Ok(true);
-        }
-        match tokio::time::timeout(timeout, l.recv()).await {
-            Ok(Ok(_)) => {
-                while l.next_buffered().is_some() {}
-                Ok(true)
-            }
-            Ok(Err(e)) => {
-                drop(l);
-                self.listeners.lock().await.remove(&key);
-                Err(Error::Transient(format!(
-                    "listening for changes failed: {e}"
-                )))
-            }
-            Err(_) => Ok(false),
-        }
     }
 }
 

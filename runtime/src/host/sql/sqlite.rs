@@ -27,6 +27,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteConnection {
     conn: Arc<Mutex<rusqlite::Connection>>,
     interrupt: rusqlite::InterruptHandle,
+    /// The database file, for change announcements (see `changes`).
+    pub path: PathBuf,
 }
 
 impl Drop for SqliteConnection {
@@ -38,6 +40,7 @@ impl Drop for SqliteConnection {
 
 impl SqliteConnection {
     pub async fn open(path: PathBuf) -> Result<SqliteConnection, Error> {
+        let file = path.clone();
         let conn = blocking(move || {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = rusqlite::Connection::open_with_flags(&path, flags).map_err(|e| {
@@ -54,6 +57,7 @@ impl SqliteConnection {
         Ok(SqliteConnection {
             conn: Arc::new(Mutex::new(conn)),
             interrupt,
+            path: file,
         })
     }
 
