@@ -582,3 +582,137 @@ async fn initial_sync(settings: &str) {
         rate(sync_time) / rate(native_time)
     );
 }
+
+/// This process's resident memory, in bytes (`/proc/self/status`); none where there is no
+/// `/proc`.
+fn resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// This process's thread count.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Issue 17, item 5: `syncs` realtime SQLite <-> SQLite syncs of 100 records each in one
+/// `duplex run`, caught up and then idle for `BENCH_IDLE_SECS` (default 60) seconds: resident
+/// memory and threads beside the process before the app was loaded (the baseline, same run),
+/// and the CPU the idle process spends, per sync.
+async fn idle_syncs(syncs: usize) {
+    start(0);
+    let idle = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::new();
+    for i in 0..syncs {
+        for side in ["a", "b"] {
+            let file = dir.path().join(format!("{side}{i}.db"));
+            let db = rusqlite::Connection::open(&file).unwrap();
+            db.execute_batch(
+                "CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, qty INTEGER);",
+            )
+            .unwrap();
+            if side == "a" {
+                db.execute_batch(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+                     INSERT INTO items (code, qty) SELECT 'c' || i, i FROM n;",
+                )
+                .unwrap();
+            }
+            let url = format!("sqlite://{}", file.display());
+            config.push_str(&format!(
+                "[connections.{side}{i}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"{url}\" }}\ngrants = {{ sql = [\"{url}\"] }}\n\n"
+            ));
+        }
+        config.push_str(&format!(
+            "[syncs.s{i}]\nleft = \"a{i}.items\"\nright = \"b{i}.items\"\nschedule = \"realtime\"\nmatch = {{ field = \"code\" }}\nfields = [{{ left = \"code\", right = \"code\" }}, {{ left = \"qty\", right = \"qty\" }}]\n\n"
+        ));
+    }
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, config).unwrap();
+
+    let (rss0, threads0) = (resident(), threads());
+    let app = duplex::app::App::load(&path).await.unwrap();
+    let state = app.open_state().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let measure = async {
+        // Caught up: every sync's 100 records on its other side.
+        let t = Instant::now();
+        loop {
+            let done = (0..syncs).all(|i| {
+                let db = rusqlite::Connection::open(dir.path().join(format!("b{i}.db"))).unwrap();
+                db.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0))
+                    .unwrap()
+                    == 100
+            });
+            if done {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(600), "not caught up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let caught_up = t.elapsed();
+        // Settle past the catch-up's backoffs, then measure the idle window.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(idle)).await;
+        let window = t.elapsed().as_secs_f64();
+        let cpu = match (cpu, cpu_seconds()) {
+            (Some((c0, _)), Some((c1, _))) => Some((c1 - c0) / window),
+            _ => None,
+        };
+        let out = (caught_up, cpu, resident(), threads());
+        let _ = stop_tx.send(());
+        out
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {},
+    );
+    let ((caught_up, cpu, rss, threads1), ran) = tokio::join!(measure, run);
+    ran.unwrap();
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{syncs} realtime SQLite <-> SQLite syncs of 100 records, one process, idle {idle} s:"
+    );
+    println!("  caught up in {:.1} s", caught_up.as_secs_f64());
+    if let (Some(rss0), Some(rss)) = (rss0, rss) {
+        println!(
+            "  resident: {:.0} MB, {:.0} MB over the process before the app loaded ({:.0} MB): {:.2} MB per sync (target: {} MB in all)",
+            mb(rss),
+            mb(rss.saturating_sub(rss0)),
+            mb(rss0),
+            mb(rss.saturating_sub(rss0)) / syncs as f64,
+            if syncs <= 50 { 100 } else { 400 }
+        );
+    }
+    println!("  threads: {threads1} ({} before the app loaded)", threads0);
+    if let Some(cpu) = cpu {
+        println!(
+            "  idle CPU: {:.2}% of one core, {:.3}% per sync (target: at most 1% in all for 50)",
+            cpu * 100.0,
+            cpu * 100.0 / syncs as f64
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn idle_realtime_syncs_50() {
+    idle_syncs(50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn idle_realtime_syncs_500() {
+    idle_syncs(500).await;
+}
