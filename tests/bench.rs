@@ -7,10 +7,13 @@
 //!   1,000 changes, beside the database's own NOTIFY round trip;
 //! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
 //!   native client (batched multi-row INSERTs over one connection);
-//! - a 10,000-row UPDATE in one transaction, PostgreSQL to PostgreSQL and to MariaDB in
-//!   realtime: seconds from the source's commit until the first and until the last row is
-//!   visible on the other side, beside the time the destination takes to apply the same UPDATE
-//!   natively (issue 17). The CPU per row counts PostgreSQL's processes only.
+//! - the same with a match key, each new record looked up on the other side first;
+//! - a 10,000-row UPDATE and a 10,000-row INSERT in one transaction, PostgreSQL to PostgreSQL
+//!   and to MariaDB in realtime: seconds from the source's commit until the first and until the
+//!   last row is visible on the other side, beside the time the destination takes to apply the
+//!   same statement natively (issue 17). The CPU per row counts PostgreSQL's processes only;
+//! - 50 and 500 realtime SQLite syncs in one process, idle: resident memory, threads and CPU,
+//!   beside the process before the app loaded.
 //!
 //! `BENCH_SQL_PLUGIN=path/to/sql.wasm` runs the syncs with that build of the SQL connector in
 //! place of the built-in one, to compare two builds on the same machine.
