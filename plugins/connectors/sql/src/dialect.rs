@@ -295,6 +295,11 @@ pub trait Dialect {
     fn install_log(&self, db: &Db) -> Result<(), Error>;
     /// Whether `table`'s triggers are installed.
     fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error>;
+    /// Whether `table`'s installed triggers are an older connector's, to be installed again.
+    fn triggers_outdated(&self, db: &Db, table: &str) -> Result<bool, Error> {
+        let _ = (db, table);
+        Ok(false)
+    }
     /// Installs the triggers that record `table`'s changes in the log. Idempotent.
     fn install_triggers(&self, db: &Db, table: &str, pk: &str) -> Result<(), Error>;
     /// Drops `table`'s triggers and forgets its log entries.

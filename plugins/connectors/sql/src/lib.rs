@@ -411,7 +411,9 @@ impl SqlConnector {
             return Ok(());
         }
         self.dialect.install_log(db)?;
-        if self.dialect.has_triggers(db, &table.name)? {
+        if self.dialect.has_triggers(db, &table.name)?
+            && !self.dialect.triggers_outdated(db, &table.name)?
+        {
             // Found installed, so committed by an earlier transaction: safe to remember. Capture
             // installed just now is not remembered, as this transaction may yet roll back.
             SEEN.with_borrow_mut(|s| s.captured.insert(key));

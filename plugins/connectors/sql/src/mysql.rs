@@ -362,10 +362,48 @@ impl Dialect for MySql {
         )? == 3)
     }
 
+    /// Triggers installed before the key was cast to text for `_duplex_rows`: MariaDB compared
+    /// the text column with the table's integer key value by value, scanning every version row
+    /// for every row deleted (2.8 s for 500 deletes beside 20,000 rows; 5 ms cast).
+    fn triggers_outdated(&self, db: &Db, table: &str) -> Result<bool, Error> {
+        Ok(count(
+            db,
+            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+             AND event_object_table = ? AND trigger_name = ? AND action_statement NOT LIKE '%CAST(OLD.%'",
+            params![table, trigger_name(table, "del")],
+        )? > 0)
+    }
+
     fn install_triggers(&self, db: &Db, table: &str, pk: &str) -> Result<(), Error> {
         let t = self.ident(table);
         let tl = literal(table);
         let p = self.ident(pk);
+        // The old key as `_duplex_rows.pk` holds it: text in that column's character set and
+        // collation, so that the lookup uses its index (an integer compared with it does not,
+        // and a text in the trigger's own collation cannot be compared with it at all).
+        let rows_pk = db.query(
+            "SELECT CAST(character_set_name AS CHAR) AS cs, CAST(collation_name AS CHAR) AS co \
+             FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = '_duplex_rows' AND column_name = 'pk'",
+            &[],
+        )?;
+        let name = |k: &str| -> Result<String, Error> {
+            let v = rows_pk
+                .first()
+                .and_then(|r| r.get(k)?.as_text().map(str::to_owned))
+                .unwrap_or_default();
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::permanent(format!(
+                    "cannot tell the {k} of _duplex_rows.pk (found {v:?})"
+                )));
+            }
+            Ok(v)
+        };
+        let old_key = format!(
+            "CAST(OLD.{p} AS CHAR CHARACTER SET {}) COLLATE {}",
+            name("cs")?,
+            name("co")?
+        );
         // Inside a trigger LAST_INSERT_ID() is the position the trigger just took; it is
         // restored when the trigger ends.
         let rows = |key: &str| {
@@ -383,7 +421,7 @@ impl Dialect for MySql {
                 "AFTER UPDATE ON {t} FOR EACH ROW BEGIN
                      IF NOT (OLD.{p} <=> NEW.{p}) THEN
                          INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
-                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p};
+                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = {old_key};
                      END IF;
                      INSERT INTO _duplex_changes (tbl, pk, op, origin)
                          VALUES ({tl}, NEW.{p}, IF(OLD.{p} <=> NEW.{p}, 'U', 'I'), @duplex_origin);
@@ -394,7 +432,7 @@ impl Dialect for MySql {
             ("del", format!(
                 "AFTER DELETE ON {t} FOR EACH ROW BEGIN
                      INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
-                     DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = OLD.{p};
+                     DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = {old_key};
                  END"
             )),
         ] {
