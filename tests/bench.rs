@@ -347,13 +347,30 @@ enum Bulk {
     Update,
     /// Inserts `rows` new rows whose `qty` is the round's number.
     Insert,
+    /// Deletes the `rows` rows made for the round beforehand ([`Bulk::prepare`]), whose `qty`
+    /// is the round's number.
+    Delete,
 }
 
 impl Bulk {
+    /// What must be there before the round's statement (not timed): the rows a delete deletes.
+    fn prepare(self, db: Dest, rows: i64, round: i64) -> Option<String> {
+        matches!(self, Bulk::Delete).then(|| Bulk::Insert.sql(db, rows, round))
+    }
+
+    /// How many rows the round's statement has changed so far, as a query.
+    fn done(self, rows: i64, round: i64) -> String {
+        match self {
+            Bulk::Delete => format!("SELECT {rows} - count(*) FROM items WHERE qty = {round}"),
+            _ => format!("SELECT count(*) FROM items WHERE qty = {round}"),
+        }
+    }
+
     /// The statement, on `db`.
     fn sql(self, db: Dest, rows: i64, round: i64) -> String {
         match (self, db) {
             (Bulk::Update, _) => format!("UPDATE items SET qty = {round}"),
+            (Bulk::Delete, _) => format!("DELETE FROM items WHERE qty = {round}"),
             (Bulk::Insert, Dest::Postgres) => format!(
                 "INSERT INTO items (code, label, qty, price)                  SELECT 'r{round}.' || i, 'label ' || i, {round}, 1.25 FROM generate_series(1, {rows}) AS i"
             ),
@@ -367,6 +384,7 @@ impl Bulk {
         match self {
             Bulk::Update => "UPDATE",
             Bulk::Insert => "INSERT",
+            Bulk::Delete => "DELETE",
         }
     }
 }
@@ -391,6 +409,9 @@ async fn bulk(to: Dest, what: Bulk) {
     // Baseline: the same statement on a copy of the rows.
     let mut base = Vec::new();
     for round in 1..=rounds {
+        if let Some(sql) = what.prepare(to, rows, round) {
+            n.exec(&sql).await;
+        }
         let t = Instant::now();
         n.exec(&what.sql(to, rows, round)).await;
         base.push(t.elapsed());
@@ -408,6 +429,13 @@ async fn bulk(to: Dest, what: Bulk) {
         let mut reader = to.connect(&dst).await;
         let mut out = Vec::new();
         for round in 1..=rounds {
+            if let Some(sql) = what.prepare(Dest::Postgres, rows, round) {
+                writer.exec(&sql).await;
+                let there = format!("SELECT count(*) FROM items WHERE qty = {round}");
+                while reader.count(&there).await < rows {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             // Idle first: the sync waits for a change, as a running sync does.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let cpu = cpu_seconds();
@@ -415,9 +443,7 @@ async fn bulk(to: Dest, what: Bulk) {
             let t = Instant::now();
             let mut first = None;
             loop {
-                let seen = reader
-                    .count(&format!("SELECT count(*) FROM items WHERE qty = {round}"))
-                    .await;
+                let seen = reader.count(&what.done(rows, round)).await;
                 if seen > 0 && first.is_none() {
                     first = Some(t.elapsed());
                 }
@@ -477,6 +503,18 @@ async fn bulk_update_of_10k_rows_postgres_to_postgres() {
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn bulk_update_of_10k_rows_postgres_to_mariadb() {
     bulk(Dest::MariaDb, Bulk::Update).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_delete_of_10k_rows_postgres_to_postgres() {
+    bulk(Dest::Postgres, Bulk::Delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bulk_delete_of_10k_rows_postgres_to_mariadb() {
+    bulk(Dest::MariaDb, Bulk::Delete).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

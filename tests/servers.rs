@@ -2240,7 +2240,7 @@ async fn columns_dropped_and_retyped_on_postgres_and_mariadb_stop_only_their_fie
 /// carries its version) changes exactly the records whose versions still match, refuses the
 /// one a person changed since as a conflict, alone, and returns each changed record's new
 /// version, which the next conditional write then passes with.
-async fn many_conditional_updates_in_one_call(kind: &'static str, table: &str) {
+async fn many_conditional_writes_in_one_call(kind: &'static str, table: &str) {
     let Some(db) = ServerDb::new(kind).await else {
         return;
     };
@@ -2331,11 +2331,43 @@ async fn many_conditional_updates_in_one_call(kind: &'static str, table: &str) {
         })
         .collect();
     assert_eq!(names, want);
+
+    // Conditional deletes of many records are one statement too, with the same refusals: a
+    // person changes one of the three, whose delete alone is refused.
+    let versions: Vec<(String, String)> = again
+        .iter()
+        .map(|w| {
+            let w = w.as_ref().unwrap();
+            (w.id.clone(), w.version.clone().unwrap())
+        })
+        .collect();
+    db.exec(&format!(
+        "UPDATE items SET name = 'kept' WHERE id = {}",
+        versions[1].0
+    ))
+    .await;
+    let deletes = versions
+        .iter()
+        .map(|(id, version)| {
+            WriteOp::Delete(duplex::plugin::DeleteOp {
+                id: id.clone(),
+                if_version: Some(version.clone()),
+            })
+        })
+        .collect();
+    let deleted = s.write(&config, "items", "sync:a", deletes).await.unwrap();
+    assert!(deleted[0].is_ok() && deleted[2].is_ok(), "{deleted:?}");
+    assert!(
+        matches!(deleted[1], Err(duplex::plugin::WitError::Conflict(_))),
+        "{deleted:?}"
+    );
+    let left = rows_as_text(&db, "SELECT name FROM items ORDER BY id").await;
+    assert_eq!(left, ["person", "kept"]);
 }
 
 #[tokio::test]
-async fn many_conditional_updates_in_one_call_on_postgres() {
-    many_conditional_updates_in_one_call(
+async fn many_conditional_writes_in_one_call_on_postgres() {
+    many_conditional_writes_in_one_call(
         "postgres",
         "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT)",
     )
@@ -2343,8 +2375,8 @@ async fn many_conditional_updates_in_one_call_on_postgres() {
 }
 
 #[tokio::test]
-async fn many_conditional_updates_in_one_call_on_mariadb() {
-    many_conditional_updates_in_one_call(
+async fn many_conditional_writes_in_one_call_on_mariadb() {
+    many_conditional_writes_in_one_call(
         "mysql",
         "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)",
     )

@@ -600,7 +600,7 @@ async fn pruning_beside_writers_loses_nothing() {
 /// on SQLite: the one a person changed since is refused alone, the others change, and the
 /// versions they return pass the next conditional write.
 #[tokio::test]
-async fn many_conditional_updates_in_one_call_refuse_only_the_stale_one() {
+async fn many_conditional_updates_and_deletes_in_one_call_refuse_only_the_stale_one() {
     let db = Db::new(SCHEMA);
     db.user()
         .execute_batch(
@@ -657,4 +657,44 @@ async fn many_conditional_updates_in_one_call_refuse_only_the_stale_one() {
             .unwrap()
     };
     assert_eq!(names, ["again 1", "person", "again 3", "again 4"]);
+
+    // Conditional deletes of many records are one statement too, with the same refusals: a
+    // person changes record 3, whose delete alone is refused.
+    db.user()
+        .execute("UPDATE customers SET name = 'kept' WHERE id = 3", [])
+        .unwrap();
+    let deletes: Vec<WriteOp> = again
+        .iter()
+        .map(|r| {
+            let w = r.as_ref().unwrap();
+            WriteOp::Delete(duplex::plugin::DeleteOp {
+                id: w.id.clone(),
+                if_version: w.version.clone(),
+            })
+        })
+        .collect();
+    let ids: Vec<String> = again
+        .iter()
+        .map(|r| r.as_ref().unwrap().id.clone())
+        .collect();
+    let deleted = s
+        .write(&db.config(), "customers", "t", deletes)
+        .await
+        .unwrap();
+    for (id, result) in ids.iter().zip(&deleted) {
+        if id == "3" {
+            assert!(matches!(result, Err(WitError::Conflict(_))), "{deleted:?}");
+        } else {
+            assert!(result.is_ok(), "{deleted:?}");
+        }
+    }
+    let left: Vec<String> = {
+        let c = db.user();
+        let mut q = c.prepare("SELECT name FROM customers ORDER BY id").unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(left, ["person", "kept"]);
 }

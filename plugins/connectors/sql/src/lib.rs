@@ -1005,6 +1005,21 @@ impl SqlConnector {
                     continue;
                 }
             }
+            if let WriteOp::Delete(first) = &ops[i] {
+                let j = delete_run(ops, i, first);
+                if j - i > 1 {
+                    let deletes: Vec<&DeleteOp> = ops[i..j]
+                        .iter()
+                        .filter_map(|o| match o {
+                            WriteOp::Delete(d) => Some(d),
+                            _ => None,
+                        })
+                        .collect();
+                    out.extend(self.delete_many(db, table, &deletes)?);
+                    i = j;
+                    continue;
+                }
+            }
             let WriteOp::Create(first) = &ops[i] else {
                 out.push((self.apply(db, table, ops[i].clone())?, false));
                 i += 1;
@@ -1251,6 +1266,91 @@ impl SqlConnector {
                     stored: Vec::new(),
                 };
                 (written, false)
+            })
+            .collect())
+    }
+
+    /// Deletes records in one statement, each row's version checked as a single delete checks
+    /// it: by the statement where the row carries its version (PostgreSQL: `DELETE .. USING
+    /// (VALUES ..)` joined on the key and the version), else for all of them in one query
+    /// after locking them (as [`Self::update_many_checked`]). A record the statement did not
+    /// delete (moved or gone) fails the call, and the caller writes op by op, which tells each
+    /// refusal apart, exactly as before.
+    fn delete_many(
+        &self,
+        db: &Db,
+        table: &Table,
+        deletes: &[&DeleteOp],
+    ) -> Result<Vec<(Written, bool)>, Error> {
+        let t = self.dialect.ident(&table.name);
+        let key = self.dialect.ident(&table.pk);
+        let pk = self.pk_column(table);
+        let ids: Vec<String> = deletes.iter().map(|d| d.id.clone()).collect();
+        let conditional = deletes[0].if_version.is_some();
+        let mut params = Vec::with_capacity(deletes.len() * 2);
+        let in_list = |params: &mut Vec<Value>| -> Result<String, Error> {
+            let mut marks = Vec::with_capacity(ids.len());
+            for id in &ids {
+                params.push(id_value(table, id)?);
+                marks.push(self.dialect.param_for(params.len(), pk));
+            }
+            Ok(format!("{key} IN ({})", marks.join(", ")))
+        };
+        let sql = match self.dialect.row_version() {
+            Some(version) if conditional => {
+                let mut rows = Vec::with_capacity(deletes.len());
+                for d in deletes {
+                    params.push(id_value(table, &d.id)?);
+                    let k = self.dialect.param_for(params.len(), pk);
+                    params.push(Value::Text(d.if_version.clone().unwrap_or_default()));
+                    let v = format!("{}::text", self.dialect.param(params.len()));
+                    rows.push(format!("({k}, {v})"));
+                }
+                format!(
+                    "DELETE FROM {t} USING (VALUES {}) AS d(k, v) WHERE {t}.{key} = d.k AND {t}.{version} = d.v",
+                    rows.join(", ")
+                )
+            }
+            _ => {
+                if conditional {
+                    let lock = self.dialect.for_update();
+                    if !lock.is_empty() {
+                        let mut locking = Vec::with_capacity(ids.len());
+                        let filter = in_list(&mut locking)?;
+                        db.query(&format!("SELECT 1 FROM {t} WHERE {filter}{lock}"), &locking)?;
+                    }
+                    let now = self.versions(db, table, &ids)?;
+                    for d in deletes {
+                        let now = now.get(&d.id).map_or("0", String::as_str);
+                        let expected = d.if_version.as_deref().unwrap_or_default();
+                        if now != expected {
+                            return Err(moved(table, &d.id, now, expected));
+                        }
+                    }
+                }
+                format!("DELETE FROM {t} WHERE {}", in_list(&mut params)?)
+            }
+        };
+        let deleted = db
+            .execute(&sql, &params)
+            .map_err(|e| in_record(e, "a delete of many records"))?;
+        if usize::try_from(deleted).unwrap_or(usize::MAX) != deletes.len() {
+            // One moved or is gone: which, the op-by-op retry tells.
+            return Err(Error::not_found(format!(
+                "{deleted} of {} records of {} were there to delete",
+                deletes.len(),
+                table.name
+            )));
+        }
+        Ok(deletes
+            .iter()
+            .map(|d| {
+                let written = Written {
+                    id: d.id.clone(),
+                    version: None,
+                    stored: Vec::new(),
+                };
+                (written, true)
             })
             .collect())
     }
@@ -1538,6 +1638,27 @@ impl SqlConnector {
             version: None,
         })
     }
+}
+
+/// Where the run of deletes starting at `i` that one statement can make ends: deletes of
+/// different records, all conditional or none, at most [`IN_CHUNK`]. MariaDB turns an IN list
+/// of 1,000 values or more into a join with a table of them, and a DELETE planned that way
+/// took 630 ms for 1,000 rows where two of 500 take 30.
+fn delete_run(ops: &[WriteOp], i: usize, first: &DeleteOp) -> usize {
+    let mut ids = BTreeSet::new();
+    let mut j = i;
+    while j < ops.len() && j - i < IN_CHUNK {
+        match &ops[j] {
+            WriteOp::Delete(d)
+                if d.if_version.is_some() == first.if_version.is_some()
+                    && ids.insert(d.id.as_str()) =>
+            {
+                j += 1
+            }
+            _ => break,
+        }
+    }
+    j
 }
 
 /// The refusal of a conditional write to a record that changed since it was read.
