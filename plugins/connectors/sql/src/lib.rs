@@ -1201,29 +1201,9 @@ impl SqlConnector {
         let key = self.dialect.ident(&table.pk);
         let pk = self.pk_column(table);
         let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-        let in_list = |params: &mut Vec<Value>| -> Result<String, Error> {
-            let mut marks = Vec::with_capacity(ids.len());
-            for id in &ids {
-                params.push(id_value(table, id)?);
-                marks.push(self.dialect.param_for(params.len(), pk));
-            }
-            Ok(format!("{key} IN ({})", marks.join(", ")))
-        };
         if updates[0].if_version.is_some() {
-            let lock = self.dialect.for_update();
-            if !lock.is_empty() {
-                let mut params = Vec::with_capacity(ids.len());
-                let filter = in_list(&mut params)?;
-                db.query(&format!("SELECT 1 FROM {t} WHERE {filter}{lock}"), &params)?;
-            }
-            let now = self.versions(db, table, &ids)?;
-            for u in updates {
-                let now = now.get(&u.id).map_or("0", String::as_str);
-                let expected = u.if_version.as_deref().unwrap_or_default();
-                if now != expected {
-                    return Err(moved(table, &u.id, now, expected));
-                }
-            }
+            let expected = updates.iter().map(|u| u.if_version.as_deref());
+            self.lock_unmoved(db, table, &ids, expected)?;
         }
         let mut params = Vec::new();
         let mut sets = Vec::with_capacity(updates[0].fields.len());
@@ -1243,7 +1223,7 @@ impl SqlConnector {
                 whens.join(" ")
             ));
         }
-        let filter = in_list(&mut params)?;
+        let filter = self.key_in(table, &ids, &mut params)?;
         let sql = format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "));
         let changed = db
             .execute(&sql, &params)
@@ -1270,6 +1250,54 @@ impl SqlConnector {
             .collect())
     }
 
+    /// `key IN (..)` over `ids`, their values added to `params`.
+    fn key_in(
+        &self,
+        table: &Table,
+        ids: &[String],
+        params: &mut Vec<Value>,
+    ) -> Result<String, Error> {
+        let pk = self.pk_column(table);
+        let mut marks = Vec::with_capacity(ids.len());
+        for id in ids {
+            params.push(id_value(table, id)?);
+            marks.push(self.dialect.param_for(params.len(), pk));
+        }
+        Ok(format!(
+            "{} IN ({})",
+            self.dialect.ident(&table.pk),
+            marks.join(", ")
+        ))
+    }
+
+    /// Where versions live in `_duplex_rows`: locks the rows of `ids` (`Dialect::for_update`)
+    /// and checks each one's version against the one `expected` of it, in one query, as
+    /// [`Self::version_to_write`] does for one. The first that moved refuses them all.
+    fn lock_unmoved<'a>(
+        &self,
+        db: &Db,
+        table: &Table,
+        ids: &[String],
+        expected: impl Iterator<Item = Option<&'a str>>,
+    ) -> Result<(), Error> {
+        let lock = self.dialect.for_update();
+        if !lock.is_empty() {
+            let mut params = Vec::with_capacity(ids.len());
+            let filter = self.key_in(table, ids, &mut params)?;
+            let t = self.dialect.ident(&table.name);
+            db.query(&format!("SELECT 1 FROM {t} WHERE {filter}{lock}"), &params)?;
+        }
+        let now = self.versions(db, table, ids)?;
+        for (id, expected) in ids.iter().zip(expected) {
+            let now = now.get(id).map_or("0", String::as_str);
+            let expected = expected.unwrap_or_default();
+            if now != expected {
+                return Err(moved(table, id, now, expected));
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes records in one statement, each row's version checked as a single delete checks
     /// it: by the statement where the row carries its version (PostgreSQL: `DELETE .. USING
     /// (VALUES ..)` joined on the key and the version), else for all of them in one query
@@ -1288,14 +1316,6 @@ impl SqlConnector {
         let ids: Vec<String> = deletes.iter().map(|d| d.id.clone()).collect();
         let conditional = deletes[0].if_version.is_some();
         let mut params = Vec::with_capacity(deletes.len() * 2);
-        let in_list = |params: &mut Vec<Value>| -> Result<String, Error> {
-            let mut marks = Vec::with_capacity(ids.len());
-            for id in &ids {
-                params.push(id_value(table, id)?);
-                marks.push(self.dialect.param_for(params.len(), pk));
-            }
-            Ok(format!("{key} IN ({})", marks.join(", ")))
-        };
         let sql = match self.dialect.row_version() {
             Some(version) if conditional => {
                 let mut rows = Vec::with_capacity(deletes.len());
@@ -1313,22 +1333,13 @@ impl SqlConnector {
             }
             _ => {
                 if conditional {
-                    let lock = self.dialect.for_update();
-                    if !lock.is_empty() {
-                        let mut locking = Vec::with_capacity(ids.len());
-                        let filter = in_list(&mut locking)?;
-                        db.query(&format!("SELECT 1 FROM {t} WHERE {filter}{lock}"), &locking)?;
-                    }
-                    let now = self.versions(db, table, &ids)?;
-                    for d in deletes {
-                        let now = now.get(&d.id).map_or("0", String::as_str);
-                        let expected = d.if_version.as_deref().unwrap_or_default();
-                        if now != expected {
-                            return Err(moved(table, &d.id, now, expected));
-                        }
-                    }
+                    let expected = deletes.iter().map(|d| d.if_version.as_deref());
+                    self.lock_unmoved(db, table, &ids, expected)?;
                 }
-                format!("DELETE FROM {t} WHERE {}", in_list(&mut params)?)
+                format!(
+                    "DELETE FROM {t} WHERE {}",
+                    self.key_in(table, &ids, &mut params)?
+                )
             }
         };
         let deleted = db
