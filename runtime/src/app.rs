@@ -594,6 +594,13 @@ async fn apply(
     Applies::Same
 }
 
+/// When the next of `sync`'s failed records is due for a retry, if one is.
+fn retry_due(state: &State, sync: &str) -> Option<tokio::time::Instant> {
+    let due = state.next_dirty_due(sync).ok()??;
+    let ahead = u64::try_from(due - now_micros()).unwrap_or(0);
+    Some(tokio::time::Instant::now() + Duration::from_micros(ahead))
+}
+
 /// What a command leaves the loop to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Applies {
@@ -697,12 +704,8 @@ async fn run_sync(
                 if idle && matches!(schedule, Schedule::Realtime) {
                     let quiet_until = tokio::time::Instant::now() + Schedule::REALTIME_QUIET;
                     loop {
-                        let mut until = quiet_until;
-                        if let Ok(Some(due)) = state.next_dirty_due(&name) {
-                            let ahead = u64::try_from(due - now_micros()).unwrap_or(0);
-                            until = until
-                                .min(tokio::time::Instant::now() + Duration::from_micros(ahead));
-                        }
+                        let until =
+                            retry_due(state, &name).map_or(quiet_until, |due| due.min(quiet_until));
                         let left = until.saturating_duration_since(tokio::time::Instant::now());
                         let timeout = if quiet_sides {
                             left.min(Schedule::REALTIME_QUIET_WAIT)
