@@ -181,7 +181,7 @@ async fn realtime_latency_postgres_to_postgres() {
     let app = duplex::app::App::load(&config(dir.path(), &src, &dst, ""))
         .await
         .unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let measure = async {
         let mut writer = sqlx::PgConnection::connect(&src).await.unwrap();
@@ -421,7 +421,7 @@ async fn bulk(to: Dest, what: Bulk) {
     let app = duplex::app::App::load(&config(dir.path(), &src, &dst, ""))
         .await
         .unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     app.run_once(&state, |_, _| {}).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let measure = async {
@@ -679,7 +679,7 @@ async fn idle_syncs(syncs: usize) {
 
     let (rss0, threads0) = (resident(), threads());
     let app = duplex::app::App::load(&path).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let measure = async {
         // Caught up: every sync's 100 records on its other side.

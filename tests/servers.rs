@@ -912,7 +912,7 @@ async fn realtime_sync_under_concurrent_writers_converges_without_duplicates_or_
     let dir = tempfile::tempdir().unwrap();
     let config = cross_config(dir.path(), &pg.url, &my.url, "realtime");
     let app = duplex::app::App::load(&config).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     app.run_once(&state, |_, _| {}).await.unwrap();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1117,7 +1117,7 @@ fields = [{{ left = "body", right = "body" }}]
     )
     .unwrap();
     let app = duplex::app::App::load(&config).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
 
     let cycles = std::cell::RefCell::new(Vec::<(String, std::time::Instant)>::new());
     let copied = || {
@@ -1286,7 +1286,7 @@ async fn last_writer_wins_takes_the_later_edit_in_every_round(kind: &'static str
         "conflict = \"last-writer-wins\"\nschedule = \"realtime\"",
     );
     let app = duplex::app::App::load(&config).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     app.run_once(&state, |_, _| {}).await.unwrap();
 
     let rounds: usize = std::env::var("LWW_ROUNDS")
@@ -1902,7 +1902,7 @@ fields = [
     )
     .unwrap();
     let app = duplex::app::App::load(&config).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     app.run_once(&state, |_, _| {}).await.unwrap();
 
     // Sale n sells (n % 3) + 1 units of item n % 5 for a quarter per unit: both sides sell the

@@ -1796,7 +1796,7 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
     let path = dir.path().join("duplex.toml");
     std::fs::write(&path, config).unwrap();
     let app = App::load(&path).await.unwrap();
-    let state = app.open_state().unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
     let count = |file: &str, body: &str| {
         rusqlite::Connection::open(dir.path().join(file))
             .unwrap()

@@ -251,11 +251,13 @@ impl App {
     /// first. A failing cycle is logged and retried with backoff; it does not stop the other
     /// syncs.
     ///
-    /// Each sync waits on its own: an idle realtime sync waiting for an announcement (up to
-    /// [`Schedule::REALTIME_MAX`]) or a sync between scheduled runs holds up no other.
+    /// Each sync runs on a task of its own: on a multi-threaded runtime a sync planning or
+    /// committing a large cycle holds up no other, and an idle realtime sync waiting for an
+    /// announcement (up to [`Schedule::REALTIME_MAX`]) or a sync between scheduled runs costs
+    /// no thread. `progress` is called on the caller's task, as each cycle ends.
     pub async fn run(
         &self,
-        state: &State,
+        state: &Arc<State>,
         stop: impl std::future::Future<Output = ()>,
         progress: impl FnMut(&str, &CycleReport),
     ) -> Result<(), AppError> {
@@ -268,7 +270,7 @@ impl App {
     /// plugins to install and configs to apply.
     pub async fn run_controlled(
         &self,
-        state: &State,
+        state: &Arc<State>,
         stop: impl std::future::Future<Output = ()>,
         progress: impl FnMut(&str, &CycleReport),
         controls: Controls,
@@ -278,17 +280,24 @@ impl App {
             requests,
             registry,
         } = controls;
-        // The syncs take turns on this task (a cycle's own waits let the others run), so the
-        // callback is borrowed between awaits only.
-        let progress = std::cell::RefCell::new(progress);
+        let mut progress = progress;
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let mut loops = futures_util::stream::FuturesUnordered::new();
+        // Each sync's reports come back here, for `progress`.
+        let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut loops = tokio::task::JoinSet::new();
         for sync in &self.syncs {
             let control = controls.remove(&sync.spec.name).ok_or_else(|| {
                 AppError::Host(format!("no controls for sync {}", sync.spec.name))
             })?;
             let setup = SyncSetup::new(self, sync, None);
-            loops.push(run_sync(setup, state, &progress, stopped.clone(), control));
+            let state = state.clone();
+            loops.spawn(run_sync(
+                setup,
+                state,
+                report.clone(),
+                stopped.clone(),
+                control,
+            ));
         }
         // Syncs a config applied later adds, handed over by the supervisor.
         let (spawn, mut spawned) = tokio::sync::mpsc::unbounded_channel();
@@ -298,14 +307,28 @@ impl App {
             let mut done = stopped.clone();
             loop {
                 tokio::select! {
-                    Some(()) = futures_util::StreamExt::next(&mut loops), if !loops.is_empty() => {}
+                    Some(ended) = loops.join_next(), if !loops.is_empty() => {
+                        // A sync's panic is the process's, as it was when the syncs shared
+                        // this task.
+                        if let Err(e) = ended {
+                            if e.is_panic() {
+                                std::panic::resume_unwind(e.into_panic());
+                            }
+                        }
+                    }
+                    Some((sync, cycle)) = reports.recv() => progress(&sync, &cycle),
                     Some((setup, control)) = spawned.recv() => {
-                        loops.push(run_sync(setup, state, &progress, stopped.clone(), control));
+                        let state = state.clone();
+                        loops.spawn(run_sync(setup, state, report.clone(), stopped.clone(), control));
                     }
                     _ = &mut supervisor => {}
                     _ = done.wait_for(|s| *s), if !*done.borrow() => {}
                 }
                 if *stopped.borrow() && loops.is_empty() {
+                    // What the last cycles reported.
+                    while let Ok((sync, cycle)) = reports.try_recv() {
+                        progress(&sync, &cycle);
+                    }
                     break;
                 }
             }
@@ -615,8 +638,8 @@ enum Applies {
 /// short; a cycle, once begun, finishes. Commands are applied between cycles only.
 async fn run_sync(
     mut setup: SyncSetup,
-    state: &State,
-    progress: &std::cell::RefCell<impl FnMut(&str, &CycleReport)>,
+    state: Arc<State>,
+    progress: tokio::sync::mpsc::UnboundedSender<(String, CycleReport)>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     mut control: SyncControl,
 ) {
@@ -632,7 +655,7 @@ async fn run_sync(
     let mut open = true;
     macro_rules! take {
         ($c:expr) => {
-            match apply(&mut setup, $c, state, &control.live).await {
+            match apply(&mut setup, $c, &state, &control.live).await {
                 Applies::Same => {}
                 Applies::Remake => remake = true,
                 Applies::Stop => return,
@@ -652,14 +675,14 @@ async fn run_sync(
                     Some(c) => take!(c),
                     None => open = false,
                 },
-                _ = stopped.wait_for(|s| *s) => return,
+                () = stopping(&mut stopped) => return,
             }
             continue;
         }
         let name = setup.sync.spec.name.clone();
         lock(&control.live).status.cycling = true;
         let started = std::time::Instant::now();
-        let report = runner.cycle(state, now_micros()).await;
+        let report = runner.cycle(&state, now_micros()).await;
         let seconds = started.elapsed().as_secs_f64();
         // What the operations layer sees of the cycle; the lock is not held past here.
         let retry = {
@@ -686,8 +709,8 @@ async fn run_sync(
         };
         let wait = match (report, retry) {
             (Ok(report), _) => {
-                (progress.borrow_mut())(&name, &report);
                 let idle = report.idle();
+                let _ = progress.send((name.clone(), report));
                 idle_streak = if idle {
                     idle_streak.saturating_add(1)
                 } else {
@@ -704,8 +727,8 @@ async fn run_sync(
                 if idle && matches!(schedule, Schedule::Realtime) {
                     let quiet_until = tokio::time::Instant::now() + Schedule::REALTIME_QUIET;
                     loop {
-                        let until =
-                            retry_due(state, &name).map_or(quiet_until, |due| due.min(quiet_until));
+                        let until = retry_due(&state, &name)
+                            .map_or(quiet_until, |due| due.min(quiet_until));
                         let left = until.saturating_duration_since(tokio::time::Instant::now());
                         let timeout = if quiet_sides {
                             left.min(Schedule::REALTIME_QUIET_WAIT)
@@ -721,7 +744,7 @@ async fn run_sync(
                                 }
                                 Announced::Changes
                             }
-                            _ = stopped.wait_for(|s| *s) => return,
+                            () = stopping(&mut stopped) => return,
                         };
                         quiet_sides = announced == Announced::Quiet;
                         match announced {
@@ -751,10 +774,17 @@ async fn run_sync(
                     Some(c) => take!(c),
                     None => open = false,
                 },
-                _ = stopped.wait_for(|s| *s) => return,
+                () = stopping(&mut stopped) => return,
             }
         }
     }
+}
+
+/// Resolves once `stopped` turns true. Its output holds no borrow of the channel, which a
+/// `select!` would keep across the other branches' awaits (and the loop's future would not be
+/// `Send`).
+async fn stopping(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 fn now_micros() -> i64 {

@@ -605,7 +605,7 @@ fn record_intents(state: &State, sync: &str, plan: &Plan) -> Result<(), CycleErr
 }
 
 impl<S: SideIo> SyncRunner<S> {
-    fn io(&mut self, side: Side) -> &mut dyn SideIoDyn {
+    fn io(&mut self, side: Side) -> &mut S {
         &mut self.sides[side.index()]
     }
 
@@ -884,7 +884,7 @@ impl<S: SideIo> SyncRunner<S> {
         keys: Vec<K>,
         ask: impl Fn(Vec<K>) -> LookupKey,
     ) -> Result<(Vec<plugin::Current>, Vec<(usize, IoError)>), IoError> {
-        match self.io(side).find_dyn(ask(keys.clone())).await {
+        match self.io(side).find(ask(keys.clone())).await {
             Ok(found) => return Ok((found, Vec::new())),
             Err(error) if !error.lasting => return Err(error),
             Err(error) if keys.len() == 1 => return Ok((Vec::new(), vec![(0, error)])),
@@ -893,7 +893,7 @@ impl<S: SideIo> SyncRunner<S> {
         let mut found = Vec::new();
         let mut refused = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
-            match self.io(side).find_dyn(ask(vec![key])).await {
+            match self.io(side).find(ask(vec![key])).await {
                 Ok(records) => found.extend(records),
                 Err(error) if error.lasting => refused.push((i, error)),
                 Err(error) => return Err(error),
@@ -1638,7 +1638,7 @@ impl<S: SideIo> SyncRunner<S> {
         cursor: Option<&str>,
         want: u32,
     ) -> Result<Read, IoError> {
-        let io: &mut dyn SideIoDyn = &mut self.sides[side.index()];
+        let io = &mut self.sides[side.index()];
         let max = &mut self.read_max[side.index()];
         let sync = &self.spec.name;
         read_fitting(io, max, want, sync, side, origin, cursor, &self.clock).await
@@ -1720,7 +1720,7 @@ impl<S: SideIo> SyncRunner<S> {
             for chunk in values.chunks(MATCH_LOOKUP) {
                 let found = self
                     .io(other)
-                    .find_dyn(LookupKey::ByField(FieldMatch {
+                    .find(LookupKey::ByField(FieldMatch {
                         field: field.clone(),
                         values: chunk.to_vec(),
                         ignore_case: key.ignore_case,
@@ -1817,7 +1817,7 @@ impl<S: SideIo> SyncRunner<S> {
                     .take(self.write_max[side.index()].now as usize)
                     .unzip();
                 let written = match early.take_if(|(other, _)| *other != side) {
-                    None => self.io(side).write_dyn(&origin, writes).await,
+                    None => self.io(side).write(&origin, writes).await,
                     Some((other, from)) => {
                         let (to, from_io) = two_sides(&mut self.sides, side, other);
                         let max = &mut self.read_max[other.index()];
@@ -1831,7 +1831,7 @@ impl<S: SideIo> SyncRunner<S> {
                             Some(&from),
                             &self.clock,
                         );
-                        let (written, read) = tokio::join!(to.write_dyn(&origin, writes), read);
+                        let (written, read) = tokio::join!(to.write(&origin, writes), read);
                         // A read that fails is dropped; the next cycle reads again and reports.
                         if let Ok(read) = read {
                             self.ahead[other.index()] = Some((from, read));
@@ -1958,10 +1958,7 @@ impl<S: SideIo> SyncRunner<S> {
             else {
                 continue;
             };
-            let found = self
-                .io(*side)
-                .find_dyn(LookupKey::Ids(vec![id.clone()]))
-                .await;
+            let found = self.io(*side).find(LookupKey::Ids(vec![id.clone()])).await;
             // The record changed after this cycle's read: its time is the source's, else now,
             // as it is read, never the cycle's start (invariant 4).
             let read_at = (self.clock)();
@@ -2219,8 +2216,8 @@ fn last_batches(
 /// ([`CallSize`], the side's own): a sync whose records are large slows down instead of failing
 /// every cycle.
 #[allow(clippy::too_many_arguments)]
-async fn read_fitting(
-    io: &mut dyn SideIoDyn,
+async fn read_fitting<S: SideIo>(
+    io: &mut S,
     size: &mut CallSize,
     want: u32,
     sync: &str,
@@ -2231,7 +2228,7 @@ async fn read_fitting(
 ) -> Result<Read, IoError> {
     loop {
         let tried = size.now.min(want.max(1));
-        match io.read_dyn(origin, cursor, tried).await {
+        match io.read(origin, cursor, tried).await {
             Err(e) if e.over_limit && size.too_big(tried) => {
                 tracing::warn!(sync = %sync, side = %side, error = %e,
                     "reading {tried} changes at once was more than the plugin could hold; reading {} at a time for now", size.now);
@@ -2361,11 +2358,7 @@ fn outcome_unknown(e: &WitError) -> bool {
 }
 
 /// Two different sides' I/O at once: one written while the other is read.
-fn two_sides<S: SideIo>(
-    sides: &mut [S],
-    a: Side,
-    b: Side,
-) -> (&mut dyn SideIoDyn, &mut dyn SideIoDyn) {
+fn two_sides<S: SideIo>(sides: &mut [S], a: Side, b: Side) -> (&mut S, &mut S) {
     let (i, j) = (a.index(), b.index());
     assert_ne!(i, j, "two different sides");
     if i < j {
@@ -2410,56 +2403,6 @@ fn describe(e: &WitError) -> String {
         ),
         WitError::Transient(m) => format!("temporary failure: {m}"),
         WitError::Permanent(m) => m.clone(),
-    }
-}
-
-/// [`SideIo`] through a vtable, so one runner can hold two different side types and pick one
-/// by [`Side`].
-trait SideIoDyn {
-    fn conditional_writes(&self) -> bool;
-    fn read_dyn<'a>(
-        &'a mut self,
-        origin: &'a str,
-        cursor: Option<&'a str>,
-        max: u32,
-    ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>>;
-    fn write_dyn<'a>(
-        &'a mut self,
-        origin: &'a str,
-        ops: Vec<WriteOp>,
-    ) -> LocalBoxFuture<'a, Result<Vec<Result<plugin::Written, WitError>>, IoError>>;
-    fn find_dyn(
-        &mut self,
-        key: LookupKey,
-    ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>>;
-}
-
-type LocalBoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
-
-impl<T: SideIo> SideIoDyn for T {
-    fn conditional_writes(&self) -> bool {
-        SideIo::conditional_writes(self)
-    }
-    fn read_dyn<'a>(
-        &'a mut self,
-        origin: &'a str,
-        cursor: Option<&'a str>,
-        max: u32,
-    ) -> LocalBoxFuture<'a, Result<plugin::ChangeBatch, IoError>> {
-        Box::pin(self.read(origin, cursor, max))
-    }
-    fn write_dyn<'a>(
-        &'a mut self,
-        origin: &'a str,
-        ops: Vec<WriteOp>,
-    ) -> LocalBoxFuture<'a, Result<Vec<Result<plugin::Written, WitError>>, IoError>> {
-        Box::pin(self.write(origin, ops))
-    }
-    fn find_dyn(
-        &mut self,
-        key: LookupKey,
-    ) -> LocalBoxFuture<'_, Result<Vec<plugin::Current>, IoError>> {
-        Box::pin(self.find(key))
     }
 }
 
