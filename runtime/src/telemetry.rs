@@ -38,11 +38,14 @@ pub struct HttpStats {
 struct Registry {
     calls: BTreeMap<(String, String), CallStats>,
     http: BTreeMap<String, HttpStats>,
+    /// Plugin instances alive now (each in a store of its own), by (plugin, connection).
+    live: BTreeMap<(String, String), u64>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     calls: BTreeMap::new(),
     http: BTreeMap::new(),
+    live: BTreeMap::new(),
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -80,6 +83,24 @@ pub fn http_request(connection: &str, status: Option<u16>, budget_wait: Duration
     let s = r.http.entry(connection.to_owned()).or_default();
     *s.by_status.entry(status.unwrap_or(0)).or_default() += 1;
     s.budget_wait += budget_wait.as_secs_f64();
+}
+
+/// Counts a plugin store made (`alive`) or dropped: what an idle sync keeps in memory shows
+/// in [`live_instances`].
+pub fn plugin_instance(plugin: &str, connection: &str, alive: bool) {
+    let mut r = registry();
+    let key = (plugin.to_owned(), connection.to_owned());
+    if alive {
+        *r.live.entry(key).or_default() += 1;
+    } else if let Some(n) = r.live.get_mut(&key) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// The plugin instances alive now, by (plugin, connection); a pair that had one and has none
+/// now shows 0.
+pub fn live_instances() -> BTreeMap<(String, String), u64> {
+    registry().live.clone()
 }
 
 /// Every plugin's calls so far, by (plugin, connection).

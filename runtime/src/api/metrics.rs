@@ -295,6 +295,18 @@ fn plugins(out: &mut Out) {
         );
         out.sample("duplex_plugin_call_duration_seconds_count", &labels, count);
     }
+    out.family(
+        "duplex_plugin_instances",
+        "gauge",
+        "Plugin instances alive now, each in a store of its own. An idle realtime sync whose sides announce changes keeps none.",
+    );
+    for ((plugin, connection), n) in &crate::telemetry::live_instances() {
+        out.sample(
+            "duplex_plugin_instances",
+            &[("plugin", plugin), ("connection", connection)],
+            n,
+        );
+    }
     let http = crate::telemetry::http_requests();
     out.family(
         "duplex_http_requests_total",

@@ -290,6 +290,13 @@ impl CallError {
     }
 }
 
+impl<B> Drop for Sandbox<B> {
+    fn drop(&mut self) {
+        let c = self.caller();
+        crate::telemetry::plugin_instance(&c.plugin, &c.connection, false);
+    }
+}
+
 type CallFuture<'s, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 's>>;
 
 /// One store and the typed exports of the instance in it.
@@ -302,6 +309,8 @@ pub(crate) struct Sandbox<B> {
 
 impl<B> Sandbox<B> {
     pub(crate) fn new(store: Store<StoreState>, limits: Limits) -> Self {
+        let c = &store.data().caller;
+        crate::telemetry::plugin_instance(&c.plugin, &c.connection, true);
         Sandbox {
             store,
             bindings: None,
@@ -316,6 +325,10 @@ impl<B> Sandbox<B> {
 
     pub(crate) fn state(&self) -> &StoreState {
         self.store.data()
+    }
+
+    pub(crate) fn state_mut(&mut self) -> &mut StoreState {
+        self.store.data_mut()
     }
 
     /// Instantiates the component in this store (instantiation runs guest code, so it runs
