@@ -1774,6 +1774,10 @@ fields = [
 /// (here two syncs read the same table, one to each of two copies). Before, idle SQLite syncs
 /// polled every 2 s; now a quiet sync runs a cycle only every `Schedule::REALTIME_QUIET` (five
 /// minutes), so the change can only arrive in time through the announcement.
+///
+/// Idle, the syncs keep no plugin instance alive: the host makes the connector's wait again
+/// itself (`PluginSide::watch`). Before, each side of each idle sync held an instance and a
+/// database connection through its wait, about 1 MB a sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -1782,17 +1786,26 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
         c.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE)")
             .unwrap();
     }
+    // Connection names no other test in this binary uses: the instance counts are the
+    // process's.
     let mut config = String::new();
     for name in ["src", "one", "two"] {
         config.push_str(&format!(
-            "[connections.{name}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{name}.db\" }}\ngrants = {{ sql = [\"sqlite://{name}.db\"] }}\n\n"
+            "[connections.idle_{name}]\nplugin = \"builtin:sql\"\nconfig = {{ url = \"sqlite://{name}.db\" }}\ngrants = {{ sql = [\"sqlite://{name}.db\"] }}\n\n"
         ));
     }
     for to in ["one", "two"] {
         config.push_str(&format!(
-            "[syncs.to_{to}]\nleft = \"src.notes\"\nright = \"{to}.notes\"\nschedule = \"realtime\"\nmatch = {{ field = \"body\" }}\nfields = [{{ left = \"body\", right = \"body\" }}]\n\n"
+            "[syncs.to_{to}]\nleft = \"idle_src.notes\"\nright = \"idle_{to}.notes\"\nschedule = \"realtime\"\nmatch = {{ field = \"body\" }}\nfields = [{{ left = \"body\", right = \"body\" }}]\n\n"
         ));
     }
+    let alive = || -> u64 {
+        duplex::telemetry::live_instances()
+            .iter()
+            .filter(|((_, connection), _)| connection.starts_with("idle_"))
+            .map(|(_, n)| n)
+            .sum()
+    };
     let path = dir.path().join("duplex.toml");
     std::fs::write(&path, config).unwrap();
     let app = App::load(&path).await.unwrap();
@@ -1811,7 +1824,11 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
         // Idle: both syncs caught up (nothing to do) and past their first waits.
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         let before = cycles.load(std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let mut most_alive = 0;
+        for _ in 0..30 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            most_alive = most_alive.max(alive());
+        }
         let idle_cycles = cycles.load(std::sync::atomic::Ordering::SeqCst) - before;
         rusqlite::Connection::open(dir.path().join("src.db"))
             .unwrap()
@@ -1824,7 +1841,7 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let _ = stop_tx.send(());
-        idle_cycles
+        (idle_cycles, most_alive)
     };
     let run = app.run(
         &state,
@@ -1835,7 +1852,7 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
             cycles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         },
     );
-    let (idle_cycles, ran) = tokio::join!(edit, run);
+    let ((idle_cycles, most_alive), ran) = tokio::join!(edit, run);
     ran.unwrap();
     assert_eq!(count("one.db", "hello"), 1, "the first sync woke");
     assert_eq!(
@@ -1844,4 +1861,8 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
         "the second sync, watching the same file, woke too"
     );
     assert_eq!(idle_cycles, 0, "an idle sync ran cycles without a change");
+    assert_eq!(
+        most_alive, 0,
+        "idle syncs kept plugin instances alive through their waits"
+    );
 }

@@ -84,6 +84,9 @@ pub struct PluginSide {
     /// Who this side is when it waits for changes: unique in the process, so that each side of
     /// each sync hears of every change its database announces (see `host::sql::changes`).
     waiter: String,
+    /// The wait the connector's `watch` came down to, made again by the host while it holds:
+    /// an idle side then keeps no instance and no connection between changes.
+    again: Option<crate::host::sql::Wait>,
 }
 
 impl PluginSide {
@@ -96,6 +99,7 @@ impl PluginSide {
             config,
             stream,
             session: None,
+            again: None,
         }
     }
 
@@ -197,9 +201,23 @@ impl SideIo for PluginSide {
         {
             return Ok(Watched::Unsupported);
         }
+        let timeout = std::time::Duration::from_millis(timeout_ms.into());
+        if let Some(wait) = &self.again {
+            match wait.again(timeout).await {
+                Ok(true) => return Ok(Watched::Changed),
+                Ok(false) => return Ok(Watched::Timeout),
+                // The connector, asked again, says what it makes of it.
+                Err(e) => {
+                    tracing::debug!(side = %self.waiter, error = ?e, "a repeated wait failed; asking the connector");
+                    self.again = None;
+                }
+            }
+        }
         let config = self.config.clone();
         let r = self.session().await?.watch(&config, timeout_ms).await;
-        self.check(r)
+        let (watched, again) = self.check(r)?;
+        self.again = again;
+        Ok(watched)
     }
 
     fn finish(&mut self) {

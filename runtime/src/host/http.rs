@@ -252,12 +252,18 @@ impl HttpState {
                 caller,
                 grants,
                 shared,
+                asked: 0,
             },
         }
     }
 }
 
 impl HttpState {
+    /// How many requests the plugin asked this store to send so far.
+    pub fn asked(&self) -> u64 {
+        self.hooks.asked
+    }
+
     /// Holds back every request of this store's connection for `wait` (at most an hour).
     pub fn back_off(&self, wait: Duration) {
         let wait = wait.min(Duration::from_secs(3600));
@@ -271,6 +277,8 @@ pub struct Hooks {
     caller: Caller,
     grants: Arc<Grants>,
     shared: Arc<super::Shared>,
+    /// Requests the plugin asked to send (granted or not), for [`HttpState::asked`].
+    asked: u64,
 }
 
 /// A store's data that `wasi:http` can be linked against.
@@ -374,6 +382,7 @@ impl WasiHttpHooks for Hooks {
         _options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
+        self.asked += 1;
         let (plugin, connection) = (self.caller.plugin.clone(), self.caller.connection.clone());
         let grant = &self.grants.http;
         // 1. The grant, before anything else happens.

@@ -41,6 +41,51 @@ pub struct SqlState {
     /// Who waits for changes through this store: one side of one sync (see `changes`). None:
     /// the connection.
     waiter: Option<String>,
+    /// What the store did since [`SqlState::trace_from_here`]: whether a call came down to
+    /// one wait the host can make again without the plugin ([`Wait`]).
+    trace: Trace,
+}
+
+/// What a store did with its databases since a point: nothing, one wait for changes and then
+/// nothing, or anything else.
+#[derive(Debug)]
+enum Trace {
+    Nothing,
+    Waited { wait: Wait, changed: bool },
+    Other,
+}
+
+/// A wait for a database's change announcements that a plugin made, which the host can make
+/// again on its behalf, as the same waiter, without an instance or a connection: what an idle
+/// realtime sync does between changes (see `PluginSide::watch`).
+#[derive(Clone)]
+pub struct Wait {
+    source: changes::Source,
+    waiter: String,
+    pool: Option<sqlx::PgPool>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wait of {} for {:?}", self.waiter, self.source)
+    }
+}
+
+impl Wait {
+    /// Waits up to `timeout` as `wait-for-change` would have: true when a change this waiter
+    /// has not seen was announced.
+    pub async fn again(&self, timeout: std::time::Duration) -> Result<bool, Error> {
+        let changes = &self.shared.sql.changes;
+        changes
+            .wait(
+                self.source.clone(),
+                &self.waiter,
+                timeout,
+                self.pool.clone(),
+            )
+            .await
+    }
 }
 
 impl SqlState {
@@ -51,12 +96,42 @@ impl SqlState {
             shared,
             open: 0,
             waiter: None,
+            trace: Trace::Nothing,
         }
     }
 
     /// Names who waits for changes through this store (see `changes`).
     pub fn waiting_as(&mut self, waiter: &str) {
         self.waiter = Some(waiter.to_owned());
+    }
+
+    /// Starts tracing what the store does with its databases, for [`SqlState::only_wait`].
+    pub fn trace_from_here(&mut self) {
+        self.trace = Trace::Nothing;
+    }
+
+    /// The wait the store made since [`SqlState::trace_from_here`] and whether it found a
+    /// change, when that wait was the last thing it did with a database and the only wait:
+    /// statements before it (opening, setting up) are allowed, anything after it is not.
+    pub fn only_wait(&self) -> Option<(Wait, bool)> {
+        match &self.trace {
+            Trace::Waited { wait, changed } => Some((wait.clone(), *changed)),
+            Trace::Nothing | Trace::Other => None,
+        }
+    }
+
+    /// Something other than a wait happened: an earlier wait was not the last thing done.
+    fn did(&mut self) {
+        if matches!(self.trace, Trace::Waited { .. }) {
+            self.trace = Trace::Other;
+        }
+    }
+
+    fn waited(&mut self, wait: Wait, changed: bool) {
+        self.trace = match self.trace {
+            Trace::Nothing => Trace::Waited { wait, changed },
+            Trace::Waited { .. } | Trace::Other => Trace::Other,
+        };
     }
 
     /// Refuses a URL the grants do not name. Runs before anything is opened.
@@ -193,6 +268,7 @@ macro_rules! on_backend {
 
 impl wit::Host for HostView<'_> {
     async fn open(&mut self, url: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        self.states.sql.did();
         if let Err(e) = self.states.sql.check_granted(&url) {
             tracing::warn!(plugin = %self.states.sql.caller.plugin, connection = %self.states.sql.caller.connection,
                 url = %redact(&url), "refused sql access to a database the connection does not grant");
@@ -232,6 +308,7 @@ impl wit::HostConnection for HostView<'_> {
         params: Vec<Value>,
         max_rows: u32,
     ) -> wasmtime::Result<Result<Rows, Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.query(statement, params, max_rows).await)
     }
 
@@ -241,6 +318,7 @@ impl wit::HostConnection for HostView<'_> {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.execute(statement, params).await)
     }
 
@@ -249,14 +327,17 @@ impl wit::HostConnection for HostView<'_> {
         conn: Resource<Connection>,
         script: String,
     ) -> wasmtime::Result<Result<(), Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.execute_script(script).await)
     }
 
     async fn begin(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.begin().await)
     }
 
     async fn commit(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.commit().await)
     }
 
@@ -264,6 +345,7 @@ impl wit::HostConnection for HostView<'_> {
         &mut self,
         conn: Resource<Connection>,
     ) -> wasmtime::Result<Result<(), Error>> {
+        self.states.sql.did();
         on_backend!(self, conn, c => c.rollback().await)
     }
 
@@ -295,7 +377,18 @@ impl wit::HostConnection for HostView<'_> {
             None => format!("connection {}", self.states.sql.caller.connection),
         };
         let timeout = std::time::Duration::from_millis(timeout_ms.into());
-        Ok(pools.changes.wait(source, &waiter, timeout, pool).await)
+        let wait = Wait {
+            source,
+            waiter,
+            pool,
+            shared: self.states.sql.shared.clone(),
+        };
+        let changed = wait.again(timeout).await;
+        match &changed {
+            Ok(c) => self.states.sql.waited(wait, *c),
+            Err(_) => self.states.sql.trace = Trace::Other,
+        }
+        Ok(changed)
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
@@ -330,6 +423,37 @@ mod tests {
         };
         assert!(msg.contains("connection crm"), "{msg}");
         assert!(msg.contains("sqlite:///data/erp.db"), "{msg}");
+    }
+
+    /// Only a call that came down to one wait, with nothing done with a database after it, is
+    /// one the host may make again in the plugin's place.
+    #[test]
+    fn a_wait_is_repeatable_only_when_it_was_the_one_and_the_last() {
+        let wait = || Wait {
+            source: changes::Source::Sqlite("a.db".into()),
+            waiter: "side".into(),
+            pool: None,
+            shared: Arc::default(),
+        };
+        let mut s = state(&[]);
+        s.trace_from_here();
+        assert!(s.only_wait().is_none(), "nothing waited");
+        s.did();
+        s.waited(wait(), false);
+        assert_eq!(
+            s.only_wait().map(|(_, c)| c),
+            Some(false),
+            "set up, then waited"
+        );
+        s.did();
+        assert!(s.only_wait().is_none(), "a statement after the wait");
+        s.trace_from_here();
+        s.waited(wait(), true);
+        s.waited(wait(), false);
+        assert!(s.only_wait().is_none(), "two waits");
+        s.trace_from_here();
+        s.waited(wait(), true);
+        assert_eq!(s.only_wait().map(|(_, c)| c), Some(true), "traced afresh");
     }
 
     #[test]

@@ -309,20 +309,39 @@ impl ConnectorSession {
         self.typed("find", r)
     }
 
-    /// Waits up to `timeout_ms` for the system to announce changes.
+    /// Waits up to `timeout_ms` for the system to announce changes. With the answer comes the
+    /// wait the call came down to, when the host can make it again in the connector's place:
+    /// the connector waited once for a database's announcements (`wait-for-change`), did
+    /// nothing with a database after it nor asked for any request, and answered what the wait
+    /// found. A `watch` depends on its config alone (the contract says so), so the next wait
+    /// of the same side needs no instance.
     pub async fn watch(
         &mut self,
         config: &str,
         timeout_ms: u32,
-    ) -> Result<super::Watched, CallError> {
+    ) -> Result<(super::Watched, Option<crate::host::sql::Wait>), CallError> {
         let config = config.to_owned();
+        let state = self.sandbox.state_mut();
+        state.host.sql.trace_from_here();
+        let asked = state.host.http.asked();
         let r = self
             .sandbox
             .call("watch", move |b, s| {
                 Box::pin(async move { export!(b, s, call_watch / watch(&config, timeout_ms)) })
             })
             .await;
-        self.typed("watch", r)
+        let watched = self.typed("watch", r)?;
+        let host = &self.sandbox.state().host;
+        let again = match (host.sql.only_wait(), &watched) {
+            (Some((wait, true)), super::Watched::Changed)
+            | (Some((wait, false)), super::Watched::Timeout)
+                if host.http.asked() == asked =>
+            {
+                Some(wait)
+            }
+            _ => None,
+        };
+        Ok((watched, again))
     }
 
     /// Hands a pushed request to the connector to verify: whether changes are waiting.
