@@ -282,7 +282,16 @@ fn main() -> ExitCode {
 /// nothing.
 struct Progress {
     terminal: bool,
-    totals: std::collections::BTreeMap<String, (usize, usize)>,
+    totals: std::collections::BTreeMap<String, Catching>,
+}
+
+/// A sync's run of cycles with more to read (a first load, a backlog), on a terminal.
+#[derive(Default)]
+struct Catching {
+    /// When the run's first cycle ended, and what had been read by then.
+    since: Option<(std::time::Instant, usize)>,
+    read: usize,
+    written: usize,
 }
 
 impl Progress {
@@ -298,14 +307,30 @@ impl Progress {
             return;
         }
         let t = self.totals.entry(sync.to_owned()).or_default();
-        t.0 += r.read.iter().sum::<usize>();
-        t.1 += r.writes;
+        t.read += r.read.iter().sum::<usize>();
+        t.written += r.writes;
+        let (since, first) = *t.since.get_or_insert((std::time::Instant::now(), t.read));
         if self.terminal && r.more {
-            eprint!("\r{sync}: {} changes read, {} written ...", t.0, t.1);
-        } else if self.terminal {
-            eprintln!("\r{sync}: {}", r.summary());
+            // The rate counts what was read after the run's first cycle; the contract carries
+            // no total, so there is no time left to show.
+            let seconds = since.elapsed().as_secs_f64();
+            let rate = if seconds >= 1.0 {
+                format!(", {:.0} changes/s", (t.read - first) as f64 / seconds)
+            } else {
+                String::new()
+            };
+            eprint!(
+                "\r{sync}: {} changes read, {} written{rate} ...",
+                t.read, t.written
+            );
         } else {
+            if self.terminal {
+                eprint!("\r");
+            }
             eprintln!("{sync}: {}", r.summary());
+        }
+        if !r.more {
+            *t = Catching::default();
         }
     }
 }
