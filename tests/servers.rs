@@ -1162,6 +1162,114 @@ fields = [{{ left = "body", right = "body" }}]
     );
 }
 
+/// An idle realtime PostgreSQL sync keeps no plugin instance, and so no pooled connection,
+/// through its waits: the host listens for the capture's NOTIFY itself and makes the
+/// connector's wait again in its place. A change still arrives at once, which, with no cycle
+/// run while idle, only the announcement can bring.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_postgres_sync_keeps_no_instance_and_still_wakes_at_once() {
+    let (Some(a), Some(b)) = (
+        ServerDb::new("postgres").await,
+        ServerDb::new("postgres").await,
+    ) else {
+        return;
+    };
+    for db in [&a, &b] {
+        db.exec("CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL UNIQUE)")
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("duplex.toml");
+    // Connection names no other test in this binary uses: the instance counts are the
+    // process's.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[connections.quiet_pg_a]
+plugin = "builtin:sql"
+config = {{ url = "{a}" }}
+grants = {{ sql = ["{a}"] }}
+
+[connections.quiet_pg_b]
+plugin = "builtin:sql"
+config = {{ url = "{b}" }}
+grants = {{ sql = ["{b}"] }}
+
+[syncs.notes]
+left = "quiet_pg_a.notes"
+right = "quiet_pg_b.notes"
+schedule = "realtime"
+match = {{ field = "body" }}
+fields = [{{ left = "body", right = "body" }}]
+"#,
+            a = a.url,
+            b = b.url
+        ),
+    )
+    .unwrap();
+    let app = duplex::app::App::load(&config).await.unwrap();
+    let state = std::sync::Arc::new(app.open_state().unwrap());
+    let alive = || -> u64 {
+        duplex::telemetry::live_instances()
+            .iter()
+            .filter(|((_, connection), _)| connection.starts_with("quiet_pg_"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let cycles = std::sync::atomic::AtomicUsize::new(0);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let edit = async {
+        // Past the first cycles and waits (the capture installed, the first wait answered).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = cycles.load(std::sync::atomic::Ordering::SeqCst);
+        let mut most_alive = 0;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            most_alive = most_alive.max(alive());
+        }
+        let idle_cycles = cycles.load(std::sync::atomic::Ordering::SeqCst) - before;
+        a.exec("INSERT INTO notes (body) VALUES ('hello')").await;
+        let t = std::time::Instant::now();
+        let arrived = loop {
+            let rows = rows_as_text(&b, "SELECT body FROM notes").await;
+            if rows == ["hello"] || t.elapsed() > Duration::from_secs(30) {
+                break t.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let _ = stop_tx.send(());
+        (idle_cycles, most_alive, arrived)
+    };
+    let run = app.run(
+        &state,
+        async {
+            let _ = stop_rx.await;
+        },
+        |_, _| {
+            cycles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let ((idle_cycles, most_alive, arrived), ran) = tokio::join!(edit, run);
+    ran.unwrap();
+    assert_eq!(
+        rows_as_text(&b, "SELECT body FROM notes").await,
+        ["hello"],
+        "the change never arrived"
+    );
+    assert_eq!(idle_cycles, 0, "the idle sync ran cycles without a change");
+    assert_eq!(
+        most_alive, 0,
+        "the idle sync kept plugin instances alive through its waits"
+    );
+    // Announced, the change crosses in milliseconds; a poll would take a quiet period (five
+    // minutes). Ten seconds leaves room for a slow machine.
+    assert!(
+        arrived < Duration::from_secs(10),
+        "the change took {arrived:?}"
+    );
+}
+
 /// MariaDB ends a whole transaction when it picks it as a deadlock's victim, savepoints and
 /// all. A write taken op by op (because one op was refused) that is such a victim must start
 /// over, not fail every op with "SAVEPOINT does not exist" (which the realtime test used to hit
