@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use duplex::driver::{Rules, SyncRunner};
+use duplex::driver::{Rules, SyncRunner, Turns};
 use duplex::engine::{
     DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, Side, SyncSpec, WHOLE_RECORD,
 };
@@ -926,6 +926,45 @@ async fn run_until_idle(runner: &mut SyncRunner<Shared>, state: &State, now: &mu
         let report = runner.cycle(state, *now).await.expect("cycle");
         idle = if report.idle() { idle + 1 } else { 0 };
     }
+}
+
+/// A cycle with a full batch to work through (a first load, a backlog) waits for one of the
+/// process's turns before it plans and writes; a cycle with a change or two takes none, so a
+/// realtime sync is never queued behind the loading ones. A cycle given up while it waits has
+/// written nothing and moved no cursor: the next one reads the same changes again.
+#[tokio::test]
+async fn only_a_cycle_with_a_full_batch_waits_for_a_turn() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    let turns = Turns::new(1);
+    let mut runner = lww_runner(&left, &right, 5).taking_turns(turns.clone());
+    let state = State::in_memory().unwrap();
+    let now = 1_000_000;
+    let held = turns.take().await;
+    let waits = std::time::Duration::from_millis(300);
+
+    create_people(&left, 2);
+    let report = tokio::time::timeout(waits, runner.cycle(&state, now))
+        .await
+        .expect("a cycle of two changes waited for a turn")
+        .expect("cycle");
+    assert_eq!(report.read, [2, 0]);
+    assert_eq!(right.0.borrow().records.len(), 2);
+
+    for i in 10..22 {
+        left.0.borrow_mut().user_create(&[
+            ("email", Value::Text(format!("p{i}@example.com"))),
+            ("name", Value::Text(format!("P{i}"))),
+        ]);
+    }
+    let cut = tokio::time::timeout(waits, runner.cycle(&state, now + 1_000_000)).await;
+    assert!(cut.is_err(), "a full batch went on without a turn");
+    assert_eq!(right.0.borrow().records.len(), 2, "written without a turn");
+
+    drop(held);
+    let report = runner.cycle(&state, now + 2_000_000).await.expect("cycle");
+    assert_eq!(report.read[0], 5, "the full batch, read again");
+    assert!(report.more);
+    assert_eq!(right.0.borrow().records.len(), 7);
 }
 
 /// A side read ahead while the other side is written must be read again if the cycle ends up

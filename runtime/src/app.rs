@@ -12,6 +12,7 @@ use crate::config::{common_name, split_stream, ConfigError, Loaded};
 use crate::driver::schedule::Schedule;
 use crate::driver::{
     Announced, CycleError, CycleReport, Joins, PluginSide, Relay, Rules, SchemaWatch, SyncRunner,
+    Turns,
 };
 use crate::engine::{
     convert, DeletePolicy, FieldSpec, FieldType, MatchKey, Policy, SyncSpec, Value,
@@ -285,7 +286,7 @@ impl App {
         // Each sync's reports come back here, for `progress`.
         let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
         let mut loops = tokio::task::JoinSet::new();
-        let catching_up = CatchingUp::new();
+        let turns = Turns::for_threads();
         for sync in &self.syncs {
             let control = controls.remove(&sync.spec.name).ok_or_else(|| {
                 AppError::Host(format!("no controls for sync {}", sync.spec.name))
@@ -298,7 +299,7 @@ impl App {
                 report.clone(),
                 stopped.clone(),
                 control,
-                catching_up.clone(),
+                turns.clone(),
             ));
         }
         // Syncs a config applied later adds, handed over by the supervisor.
@@ -321,8 +322,8 @@ impl App {
                     Some((sync, cycle)) = reports.recv() => progress(&sync, &cycle),
                     Some((setup, control)) = spawned.recv() => {
                         let state = state.clone();
-                        let catching_up = catching_up.clone();
-                        loops.spawn(run_sync(setup, state, report.clone(), stopped.clone(), control, catching_up));
+                        let turns = turns.clone();
+                        loops.spawn(run_sync(setup, state, report.clone(), stopped.clone(), control, turns));
                     }
                     _ = &mut supervisor => {}
                     _ = done.wait_for(|s| *s), if !*done.borrow() => {}
@@ -645,9 +646,9 @@ async fn run_sync(
     progress: tokio::sync::mpsc::UnboundedSender<(String, CycleReport)>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     mut control: SyncControl,
-    catching_up: CatchingUp,
+    turns: Turns,
 ) {
-    let mut runner = setup.runner();
+    let mut runner = setup.runner().taking_turns(turns.clone());
     // A plugin swapped in or a config applied takes effect here, at the next cycle boundary:
     // the runner (and what it read ahead, which is read again from the committed cursors) is
     // made anew.
@@ -657,9 +658,6 @@ async fn run_sync(
     let mut quiet_sides = false;
     // Closed once the operations layer is gone: then only the stop is awaited.
     let mut open = true;
-    // Whether the next cycle may be one of many full batches: the first (a first load, or a
-    // backlog since the last run) and any after a full batch.
-    let mut behind = true;
     macro_rules! take {
         ($c:expr) => {
             match apply(&mut setup, $c, &state, &control.live).await {
@@ -674,7 +672,7 @@ async fn run_sync(
             take!(c);
         }
         if std::mem::take(&mut remake) {
-            runner = setup.runner();
+            runner = setup.runner().taking_turns(turns.clone());
         }
         if lock(&control.live).paused {
             tokio::select! {
@@ -689,17 +687,7 @@ async fn run_sync(
         let name = setup.sync.spec.name.clone();
         lock(&control.live).status.cycling = true;
         let started = std::time::Instant::now();
-        let slot = if behind {
-            tokio::select! {
-                slot = catching_up.take() => Some(slot),
-                () = stopping(&mut stopped) => return,
-            }
-        } else {
-            None
-        };
         let report = runner.cycle(&state, now_micros()).await;
-        drop(slot);
-        behind = report.as_ref().is_ok_and(|r| r.more);
         let seconds = started.elapsed().as_secs_f64();
         // What the operations layer sees of the cycle; the lock is not held past here.
         let retry = {
@@ -802,27 +790,6 @@ async fn run_sync(
 /// `Send`).
 async fn stopping(stopped: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
-}
-
-/// The turns of the syncs catching up (a first load, a backlog): as many at once as the
-/// runtime has threads, so that the syncs with a change or two, which take no turn, find a
-/// thread free within a cycle's step instead of behind every loading sync's.
-#[derive(Clone)]
-struct CatchingUp(Arc<tokio::sync::Semaphore>);
-
-impl CatchingUp {
-    fn new() -> CatchingUp {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        CatchingUp(Arc::new(tokio::sync::Semaphore::new(threads)))
-    }
-
-    async fn take(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.0
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
 }
 
 fn now_micros() -> i64 {
