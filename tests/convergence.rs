@@ -967,6 +967,43 @@ async fn only_a_cycle_with_a_full_batch_waits_for_a_turn() {
     assert_eq!(right.0.borrow().records.len(), 7);
 }
 
+/// Syncs starting together read their first batches a few at a time (the turns' starts), and a
+/// first cycle that goes on to wait for a turn gives its start back: nine loads waiting for
+/// their turns, more than one turn's starts, do not keep a small sync's first cycle waiting.
+#[tokio::test]
+async fn first_cycles_waiting_for_a_turn_give_their_start_back() {
+    let turns = Turns::new(1);
+    let held = turns.take().await;
+    let now = 1_000_000;
+    let mut loads = Vec::new();
+    for _ in 0..9 {
+        let (left, right) = (Shared::new(""), Shared::new("r"));
+        create_people(&left, 6);
+        let runner = lww_runner(&left, &right, 5).taking_turns(turns.clone());
+        loads.push((runner, State::in_memory().unwrap()));
+    }
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    create_people(&left, 1);
+    let mut small = lww_runner(&left, &right, 5).taking_turns(turns.clone());
+    let state = State::in_memory().unwrap();
+
+    let loading = futures_util::future::join_all(
+        loads
+            .iter_mut()
+            .map(|(runner, state)| runner.cycle(state, now)),
+    );
+    tokio::select! {
+        biased;
+        _ = loading => panic!("a load went on without a turn"),
+        report = small.cycle(&state, now) => assert_eq!(report.expect("cycle").read, [1, 0]),
+        () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+            panic!("the small sync's first cycle waited behind the loads")
+        }
+    }
+    assert_eq!(right.0.borrow().records.len(), 1);
+    drop(held);
+}
+
 /// A side read ahead while the other side is written must be read again if the cycle ends up
 /// writing to it after all: a write refused on a stale version is merged again on fresh data,
 /// and that merge can flow back. A batch read before Duplex's write holds the record as it was,
