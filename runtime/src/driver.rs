@@ -345,8 +345,8 @@ pub struct SyncRunner<S> {
 /// or two takes none, and so finds the thread left over free, instead of queued behind the
 /// loading syncs' steps. That thread costs concurrent loads some of their pace (measured on 2
 /// cores: 49 first loads at 21,500 rows/s in all against 27,000 with a turn per thread) and
-/// keeps a realtime sync's p99 beside them within twice its p99 alone (4.3x with a turn per
-/// thread). One sync loading alone is not held up at all.
+/// brings a realtime sync's p99 beside them to 1.7-4.2x its p99 alone, from 4.3x with a turn
+/// per thread (README, *Many syncs in one process*). One sync loading alone is not held up.
 ///
 /// A sync's first cycle (hundreds of syncs start at once) also waits for one of a few starts,
 /// until it has read: started together, 500 syncs had 1,000 plugin instances alive at once,
@@ -1353,11 +1353,11 @@ impl<S: SideIo> SyncRunner<S> {
             report.more |= waiting;
         }
         lap.end("read");
+        self.started = true;
         // A full batch to work through (or a transaction read whole): the rest of the cycle
         // waits for one of the process's turns. Changes held behind a running transaction
-        // (`more` with nothing read) are no backlog.
-        // A first cycle waiting for a turn gives its start back, and its instances up.
-        self.started = true;
+        // (`more` with nothing read) are no backlog. A first cycle waiting for a turn gives
+        // its start back, and its instances up.
         let read: usize = report.read.iter().sum();
         let full = read > 0 && (report.more || read >= self.batch as usize);
         let _turn = match self.turns.clone() {
