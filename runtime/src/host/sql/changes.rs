@@ -38,8 +38,34 @@ pub enum Source {
 /// One source's generation and what each waiter saw of it.
 struct Marks {
     generation: watch::Sender<u64>,
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Seen>,
     waited_at: Mutex<Instant>,
+}
+
+/// What each waiter saw of a source's generation, and when it last waited.
+#[derive(Default)]
+struct Seen {
+    by: HashMap<String, (u64, tokio::time::Instant)>,
+    pruned: Option<tokio::time::Instant>,
+}
+
+impl Seen {
+    /// Notes that `waiter` saw generation `g` now, and says what it saw before, if that is
+    /// known. A waiter that has not waited for [`FORGET_AFTER`] is forgotten: the runners a
+    /// plugin swap or an applied config replaced leave theirs behind. One that comes back
+    /// after all is answered at once, as at its first wait: a cycle too many, nothing missed.
+    fn saw(&mut self, waiter: &str, g: u64) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .pruned
+            .is_none_or(|t| now.saturating_duration_since(t) > FORGET_AFTER)
+        {
+            self.by
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) <= FORGET_AFTER);
+            self.pruned = Some(now);
+        }
+        self.by.insert(waiter.to_owned(), (g, now)).map(|(g, _)| g)
+    }
 }
 
 impl Marks {
@@ -89,12 +115,7 @@ impl Changes {
         }
         let mut rx = marks.generation.subscribe();
         let now = *rx.borrow_and_update();
-        let seen = |g: u64| {
-            marks
-                .seen
-                .lock()
-                .map(|mut s| s.insert(waiter.to_owned(), g))
-        };
+        let seen = |g: u64| marks.seen.lock().map(|mut s| s.saw(waiter, g));
         match seen(now) {
             Ok(Some(before)) if before == now => {}
             _ => return Ok(true),
@@ -264,4 +285,26 @@ fn forget(sources: &Sources, marks: &Arc<Marks>) -> bool {
     let mut s = sources.lock().unwrap_or_else(|p| p.into_inner());
     s.retain(|_, m| !Arc::ptr_eq(m, marks));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_stopped_waiting_is_forgotten() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.saw("old", 1), None, "a first wait");
+        assert_eq!(seen.saw("old", 1), Some(1));
+        tokio::time::advance(FORGET_AFTER / 2).await;
+        assert_eq!(seen.saw("new", 1), None);
+        tokio::time::advance(FORGET_AFTER / 2 + Duration::from_secs(1)).await;
+        assert_eq!(seen.saw("new", 2), Some(1));
+        assert!(!seen.by.contains_key("old"), "the waiter gone is kept");
+        assert_eq!(
+            seen.saw("old", 2),
+            None,
+            "one back is answered as at a first wait"
+        );
+    }
 }
