@@ -9,6 +9,16 @@ use std::time::Duration;
 use duplex::host::Grants;
 use duplex::plugin::{ConnectorPlugin, HostOptions, Limits, PluginHost};
 
+/// Plugin instances alive now for the connections whose names start with `prefix` (the
+/// counts are the process's: a test names its connections apart from the others').
+pub fn instances_alive(prefix: &str) -> u64 {
+    duplex::telemetry::live_instances()
+        .iter()
+        .filter(|((_, connection), _)| connection.starts_with(prefix))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// A component built by the runtime's build script.
 pub fn plugin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

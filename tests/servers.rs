@@ -1210,13 +1210,6 @@ fields = [{{ left = "body", right = "body" }}]
     .unwrap();
     let app = duplex::app::App::load(&config).await.unwrap();
     let state = std::sync::Arc::new(app.open_state().unwrap());
-    let alive = || -> u64 {
-        duplex::telemetry::live_instances()
-            .iter()
-            .filter(|((_, connection), _)| connection.starts_with("quiet_pg_"))
-            .map(|(_, n)| n)
-            .sum()
-    };
     let cycles = std::sync::atomic::AtomicUsize::new(0);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let edit = async {
@@ -1226,7 +1219,7 @@ fields = [{{ left = "body", right = "body" }}]
         let mut most_alive = 0;
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            most_alive = most_alive.max(alive());
+            most_alive = most_alive.max(common::instances_alive("quiet_pg_"));
         }
         let idle_cycles = cycles.load(std::sync::atomic::Ordering::SeqCst) - before;
         a.exec("INSERT INTO notes (body) VALUES ('hello')").await;

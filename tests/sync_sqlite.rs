@@ -1799,13 +1799,6 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
             "[syncs.to_{to}]\nleft = \"idle_src.notes\"\nright = \"idle_{to}.notes\"\nschedule = \"realtime\"\nmatch = {{ field = \"body\" }}\nfields = [{{ left = \"body\", right = \"body\" }}]\n\n"
         ));
     }
-    let alive = || -> u64 {
-        duplex::telemetry::live_instances()
-            .iter()
-            .filter(|((_, connection), _)| connection.starts_with("idle_"))
-            .map(|(_, n)| n)
-            .sum()
-    };
     let path = dir.path().join("duplex.toml");
     std::fs::write(&path, config).unwrap();
     let app = App::load(&path).await.unwrap();
@@ -1827,7 +1820,7 @@ async fn idle_sqlite_syncs_wake_on_a_change_to_their_file_and_every_one_hears_it
         let mut most_alive = 0;
         for _ in 0..30 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            most_alive = most_alive.max(alive());
+            most_alive = most_alive.max(common::instances_alive("idle_"));
         }
         let idle_cycles = cycles.load(std::sync::atomic::Ordering::SeqCst) - before;
         rusqlite::Connection::open(dir.path().join("src.db"))
