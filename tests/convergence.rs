@@ -967,6 +967,54 @@ async fn only_a_cycle_with_a_full_batch_waits_for_a_turn() {
     assert_eq!(right.0.borrow().records.len(), 7);
 }
 
+/// A sync working through a backlog reads its next batch within a turn, not beside the
+/// turns: 49 loads each reading their next batch from SQLite at once kept a realtime sync's
+/// reads waiting for a core. A cycle after a full batch does not call its systems until it has
+/// a turn; once a batch is not full, the sync is back to reading first.
+#[tokio::test]
+async fn a_cycle_after_a_full_batch_reads_within_a_turn() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    let turns = Turns::new(1);
+    let mut runner = lww_runner(&left, &right, 5).taking_turns(turns.clone());
+    let state = State::in_memory().unwrap();
+    let now = 1_000_000;
+    let waits = std::time::Duration::from_millis(300);
+
+    create_people(&left, 7);
+    let report = runner.cycle(&state, now).await.expect("cycle");
+    assert_eq!(report.read[0], 5);
+    assert!(report.more);
+
+    // The next cycle waits for the turn before reading: a read now would fail at once.
+    let held = turns.take().await;
+    left.0.borrow_mut().fail_in = Some(0);
+    let cut = tokio::time::timeout(waits, runner.cycle(&state, now + 1_000_000)).await;
+    assert!(
+        cut.is_err(),
+        "the backlog's next batch was read without a turn"
+    );
+    assert_eq!(left.0.borrow().fail_in, Some(0), "the left side was called");
+    left.0.borrow_mut().fail_in = None;
+    drop(held);
+
+    let report = runner.cycle(&state, now + 2_000_000).await.expect("cycle");
+    assert_eq!(report.read[0], 2, "the rest of the backlog");
+    assert_eq!(right.0.borrow().records.len(), 7);
+
+    // The backlog worked through, a cycle of one change reads first and takes no turn.
+    let held = turns.take().await;
+    left.0.borrow_mut().user_create(&[
+        ("email", Value::Text("late@example.com".into())),
+        ("name", Value::Text("Late".into())),
+    ]);
+    let report = tokio::time::timeout(waits, runner.cycle(&state, now + 3_000_000))
+        .await
+        .expect("a cycle of one change waited for a turn")
+        .expect("cycle");
+    assert_eq!(report.read[0], 1);
+    drop(held);
+}
+
 /// Syncs starting together read their first batches a few at a time (the turns' starts), and a
 /// first cycle that goes on to wait for a turn gives its start back: nine loads waiting for
 /// their turns, more than one turn's starts, do not keep a small sync's first cycle waiting.

@@ -337,6 +337,8 @@ pub struct SyncRunner<S> {
     turns: Option<Turns>,
     /// Whether a cycle has read yet: until then, a cycle waits for one of the turns' starts.
     started: bool,
+    /// Whether the last cycle read a full batch: the next one reads within a turn.
+    loading: bool,
 }
 
 /// The turns of the cycles with a full batch to work through (a first load, a backlog), shared
@@ -347,6 +349,9 @@ pub struct SyncRunner<S> {
 /// cores: 49 first loads at 21,500 rows/s in all against 27,000 with a turn per thread) and
 /// brings a realtime sync's p99 beside them to 1.7-4.2x its p99 alone, from 4.3x with a turn
 /// per thread (README, *Many syncs in one process*). One sync loading alone is not held up.
+/// A cycle after a full batch takes its turn before it reads: a backlog's next batch is
+/// likely full too, and 49 loads reading their next batches at once, beside the turns, kept
+/// the small sync's reads waiting for a core.
 ///
 /// A sync's first cycle (hundreds of syncs start at once) also waits for one of a few starts,
 /// until it has read: started together, 500 syncs had 1,000 plugin instances alive at once,
@@ -565,6 +570,7 @@ impl<S> SyncRunner<S> {
             relays: Vec::new(),
             turns: None,
             started: false,
+            loading: false,
         }
     }
 
@@ -1277,6 +1283,10 @@ impl<S: SideIo> SyncRunner<S> {
             Some(turns) if !self.started && dry.is_none() => Some(turns.start().await),
             _ => None,
         };
+        let turn = match &self.turns {
+            Some(turns) if self.loading && dry.is_none() => Some(turns.take().await),
+            _ => None,
+        };
         if dry.is_some() {
             if !state.intents(&sync).map_err(&se)?.is_empty() {
                 return Err(se(StateError::Query(
@@ -1357,11 +1367,16 @@ impl<S: SideIo> SyncRunner<S> {
         // A full batch to work through (or a transaction read whole): the rest of the cycle
         // waits for one of the process's turns. Changes held behind a running transaction
         // (`more` with nothing read) are no backlog. A first cycle waiting for a turn gives
-        // its start back, and its instances up.
+        // its start back, and its instances up. A cycle after a full batch took its turn
+        // before reading (see [`Turns`]).
         let read: usize = report.read.iter().sum();
         let full = read > 0 && (report.more || read >= self.batch as usize);
-        let _turn = match self.turns.clone() {
-            Some(turns) if full && dry.is_none() => {
+        if dry.is_none() {
+            self.loading = full;
+        }
+        let _turn = match (turn, self.turns.clone()) {
+            (Some(turn), _) => Some(turn),
+            (None, Some(turns)) if full && dry.is_none() => {
                 if start.take().is_some() {
                     self.finish_all();
                 }
