@@ -1287,6 +1287,7 @@ impl<S: SideIo> SyncRunner<S> {
             Some(turns) if self.loading && dry.is_none() => Some(turns.take().await),
             _ => None,
         };
+        lap.end("start");
         if dry.is_some() {
             if !state.intents(&sync).map_err(&se)?.is_empty() {
                 return Err(se(StateError::Query(
