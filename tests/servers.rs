@@ -2644,3 +2644,75 @@ async fn old_mariadb_triggers_are_installed_again_and_deletes_use_the_index() {
         "the deleted rows' versions went with them"
     );
 }
+
+/// The connector learns whether a table's capture is installed from the same catalogue query
+/// that reads its columns, once per session. Capture taken out behind its back (a trigger
+/// dropped, a companion table gone) is installed again by the next session, and by the same
+/// session after its own `remove_capture`; no change made after that is missed.
+#[tokio::test]
+async fn capture_taken_out_is_installed_again_by_the_next_look_on_servers() {
+    use common::TestDb;
+    for kind in ["postgres", "mariadb"] {
+        let Some(db) = items_db(kind).await else {
+            continue;
+        };
+        let (drop_trigger, triggers) = match kind {
+            "postgres" => (
+                "DROP TRIGGER _duplex_capture_upd ON items; DROP TABLE _duplex_readers",
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname LIKE '\\_duplex%'",
+            ),
+            _ => (
+                "DROP TRIGGER `_duplex_items_upd`; DROP TABLE _duplex_readers",
+                "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND event_object_table = 'items'",
+            ),
+        };
+        let host = common::host();
+        let plugin = db.connector(&host).await;
+        let config = db.config();
+        let read = |cursor: Option<String>| {
+            let (plugin, config) = (&plugin, &config);
+            async move {
+                plugin
+                    .session()
+                    .await
+                    .unwrap()
+                    .read(config, "items", "test:reader", cursor.as_deref(), 100)
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = read(None).await;
+        assert_eq!(db.count(triggers).await, 3, "{kind}");
+        db.exec("INSERT INTO items (name) VALUES ('a')").await;
+        let seen = read(Some(first.next_cursor)).await;
+        assert_eq!(seen.changes.len(), 1, "{kind}");
+
+        db.exec(drop_trigger).await;
+        let again = read(Some(seen.next_cursor)).await;
+        assert_eq!(db.count(triggers).await, 3, "{kind}: installed again");
+        db.exec("UPDATE items SET name = 'a2' WHERE name = 'a'")
+            .await;
+        let after = read(Some(again.next_cursor)).await;
+        assert_eq!(
+            after.changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            [ChangeKind::Update],
+            "{kind}: the update after the repair arrives"
+        );
+
+        // One session: capture removed, then read again.
+        let mut s = plugin.session().await.unwrap();
+        s.read(&config, "items", "test:reader", None, 100)
+            .await
+            .unwrap();
+        s.remove_capture(&config, None).await.unwrap();
+        assert_eq!(db.count(triggers).await, 0, "{kind}");
+        s.read(&config, "items", "test:reader", None, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.count(triggers).await,
+            3,
+            "{kind}: the same session installs it again"
+        );
+    }
+}

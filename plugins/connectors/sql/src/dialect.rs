@@ -24,6 +24,35 @@ pub struct Column {
     pub carry: Carry,
 }
 
+/// What one look at the catalogue found of a table: its columns and, where the dialect reads
+/// it in the same query, how far its change capture is installed.
+pub struct Look {
+    /// In table order; empty when the table does not exist.
+    pub columns: Vec<Column>,
+    /// None where the dialect asks about capture separately (`install_log`, `has_triggers`).
+    pub capture: Option<Installed>,
+}
+
+/// How far a table's change capture was installed when the catalogue was looked at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Installed {
+    /// The change log exists (all a read-only connection needs to read versions).
+    pub log: bool,
+    /// The log and every companion table `install_log` creates exist.
+    pub companions: bool,
+    /// The table's three capture triggers exist.
+    pub triggers: bool,
+    /// The triggers are an older connector's, to be installed again.
+    pub outdated: bool,
+}
+
+impl Installed {
+    /// Nothing left to install.
+    pub fn complete(&self) -> bool {
+        self.companions && self.triggers && !self.outdated
+    }
+}
+
 /// How a column whose type the sql capability does not read or write as it is stored is
 /// carried anyway (an enum as text, an array as JSON), or why it cannot be: every column of a
 /// table is carried or refused up front, so an unmapped column of any type never stops a sync,
@@ -287,8 +316,10 @@ pub trait Dialect {
     }
     /// User tables, sorted, without the connector's own.
     fn tables(&self, db: &Db) -> Result<Vec<String>, Error>;
-    /// The columns of `table`, in table order; an empty list when it does not exist.
-    fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error>;
+    /// The columns of `table` and, where one query can tell, its capture: the catalogue is
+    /// looked at once per table per instance, that is once per cycle, so on a server this
+    /// saves the round trips of `install_log`'s and `has_triggers`' own questions.
+    fn look(&self, db: &Db, table: &str) -> Result<Look, Error>;
     /// Creates the change log and its companions if missing, among them `_duplex_readers`
     /// (`tbl`, `reader`, `pos`, `confirmed`, `seen_at` defaulting to now; see `readers.rs`).
     /// Idempotent.

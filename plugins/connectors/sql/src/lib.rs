@@ -28,7 +28,7 @@ use duplex_sdk::{
 };
 
 use cursor::Cursor;
-use dialect::{Column, Dialect, LogRead};
+use dialect::{Column, Dialect, Installed, LogRead, Look};
 
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
@@ -78,7 +78,7 @@ thread_local! {
     /// What this instance has learned about its databases: the shapes of tables, and the tables
     /// whose capture it has seen installed. The host starts a fresh instance for every unit of
     /// work (a cycle), so a schema change is seen by the next one at the latest; meanwhile each
-    /// call saves three catalogue queries.
+    /// call saves the catalogue's round trip.
     static SEEN: RefCell<Seen> = RefCell::default();
 }
 
@@ -104,6 +104,8 @@ struct Table {
     columns: Vec<Column>,
     pk: String,
     pk_type: FieldType,
+    /// How far capture was installed when the table was looked at, where the same look told.
+    capture: Option<Installed>,
 }
 
 impl Table {
@@ -330,7 +332,11 @@ impl Connector for SqlConnector {
             Some(s) => vec![s.to_owned()],
             None => self.all_tables_with_triggers()?,
         };
-        SEEN.with_borrow_mut(|s| s.captured.clear());
+        // Forgets the tables too: their looks found the capture that is now removed.
+        SEEN.with_borrow_mut(|s| {
+            s.captured.clear();
+            s.tables.clear();
+        });
         self.db.transaction(|db| {
             for t in &tables {
                 self.dialect.remove_triggers(db, t)?;
@@ -363,7 +369,7 @@ impl SqlConnector {
         if let Some(table) = SEEN.with_borrow(|s| s.tables.get(&key).cloned()) {
             return Ok(table);
         }
-        let columns = self.dialect.columns(&self.db, name)?;
+        let Look { columns, capture } = self.dialect.look(&self.db, name)?;
         if columns.is_empty() {
             return Err(Error::not_found(format!("table {name} does not exist")));
         }
@@ -380,6 +386,7 @@ impl SqlConnector {
             columns,
             pk,
             pk_type,
+            capture,
         });
         SEEN.with_borrow_mut(|s| s.tables.insert(key, table.clone()));
         Ok(table)
@@ -399,8 +406,12 @@ impl SqlConnector {
             self.ensure_capture(db, table)?;
             return Ok(true);
         }
-        let installed =
-            self.dialect.log_installed(db)? && self.dialect.has_triggers(db, &table.name)?;
+        let installed = match table.capture {
+            Some(c) => c.log && c.triggers,
+            None => {
+                self.dialect.log_installed(db)? && self.dialect.has_triggers(db, &table.name)?
+            }
+        };
         self.versioned.set(installed);
         Ok(installed)
     }
@@ -408,6 +419,12 @@ impl SqlConnector {
     fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {
         let key = (self.config.url.clone(), table.name.clone());
         if SEEN.with_borrow(|s| s.captured.contains(&key)) {
+            return Ok(());
+        }
+        // The look that found the table ran before any transaction of this instance, so what
+        // it found installed was committed.
+        if table.capture.is_some_and(|c| c.complete()) {
+            SEEN.with_borrow_mut(|s| s.captured.insert(key));
             return Ok(());
         }
         self.dialect.install_log(db)?;
@@ -1043,7 +1060,8 @@ impl SqlConnector {
                     _ => break,
                 }
             }
-            if names.is_empty() || j - i == 1 {
+            // A single create too: the INSERT that returns the row saves reading it back.
+            if names.is_empty() {
                 out.push((self.apply(db, table, ops[i].clone())?, false));
                 i += 1;
                 continue;

@@ -18,7 +18,9 @@
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, prune_bound, Carry, Column, Dialect, LogRead};
+use crate::dialect::{
+    entries, literal, prune_bound, Carry, Column, Dialect, Installed, LogRead, Look,
+};
 
 pub struct MySql;
 
@@ -213,6 +215,14 @@ impl MySql {
     }
 }
 
+/// The change log and its companions, as an SQL list.
+const LOG_TABLES: &str = "('_duplex_changes', '_duplex_rows', '_duplex_readers')";
+/// Counts a table's delete trigger (parameters: the table, the trigger's name) where it was
+/// installed before the key was cast to text (see `triggers_outdated`).
+const OUTDATED_TRIGGERS: &str =
+    "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+     AND event_object_table = ? AND trigger_name = ? AND action_statement NOT LIKE '%CAST(OLD.%'";
+
 impl Dialect for MySql {
     fn log_installed(&self, db: &Db) -> Result<bool, Error> {
         Ok(count(
@@ -265,18 +275,44 @@ impl Dialect for MySql {
             .collect())
     }
 
-    fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error> {
+    fn look(&self, db: &Db, table: &str) -> Result<Look, Error> {
+        // The capture's tables and triggers are counted by subqueries that do not depend on
+        // the row (run once), in the same round trip as the columns.
         let rows = db.query(
-            "SELECT CAST(column_name AS CHAR) AS name, CAST(data_type AS CHAR) AS data_type, \
+            &format!("SELECT (SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+                            AND table_name = '_duplex_changes') AS log, \
+                    (SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+                            AND table_name IN {LOG_TABLES}) AS companions, \
+                    (SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+                            AND event_object_table = ? AND trigger_name IN (?, ?, ?)) AS triggers, \
+                    ({OUTDATED_TRIGGERS}) AS outdated, \
+                    CAST(column_name AS CHAR) AS name, CAST(data_type AS CHAR) AS data_type, \
                     CAST(column_type AS CHAR) AS column_type, CAST(is_nullable AS CHAR) AS nullable, \
                     CAST(column_key AS CHAR) AS ckey, CAST(extra AS CHAR) AS extra, \
                     CAST(generation_expression AS CHAR) AS generation \
              FROM information_schema.columns \
-             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
-            params![table],
+             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position"),
+            params![
+                table,
+                trigger_name(table, "ins"),
+                trigger_name(table, "upd"),
+                trigger_name(table, "del"),
+                table,
+                trigger_name(table, "del"),
+                table
+            ],
         )?;
+        let capture = rows.first().map(|r| {
+            let count = |k: &str| r.get(k).and_then(Value::as_integer).unwrap_or(0);
+            Installed {
+                log: count("log") == 1,
+                companions: count("companions") == 3,
+                triggers: count("triggers") == 3,
+                outdated: count("outdated") > 0,
+            }
+        });
         let mut pk = 0;
-        Ok(rows
+        let columns = rows
             .iter()
             .map(|r| {
                 let text = |k: &str| {
@@ -306,13 +342,14 @@ impl Dialect for MySql {
                     carry,
                 }
             })
-            .collect())
+            .collect();
+        Ok(Look { columns, capture })
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
         if count(
             db,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ('_duplex_changes', '_duplex_rows', '_duplex_readers')",
+            &format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN {LOG_TABLES}"),
             &[],
         )? == 3
         {
@@ -368,8 +405,7 @@ impl Dialect for MySql {
     fn triggers_outdated(&self, db: &Db, table: &str) -> Result<bool, Error> {
         Ok(count(
             db,
-            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
-             AND event_object_table = ? AND trigger_name = ? AND action_statement NOT LIKE '%CAST(OLD.%'",
+            OUTDATED_TRIGGERS,
             params![table, trigger_name(table, "del")],
         )? > 0)
     }

@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, Carry, Column, Dialect, LogRead};
+use crate::dialect::{entries, literal, Carry, Column, Dialect, Installed, LogRead, Look};
 
 pub struct Postgres;
 
@@ -149,6 +149,12 @@ fn capture_function(table: &str) -> String {
     format!("_duplex_capture_{table}")
 }
 
+/// The change log and its companions, as an SQL list.
+const LOG_TABLES: &str = "('_duplex_changes', '_duplex_readers')";
+/// A table's capture triggers, as an SQL list.
+const CAPTURE_TRIGGERS: &str =
+    "('_duplex_capture_ins', '_duplex_capture_upd', '_duplex_capture_del')";
+
 fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
     let rows = db.query(sql, params)?;
     Ok(rows
@@ -203,13 +209,25 @@ impl Dialect for Postgres {
             .collect())
     }
 
-    fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error> {
-        // The catalogue itself, not information_schema: this runs on every call, and the
+    fn look(&self, db: &Db, table: &str) -> Result<Look, Error> {
+        // The catalogue itself, not information_schema: this runs on every cycle, and the
         // information_schema views took 18 ms where this takes well under one.
         // A domain is read as its base type (`b`), an array by its element type (`e`), an
-        // enum with its labels; see `carry`.
+        // enum with its labels; see `carry`. The capture's tables and triggers are counted by
+        // subqueries that do not depend on the row (run once), in the same round trip.
+        // The table's name is written into the statement, not passed as a parameter: a
+        // prepared statement without parameters is planned once per connection and its plan
+        // kept, where each execution with a parameter was planned again: 0.7 of its 0.9 ms,
+        // on each side of every cycle.
+        let name = literal(table);
         let rows = db.query(
-            "SELECT a.attname::text AS name, t.typname::text AS udt, NOT a.attnotnull AS nullable, \
+            &format!("SELECT (SELECT count(*) FROM pg_class WHERE relname = '_duplex_changes' \
+                            AND relnamespace = current_schema()::regnamespace) AS log, \
+                    (SELECT count(*) FROM pg_class WHERE relname IN {LOG_TABLES} \
+                            AND relnamespace = current_schema()::regnamespace) AS companions, \
+                    (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident({name})) \
+                            AND tgname IN {CAPTURE_TRIGGERS}) AS triggers, \
+                    a.attname::text AS name, t.typname::text AS udt, NOT a.attnotnull AS nullable, \
                     (a.attgenerated <> '' OR a.attidentity = 'a') AS generated, \
                     (CASE WHEN a.attnum = ANY(i.indkey) \
                           THEN array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 \
@@ -224,11 +242,20 @@ impl Dialect for Postgres {
              JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
              LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A' \
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
-             WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attnum",
-            params![table],
+             WHERE a.attrelid = to_regclass(quote_ident({name})) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum"),
+            &[],
         )?;
-        Ok(rows
+        let capture = rows.first().map(|r| {
+            let count = |k: &str| r.get(k).and_then(Value::as_integer).unwrap_or(0);
+            Installed {
+                log: count("log") == 1,
+                companions: count("companions") == 2,
+                triggers: count("triggers") == 3,
+                outdated: false,
+            }
+        });
+        let columns = rows
             .iter()
             .map(|r| {
                 let udt = r
@@ -263,11 +290,12 @@ impl Dialect for Postgres {
                     carry,
                 }
             })
-            .collect())
+            .collect();
+        Ok(Look { columns, capture })
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
-        if count(db, "SELECT count(*) FROM pg_class WHERE relname IN ('_duplex_changes', '_duplex_readers') AND relnamespace = current_schema()::regnamespace", &[])? == 2 {
+        if count(db, &format!("SELECT count(*) FROM pg_class WHERE relname IN {LOG_TABLES} AND relnamespace = current_schema()::regnamespace"), &[])? == 2 {
             return Ok(());
         }
         for statement in [
@@ -298,8 +326,10 @@ impl Dialect for Postgres {
     fn has_triggers(&self, db: &Db, table: &str) -> Result<bool, Error> {
         Ok(count(
             db,
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) \
-             AND tgname IN ('_duplex_capture_ins', '_duplex_capture_upd', '_duplex_capture_del')",
+            &format!(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) \
+                      AND tgname IN {CAPTURE_TRIGGERS}"
+            ),
             params![table],
         )? == 3)
     }
@@ -565,7 +595,9 @@ impl Dialect for Postgres {
                  last AS (SELECT xid, seq FROM batch ORDER BY xid DESC, seq DESC LIMIT 1) \
                  SELECT seq, pk, op, origin, changed_at, xid::text AS xid, \
                         (xid::text::int8 % 4294967296)::text AS version, \
-                        (SELECT count(*) FROM batch) AS in_batch \
+                        (SELECT count(*) FROM batch) AS in_batch, \
+                        (SELECT count(*) FROM (SELECT 1 FROM _duplex_changes \
+                             WHERE tbl = $1 AND (xid, seq) > (SELECT xid, seq FROM last) LIMIT 1) w) AS waiting \
                  FROM batch b \
                  WHERE pk IN (SELECT pk FROM batch WHERE NOT coalesce(origin = $4::text, false)) \
                     OR (xid, seq) = (SELECT xid, seq FROM last) \
@@ -587,12 +619,11 @@ impl Dialect for Postgres {
             None => pos.to_owned(),
         };
         // Entries of transactions still held back behind an older running one are waiting too:
-        // say so, so that a caller running until caught up does not stop before them.
-        let in_batch = rows
-            .iter()
-            .last()
-            .and_then(|r| r.get("in_batch")?.as_integer())
-            .unwrap_or(0);
+        // say so, so that a caller running until caught up does not stop before them. The
+        // batch's own query counted them after its last entry; an empty batch asks apart.
+        let last = rows.iter().last();
+        let counted = |k: &str| last.and_then(|r| r.get(k)?.as_integer()).unwrap_or(0);
+        let in_batch = counted("in_batch");
         let (x, s) = next.split_once(':').unwrap_or((xid, "0"));
         let after_next = [
             Value::Text(table.to_owned()),
@@ -601,11 +632,16 @@ impl Dialect for Postgres {
         ];
         let full = in_batch >= i64::from(max);
         let more = full
-            || count(
-                db,
-                "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) LIMIT 1) waiting",
-                &after_next,
-            )? > 0;
+            || match last {
+                Some(_) => counted("waiting") > 0,
+                None => {
+                    count(
+                        db,
+                        "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) LIMIT 1) waiting",
+                        &after_next,
+                    )? > 0
+                }
+            };
         // Entries are read in (xid, seq) order, so a transaction's entries lie together and its
         // rest, if any, comes first after `next`. Only a full read can have stopped inside one.
         let mid_transaction = full

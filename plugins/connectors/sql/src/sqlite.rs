@@ -14,7 +14,7 @@
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{literal, Column, Dialect};
+use crate::dialect::{literal, Column, Dialect, Look};
 
 pub struct Sqlite;
 
@@ -83,7 +83,9 @@ impl Dialect for Sqlite {
             .collect())
     }
 
-    fn columns(&self, db: &Db, table: &str) -> Result<Vec<Column>, Error> {
+    /// Capture is asked about apart: `install_log` runs every cycle here anyway, to clear a
+    /// mark a writer left behind, and each question is a local call, not a round trip.
+    fn look(&self, db: &Db, table: &str) -> Result<Look, Error> {
         let rows = db.query(
             "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
             params![table],
@@ -110,7 +112,10 @@ impl Dialect for Sqlite {
                 carry: Default::default(),
             });
         }
-        Ok(out)
+        Ok(Look {
+            columns: out,
+            capture: None,
+        })
     }
 
     fn install_log(&self, db: &Db) -> Result<(), Error> {
