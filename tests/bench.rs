@@ -158,6 +158,7 @@ fn ms(d: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn realtime_latency_postgres_to_postgres() {
+    start(0);
     let n = 1_000;
     let src = fresh_db("duplex_bench_lat_src").await;
     let dst = fresh_db("duplex_bench_lat_dst").await;
