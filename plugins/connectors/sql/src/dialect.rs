@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use duplex_sdk::sql::Db;
+use duplex_sdk::sql::{Db, Row};
 use duplex_sdk::{Error, FieldType, Value};
 
 /// One column, as the catalogue describes it.
@@ -47,6 +47,19 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// As a look's first row counted it, in its columns `log`, `companions` (of which the
+    /// dialect has `companions` in all), `triggers` and, where the dialect has older
+    /// triggers to replace, `outdated`.
+    pub fn counted(row: Row<'_>, companions: i64) -> Installed {
+        let count = |k: &str| row.get(k).and_then(Value::as_integer).unwrap_or(0);
+        Installed {
+            log: count("log") == 1,
+            companions: count("companions") == companions,
+            triggers: count("triggers") == 3,
+            outdated: count("outdated") > 0,
+        }
+    }
+
     /// Nothing left to install.
     pub fn complete(&self) -> bool {
         self.companions && self.triggers && !self.outdated

@@ -303,15 +303,7 @@ impl Dialect for MySql {
                 table
             ],
         )?;
-        let capture = rows.first().map(|r| {
-            let count = |k: &str| r.get(k).and_then(Value::as_integer).unwrap_or(0);
-            Installed {
-                log: count("log") == 1,
-                companions: count("companions") == 3,
-                triggers: count("triggers") == 3,
-                outdated: count("outdated") > 0,
-            }
-        });
+        let capture = rows.first().map(|r| Installed::counted(r, 3));
         let mut pk = 0;
         let columns = rows
             .iter()

@@ -246,15 +246,7 @@ impl Dialect for Postgres {
              ORDER BY a.attnum"),
             &[],
         )?;
-        let capture = rows.first().map(|r| {
-            let count = |k: &str| r.get(k).and_then(Value::as_integer).unwrap_or(0);
-            Installed {
-                log: count("log") == 1,
-                companions: count("companions") == 2,
-                triggers: count("triggers") == 3,
-                outdated: false,
-            }
-        });
+        let capture = rows.first().map(|r| Installed::counted(r, 2));
         let columns = rows
             .iter()
             .map(|r| {
