@@ -2716,3 +2716,99 @@ async fn capture_taken_out_is_installed_again_by_the_next_look_on_servers() {
         );
     }
 }
+
+/// A run of updates on PostgreSQL is one statement that answers with what each row stores
+/// (the table joined again for the rows as they were), so nothing is read before or after it:
+/// what a trigger or the column's type changed comes back exactly as op by op, conditional
+/// or not, and what the write left as it was does not.
+#[tokio::test]
+async fn a_bulk_update_on_postgres_answers_with_what_the_rows_store() {
+    let Some(db) = ServerDb::new("postgres").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE items (id SERIAL PRIMARY KEY, name TEXT, rate NUMERIC(4,2), k TEXT, touched INT NOT NULL DEFAULT 0);
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.touched := OLD.touched + 1; RETURN NEW; END $$;
+         CREATE TRIGGER touch BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION touch();
+         INSERT INTO items (name, rate, k) SELECT 'row ' || i, i, 'k' || i FROM generate_series(1, 4) i;",
+    )
+    .await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let config = db.config();
+    let mut s = plugin.session().await.unwrap();
+    let read = s.read(&config, "items", "sync:a", None, 100).await.unwrap();
+    let version = |id: &str| {
+        read.changes
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.version.clone())
+    };
+    let update = |id: &str, rate: &str, conditional: bool| {
+        WriteOp::Update(duplex::plugin::UpdateOp {
+            id: id.into(),
+            fields: vec![FieldValue {
+                name: "rate".into(),
+                value: Value::Decimal(rate.into()),
+            }],
+            if_version: if conditional { version(id) } else { None },
+        })
+    };
+    let stored = |w: &duplex::plugin::Written| {
+        let mut s: Vec<String> = w
+            .stored
+            .iter()
+            .map(|f| format!("{}={:?}", f.name, f.value))
+            .collect();
+        s.sort();
+        s
+    };
+    for conditional in [true, false] {
+        // A run of three, then one alone (op by op's statement), each rate rounded by its
+        // column and each row touched by the trigger.
+        let bulk = s
+            .write(
+                &config,
+                "items",
+                "sync:a",
+                ["1", "2", "3"]
+                    .iter()
+                    .map(|id| update(id, "7.125", conditional))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let alone = s
+            .write(
+                &config,
+                "items",
+                "sync:a",
+                vec![update("4", "7.125", conditional)],
+            )
+            .await
+            .unwrap();
+        let touched = if conditional { 1 } else { 2 };
+        for w in bulk.iter().chain(&alone) {
+            let w = w.as_ref().unwrap();
+            assert_eq!(
+                stored(w),
+                [
+                    format!("rate={:?}", Value::Decimal("7.13".into())),
+                    format!("touched={:?}", Value::Integer(touched))
+                ],
+                "record {} (conditional: {conditional})",
+                w.id
+            );
+        }
+        // The version each answered with is the row's own.
+        let versions: Vec<String> =
+            rows_as_text(&db, "SELECT xmin::text FROM items ORDER BY id").await;
+        let answered: Vec<String> = bulk
+            .iter()
+            .chain(&alone)
+            .map(|w| w.as_ref().unwrap().version.clone().unwrap())
+            .collect();
+        assert_eq!(answered, versions);
+    }
+}

@@ -36,6 +36,8 @@ const IN_CHUNK: usize = 500;
 /// About how many bytes of written values are read back after a write in one query (see
 /// `SqlConnector::fill_stored`): 500 small records at a time, a few large ones.
 const READ_BACK_BYTES: usize = 1 << 20;
+/// The alias under which a bulk update joins its table again, for the rows as they were.
+const OLD_ROW: &str = "_duplex_old";
 /// Attempts at a write call whose transaction the server undid (deadlock, serialization):
 /// under concurrent writers on MariaDB, three sometimes were not enough, and the records
 /// waited for the host's retry.
@@ -455,21 +457,20 @@ impl SqlConnector {
     /// The columns a row is read with: each as it is carried (see `dialect::Carry`); a column
     /// that cannot be carried is never read, so it never stops a sync it is not mapped in.
     fn select_list(&self, table: &Table) -> String {
-        let mut list: Vec<String> = table
-            .columns
-            .iter()
-            .filter(|c| c.carry.unsupported.is_none())
-            .map(|c| {
-                let ident = self.dialect.ident(&c.name);
-                match &c.carry.read {
-                    Some(read) => format!("{} AS {ident}", read.replace("{}", &ident)),
-                    None => ident,
-                }
-            })
-            .collect();
+        self.select_list_of(table, None)
+    }
+
+    /// [`Self::select_list`] with each column taken from `alias` (the row a statement
+    /// returns, where it names the table twice).
+    fn select_list_of(&self, table: &Table, alias: Option<&str>) -> String {
+        let mut list = self.columns_of(table, alias);
+        let version = match alias {
+            Some(a) => self.dialect.row_version().map(|v| format!("{a}.{v}")),
+            None => self.dialect.row_version().map(str::to_owned),
+        };
         // The version is read by the same statement as the row where the dialect can, so the
         // two always belong together (see `with_versions` for the others).
-        let version = self.dialect.row_version().map(str::to_owned).or_else(|| {
+        let version = version.or_else(|| {
             self.versioned
                 .get()
                 .then(|| self.dialect.version_subquery(&table.name, &table.pk))
@@ -479,11 +480,45 @@ impl SqlConnector {
         list.join(", ")
     }
 
+    /// The carried columns of [`Self::select_list_of`], without the version.
+    fn columns_of(&self, table: &Table, alias: Option<&str>) -> Vec<String> {
+        table
+            .columns
+            .iter()
+            .filter(|c| c.carry.unsupported.is_none())
+            .map(|c| {
+                let ident = self.dialect.ident(&c.name);
+                let from = match alias {
+                    Some(a) => format!("{a}.{ident}"),
+                    None => ident.clone(),
+                };
+                match &c.carry.read {
+                    Some(read) => format!("{} AS {ident}", read.replace("{}", &from)),
+                    None if alias.is_some() => format!("{from} AS {ident}"),
+                    None => ident,
+                }
+            })
+            .collect()
+    }
+
     /// A row selected with [`Self::select_list`].
     fn record(&self, table: &Table, row: Row<'_>) -> Record {
+        let (fields, version) = self.fields_of(table, row.fields());
+        let id = row
+            .get(&table.pk)
+            .map(Value::to_plain_string)
+            .unwrap_or_default();
+        (id, fields, version)
+    }
+
+    /// A row's fields as a record holds them, and the version among them.
+    fn fields_of<'r>(
+        &self,
+        table: &Table,
+        row: impl Iterator<Item = (&'r str, &'r Value)>,
+    ) -> (Vec<FieldValue>, Option<String>) {
         let mut version = None;
         let fields: Vec<FieldValue> = row
-            .fields()
             .filter_map(|(name, value)| {
                 if name == VERSION_COLUMN {
                     // A row with no entry in `_duplex_rows` yet has none (see `with_versions`).
@@ -496,11 +531,7 @@ impl SqlConnector {
                 Some(FieldValue::new(name, shape(value.clone(), ty)))
             })
             .collect();
-        let id = row
-            .get(&table.pk)
-            .map(Value::to_plain_string)
-            .unwrap_or_default();
-        (id, fields, version)
+        (fields, version)
     }
 
     /// Records with their versions, looked up in `_duplex_rows` where the rows do not carry
@@ -863,11 +894,14 @@ impl SqlConnector {
         db: &Db,
         table: &Table,
         ops: &[WriteOp],
+        answered: &BTreeSet<&str>,
     ) -> Result<BTreeMap<String, Vec<FieldValue>>, Error> {
         let ids: Vec<Value> = ops
             .iter()
             .filter_map(|op| match op {
-                WriteOp::Update(u) => Some(id_value(table, &u.id)),
+                WriteOp::Update(u) if !answered.contains(u.id.as_str()) => {
+                    Some(id_value(table, &u.id))
+                }
                 _ => None,
             })
             .collect::<Result<_, _>>()?;
@@ -944,7 +978,7 @@ impl SqlConnector {
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
-            let before = self.before_updates(db, table, ops)?;
+            let before = self.before_updates(db, table, ops, &self.answered_whole(ops))?;
             let (mut results, checked): (Vec<Written>, Vec<bool>) =
                 self.apply_all(db, table, ops)?.into_iter().unzip();
             let unchecked = ops
@@ -968,7 +1002,7 @@ impl SqlConnector {
         self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
-            let before = self.before_updates(db, table, ops)?;
+            let before = self.before_updates(db, table, ops, &BTreeSet::new())?;
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
                 self.dialect.savepoint(db, "duplex_op")?;
@@ -1172,8 +1206,28 @@ impl SqlConnector {
         if conditional {
             filter.push_str(&format!(" AND {t}.{version} = u.v"));
         }
+        // A run small enough comes back whole, each row as the write left it and as it was
+        // before (the table joined again as `o` is read with the statement's snapshot, the
+        // row the version check passed on), so that neither `before_updates` nor
+        // `fill_stored` reads it (see `answered_whole`).
+        let whole = answers_whole(updates.iter().map(|u| op_size_of(&u.fields)));
+        let (also, returning) = if whole {
+            (
+                format!(", {t} AS {OLD_ROW}"),
+                format!(
+                    "{}, {}",
+                    self.select_list_of(table, Some(&t)),
+                    self.columns_of(table, Some(OLD_ROW)).join(", ")
+                ),
+            )
+        } else {
+            (String::new(), format!("{t}.{key}, {t}.{version}"))
+        };
+        if whole {
+            filter.push_str(&format!(" AND {OLD_ROW}.{key} = {t}.{key}"));
+        }
         let sql = format!(
-            "UPDATE {t} SET {} FROM (VALUES {}) AS u({}) WHERE {filter} RETURNING {t}.{key}, {t}.{version}",
+            "UPDATE {t} SET {} FROM (VALUES {}) AS u({}){also} WHERE {filter} RETURNING {returning}",
             sets.join(", "),
             rows.join(", "),
             list.join(", "),
@@ -1181,27 +1235,72 @@ impl SqlConnector {
         let returned = db
             .query(&sql, &params)
             .map_err(|e| in_record(e, "an update of many records"))?;
-        let mut versions: BTreeMap<String, Option<String>> = returned
+        // The new row's columns and its version, then the old row's columns.
+        let new_width = self.columns_of(table, None).len() + 1;
+        let told: BTreeMap<&str, &[FieldValue]> = updates
+            .iter()
+            .map(|u| (u.id.as_str(), u.fields.as_slice()))
+            .collect();
+        let mut answered: BTreeMap<String, (Option<String>, Vec<FieldValue>)> = returned
             .iter()
             .map(|r| {
-                let (id, _, version) = self.returned(r);
-                (id, version)
+                if !whole {
+                    let (id, _, version) = self.returned(r);
+                    return (id, (version, Vec::new()));
+                }
+                let id = r
+                    .get(&table.pk)
+                    .map(Value::to_plain_string)
+                    .unwrap_or_default();
+                let (now, version) = self.fields_of(table, r.fields().take(new_width));
+                let (before, _) = self.fields_of(table, r.fields().skip(new_width));
+                let told = told.get(id.as_str()).copied().unwrap_or_default();
+                (id, (version, stored_otherwise(now, told, Some(&before))))
             })
             .collect();
         updates
             .iter()
-            .map(|u| match versions.remove(&u.id) {
-                Some(version) => Ok((
+            .map(|u| match answered.remove(&u.id) {
+                Some((version, stored)) => Ok((
                     Written {
                         id: u.id.clone(),
                         version,
-                        stored: Vec::new(),
+                        stored,
                     },
-                    false,
+                    whole,
                 )),
                 None => Err(self.refused(db, table, &u.id, u.if_version.as_deref())),
             })
             .collect()
+    }
+
+    /// The ids of the updates among `ops` that `apply_all` will write in runs answered whole
+    /// (see [`Self::update_many`]): `before_updates` need not read them. The runs are found
+    /// as `apply_all` finds them.
+    fn answered_whole<'o>(&self, ops: &'o [WriteOp]) -> BTreeSet<&'o str> {
+        let mut out = BTreeSet::new();
+        if self.dialect.row_version().is_none() {
+            return out;
+        }
+        let mut i = 0;
+        while i < ops.len() {
+            if let WriteOp::Update(first) = &ops[i] {
+                let j = self.update_run(ops, i, first);
+                if j - i > 1 {
+                    let run = ops[i..j].iter().filter_map(|o| match o {
+                        WriteOp::Update(u) => Some(u),
+                        _ => None,
+                    });
+                    if answers_whole(run.clone().map(|u| op_size_of(&u.fields))) {
+                        out.extend(run.map(|u| u.id.as_str()));
+                    }
+                    i = j;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        out
     }
 
     /// [`Self::update_many`] where versions live in `_duplex_rows` (MariaDB, SQLite): the rows
@@ -1418,8 +1517,7 @@ impl SqlConnector {
         // Small rows come back whole from the INSERT, which is what they store (defaults,
         // BEFORE triggers, rounding): no read-back query. Large ones are read back in pieces
         // by `fill_stored`, not held twice.
-        let bytes: usize = creates.iter().map(|c| op_size_of(&c.fields)).sum();
-        let whole = bytes <= READ_BACK_BYTES;
+        let whole = answers_whole(creates.iter().map(|c| op_size_of(&c.fields)));
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {} RETURNING {}",
             self.dialect.ident(&table.name),
@@ -1735,6 +1833,12 @@ fn id_value(table: &Table, id: &str) -> Result<Value, Error> {
 /// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
 /// What a row holds now (`now`) that a write did not tell it to: told fields stored otherwise,
 /// and others changed since `before` (an update's row as it was) or set (a create).
+/// Whether a run of writes of these sizes comes back whole from its statement, rather than
+/// being read back apart in pieces (see [`SqlConnector::fill_stored`]).
+fn answers_whole(sizes: impl Iterator<Item = usize>) -> bool {
+    sizes.sum::<usize>() <= READ_BACK_BYTES
+}
+
 fn stored_otherwise(
     now: Vec<FieldValue>,
     told: &[FieldValue],
