@@ -1207,8 +1207,8 @@ impl SqlConnector {
             filter.push_str(&format!(" AND {t}.{version} = u.v"));
         }
         // A run small enough comes back whole, each row as the write left it and as it was
-        // before (the table joined again as `o` is read with the statement's snapshot, the
-        // row the version check passed on), so that neither `before_updates` nor
+        // before (the table joined again as `_duplex_old` is read with the statement's
+        // snapshot: the row the version check passed on), so that neither `before_updates` nor
         // `fill_stored` reads it (see `answered_whole`).
         let whole = answers_whole(updates.iter().map(|u| op_size_of(&u.fields)));
         let (also, returning) = if whole {
@@ -1235,7 +1235,8 @@ impl SqlConnector {
         let returned = db
             .query(&sql, &params)
             .map_err(|e| in_record(e, "an update of many records"))?;
-        // The new row's columns and its version, then the old row's columns.
+        // The new row's columns and its version (this dialect keeps it in the row), then the
+        // old row's columns.
         let new_width = self.columns_of(table, None).len() + 1;
         let told: BTreeMap<&str, &[FieldValue]> = updates
             .iter()
@@ -1276,11 +1277,18 @@ impl SqlConnector {
 
     /// The ids of the updates among `ops` that `apply_all` will write in runs answered whole
     /// (see [`Self::update_many`]): `before_updates` need not read them. The runs are found
-    /// as `apply_all` finds them.
+    /// as `apply_all` finds them. A record updated more than once in the call is read before
+    /// all the same, for its other updates.
     fn answered_whole<'o>(&self, ops: &'o [WriteOp]) -> BTreeSet<&'o str> {
         let mut out = BTreeSet::new();
         if self.dialect.row_version().is_none() {
             return out;
+        }
+        let mut updates: BTreeMap<&str, usize> = BTreeMap::new();
+        for op in ops {
+            if let WriteOp::Update(u) = op {
+                *updates.entry(u.id.as_str()).or_default() += 1;
+            }
         }
         let mut i = 0;
         while i < ops.len() {
@@ -1292,7 +1300,10 @@ impl SqlConnector {
                         _ => None,
                     });
                     if answers_whole(run.clone().map(|u| op_size_of(&u.fields))) {
-                        out.extend(run.map(|u| u.id.as_str()));
+                        out.extend(
+                            run.map(|u| u.id.as_str())
+                                .filter(|id| updates.get(id) == Some(&1)),
+                        );
                     }
                     i = j;
                     continue;
