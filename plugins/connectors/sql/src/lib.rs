@@ -1039,22 +1039,13 @@ impl SqlConnector {
         ops: &[WriteOp],
     ) -> Result<Vec<(Written, bool)>, Error> {
         let mut out = Vec::with_capacity(ops.len());
+        let runs = self.update_runs(ops);
         let mut i = 0;
         while i < ops.len() {
-            if let WriteOp::Update(first) = &ops[i] {
-                let j = self.update_run(ops, i, first);
-                if j - i > 1 {
-                    let updates: Vec<&UpdateOp> = ops[i..j]
-                        .iter()
-                        .filter_map(|o| match o {
-                            WriteOp::Update(u) => Some(u),
-                            _ => None,
-                        })
-                        .collect();
-                    out.extend(self.update_many(db, table, &updates)?);
-                    i = j;
-                    continue;
-                }
+            if let Some(&j) = runs.get(&i) {
+                out.extend(self.update_many(db, table, &updates_in(&ops[i..j]))?);
+                i = j;
+                continue;
             }
             if let WriteOp::Delete(first) = &ops[i] {
                 let j = delete_run(ops, i, first);
@@ -1276,42 +1267,48 @@ impl SqlConnector {
     }
 
     /// The ids of the updates among `ops` that `apply_all` will write in runs answered whole
-    /// (see [`Self::update_many`]): `before_updates` need not read them. The runs are found
-    /// as `apply_all` finds them. A record updated more than once in the call is read before
-    /// all the same, for its other updates.
+    /// (see [`Self::update_many`]): `before_updates` need not read them. A record updated more
+    /// than once in the call is read before all the same, for its other updates.
     fn answered_whole<'o>(&self, ops: &'o [WriteOp]) -> BTreeSet<&'o str> {
         let mut out = BTreeSet::new();
         if self.dialect.row_version().is_none() {
             return out;
         }
         let mut updates: BTreeMap<&str, usize> = BTreeMap::new();
-        for op in ops {
-            if let WriteOp::Update(u) = op {
-                *updates.entry(u.id.as_str()).or_default() += 1;
+        for u in updates_in(ops) {
+            *updates.entry(u.id.as_str()).or_default() += 1;
+        }
+        for (i, j) in self.update_runs(ops) {
+            let run = updates_in(&ops[i..j]);
+            if answers_whole(run.iter().map(|u| op_size_of(&u.fields))) {
+                out.extend(
+                    run.iter()
+                        .map(|u| u.id.as_str())
+                        .filter(|id| updates.get(id) == Some(&1)),
+                );
             }
         }
+        out
+    }
+
+    /// Where `apply_all` writes runs of updates as one statement each: the start and end of
+    /// every run of more than one (see [`Self::update_run`]). Runs of creates and deletes hold
+    /// no update, so stepping over them one op at a time finds the same runs.
+    fn update_runs(&self, ops: &[WriteOp]) -> BTreeMap<usize, usize> {
+        let mut runs = BTreeMap::new();
         let mut i = 0;
         while i < ops.len() {
             if let WriteOp::Update(first) = &ops[i] {
                 let j = self.update_run(ops, i, first);
                 if j - i > 1 {
-                    let run = ops[i..j].iter().filter_map(|o| match o {
-                        WriteOp::Update(u) => Some(u),
-                        _ => None,
-                    });
-                    if answers_whole(run.clone().map(|u| op_size_of(&u.fields))) {
-                        out.extend(
-                            run.map(|u| u.id.as_str())
-                                .filter(|id| updates.get(id) == Some(&1)),
-                        );
-                    }
+                    runs.insert(i, j);
                     i = j;
                     continue;
                 }
             }
             i += 1;
         }
-        out
+        runs
     }
 
     /// [`Self::update_many`] where versions live in `_duplex_rows` (MariaDB, SQLite): the rows
@@ -1844,6 +1841,16 @@ fn id_value(table: &Table, id: &str) -> Result<Value, Error> {
 /// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
 /// What a row holds now (`now`) that a write did not tell it to: told fields stored otherwise,
 /// and others changed since `before` (an update's row as it was) or set (a create).
+/// The updates among `ops`.
+fn updates_in(ops: &[WriteOp]) -> Vec<&UpdateOp> {
+    ops.iter()
+        .filter_map(|o| match o {
+            WriteOp::Update(u) => Some(u),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether a run of writes of these sizes comes back whole from its statement, rather than
 /// being read back apart in pieces (see [`SqlConnector::fill_stored`]).
 fn answers_whole(sizes: impl Iterator<Item = usize>) -> bool {
