@@ -1493,8 +1493,13 @@ impl<S: SideIo> SyncRunner<S> {
         };
 
         // 5. Plan; conflicts left to rules are asked, and the plan made again with the answers.
-        let mut plan = engine::plan(&input);
+        let mut plan = if self.spec.asks_rules() {
+            engine::plan(&input)
+        } else {
+            engine::plan_once(&mut input)
+        };
         if !plan.queries.is_empty() {
+            debug_assert!(self.spec.asks_rules(), "only a rule policy asks");
             input.answers = ask_rules(&self.spec, &self.rules, &plan).await;
             plan = engine::plan(&input);
         }

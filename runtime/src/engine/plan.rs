@@ -157,12 +157,24 @@ pub struct Unsynced {
 
 /// Plans one cycle. Pure and deterministic: the same input gives the same plan.
 pub fn plan(input: &Input<'_>) -> Plan {
+    plan_links(input, input.links.clone())
+}
+
+/// [`plan`], moving the input's links into the plan instead of copying them: copying 10,000
+/// links and dropping the copies took a tenth of a 10,000-row cycle's CPU. The input is left
+/// without links, so a second pass over it (answers to rule queries) needs [`plan`].
+pub fn plan_once(input: &mut Input<'_>) -> Plan {
+    let links = std::mem::take(&mut input.links);
+    plan_links(input, links)
+}
+
+fn plan_links(input: &Input<'_>, links: Vec<Link>) -> Plan {
     let spec = input.spec;
     let mut out = Plan {
         next_link_id: input.next_link_id,
         ..Plan::default()
     };
-    let mut links: BTreeMap<u64, Link> = input.links.iter().map(|l| (l.id, l.clone())).collect();
+    let mut links: BTreeMap<u64, Link> = links.into_iter().map(|l| (l.id, l)).collect();
     let mut index: BTreeMap<(Side, String), u64> = BTreeMap::new();
     for l in links.values() {
         for (side, st) in l.each_side() {
@@ -929,8 +941,13 @@ mod tests {
             6,
         );
         let a = plan(&input(&s, vec![l.clone(), n.clone()]));
-        let b = plan(&input(&s, vec![l, n]));
+        let b = plan(&input(&s, vec![l.clone(), n.clone()]));
         assert_eq!(a.ops, b.ops);
         assert_eq!(a.links, b.links);
+        // Taking the links instead of copying them changes nothing but the input.
+        let mut i = input(&s, vec![l, n]);
+        let c = plan_once(&mut i);
+        assert_eq!((a.ops, a.links), (c.ops, c.links));
+        assert!(i.links.is_empty());
     }
 }
