@@ -501,6 +501,9 @@ impl Serialize for Value {
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(i) => s.serialize_i64(*i),
             Value::Text(t) => s.serialize_str(t),
+            // JSON has no NaN or infinity (serde_json writes null, which did not read back):
+            // those are written as text.
+            Value::Float(f) if !f.is_finite() => one_key(s, "f", &f.to_string()),
             Value::Float(f) => one_key(s, "f", f),
             Value::Decimal(d) => one_key(s, "d", d),
             Value::Time(t) => one_key(s, "ts", t),
@@ -571,7 +574,7 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
                 m.next_value::<serde::de::IgnoredAny>()?;
                 Value::Null
             }
-            "f" => Value::Float(m.next_value()?),
+            "f" => Value::Float(m.next_value::<StoredFloat>()?.0),
             "d" => Value::Decimal(m.next_value()?),
             "ts" => Value::Time(m.next_value()?),
             "j" => Value::Json(m.next_value()?),
@@ -608,6 +611,27 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
             other => return Err(A::Error::custom(format!("unknown value tag {other:?}"))),
         };
         Ok(value)
+    }
+}
+
+/// A stored float: a JSON number, or the text of a NaN or an infinity.
+struct StoredFloat(f64);
+
+impl<'de> Deserialize<'de> for StoredFloat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredFloat, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(f64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(f) => Ok(StoredFloat(f)),
+            Either::Text(t) => match t.parse::<f64>() {
+                Ok(f) if !f.is_finite() => Ok(StoredFloat(f)),
+                _ => Err(serde::de::Error::custom(format!("{t:?} is not a stored float"))),
+            },
+        }
     }
 }
 
@@ -1881,6 +1905,23 @@ mod tests {
         let sides: (Option<Value>, Option<Value>) = (Some(Value::Null), None);
         let back: (Option<Value>, Option<Value>) = dec(&enc(&sides).unwrap()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{sides:?}"));
+    }
+
+    #[test]
+    fn a_float_that_is_not_a_number_or_infinite_reads_back() {
+        // JSON has neither: serde_json wrote null, and the intent or conflict then did not read.
+        let f: Fields = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY]
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| (i.to_string(), Value::Float(f)))
+            .collect();
+        let stored = enc(&f).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stored),
+            r#"{"0":{"f":"NaN"},"1":{"f":"inf"},"2":{"f":"-inf"}}"#
+        );
+        assert!(same(&dec(&stored).unwrap(), &f));
+        assert!(dec::<Fields>(br#"{"0":{"f":"1.5"}}"#).is_err());
     }
 
     #[test]
