@@ -28,7 +28,8 @@ pub use merge::{
     WHOLE_RECORD,
 };
 pub use plan::{
-    plan, plan_once, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer, RuleQuery, Unsynced,
+    plan, plan_once, Candidate, Input, Observed, Op, OpKind, Plan, Rejection, RuleAnswer,
+    RuleQuery, Unsynced,
 };
 pub use value::{canonical_decimal, convert, FieldType, Fields, Value};
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+mod link_bytes;
 mod plugins;
 mod service;
 pub use plugins::{content_hash, PluginVersion, Slot, SlotVersions};
@@ -131,22 +132,6 @@ fn dec_intents(b: &[u8]) -> Result<Vec<Intent>, StateError> {
     }
 }
 
-/// Reads every row of `sync` from a table keyed by (sync, number), in key order.
-fn read_sync<T: for<'de> Deserialize<'de>>(
-    db: &Database,
-    table: TableDefinition<(&str, u64), &[u8]>,
-    sync: &str,
-) -> Result<Vec<T>, StateError> {
-    let r = db.begin_read()?;
-    let t = r.open_table(table)?;
-    let mut out = Vec::new();
-    for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-        let (_, v) = item?;
-        out.push(dec(v.value())?);
-    }
-    Ok(out)
-}
-
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
 /// are dropped from the index, its ids now point at it. Links from `new_from` on are new: they
 /// have nothing stored to replace.
@@ -166,19 +151,19 @@ fn put_links(
     let mut entries: Vec<(u8, &str, u64)> = Vec::with_capacity(batch.len() * 2);
     for link in batch {
         let is_new = new_from.is_some_and(|from| link.id >= from);
-        let old: Option<Link> = if is_new {
+        let old = if is_new {
             None
         } else {
             links
                 .get((sync, link.id))?
-                .map(|v| dec(v.value()))
+                .map(|v| link_bytes::head(v.value()))
                 .transpose()?
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
         if let Some(old) = old {
-            for (side, st) in old.each_side() {
-                if let Some(id) = &st.id {
-                    if link.side(side).id.as_ref() != Some(id) {
+            for (side, id) in Side::all(old.ids.len()).zip(old.ids) {
+                if let Some(id) = id {
+                    if link.side(side).id.as_ref() != Some(&id) {
                         index.remove((sync, side_key(side), id.as_str()))?;
                     }
                 }
@@ -189,7 +174,7 @@ fn put_links(
                 entries.push((side_key(side), id.as_str(), link.id));
             }
         }
-        links.insert((sync, link.id), enc(link)?.as_slice())?;
+        links.insert((sync, link.id), link_bytes::encode(link).as_slice())?;
     }
     entries.sort_unstable();
     for (side, id, link) in entries {
@@ -239,8 +224,7 @@ impl LinkCounts {
         let mut counts = LinkCounts::default();
         for item in links.range((sync, 0)..=(sync, u64::MAX))? {
             let (_, v) = item?;
-            let link: Link = dec(v.value())?;
-            counts.replace(None, link.status);
+            counts.replace(None, link_bytes::head(v.value())?.status);
         }
         Ok(counts)
     }
@@ -629,7 +613,9 @@ impl<'de> Deserialize<'de> for StoredFloat {
             Either::Number(f) => Ok(StoredFloat(f)),
             Either::Text(t) => match t.parse::<f64>() {
                 Ok(f) if !f.is_finite() => Ok(StoredFloat(f)),
-                _ => Err(serde::de::Error::custom(format!("{t:?} is not a stored float"))),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{t:?} is not a stored float"
+                ))),
             },
         }
     }
@@ -1164,7 +1150,7 @@ impl State {
         let mut out = Vec::with_capacity(wanted.len());
         for id in wanted {
             if let Some(v) = links.get((sync, id))? {
-                out.push(dec(v.value())?);
+                out.push(link_bytes::decode(v.value())?);
             }
         }
         Ok(out)
@@ -1174,9 +1160,15 @@ impl State {
         Ok(self.links(sync, &[], &[id])?.pop())
     }
 
-    /// All links of a sync (for status and tests).
+    /// All links of a sync, in id order (for status and tests).
     pub fn all_links(&self, sync: &str) -> Result<Vec<Link>, StateError> {
-        read_sync(&self.db, LINKS, sync)
+        let r = self.db.begin_read()?;
+        let t = r.open_table(LINKS)?;
+        let mut out = Vec::new();
+        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+            out.push(link_bytes::decode(item?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Dirty links due for a retry at `now`, at most `limit`.
@@ -1494,8 +1486,8 @@ impl State {
             }
             let sync = record.sync.clone();
             let mut links = w.open_table(LINKS)?;
-            let mut link: Link = match links.get((sync.as_str(), record.link))? {
-                Some(v) => dec(v.value())?,
+            let mut link = match links.get((sync.as_str(), record.link))? {
+                Some(v) => link_bytes::decode(v.value())?,
                 None => {
                     return Err(StateError::Storage(format!(
                         "conflict {id} names link {} which does not exist",
@@ -1564,7 +1556,10 @@ impl State {
                     }
                 }
             }
-            links.insert((sync.as_str(), link.id), enc(&link)?.as_slice())?;
+            links.insert(
+                (sync.as_str(), link.id),
+                link_bytes::encode(&link).as_slice(),
+            )?;
             let mut open = w.open_table(OPEN_CONFLICTS)?;
             open.remove((sync.as_str(), record.link, record.field.as_str()))?;
             let mut dirty = w.open_table(DIRTY)?;
@@ -1674,6 +1669,41 @@ mod tests {
             .unwrap();
         assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(3));
         assert_eq!(state.link_for("items", Side::RIGHT, "r5").unwrap(), Some(5));
+    }
+
+    #[test]
+    fn a_link_stored_as_json_before_reads_and_is_replaced_in_the_binary_form() {
+        let state = State::in_memory().unwrap();
+        let old = link();
+        let commit = |links: Vec<Link>| CycleCommit {
+            next_link_id: 8,
+            links,
+            ..CycleCommit::default()
+        };
+        state
+            .commit_cycle("items", 1, commit(vec![old.clone()]))
+            .unwrap();
+        // As an earlier Duplex stored it.
+        let w = state.db.begin_write().unwrap();
+        w.open_table(LINKS)
+            .unwrap()
+            .insert(("items", 7), enc(&old).unwrap().as_slice())
+            .unwrap();
+        w.commit().unwrap();
+        let found = state.links("items", &[(Side::LEFT, "1".into())], &[]);
+        assert_eq!(found.unwrap(), vec![old.clone()]);
+        // Its left record is now another one: the old id leaves the index.
+        let mut moved = old;
+        moved.left.id = Some("2".into());
+        state
+            .commit_cycle("items", 2, commit(vec![moved.clone()]))
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::LEFT, "1").unwrap(), None);
+        assert_eq!(state.link_for("items", Side::LEFT, "2").unwrap(), Some(7));
+        assert_eq!(state.all_links("items").unwrap(), vec![moved]);
+        let r = state.db.begin_read().unwrap();
+        let stored = r.open_table(LINKS).unwrap().get(("items", 7)).unwrap();
+        assert_ne!(stored.unwrap().value()[0], b'{');
     }
 
     #[test]

@@ -340,7 +340,11 @@ impl SyncSpec {
     /// Whether a conflict may be left to a rule: then a plan may be made twice.
     pub fn asks_rules(&self) -> bool {
         let rule = |p: &Policy| matches!(p, Policy::Rule(_));
-        rule(&self.policy) || self.fields.iter().any(|f| f.policy.as_ref().is_some_and(rule))
+        rule(&self.policy)
+            || self
+                .fields
+                .iter()
+                .any(|f| f.policy.as_ref().is_some_and(rule))
     }
 
     pub fn policy_for(&self, field: &str) -> &Policy {
