@@ -133,8 +133,8 @@ fn dec_intents(b: &[u8]) -> Result<Vec<Intent>, StateError> {
 }
 
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
-/// are dropped from the index, its ids now point at it. Links from `new_from` on are new: they
-/// have nothing stored to replace.
+/// are dropped from the index (where they still point at it), ids it gained point at it. Links
+/// from `new_from` on are new: they have nothing stored to replace.
 ///
 /// The index is written in key order, not link order: record ids rarely sort the way links
 /// were made ("10" before "9"), and inserting them in order touches each page of the index
@@ -160,17 +160,22 @@ fn put_links(
                 .transpose()?
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
-        if let Some(old) = old {
-            for (side, id) in Side::all(old.ids.len()).zip(old.ids) {
-                if let Some(id) = id {
-                    if link.side(side).id.as_ref() != Some(&id) {
-                        index.remove((sync, side_key(side), id.as_str()))?;
-                    }
-                }
+        let old_ids = old.map(|o| o.ids).unwrap_or_default();
+        for (side, id) in Side::all(old_ids.len()).zip(&old_ids) {
+            let Some(id) = id else { continue };
+            let key = (sync, side_key(side), id.as_str());
+            // Only its own entry: another link may hold the id now.
+            if link.side(side).id.as_ref() != Some(id)
+                && index.get(key)?.is_some_and(|to| to.value() == link.id)
+            {
+                index.remove(key)?;
             }
         }
         for (side, st) in link.each_side() {
-            if let Some(id) = &st.id {
+            let Some(id) = &st.id else { continue };
+            // An id the stored link had already points at it: writing it again would copy
+            // the index's page for nothing (most links a cycle updates keep their ids).
+            if old_ids.get(side.index()) != Some(&st.id) {
                 entries.push((side_key(side), id.as_str(), link.id));
             }
         }
@@ -1669,6 +1674,43 @@ mod tests {
             .unwrap();
         assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(3));
         assert_eq!(state.link_for("items", Side::RIGHT, "r5").unwrap(), Some(5));
+    }
+
+    #[test]
+    fn a_link_letting_go_of_an_id_another_link_took_leaves_that_links_entry() {
+        // A record id reused (a SQLite rowid after a delete) can be held by two links; the
+        // index points at the one that took it last, and keeps pointing there.
+        let state = State::in_memory().unwrap();
+        let with_left = |id: u64, left: &str| {
+            let mut l = link();
+            l.id = id;
+            l.left.id = Some(left.to_owned());
+            l.right.id = Some(format!("r{id}"));
+            l
+        };
+        let commit = |links: Vec<Link>| CycleCommit {
+            next_link_id: 6,
+            links,
+            ..CycleCommit::default()
+        };
+        state
+            .commit_cycle("items", 1, commit(vec![with_left(3, "x")]))
+            .unwrap();
+        state
+            .commit_cycle("items", 2, commit(vec![with_left(5, "x")]))
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(5));
+        state
+            .commit_cycle("items", 3, commit(vec![with_left(3, "y")]))
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::LEFT, "x").unwrap(), Some(5));
+        assert_eq!(state.link_for("items", Side::LEFT, "y").unwrap(), Some(3));
+        // Written again unchanged, link 3 keeps its entries.
+        state
+            .commit_cycle("items", 4, commit(vec![with_left(3, "y")]))
+            .unwrap();
+        assert_eq!(state.link_for("items", Side::LEFT, "y").unwrap(), Some(3));
+        assert_eq!(state.link_for("items", Side::RIGHT, "r3").unwrap(), Some(3));
     }
 
     #[test]
