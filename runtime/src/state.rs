@@ -122,16 +122,6 @@ fn has_rows(table: &redb::Table<(&str, u8, &str), &[u8]>, sync: &str) -> Result<
     })
 }
 
-/// The intents of one `record_intents` call, stored as one row. Rows written before intents
-/// were grouped hold one intent each.
-fn dec_intents(b: &[u8]) -> Result<Vec<Intent>, StateError> {
-    if b.first() == Some(&b'[') {
-        dec(b)
-    } else {
-        Ok(vec![dec(b)?])
-    }
-}
-
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
 /// are dropped from the index (where they still point at it), ids it gained point at it. Links
 /// from `new_from` on are new: they have nothing stored to replace.
@@ -680,14 +670,19 @@ impl Serialize for IntentRef<'_> {
     }
 }
 
-impl Serialize for Intent {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl Intent {
+    fn borrowed(&self) -> IntentRef<'_> {
         IntentRef {
             link: &self.link,
             side: self.side,
             op: &self.op,
         }
-        .serialize(s)
+    }
+}
+
+impl Serialize for Intent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.borrowed().serialize(s)
     }
 }
 
@@ -1255,7 +1250,8 @@ impl State {
             let mut t = w.open_table(INTENTS)?;
             let mut c = w.open_table(COUNTERS)?;
             // One row for the lot: a row per intent cost a third of an initial sync's time.
-            push_intents(&mut t, &mut c, sync, &enc(&intents)?)?;
+            let row = link_bytes::encode_intents(intents.iter().copied())?;
+            push_intents(&mut t, &mut c, sync, &row)?;
         }
         w.commit()?;
         Ok(())
@@ -1266,7 +1262,7 @@ impl State {
         let t = r.open_table(INTENTS)?;
         let mut out = Vec::new();
         for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            out.extend(dec_intents(item?.1.value())?);
+            out.extend(link_bytes::decode_intents(item?.1.value())?);
         }
         Ok(out)
     }
@@ -1378,7 +1374,8 @@ impl State {
             let mut intents = w.open_table(INTENTS)?;
             clear_sync(&mut intents, sync)?;
             if !c.keep_intents.is_empty() {
-                push_intents(&mut intents, &mut counters, sync, &enc(&c.keep_intents)?)?;
+                let row = link_bytes::encode_intents(c.keep_intents.iter().map(Intent::borrowed))?;
+                push_intents(&mut intents, &mut counters, sync, &row)?;
             }
 
             let mut syncs = w.open_table(SYNCS)?;
@@ -1428,7 +1425,8 @@ impl State {
             let mut intents = w.open_table(INTENTS)?;
             clear_sync(&mut intents, sync)?;
             if !rest.is_empty() {
-                push_intents(&mut intents, &mut counters, sync, &enc(&rest)?)?;
+                let row = link_bytes::encode_intents(rest.iter().map(Intent::borrowed))?;
+                push_intents(&mut intents, &mut counters, sync, &row)?;
             }
         }
         w.commit()?;

@@ -1,4 +1,5 @@
-//! Links as the `links` table stores them: a compact binary form, its header first.
+//! Links as the `links` table stores them: a compact binary form, its header first. Intents,
+//! which carry a link each, store it the same way.
 //!
 //! perf over the 10,000-row UPDATE benchmark found links written and read as JSON taking about
 //! a sixth of the process's CPU: each link decoded when the cycle loads it, decoded again when
@@ -14,12 +15,18 @@
 //! are the base), version, change time, rewritten fields and counted values. Numbers are
 //! LEB128 varints (signed ones zigzagged), text is its length then UTF-8, fields are their
 //! count then name and value each.
+//!
+//! A row of intents: `INTENTS`, their number, then per intent its link (length, then the link
+//! as above), its side's number, and `0` for a create of exactly the link's base or `1` and the
+//! op as JSON (small beside the link). Rows stored as JSON before (`[` or `{`) still read.
 
-use super::{dec, same_text, StateError};
-use crate::engine::{Fields, Link, LinkStatus, SideState, Value};
+use super::{dec, enc, same_text, Intent, IntentRef, StateError};
+use crate::engine::{Fields, Link, LinkStatus, OpKind, Side, SideState, Value};
 
 /// The first byte of a link in this form (a JSON link begins with `{`).
 const FORMAT: u8 = 1;
+/// The first byte of a row of intents in this form (JSON ones begin with `[` or `{`).
+const INTENTS: u8 = 2;
 
 const SEEN: u8 = 1;
 const SEEN_IS_BASE: u8 = 2;
@@ -156,6 +163,65 @@ pub(super) fn head(b: &[u8]) -> Result<Head, StateError> {
         status,
         ids: r.ids()?,
     })
+}
+
+pub(super) fn encode_intents<'a>(
+    intents: impl ExactSizeIterator<Item = IntentRef<'a>>,
+) -> Result<Vec<u8>, StateError> {
+    let mut out = vec![INTENTS];
+    put_u64(&mut out, intents.len() as u64);
+    for i in intents {
+        put_bytes(&mut out, &encode(i.link));
+        put_u64(&mut out, i.side.index() as u64);
+        match i.op {
+            OpKind::Create { fields } if same_text(fields, &i.link.base) => out.push(0),
+            op => {
+                out.push(1);
+                put_bytes(&mut out, &enc(op)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The intents of one row: one `record_intents` call's, or those a commit kept. Rows written
+/// before intents were grouped hold one intent each, as JSON.
+pub(super) fn decode_intents(b: &[u8]) -> Result<Vec<Intent>, StateError> {
+    match b.first() {
+        Some(&INTENTS) => {}
+        Some(b'[') => return dec(b),
+        _ => return Ok(vec![dec(b)?]),
+    }
+    let mut r = Reader { b, at: 1 };
+    let n = r.count()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.count()?;
+        let link = decode(r.take(len)?)?;
+        let side = r.u64()?;
+        if side >= link.sides() as u64 {
+            return Err(r.damaged("an intent for a side its link does not have"));
+        }
+        let op = match r.byte()? {
+            0 => OpKind::Create {
+                fields: link.base.clone(),
+            },
+            1 => {
+                let len = r.count()?;
+                dec(r.take(len)?)?
+            }
+            _ => return Err(r.damaged("an unknown op marker")),
+        };
+        out.push(Intent {
+            link,
+            side: Side::nth(side as usize),
+            op,
+        });
+    }
+    if r.at != b.len() {
+        return Err(r.damaged("bytes after its end"));
+    }
+    Ok(out)
 }
 
 fn status_byte(s: LinkStatus) -> u8 {
@@ -434,6 +500,87 @@ mod tests {
         assert_eq!(json[0], b'{');
         same(&decode(&json).unwrap(), &link);
         assert_eq!(head(&json).unwrap().ids, [Some("1".to_owned()), None]);
+    }
+
+    fn intents() -> Vec<Intent> {
+        let mut link = Link::with_sides(4, 3);
+        link.base = every_value();
+        link.left = side("1", Some(every_value()));
+        let update = OpKind::Update {
+            id: "r1".into(),
+            fields: every_value(),
+            if_version: Some("v2".into()),
+        };
+        let delete = OpKind::Delete {
+            id: "m".into(),
+            if_version: None,
+        };
+        let mut other = every_value();
+        other.remove("a");
+        [
+            (
+                Side::RIGHT,
+                OpKind::Create {
+                    fields: link.base.clone(),
+                },
+            ),
+            (Side::nth(2), OpKind::Create { fields: other }),
+            (Side::RIGHT, update),
+            (Side::nth(2), delete),
+        ]
+        .into_iter()
+        .map(|(side, op)| Intent {
+            link: link.clone(),
+            side,
+            op,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn intents_read_back_as_they_were_written() {
+        let intents = intents();
+        let row = encode_intents(intents.iter().map(Intent::borrowed)).unwrap();
+        let back = decode_intents(&row).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{intents:?}"));
+        // Grouped and one by one as JSON, as earlier versions stored them.
+        let json = super::super::enc(&intents).unwrap();
+        assert_eq!(
+            format!("{:?}", decode_intents(&json).unwrap()),
+            format!("{intents:?}")
+        );
+        let one = super::super::enc(&intents[2]).unwrap();
+        assert_eq!(decode_intents(&one).unwrap(), vec![intents[2].clone()]);
+        assert!(
+            row.len() < json.len(),
+            "{} against {}",
+            row.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn a_damaged_row_of_intents_is_an_error_not_a_panic() {
+        let row = encode_intents(intents().iter().map(Intent::borrowed)).unwrap();
+        for n in 1..row.len() {
+            assert!(decode_intents(&row[..n]).is_err(), "cut at {n}");
+        }
+        // An intent for a fourth side of a link of three.
+        let mut link = Link::new(1);
+        link.more = vec![SideState::default()];
+        let i = Intent {
+            link,
+            side: Side::nth(2),
+            op: OpKind::Create {
+                fields: Fields::new(),
+            },
+        };
+        let mut row = encode_intents([i.borrowed()].into_iter()).unwrap();
+        let at = row.len() - 2;
+        assert_eq!(row[at], 2);
+        row[at] = 3;
+        let e = decode_intents(&row).unwrap_err().to_string();
+        assert!(e.contains("a side its link does not have"), "{e}");
     }
 
     #[test]
