@@ -122,6 +122,15 @@ fn has_rows(table: &redb::Table<(&str, u8, &str), &[u8]>, sync: &str) -> Result<
     })
 }
 
+/// Names the row a stored value that did not read came from ("sync items, link 7"), worded
+/// only when it did not.
+fn stored_in(place: impl FnOnce() -> String) -> impl FnOnce(StateError) -> StateError {
+    move |e| match e {
+        StateError::Storage(m) => StateError::Storage(format!("{}: {m}", place())),
+        e => e,
+    }
+}
+
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
 /// are dropped from the index (where they still point at it), ids it gained point at it. Links
 /// from `new_from` on are new: they have nothing stored to replace.
@@ -146,7 +155,10 @@ fn put_links(
         } else {
             links
                 .get((sync, link.id))?
-                .map(|v| link_bytes::head(v.value()))
+                .map(|v| {
+                    link_bytes::head(v.value())
+                        .map_err(stored_in(|| format!("sync {sync}, link {}", link.id)))
+                })
                 .transpose()?
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
@@ -218,8 +230,10 @@ impl LinkCounts {
         }
         let mut counts = LinkCounts::default();
         for item in links.range((sync, 0)..=(sync, u64::MAX))? {
-            let (_, v) = item?;
-            counts.replace(None, link_bytes::head(v.value())?.status);
+            let (k, v) = item?;
+            let head = link_bytes::head(v.value())
+                .map_err(stored_in(|| format!("sync {sync}, link {}", k.value().1)))?;
+            counts.replace(None, head.status);
         }
         Ok(counts)
     }
@@ -1150,7 +1164,8 @@ impl State {
         let mut out = Vec::with_capacity(wanted.len());
         for id in wanted {
             if let Some(v) = links.get((sync, id))? {
-                out.push(link_bytes::decode(v.value())?);
+                let place = || format!("sync {sync}, link {id}");
+                out.push(link_bytes::decode(v.value()).map_err(stored_in(place))?);
             }
         }
         Ok(out)
@@ -1166,7 +1181,9 @@ impl State {
         let t = r.open_table(LINKS)?;
         let mut out = Vec::new();
         for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            out.push(link_bytes::decode(item?.1.value())?);
+            let (k, v) = item?;
+            let place = || format!("sync {sync}, link {}", k.value().1);
+            out.push(link_bytes::decode(v.value()).map_err(stored_in(place))?);
         }
         Ok(out)
     }
@@ -1262,7 +1279,9 @@ impl State {
         let t = r.open_table(INTENTS)?;
         let mut out = Vec::new();
         for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            out.extend(link_bytes::decode_intents(item?.1.value())?);
+            let (k, v) = item?;
+            let place = || format!("sync {sync}, intents {}", k.value().1);
+            out.extend(link_bytes::decode_intents(v.value()).map_err(stored_in(place))?);
         }
         Ok(out)
     }
@@ -1490,7 +1509,8 @@ impl State {
             let sync = record.sync.clone();
             let mut links = w.open_table(LINKS)?;
             let mut link = match links.get((sync.as_str(), record.link))? {
-                Some(v) => link_bytes::decode(v.value())?,
+                Some(v) => link_bytes::decode(v.value())
+                    .map_err(stored_in(|| format!("sync {sync}, link {}", record.link)))?,
                 None => {
                     return Err(StateError::Storage(format!(
                         "conflict {id} names link {} which does not exist",
@@ -1709,6 +1729,22 @@ mod tests {
             .unwrap();
         assert_eq!(state.link_for("items", Side::LEFT, "y").unwrap(), Some(3));
         assert_eq!(state.link_for("items", Side::RIGHT, "r3").unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_damaged_link_names_its_sync_and_id() {
+        let state = State::in_memory().unwrap();
+        let w = state.db.begin_write().unwrap();
+        w.open_table(LINKS)
+            .unwrap()
+            .insert(("items", 7), [1u8, 7].as_slice())
+            .unwrap();
+        w.commit().unwrap();
+        let e = state.links("items", &[], &[7]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "state file: sync items, link 7: damaged: it ends at byte 2 of 2"
+        );
     }
 
     #[test]

@@ -312,7 +312,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn damaged(&self, what: &str) -> StateError {
         StateError::Storage(format!(
-            "a stored link is damaged: {what} at byte {} of {}",
+            "damaged: {what} at byte {} of {}",
             self.at,
             self.b.len()
         ))
