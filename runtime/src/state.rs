@@ -131,6 +131,26 @@ fn stored_in(place: impl FnOnce() -> String) -> impl FnOnce(StateError) -> State
     }
 }
 
+/// Reads every row of `sync` from a table keyed by (sync, number), in key order; a row holds
+/// one item or several. A row that does not read is named by `what` and its number.
+fn read_sync<T, I: IntoIterator<Item = T>>(
+    db: &Database,
+    table: TableDefinition<(&str, u64), &[u8]>,
+    sync: &str,
+    what: &str,
+    decode: impl Fn(&[u8]) -> Result<I, StateError>,
+) -> Result<Vec<T>, StateError> {
+    let r = db.begin_read()?;
+    let t = r.open_table(table)?;
+    let mut out = Vec::new();
+    for item in t.range((sync, 0)..=(sync, u64::MAX))? {
+        let (k, v) = item?;
+        let place = || format!("sync {sync}, {what} {}", k.value().1);
+        out.extend(decode(v.value()).map_err(stored_in(place))?);
+    }
+    Ok(out)
+}
+
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
 /// are dropped from the index (where they still point at it), ids it gained point at it. Links
 /// from `new_from` on are new: they have nothing stored to replace.
@@ -1177,15 +1197,9 @@ impl State {
 
     /// All links of a sync, in id order (for status and tests).
     pub fn all_links(&self, sync: &str) -> Result<Vec<Link>, StateError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LINKS)?;
-        let mut out = Vec::new();
-        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            let (k, v) = item?;
-            let place = || format!("sync {sync}, link {}", k.value().1);
-            out.push(link_bytes::decode(v.value()).map_err(stored_in(place))?);
-        }
-        Ok(out)
+        read_sync(&self.db, LINKS, sync, "link", |b| {
+            link_bytes::decode(b).map(|l| [l])
+        })
     }
 
     /// Dirty links due for a retry at `now`, at most `limit`.
@@ -1275,15 +1289,13 @@ impl State {
     }
 
     pub fn intents(&self, sync: &str) -> Result<Vec<Intent>, StateError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(INTENTS)?;
-        let mut out = Vec::new();
-        for item in t.range((sync, 0)..=(sync, u64::MAX))? {
-            let (k, v) = item?;
-            let place = || format!("sync {sync}, intents {}", k.value().1);
-            out.extend(link_bytes::decode_intents(v.value()).map_err(stored_in(place))?);
-        }
-        Ok(out)
+        read_sync(
+            &self.db,
+            INTENTS,
+            sync,
+            "intents",
+            link_bytes::decode_intents,
+        )
     }
 
     /// Commits one cycle's effects and its cursors together (invariant 1).
@@ -1657,24 +1669,30 @@ mod tests {
         link
     }
 
+    /// Link `id` of records `left` and `r<id>`.
+    fn with_left(id: u64, left: Option<&str>) -> Link {
+        let mut l = link();
+        l.id = id;
+        l.left.id = left.map(str::to_owned);
+        l.right.id = Some(format!("r{id}"));
+        l
+    }
+
+    fn links_commit(links: Vec<Link>) -> CycleCommit {
+        CycleCommit {
+            next_link_id: 6,
+            links,
+            ..CycleCommit::default()
+        }
+    }
+
     #[test]
     fn a_record_id_that_moves_to_an_older_link_in_one_commit_points_at_it() {
         // Link 5 held left record "x"; in one commit link 3 takes "x" and link 5 lets it go.
         // Written link by link, link 3's index entry went in first and link 5's clean-up of
         // its old id then removed it.
         let state = State::in_memory().unwrap();
-        let with_left = |id: u64, left: Option<&str>| {
-            let mut l = link();
-            l.id = id;
-            l.left.id = left.map(str::to_owned);
-            l.right.id = Some(format!("r{id}"));
-            l
-        };
-        let commit = |links: Vec<Link>| CycleCommit {
-            next_link_id: 6,
-            links,
-            ..CycleCommit::default()
-        };
+        let commit = links_commit;
         state
             .commit_cycle(
                 "items",
@@ -1699,18 +1717,8 @@ mod tests {
         // A record id reused (a SQLite rowid after a delete) can be held by two links; the
         // index points at the one that took it last, and keeps pointing there.
         let state = State::in_memory().unwrap();
-        let with_left = |id: u64, left: &str| {
-            let mut l = link();
-            l.id = id;
-            l.left.id = Some(left.to_owned());
-            l.right.id = Some(format!("r{id}"));
-            l
-        };
-        let commit = |links: Vec<Link>| CycleCommit {
-            next_link_id: 6,
-            links,
-            ..CycleCommit::default()
-        };
+        let with_left = |id: u64, left: &str| with_left(id, Some(left));
+        let commit = links_commit;
         state
             .commit_cycle("items", 1, commit(vec![with_left(3, "x")]))
             .unwrap();
