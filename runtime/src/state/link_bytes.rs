@@ -3,8 +3,9 @@
 //!
 //! perf over the 10,000-row UPDATE benchmark found links written and read as JSON taking about
 //! a sixth of the process's CPU: each link decoded when the cycle loads it, decoded again when
-//! the commit replaces it (for the ids and status it had), and encoded. The binary form is a
-//! third smaller and skips parsing text; its header (status and each side's record id) comes
+//! the commit replaces it (for the ids and status it had), and encoded. The binary form is about
+//! a third of the size (104 bytes for the benchmark's link of four fields, 284 as JSON) and
+//! skips parsing text; its header (status and each side's record id) comes
 //! first, so the commit reads only that of the link it replaces ([`head`]).
 //!
 //! Links stored as JSON before (they begin with `{`) still read; a link is written in this form
