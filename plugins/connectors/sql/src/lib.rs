@@ -1837,10 +1837,6 @@ fn id_value(table: &Table, id: &str) -> Result<Value, Error> {
     }
 }
 
-/// Checks the fields of a write against the table before any SQL runs, so a value is never
-/// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
-/// What a row holds now (`now`) that a write did not tell it to: told fields stored otherwise,
-/// and others changed since `before` (an update's row as it was) or set (a create).
 /// The updates among `ops`.
 fn updates_in(ops: &[WriteOp]) -> Vec<&UpdateOp> {
     ops.iter()
@@ -1857,6 +1853,8 @@ fn answers_whole(sizes: impl Iterator<Item = usize>) -> bool {
     sizes.sum::<usize>() <= READ_BACK_BYTES
 }
 
+/// What a row holds now (`now`) that a write did not tell it to: told fields stored otherwise,
+/// and others changed since `before` (an update's row as it was) or set (a create).
 fn stored_otherwise(
     now: Vec<FieldValue>,
     told: &[FieldValue],
@@ -1899,6 +1897,8 @@ fn op_size_of(fields: &[FieldValue]) -> usize {
         .sum()
 }
 
+/// Checks the fields of a write against the table before any SQL runs, so a value is never
+/// stored in a column of another type (SQLite would accept it and corrupt the data quietly).
 fn check_fields(table: &Table, fields: &[FieldValue]) -> Result<(), Error> {
     for f in fields {
         let column = table.column(&f.name).ok_or_else(|| {
