@@ -22,6 +22,8 @@ pub struct CallStats {
     /// Cumulative counts per bucket of [`CALL_BUCKETS`], then +Inf.
     pub buckets: [u64; CALL_BUCKETS.len() + 1],
     pub seconds: f64,
+    /// Of `seconds`, the time the calls spent in the host's SQL capability.
+    pub sql_seconds: f64,
 }
 
 /// One connection's HTTP requests.
@@ -59,6 +61,7 @@ pub fn plugin_call(
     func: &'static str,
     outcome: &'static str,
     took: Duration,
+    sql: Duration,
 ) {
     let seconds = took.as_secs_f64();
     let mut r = registry();
@@ -74,6 +77,7 @@ pub fn plugin_call(
     }
     s.buckets[CALL_BUCKETS.len()] += 1;
     s.seconds += seconds;
+    s.sql_seconds += sql.as_secs_f64();
 }
 
 /// Records one HTTP request of a connection: its status (none: no response) and how long it

@@ -296,6 +296,18 @@ fn plugins(out: &mut Out) {
         out.sample("duplex_plugin_call_duration_seconds_count", &labels, count);
     }
     out.family(
+        "duplex_plugin_sql_seconds_total",
+        "counter",
+        "Of the plugins' call time, the time spent in the host's SQL capability: round trips and the database's work. The rest is the plugin's own work and its values crossing the sandbox.",
+    );
+    for ((plugin, connection), c) in &calls {
+        out.sample(
+            "duplex_plugin_sql_seconds_total",
+            &[("plugin", plugin), ("connection", connection)],
+            c.sql_seconds,
+        );
+    }
+    out.family(
         "duplex_plugin_instances",
         "gauge",
         "Plugin instances alive now, each in a store of its own. An idle realtime sync whose sides announce changes keeps none.",

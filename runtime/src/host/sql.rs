@@ -44,6 +44,16 @@ pub struct SqlState {
     /// What the store did since [`SqlState::trace_from_here`]: whether a call came down to
     /// one wait the host can make again without the plugin ([`Wait`]).
     trace: Trace,
+    /// The database's share of the plugin's calls: see [`SqlState::take_spent`].
+    spent: Spent,
+}
+
+/// Time a store spent in the host's SQL capability (the round trip, the database's work, values
+/// bound and decoded), and how many calls made it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Spent {
+    pub time: std::time::Duration,
+    pub calls: u32,
 }
 
 /// What a store did with its databases since a point: nothing, one wait for changes and then
@@ -97,6 +107,7 @@ impl SqlState {
             open: 0,
             waiter: None,
             trace: Trace::Nothing,
+            spent: Spent::default(),
         }
     }
 
@@ -118,6 +129,13 @@ impl SqlState {
             Trace::Waited { wait, changed } => Some((wait.clone(), *changed)),
             Trace::Nothing | Trace::Other => None,
         }
+    }
+
+    /// What the store spent in SQL calls since the last time this was asked, which is the
+    /// start of the plugin call that asks it: a call's time less this is the plugin's own
+    /// work and its values crossing the sandbox's boundary.
+    pub fn take_spent(&mut self) -> Spent {
+        std::mem::take(&mut self.spent)
     }
 
     /// Something other than a wait happened: an earlier wait was not the last thing done.
@@ -255,15 +273,21 @@ impl Backend {
     }
 }
 
-/// Runs one method on whichever backend a connection has.
+/// Runs one method on whichever backend a connection has, counting its time in the store's
+/// [`Spent`].
 macro_rules! on_backend {
-    ($self:ident, $conn:ident, $c:ident => $call:expr) => {
-        Ok(match &mut $self.table.get_mut(&$conn)?.backend {
+    ($self:ident, $conn:ident, $c:ident => $call:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &mut $self.table.get_mut(&$conn)?.backend {
             Backend::Sqlite($c) => $call,
             Backend::Postgres($c) => $call,
             Backend::MySql($c) => $call,
-        })
-    };
+        };
+        let spent = &mut $self.states.sql.spent;
+        spent.time += started.elapsed();
+        spent.calls += 1;
+        Ok(result)
+    }};
 }
 
 impl wit::Host for HostView<'_> {

@@ -352,7 +352,7 @@ impl<B> Sandbox<B> {
     ) -> Result<R, CallError> {
         // Not instantiated (instantiation failed) or failed since: never entered again.
         let (Some(bindings), false) = (&self.bindings, self.poisoned) else {
-            self.count(func, "poisoned", Duration::ZERO);
+            self.count(func, "poisoned", Duration::ZERO, Duration::ZERO);
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
@@ -371,7 +371,7 @@ impl<B> Sandbox<B> {
         call: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> CallFuture<'s, R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
-            self.count(func, "poisoned", Duration::ZERO);
+            self.count(func, "poisoned", Duration::ZERO, Duration::ZERO);
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
@@ -384,13 +384,14 @@ impl<B> Sandbox<B> {
     }
 
     /// Counts a call for `/metrics` ([`crate::telemetry`]).
-    fn count(&self, func: &'static str, outcome: &'static str, took: Duration) {
+    fn count(&self, func: &'static str, outcome: &'static str, took: Duration, sql: Duration) {
         let c = self.caller();
-        crate::telemetry::plugin_call(&c.plugin, &c.connection, func, outcome, took);
+        crate::telemetry::plugin_call(&c.plugin, &c.connection, func, outcome, took, sql);
     }
 
     fn prepare(store: &mut Store<StoreState>) {
         store.data_mut().cpu_ticks = 0;
+        store.data_mut().host.sql.take_spent();
         store.set_epoch_deadline(1);
     }
 
@@ -410,7 +411,19 @@ impl<B> Sandbox<B> {
             Err(CallError::Timeout { .. }) => "timeout",
             Err(_) => "trap",
         };
-        self.count(func, label, started.elapsed());
+        let took = started.elapsed();
+        // The call's time beside its SQL calls' (the round trips and the database's work): the
+        // rest is the plugin's own work and its values crossing the sandbox's boundary.
+        let sql = self.store.data_mut().host.sql.take_spent();
+        self.count(func, label, took, sql.time);
+        let c = self.caller();
+        tracing::debug!(
+            plugin = %c.plugin, connection = %c.connection, func, outcome = label,
+            took_ms = %format_args!("{:.1}", took.as_secs_f64() * 1e3),
+            sql_ms = %format_args!("{:.1}", sql.time.as_secs_f64() * 1e3),
+            sql_calls = sql.calls,
+            "plugin call"
+        );
         result
     }
 
