@@ -127,6 +127,10 @@ impl PluginHost {
         config.epoch_interruption(true);
         // Component-model async is not used by the 0.1 worlds; off, calls are cheaper.
         config.concurrency_support(false);
+        // For profiling with `perf`: the compiled plugins' functions named in /tmp/perf-PID.map.
+        if std::env::var_os("DUPLEX_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let linker = Arc::new(linker(&engine)?);
         Ok(PluginHost {
