@@ -356,8 +356,8 @@ fn decode_err(column: &str, e: sqlx::error::BoxDynError) -> Error {
     Error::Permanent(format!("column {column}: {e}"))
 }
 
-/// Decodes a value whose type was matched by name: straight from the raw value, where
-/// `try_get` would look the value up again and check the type again, a fifth of reading a row.
+/// Decodes a value whose type was matched by name, straight from the raw value: `try_get`
+/// would look the value up again and check its type again.
 fn decode<'r, DB: sqlx::Database, T: Decode<'r, DB>>(
     raw: &<DB as sqlx::Database>::ValueRef<'r>,
     column: &str,
