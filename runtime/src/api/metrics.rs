@@ -298,7 +298,7 @@ fn plugins(out: &mut Out) {
     out.family(
         "duplex_plugin_sql_seconds_total",
         "counter",
-        "Of the plugins' call time, the time spent in the host's SQL capability: round trips and the database's work. The rest is the plugin's own work and its values crossing the sandbox.",
+        "Of the plugins' call time, the time spent in the host's SQL capability: connections opened or taken from the pool, round trips and the database's work (not waits for changes). The rest is the plugin's own work and its values crossing the sandbox.",
     );
     for ((plugin, connection), c) in &calls {
         out.sample(

@@ -48,12 +48,20 @@ pub struct SqlState {
     spent: Spent,
 }
 
-/// Time a store spent in the host's SQL capability (the round trip, the database's work, values
-/// bound and decoded), and how many calls made it.
+/// Time a store spent in the host's SQL capability (opening a connection or taking one from
+/// the pool, round trips, the database's work, values bound and decoded), and how many calls
+/// made it. A wait for changes is not counted: it is waiting, not work.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Spent {
     pub time: std::time::Duration,
     pub calls: u32,
+}
+
+impl Spent {
+    fn add(&mut self, started: std::time::Instant) {
+        self.time += started.elapsed();
+        self.calls += 1;
+    }
 }
 
 /// What a store did with its databases since a point: nothing, one wait for changes and then
@@ -283,9 +291,7 @@ macro_rules! on_backend {
             Backend::Postgres($c) => $call,
             Backend::MySql($c) => $call,
         };
-        let spent = &mut $self.states.sql.spent;
-        spent.time += started.elapsed();
-        spent.calls += 1;
+        $self.states.sql.spent.add(started);
         Ok(result)
     }};
 }
@@ -307,7 +313,10 @@ impl wit::Host for HostView<'_> {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        let backend = match Backend::open(target, &self.states.sql.shared.sql).await {
+        let started = std::time::Instant::now();
+        let opened = Backend::open(target, &self.states.sql.shared.sql).await;
+        self.states.sql.spent.add(started);
+        let backend = match opened {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
