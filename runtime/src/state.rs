@@ -347,10 +347,12 @@ fn put_conflicts(
     Ok(())
 }
 
-/// A link as stored. Once both sides agree, each side's `seen` equals the base; such a side is
-/// written as `seen_is_base` instead of a second and third copy of the fields, which made up
-/// most of every link and of every intent. What is empty, false or unknown is left out. Links
-/// stored before carry `seen` in full and every key, and read the same.
+/// A link in the JSON form earlier versions stored (links are now stored in binary, see
+/// [`link_bytes`]); only the tests write it, to check that such a state still reads. Once both
+/// sides agree, each side's `seen` equals the base; such a side is written as `seen_is_base`
+/// instead of a second and third copy of the fields. What is empty, false or unknown is left
+/// out. Links stored before that carry `seen` in full and every key, and read the same.
+#[cfg(test)]
 #[derive(Serialize)]
 struct LinkOut<'a> {
     id: u64,
@@ -369,6 +371,7 @@ struct LinkOut<'a> {
     status: LinkStatus,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct SideOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -427,6 +430,7 @@ struct SideIn {
     counted: Fields,
 }
 
+#[cfg(test)]
 impl<'a> SideOut<'a> {
     fn of(side: &'a SideState, base: &Fields) -> SideOut<'a> {
         let is_base = side.seen.as_ref().is_some_and(|seen| same_text(seen, base));
@@ -463,6 +467,7 @@ impl SideIn {
     }
 }
 
+#[cfg(test)]
 impl Serialize for Link {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         LinkOut {
@@ -658,9 +663,11 @@ pub struct Intent {
     pub op: OpKind,
 }
 
-/// An intent as stored. A create usually writes exactly the link's base (a record seen for the
+/// An intent in the JSON form earlier versions stored (now binary, see [`link_bytes`]); only
+/// the tests write it. A create usually writes exactly the link's base (a record seen for the
 /// first time); it is stored as `create_base` instead of a second copy of the fields. Intents
-/// stored before carry the op in full and read the same.
+/// stored before that carry the op in full and read the same.
+#[cfg(test)]
 #[derive(Serialize)]
 struct IntentOut<'a> {
     link: &'a Link,
@@ -690,6 +697,7 @@ pub struct IntentRef<'a> {
     pub op: &'a OpKind,
 }
 
+#[cfg(test)]
 impl Serialize for IntentRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let create_base =
@@ -714,6 +722,7 @@ impl Intent {
     }
 }
 
+#[cfg(test)]
 impl Serialize for Intent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.borrowed().serialize(s)
