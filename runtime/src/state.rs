@@ -131,6 +131,11 @@ fn stored_in(place: impl FnOnce() -> String) -> impl FnOnce(StateError) -> State
     }
 }
 
+/// [`stored_in`] for link `id` of `sync`.
+fn in_link(sync: &str, id: u64) -> impl FnOnce(StateError) -> StateError + '_ {
+    stored_in(move || format!("sync {sync}, link {id}"))
+}
+
 /// Reads every row of `sync` from a table keyed by (sync, number), in key order; a row holds
 /// one item or several. A row that does not read is named by `what` and its number.
 fn read_sync<T, I: IntoIterator<Item = T>>(
@@ -175,10 +180,7 @@ fn put_links(
         } else {
             links
                 .get((sync, link.id))?
-                .map(|v| {
-                    link_bytes::head(v.value())
-                        .map_err(stored_in(|| format!("sync {sync}, link {}", link.id)))
-                })
+                .map(|v| link_bytes::head(v.value()).map_err(in_link(sync, link.id)))
                 .transpose()?
         };
         counts.replace(old.as_ref().map(|o| o.status), link.status);
@@ -251,8 +253,7 @@ impl LinkCounts {
         let mut counts = LinkCounts::default();
         for item in links.range((sync, 0)..=(sync, u64::MAX))? {
             let (k, v) = item?;
-            let head = link_bytes::head(v.value())
-                .map_err(stored_in(|| format!("sync {sync}, link {}", k.value().1)))?;
+            let head = link_bytes::head(v.value()).map_err(in_link(sync, k.value().1))?;
             counts.replace(None, head.status);
         }
         Ok(counts)
@@ -1193,8 +1194,7 @@ impl State {
         let mut out = Vec::with_capacity(wanted.len());
         for id in wanted {
             if let Some(v) = links.get((sync, id))? {
-                let place = || format!("sync {sync}, link {id}");
-                out.push(link_bytes::decode(v.value()).map_err(stored_in(place))?);
+                out.push(link_bytes::decode(v.value()).map_err(in_link(sync, id))?);
             }
         }
         Ok(out)
@@ -1530,8 +1530,7 @@ impl State {
             let sync = record.sync.clone();
             let mut links = w.open_table(LINKS)?;
             let mut link = match links.get((sync.as_str(), record.link))? {
-                Some(v) => link_bytes::decode(v.value())
-                    .map_err(stored_in(|| format!("sync {sync}, link {}", record.link)))?,
+                Some(v) => link_bytes::decode(v.value()).map_err(in_link(&sync, record.link))?,
                 None => {
                     return Err(StateError::Storage(format!(
                         "conflict {id} names link {} which does not exist",
