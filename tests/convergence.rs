@@ -1114,31 +1114,62 @@ async fn a_batch_read_ahead_is_read_again_when_the_cycle_writes_its_side_after_a
 }
 
 /// A write too big for the side's plugin does not fail the same way for ever: the side is
-/// written in halves from then on, and the ops of the failed call are checked and retried.
+/// written in halves from then on, and the ops of the failed call are checked and retried,
+/// within the run: they are due again at once (after the next cycle's recovery has checked
+/// them), not after the backoff of a failed record. Before, each halving waited 1 s, then 2 s,
+/// and `run --once` stopped with the records not written.
 #[tokio::test]
-async fn a_write_too_big_for_the_plugin_is_retried_in_smaller_pieces() {
+async fn a_write_too_big_for_the_plugin_goes_on_in_halves_without_waiting() {
     let (left, right) = (Shared::new(""), Shared::new("r"));
     right.0.borrow_mut().write_limit = Some(3);
     let mut runner = lww_runner(&left, &right, 20);
     let state = State::in_memory().unwrap();
     create_people(&left, 10);
     let mut now = 1_000_000;
-    for _ in 0..20 {
-        // Past every retry's backoff.
-        now += 700_000_000;
-        runner.cycle(&state, now).await.expect("cycle");
+    let mut cycles = 0;
+    loop {
+        // A millisecond a cycle: far below the first backoff (1 s).
+        now += 1_000;
+        cycles += 1;
+        let report = runner.cycle(&state, now).await.expect("cycle");
+        if report.idle() || cycles == 10 {
+            break;
+        }
     }
-    let r = right.0.borrow();
-    let mut mails: Vec<&Value> = r.records.values().map(|f| &f["mail"]).collect();
-    mails.sort_by_key(|v| format!("{v:?}"));
-    mails.dedup();
-    assert_eq!(r.records.len(), 10, "every record once: {:?}", r.records);
-    assert_eq!(mails.len(), 10);
+    {
+        let r = right.0.borrow();
+        let mut mails: Vec<&Value> = r.records.values().map(|f| &f["mail"]).collect();
+        mails.sort_by_key(|v| format!("{v:?}"));
+        mails.dedup();
+        assert_eq!(r.records.len(), 10, "every record once, in {cycles} cycles");
+        assert_eq!(mails.len(), 10);
+    }
     assert_eq!(
         state.all_links("people").unwrap().len(),
         10,
         "one link each"
     );
+    assert!(
+        state.dirty("people").unwrap().is_empty(),
+        "nothing left waiting for a retry"
+    );
+    // Each call too big halves the size (10, then 5, then 2) and leaves its records due
+    // again at once.
+    assert!(cycles <= 4, "{cycles} cycles");
+    // A record that fails alone is not due at once: one op cannot be halved, and a record that
+    // keeps failing must not hammer the system.
+    right.0.borrow_mut().write_limit = Some(0);
+    left.0.borrow_mut().user_create(&[
+        ("email", Value::Text("solo@example.com".into())),
+        ("name", Value::Text("Solo".into())),
+    ]);
+    for _ in 0..3 {
+        now += 1_000;
+        runner.cycle(&state, now).await.expect("cycle");
+    }
+    let waiting = state.dirty("people").unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(waiting[0].1.due_at >= now, "backed off: {waiting:?}");
 }
 
 /// A crash after a cycle of many creates leaves many intents to check. Against a side whose

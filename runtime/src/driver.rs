@@ -1959,11 +1959,13 @@ impl<S: SideIo> SyncRunner<S> {
                         // halves. These ops are not sent again now, as the failed call may have
                         // applied them; like any write whose outcome is unknown, they are kept
                         // as intents, checked by the next cycle's recovery and retried as
-                        // dirty links, in the smaller chunks.
+                        // dirty links, in the smaller chunks: due at once, as the next try
+                        // differs from this one.
                         let tried = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
                         if e.over_limit && size.too_big(tried) {
                             tracing::warn!(sync = %sync, side = %side, error = %e,
                                 "writing {tried} ops at once was more than the plugin could hold; writing {} at a time for now", size.now);
+                            commit.dirty_now.extend(chunk.iter().map(|op| op.link));
                         }
                         vec![Err(WitError::Transient(e.message)); chunk.len()]
                     }

@@ -1030,6 +1030,10 @@ pub struct CycleCommit {
     pub rejected: Vec<(Side, String, String, Option<StoredChange>)>,
     pub cleared: Vec<(Side, String)>,
     pub dirty: Vec<(u64, String)>,
+    /// Of `dirty`, links due again at once rather than backed off: their write was more than
+    /// the plugin could hold at once, and later writes are smaller. Their attempts do not
+    /// count up, so a record that then fails on its own backs off from the first step.
+    pub dirty_now: BTreeSet<u64>,
     pub clean: Vec<u64>,
     pub activity: Vec<Activity>,
     pub stats: SyncStats,
@@ -1386,19 +1390,27 @@ impl State {
                 }
             }
             for (link, reason) in &c.dirty {
-                let attempts = dirty
+                let before = dirty
                     .get((sync, *link))?
                     .map(|v| dec::<Dirty>(v.value()))
                     .transpose()?
-                    .map_or(0, |d| d.attempts)
-                    + 1;
-                // Back off 1 s, 2 s, 4 s ... up to 10 minutes: a bad record never blocks the
-                // others, and never hammers the system either.
-                let delay = 1_000_000i64 << attempts.min(10).saturating_sub(1);
-                let d = Dirty {
-                    due_at: now + delay.min(600_000_000),
-                    attempts,
-                    reason: reason.clone(),
+                    .map_or(0, |d| d.attempts);
+                let d = if c.dirty_now.contains(link) {
+                    Dirty {
+                        due_at: now,
+                        attempts: before,
+                        reason: reason.clone(),
+                    }
+                } else {
+                    // Back off 1 s, 2 s, 4 s ... up to 10 minutes: a bad record never blocks
+                    // the others, and never hammers the system either.
+                    let attempts = before + 1;
+                    let delay = 1_000_000i64 << attempts.min(10).saturating_sub(1);
+                    Dirty {
+                        due_at: now + delay.min(600_000_000),
+                        attempts,
+                        reason: reason.clone(),
+                    }
                 };
                 dirty.insert((sync, *link), enc(&d)?.as_slice())?;
             }
