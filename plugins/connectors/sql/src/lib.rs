@@ -501,39 +501,6 @@ impl SqlConnector {
             .collect()
     }
 
-    /// A row selected with [`Self::select_list`].
-    fn record(&self, table: &Table, row: Row<'_>) -> Record {
-        let (fields, version) = self.fields_of(table, row.fields());
-        let id = row
-            .get(&table.pk)
-            .map(Value::to_plain_string)
-            .unwrap_or_default();
-        (id, fields, version)
-    }
-
-    /// A row's fields as a record holds them, and the version among them.
-    fn fields_of<'r>(
-        &self,
-        table: &Table,
-        row: impl Iterator<Item = (&'r str, &'r Value)>,
-    ) -> (Vec<FieldValue>, Option<String>) {
-        let mut version = None;
-        let fields: Vec<FieldValue> = row
-            .filter_map(|(name, value)| {
-                if name == VERSION_COLUMN {
-                    // A row with no entry in `_duplex_rows` yet has none (see `with_versions`).
-                    if !matches!(value, Value::Null) {
-                        version = Some(value.to_plain_string());
-                    }
-                    return None;
-                }
-                let ty = table.column(name).map(|c| c.field_type);
-                Some(FieldValue::new(name, shape(value.clone(), ty)))
-            })
-            .collect();
-        (fields, version)
-    }
-
     /// Records with their versions, looked up in `_duplex_rows` where the rows do not carry
     /// them. A row the capture has no version for yet (written before it was installed) is at
     /// version 0.
@@ -608,8 +575,8 @@ impl SqlConnector {
                 std::slice::from_ref(after),
             )?,
         };
-        let records: Vec<Record> = rows.iter().map(|r| self.record(table, r)).collect();
         let last_key = rows.iter().last().and_then(|r| r.get(&table.pk).cloned());
+        let records = ResultColumns::of(table, &rows.columns).records(rows.rows);
         let full = records.len() as u32 >= max;
         let changes = self
             .with_versions(db, table, records)?
@@ -807,8 +774,8 @@ impl SqlConnector {
                 ),
                 chunk,
             )?;
-            for r in rows.iter() {
-                let record = self.record(table, r);
+            let plan = ResultColumns::of(table, &rows.columns);
+            for record in plan.records(rows.rows) {
                 out.insert(record.0.clone(), record);
             }
         }
@@ -1233,23 +1200,30 @@ impl SqlConnector {
             .iter()
             .map(|u| (u.id.as_str(), u.fields.as_slice()))
             .collect();
-        let mut answered: BTreeMap<String, (Option<String>, Vec<FieldValue>)> = returned
-            .iter()
-            .map(|r| {
-                if !whole {
+        let mut answered: BTreeMap<String, (Option<String>, Vec<FieldValue>)> = if whole {
+            let width = new_width.min(returned.columns.len());
+            let new_row = ResultColumns::of(table, &returned.columns[..width]);
+            let old_row = ResultColumns::of(table, &returned.columns[width..]);
+            returned
+                .rows
+                .into_iter()
+                .map(|mut row| {
+                    let old = row.split_off(width.min(row.len()));
+                    let (id, now, version) = new_row.record(row);
+                    let (before, _) = old_row.fields(old);
+                    let told = told.get(id.as_str()).copied().unwrap_or_default();
+                    (id, (version, stored_otherwise(now, told, Some(&before))))
+                })
+                .collect()
+        } else {
+            returned
+                .iter()
+                .map(|r| {
                     let (id, _, version) = self.returned(r);
-                    return (id, (version, Vec::new()));
-                }
-                let id = r
-                    .get(&table.pk)
-                    .map(Value::to_plain_string)
-                    .unwrap_or_default();
-                let (now, version) = self.fields_of(table, r.fields().take(new_width));
-                let (before, _) = self.fields_of(table, r.fields().skip(new_width));
-                let told = told.get(id.as_str()).copied().unwrap_or_default();
-                (id, (version, stored_otherwise(now, told, Some(&before))))
-            })
-            .collect();
+                    (id, (version, Vec::new()))
+                })
+                .collect()
+        };
         updates
             .iter()
             .map(|u| match answered.remove(&u.id) {
@@ -1538,16 +1512,11 @@ impl SqlConnector {
             }
         );
         let returned = db.query(&sql, &params)?;
-        let records: Vec<Record> = returned
-            .iter()
-            .map(|r| {
-                if whole {
-                    self.record(table, r)
-                } else {
-                    self.returned(r)
-                }
-            })
-            .collect();
+        let records: Vec<Record> = if whole {
+            ResultColumns::of(table, &returned.columns).records(returned.rows)
+        } else {
+            returned.iter().map(|r| self.returned(r)).collect()
+        };
         if records.len() != creates.len() {
             return Err(Error::permanent(
                 "the insert returned a key per row it did not make",
@@ -1806,6 +1775,67 @@ fn moved(table: &Table, id: &str, now: &str, expected: &str) -> Error {
 
 /// A value as its column declares it, where the driver could not tell: MariaDB reports text
 /// with a binary collation (its JSON columns, for one) as bytes.
+/// What each column of a result selected with [`SqlConnector::select_list`] is to a record,
+/// worked out once per result: the columns are not looked up by name for every value, and the
+/// values are moved into the records, not cloned one by one.
+struct ResultColumns {
+    /// Each column's field name and type; none for the version column.
+    fields: Vec<Option<(String, Option<FieldType>)>>,
+    /// The primary key's column, whose value is the record's id.
+    pk: Option<usize>,
+}
+
+impl ResultColumns {
+    fn of(table: &Table, columns: &[String]) -> ResultColumns {
+        ResultColumns {
+            fields: columns
+                .iter()
+                .map(|name| {
+                    (name != VERSION_COLUMN)
+                        .then(|| (name.clone(), table.column(name).map(|c| c.field_type)))
+                })
+                .collect(),
+            pk: columns.iter().position(|c| *c == table.pk),
+        }
+    }
+
+    /// The records of `rows`, in order.
+    fn records(&self, rows: Vec<Vec<Value>>) -> Vec<Record> {
+        rows.into_iter().map(|row| self.record(row)).collect()
+    }
+
+    fn record(&self, row: Vec<Value>) -> Record {
+        let id = self
+            .pk
+            .and_then(|i| row.get(i))
+            .map(Value::to_plain_string)
+            .unwrap_or_default();
+        let (fields, version) = self.fields(row);
+        (id, fields, version)
+    }
+
+    /// A row's fields as a record holds them, and the version among them.
+    fn fields(&self, row: Vec<Value>) -> (Vec<FieldValue>, Option<String>) {
+        let mut version = None;
+        let fields = self
+            .fields
+            .iter()
+            .zip(row)
+            .filter_map(|(field, value)| match field {
+                Some((name, ty)) => Some(FieldValue::new(name.clone(), shape(value, *ty))),
+                None => {
+                    // A row with no entry in `_duplex_rows` yet has none (see `with_versions`).
+                    if !matches!(value, Value::Null) {
+                        version = Some(value.to_plain_string());
+                    }
+                    None
+                }
+            })
+            .collect();
+        (fields, version)
+    }
+}
+
 fn shape(v: Value, ty: Option<FieldType>) -> Value {
     match (v, ty) {
         (Value::Bytes(b), Some(FieldType::Text)) => match String::from_utf8(b) {
