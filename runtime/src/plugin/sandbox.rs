@@ -112,12 +112,15 @@ const MAX_HANDLES: usize = 1024;
 pub(crate) struct Limiter {
     memory_bytes: usize,
     denied: Option<usize>,
+    /// The instance's linear memories together, as large as they have grown: a wasm memory
+    /// never shrinks, so this is the most the plugin has held so far.
+    held: usize,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -125,6 +128,7 @@ impl ResourceLimiter for Limiter {
             self.denied = Some(desired);
             return Ok(false);
         }
+        self.held += desired.saturating_sub(current);
         Ok(true)
     }
 
@@ -187,6 +191,7 @@ pub(crate) fn new_store(
         limiter: Limiter {
             memory_bytes: limits.memory_bytes,
             denied: None,
+            held: 0,
         },
         stderr,
         cpu_ticks: 0,
@@ -416,12 +421,14 @@ impl<B> Sandbox<B> {
         // rest is the plugin's own work and its values crossing the sandbox's boundary.
         let sql = self.store.data_mut().host.sql.take_spent();
         self.count(func, label, took, sql.time);
+        let held = self.store.data().limiter.held;
         let c = self.caller();
         tracing::debug!(
             plugin = %c.plugin, connection = %c.connection, func, outcome = label,
             took_ms = %format_args!("{:.1}", took.as_secs_f64() * 1e3),
             sql_ms = %format_args!("{:.1}", sql.time.as_secs_f64() * 1e3),
             sql_calls = sql.calls,
+            memory_mib = %format_args!("{:.1}", held as f64 / f64::from(1 << 20)),
             "plugin call"
         );
         result
