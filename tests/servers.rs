@@ -265,6 +265,52 @@ async fn every_mariadb_type_round_trips() {
     type_round_trip("mysql", MY_TYPES, "by_").await;
 }
 
+/// The connector lists PostgreSQL's tables from the catalogue (cheaper to plan than
+/// information_schema, and asked by every schema check): the same tables information_schema
+/// calls base tables, plain and partitioned, and no view, materialized view, sequence, table of
+/// another schema or table of the capture's own.
+#[tokio::test]
+async fn postgres_tables_are_those_information_schema_calls_base_tables() {
+    let Some(db) = ServerDb::new("postgres").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE plain (id INT PRIMARY KEY, v TEXT);
+         CREATE TABLE parts (id INT PRIMARY KEY, v TEXT) PARTITION BY RANGE (id);
+         CREATE TABLE parts_low PARTITION OF parts FOR VALUES FROM (0) TO (100);
+         CREATE TABLE \"Mixed Case\" (id INT PRIMARY KEY);
+         CREATE VIEW a_view AS SELECT * FROM plain;
+         CREATE MATERIALIZED VIEW a_matview AS SELECT * FROM plain;
+         CREATE SEQUENCE a_sequence;
+         CREATE SCHEMA elsewhere;
+         CREATE TABLE elsewhere.hidden (id INT PRIMARY KEY);
+         CREATE TABLE _duplex_own (id INT PRIMARY KEY);",
+    )
+    .await;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let base: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+         AND table_name NOT LIKE '\\_duplex\\_%' ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let streams = plugin
+        .session()
+        .await
+        .unwrap()
+        .discover(&db.config())
+        .await
+        .unwrap();
+    let mut found: Vec<String> = streams.into_iter().map(|s| s.name).collect();
+    found.sort();
+    assert_eq!(found, base);
+    assert_eq!(found, ["Mixed Case", "parts", "parts_low", "plain"]);
+}
+
 /// A transaction that took an earlier log position but commits later is read, not skipped.
 async fn late_commit_is_not_skipped(kind: &'static str, schema: &str) {
     let Some(db) = ServerDb::new(kind).await else {
