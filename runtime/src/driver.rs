@@ -1090,12 +1090,8 @@ impl<S: SideIo> SyncRunner<S> {
         side: Side,
         fields: &[plugin::FieldValue],
     ) -> Result<Fields, engine::MapError> {
-        self.spec.map_in(
-            side,
-            fields
-                .iter()
-                .map(|f| (f.name.as_str(), f.value.clone().into())),
-        )
+        self.spec
+            .map_in(side, fields.iter().map(|f| (f.name.as_str(), &f.value)))
     }
 
     /// Waits up to `timeout` for a side to announce changes (see [`Announced`]).

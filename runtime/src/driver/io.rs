@@ -242,6 +242,12 @@ impl From<plugin::Value> for engine::Value {
     }
 }
 
+impl From<&plugin::Value> for engine::Value {
+    fn from(v: &plugin::Value) -> Self {
+        v.clone().into()
+    }
+}
+
 impl From<engine::Value> for plugin::Value {
     fn from(v: engine::Value) -> Self {
         use engine::Value as E;

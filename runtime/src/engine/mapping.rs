@@ -355,12 +355,14 @@ impl SyncSpec {
 
     /// A side's record in common names and types. Fields the sync does not map are left out;
     /// fields the record lacks are absent (not null).
-    pub fn map_in<'a>(
+    pub fn map_in<'a, V: Into<Value>>(
         &self,
         side: Side,
-        fields: impl IntoIterator<Item = (&'a str, Value)>,
+        fields: impl IntoIterator<Item = (&'a str, V)>,
     ) -> Result<Fields, MapError> {
-        let mut by_name: BTreeMap<&str, Value> = fields.into_iter().collect();
+        // Values are taken (a side's value converted, a copy made) only for fields mapped
+        // here: a table's other columns cost nothing.
+        let mut by_name: BTreeMap<&str, V> = fields.into_iter().collect();
         let mut out = Fields::new();
         for f in &self.fields {
             let name = f.side_name(side);
@@ -371,9 +373,11 @@ impl SyncSpec {
             if self.stopped_on(&f.name, side) {
                 continue;
             }
-            let v = convert(f.translate_in(side, v), f.left_type).map_err(|message| MapError {
-                field: name.to_owned(),
-                message,
+            let v = convert(f.translate_in(side, v.into()), f.left_type).map_err(|message| {
+                MapError {
+                    field: name.to_owned(),
+                    message,
+                }
             })?;
             out.insert(f.name.clone(), v);
         }

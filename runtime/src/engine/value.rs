@@ -36,7 +36,12 @@ impl PartialEq for Value {
             // By bits: a NaN equals itself, so it is not a change forever.
             (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
             // Canonical on the way in, so equal text is the common case and needs no parsing.
-            (Decimal(a), Decimal(b)) => a == b || canonical_decimal(a) == canonical_decimal(b),
+            // Two canonical texts that differ are different numbers: nothing to build.
+            (Decimal(a), Decimal(b)) => {
+                a == b
+                    || (!(is_canonical_decimal(a) && is_canonical_decimal(b))
+                        && canonical_decimal(a) == canonical_decimal(b))
+            }
             (Text(a), Text(b)) | (Json(a), Json(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
             (Time(a), Time(b)) => a == b,
@@ -70,10 +75,11 @@ impl Value {
         }
     }
 
-    /// Makes the value canonical in place.
+    /// Makes the value canonical in place; a decimal already canonical (most are, as
+    /// databases print them) keeps its text.
     pub fn canonical(self) -> Value {
         match self {
-            Value::Decimal(d) => Value::Decimal(canonical_decimal(&d)),
+            Value::Decimal(d) if !is_canonical_decimal(&d) => Value::Decimal(canonical_decimal(&d)),
             v => v,
         }
     }
@@ -118,6 +124,25 @@ pub fn canonical_decimal(s: &str) -> String {
     } else {
         body
     }
+}
+
+/// Whether [`canonical_decimal`] returns `s` as it is, told without building the canonical text.
+pub fn is_canonical_decimal(s: &str) -> bool {
+    if !is_plain_decimal(s) {
+        return true;
+    }
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = match digits.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (digits, None),
+    };
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    let int_ok = int == "0" || (!int.is_empty() && !int.starts_with('0') && all_digits(int));
+    let frac_ok = frac.is_none_or(|f| !f.is_empty() && !f.ends_with('0') && all_digits(f));
+    int_ok && frac_ok && !(neg && int == "0" && frac.is_none())
 }
 
 /// An optional sign, digits, an optional point and more digits: what SQL calls a decimal literal.
@@ -208,6 +233,33 @@ mod tests {
         assert_eq!(
             Value::Decimal("10.50".into()),
             Value::Decimal("10.5".into())
+        );
+    }
+
+    /// Every string of up to six characters from digits, signs, a point and a space: the quick
+    /// test says canonical exactly where building the canonical text gives the same text.
+    #[test]
+    fn a_canonical_decimal_is_told_without_building_it() {
+        const ALPHABET: [char; 7] = ['0', '1', '9', '-', '+', '.', ' '];
+        let mut checked = 0;
+        let mut canonical = 0;
+        for len in 0..=6u32 {
+            for mut n in 0..7usize.pow(len) {
+                let mut s = String::new();
+                for _ in 0..len {
+                    s.push(ALPHABET[n % 7]);
+                    n /= 7;
+                }
+                let same = canonical_decimal(&s) == s;
+                assert_eq!(is_canonical_decimal(&s), same, "{s:?}");
+                checked += 1;
+                canonical += usize::from(same && is_plain_decimal(&s));
+            }
+        }
+        assert_eq!(checked, 137_257);
+        assert!(
+            canonical > 1_000,
+            "{canonical} canonical decimals among them"
         );
     }
 
