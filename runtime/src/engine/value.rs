@@ -75,8 +75,8 @@ impl Value {
         }
     }
 
-    /// Makes the value canonical in place; a decimal already canonical (most are, as
-    /// databases print them) keeps its text.
+    /// Makes the value canonical in place; a decimal already canonical (most are, as the host
+    /// reads them) keeps its text.
     pub fn canonical(self) -> Value {
         match self {
             Value::Decimal(d) if !is_canonical_decimal(&d) => Value::Decimal(canonical_decimal(&d)),
