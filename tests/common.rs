@@ -19,6 +19,17 @@ pub fn instances_alive(prefix: &str) -> u64 {
         .sum()
 }
 
+/// The streams `plugin` discovers with `config`, from a session of its own.
+pub async fn streams(plugin: &ConnectorPlugin, config: &str) -> Vec<duplex::plugin::Stream> {
+    plugin
+        .session()
+        .await
+        .expect("a new session")
+        .discover(config)
+        .await
+        .expect("discover answers")
+}
+
 /// A component built by the runtime's build script.
 pub fn plugin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -37,13 +37,7 @@ async fn load_hostile(
 async fn well_behaved_still_served(host: &duplex::plugin::PluginHost) {
     let db = Db::new("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);");
     let p = db.connector(host).await;
-    let streams = p
-        .session()
-        .await
-        .expect("a new session")
-        .discover(&db.config())
-        .await
-        .expect("discover answers");
+    let streams = common::streams(&p, &db.config()).await;
     assert_eq!(streams.len(), 1);
 }
 

@@ -298,13 +298,7 @@ async fn postgres_tables_are_those_information_schema_calls_base_tables() {
     .unwrap();
     let host = common::host();
     let plugin = db.connector(&host).await;
-    let streams = plugin
-        .session()
-        .await
-        .unwrap()
-        .discover(&db.config())
-        .await
-        .unwrap();
+    let streams = common::streams(&plugin, &db.config()).await;
     let mut found: Vec<String> = streams.into_iter().map(|s| s.name).collect();
     found.sort();
     assert_eq!(found, base);

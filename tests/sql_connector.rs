@@ -106,13 +106,7 @@ async fn discovers_tables_with_types_keys_and_skips_unkeyed_ones() {
     let host = common::host();
     let plugin = db.connector(&host).await;
     assert_eq!(plugin.info().name, "sql");
-    let streams = plugin
-        .session()
-        .await
-        .unwrap()
-        .discover(&db.config())
-        .await
-        .unwrap();
+    let streams = common::streams(&plugin, &db.config()).await;
     let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
