@@ -1395,22 +1395,20 @@ impl State {
                     .map(|v| dec::<Dirty>(v.value()))
                     .transpose()?
                     .map_or(0, |d| d.attempts);
-                let d = if c.dirty_now.contains(link) {
-                    Dirty {
-                        due_at: now,
-                        attempts: before,
-                        reason: reason.clone(),
-                    }
+                // Back off 1 s, 2 s, 4 s ... up to 10 minutes: a bad record never blocks the
+                // others, and never hammers the system either. A link of a call too big for the
+                // plugin is tried again at once, in a smaller call, and not counted.
+                let again_now = c.dirty_now.contains(link);
+                let attempts = if again_now { before } else { before + 1 };
+                let delay = if again_now {
+                    0
                 } else {
-                    // Back off 1 s, 2 s, 4 s ... up to 10 minutes: a bad record never blocks
-                    // the others, and never hammers the system either.
-                    let attempts = before + 1;
-                    let delay = 1_000_000i64 << attempts.min(10).saturating_sub(1);
-                    Dirty {
-                        due_at: now + delay.min(600_000_000),
-                        attempts,
-                        reason: reason.clone(),
-                    }
+                    (1_000_000i64 << attempts.min(10).saturating_sub(1)).min(600_000_000)
+                };
+                let d = Dirty {
+                    due_at: now + delay,
+                    attempts,
+                    reason: reason.clone(),
                 };
                 dirty.insert((sync, *link), enc(&d)?.as_slice())?;
             }
