@@ -1,7 +1,7 @@
 //! Benchmarks, not tests: each prints its figures beside a baseline measured in the same run.
 //! Run them with `cargo test --release --test bench -- --ignored --nocapture` (or without
 //! `--release` for a quicker build and slower figures). They need the local PostgreSQL (and
-//! MariaDB, for the update to MariaDB).
+//! MariaDB, for the benchmarks writing to it).
 //!
 //! - change-to-visible latency in realtime mode, PostgreSQL to PostgreSQL, p50 and p99 over
 //!   1,000 changes, beside the database's own NOTIFY round trip;
@@ -9,11 +9,12 @@
 //!   loads in the same process (SQLite to SQLite), and the ratio of the p99s;
 //! - initial sync of 100,000 rows, rows per second, beside a direct copy of the same rows by a
 //!   native client (batched multi-row INSERTs over one connection);
-//! - the same with a match key, each new record looked up on the other side first;
+//! - the same with a match key, each new record looked up on the other side first, to
+//!   PostgreSQL and to MariaDB;
 //! - a 10,000-row UPDATE and a 10,000-row INSERT in one transaction, PostgreSQL to PostgreSQL
 //!   and to MariaDB in realtime: seconds from the source's commit until the first and until the
 //!   last row is visible on the other side, beside the time the destination takes to apply the
-//!   same statement natively (issue 17). The CPU per row counts PostgreSQL's processes only;
+//!   same statement natively (issue 17). The CPU per row counts the database servers' processes;
 //! - 1,000 rows changed in one transaction on a table of 10,000 rows and of 1,000,000: the
 //!   time until all are visible on each, and the ratio;
 //! - 50 and 500 realtime SQLite syncs in one process, idle: resident memory, threads and CPU,
@@ -25,7 +26,8 @@
 //! `BENCH_ROWS` sets the initial sync's row count (default 100,000) and the bulk update's
 //! (default 10,000), `BENCH_BATCH` the sync's
 //! batch (default: a sync's default, 1,000), and `DUPLEX_LOG=duplex=debug` prints each cycle's
-//! phases. Each figure comes with the CPU time per row of Duplex's process and of PostgreSQL.
+//! phases. Each figure comes with the CPU time per row of Duplex's process and of the database
+//! servers (PostgreSQL's and MariaDB's processes).
 
 // Test helpers unwrap too: a panic there is a failed test with its message.
 #![allow(clippy::unwrap_used)]
@@ -51,7 +53,6 @@ async fn fresh_db(name: &str) -> String {
     format!("{PG}/{name}")
 }
 
-/// A realtime sync of `items` from `src` to `dst`, with the default batch unless one is given.
 /// A realtime sync of the items tables of `src` and `dst`, with `settings` (`batch = ..`,
 /// `match = ..`) added to the sync's section.
 fn config(dir: &std::path::Path, src: &str, dst: &str, settings: &str) -> std::path::PathBuf {
@@ -88,9 +89,9 @@ fields = [
 
 const TABLE: &str = "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, code TEXT NOT NULL UNIQUE, label TEXT, qty INTEGER, price NUMERIC(12, 2))";
 
-/// CPU seconds used so far by this process (all its threads) and by the PostgreSQL server's
-/// processes on this machine, from `/proc`; `None` where there is no `/proc`. Less noisy than
-/// wall time on a busy machine, and it shows who does the work.
+/// CPU seconds used so far by this process (all its threads) and by the PostgreSQL and MariaDB
+/// servers' processes on this machine, from `/proc`; `None` where there is no `/proc`. Less
+/// noisy than wall time on a busy machine, and it shows who does the work.
 fn cpu_seconds() -> Option<(f64, f64)> {
     fn ticks(stat: &str) -> Option<(String, u64)> {
         let (head, tail) = stat.rsplit_once(')')?;
@@ -111,7 +112,7 @@ fn cpu_seconds() -> Option<(f64, f64)> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) {
             if let Some((comm, t)) = ticks(&stat) {
-                if comm.starts_with("postgres") {
+                if comm.starts_with("postgres") || comm == "mariadbd" || comm == "mysqld" {
                     server += t;
                 }
             }
@@ -124,7 +125,7 @@ fn cpu_seconds() -> Option<(f64, f64)> {
 fn cpu_per_row(before: Option<(f64, f64)>, after: Option<(f64, f64)>, rows: i64) -> String {
     match (before, after) {
         (Some((c0, s0)), Some((c1, s1))) => format!(
-            "CPU per row: client {:.0} us, PostgreSQL {:.0} us",
+            "CPU per row: client {:.0} us, databases {:.0} us",
             (c1 - c0) * 1e6 / rows as f64,
             (s1 - s0) * 1e6 / rows as f64
         ),
@@ -736,7 +737,7 @@ async fn bulk_insert_of_10k_rows_postgres_to_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn initial_sync_of_100k_rows() {
-    initial_sync("").await;
+    initial_sync(Dest::Postgres, "").await;
 }
 
 /// The same with a match key, the usual config: every new record is looked up on the other
@@ -744,18 +745,21 @@ async fn initial_sync_of_100k_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn initial_sync_of_100k_rows_with_a_match_key() {
-    initial_sync(r#"match = { field = "code" }"#).await;
+    initial_sync(Dest::Postgres, r#"match = { field = "code" }"#).await;
 }
 
-async fn initial_sync(settings: &str) {
+/// The same, PostgreSQL to MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn initial_sync_of_100k_rows_with_a_match_key_to_mariadb() {
+    initial_sync(Dest::MariaDb, r#"match = { field = "code" }"#).await;
+}
+
+async fn initial_sync(to: Dest, settings: &str) {
     let rows = start(100_000);
-    let src = fresh_db("duplex_bench_init_src").await;
-    let dst = fresh_db("duplex_bench_init_dst").await;
-    let native = fresh_db("duplex_bench_init_native").await;
-    for url in [&src, &dst, &native] {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        c.execute(TABLE).await.unwrap();
-    }
+    let src = Dest::Postgres.fresh("duplex_bench_init_src").await;
+    let dst = to.fresh("duplex_bench_init_dst").await;
+    let native = to.fresh("duplex_bench_init_native").await;
     let mut c = sqlx::PgConnection::connect(&src).await.unwrap();
     sqlx::query(
         "INSERT INTO items (code, label, qty, price) SELECT 'c' || g, 'label ' || g, g % 1000, (g % 10000) / 100.0 FROM generate_series(1, $1) g",
@@ -769,23 +773,40 @@ async fn initial_sync(settings: &str) {
     let cpu = cpu_seconds();
     let t = Instant::now();
     let mut from = sqlx::PgConnection::connect(&src).await.unwrap();
-    let mut to = sqlx::PgConnection::connect(&native).await.unwrap();
     let all = sqlx::query("SELECT code, label, qty, price::text FROM items ORDER BY id")
         .fetch_all(&mut from)
         .await
         .unwrap();
-    for chunk in all.chunks(1_000) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "INSERT INTO items (code, label, qty, price) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.get::<String, _>(0))
-                .push_bind(r.get::<String, _>(1))
-                .push_bind(r.get::<i32, _>(2))
-                .push_bind(r.get::<String, _>(3))
-                .push_unseparated("::numeric");
-        });
-        q.build().execute(&mut to).await.unwrap();
+    match to.connect(&native).await {
+        Conn::Pg(mut to) => {
+            for chunk in all.chunks(1_000) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "INSERT INTO items (code, label, qty, price) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.get::<String, _>(0))
+                        .push_bind(r.get::<String, _>(1))
+                        .push_bind(r.get::<i32, _>(2))
+                        .push_bind(r.get::<String, _>(3))
+                        .push_unseparated("::numeric");
+                });
+                q.build().execute(&mut to).await.unwrap();
+            }
+        }
+        Conn::My(mut to) => {
+            for chunk in all.chunks(1_000) {
+                let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
+                    "INSERT INTO items (code, label, qty, price) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.get::<String, _>(0))
+                        .push_bind(r.get::<String, _>(1))
+                        .push_bind(r.get::<i32, _>(2))
+                        .push_bind(r.get::<String, _>(3));
+                });
+                q.build().execute(&mut to).await.unwrap();
+            }
+        }
     }
     let native_time = t.elapsed();
     let native_cpu = cpu_per_row(cpu, cpu_seconds(), rows);
@@ -802,16 +823,18 @@ async fn initial_sync(settings: &str) {
     app.run_once(&state, |_, _| {}).await.unwrap();
     let sync_time = t.elapsed();
     let sync_cpu = cpu_per_row(cpu, cpu_seconds(), rows);
-    let mut check = sqlx::PgConnection::connect(&dst).await.unwrap();
-    let copied: i64 = sqlx::query("SELECT count(*) FROM items")
-        .fetch_one(&mut check)
+    let copied = to
+        .connect(&dst)
         .await
-        .unwrap()
-        .get(0);
+        .count("SELECT count(*) FROM items")
+        .await;
     assert_eq!(copied, rows);
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("initial sync of {rows} rows, PostgreSQL -> PostgreSQL ({settings:?}):");
+    println!(
+        "initial sync of {rows} rows, PostgreSQL -> {} ({settings:?}):",
+        to.label()
+    );
     println!(
         "  duplex:      {:.1} s, {:.0} rows/s; {sync_cpu}",
         sync_time.as_secs_f64(),
