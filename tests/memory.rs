@@ -116,8 +116,6 @@ pub struct MemorySystem {
     /// Every this many finds, one fails (as an API that is busy now and then); none: never.
     pub finds_fail_every: Option<u32>,
     finds: u32,
-    /// Finds by a field's values (match keys) the system answered.
-    pub finds_by_field: u32,
     /// Writes the system received (ops), for counting.
     pub writes: usize,
     /// Most ops one write call can take; more fail the call, applying none, as a plugin that
@@ -151,7 +149,6 @@ impl MemorySystem {
             apply_before_failing: 0,
             finds_fail_every: None,
             finds: 0,
-            finds_by_field: 0,
             writes: 0,
             write_limit: None,
             rewrites: Vec::new(),
@@ -516,23 +513,21 @@ impl SideIo for Shared {
                 .into_iter()
                 .filter(|id| s.records.contains_key(id))
                 .collect(),
-            LookupKey::ByField(m) => {
-                s.finds_by_field += 1;
-                s.records
-                    .iter()
-                    .filter(|(_, r)| {
-                        r.get(&m.field).is_some_and(|v| {
-                            m.values.iter().any(|w| match (v, w) {
-                                (Value::Text(a), Value::Text(b)) if m.ignore_case => {
-                                    a.to_lowercase() == b.to_lowercase()
-                                }
-                                _ => v == w,
-                            })
+            LookupKey::ByField(m) => s
+                .records
+                .iter()
+                .filter(|(_, r)| {
+                    r.get(&m.field).is_some_and(|v| {
+                        m.values.iter().any(|w| match (v, w) {
+                            (Value::Text(a), Value::Text(b)) if m.ignore_case => {
+                                a.to_lowercase() == b.to_lowercase()
+                            }
+                            _ => v == w,
                         })
                     })
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            }
+                })
+                .map(|(id, _)| id.clone())
+                .collect(),
         };
         Ok(ids
             .into_iter()

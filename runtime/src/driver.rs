@@ -17,7 +17,6 @@
 
 pub mod io;
 pub mod schedule;
-mod seen;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,7 +36,6 @@ use crate::state::{
 };
 
 pub use io::{IoError, PluginSide, SideIo};
-use seen::SeenKeys;
 
 /// Most writes sent to a connector in one call: one call per side per cycle at the default
 /// batch size (each call is a transaction with its own set-up; 200 per call cost a third of an
@@ -327,8 +325,6 @@ pub struct SyncRunner<S> {
     /// while the last cycle wrote the other side or committed (see
     /// [`SyncRunner::commit_reading_ahead`]).
     ahead: Vec<Option<(String, Read)>>,
-    /// Each side's match keys, while known without searching it (see [`SeenKeys`]).
-    seen_keys: Vec<Option<SeenKeys>>,
     /// When changes were read (see invariant 4).
     clock: Clock,
     /// A pilot's size: each cycle (or dry run) takes at most this many changes from each side.
@@ -568,7 +564,6 @@ impl<S> SyncRunner<S> {
             read_max: vec![CallSize::new(batch.max(MAX_TRANSACTION)); n],
             write_max: vec![CallSize::new((WRITE_BATCH as u32).max(MAX_TRANSACTION)); n],
             ahead: (0..n).map(|_| None).collect(),
-            seen_keys: (0..n).map(|_| None).collect(),
             clock: Arc::new(system_clock),
             limit: None,
             schema: None,
@@ -1310,23 +1305,9 @@ impl<S: SideIo> SyncRunner<S> {
             (0..self.sides.len()).map(|_| None).collect(),
         );
         report.read = vec![0; self.sides.len()];
-        // Sides read to the end of their feeds in this cycle (not ahead, in an earlier one),
-        // with what was read added to their match keys (not in a dry run).
-        let mut read_to_end = vec![false; self.sides.len()];
         for ((side, cursor), ahead) in self.spec.all_sides().zip(cursors).zip(ahead) {
-            // A side read from its beginning, holding no record the sync wrote: its match keys
-            // are known afresh from here on. (Read again after its cursor was reset, it may
-            // leave out records the sync wrote before this process began.)
-            if cursor.is_none() && dry.is_none() && self.spec.match_key.is_some() {
-                let wrote = state.holds_any(&sync, side).map_err(&se)?;
-                self.seen_keys[side.index()] = (!wrote).then(SeenKeys::default);
-            }
-            let mut fresh = true;
             let (batch, read_at) = match ahead {
-                Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => {
-                    fresh = false;
-                    read
-                }
+                Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
                 _ => self
                     .read_fitting(side, &origin, cursor.as_deref(), self.batch)
                     .await
@@ -1377,7 +1358,6 @@ impl<S: SideIo> SyncRunner<S> {
                 batches.push((side, batch, read_at));
             }
             report.more |= waiting;
-            read_to_end[side.index()] = fresh && !waiting && dry.is_none();
         }
         lap.end("read");
         self.started = true;
@@ -1422,9 +1402,6 @@ impl<S: SideIo> SyncRunner<S> {
         }
         self.date_relays(state, &batches, &mut mapped)
             .map_err(&se)?;
-        if dry.is_none() {
-            self.see_keys(&mapped);
-        }
         let mut changes = Vec::new();
         let mut commit = CycleCommit::default();
         let mut fresh: BTreeSet<(Side, String)> = BTreeSet::new();
@@ -1487,7 +1464,7 @@ impl<S: SideIo> SyncRunner<S> {
         let mut links = state.links(&sync, &records, &due_ids).map_err(&se)?;
         lap.end("links");
         // 4. Match keys: records on the other side for each unlinked new record.
-        let candidates = self.candidates(&changes, &links, &read_to_end).await?;
+        let candidates = self.candidates(&changes, &links).await?;
         lap.end("match");
         let cand_records: Vec<(Side, String)> = candidates
             .iter()
@@ -1794,53 +1771,11 @@ impl<S: SideIo> SyncRunner<S> {
         })
     }
 
-    /// Adds the match keys of the records read to their sides' [`SeenKeys`], or forgets a
-    /// side's keys when a change may hide one.
-    fn see_keys(&mut self, mapped: &[(Side, String, Result<Observed, String>)]) {
-        let Some(key) = &self.spec.match_key else {
-            return;
-        };
-        for (side, id, observed) in mapped {
-            let Some(seen) = &mut self.seen_keys[side.index()] else {
-                continue;
-            };
-            let kept = match observed {
-                Ok(o) if o.deleted => true,
-                Ok(o) => match o.fields.get(&key.field) {
-                    Some(v) => key.normalise(v).is_none_or(|norm| seen.insert(&norm)),
-                    None => false,
-                },
-                Err(_) => false,
-            };
-            if !kept {
-                tracing::debug!(sync = %self.spec.name, side = %side, record = %id,
-                    "the {side} side's match keys are no longer known without searching it");
-                self.seen_keys[side.index()] = None;
-            }
-        }
-    }
-
-    /// Adds the match keys the sync writes to a side (or was told it stored) to its
-    /// [`SeenKeys`]: its feed may leave them out.
-    fn see_written(&mut self, side: Side, fields: &Fields) {
-        let Some(key) = &self.spec.match_key else {
-            return;
-        };
-        let seen = &mut self.seen_keys[side.index()];
-        if seen.as_mut().is_some_and(|s| !s.wrote(key, fields)) {
-            *seen = None;
-        }
-    }
-
     /// Looks up, on every other side, the records whose match key equals that of a new record.
-    /// A side read to the end of its feed in this cycle, with its keys known (see
-    /// [`SeenKeys`]), is asked only for the keys it may hold: none, in a first load into an
-    /// empty side.
     async fn candidates(
         &mut self,
         changes: &[Observed],
         links: &[Link],
-        read_to_end: &[bool],
     ) -> Result<BTreeMap<(Side, String), Vec<Candidate>>, CycleError> {
         let mut out: BTreeMap<(Side, String), Vec<Candidate>> = BTreeMap::new();
         let Some(key) = self.spec.match_key.clone() else {
@@ -1865,8 +1800,6 @@ impl<S: SideIo> SyncRunner<S> {
             })
             .collect();
         for (side, other) in pairs {
-            let known =
-                (self.seen_keys[other.index()].as_ref()).filter(|_| read_to_end[other.index()]);
             let mut values = Vec::new();
             let mut field = None;
             for c in changes.iter().filter(|c| c.side == side && !c.deleted) {
@@ -1876,10 +1809,7 @@ impl<S: SideIo> SyncRunner<S> {
                 let Some(v) = c.fields.get(&key.field) else {
                     continue;
                 };
-                let Some(norm) = key.normalise(v) else {
-                    continue;
-                };
-                if known.is_some_and(|k| !k.may_hold(&norm)) {
+                if key.normalise(v).is_none() {
                     continue;
                 }
                 if let Ok(out) = self
@@ -1965,9 +1895,6 @@ impl<S: SideIo> SyncRunner<S> {
             // Map every op first: a value that cannot be written fails its record alone.
             let mut sendable = Vec::new();
             for op in all_ops.iter().filter(|o| o.side == side) {
-                if let OpKind::Create { fields } | OpKind::Update { fields, .. } = &op.kind {
-                    self.see_written(side, fields);
-                }
                 match self.to_write_op(side, &op.kind, conditional) {
                     Ok(w) => sendable.push((op, w)),
                     Err(reason) => {
@@ -2055,13 +1982,6 @@ impl<S: SideIo> SyncRunner<S> {
                         Err(WitError::NotFound(_)) => Outcome::Gone,
                         Err(_) => Outcome::Failed,
                     };
-                    if let Outcome::Written {
-                        stored: Some(stored),
-                        ..
-                    } = &outcome
-                    {
-                        self.see_written(side, stored);
-                    }
                     let Some(link) = plan.links.get_mut(&op.link) else {
                         continue;
                     };

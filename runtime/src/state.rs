@@ -1179,18 +1179,6 @@ impl State {
         Ok(t.get((sync, side_key(side), id))?.map(|v| v.value()))
     }
 
-    /// Whether any of a sync's links holds a record of `side`.
-    pub fn holds_any(&self, sync: &str, side: Side) -> Result<bool, StateError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(INDEX)?;
-        let k = side_key(side);
-        let first = t.range((sync, k, "")..)?.next().transpose()?;
-        Ok(first.is_some_and(|(key, _)| {
-            let (s, sk, _) = key.value();
-            s == sync && sk == k
-        }))
-    }
-
     /// The links of the given records (those that have one), and the given link ids.
     pub fn links(
         &self,
