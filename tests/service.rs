@@ -836,19 +836,21 @@ fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
             .sum()
     };
     assert!(calls(&after) > calls(&before), "no calls counted");
-    // Part of the SQL connector's time is its SQL calls', counted apart.
-    let sql = after
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == "duplex_plugin_sql_seconds_total"
-                && s.labels.get("connection") == Some("crm")
-        })
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        });
+    // Part of the SQL connector's time is its SQL calls', counted apart, and so are the calls.
+    let crm = |metric: &str| {
+        after
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && s.labels.get("connection") == Some("crm"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+    };
+    let sql = crm("duplex_plugin_sql_seconds_total");
     assert!(sql.is_some_and(|s| s > 0.0), "{sql:?}");
+    let sql_calls = crm("duplex_plugin_sql_calls_total");
+    assert!(sql_calls.is_some_and(|n| n >= 1.0), "{sql_calls:?}");
     assert!(
         after
             .docs

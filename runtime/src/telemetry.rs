@@ -24,6 +24,9 @@ pub struct CallStats {
     pub seconds: f64,
     /// Of `seconds`, the time the calls spent in the host's SQL capability.
     pub sql_seconds: f64,
+    /// The calls' calls into the host's SQL capability: statements, transactions' begin and
+    /// end, connections opened.
+    pub sql_calls: u64,
 }
 
 /// One connection's HTTP requests.
@@ -61,7 +64,7 @@ pub fn plugin_call(
     func: &'static str,
     outcome: &'static str,
     took: Duration,
-    sql: Duration,
+    (sql, sql_calls): (Duration, u32),
 ) {
     let seconds = took.as_secs_f64();
     let mut r = registry();
@@ -78,6 +81,7 @@ pub fn plugin_call(
     s.buckets[CALL_BUCKETS.len()] += 1;
     s.seconds += seconds;
     s.sql_seconds += sql.as_secs_f64();
+    s.sql_calls += u64::from(sql_calls);
 }
 
 /// Records one HTTP request of a connection: its status (none: no response) and how long it

@@ -308,6 +308,18 @@ fn plugins(out: &mut Out) {
         );
     }
     out.family(
+        "duplex_plugin_sql_calls_total",
+        "counter",
+        "The plugins' calls into the host's SQL capability: statements, transactions begun and ended, connections opened.",
+    );
+    for ((plugin, connection), c) in &calls {
+        out.sample(
+            "duplex_plugin_sql_calls_total",
+            &[("plugin", plugin), ("connection", connection)],
+            c.sql_calls,
+        );
+    }
+    out.family(
         "duplex_plugin_instances",
         "gauge",
         "Plugin instances alive now, each in a store of its own. An idle realtime sync whose sides announce changes keeps none.",

@@ -20,6 +20,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::host::sql::Spent;
 use crate::host::{Caller, HostData, HostView, States};
 
 /// How often the epoch advances; the granularity of CPU budgets.
@@ -357,7 +358,7 @@ impl<B> Sandbox<B> {
     ) -> Result<R, CallError> {
         // Not instantiated (instantiation failed) or failed since: never entered again.
         let (Some(bindings), false) = (&self.bindings, self.poisoned) else {
-            self.count(func, "poisoned", Duration::ZERO, Duration::ZERO);
+            self.count(func, "poisoned", Duration::ZERO, Spent::default());
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
@@ -376,7 +377,7 @@ impl<B> Sandbox<B> {
         call: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> CallFuture<'s, R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
-            self.count(func, "poisoned", Duration::ZERO, Duration::ZERO);
+            self.count(func, "poisoned", Duration::ZERO, Spent::default());
             return Err(CallError::Poisoned {
                 caller: self.caller().clone(),
                 func,
@@ -389,8 +390,9 @@ impl<B> Sandbox<B> {
     }
 
     /// Counts a call for `/metrics` ([`crate::telemetry`]).
-    fn count(&self, func: &'static str, outcome: &'static str, took: Duration, sql: Duration) {
+    fn count(&self, func: &'static str, outcome: &'static str, took: Duration, sql: Spent) {
         let c = self.caller();
+        let sql = (sql.time, sql.calls);
         crate::telemetry::plugin_call(&c.plugin, &c.connection, func, outcome, took, sql);
     }
 
@@ -420,7 +422,7 @@ impl<B> Sandbox<B> {
         // The call's time beside its SQL calls' (the round trips and the database's work): the
         // rest is the plugin's own work and its values crossing the sandbox's boundary.
         let sql = self.store.data_mut().host.sql.take_spent();
-        self.count(func, label, took, sql.time);
+        self.count(func, label, took, sql);
         let held = self.store.data().limiter.held;
         let c = self.caller();
         tracing::debug!(
