@@ -450,6 +450,42 @@ async fn pruning_beside_writers_loses_nothing_on_servers() {
     }
 }
 
+/// PostgreSQL's log is read in transaction id order, and a batch's position is its last
+/// entry's: ids compared as numbers, not as text, where "10000" sorts before "9999" and the
+/// batch's last entry came back in the middle, so that the next read started over from there.
+/// Two entries made as if by transactions 9999 and 10000 (the test cluster is well past both).
+#[tokio::test]
+async fn a_batch_crossing_a_power_of_ten_in_transaction_ids_ends_at_its_last_entry() {
+    let Some(db) = items_db("postgres").await else {
+        return;
+    };
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let mut s = plugin.session().await.unwrap();
+    s.read(&db.config(), "items", "sync-a", None, 100)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO items (name) VALUES ('one'), ('two')")
+        .await;
+    db.exec(
+        "INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '1', 'U', '9999'); \
+         INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '2', 'U', '10000')",
+    )
+    .await;
+    let last_seq = common::TestDb::count(
+        &db,
+        "SELECT seq FROM _duplex_changes WHERE xid = '10000'::xid8",
+    )
+    .await;
+    let batch = s
+        .read(&db.config(), "items", "sync-a", Some("log|9998:0"), 2)
+        .await
+        .unwrap();
+    assert_eq!(batch.next_cursor, format!("log|10000:{last_seq}"));
+    let ids: Vec<&str> = batch.changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "in the order of their transactions");
+}
+
 #[tokio::test]
 async fn a_late_commit_is_not_skipped_on_postgres() {
     late_commit_is_not_skipped(
