@@ -438,6 +438,99 @@ async fn the_change_log_keeps_only_what_its_readers_still_need_on_servers() {
     }
 }
 
+/// The SQL capability's calls a connection's plugin calls made so far (`/metrics`'
+/// `duplex_plugin_sql_calls_total`).
+fn sql_calls(connection: &str) -> u64 {
+    duplex::telemetry::plugin_calls()
+        .iter()
+        .filter(|((_, c), _)| c == connection)
+        .map(|(_, s)| s.sql_calls)
+        .sum()
+}
+
+/// A read of a server's log with nothing new is the table's shape (asked by each plugin
+/// instance once, and each call here, like each cycle, has a fresh instance), the log's query,
+/// on PostgreSQL a count of the entries held behind running transactions (folded into the
+/// log's query it made every other read's planning twice as long), and its readers' query: no
+/// transaction around them. It was six SQL calls on PostgreSQL and seven on MariaDB (a
+/// transaction begun and committed, and on MariaDB the step between positions asked apart). A
+/// read that finds something still finds it, and a reader that moved is still registered.
+#[tokio::test]
+async fn an_empty_read_of_a_servers_log_needs_no_transaction() {
+    for kind in ["postgres", "mariadb"] {
+        let Some(db) = items_db(kind).await else {
+            continue;
+        };
+        let host = common::host();
+        let connection = format!("empty-read-{kind}");
+        let grants = Grants {
+            sql: vec![db.url.clone()],
+            ..Grants::default()
+        };
+        let plugin = host
+            .load_connector_file(&common::plugin(common::SQL), &connection, &grants)
+            .await
+            .unwrap();
+        let mut s = plugin.session().await.unwrap();
+        let first = s
+            .read(&db.config(), "items", "sync-a", None, 100)
+            .await
+            .unwrap();
+        assert!(
+            first.changes.is_empty() && !first.has_more,
+            "{kind}: an empty table"
+        );
+        db.exec("INSERT INTO items (name) VALUES ('one')").await;
+        let (seen, at) = common::read_until(
+            &mut s,
+            &db,
+            ("items", "sync-a", 100),
+            first.next_cursor,
+            |c| !c.is_empty(),
+        )
+        .await;
+        assert_eq!(seen.len(), 1, "{kind}: the insert is read");
+        // The first read after the reader moved registers where it reads now, the next one
+        // confirms it (see readers.rs): both write.
+        let mut settled = at;
+        for _ in 0..2 {
+            let b = s
+                .read(&db.config(), "items", "sync-a", Some(&settled), 100)
+                .await
+                .unwrap();
+            assert!(b.changes.is_empty() && !b.has_more);
+            settled = b.next_cursor;
+        }
+        let before = sql_calls(&connection);
+        let idle = s
+            .read(&db.config(), "items", "sync-a", Some(&settled), 100)
+            .await
+            .unwrap();
+        let calls = sql_calls(&connection) - before;
+        assert!(idle.changes.is_empty() && !idle.has_more);
+        assert_eq!(idle.next_cursor, settled, "{kind}: nothing moved");
+        let want = if kind == "postgres" { 4 } else { 3 };
+        assert_eq!(calls, want, "{kind}: an empty read made {calls} SQL calls");
+        // The reader's row says where it reads, as a read in a transaction left it.
+        let confirmed = common::TestDb::count(
+            &db,
+            "SELECT count(*) FROM _duplex_readers WHERE reader = 'sync-a' AND pos = confirmed",
+        )
+        .await;
+        assert_eq!(confirmed, 1, "{kind}: the reader's position is confirmed");
+        db.exec("INSERT INTO items (name) VALUES ('two')").await;
+        let (seen, _) = common::read_until(
+            &mut s,
+            &db,
+            ("items", "sync-a", 100),
+            idle.next_cursor,
+            |c| !c.is_empty(),
+        )
+        .await;
+        assert_eq!(seen.len(), 1, "{kind}: a later insert is read");
+    }
+}
+
 #[tokio::test]
 async fn pruning_beside_writers_loses_nothing_on_servers() {
     for kind in ["postgres", "mariadb"] {

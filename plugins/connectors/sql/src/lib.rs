@@ -204,10 +204,22 @@ impl Connector for SqlConnector {
         let table = self.table(stream)?;
         let max = max.clamp(1, 10_000);
         let cursor = cursor.map(Cursor::decode).transpose()?;
-        self.dialect.before_read(&self.db)?;
         let dialect = self.dialect.as_ref();
         let continued = cursor.is_some();
-        self.db.transaction(|db| {
+        // Reading on in the log of a server's table whose capture is in place needs no
+        // transaction: each statement reads committed rows as the statement starts (READ
+        // COMMITTED, as the read's transaction ran), the rows read with the version they carry
+        // (PostgreSQL) or apart from it as before (MariaDB, where the transaction made no
+        // difference). So a read that finds nothing new is the log's query (with, on
+        // PostgreSQL, a count of entries held behind running transactions) and the readers',
+        // where it was five statements or six, and one that moved adds the upsert of where it
+        // reads, not a transaction around it (a prune still gets one). SQLite reads in a
+        // transaction: its versions are read apart from the rows, and the transaction keeps
+        // the two together.
+        let apart = matches!(cursor, Some(Cursor::Log { .. }))
+            && self.db.dialect() != SqlDialect::Sqlite
+            && (self.config.read_only || self.capture_in_place(&table));
+        let body = |db: &Db| {
             let captured = self.capture(db, &table)?;
             // The log position this read starts from, for the log's readers (see readers.rs).
             let from = match &cursor {
@@ -229,8 +241,38 @@ impl Connector for SqlConnector {
                 }),
                 Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
             }?;
-            if !self.config.read_only {
-                readers::keep_for(dialect, db, &table.name, origin, &from, continued)?;
+            let keep = if self.config.read_only {
+                None
+            } else {
+                Some(readers::keep_for(
+                    dialect,
+                    db,
+                    &table.name,
+                    origin,
+                    &from,
+                    continued,
+                )?)
+            };
+            Ok((batch, keep))
+        };
+        if apart {
+            let (batch, keep) = body(&self.db)?;
+            match keep.filter(|k| !k.is_empty()) {
+                Some(keep) if keep.needs_transaction() => {
+                    self.dialect.before_write(&self.db)?;
+                    self.db.transaction(|db| keep.apply(dialect, db))?;
+                }
+                // The reader's row alone: one statement, atomic by itself.
+                Some(keep) => keep.apply(dialect, &self.db)?,
+                None => {}
+            }
+            return Ok(batch);
+        }
+        self.dialect.before_read(&self.db)?;
+        self.db.transaction(|db| {
+            let (batch, keep) = body(db)?;
+            if let Some(keep) = keep {
+                keep.apply(dialect, db)?;
             }
             Ok(batch)
         })
@@ -416,6 +458,14 @@ impl SqlConnector {
         };
         self.versioned.set(installed);
         Ok(installed)
+    }
+
+    /// Whether `table`'s capture is known to be installed and committed, so that
+    /// [`Self::ensure_capture`] has nothing to do.
+    fn capture_in_place(&self, table: &Table) -> bool {
+        let key = (self.config.url.clone(), table.name.clone());
+        table.capture.is_some_and(|c| c.complete())
+            || SEEN.with_borrow(|s| s.captured.contains(&key))
     }
 
     fn ensure_capture(&self, db: &Db, table: &Table) -> Result<(), Error> {

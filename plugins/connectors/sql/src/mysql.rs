@@ -576,12 +576,17 @@ impl Dialect for MySql {
         let after: i64 = pos
             .parse()
             .map_err(|_| Error::permanent(format!("log position {pos:?} is not MariaDB's")))?;
-        let step = count(db, "SELECT @@auto_increment_increment", &[])?.max(1);
         // All tables' entries: positions are shared, so a gap can only be seen across them.
+        // The step between positions comes with them: an empty read is one statement.
         let rows = db.query(
-            &format!("SELECT seq, tbl, pk, op, origin, changed_at FROM _duplex_changes WHERE seq > ? ORDER BY seq LIMIT {max}"),
+            &format!("SELECT seq, tbl, pk, op, origin, changed_at, @@auto_increment_increment AS step FROM _duplex_changes WHERE seq > ? ORDER BY seq LIMIT {max}"),
             params![after],
         )?;
+        let step = rows
+            .first()
+            .and_then(|r| r.get("step")?.as_integer())
+            .unwrap_or(1)
+            .max(1);
         let all = entries(&rows);
         let tables: Vec<String> = rows
             .iter()

@@ -152,11 +152,83 @@ fn put(
     .map(drop)
 }
 
+/// What a read changes in `_duplex_readers` and the log: decided by [`keep_for`], made by
+/// [`Keep::apply`]. Empty for an idle reader polling where it was.
+pub struct Keep {
+    table: String,
+    reader: String,
+    scope: String,
+    /// The reader's row, when it changed: its position and the position it confirmed.
+    row: Option<(String, String)>,
+    marker: Marker,
+}
+
+/// What becomes of the row recording how far the log was pruned.
+enum Marker {
+    Unchanged,
+    /// The first read of this log with readers kept: nothing pruned yet.
+    Create,
+    /// Prune up to `upto` (when `delete`; otherwise it was already) and record it.
+    Prune {
+        upto: String,
+        delete: bool,
+    },
+}
+
+impl Keep {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.row.is_none() && matches!(self.marker, Marker::Unchanged)
+    }
+
+    /// Whether [`Keep::apply`] makes more than one statement (a prune, or the first record of
+    /// one), which must then land together, in a transaction.
+    pub fn needs_transaction(&self) -> bool {
+        !matches!(self.marker, Marker::Unchanged)
+    }
+
+    /// Writes what [`keep_for`] decided: in a transaction when [`Keep::needs_transaction`].
+    pub fn apply(self, dialect: &dyn Dialect, db: &Db) -> Result<(), Error> {
+        let now = dialect.ago(0);
+        if let Some((pos, confirmed)) = &self.row {
+            put(
+                dialect,
+                db,
+                (&self.table, &self.reader),
+                (pos, confirmed),
+                &now,
+            )?;
+        }
+        let (upto, delete) = match self.marker {
+            Marker::Unchanged => return Ok(()),
+            Marker::Create => {
+                return put(dialect, db, (&self.scope, PRUNED), (NOTHING, NOTHING), &now);
+            }
+            Marker::Prune { upto, delete } => (upto, delete),
+        };
+        let deleted = if delete {
+            let only = (self.scope != "*").then_some(self.table.as_str());
+            dialect.prune_log(db, only, &upto, PRUNE_AT_MOST)?
+        } else {
+            0
+        };
+        // A prune that stopped at its limit is marked as long ago, so that the next read goes on.
+        let seen = if deleted >= u64::from(PRUNE_AT_MOST) {
+            dialect.ago(PRUNE_EVERY_SECONDS * 2)
+        } else {
+            now
+        };
+        put(dialect, db, (&self.scope, PRUNED), (&upto, &upto), &seen)
+    }
+}
+
 /// Registers that `reader` reads `table` from `pos`, and now and then prunes the entries every
-/// reader is done with. Runs inside the read's transaction, so a read that fails registers
-/// nothing. A read that continues from a cursor (`continued`) fails when entries after `pos`
-/// may have been pruned: the reader was away longer than [`EXPIRY_DAYS`], or had never
-/// registered while others read and pruned.
+/// reader is done with: reads the readers' rows and says what to write ([`Keep::apply`]). A
+/// read applies it in its transaction, so a read that fails registers nothing, or, where it
+/// reads without one, in a transaction of its own when there is anything to write. A read that
+/// continues from a cursor (`continued`) fails when entries after `pos` may have been pruned:
+/// the reader was away longer than [`EXPIRY_DAYS`], or had never registered while others read
+/// and pruned.
 pub fn keep_for(
     dialect: &dyn Dialect,
     db: &Db,
@@ -164,7 +236,7 @@ pub fn keep_for(
     reader: &str,
     pos: &str,
     continued: bool,
-) -> Result<(), Error> {
+) -> Result<Keep, Error> {
     if reader.is_empty() {
         return Err(Error::permanent(
             "a read needs the reader's origin: the change log is kept for readers by name",
@@ -212,13 +284,19 @@ pub fn keep_for(
             live: true,
         }),
     }
-    let now = dialect.ago(0);
-    if !unchanged {
-        put(dialect, db, (table, reader), (pos, &confirmed), &now)?;
-    }
+    let mut keep = Keep {
+        table: table.to_owned(),
+        reader: reader.to_owned(),
+        scope: scope.to_owned(),
+        row: (!unchanged).then(|| (pos.to_owned(), confirmed)),
+        marker: Marker::Unchanged,
+    };
     match &marker {
-        None => return put(dialect, db, (scope, PRUNED), (NOTHING, NOTHING), &now),
-        Some(m) if m.recent || (m.pos == NOTHING && !m.settled) => return Ok(()),
+        None => {
+            keep.marker = Marker::Create;
+            return Ok(keep);
+        }
+        Some(m) if m.recent || (m.pos == NOTHING && !m.settled) => return Ok(keep),
         Some(_) => {}
     }
 
@@ -231,27 +309,17 @@ pub fn keep_for(
         }
     }
     let Some((key, upto)) = horizon else {
-        return Ok(());
+        return Ok(keep);
     };
-    let done = match &marker {
-        Some(m) if m.pos != NOTHING => key <= order(dialect, &m.pos)?,
-        _ => false,
+    keep.marker = match &marker {
+        Some(m) if m.pos != NOTHING && key <= order(dialect, &m.pos)? => Marker::Prune {
+            upto: m.pos.clone(),
+            delete: false,
+        },
+        _ => Marker::Prune {
+            upto: upto.to_owned(),
+            delete: true,
+        },
     };
-    let deleted = if done {
-        0
-    } else {
-        let only = (scope != "*").then_some(table);
-        dialect.prune_log(db, only, upto, PRUNE_AT_MOST)?
-    };
-    // A prune that stopped at its limit is marked as long ago, so that the next read goes on.
-    let seen = if deleted >= u64::from(PRUNE_AT_MOST) {
-        dialect.ago(PRUNE_EVERY_SECONDS * 2)
-    } else {
-        now
-    };
-    let upto = match &marker {
-        Some(m) if done => m.pos.as_str(),
-        _ => upto,
-    };
-    put(dialect, db, (scope, PRUNED), (upto, upto), &seen)
+    Ok(keep)
 }
