@@ -175,6 +175,11 @@ pub trait Dialect {
         let _ = db;
         Ok(())
     }
+    /// Runs inside a transaction before looking rows up by a list of keys (`find`).
+    fn before_lookup(&self, db: &Db) -> Result<(), Error> {
+        let _ = db;
+        Ok(())
+    }
     /// The log position from which every change not visible to this transaction is read.
     /// Called inside the read transaction that installs capture and takes the snapshot.
     fn log_start(&self, db: &Db) -> Result<String, Error> {

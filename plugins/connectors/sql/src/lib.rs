@@ -315,6 +315,7 @@ impl Connector for SqlConnector {
         // the rows), and a conditional write made on them passed and overwrote that write.
         let (found, mut times) = self.db.transaction(|db| {
             self.capture(db, &table)?;
+            self.dialect.before_lookup(db)?;
             let rows = match &key {
                 LookupKey::Ids(ids) => {
                     let ids: Vec<Value> = ids

@@ -541,6 +541,16 @@ impl Dialect for Postgres {
             .map(drop)
     }
 
+    /// An index, where the column has one, for the rest of the transaction. PostgreSQL's
+    /// planner costs an index probe as a read from disk (`random_page_cost` 4), so for a list
+    /// of a few hundred keys it reads the whole table instead until the table is some hundred
+    /// thousand rows long: in a first load with a match key, each lookup of 1,000 new keys
+    /// scanned the growing destination, 2.5 ms at 35,000 rows where the index answered in
+    /// 0.35 ms (server's statement log, 50,000 rows). Where there is no index it still scans.
+    fn before_lookup(&self, db: &Db) -> Result<(), Error> {
+        db.execute("SET LOCAL enable_seqscan = off", &[]).map(drop)
+    }
+
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error> {
         db.query(
             "SELECT set_config('duplex.origin', $1, true)",
