@@ -358,6 +358,10 @@ pub trait Dialect {
     /// Marks the rest of the current transaction's writes as made by `origin`; the triggers copy
     /// it into the log.
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error>;
+    /// [`Dialect::mark_origin`] for a transaction that only inserts rows.
+    fn mark_origin_of_inserts(&self, db: &Db, origin: &str) -> Result<(), Error> {
+        self.mark_origin(db, origin)
+    }
     /// Ends the mark, before the transaction commits.
     fn clear_origin(&self, db: &Db) -> Result<(), Error>;
     /// An INSERT of `columns` that returns `returning` (a select list) of the new row.

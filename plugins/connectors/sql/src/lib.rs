@@ -995,7 +995,11 @@ impl SqlConnector {
         self.dialect.before_write(&self.db)?;
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
-            self.dialect.mark_origin(db, origin)?;
+            if ops.iter().all(|op| matches!(op, WriteOp::Create(_))) {
+                self.dialect.mark_origin_of_inserts(db, origin)?;
+            } else {
+                self.dialect.mark_origin(db, origin)?;
+            }
             let before = self.before_updates(db, table, ops, &self.answered_whole(ops))?;
             let (mut results, checked): (Vec<Written>, Vec<bool>) =
                 self.apply_all(db, table, ops)?.into_iter().unzip();
