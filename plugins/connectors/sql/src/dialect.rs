@@ -175,10 +175,10 @@ pub trait Dialect {
         let _ = db;
         Ok(())
     }
-    /// Runs inside a transaction before looking rows up by a list of keys (`find`).
-    fn before_lookup(&self, db: &Db) -> Result<(), Error> {
-        let _ = db;
-        Ok(())
+    /// A statement that makes the rest of a transaction look rows up by their keys' index
+    /// (see PostgreSQL's); `None` where lookups need nothing.
+    fn lookup_setting(&self) -> Option<&'static str> {
+        None
     }
     /// The log position from which every change not visible to this transaction is read.
     /// Called inside the read transaction that installs capture and takes the snapshot.

@@ -33,6 +33,10 @@ use dialect::{Column, Dialect, Installed, LogRead, Look};
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
 const IN_CHUNK: usize = 500;
+/// Keys from which a read that runs without a transaction looks rows up in one of its own, for
+/// the dialect's lookup setting: fewer are found quickly either way, and the transaction would
+/// cost more round trips than the lookup saves.
+const MANY_KEYS: usize = 50;
 /// About how many bytes of written values are read back after a write in one query (see
 /// `SqlConnector::fill_stored`): 500 small records at a time, a few large ones.
 const READ_BACK_BYTES: usize = 1 << 20;
@@ -239,7 +243,7 @@ impl Connector for SqlConnector {
                     has_more: false,
                     mid_transaction: false,
                 }),
-                Some(Cursor::Log { pos }) => self.read_log(db, &table, origin, &pos, max),
+                Some(Cursor::Log { pos }) => self.read_log(db, &table, (origin, apart), &pos, max),
             }?;
             let keep = if self.config.read_only {
                 None
@@ -315,7 +319,9 @@ impl Connector for SqlConnector {
         // the rows), and a conditional write made on them passed and overwrote that write.
         let (found, mut times) = self.db.transaction(|db| {
             self.capture(db, &table)?;
-            self.dialect.before_lookup(db)?;
+            if let Some(setting) = self.dialect.lookup_setting() {
+                db.execute(setting, &[])?;
+            }
             let rows = match &key {
                 LookupKey::Ids(ids) => {
                     let ids: Vec<Value> = ids
@@ -670,7 +676,7 @@ impl SqlConnector {
         &self,
         db: &Db,
         table: &Table,
-        own: &str,
+        (own, apart): (&str, bool),
         pos: &str,
         max: u32,
     ) -> Result<ChangeBatch, Error> {
@@ -718,9 +724,23 @@ impl SqlConnector {
             .iter()
             .map(|id| id_value(table, id))
             .collect::<Result<_, _>>()?;
-        let found = self.select_where(db, table, &table.pk, &id_values, false)?;
-        let mut current: HashMap<String, (Vec<FieldValue>, String)> = self
-            .with_versions(db, table, found.into_values().collect())?
+        // The rows are looked up the way the dialect wants lookups of many keys (PostgreSQL:
+        // through the index, see `Dialect::lookup_setting`): in the read's transaction, or,
+        // for a read without one, in a transaction of their own when there are many.
+        let lookup = |db: &Db, setting: Option<&str>| {
+            if let Some(setting) = setting {
+                db.execute(setting, &[])?;
+            }
+            let found = self.select_where(db, table, &table.pk, &id_values, false)?;
+            self.with_versions(db, table, found.into_values().collect())
+        };
+        let setting = self.dialect.lookup_setting();
+        let rows = match setting {
+            Some(_) if !apart => lookup(db, setting)?,
+            Some(_) if id_values.len() >= MANY_KEYS => db.transaction(|db| lookup(db, setting))?,
+            _ => lookup(db, None)?,
+        };
+        let mut current: HashMap<String, (Vec<FieldValue>, String)> = rows
             .into_iter()
             .map(|(id, fields, version)| (id, (fields, version)))
             .collect();
