@@ -481,16 +481,7 @@ async fn an_empty_read_of_a_servers_log_needs_no_transaction() {
             first.changes.is_empty() && !first.has_more,
             "{kind}: an empty table"
         );
-        db.exec("INSERT INTO items (name) VALUES ('one')").await;
-        let (seen, at) = common::read_until(
-            &mut s,
-            &db,
-            ("items", "sync-a", 100),
-            first.next_cursor,
-            |c| !c.is_empty(),
-        )
-        .await;
-        assert_eq!(seen.len(), 1, "{kind}: the insert is read");
+        let at = one_inserted_and_read(&mut s, &db, first.next_cursor).await;
         // The first read after the reader moved registers where it reads now, the next one
         // confirms it (see readers.rs): both write.
         let mut settled = at;
@@ -519,17 +510,23 @@ async fn an_empty_read_of_a_servers_log_needs_no_transaction() {
         )
         .await;
         assert_eq!(confirmed, 1, "{kind}: the reader's position is confirmed");
-        db.exec("INSERT INTO items (name) VALUES ('two')").await;
-        let (seen, _) = common::read_until(
-            &mut s,
-            &db,
-            ("items", "sync-a", 100),
-            idle.next_cursor,
-            |c| !c.is_empty(),
-        )
-        .await;
-        assert_eq!(seen.len(), 1, "{kind}: a later insert is read");
+        one_inserted_and_read(&mut s, &db, idle.next_cursor).await;
     }
+}
+
+/// Inserts a row into `items` and reads as `sync-a` from `cursor` until it comes; returns the
+/// cursor after it.
+async fn one_inserted_and_read(
+    s: &mut duplex::plugin::ConnectorSession,
+    db: &ServerDb,
+    cursor: String,
+) -> String {
+    db.exec("INSERT INTO items (name) VALUES ('one more')")
+        .await;
+    let (seen, at) =
+        common::read_until(s, db, ("items", "sync-a", 100), cursor, |c| !c.is_empty()).await;
+    assert_eq!(seen.len(), 1, "{}: the insert is read", db.kind);
+    at
 }
 
 #[tokio::test]

@@ -295,29 +295,34 @@ fn plugins(out: &mut Out) {
         );
         out.sample("duplex_plugin_call_duration_seconds_count", &labels, count);
     }
-    out.family(
-        "duplex_plugin_sql_seconds_total",
-        "counter",
-        "Of the plugins' call time, the time spent in the host's SQL capability: connections opened or taken from the pool, round trips and the database's work (not waits for changes). The rest is the plugin's own work and its values crossing the sandbox.",
+    // Counters per plugin and connection beside the calls': their share in SQL, in time and
+    // in calls.
+    type Counter = (
+        &'static str,
+        &'static str,
+        fn(&crate::telemetry::CallStats) -> String,
     );
-    for ((plugin, connection), c) in &calls {
-        out.sample(
+    let sql: [Counter; 2] = [
+        (
             "duplex_plugin_sql_seconds_total",
-            &[("plugin", plugin), ("connection", connection)],
-            c.sql_seconds,
-        );
-    }
-    out.family(
-        "duplex_plugin_sql_calls_total",
-        "counter",
-        "The plugins' calls into the host's SQL capability: statements, transactions begun and ended, connections opened.",
-    );
-    for ((plugin, connection), c) in &calls {
-        out.sample(
+            "Of the plugins' call time, the time spent in the host's SQL capability: connections opened or taken from the pool, round trips and the database's work (not waits for changes). The rest is the plugin's own work and its values crossing the sandbox.",
+            |c| c.sql_seconds.to_string(),
+        ),
+        (
             "duplex_plugin_sql_calls_total",
-            &[("plugin", plugin), ("connection", connection)],
-            c.sql_calls,
-        );
+            "The plugins' calls into the host's SQL capability: statements, transactions begun and ended, connections opened.",
+            |c| c.sql_calls.to_string(),
+        ),
+    ];
+    for (name, help, value) in sql {
+        out.family(name, "counter", help);
+        for ((plugin, connection), c) in &calls {
+            out.sample(
+                name,
+                &[("plugin", plugin), ("connection", connection)],
+                value(c),
+            );
+        }
     }
     out.family(
         "duplex_plugin_instances",
