@@ -449,12 +449,12 @@ fn sql_calls(connection: &str) -> u64 {
         .sum()
 }
 
-/// A read of a server's log with nothing new is the table's shape (asked by each plugin
-/// instance once, and each call here, like each cycle, has a fresh instance), the log's query,
-/// on PostgreSQL a count of the entries held behind running transactions (folded into the
-/// log's query it made every other read's planning twice as long), and its readers' query: no
-/// transaction around them. It was six SQL calls on PostgreSQL and seven on MariaDB (a
-/// transaction begun and committed, and on MariaDB the step between positions asked apart). A
+/// A read of a server's log with nothing new is the connection (each call opens it, from the
+/// pool), the log's query, on PostgreSQL a count of the entries held behind running
+/// transactions (folded into the log's query it made every other read's planning twice as
+/// long), and its readers' query: no transaction around them. It was six SQL calls on
+/// PostgreSQL and seven on MariaDB (a transaction begun and committed, and on MariaDB the step
+/// between positions asked apart). A cycle's fresh instance asks for the table's shape too. A
 /// read that finds something still finds it, and a reader that moved is still registered.
 #[tokio::test]
 async fn an_empty_read_of_a_servers_log_needs_no_transaction() {

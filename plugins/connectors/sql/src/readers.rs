@@ -225,7 +225,8 @@ impl Keep {
 /// Registers that `reader` reads `table` from `pos`, and now and then prunes the entries every
 /// reader is done with: reads the readers' rows and says what to write ([`Keep::apply`]). A
 /// read applies it in its transaction, so a read that fails registers nothing, or, where it
-/// reads without one, in a transaction of its own when there is anything to write. A read that
+/// reads without one, after the read: the reader's row alone as one statement, a prune and its
+/// record in a transaction of their own. A read that
 /// continues from a cursor (`continued`) fails when entries after `pos` may have been pruned:
 /// the reader was away longer than [`EXPIRY_DAYS`], or had never registered while others read
 /// and pruned.
