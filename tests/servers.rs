@@ -544,7 +544,8 @@ async fn pruning_beside_writers_loses_nothing_on_servers() {
 /// PostgreSQL's log is read in transaction id order, and a batch's position is its last
 /// entry's: ids compared as numbers, not as text, where "10000" sorts before "9999" and the
 /// batch's last entry came back in the middle, so that the next read started over from there.
-/// Two entries made as if by transactions 9999 and 10000 (the test cluster is well past both).
+/// Two entries made as if by transactions 9999 and 10000, or, on a cluster younger than that
+/// (a fresh machine's), the power of ten below its current transaction and the one before.
 #[tokio::test]
 async fn a_batch_crossing_a_power_of_ten_in_transaction_ids_ends_at_its_last_entry() {
     let Some(db) = items_db("postgres").await else {
@@ -558,21 +559,26 @@ async fn a_batch_crossing_a_power_of_ten_in_transaction_ids_ends_at_its_last_ent
         .unwrap();
     db.exec("INSERT INTO items (name) VALUES ('one'), ('two')")
         .await;
-    db.exec(
-        "INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '1', 'U', '9999'); \
-         INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '2', 'U', '10000')",
-    )
+    // Both must be older than every running transaction, or the log holds them back.
+    let now = common::TestDb::count(&db, "SELECT txid_current()").await;
+    let ten = 10i64.pow((now - 1).max(10).ilog10()).min(10_000);
+    db.exec(&format!(
+        "INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '1', 'U', '{}'); \
+         INSERT INTO _duplex_changes (tbl, pk, op, xid) VALUES ('items', '2', 'U', '{ten}')",
+        ten - 1
+    ))
     .await;
     let last_seq = common::TestDb::count(
         &db,
-        "SELECT seq FROM _duplex_changes WHERE xid = '10000'::xid8",
+        &format!("SELECT seq FROM _duplex_changes WHERE xid = '{ten}'::xid8"),
     )
     .await;
+    let from = format!("log|{}:0", ten - 2);
     let batch = s
-        .read(&db.config(), "items", "sync-a", Some("log|9998:0"), 2)
+        .read(&db.config(), "items", "sync-a", Some(&from), 2)
         .await
         .unwrap();
-    assert_eq!(batch.next_cursor, format!("log|10000:{last_seq}"));
+    assert_eq!(batch.next_cursor, format!("log|{ten}:{last_seq}"));
     let ids: Vec<&str> = batch.changes.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "in the order of their transactions");
 }
