@@ -53,6 +53,8 @@ pub const V0_3_0_NOTES: &str = "duplex_fixture_v0_3_0_notes";
 pub const V0_3_0_TAKE_RIGHT: &str = "duplex_fixture_v0_3_0_take_right";
 pub const V0_4_0_NOTES: &str = "duplex_fixture_v0_4_0_notes";
 pub const V0_4_0_TAKE_LAST: &str = "duplex_fixture_v0_4_0_take_last";
+pub const V0_5_0_NOTES: &str = "duplex_fixture_v0_5_0_notes";
+pub const V0_5_0_TAKE_LAST: &str = "duplex_fixture_v0_5_0_take_last";
 pub const WRONG_ANSWER: &str = "duplex_fixture_wrong_answer";
 
 /// A compile cache shared by the tests of one build, so each component compiles once.

@@ -465,6 +465,8 @@ impl SideIo for Shared {
             mid_transaction: following
                 .zip(entries.last())
                 .is_some_and(|(f, l)| f.txn == l.txn),
+            // Log entries, not records: an estimate, as a connector's is.
+            remaining: Some(s.log.iter().filter(|e| e.seq > next).count() as u64),
         })
     }
 

@@ -199,7 +199,7 @@ async fn a_connector_importing_sql_without_a_grant_does_not_load() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("duplex:plugin/sql@0.5.0") && msg.contains("connection crm"),
+        msg.contains("duplex:plugin/sql@0.6.0") && msg.contains("connection crm"),
         "{msg}"
     );
 }
@@ -215,11 +215,11 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
     let msg = err.to_string();
     assert!(msg.contains("duplex_rule_larger_wins"), "{msg}");
     assert!(
-        msg.contains("does not export duplex:plugin/connector@0.5.0"),
+        msg.contains("does not export duplex:plugin/connector@0.6.0"),
         "{msg}"
     );
     assert!(
-        msg.contains("duplex:plugin/resolver@0.5.0"),
+        msg.contains("duplex:plugin/resolver@0.6.0"),
         "says what it exports instead: {msg}"
     );
 
@@ -231,7 +231,7 @@ async fn a_component_for_another_world_is_refused_naming_the_missing_export() {
         .expect("a connector is not a rule");
     assert!(
         err.to_string()
-            .contains("does not export duplex:plugin/resolver@0.5.0"),
+            .contains("does not export duplex:plugin/resolver@0.6.0"),
         "{err}"
     );
     drop(db);
@@ -397,7 +397,7 @@ async fn a_rule_built_for_0_3_0_is_asked_about_syncs_of_two_only() {
     assert!(
         why.contains("duplex:plugin@0.3.0")
             && why.contains("has 4")
-            && why.contains("rebuild the rule against duplex:plugin@0.5.0"),
+            && why.contains("rebuild the rule against duplex:plugin@0.6.0"),
         "{why}"
     );
     assert!(matches!(&answers[2], Resolution::Manual(why) if why.contains("no value")));
@@ -430,6 +430,26 @@ async fn a_rule_built_for_0_4_0_is_asked_with_every_side() {
     );
 }
 
+/// A rule built for 0.5.0, the version before `change-batch.remaining`, is called as it is.
+#[tokio::test]
+async fn a_rule_built_for_0_5_0_is_asked_with_every_side() {
+    let host = common::host();
+    let rule = host
+        .load_resolver_file(&plugin(common::V0_5_0_TAKE_LAST), "people")
+        .await
+        .expect("a 0.5.0 rule loads");
+    assert_eq!(rule.origin().contract.version(), "0.5.0");
+    let int = Value::Integer;
+    let answers = rule
+        .resolve(vec![
+            conflict("a", None, int(1), int(2)),
+            conflict_of_more("b", [int(1), int(2), int(3), int(4)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers, [Resolution::TakeRight, Resolution::TakeOther(1)]);
+}
+
 /// A connector built for 0.3.0 keeps taking webhooks: its `webhook` export is called through
 /// the adapter and its `signing` import reaches the host's HMAC keyed by the connection's
 /// secret.
@@ -442,6 +462,12 @@ async fn a_connector_built_for_0_3_0_verifies_webhooks_with_the_hosts_signing() 
 #[tokio::test]
 async fn a_connector_built_for_0_4_0_verifies_webhooks_with_the_hosts_signing() {
     older_connector_verifies_webhooks(common::V0_4_0_NOTES, "0.4.0").await;
+}
+
+/// And for one built for 0.5.0.
+#[tokio::test]
+async fn a_connector_built_for_0_5_0_verifies_webhooks_with_the_hosts_signing() {
+    older_connector_verifies_webhooks(common::V0_5_0_NOTES, "0.5.0").await;
 }
 
 async fn older_connector_verifies_webhooks(fixture: &str, version: &str) {
@@ -557,12 +583,12 @@ fn plugin_inspect_prints_world_exports_imports_and_grants() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("duplex:plugin/connector-plugin@0.5.0 (connector plugin)"),
+        stdout.contains("duplex:plugin/connector-plugin@0.6.0 (connector plugin)"),
         "{stdout}"
     );
     assert!(stdout.contains("connector sql 0.1.0"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/connector@0.5.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
-    assert!(stdout.contains("duplex:plugin/sql@0.5.0"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/connector@0.6.0: info, check, discover, read, write, find, watch, remove-capture, webhook"), "{stdout}");
+    assert!(stdout.contains("duplex:plugin/sql@0.6.0"), "{stdout}");
     assert!(stdout.contains("grants    sql (grants.sql)"), "{stdout}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))

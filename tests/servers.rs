@@ -514,6 +514,59 @@ async fn an_empty_read_of_a_servers_log_needs_no_transaction() {
     }
 }
 
+/// A first read of a table holding more than a page says how many rows are left, counted once
+/// when its first page is full and handed down with each page after; the last page, and a log
+/// read with nothing behind it, say none are left.
+#[tokio::test]
+async fn a_first_read_says_how_many_rows_are_left_on_servers() {
+    for kind in ["postgres", "mariadb"] {
+        let Some(db) = items_db(kind).await else {
+            continue;
+        };
+        let rows: Vec<String> = (1..=25).map(|i| format!("('n{i}')")).collect();
+        db.exec(&format!(
+            "INSERT INTO items (name) VALUES {}",
+            rows.join(", ")
+        ))
+        .await;
+        let host = common::host();
+        let plugin = host
+            .load_connector_file(
+                &common::plugin(common::SQL),
+                "left-count",
+                &Grants {
+                    sql: vec![db.url.clone()],
+                    ..Grants::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut s = plugin.session().await.unwrap();
+        let mut cursor = None;
+        let mut said = Vec::new();
+        loop {
+            let b = s
+                .read(&db.config(), "items", "sync-a", cursor.as_deref(), 10)
+                .await
+                .unwrap();
+            said.push((b.changes.len(), b.has_more, b.remaining));
+            cursor = Some(b.next_cursor);
+            if !b.has_more {
+                break;
+            }
+        }
+        assert_eq!(
+            said,
+            [
+                (10, true, Some(15)),
+                (10, true, Some(5)),
+                (5, false, Some(0))
+            ],
+            "{kind}"
+        );
+    }
+}
+
 /// Inserts a row into `items` and reads as `sync-a` from `cursor` until it comes; returns the
 /// cursor after it.
 async fn one_inserted_and_read(

@@ -859,6 +859,18 @@ async fn components_built_for_contract_0_4_0_keep_loading_and_syncing() {
     .await;
 }
 
+/// The same for components built against 0.5.0, after 0.6.0 let a connector say how many
+/// changes remain.
+#[tokio::test]
+async fn components_built_for_contract_0_5_0_keep_loading_and_syncing() {
+    older_components_keep_loading_and_syncing(
+        common::V0_5_0_NOTES,
+        common::V0_5_0_TAKE_LAST,
+        "0.5.0",
+    )
+    .await;
+}
+
 async fn older_components_keep_loading_and_syncing(notes: &str, take_right: &str, version: &str) {
     let dir = tempfile::tempdir().unwrap();
     rusqlite::Connection::open(dir.path().join("crm.db"))
@@ -1703,7 +1715,7 @@ fields = [
     let list = cli(&["conflicts", "list", "duplex.toml"]);
     assert!(
         list.contains("rule left it to a person")
-            && list.contains("rebuild the rule against duplex:plugin@0.5.0"),
+            && list.contains("rebuild the rule against duplex:plugin@0.6.0"),
         "{list}"
     );
     assert_eq!(rows("desk")[0].1.as_deref(), Some("Ada King, Countess"));

@@ -16,6 +16,7 @@ mod since_v0_1_0;
 mod since_v0_2_0;
 mod since_v0_3_0;
 mod since_v0_4_0;
+mod since_v0_5_0;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -308,6 +309,7 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
     >(&mut l, |s| s)?;
     host::link_all(&mut l)?;
     // Components built for older versions import the same capabilities by their own names.
+    since_v0_5_0::add_to_linker(&mut l)?;
     since_v0_4_0::add_to_linker(&mut l)?;
     since_v0_3_0::add_to_linker(&mut l)?;
     since_v0_2_0::add_to_linker(&mut l)?;

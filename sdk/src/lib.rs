@@ -42,7 +42,7 @@ pub mod resolver_bindings {
         export_macro_name: "__export_resolver_world",
         default_bindings_module: "duplex_sdk::__private::resolver_bindings",
         additional_derives: [PartialEq, Clone],
-        with: { "duplex:plugin/types@0.5.0": crate::bindings::duplex::plugin::types },
+        with: { "duplex:plugin/types@0.6.0": crate::bindings::duplex::plugin::types },
         type_section_suffix: "resolver",
     });
     #[cfg(not(feature = "connector"))]

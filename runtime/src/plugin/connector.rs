@@ -8,6 +8,7 @@ use super::since_v0_1_0::{self as v0_1_0, Connector as V0_1_0};
 use super::since_v0_2_0::{self as v0_2_0, Connector as V0_2_0};
 use super::since_v0_3_0::{self as v0_3_0, Connector as V0_3_0};
 use super::since_v0_4_0::{self as v0_4_0, Connector as V0_4_0};
+use super::since_v0_5_0::{self as v0_5_0, Connector as V0_5_0};
 use super::world::Contract;
 use super::{
     CallError, ChangeBatch, ConnectorInfo, Current, Limits, LoadError, LookupKey, Purity,
@@ -33,6 +34,7 @@ pub struct ConnectorPlugin {
 #[derive(Clone)]
 enum Pre {
     Latest(ConnectorWorldPre<StoreState>),
+    V0_5_0(v0_5_0::ConnectorWorldPre<StoreState>),
     V0_4_0(v0_4_0::ConnectorWorldPre<StoreState>),
     V0_3_0(v0_3_0::ConnectorWorldPre<StoreState>),
     V0_2_0(v0_2_0::ConnectorWorldPre<StoreState>),
@@ -42,6 +44,7 @@ enum Pre {
 /// An instance's exports, by the contract version it was built for.
 enum Exports {
     Latest(ConnectorWorld),
+    V0_5_0(v0_5_0::ConnectorWorld),
     V0_4_0(v0_4_0::ConnectorWorld),
     V0_3_0(v0_3_0::ConnectorWorld),
     V0_2_0(v0_2_0::ConnectorWorld),
@@ -54,6 +57,7 @@ macro_rules! export {
     ($b:expr, $s:expr, $latest:ident / $old:ident($($arg:expr),*)) => {
         match $b {
             Exports::Latest(b) => b.duplex_plugin_connector().$latest($s, $($arg),*).await,
+            Exports::V0_5_0(b) => V0_5_0(b).$old($s, $($arg),*).await,
             Exports::V0_4_0(b) => V0_4_0(b).$old($s, $($arg),*).await,
             Exports::V0_3_0(b) => V0_3_0(b).$old($s, $($arg),*).await,
             Exports::V0_2_0(b) => V0_2_0(b).$old($s, $($arg),*).await,
@@ -82,6 +86,7 @@ impl ConnectorPlugin {
         let pre = linker.instantiate_pre(component).map_err(link)?;
         let pre = match contract {
             Contract::Latest => Pre::Latest(ConnectorWorldPre::new(pre).map_err(link)?),
+            Contract::V0_5_0 => Pre::V0_5_0(v0_5_0::ConnectorWorldPre::new(pre).map_err(link)?),
             Contract::V0_4_0 => Pre::V0_4_0(v0_4_0::ConnectorWorldPre::new(pre).map_err(link)?),
             Contract::V0_3_0 => Pre::V0_3_0(v0_3_0::ConnectorWorldPre::new(pre).map_err(link)?),
             Contract::V0_2_0 => Pre::V0_2_0(v0_2_0::ConnectorWorldPre::new(pre).map_err(link)?),
@@ -163,6 +168,7 @@ impl ConnectorPlugin {
                 Box::pin(async move {
                     Ok(match pre {
                         Pre::Latest(p) => Exports::Latest(p.instantiate_async(store).await?),
+                        Pre::V0_5_0(p) => Exports::V0_5_0(p.instantiate_async(store).await?),
                         Pre::V0_4_0(p) => Exports::V0_4_0(p.instantiate_async(store).await?),
                         Pre::V0_3_0(p) => Exports::V0_3_0(p.instantiate_async(store).await?),
                         Pre::V0_2_0(p) => Exports::V0_2_0(p.instantiate_async(store).await?),

@@ -8,6 +8,7 @@ use super::since_v0_1_0 as v0_1_0;
 use super::since_v0_2_0 as v0_2_0;
 use super::since_v0_3_0 as v0_3_0;
 use super::since_v0_4_0 as v0_4_0;
+use super::since_v0_5_0 as v0_5_0;
 use super::world::Contract;
 use super::{CallError, Conflict, Limits, LoadError, Origin, Purity, Resolution, StoreState};
 use crate::bindings::{ResolverWorld, ResolverWorldPre};
@@ -26,6 +27,7 @@ pub struct ResolverPlugin {
 #[derive(Clone)]
 enum Pre {
     Latest(ResolverWorldPre<StoreState>),
+    V0_5_0(v0_5_0::ResolverWorldPre<StoreState>),
     V0_4_0(v0_4_0::ResolverWorldPre<StoreState>),
     V0_3_0(v0_3_0::ResolverWorldPre<StoreState>),
     V0_2_0(v0_2_0::ResolverWorldPre<StoreState>),
@@ -34,6 +36,7 @@ enum Pre {
 
 enum Exports {
     Latest(ResolverWorld),
+    V0_5_0(v0_5_0::ResolverWorld),
     V0_4_0(v0_4_0::ResolverWorld),
     V0_3_0(v0_3_0::ResolverWorld),
     V0_2_0(v0_2_0::ResolverWorld),
@@ -57,6 +60,7 @@ impl ResolverPlugin {
         let pre = linker.instantiate_pre(component).map_err(link)?;
         let pre = match contract {
             Contract::Latest => Pre::Latest(ResolverWorldPre::new(pre).map_err(link)?),
+            Contract::V0_5_0 => Pre::V0_5_0(v0_5_0::ResolverWorldPre::new(pre).map_err(link)?),
             Contract::V0_4_0 => Pre::V0_4_0(v0_4_0::ResolverWorldPre::new(pre).map_err(link)?),
             Contract::V0_3_0 => Pre::V0_3_0(v0_3_0::ResolverWorldPre::new(pre).map_err(link)?),
             Contract::V0_2_0 => Pre::V0_2_0(v0_2_0::ResolverWorldPre::new(pre).map_err(link)?),
@@ -101,6 +105,7 @@ impl ResolverPlugin {
                 Box::pin(async move {
                     Ok(match pre {
                         Pre::Latest(p) => Exports::Latest(p.instantiate_async(store).await?),
+                        Pre::V0_5_0(p) => Exports::V0_5_0(p.instantiate_async(store).await?),
                         Pre::V0_4_0(p) => Exports::V0_4_0(p.instantiate_async(store).await?),
                         Pre::V0_3_0(p) => Exports::V0_3_0(p.instantiate_async(store).await?),
                         Pre::V0_2_0(p) => Exports::V0_2_0(p.instantiate_async(store).await?),
@@ -117,6 +122,7 @@ impl ResolverPlugin {
                         Exports::Latest(b) => {
                             b.duplex_plugin_resolver().call_resolve(s, &conflicts).await
                         }
+                        Exports::V0_5_0(b) => v0_5_0::resolve(b, s, &conflicts).await,
                         Exports::V0_4_0(b) => v0_4_0::resolve(b, s, &conflicts).await,
                         Exports::V0_3_0(b) => v0_3_0::resolve(b, s, &conflicts).await,
                         Exports::V0_2_0(b) => v0_2_0::resolve(b, s, &conflicts).await,

@@ -209,11 +209,67 @@ macro_rules! resolve_as_latest {
     };
 }
 
+/// A rule of a version that sees every side of a sync of more (0.4.0 on), called with the
+/// latest types: the same shapes.
+macro_rules! resolve_every_side {
+    () => {
+        pub(crate) async fn resolve<S: AsContextMut<Data = StoreState>>(
+            world: &ResolverWorld,
+            s: S,
+            conflicts: &[latest_resolver::Conflict],
+        ) -> wasmtime::Result<Vec<latest_resolver::Resolution>> {
+            let side = |s: &latest_resolver::Side| old_resolver::Side {
+                name: s.name.clone(),
+                value: s.value.clone(),
+                changed_at: s.changed_at,
+            };
+            let asked: Vec<old_resolver::Conflict> = conflicts
+                .iter()
+                .map(|c| old_resolver::Conflict {
+                    sync: c.sync.clone(),
+                    field: c.field.clone(),
+                    base: c.base.clone(),
+                    left: side(&c.left),
+                    right: side(&c.right),
+                    others: c.others.iter().map(side).collect(),
+                })
+                .collect();
+            let answers = world
+                .duplex_plugin_resolver()
+                .call_resolve(s, &asked)
+                .await?;
+            Ok(answers
+                .into_iter()
+                .map(|r| match r {
+                    old_resolver::Resolution::TakeLeft => latest_resolver::Resolution::TakeLeft,
+                    old_resolver::Resolution::TakeRight => latest_resolver::Resolution::TakeRight,
+                    old_resolver::Resolution::TakeOther(n) => {
+                        latest_resolver::Resolution::TakeOther(n)
+                    }
+                    old_resolver::Resolution::Value(v) => latest_resolver::Resolution::Value(v),
+                    old_resolver::Resolution::Manual(why) => {
+                        latest_resolver::Resolution::Manual(why)
+                    }
+                })
+                .collect())
+        }
+    };
+}
+
 /// A connector of an older version whose exports have the latest shapes (0.2.0 on: only
-/// `webhook` came later, and `change-batch.mid-transaction` in 0.5.0), called with the latest
-/// types: `Connector` wraps its bindings; an adapter from 0.3.0 on adds `webhook_as_latest!`.
+/// `webhook` came later, `change-batch.mid-transaction` in 0.5.0 and `change-batch.remaining`
+/// in 0.6.0), called with the latest types: `Connector` wraps its bindings; an adapter from
+/// 0.3.0 on adds `webhook_as_latest!`. Its batches say nothing of what remains; before 0.5.0
+/// they count as whole, from 0.5.0 on they say it (`connector_as_latest!(said_mid_transaction)`).
 macro_rules! connector_as_latest {
     () => {
+        // Before 0.5.0 a connector could not say; its batches count as whole.
+        connector_as_latest!(|_| false);
+    };
+    (said_mid_transaction) => {
+        connector_as_latest!(|b: &old::ChangeBatch| b.mid_transaction);
+    };
+    ($mid_transaction:expr) => {
         type CallResult<T> = wasmtime::Result<Result<T, Error>>;
 
         impl Connector<'_> {
@@ -285,11 +341,11 @@ macro_rules! connector_as_latest {
                     .call_read(s, config, stream, origin, cursor, max)
                     .await?;
                 Ok(batch.map(|b| latest::ChangeBatch {
+                    mid_transaction: ($mid_transaction)(&b),
                     changes: b.changes.into_iter().map(change).collect(),
                     next_cursor: b.next_cursor,
                     has_more: b.has_more,
-                    // Before 0.5.0 a connector could not say; its batches count as whole.
-                    mid_transaction: false,
+                    remaining: None,
                 }))
             }
 

@@ -157,6 +157,7 @@ impl Connector<'_> {
             next_cursor: b.next_cursor,
             has_more: b.has_more,
             mid_transaction: false,
+            remaining: None,
         }))
     }
 

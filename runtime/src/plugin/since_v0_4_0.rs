@@ -90,39 +90,4 @@ webhook_as_latest!();
 
 // ---- A 0.4.0 rule called as the latest one: the same shapes, every side included.
 
-pub(crate) async fn resolve<S: AsContextMut<Data = StoreState>>(
-    world: &ResolverWorld,
-    s: S,
-    conflicts: &[latest_resolver::Conflict],
-) -> wasmtime::Result<Vec<latest_resolver::Resolution>> {
-    let side = |s: &latest_resolver::Side| old_resolver::Side {
-        name: s.name.clone(),
-        value: s.value.clone(),
-        changed_at: s.changed_at,
-    };
-    let asked: Vec<old_resolver::Conflict> = conflicts
-        .iter()
-        .map(|c| old_resolver::Conflict {
-            sync: c.sync.clone(),
-            field: c.field.clone(),
-            base: c.base.clone(),
-            left: side(&c.left),
-            right: side(&c.right),
-            others: c.others.iter().map(side).collect(),
-        })
-        .collect();
-    let answers = world
-        .duplex_plugin_resolver()
-        .call_resolve(s, &asked)
-        .await?;
-    Ok(answers
-        .into_iter()
-        .map(|r| match r {
-            old_resolver::Resolution::TakeLeft => latest_resolver::Resolution::TakeLeft,
-            old_resolver::Resolution::TakeRight => latest_resolver::Resolution::TakeRight,
-            old_resolver::Resolution::TakeOther(n) => latest_resolver::Resolution::TakeOther(n),
-            old_resolver::Resolution::Value(v) => latest_resolver::Resolution::Value(v),
-            old_resolver::Resolution::Manual(why) => latest_resolver::Resolution::Manual(why),
-        })
-        .collect())
-}
+resolve_every_side!();

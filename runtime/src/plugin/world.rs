@@ -15,13 +15,15 @@ use crate::host::{self, Capability};
 /// The contract's package and version, as components name its interfaces.
 pub const PACKAGE: &str = "duplex:plugin";
 /// The latest version of the contract, which this host speaks and the SDK builds.
-pub const VERSION: &str = "0.5.0";
+pub const VERSION: &str = "0.6.0";
 
 /// A version of the contract this host loads components of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contract {
     /// [`VERSION`].
     Latest,
+    /// Through the adapter in `since_v0_5_0.rs`.
+    V0_5_0,
     /// Through the adapter in `since_v0_4_0.rs`.
     V0_4_0,
     /// Through the adapter in `since_v0_3_0.rs`.
@@ -34,8 +36,9 @@ pub enum Contract {
 
 impl Contract {
     /// Every version loaded, latest first.
-    pub const ALL: [Contract; 5] = [
+    pub const ALL: [Contract; 6] = [
         Contract::Latest,
+        Contract::V0_5_0,
         Contract::V0_4_0,
         Contract::V0_3_0,
         Contract::V0_2_0,
@@ -45,6 +48,7 @@ impl Contract {
     pub fn version(self) -> &'static str {
         match self {
             Contract::Latest => VERSION,
+            Contract::V0_5_0 => super::since_v0_5_0::VERSION,
             Contract::V0_4_0 => super::since_v0_4_0::VERSION,
             Contract::V0_3_0 => super::since_v0_3_0::VERSION,
             Contract::V0_2_0 => super::since_v0_2_0::VERSION,
@@ -358,13 +362,14 @@ mod tests {
 
     #[test]
     fn classifies_imports() {
+        assert_eq!(classify_import("duplex:plugin/sql@0.6.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.5.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.4.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.3.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.2.0"), SQL);
         assert_eq!(classify_import("duplex:plugin/sql@0.1.0"), SQL);
         assert_eq!(
-            classify_import("duplex:plugin/sql@0.6.0"),
+            classify_import("duplex:plugin/sql@0.7.0"),
             ImportKind::WrongVersion
         );
         assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportKind::StdLib);

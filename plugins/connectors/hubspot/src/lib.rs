@@ -130,6 +130,9 @@ struct Record {
 struct Page {
     #[serde(default)]
     results: Vec<Record>,
+    /// How many records match a search, over all its pages (search answers only).
+    #[serde(default)]
+    total: Option<u64>,
     #[serde(default)]
     paging: Option<Paging>,
 }
@@ -545,6 +548,8 @@ impl Connector for HubSpot {
         let mut changes = Vec::new();
         let mut after = 0;
         let mut more = false;
+        // The search's total and how far into it the pages went: what remains to read.
+        let mut through: Option<(u64, u64)> = None;
         loop {
             if after + limit > SEARCH_CAP {
                 // The search's cap: the next read starts from the newest time admitted.
@@ -553,6 +558,9 @@ impl Connector for HubSpot {
             }
             let page: Page = self.search_page(object, from, after, limit, &names)?;
             let full = page.results.len() == limit;
+            through = page
+                .total
+                .map(|total| (total, (after + page.results.len()) as u64));
             for r in &page.results {
                 let modified = r
                     .properties
@@ -587,6 +595,11 @@ impl Connector for HubSpot {
             has_more: more,
             // HubSpot has no transactions a change could be part of.
             mid_transaction: false,
+            // Records modified since the search's start, less those its pages went through
+            // (some of which the overlap skips): an estimate.
+            remaining: through
+                .filter(|_| more)
+                .map(|(total, read)| total.saturating_sub(read)),
         })
     }
 

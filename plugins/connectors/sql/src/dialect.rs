@@ -9,6 +9,15 @@ use std::collections::HashMap;
 use duplex_sdk::sql::{Db, Row};
 use duplex_sdk::{Error, FieldType, Value};
 
+/// The first column of a query's first row as an integer (a `count(*)`); 0 without one.
+pub fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
+    let rows = db.query(sql, params)?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.at(0)?.as_integer())
+        .unwrap_or(0))
+}
+
 /// One column, as the catalogue describes it.
 pub struct Column {
     pub name: String,
@@ -231,6 +240,24 @@ pub trait Dialect {
             more,
             mid_transaction: false,
         })
+    }
+    /// How many entries of `table`'s log lie after `pos`, counting at most `most`: what a
+    /// read that left more waiting says remains, where that is little. Entries, not records,
+    /// and the reader's own among them; an estimate.
+    fn log_waiting(&self, db: &Db, table: &str, pos: &str, most: u32) -> Result<u64, Error> {
+        let after: i64 = pos
+            .parse()
+            .map_err(|_| Error::permanent(format!("log position {pos:?} is not this dialect's")))?;
+        let n = count(
+            db,
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes WHERE tbl = {} AND seq > {} LIMIT {most}) w",
+                self.param(1),
+                self.param(2)
+            ),
+            &[Value::Text(table.to_owned()), Value::Integer(after)],
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
     /// When each row's current version was made, by the database's clock, from the log:
     /// `versions` are (pk, version) pairs as reads and finds give them. A version whose entry

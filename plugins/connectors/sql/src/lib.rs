@@ -28,7 +28,7 @@ use duplex_sdk::{
 };
 
 use cursor::Cursor;
-use dialect::{Column, Dialect, Installed, LogRead, Look};
+use dialect::{count, Column, Dialect, Installed, LogRead, Look};
 
 /// The most ids one `IN (...)` list carries; SQLite allows 32766 parameters, other databases
 /// fewer, and long lists plan badly.
@@ -233,15 +233,18 @@ impl Connector for SqlConnector {
                 Some(Cursor::Log { pos }) => pos.clone(),
             };
             let batch = match cursor {
-                None => self.read_snapshot(db, &table, from.clone(), None, max),
-                Some(Cursor::Snapshot { log_from, after }) => {
-                    self.read_snapshot(db, &table, log_from, after, max)
-                }
+                None => self.read_snapshot(db, &table, from.clone(), None, None, max),
+                Some(Cursor::Snapshot {
+                    log_from,
+                    after,
+                    left,
+                }) => self.read_snapshot(db, &table, log_from, after, left, max),
                 Some(Cursor::Log { pos }) if !captured => Ok(ChangeBatch {
                     changes: Vec::new(),
                     next_cursor: Cursor::Log { pos }.encode(),
                     has_more: false,
                     mid_transaction: false,
+                    remaining: Some(0),
                 }),
                 Some(Cursor::Log { pos }) => self.read_log(db, &table, (origin, apart), &pos, max),
             }?;
@@ -608,12 +611,17 @@ impl SqlConnector {
             .collect())
     }
 
+    /// A page of the table's rows in key order, after `after`. `left` is how many rows were
+    /// left before this page: counted once, when the first page is full (a table that fits
+    /// in one page is not counted), so that a long first load can show what remains; rows
+    /// made meanwhile are read too, so it is an estimate.
     fn read_snapshot(
         &self,
         db: &Db,
         table: &Table,
         log_from: String,
         after: Option<Value>,
+        left: Option<u64>,
         max: u32,
     ) -> Result<ChangeBatch, Error> {
         let pk = self.dialect.ident(&table.pk);
@@ -635,6 +643,17 @@ impl SqlConnector {
         let last_key = rows.iter().last().and_then(|r| r.get(&table.pk).cloned());
         let records = ResultColumns::of(table, &rows.columns).records(rows.rows);
         let full = records.len() as u32 >= max;
+        let read = records.len() as u64;
+        let left = match (left, &after) {
+            // The first page's transaction is the snapshot's first: the count sees the rows
+            // this page was read from.
+            (None, None) if full => {
+                let rows = count(db, &format!("SELECT count(*) FROM {t}"), &[])?;
+                Some(u64::try_from(rows).unwrap_or(0))
+            }
+            _ => left,
+        }
+        .map(|n| n.saturating_sub(read));
         let changes = self
             .with_versions(db, table, records)?
             .into_iter()
@@ -649,6 +668,7 @@ impl SqlConnector {
                 Cursor::Snapshot {
                     log_from,
                     after: last_key,
+                    left,
                 },
                 true,
             )
@@ -666,6 +686,8 @@ impl SqlConnector {
             has_more,
             // A snapshot is read in key order, not by transaction.
             mid_transaction: false,
+            // Once the rows are read, what the log holds is not counted.
+            remaining: if full { left } else { (!has_more).then_some(0) },
         })
     }
 
@@ -799,11 +821,21 @@ impl SqlConnector {
             })
             .collect();
         changes.sort_by_key(|(seq, _)| *seq);
+        // What waits behind the batch is counted up to a batch more (a sync's own writes
+        // after a bulk write, a few changes made meanwhile); a longer backlog is not (counting
+        // it would read it).
+        let remaining = if has_more {
+            let waiting = self.dialect.log_waiting(db, &table.name, &next, max)?;
+            (waiting < u64::from(max)).then_some(waiting)
+        } else {
+            Some(0)
+        };
         Ok(ChangeBatch {
             changes: changes.into_iter().map(|(_, c)| c).collect(),
             next_cursor: Cursor::Log { pos: next }.encode(),
             has_more,
             mid_transaction,
+            remaining,
         })
     }
 

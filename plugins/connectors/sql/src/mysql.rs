@@ -19,7 +19,7 @@ use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
 use crate::dialect::{
-    entries, literal, prune_bound, Carry, Column, Dialect, Installed, LogRead, Look,
+    count, entries, literal, prune_bound, Carry, Column, Dialect, Installed, LogRead, Look,
 };
 
 pub struct MySql;
@@ -161,14 +161,6 @@ fn enum_values(column_type: &str) -> Vec<String> {
         out.push(value);
     }
     out
-}
-
-fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
-    let rows = db.query(sql, params)?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.at(0)?.as_integer())
-        .unwrap_or(0))
 }
 
 fn trigger_name(table: &str, suffix: &str) -> String {

@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use duplex_sdk::sql::Db;
 use duplex_sdk::{params, Error, FieldType, Value};
 
-use crate::dialect::{entries, literal, Carry, Column, Dialect, Installed, LogRead, Look};
+use crate::dialect::{count, entries, literal, Carry, Column, Dialect, Installed, LogRead, Look};
 
 pub struct Postgres;
 
@@ -155,12 +155,15 @@ const LOG_TABLES: &str = "('_duplex_changes', '_duplex_readers')";
 const CAPTURE_TRIGGERS: &str =
     "('_duplex_capture_ins', '_duplex_capture_upd', '_duplex_capture_del')";
 
-fn count(db: &Db, sql: &str, params: &[Value]) -> Result<i64, Error> {
-    let rows = db.query(sql, params)?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.at(0)?.as_integer())
-        .unwrap_or(0))
+/// A log position's transaction id and sequence number (`xid:seq`).
+fn position(pos: &str) -> Result<(&str, i64), Error> {
+    let bad = || {
+        Error::permanent(format!(
+            "log position {pos:?} is not PostgreSQL's (xid:seq)"
+        ))
+    };
+    let (xid, seq) = pos.split_once(':').ok_or_else(bad)?;
+    Ok((xid, seq.parse().map_err(|_| bad())?))
 }
 
 impl Dialect for Postgres {
@@ -593,6 +596,23 @@ impl Dialect for Postgres {
         Ok(format!("{xmin}:-1"))
     }
 
+    fn log_waiting(&self, db: &Db, table: &str, pos: &str, most: u32) -> Result<u64, Error> {
+        let (xid, seq) = position(pos)?;
+        let n = count(
+            db,
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM _duplex_changes \
+                 WHERE tbl = $1 AND (xid, seq) > ($2::xid8, $3) LIMIT {most}) w"
+            ),
+            &[
+                Value::Text(table.to_owned()),
+                Value::Text(xid.to_owned()),
+                Value::Integer(seq),
+            ],
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn log_read(
         &self,
         db: &Db,
@@ -601,13 +621,7 @@ impl Dialect for Postgres {
         pos: &str,
         max: u32,
     ) -> Result<LogRead, Error> {
-        let bad = || {
-            Error::permanent(format!(
-                "log position {pos:?} is not PostgreSQL's (xid:seq)"
-            ))
-        };
-        let (xid, seq) = pos.split_once(':').ok_or_else(bad)?;
-        let seq: i64 = seq.parse().map_err(|_| bad())?;
+        let (xid, seq) = position(pos)?;
         // The reader's own writes are left out here rather than in the connector: after a bulk
         // write they are most of the log, and shipping them out only to drop them cost as much
         // as reading the changes. A record is left out only when all its entries in the batch
