@@ -1402,6 +1402,37 @@ async fn a_source_transaction_bigger_than_a_batch_is_applied_whole() {
     );
 }
 
+/// A cycle that leaves changes waiting reports about how many, from what the connectors said
+/// (contract 0.6.0's `remaining`), summed over the sides still reading; a cycle that read to
+/// the end reports none. The progress line's time left is made of it.
+#[tokio::test]
+async fn a_cycle_with_more_to_read_reports_what_remains() {
+    let (left, right) = (Shared::new(""), Shared::new("r"));
+    create_people(&left, 10);
+    create_people(&right, 7);
+    let mut runner = lww_runner(&left, &right, 4);
+    let state = State::in_memory().unwrap();
+    let mut remaining = Vec::new();
+    let mut now = 1_000_000;
+    loop {
+        now += 1_000_000;
+        let report = runner.cycle(&state, now).await.expect("cycle");
+        remaining.push(report.remaining);
+        if !report.more {
+            break;
+        }
+    }
+    // 10 and 7 made, 4 a batch: 6 and 3 left after the first cycle. Later counts include
+    // the sync's own writes, which wait in each side's log too (left out when read).
+    assert_eq!(remaining.first(), Some(&Some(6 + 3)), "{remaining:?}");
+    assert!(remaining.len() > 2, "{remaining:?}");
+    assert!(
+        remaining[..remaining.len() - 1].iter().all(Option::is_some),
+        "{remaining:?}"
+    );
+    assert_eq!(remaining.last(), Some(&None), "{remaining:?}");
+}
+
 /// A transaction bigger than the sync's `max_transaction` is applied in parts (and logged), and
 /// still arrives whole in the end: the bound holds, and the test above can tell a split.
 #[tokio::test]

@@ -859,6 +859,17 @@ fn metrics_parse_as_prometheus_text_and_move_as_the_sync_runs() {
         after.docs
     );
     assert_eq!(value(&after, "duplex_links", &[("sync", "people")]), 3.0);
+    // What a load has left is a gauge, sampled only while a sync's connectors say: a sync of a
+    // few records never has more than a batch waiting.
+    assert!(after.docs.contains_key("duplex_remaining_changes"));
+    assert!(
+        !after
+            .samples
+            .iter()
+            .any(|s| s.metric == "duplex_remaining_changes"),
+        "nothing is left: {:?}",
+        after.samples
+    );
 
     let (status, body) = http(addr, "GET", "/readyz", None, None);
     assert_eq!(status, 200, "{body}");

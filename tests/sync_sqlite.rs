@@ -732,6 +732,71 @@ fn sigkill_at_any_moment_is_survivable_and_sigterm_stops_cleanly() {
     assert!(err.contains("stopped cleanly"), "{err}");
 }
 
+/// A first load says what is left: the sql connector counts the table's rows when its first
+/// page is full and hands the count down with each page, and each cycle's report carries it
+/// (the progress line's "left" and time left). A table read in one page is not counted.
+#[tokio::test]
+async fn a_first_load_reports_how_many_rows_are_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE);";
+    let left = rusqlite::Connection::open(dir.path().join("left.db")).unwrap();
+    left.execute_batch(schema).unwrap();
+    left.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250)
+         INSERT INTO notes (title) SELECT 'note ' || i FROM n",
+        [],
+    )
+    .unwrap();
+    rusqlite::Connection::open(dir.path().join("right.db"))
+        .unwrap()
+        .execute_batch(schema)
+        .unwrap();
+    let config = r#"
+[connections.left]
+plugin = "builtin:sql"
+config = { url = "sqlite://left.db" }
+grants = { sql = ["sqlite://left.db"] }
+
+[connections.right]
+plugin = "builtin:sql"
+config = { url = "sqlite://right.db" }
+grants = { sql = ["sqlite://right.db"] }
+
+[syncs.notes]
+left = "left.notes"
+right = "right.notes"
+schedule = "5m"
+batch = 100
+
+[[syncs.notes.fields]]
+left = "title"
+right = "title"
+"#;
+    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
+    let app = App::load(&dir.path().join("duplex.toml"))
+        .await
+        .expect("config loads");
+    let state = app.open_state().expect("state opens");
+    let mut seen = Vec::new();
+    app.run_once(&state, |_, r| seen.push((r.more, r.remaining)))
+        .await
+        .expect("the sync runs to the end");
+    let left: Vec<_> = seen.iter().filter(|(more, _)| *more).map(|s| s.1).collect();
+    assert_eq!(left[..2], [Some(150), Some(50)], "{seen:?}");
+    // After the last page, the right's log holds the sync's last writes (a batch, which
+    // SQLite's reads cannot tell from more): counted, not unknown.
+    assert!(left.iter().all(Option::is_some), "{seen:?}");
+    assert!(
+        seen.iter().all(|(more, left)| *more || left.is_none()),
+        "a cycle with nothing more to read reports nothing left: {seen:?}"
+    );
+    let right = rusqlite::Connection::open(dir.path().join("right.db")).unwrap();
+    let n: i64 = right
+        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 250);
+}
+
 /// Records too large for a plugin to hold a whole batch of at once: the read that runs the
 /// connector out of memory is tried again with fewer, and everything arrives. Before, the read
 /// failed the same way every cycle and the sync never moved.

@@ -117,6 +117,11 @@ pub struct CycleReport {
     pub by_kind: BTreeMap<&'static str, [usize; 2]>,
     /// A side has more changes waiting than one batch holds.
     pub more: bool,
+    /// About how many changes wait on the sides with more to read, where each of their
+    /// connectors said (contract 0.6.0's `remaining`; the sql connector says it while it
+    /// reads a table's existing rows); none where one could not tell. An estimate, for
+    /// progress: the sync decides nothing by it.
+    pub remaining: Option<u64>,
     /// A batch ended inside a source transaction and the cycle read on to its end, to write it
     /// to the other sides whole.
     pub whole_transaction: bool,
@@ -1305,6 +1310,8 @@ impl<S: SideIo> SyncRunner<S> {
             (0..self.sides.len()).map(|_| None).collect(),
         );
         report.read = vec![0; self.sides.len()];
+        // What the sides still waiting said remains, none once one could not say.
+        let mut remaining = Some(0u64);
         for ((side, cursor), ahead) in self.spec.all_sides().zip(cursors).zip(ahead) {
             let (batch, read_at) = match ahead {
                 Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
@@ -1321,6 +1328,7 @@ impl<S: SideIo> SyncRunner<S> {
             let mut waiting = batch.has_more;
             let mut torn = batch.has_more && batch.mid_transaction;
             let mut more = batch.has_more.then(|| batch.next_cursor.clone());
+            let mut left = batch.remaining;
             batches.push((side, batch, read_at));
             // A batch that ends inside a transaction is read on to its end, so the transaction
             // is written whole (except in a pilot, which takes its first `limit` only). A dry
@@ -1355,10 +1363,15 @@ impl<S: SideIo> SyncRunner<S> {
                 waiting = batch.has_more;
                 torn = batch.has_more && batch.mid_transaction;
                 more = batch.has_more.then(|| batch.next_cursor.clone());
+                left = batch.remaining;
                 batches.push((side, batch, read_at));
             }
             report.more |= waiting;
+            if waiting {
+                remaining = remaining.zip(left).map(|(sum, n)| sum.saturating_add(n));
+            }
         }
+        report.remaining = remaining.filter(|_| report.more);
         lap.end("read");
         self.started = true;
         // A full batch to work through (or a transaction read whole): the rest of the cycle

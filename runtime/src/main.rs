@@ -311,18 +311,13 @@ impl Progress {
         t.written += r.writes;
         let (since, first) = *t.since.get_or_insert((std::time::Instant::now(), t.read));
         if self.terminal && r.more {
-            // The rate counts what was read after the run's first cycle; the contract carries
-            // no total, so there is no time left to show.
+            // The rate counts what was read after the run's first cycle; what is left, what
+            // the connectors said of it (a first load's count, where they can tell).
             let seconds = since.elapsed().as_secs_f64();
-            let rate = if seconds >= 1.0 {
-                format!(", {:.0} changes/s", (t.read - first) as f64 / seconds)
-            } else {
-                String::new()
-            };
-            eprint!(
-                "\r{sync}: {} changes read, {} written{rate} ...",
-                t.read, t.written
-            );
+            let rate = (seconds >= 1.0).then(|| (t.read - first) as f64 / seconds);
+            let line = duplex::report::progress_line(sync, t.read, t.written, rate, r.remaining);
+            // The line is written over the last, which may have been longer: clear its rest.
+            eprint!("\r{line} ...\x1b[K");
         } else {
             if self.terminal {
                 eprint!("\r");
@@ -1192,6 +1187,9 @@ fn print_status(syncs: &[SyncStatus]) {
             println!("  last cycle ({at} UTC): {last}");
         }
         if let Some(live) = &s.live {
+            if let Some(left) = live.remaining {
+                println!("  catching up: about {left} changes left to read");
+            }
             if live.failures > 0 {
                 println!(
                     "  failing: {} cycles in a row; the last: {}",

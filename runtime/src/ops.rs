@@ -207,6 +207,11 @@ pub struct LiveStatus {
     /// When both sides were last caught up.
     pub caught_up_at: Option<i64>,
     pub started_at: i64,
+    /// About how many changes the last cycle left waiting, where the connectors said (the
+    /// sql connector does while it reads a table's existing rows); none when caught up or
+    /// when a side could not tell.
+    #[serde(default)]
+    pub remaining: Option<u64>,
 }
 
 /// One cycle that did something, or failed.
@@ -310,6 +315,7 @@ impl Live {
                 self.status.last_error = None;
                 self.status.retry_at = None;
                 self.status.caught_up = r.idle();
+                self.status.remaining = r.remaining;
                 if r.idle() {
                     self.status.caught_up_at = Some(at);
                     return;

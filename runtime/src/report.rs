@@ -126,9 +126,74 @@ fn decision(d: &Decided) -> String {
     )
 }
 
+/// A sync's progress through a run of full batches (a first load, a backlog), on one line:
+/// what it read and wrote, its rate once known, and, where its connectors said what remains,
+/// how much and about how long.
+pub fn progress_line(
+    sync: &str,
+    read: usize,
+    written: usize,
+    rate: Option<f64>,
+    remaining: Option<u64>,
+) -> String {
+    let mut line = format!("{sync}: {read} changes read, {written} written");
+    if let Some(rate) = rate {
+        line.push_str(&format!(", {rate:.0} changes/s"));
+    }
+    if let Some(left) = remaining {
+        line.push_str(&format!(", {left} left"));
+        if let Some(rate) = rate.filter(|r| *r >= 1.0) {
+            line.push_str(&format!(" (about {})", duration(left as f64 / rate)));
+        }
+    }
+    line
+}
+
+/// `45 s`, `3 min 20 s`, `2 h 5 min`: a time left, as precise as it is worth.
+fn duration(seconds: f64) -> String {
+    let s = seconds.ceil() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..600 => format!("{} min {} s", s / 60, s % 60),
+        600..3600 => format!("{} min", s.div_ceil(60)),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_line_says_what_is_left_and_about_how_long() {
+        assert_eq!(
+            progress_line("people", 1000, 0, None, None),
+            "people: 1000 changes read, 0 written"
+        );
+        assert_eq!(
+            progress_line("people", 45000, 44000, Some(21000.4), None),
+            "people: 45000 changes read, 44000 written, 21000 changes/s"
+        );
+        // Left, but no rate yet: no time.
+        assert_eq!(
+            progress_line("people", 1000, 0, None, Some(99000)),
+            "people: 1000 changes read, 0 written, 99000 left"
+        );
+        assert_eq!(
+            progress_line("people", 45000, 44000, Some(20000.0), Some(55000)),
+            "people: 45000 changes read, 44000 written, 20000 changes/s, 55000 left (about 3 s)"
+        );
+        let left = |seconds: u64| progress_line("s", 0, 0, Some(1.0), Some(seconds));
+        assert!(left(59).ends_with("(about 59 s)"), "{}", left(59));
+        assert!(left(200).ends_with("(about 3 min 20 s)"), "{}", left(200));
+        assert!(left(1790).ends_with("(about 30 min)"), "{}", left(1790));
+        assert!(left(7500).ends_with("(about 2 h 5 min)"), "{}", left(7500));
+        // A rate below one change a second tells no time worth showing.
+        assert_eq!(
+            progress_line("s", 1, 0, Some(0.5), Some(10)),
+            "s: 1 changes read, 0 written, 0 changes/s, 10 left"
+        );
+    }
 
     #[test]
     fn a_decision_reads_with_both_values_both_times_and_the_winner() {

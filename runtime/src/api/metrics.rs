@@ -206,6 +206,16 @@ pub fn render(ops: &Ops) -> Result<String, OpsError> {
         out.sample("duplex_lag_seconds", &[("sync", name)], lag);
     }
     out.family(
+        "duplex_remaining_changes",
+        "gauge",
+        "About how many changes the last cycle left waiting to be read, where the connectors said (a first load of a database table); absent where they could not tell.",
+    );
+    for (name, l) in &live {
+        if let Some(n) = l.status.remaining {
+            out.sample("duplex_remaining_changes", &[("sync", name)], n);
+        }
+    }
+    out.family(
         "duplex_cycle_duration_seconds",
         "histogram",
         "How long cycles took.",
