@@ -3049,6 +3049,98 @@ async fn capture_taken_out_is_installed_again_by_the_next_look_on_servers() {
     }
 }
 
+/// Rows a write creates on MariaDB answer with what the INSERT returned and the versions its
+/// triggers gave them, without reading the rows back (the write's transaction holds them): a
+/// value the column rounded, a default and the key come back as stored, and each version is the one
+/// `_duplex_rows` keeps, which a conditional update then passes.
+#[tokio::test]
+async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions() {
+    let Some(db) = ServerDb::new("mariadb").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT, rate DECIMAL(4,2), kind VARCHAR(10) NOT NULL DEFAULT 'plain')",
+    )
+    .await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let config = db.config();
+    let mut s = plugin.session().await.unwrap();
+    s.read(&config, "items", "sync:a", None, 100).await.unwrap();
+    let create = |name: &str| {
+        WriteOp::Create(CreateOp {
+            fields: vec![
+                FieldValue {
+                    name: "name".into(),
+                    value: Value::Text(name.into()),
+                },
+                FieldValue {
+                    name: "rate".into(),
+                    value: Value::Decimal("7.125".into()),
+                },
+            ],
+        })
+    };
+    let made = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            vec![create("a"), create("b"), create("c")],
+        )
+        .await
+        .unwrap();
+    let versions = rows_as_text(
+        &db,
+        "SELECT CONCAT(pk, '=', version) FROM _duplex_rows WHERE tbl = 'items' ORDER BY CAST(pk AS INT)",
+    )
+    .await;
+    let mut answered = Vec::new();
+    for w in &made {
+        let w = w.as_ref().unwrap();
+        let mut stored: Vec<String> = w
+            .stored
+            .iter()
+            .map(|f| format!("{}={:?}", f.name, f.value))
+            .collect();
+        stored.sort();
+        assert_eq!(
+            stored,
+            [
+                format!("id={:?}", Value::Integer(w.id.parse().unwrap())),
+                format!("kind={:?}", Value::Text("plain".into())),
+                format!("rate={:?}", Value::Decimal("7.13".into())),
+            ],
+            "record {}",
+            w.id
+        );
+        answered.push(format!(
+            "{}={}",
+            w.id,
+            w.version.clone().unwrap_or_default()
+        ));
+    }
+    assert_eq!(answered, versions);
+    let w = &made[1].as_ref().unwrap();
+    let again = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            vec![WriteOp::Update(UpdateOp {
+                id: w.id.clone(),
+                fields: vec![FieldValue {
+                    name: "name".into(),
+                    value: Value::Text("b2".into()),
+                }],
+                if_version: w.version.clone(),
+            })],
+        )
+        .await
+        .unwrap();
+    assert!(again[0].is_ok(), "{again:?}");
+}
+
 /// A run of updates on PostgreSQL is one statement that answers with what each row stores
 /// (the table joined again for the rows as they were), so nothing is read before or after it:
 /// what a trigger or the column's type changed comes back exactly as op by op, conditional
