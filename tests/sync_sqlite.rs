@@ -732,26 +732,8 @@ fn sigkill_at_any_moment_is_survivable_and_sigterm_stops_cleanly() {
     assert!(err.contains("stopped cleanly"), "{err}");
 }
 
-/// A first load says what is left: the sql connector counts the table's rows when its first
-/// page is full and hands the count down with each page, and each cycle's report carries it
-/// (the progress line's "left" and time left). A table read in one page is not counted.
-#[tokio::test]
-async fn a_first_load_reports_how_many_rows_are_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE);";
-    let left = rusqlite::Connection::open(dir.path().join("left.db")).unwrap();
-    left.execute_batch(schema).unwrap();
-    left.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250)
-         INSERT INTO notes (title) SELECT 'note ' || i FROM n",
-        [],
-    )
-    .unwrap();
-    rusqlite::Connection::open(dir.path().join("right.db"))
-        .unwrap()
-        .execute_batch(schema)
-        .unwrap();
-    let config = r#"
+/// The two SQLite connections of the tests of `notes` on `left.db` and `right.db`.
+const NOTES_LEFT_AND_RIGHT: &str = r#"
 [connections.left]
 plugin = "builtin:sql"
 config = { url = "sqlite://left.db" }
@@ -761,7 +743,40 @@ grants = { sql = ["sqlite://left.db"] }
 plugin = "builtin:sql"
 config = { url = "sqlite://right.db" }
 grants = { sql = ["sqlite://right.db"] }
+"#;
 
+/// `notes` made by `schema` in `left.db` and `right.db` under `dir`, and `rows` rows in the
+/// left one, made by `fill`, an INSERT reading `i` from 1 to `rows` in `n`.
+fn notes_on_both(dir: &std::path::Path, schema: &str, fill: &str, rows: u32) {
+    let left = rusqlite::Connection::open(dir.join("left.db")).unwrap();
+    left.execute_batch(schema).unwrap();
+    left.execute(
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) {fill}"
+        ),
+        [],
+    )
+    .unwrap();
+    rusqlite::Connection::open(dir.join("right.db"))
+        .unwrap()
+        .execute_batch(schema)
+        .unwrap();
+}
+
+/// A first load says what is left: the sql connector counts the table's rows when its first
+/// page is full and hands the count down with each page, and each cycle's report carries it
+/// (the progress line's "left" and time left). A table read in one page is not counted.
+#[tokio::test]
+async fn a_first_load_reports_how_many_rows_are_left() {
+    let dir = tempfile::tempdir().unwrap();
+    notes_on_both(
+        dir.path(),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE);",
+        "INSERT INTO notes (title) SELECT 'note ' || i FROM n",
+        250,
+    );
+    let config = NOTES_LEFT_AND_RIGHT.to_owned()
+        + r#"
 [syncs.notes]
 left = "left.notes"
 right = "right.notes"
@@ -803,34 +818,18 @@ right = "title"
 #[tokio::test]
 async fn a_batch_too_big_for_the_plugin_is_read_in_smaller_pieces() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE, body TEXT NOT NULL);";
-    let left = rusqlite::Connection::open(dir.path().join("left.db")).unwrap();
-    left.execute_batch(schema).unwrap();
     // 120 notes of 100 KB: 12 MB, which the connector holds about three times over while it
     // reads them (rows, records, the answer), against a 16 MiB limit.
-    left.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
-         INSERT INTO notes (title, body) SELECT 'note ' || i, printf('%d:', i) || hex(zeroblob(50000)) FROM n",
-        [],
-    )
-    .unwrap();
-    rusqlite::Connection::open(dir.path().join("right.db"))
-        .unwrap()
-        .execute_batch(schema)
-        .unwrap();
-    let config = r#"
+    notes_on_both(
+        dir.path(),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE, body TEXT NOT NULL);",
+        "INSERT INTO notes (title, body) SELECT 'note ' || i, printf('%d:', i) || hex(zeroblob(50000)) FROM n",
+        120,
+    );
+    let config = NOTES_LEFT_AND_RIGHT.to_owned()
+        + r#"
 [limits]
 memory_mb = 16
-
-[connections.left]
-plugin = "builtin:sql"
-config = { url = "sqlite://left.db" }
-grants = { sql = ["sqlite://left.db"] }
-
-[connections.right]
-plugin = "builtin:sql"
-config = { url = "sqlite://right.db" }
-grants = { sql = ["sqlite://right.db"] }
 
 [syncs.notes]
 left = "left.notes"

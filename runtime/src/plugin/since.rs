@@ -9,6 +9,45 @@
 //! `latest_resolver`, `ConnectorWorld` and `ResolverWorld` name that version's and the latest
 //! bindings.
 
+/// An older version's bindings, generated from its copy of the contract (`wit/v0.X.0`):
+/// `connector_world` and `resolver_world`, their types linked to the latest (the shapes are
+/// the same), and `ConnectorWorld`, `ResolverWorld` and their `Pre`s.
+macro_rules! older_worlds {
+    ($path:tt) => {
+        mod connector_world {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "connector-plugin",
+                imports: { default: async | trappable },
+                exports: { default: async },
+                with: {
+                    "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+                    "duplex:plugin/sql.connection": crate::host::sql::Connection,
+                },
+            });
+        }
+
+        mod resolver_world {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "resolver-plugin",
+                imports: { default: async | trappable },
+                exports: { default: async },
+                with: {
+                    "duplex:plugin/types": crate::bindings::duplex::plugin::types,
+                },
+            });
+        }
+
+        pub(crate) use connector_world::{
+            ConnectorPlugin as ConnectorWorld, ConnectorPluginPre as ConnectorWorldPre,
+        };
+        pub(crate) use resolver_world::{
+            ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre,
+        };
+    };
+}
+
 /// The `log` and `sql` imports of an older version, forwarded to the latest.
 macro_rules! forward_log_and_sql {
     () => {

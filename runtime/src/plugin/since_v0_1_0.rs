@@ -28,37 +28,7 @@ use crate::host::{HasHost, HostData, HostView};
 /// The version this module adapts.
 pub const VERSION: &str = "0.1.0";
 
-mod connector_world {
-    wasmtime::component::bindgen!({
-        path: "../wit/v0.1.0",
-        world: "connector-plugin",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
-            "duplex:plugin/sql.connection": crate::host::sql::Connection,
-        },
-    });
-}
-
-mod resolver_world {
-    wasmtime::component::bindgen!({
-        path: "../wit/v0.1.0",
-        world: "resolver-plugin",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "duplex:plugin/types": crate::bindings::duplex::plugin::types,
-        },
-    });
-}
-
-pub(crate) use connector_world::{
-    ConnectorPlugin as ConnectorWorld, ConnectorPluginPre as ConnectorWorldPre,
-};
-pub(crate) use resolver_world::{
-    ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre,
-};
+older_worlds!("../wit/v0.1.0");
 
 use connector_world::duplex::plugin::{log as old_log, sql as old_sql};
 use connector_world::exports::duplex::plugin::connector as old;

@@ -53,6 +53,15 @@ const VERSION_COLUMN: &str = "_duplex_version";
 /// A row as read: its id, its fields and, where the dialect keeps it in the row, its version.
 type Record = (String, Vec<FieldValue>, Option<String>);
 
+/// The ids of the records whose rows do not carry their version.
+fn unversioned(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|(_, _, v)| v.is_none())
+        .map(|(id, _, _)| id.clone())
+        .collect()
+}
+
 /// The connection's config.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -572,11 +581,7 @@ impl SqlConnector {
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let missing: Vec<String> = records
-            .iter()
-            .filter(|(_, _, v)| v.is_none())
-            .map(|(id, _, _)| id.clone())
-            .collect();
+        let missing = unversioned(&records);
         let mut versions = if !missing.is_empty() && self.versioned.get() {
             self.versions(db, table, &missing)?
         } else {
@@ -608,11 +613,7 @@ impl SqlConnector {
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let missing: Vec<String> = records
-            .iter()
-            .filter(|(_, _, v)| v.is_none())
-            .map(|(id, _, _)| id.clone())
-            .collect();
+        let missing = unversioned(&records);
         if missing.is_empty() {
             return Ok(records
                 .into_iter()
