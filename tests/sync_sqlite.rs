@@ -1746,6 +1746,8 @@ fields = [
         )
     };
     std::fs::write(&path, ruled(common::LARGER_WINS)).unwrap();
+    let checked = cli(&["check", "duplex.toml"]);
+    assert!(!checked.contains("warning"), "{checked}");
     exec(
         "crm",
         "UPDATE people SET name = 'Ada K' WHERE email LIKE 'ada@%'",
@@ -1767,6 +1769,13 @@ fields = [
     // A rule built for 0.3.0 sees two sides: its conflicts in a sync of three wait for a
     // person, saying so, rather than being decided between two of the sides.
     std::fs::write(&path, ruled(common::V0_3_0_TAKE_RIGHT)).unwrap();
+    // `check` says so before anything runs.
+    let checked = cli(&["check", "duplex.toml"]);
+    assert!(
+        checked.contains("warning: rule pick was built for duplex:plugin@0.3.0")
+            && checked.contains("this sync has 3, so its conflicts wait for a person"),
+        "{checked}"
+    );
     exec(
         "crm",
         "UPDATE people SET name = 'Ada' WHERE email LIKE 'ada@%'",

@@ -94,6 +94,30 @@ impl Sync {
         )
     }
 
+    /// What `check` says of the rules the sync asks that cannot see all its sides: a rule
+    /// built for a contract before 0.4.0, in a sync of more than two, is not asked about its
+    /// conflicts, which wait for a person (see `plugin/since.rs`).
+    pub fn rule_warnings(&self, rules: &Rules) -> Vec<String> {
+        if self.sides.len() <= 2 {
+            return Vec::new();
+        }
+        rules
+            .iter()
+            .filter(|(name, _)| install::uses_rule(self, name))
+            .filter(|(_, rule)| !rule.origin().contract.rules_see_every_side())
+            .map(|(name, rule)| {
+                format!(
+                    "rule {name} was built for duplex:plugin@{}, which shows a rule two sides: \
+                     this sync has {}, so its conflicts wait for a person instead; rebuild the \
+                     rule against duplex:plugin@{}",
+                    rule.origin().contract.version(),
+                    self.sides.len(),
+                    crate::plugin::world::VERSION
+                )
+            })
+            .collect()
+    }
+
     /// Each side's `connection.stream`, in config order.
     pub fn streams(&self) -> Vec<String> {
         self.sides.iter().map(|(c, s)| format!("{c}.{s}")).collect()

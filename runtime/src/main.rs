@@ -598,6 +598,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for line in s.schema.report() {
                     println!("  schema: {line}");
                 }
+                for line in s.rule_warnings(&app.rules) {
+                    println!("  warning: {line}");
+                }
             }
             if accept {
                 accept_schemas(&app)?;

@@ -45,6 +45,12 @@ impl Contract {
         Contract::V0_1_0,
     ];
 
+    /// Whether its rules see every side of a sync of more than two (0.4.0 on); older ones are
+    /// shown two, and the conflicts of such a sync wait for a person instead.
+    pub fn rules_see_every_side(self) -> bool {
+        !matches!(self, Contract::V0_3_0 | Contract::V0_2_0 | Contract::V0_1_0)
+    }
+
     pub fn version(self) -> &'static str {
         match self {
             Contract::Latest => VERSION,
