@@ -209,7 +209,7 @@ pub struct LiveStatus {
     pub started_at: i64,
     /// About how many changes the last cycle left waiting, where the connectors said (the
     /// sql connector does while it reads a table's existing rows); none when caught up or
-    /// when a side could not tell.
+    /// when a side could not tell. A failed cycle moves no cursor, so the count stands.
     #[serde(default)]
     pub remaining: Option<u64>,
 }
