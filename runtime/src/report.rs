@@ -142,7 +142,7 @@ pub fn progress_line(
     }
     if let Some(left) = remaining {
         line.push_str(&format!(", {left} left"));
-        if let Some(rate) = rate.filter(|r| *r >= 1.0) {
+        if let Some(rate) = rate.filter(|r| *r >= 1.0 && left > 0) {
             line.push_str(&format!(" (about {})", duration(left as f64 / rate)));
         }
     }
@@ -188,7 +188,11 @@ mod tests {
         assert!(left(200).ends_with("(about 3 min 20 s)"), "{}", left(200));
         assert!(left(1790).ends_with("(about 30 min)"), "{}", left(1790));
         assert!(left(7500).ends_with("(about 2 h 5 min)"), "{}", left(7500));
-        // A rate below one change a second tells no time worth showing.
+        // Nothing left tells no time; a rate below one change a second tells none worth showing.
+        assert_eq!(
+            progress_line("s", 1, 0, Some(5.0), Some(0)),
+            "s: 1 changes read, 0 written, 5 changes/s, 0 left"
+        );
         assert_eq!(
             progress_line("s", 1, 0, Some(0.5), Some(10)),
             "s: 1 changes read, 0 written, 0 changes/s, 10 left"
