@@ -531,17 +531,7 @@ async fn a_first_read_says_how_many_rows_are_left_on_servers() {
         ))
         .await;
         let host = common::host();
-        let plugin = host
-            .load_connector_file(
-                &common::plugin(common::SQL),
-                "left-count",
-                &Grants {
-                    sql: vec![db.url.clone()],
-                    ..Grants::default()
-                },
-            )
-            .await
-            .unwrap();
+        let plugin = db.connector(&host).await;
         let mut s = plugin.session().await.unwrap();
         let mut cursor = None;
         let mut said = Vec::new();

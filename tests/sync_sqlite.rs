@@ -763,6 +763,23 @@ fn notes_on_both(dir: &std::path::Path, schema: &str, fill: &str, rows: u32) {
         .unwrap();
 }
 
+/// Writes `config` as `duplex.toml` in `dir` and runs its syncs until caught up, telling
+/// `progress` of each cycle; returns every cycle's report.
+async fn run_once_with(
+    dir: &std::path::Path,
+    config: &str,
+    progress: impl FnMut(&str, &duplex::driver::CycleReport),
+) -> std::collections::BTreeMap<String, Vec<duplex::driver::CycleReport>> {
+    std::fs::write(dir.join("duplex.toml"), config).unwrap();
+    let app = App::load(&dir.join("duplex.toml"))
+        .await
+        .expect("config loads");
+    let state = app.open_state().expect("state opens");
+    app.run_once(&state, progress)
+        .await
+        .expect("the sync runs to the end")
+}
+
 /// A first load says what is left: the sql connector counts the table's rows when its first
 /// page is full and hands the count down with each page, and each cycle's report carries it
 /// (the progress line's "left" and time left). A table read in one page is not counted.
@@ -787,15 +804,8 @@ batch = 100
 left = "title"
 right = "title"
 "#;
-    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
-    let app = App::load(&dir.path().join("duplex.toml"))
-        .await
-        .expect("config loads");
-    let state = app.open_state().expect("state opens");
     let mut seen = Vec::new();
-    app.run_once(&state, |_, r| seen.push((r.more, r.remaining)))
-        .await
-        .expect("the sync runs to the end");
+    run_once_with(dir.path(), &config, |_, r| seen.push((r.more, r.remaining))).await;
     let left: Vec<_> = seen.iter().filter(|(more, _)| *more).map(|s| s.1).collect();
     assert_eq!(left[..2], [Some(150), Some(50)], "{seen:?}");
     // After the last page, the right's log holds the sync's last writes (a batch, which
@@ -845,15 +855,7 @@ right = "title"
 left = "body"
 right = "body"
 "#;
-    std::fs::write(dir.path().join("duplex.toml"), config).unwrap();
-    let app = App::load(&dir.path().join("duplex.toml"))
-        .await
-        .expect("config loads");
-    let state = app.open_state().expect("state opens");
-    let reports = app
-        .run_once(&state, |_, _| {})
-        .await
-        .expect("the sync runs to the end");
+    let reports = run_once_with(dir.path(), &config, |_, _| {}).await;
     let cycles = reports.values().map(Vec::len).sum::<usize>();
     assert!(
         cycles > 2,

@@ -11,9 +11,38 @@
 
 /// An older version's bindings, generated from its copy of the contract (`wit/v0.X.0`):
 /// `connector_world` and `resolver_world`, their types linked to the latest (the shapes are
-/// the same), and `ConnectorWorld`, `ResolverWorld` and their `Pre`s.
+/// the same), `ConnectorWorld`, `ResolverWorld` and their `Pre`s; the names the other macros
+/// use for that version (`old`, `old_resolver`, `old_log`, `old_sql` and, from 0.3.0 on, with
+/// `signing`, `old_signing`); and `add_to_linker`, which links the version's names of the
+/// contract's types (no functions) and its imports, forwarded to the latest capabilities and
+/// so checking the same grants.
 macro_rules! older_worlds {
     ($path:tt) => {
+        older_worlds!(@worlds $path);
+        use connector_world::duplex::plugin::{log as old_log, sql as old_sql};
+
+        pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+            linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
+            old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+            old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+            Ok(())
+        }
+    };
+    ($path:tt, signing) => {
+        older_worlds!(@worlds $path);
+        use connector_world::duplex::plugin::{
+            log as old_log, signing as old_signing, sql as old_sql,
+        };
+
+        pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+            linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
+            old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+            old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+            old_signing::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
+            Ok(())
+        }
+    };
+    (@worlds $path:tt) => {
         mod connector_world {
             wasmtime::component::bindgen!({
                 path: $path,
@@ -45,6 +74,9 @@ macro_rules! older_worlds {
         pub(crate) use resolver_world::{
             ResolverPlugin as ResolverWorld, ResolverPluginPre as ResolverWorldPre,
         };
+
+        use connector_world::exports::duplex::plugin::connector as old;
+        use resolver_world::exports::duplex::plugin::resolver as old_resolver;
     };
 }
 

@@ -25,20 +25,7 @@ pub const VERSION: &str = "0.2.0";
 
 older_worlds!("../wit/v0.2.0");
 
-use connector_world::duplex::plugin::{log as old_log, sql as old_sql};
-use connector_world::exports::duplex::plugin::connector as old;
-use resolver_world::exports::duplex::plugin::resolver as old_resolver;
-
 // ---- Imports: what 0.2.0 components call, forwarded to the host's capabilities.
-
-/// Links the 0.2.0 names of the contract's types (no functions), `log` and `sql`, which
-/// forward to the latest and so check the same grants.
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
-    old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
-    old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
-    Ok(())
-}
 
 forward_log_and_sql!();
 

@@ -27,23 +27,9 @@ use crate::host::{HasHost, HostData, HostView};
 /// The version this module adapts.
 pub const VERSION: &str = "0.5.0";
 
-older_worlds!("../wit/v0.5.0");
-
-use connector_world::duplex::plugin::{log as old_log, signing as old_signing, sql as old_sql};
-use connector_world::exports::duplex::plugin::connector as old;
-use resolver_world::exports::duplex::plugin::resolver as old_resolver;
+older_worlds!("../wit/v0.5.0", signing);
 
 // ---- Imports: what 0.5.0 components call, forwarded to the host's capabilities.
-
-/// Links the 0.5.0 names of the contract's types (no functions), `log`, `sql` and `signing`,
-/// which forward to the latest and so check the same grants.
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    linker.instance(&format!("duplex:plugin/types@{VERSION}"))?;
-    old_log::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
-    old_sql::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
-    old_signing::add_to_linker::<StoreState, HasHost>(linker, StoreState::host)?;
-    Ok(())
-}
 
 forward_log_and_sql!();
 

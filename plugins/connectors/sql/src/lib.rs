@@ -570,6 +570,19 @@ impl SqlConnector {
             .collect()
     }
 
+    /// The versions `_duplex_rows` keeps for `ids`; none without capture or without ids.
+    fn kept_versions(
+        &self,
+        db: &Db,
+        table: &Table,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        if ids.is_empty() || !self.versioned.get() {
+            return Ok(HashMap::new());
+        }
+        self.versions(db, table, ids)
+    }
+
     /// Rows this write's transaction just made, with their versions: it holds them until it
     /// ends, so what its statement returned is what they store, and only the versions kept
     /// apart (`_duplex_rows`, written by the capture's triggers in the same transaction) are
@@ -581,12 +594,7 @@ impl SqlConnector {
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let missing = unversioned(&records);
-        let mut versions = if !missing.is_empty() && self.versioned.get() {
-            self.versions(db, table, &missing)?
-        } else {
-            HashMap::new()
-        };
+        let mut versions = self.kept_versions(db, table, &unversioned(&records))?;
         Ok(records
             .into_iter()
             .map(|(id, fields, v)| {
@@ -620,11 +628,7 @@ impl SqlConnector {
                 .map(|(id, fields, v)| (id, fields, v.unwrap_or_default()))
                 .collect());
         }
-        let mut versions = if self.versioned.get() {
-            self.versions(db, table, &missing)?
-        } else {
-            HashMap::new()
-        };
+        let mut versions = self.kept_versions(db, table, &missing)?;
         let ids: Vec<Value> = missing
             .iter()
             .map(|id| id_value(table, id))
