@@ -3157,6 +3157,174 @@ async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions(
     assert!(again[0].is_ok(), "{again:?}");
 }
 
+/// A write that only creates rows on MariaDB logs them itself, two statements for the whole
+/// run, while the table's insert trigger stands aside: each row gets one entry, tagged with the
+/// writer's origin, and the version it answered with. Its own reader does not get them back, any
+/// other reader does; a person's trigger that inserts into another captured table still has
+/// that row logged; the write after it (an update, on the same pooled connection) is logged by
+/// its trigger; a table keyed by a date keeps its trigger; and an insert trigger installed
+/// before (which would log the rows a second time) is installed again first.
+#[tokio::test]
+async fn creates_on_mariadb_are_logged_once_by_their_write() {
+    let Some(db) = ServerDb::new("mariadb").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT);
+         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT);
+         CREATE TABLE days (day DATE PRIMARY KEY, note TEXT);
+         CREATE TRIGGER items_audit AFTER INSERT ON items FOR EACH ROW
+             INSERT INTO audit (note) VALUES (CONCAT('made ', NEW.name));",
+    )
+    .await;
+    let host = common::host();
+    let plugin = db.connector(&host).await;
+    let config = db.config();
+    let mut s = plugin.session().await.unwrap();
+    let mut cursors = std::collections::HashMap::new();
+    for (table, reader) in [
+        ("items", "sync:a"),
+        ("items", "sync:b"),
+        ("audit", "sync:b"),
+    ] {
+        let batch = s.read(&config, table, reader, None, 100).await.unwrap();
+        cursors.insert((table, reader), batch.next_cursor);
+    }
+    // What an earlier connector installed: an insert trigger that always logs.
+    db.exec(
+        "DROP TRIGGER `_duplex_items_ins`;
+         CREATE TRIGGER `_duplex_items_ins` AFTER INSERT ON `items` FOR EACH ROW BEGIN
+             INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ('items', NEW.`id`, 'I', @duplex_origin);
+             INSERT INTO _duplex_rows (tbl, pk, version) VALUES ('items', NEW.`id`, LAST_INSERT_ID()) ON DUPLICATE KEY UPDATE version = VALUES(version);
+         END",
+    )
+    .await;
+    let mut s = plugin.session().await.unwrap();
+    let create = |field: &str, value: &str| {
+        WriteOp::Create(CreateOp {
+            fields: vec![FieldValue {
+                name: field.into(),
+                value: Value::Text(value.into()),
+            }],
+        })
+    };
+    let made = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            (1..=3).map(|i| create("name", &format!("n{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    let answered: Vec<String> = made
+        .iter()
+        .map(|w| {
+            let w = w.as_ref().unwrap();
+            format!("{}={}", w.id, w.version.clone().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows_as_text(
+            &db,
+            "SELECT CONCAT(c.pk, '=', c.seq, ' ', c.op, ' ', c.origin, ' ', r.version) FROM _duplex_changes c \
+             JOIN _duplex_rows r ON r.tbl = c.tbl AND r.pk = c.pk WHERE c.tbl = 'items' ORDER BY c.seq"
+        )
+        .await,
+        answered
+            .iter()
+            .map(|a| format!("{a} I sync:a {}", a.split('=').nth(1).unwrap()))
+            .collect::<Vec<_>>(),
+        "one entry per row, the writer's origin, the version it answered with"
+    );
+    let body = db
+        .text("SELECT CAST(action_statement AS CHAR) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND trigger_name = '_duplex_items_ins'")
+        .await
+        .unwrap();
+    assert!(body.contains("@duplex_own_log"), "installed again: {body}");
+
+    let read = |table: &'static str, reader: &'static str| {
+        let (plugin, config, cursor) = (&plugin, &config, cursors[&(table, reader)].clone());
+        async move {
+            let batch = plugin
+                .session()
+                .await
+                .unwrap()
+                .read(config, table, reader, Some(&cursor), 100)
+                .await
+                .unwrap();
+            batch
+                .changes
+                .iter()
+                .map(|c| (c.kind, c.id.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read("items", "sync:a").await, []);
+    let ids: Vec<&str> = answered
+        .iter()
+        .map(|a| a.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        read("items", "sync:b").await,
+        ids.iter()
+            .map(|id| (ChangeKind::Create, id.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        read("audit", "sync:b").await,
+        ["1", "2", "3"].map(|id| (ChangeKind::Create, id.to_owned())),
+        "rows a person's trigger made in another table are logged there"
+    );
+
+    let updated = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            vec![WriteOp::Update(UpdateOp {
+                id: ids[0].into(),
+                fields: vec![FieldValue {
+                    name: "name".into(),
+                    value: Value::Text("changed".into()),
+                }],
+                if_version: None,
+            })],
+        )
+        .await
+        .unwrap();
+    assert!(updated[0].is_ok(), "{updated:?}");
+    db.exec("INSERT INTO items (name) VALUES ('by hand')").await;
+    assert_eq!(
+        rows_as_text(
+            &db,
+            "SELECT CONCAT(op, ' ', COALESCE(origin, '-')) FROM _duplex_changes WHERE tbl = 'items' ORDER BY seq"
+        )
+        .await[3..],
+        ["U sync:a", "I -"],
+        "the next write and a person's insert are logged by the triggers"
+    );
+
+    s.read(&config, "days", "sync:a", None, 100).await.unwrap();
+    let days = s
+        .write(
+            &config,
+            "days",
+            "sync:a",
+            vec![create("day", "2026-12-07"), create("day", "2026-12-08")],
+        )
+        .await
+        .unwrap();
+    assert!(days.iter().all(Result::is_ok), "{days:?}");
+    assert_eq!(
+        db.text("SELECT CAST(count(*) AS CHAR) FROM _duplex_changes WHERE tbl = 'days'")
+            .await
+            .as_deref(),
+        Some("2"),
+        "a table keyed by a date is logged by its trigger, once a row"
+    );
+}
+
 /// A run of updates on PostgreSQL is one statement that answers with what each row stores
 /// (the table joined again for the rows as they were), so nothing is read before or after it:
 /// what a trigger or the column's type changed comes back exactly as op by op, conditional

@@ -385,9 +385,32 @@ pub trait Dialect {
     /// Marks the rest of the current transaction's writes as made by `origin`; the triggers copy
     /// it into the log.
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error>;
-    /// [`Dialect::mark_origin`] for a transaction that only inserts rows.
-    fn mark_origin_of_inserts(&self, db: &Db, origin: &str) -> Result<(), Error> {
-        self.mark_origin(db, origin)
+    /// [`Dialect::mark_origin`] for a transaction that only inserts rows into `table`, keyed by
+    /// `pk`. Says whether the writer logs the rows it makes itself ([`Dialect::log_made`]), the
+    /// table's insert trigger standing aside for the rest of the transaction.
+    fn mark_origin_of_inserts(
+        &self,
+        db: &Db,
+        origin: &str,
+        _table: &str,
+        _pk: &Column,
+    ) -> Result<bool, Error> {
+        self.mark_origin(db, origin)?;
+        Ok(false)
+    }
+    /// Logs the rows with keys `ids` that the current transaction made in `table`, after
+    /// [`Dialect::mark_origin_of_inserts`] said the writer would: the entries its insert
+    /// trigger would have written, in the same order, and the rows' versions, which it returns
+    /// by key.
+    fn log_made(
+        &self,
+        _db: &Db,
+        table: &str,
+        _ids: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        Err(Error::permanent(format!(
+            "rows made in {table} are logged by its trigger, not by the writer"
+        )))
     }
     /// Ends the mark, before the transaction commits.
     fn clear_origin(&self, db: &Db) -> Result<(), Error>;

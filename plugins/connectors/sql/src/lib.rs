@@ -111,6 +111,9 @@ pub struct SqlConnector {
     /// Whether `_duplex_rows` can be read for versions: false only for a read-only connection
     /// to a database whose capture was never installed (every version is then "0").
     versioned: std::cell::Cell<bool>,
+    /// Whether the write under way logs the rows it makes itself (see
+    /// [`Dialect::mark_origin_of_inserts`]).
+    logs_own: std::cell::Cell<bool>,
 }
 
 /// A table as the connector works with it.
@@ -156,6 +159,7 @@ impl Connector for SqlConnector {
             dialect,
             config,
             versioned: std::cell::Cell::new(true),
+            logs_own: std::cell::Cell::new(false),
         })
     }
 
@@ -587,14 +591,27 @@ impl SqlConnector {
     /// ends, so what its statement returned is what they store, and only the versions kept
     /// apart (`_duplex_rows`, written by the capture's triggers in the same transaction) are
     /// looked up. [`Self::with_versions`] reads such rows again, which a read needs and a
-    /// write does not (MariaDB: 1,000 rows read back a cycle in a first load).
+    /// write does not (MariaDB: 1,000 rows read back a cycle in a first load). Where the
+    /// write logs its own creates, it logs them here and has their versions from that.
     fn versions_of_made(
         &self,
         db: &Db,
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let mut versions = self.kept_versions(db, table, &unversioned(&records))?;
+        let mut versions = if self.logs_own.get() {
+            let ids: Vec<String> = records.iter().map(|(id, _, _)| id.clone()).collect();
+            let versions = self.dialect.log_made(db, &table.name, &ids)?;
+            if let Some(id) = ids.iter().find(|id| !versions.contains_key(*id)) {
+                return Err(Error::permanent(format!(
+                    "record {id}: made in {}, but the change log has no entry for it",
+                    table.name
+                )));
+            }
+            versions
+        } else {
+            self.kept_versions(db, table, &unversioned(&records))?
+        };
         Ok(records
             .into_iter()
             .map(|(id, fields, v)| {
@@ -1085,7 +1102,13 @@ impl SqlConnector {
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
             if ops.iter().all(|op| matches!(op, WriteOp::Create(_))) {
-                self.dialect.mark_origin_of_inserts(db, origin)?;
+                let own = self.dialect.mark_origin_of_inserts(
+                    db,
+                    origin,
+                    &table.name,
+                    self.pk_column(table),
+                )?;
+                self.logs_own.set(own);
             } else {
                 self.dialect.mark_origin(db, origin)?;
             }
@@ -1101,6 +1124,7 @@ impl SqlConnector {
             self.dialect.clear_origin(db)?;
             Ok(results)
         });
+        self.logs_own.set(false);
         match fast {
             Ok(results) => return Ok(results.into_iter().map(Ok).collect()),
             // Not a refused op: the transaction failed as a whole. Op by op would not help.
