@@ -3157,15 +3157,15 @@ async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions(
     assert!(again[0].is_ok(), "{again:?}");
 }
 
-/// A write that only creates rows on MariaDB logs them itself, two statements for the whole
-/// run, while the table's insert trigger stands aside: each row gets one entry, tagged with the
-/// writer's origin, and the version it answered with. Its own reader does not get them back, any
-/// other reader does; a person's trigger that inserts into another captured table still has
-/// that row logged; the write after it (an update, on the same pooled connection) is logged by
-/// its trigger; a table keyed by a date keeps its trigger; and an insert trigger installed
-/// before (which would log the rows a second time) is installed again first.
+/// A write on MariaDB logs the rows it creates and updates itself, two statements a run, while
+/// the table's insert and update triggers stand aside: each row gets one entry, tagged with the
+/// writer's origin, and the version it answered with, which the next conditional write passes.
+/// Its own reader does not get them back, any other reader does; what a person's trigger writes
+/// to another captured table is still logged there; a person's writes after it (on the same
+/// table) are logged by the triggers; a table keyed by a date keeps its triggers; and an insert
+/// trigger installed before (which would log the rows a second time) is installed again first.
 #[tokio::test]
-async fn creates_on_mariadb_are_logged_once_by_their_write() {
+async fn writes_on_mariadb_log_their_rows_once_themselves() {
     let Some(db) = ServerDb::new("mariadb").await else {
         return;
     };
@@ -3174,7 +3174,9 @@ async fn creates_on_mariadb_are_logged_once_by_their_write() {
          CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT);
          CREATE TABLE days (day DATE PRIMARY KEY, note TEXT);
          CREATE TRIGGER items_audit AFTER INSERT ON items FOR EACH ROW
-             INSERT INTO audit (note) VALUES (CONCAT('made ', NEW.name));",
+             INSERT INTO audit (note) VALUES (CONCAT('made ', NEW.name));
+         CREATE TRIGGER items_audit_upd AFTER UPDATE ON items FOR EACH ROW
+             INSERT INTO audit (note) VALUES (CONCAT('changed ', NEW.name));",
     )
     .await;
     let host = common::host();
@@ -3242,6 +3244,11 @@ async fn creates_on_mariadb_are_logged_once_by_their_write() {
         .await
         .unwrap();
     assert!(body.contains("@duplex_own_log"), "installed again: {body}");
+    let body = db
+        .text("SELECT CAST(action_statement AS CHAR) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND trigger_name = '_duplex_items_upd'")
+        .await
+        .unwrap();
+    assert!(body.contains("@duplex_own_log"), "{body}");
 
     let read = |table: &'static str, reader: &'static str| {
         let (plugin, config, cursor) = (&plugin, &config, cursors[&(table, reader)].clone());
@@ -3277,32 +3284,69 @@ async fn creates_on_mariadb_are_logged_once_by_their_write() {
         "rows a person's trigger made in another table are logged there"
     );
 
-    let updated = s
-        .write(
-            &config,
-            "items",
-            "sync:a",
-            vec![WriteOp::Update(UpdateOp {
-                id: ids[0].into(),
-                fields: vec![FieldValue {
-                    name: "name".into(),
-                    value: Value::Text("changed".into()),
-                }],
-                if_version: None,
-            })],
-        )
+    // Updates: a run of two (one statement), then one alone, each on the version its create
+    // answered with; then a person's update and insert.
+    let update = |i: usize| {
+        let (id, version) = answered[i].split_once('=').unwrap();
+        WriteOp::Update(UpdateOp {
+            id: id.into(),
+            fields: vec![FieldValue {
+                name: "name".into(),
+                value: Value::Text(format!("u{i}")),
+            }],
+            if_version: Some(version.into()),
+        })
+    };
+    let mut updated = s
+        .write(&config, "items", "sync:a", vec![update(0), update(1)])
         .await
         .unwrap();
-    assert!(updated[0].is_ok(), "{updated:?}");
-    db.exec("INSERT INTO items (name) VALUES ('by hand')").await;
+    updated.extend(
+        s.write(&config, "items", "sync:a", vec![update(2)])
+            .await
+            .unwrap(),
+    );
+    db.exec("UPDATE items SET name = 'by hand' WHERE id = 1; INSERT INTO items (name) VALUES ('by hand')")
+        .await;
+    let log = rows_as_text(
+        &db,
+        "SELECT CONCAT(pk, '=', seq, ' ', op, ' ', COALESCE(origin, '-')) FROM _duplex_changes WHERE tbl = 'items' ORDER BY seq",
+    )
+    .await;
+    assert_eq!(
+        log[3..6],
+        updated
+            .iter()
+            .map(|w| {
+                let w = w.as_ref().unwrap();
+                format!("{}={} U sync:a", w.id, w.version.clone().unwrap())
+            })
+            .collect::<Vec<_>>(),
+        "one entry per row updated, with the version it answered with"
+    );
+    assert_eq!(
+        log[6..]
+            .iter()
+            .map(|e| e.split_once(' ').unwrap().1)
+            .collect::<Vec<_>>(),
+        ["U -", "I -"],
+        "a person's update and insert are logged by the triggers"
+    );
     assert_eq!(
         rows_as_text(
             &db,
-            "SELECT CONCAT(op, ' ', COALESCE(origin, '-')) FROM _duplex_changes WHERE tbl = 'items' ORDER BY seq"
+            "SELECT CONCAT(r.pk, '=', r.version) FROM _duplex_rows r WHERE r.tbl = 'items' \
+             AND r.version = (SELECT MAX(seq) FROM _duplex_changes c WHERE c.tbl = r.tbl AND c.pk = r.pk) ORDER BY r.version"
         )
-        .await[3..],
-        ["U sync:a", "I -"],
-        "the next write and a person's insert are logged by the triggers"
+        .await
+        .len(),
+        4,
+        "every row's version is its latest entry"
+    );
+    assert_eq!(
+        read("audit", "sync:b").await.len(),
+        8,
+        "what a person's triggers wrote to another table on each insert and update is logged there"
     );
 
     s.read(&config, "days", "sync:a", None, 100).await.unwrap();

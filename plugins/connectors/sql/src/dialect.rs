@@ -385,31 +385,42 @@ pub trait Dialect {
     /// Marks the rest of the current transaction's writes as made by `origin`; the triggers copy
     /// it into the log.
     fn mark_origin(&self, db: &Db, origin: &str) -> Result<(), Error>;
-    /// [`Dialect::mark_origin`] for a transaction that only inserts rows into `table`, keyed by
-    /// `pk`. Says whether the writer logs the rows it makes itself ([`Dialect::log_made`]), the
-    /// table's insert trigger standing aside for the rest of the transaction.
-    fn mark_origin_of_inserts(
+    /// [`Dialect::mark_origin`] for a transaction that only inserts rows.
+    fn mark_origin_of_inserts(&self, db: &Db, origin: &str) -> Result<(), Error> {
+        self.mark_origin(db, origin)
+    }
+    /// Marks a write call's batch, written in one transaction into `table` (keyed by `pk`), as
+    /// made by `origin`. Says whether the writer logs the rows it creates and updates itself
+    /// ([`Dialect::log_written`]), the table's insert and update triggers standing aside for
+    /// the rest of the transaction; deletes are logged by their trigger either way.
+    fn mark_origin_of_batch(
         &self,
         db: &Db,
         origin: &str,
         _table: &str,
         _pk: &Column,
+        only_inserts: bool,
     ) -> Result<bool, Error> {
-        self.mark_origin(db, origin)?;
+        if only_inserts {
+            self.mark_origin_of_inserts(db, origin)?;
+        } else {
+            self.mark_origin(db, origin)?;
+        }
         Ok(false)
     }
-    /// Logs the rows with keys `ids` that the current transaction made in `table`, after
-    /// [`Dialect::mark_origin_of_inserts`] said the writer would: the entries its insert
-    /// trigger would have written, in the same order, and the rows' versions, which it returns
-    /// by key.
-    fn log_made(
+    /// Logs the rows with keys `ids` that the current transaction created (`op` 'I') or updated
+    /// ('U') in `table`, after [`Dialect::mark_origin_of_batch`] said the writer would: the
+    /// entries the table's triggers would have written, in the same order, and the rows' new
+    /// versions, which it returns by key.
+    fn log_written(
         &self,
         _db: &Db,
         table: &str,
+        _op: char,
         _ids: &[String],
     ) -> Result<HashMap<String, String>, Error> {
         Err(Error::permanent(format!(
-            "rows made in {table} are logged by its trigger, not by the writer"
+            "rows written to {table} are logged by its triggers, not by the writer"
         )))
     }
     /// Ends the mark, before the transaction commits.

@@ -111,8 +111,8 @@ pub struct SqlConnector {
     /// Whether `_duplex_rows` can be read for versions: false only for a read-only connection
     /// to a database whose capture was never installed (every version is then "0").
     versioned: std::cell::Cell<bool>,
-    /// Whether the write under way logs the rows it makes itself (see
-    /// [`Dialect::mark_origin_of_inserts`]).
+    /// Whether the write under way logs the rows it creates and updates itself (see
+    /// [`Dialect::mark_origin_of_batch`]).
     logs_own: std::cell::Cell<bool>,
 }
 
@@ -592,25 +592,17 @@ impl SqlConnector {
     /// apart (`_duplex_rows`, written by the capture's triggers in the same transaction) are
     /// looked up. [`Self::with_versions`] reads such rows again, which a read needs and a
     /// write does not (MariaDB: 1,000 rows read back a cycle in a first load). Where the
-    /// write logs its own creates, it logs them here and has their versions from that.
+    /// write logs its own rows, it logs them here and has their versions from that.
     fn versions_of_made(
         &self,
         db: &Db,
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let mut versions = if self.logs_own.get() {
-            let ids: Vec<String> = records.iter().map(|(id, _, _)| id.clone()).collect();
-            let versions = self.dialect.log_made(db, &table.name, &ids)?;
-            if let Some(id) = ids.iter().find(|id| !versions.contains_key(*id)) {
-                return Err(Error::permanent(format!(
-                    "record {id}: made in {}, but the change log has no entry for it",
-                    table.name
-                )));
-            }
-            versions
-        } else {
-            self.kept_versions(db, table, &unversioned(&records))?
+        let ids: Vec<String> = records.iter().map(|(id, _, _)| id.clone()).collect();
+        let mut versions = match self.log_own(db, table, 'I', &ids)? {
+            Some(versions) => versions,
+            None => self.kept_versions(db, table, &unversioned(&records))?,
         };
         Ok(records
             .into_iter()
@@ -621,6 +613,30 @@ impl SqlConnector {
                 (id, fields, v)
             })
             .collect())
+    }
+
+    /// Where the write under way logs the rows it writes itself (see
+    /// [`Dialect::mark_origin_of_batch`]), logs those with keys `ids`, which it just created
+    /// (`op` 'I') or updated ('U'), and returns their new versions; `None` where the triggers
+    /// logged them.
+    fn log_own(
+        &self,
+        db: &Db,
+        table: &Table,
+        op: char,
+        ids: &[String],
+    ) -> Result<Option<HashMap<String, String>>, Error> {
+        if !self.logs_own.get() || ids.is_empty() {
+            return Ok(None);
+        }
+        let versions = self.dialect.log_written(db, &table.name, op, ids)?;
+        if let Some(id) = ids.iter().find(|id| !versions.contains_key(*id)) {
+            return Err(Error::permanent(format!(
+                "record {id}: written to {}, but the change log has no entry for it",
+                table.name
+            )));
+        }
+        Ok(Some(versions))
     }
 
     /// Records with their versions, looked up in `_duplex_rows` where the rows do not carry
@@ -1101,17 +1117,14 @@ impl SqlConnector {
         self.dialect.before_write(&self.db)?;
         let fast = self.db.transaction(|db| {
             self.ensure_capture(db, table)?;
-            if ops.iter().all(|op| matches!(op, WriteOp::Create(_))) {
-                let own = self.dialect.mark_origin_of_inserts(
-                    db,
-                    origin,
-                    &table.name,
-                    self.pk_column(table),
-                )?;
-                self.logs_own.set(own);
-            } else {
-                self.dialect.mark_origin(db, origin)?;
-            }
+            let own = self.dialect.mark_origin_of_batch(
+                db,
+                origin,
+                &table.name,
+                self.pk_column(table),
+                ops.iter().all(|op| matches!(op, WriteOp::Create(_))),
+            )?;
+            self.logs_own.set(own);
             let before = self.before_updates(db, table, ops, &self.answered_whole(ops))?;
             let (mut results, checked): (Vec<Written>, Vec<bool>) =
                 self.apply_all(db, table, ops)?.into_iter().unzip();
@@ -1503,7 +1516,10 @@ impl SqlConnector {
                 table.name
             )));
         }
-        let mut versions = self.versions(db, table, &ids)?;
+        let mut versions = match self.log_own(db, table, 'U', &ids)? {
+            Some(versions) => versions,
+            None => self.versions(db, table, &ids)?,
+        };
         Ok(updates
             .iter()
             .map(|u| {
@@ -1872,7 +1888,13 @@ impl SqlConnector {
         } else {
             let sql = format!("UPDATE {t} SET {} WHERE {filter}", sets.join(", "));
             let n = db.execute(&sql, &params).map_err(in_this)?;
-            (usize::try_from(n).unwrap_or(usize::MAX), None)
+            let version = match n {
+                0 => None,
+                _ => self
+                    .log_own(db, table, 'U', std::slice::from_ref(&op.id))?
+                    .and_then(|mut v| v.remove(&op.id)),
+            };
+            (usize::try_from(n).unwrap_or(usize::MAX), version)
         };
         if changed == 0 {
             return Err(self.refused(db, table, &op.id, expected));

@@ -571,20 +571,14 @@ impl Dialect for Postgres {
     /// each execution for the values it is given (`plan_cache_mode`), which is right for
     /// lookups and cost 2.6 ms for each INSERT of 1,000 rows, a plan that has no choice to make
     /// (the server's statement log, a first load of 50,000 rows).
-    fn mark_origin_of_inserts(
-        &self,
-        db: &Db,
-        origin: &str,
-        _table: &str,
-        _pk: &Column,
-    ) -> Result<bool, Error> {
+    fn mark_origin_of_inserts(&self, db: &Db, origin: &str) -> Result<(), Error> {
         db.query(
             "SELECT set_config('duplex.origin', $1, true), \
                     set_config('enable_seqscan', 'off', true), \
                     set_config('plan_cache_mode', 'force_generic_plan', true)",
             params![origin],
-        )?;
-        Ok(false)
+        )
+        .map(drop)
     }
 
     fn clear_origin(&self, db: &Db) -> Result<(), Error> {
