@@ -3157,8 +3157,8 @@ async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions(
     assert!(again[0].is_ok(), "{again:?}");
 }
 
-/// A write on MariaDB logs the rows it creates and updates itself, two statements a run, while
-/// the table's insert and update triggers stand aside: each row gets one entry, tagged with the
+/// A write on MariaDB logs the rows it creates, updates and deletes itself, two statements a
+/// run, while the table's triggers stand aside: each row gets one entry, tagged with the
 /// writer's origin, and the version it answered with, which the next conditional write passes.
 /// Its own reader does not get them back, any other reader does; what a person's trigger writes
 /// to another captured table is still logged there; a person's writes after it (on the same
@@ -3166,6 +3166,7 @@ async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions(
 /// trigger installed before (which would log the rows a second time) is installed again first.
 #[tokio::test]
 async fn writes_on_mariadb_log_their_rows_once_themselves() {
+    use common::TestDb;
     let Some(db) = ServerDb::new("mariadb").await else {
         return;
     };
@@ -3332,21 +3333,104 @@ async fn writes_on_mariadb_log_their_rows_once_themselves() {
         ["U -", "I -"],
         "a person's update and insert are logged by the triggers"
     );
+    // Deletes: a run of two, on the versions the updates answered with, then one alone.
+    let delete = |id: &str, if_version: Option<String>| {
+        WriteOp::Delete(duplex::plugin::DeleteOp {
+            id: id.into(),
+            if_version,
+        })
+    };
+    let gone: Vec<(String, Option<String>)> = updated[1..]
+        .iter()
+        .map(|w| {
+            let w = w.as_ref().unwrap();
+            (w.id.clone(), w.version.clone())
+        })
+        .chain([("4".to_owned(), None)])
+        .collect();
+    let mut deleted = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            gone[..2]
+                .iter()
+                .map(|(id, v)| delete(id, v.clone()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    deleted.extend(
+        s.write(&config, "items", "sync:a", vec![delete("4", None)])
+            .await
+            .unwrap(),
+    );
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let log = rows_as_text(
+        &db,
+        "SELECT CONCAT(pk, ' ', op, ' ', COALESCE(origin, '-')) FROM _duplex_changes WHERE tbl = 'items' ORDER BY seq",
+    )
+    .await;
+    assert_eq!(
+        log[8..],
+        gone.iter()
+            .map(|(id, _)| format!("{id} D sync:a"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         rows_as_text(
             &db,
-            "SELECT CONCAT(r.pk, '=', r.version) FROM _duplex_rows r WHERE r.tbl = 'items' \
+            "SELECT r.pk FROM _duplex_rows r WHERE r.tbl = 'items' \
              AND r.version = (SELECT MAX(seq) FROM _duplex_changes c WHERE c.tbl = r.tbl AND c.pk = r.pk) ORDER BY r.version"
         )
-        .await
-        .len(),
-        4,
-        "every row's version is its latest entry"
+        .await,
+        [ids[0]],
+        "the deleted rows' versions went with them; the one left is at its latest entry"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM _duplex_rows WHERE tbl = 'items'")
+            .await,
+        1
     );
     assert_eq!(
         read("audit", "sync:b").await.len(),
         8,
         "what a person's triggers wrote to another table on each insert and update is logged there"
+    );
+
+    // A batch with a refused op is rolled back whole and written again op by op, where the
+    // triggers log: each row made gets one entry still.
+    let before = log.len();
+    let refused = s
+        .write(
+            &config,
+            "items",
+            "sync:a",
+            vec![
+                create("name", "fine"),
+                WriteOp::Create(CreateOp {
+                    fields: vec![FieldValue {
+                        name: "id".into(),
+                        value: Value::Integer(1),
+                    }],
+                }),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(refused[0].is_ok() && refused[1].is_err(), "{refused:?}");
+    let made = refused[0].as_ref().unwrap();
+    assert_eq!(
+        rows_as_text(
+            &db,
+            "SELECT CONCAT(pk, '=', seq, ' ', op, ' ', COALESCE(origin, '-')) FROM _duplex_changes WHERE tbl = 'items' ORDER BY seq",
+        )
+        .await[before..],
+        [format!(
+            "{}={} I sync:a",
+            made.id,
+            made.version.clone().unwrap()
+        )]
     );
 
     s.read(&config, "days", "sync:a", None, 100).await.unwrap();

@@ -390,9 +390,9 @@ pub trait Dialect {
         self.mark_origin(db, origin)
     }
     /// Marks a write call's batch, written in one transaction into `table` (keyed by `pk`), as
-    /// made by `origin`. Says whether the writer logs the rows it creates and updates itself
-    /// ([`Dialect::log_written`]), the table's insert and update triggers standing aside for
-    /// the rest of the transaction; deletes are logged by their trigger either way.
+    /// made by `origin`. Says whether the writer logs the rows it writes itself
+    /// ([`Dialect::log_written`]), the table's triggers standing aside for the rest of the
+    /// transaction.
     fn mark_origin_of_batch(
         &self,
         db: &Db,
@@ -408,10 +408,10 @@ pub trait Dialect {
         }
         Ok(false)
     }
-    /// Logs the rows with keys `ids` that the current transaction created (`op` 'I') or updated
-    /// ('U') in `table`, after [`Dialect::mark_origin_of_batch`] said the writer would: the
-    /// entries the table's triggers would have written, in the same order, and the rows' new
-    /// versions, which it returns by key.
+    /// Logs the rows with keys `ids` that the current transaction created (`op` 'I'), updated
+    /// ('U') or deleted ('D') in `table`, after [`Dialect::mark_origin_of_batch`] said the
+    /// writer would: the entries the table's triggers would have written, in the same order,
+    /// and the rows' versions, which it returns by key (none for deletes, whose versions go).
     fn log_written(
         &self,
         _db: &Db,

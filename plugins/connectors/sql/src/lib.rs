@@ -111,7 +111,7 @@ pub struct SqlConnector {
     /// Whether `_duplex_rows` can be read for versions: false only for a read-only connection
     /// to a database whose capture was never installed (every version is then "0").
     versioned: std::cell::Cell<bool>,
-    /// Whether the write under way logs the rows it creates and updates itself (see
+    /// Whether the write under way logs the rows it writes itself (see
     /// [`Dialect::mark_origin_of_batch`]).
     logs_own: std::cell::Cell<bool>,
 }
@@ -617,8 +617,8 @@ impl SqlConnector {
 
     /// Where the write under way logs the rows it writes itself (see
     /// [`Dialect::mark_origin_of_batch`]), logs those with keys `ids`, which it just created
-    /// (`op` 'I') or updated ('U'), and returns their new versions; `None` where the triggers
-    /// logged them.
+    /// (`op` 'I'), updated ('U') or deleted ('D'), and returns the versions of those it did not
+    /// delete; `None` where the triggers logged them.
     fn log_own(
         &self,
         db: &Db,
@@ -630,7 +630,10 @@ impl SqlConnector {
             return Ok(None);
         }
         let versions = self.dialect.log_written(db, &table.name, op, ids)?;
-        if let Some(id) = ids.iter().find(|id| !versions.contains_key(*id)) {
+        if let Some(id) = ids
+            .iter()
+            .find(|id| op != 'D' && !versions.contains_key(*id))
+        {
             return Err(Error::permanent(format!(
                 "record {id}: written to {}, but the change log has no entry for it",
                 table.name
@@ -1636,6 +1639,7 @@ impl SqlConnector {
                 table.name
             )));
         }
+        self.log_own(db, table, 'D', &ids)?;
         Ok(deletes
             .iter()
             .map(|d| {
@@ -1926,6 +1930,7 @@ impl SqlConnector {
         if changed == 0 {
             return Err(self.refused(db, table, &op.id, expected));
         }
+        self.log_own(db, table, 'D', std::slice::from_ref(&op.id))?;
         Ok(Written {
             stored: Vec::new(),
             id: op.id,

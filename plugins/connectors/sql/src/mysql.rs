@@ -15,16 +15,15 @@
 //! Own writes are tagged with the session variable `@duplex_origin`, set for the write
 //! transaction and cleared before it commits.
 //!
-//! Why a write logs the rows it creates and updates itself: the insert and update triggers run
-//! two statements per row (the log entry and the row's version), which made a 1,000-row INSERT
-//! take 22 ms of the server's time against 6.4 without capture, and ten 1,000-row UPDATEs 190 ms
-//! more than without. For a write call's batch `@duplex_own_log` names the table, its insert
-//! and update triggers stand aside, and the writer logs the rows it wrote in two statements of
-//! its own per run (`log_written`) inside the same transaction, so the entries commit with the
-//! rows as the triggers' would (95 ms for those ten UPDATEs). Every write sets both variables
-//! when it begins, so one left behind by a write that failed half-way is gone before the
-//! connection writes again; and the variable names one table, so a person's trigger on it that
-//! writes another captured table is still logged there. Deletes keep their trigger.
+//! Why a write logs the rows it writes itself: the triggers run two statements per row (the log
+//! entry and the row's version), which made a 1,000-row INSERT take 22 ms of the server's time
+//! against 6.4 without capture, and ten 1,000-row UPDATEs 190 ms more than without. For a write
+//! call's batch `@duplex_own_log` names the table, its triggers stand aside, and the writer logs
+//! the rows it wrote in two statements of its own per run (`log_written`) inside the same
+//! transaction, so the entries commit with the rows as the triggers' would (95 ms for those ten
+//! UPDATEs). Every write sets both variables when it begins, so one left behind by a write that
+//! failed half-way is gone before the connection writes again; and the variable names one
+//! table, so a person's trigger on it that writes another captured table is still logged there.
 
 use std::collections::HashMap;
 
@@ -223,14 +222,12 @@ impl MySql {
 /// The change log and its companions, as an SQL list.
 const LOG_TABLES: &str = "('_duplex_changes', '_duplex_rows', '_duplex_readers')";
 /// Counts a table's triggers installed by an earlier connector (parameters: the table, its
-/// delete, insert and update triggers' names): a delete trigger from before the key was cast
-/// to text, an insert or update trigger that does not stand aside for a writer that logs its
-/// own rows (see `triggers_outdated`).
+/// three triggers' names): those that do not stand aside for a writer that logs its own rows,
+/// among them delete triggers from before the key was cast to text (see `triggers_outdated`).
 const OUTDATED_TRIGGERS: &str =
     "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
-     AND event_object_table = ? \
-     AND ((trigger_name = ? AND action_statement NOT LIKE '%CAST(OLD.%') \
-          OR (trigger_name IN (?, ?) AND action_statement NOT LIKE '%@duplex\\_own\\_log%'))";
+     AND event_object_table = ? AND trigger_name IN (?, ?, ?) \
+     AND action_statement NOT LIKE '%@duplex\\_own\\_log%'";
 
 impl Dialect for MySql {
     fn log_installed(&self, db: &Db) -> Result<bool, Error> {
@@ -308,9 +305,9 @@ impl Dialect for MySql {
                 trigger_name(table, "upd"),
                 trigger_name(table, "del"),
                 table,
-                trigger_name(table, "del"),
                 trigger_name(table, "ins"),
                 trigger_name(table, "upd"),
+                trigger_name(table, "del"),
                 table
             ],
         )?;
@@ -403,20 +400,20 @@ impl Dialect for MySql {
         )? == 3)
     }
 
-    /// Triggers installed before the key was cast to text for `_duplex_rows` (MariaDB compared
-    /// the text column with the table's integer key value by value, scanning every version row
-    /// for every row deleted: 2.8 s for 500 deletes beside 20,000 rows; 5 ms cast), or before
-    /// the insert and update triggers stood aside for a writer logging its own rows (which
-    /// would log them twice).
+    /// Triggers installed before they stood aside for a writer logging its own rows (which
+    /// would log them twice), and before that, delete triggers from before the key was cast to
+    /// text for `_duplex_rows` (MariaDB compared the text column with the table's integer key
+    /// value by value, scanning every version row for every row deleted: 2.8 s for 500 deletes
+    /// beside 20,000 rows; 5 ms cast).
     fn triggers_outdated(&self, db: &Db, table: &str) -> Result<bool, Error> {
         Ok(count(
             db,
             OUTDATED_TRIGGERS,
             params![
                 table,
-                trigger_name(table, "del"),
                 trigger_name(table, "ins"),
-                trigger_name(table, "upd")
+                trigger_name(table, "upd"),
+                trigger_name(table, "del")
             ],
         )? > 0)
     }
@@ -482,8 +479,10 @@ impl Dialect for MySql {
             )),
             ("del", format!(
                 "AFTER DELETE ON {t} FOR EACH ROW BEGIN
-                     INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
-                     DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = {old_key};
+                     IF NOT (@duplex_own_log <=> {tl}) THEN
+                         INSERT INTO _duplex_changes (tbl, pk, op, origin) VALUES ({tl}, OLD.{p}, 'D', @duplex_origin);
+                         DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk = {old_key};
+                     END IF;
                  END"
             )),
         ] {
@@ -600,12 +599,14 @@ impl Dialect for MySql {
         op: char,
         ids: &[String],
     ) -> Result<HashMap<String, String>, Error> {
-        if !matches!(op, 'I' | 'U') {
+        if !matches!(op, 'I' | 'U' | 'D') {
             return Err(Error::permanent(format!("no such change in the log: {op}")));
         }
         let tl = literal(table);
         let mut versions = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(1_000) {
+        // MariaDB plans an IN list of 1,000 values or more as a join (see `delete_run`).
+        let size = if op == 'D' { 500 } else { 1_000 };
+        for chunk in ids.chunks(size) {
             let keys: Vec<Value> = chunk.iter().map(|id| Value::Text(id.clone())).collect();
             let entries = vec![format!("({tl}, ?, '{op}', @duplex_origin)"); chunk.len()];
             let logged = db.query(
@@ -615,21 +616,33 @@ impl Dialect for MySql {
                 ),
                 &keys,
             )?;
+            if logged.rows.len() != chunk.len() {
+                return Err(Error::permanent(format!(
+                    "the change log of {table} returned {} entries for {} rows written",
+                    logged.rows.len(),
+                    chunk.len()
+                )));
+            }
+            if op == 'D' {
+                db.execute(
+                    &format!(
+                        "DELETE FROM _duplex_rows WHERE tbl = {tl} AND pk IN ({})",
+                        vec!["?"; chunk.len()].join(", ")
+                    ),
+                    &keys,
+                )?;
+                continue;
+            }
             let mut rows = Vec::with_capacity(chunk.len() * 2);
             for r in logged.iter() {
                 let (Some(seq), Some(pk)) = (r.at(0), r.at(1)) else {
-                    continue;
+                    return Err(Error::permanent(format!(
+                        "the change log of {table} returned an entry without its position"
+                    )));
                 };
                 rows.push(Value::Text(pk.to_plain_string()));
                 rows.push(seq.clone());
                 versions.insert(pk.to_plain_string(), seq.to_plain_string());
-            }
-            if rows.len() != chunk.len() * 2 {
-                return Err(Error::permanent(format!(
-                    "the change log of {table} returned {} entries for {} rows written",
-                    rows.len() / 2,
-                    chunk.len()
-                )));
             }
             let marks = vec![format!("({tl}, ?, ?)"); chunk.len()];
             db.execute(
