@@ -379,8 +379,8 @@ fn cli_beside(command: &str) {
         .unwrap();
     let plan = s.cli(&["run", "duplex.toml", "--dry-run"]);
     assert!(
-        plan.contains("update on the right: 1 (full_name 1)")
-            && plan.contains("update right")
+        plan.contains("update on erp: 1 (full_name 1)")
+            && plan.contains("update erp")
             && plan.contains("\"Ada (dry)\""),
         "{plan}"
     );

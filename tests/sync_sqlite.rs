@@ -1131,8 +1131,8 @@ async fn a_dry_run_changes_no_byte_and_plans_what_the_real_run_does() {
     // ERP, the five only there in the CRM.
     for line in [
         "matched by key: 11",
-        "create on the left: 5",
-        "create on the right: 21",
+        "create on crm: 5",
+        "create on erp: 21",
         "ambiguous matches: 0",
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");

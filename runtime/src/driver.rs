@@ -159,6 +159,10 @@ fn read_by_side(read: &[usize]) -> String {
 /// next real cycle.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DryRun {
+    /// The sides' connections, in config order (empty in a plan written before they were
+    /// kept).
+    #[serde(default)]
+    pub sides: Vec<String>,
     /// Changes read, by side in config order.
     pub read: Vec<usize>,
     /// More changes wait than were read (past the limit): a real run would plan further.
@@ -182,14 +186,29 @@ pub struct DryRun {
 }
 
 impl DryRun {
+    /// How a person knows `side`: by its connection, or where two sides share one (two tables
+    /// of a database), by its place and connection (`left (db)`).
+    pub fn side_label(&self, side: Side) -> String {
+        match self.sides.get(side.index()) {
+            Some(name) if self.sides.iter().filter(|n| *n == name).count() == 1 => name.clone(),
+            Some(name) => format!("{side} ({name})"),
+            None => side.to_string(),
+        }
+    }
+
     /// What the plan would do, counted, as lines for a person: pairs matched, records created,
     /// updated (and which fields), deleted on each side, rejections by reason, conflicts.
     pub fn summary(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        let side_name = |s: Side| s.as_str();
+        let read: Vec<String> = self
+            .read
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n} from {}", self.side_label(Side::nth(i))))
+            .collect();
         lines.push(format!(
             "read {}{}",
-            read_by_side(&self.read),
+            read.join(", "),
             if self.more {
                 " (more waiting: a real run continues past these)"
             } else {
@@ -207,7 +226,7 @@ impl DryRun {
                 if writes.is_empty() {
                     continue;
                 }
-                let mut line = format!("{op} on the {}: {}", side_name(side), writes.len());
+                let mut line = format!("{op} on {}: {}", self.side_label(side), writes.len());
                 if op == "update" {
                     let mut by_field: BTreeMap<&str, usize> = BTreeMap::new();
                     for w in &writes {
@@ -1258,7 +1277,13 @@ impl<S: SideIo> SyncRunner<S> {
     /// [`DryRun`]; the sides should be read-only, see `PluginSide::read_only`). A write cut
     /// short by a crash must be checked by a real cycle first: the dry run refuses.
     pub async fn dry_run(&mut self, state: &State, now: i64) -> Result<DryRun, CycleError> {
-        let mut dry = Some(DryRun::default());
+        let sides = Side::all(self.sides.len())
+            .map(|side| self.spec.side_name(side).to_owned())
+            .collect();
+        let mut dry = Some(DryRun {
+            sides,
+            ..DryRun::default()
+        });
         let result = self.cycle_inner_with(state, now, &mut dry).await;
         self.finish_all();
         result?;
@@ -2568,6 +2593,44 @@ fn fill_dry_run(dry: &mut DryRun, plan: &Plan, commit: &CycleCommit, report: &Cy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pilot run's summary names each side by its connection, and by its place too where
+    /// two sides share one (two tables of one database); a plan kept before the names were
+    /// keeps the places.
+    #[test]
+    fn a_dry_run_names_its_sides_by_connection() {
+        let write = |side: Side| PlannedWrite {
+            side,
+            op: "create".into(),
+            link: 1,
+            record: None,
+            fields: Fields::new(),
+        };
+        let mut plan = DryRun {
+            sides: vec!["crm".into(), "erp".into(), "crm".into()],
+            read: vec![4, 3, 1],
+            writes: vec![write(Side::nth(1)), write(Side::nth(2))],
+            ..DryRun::default()
+        };
+        let summary = plan.summary();
+        assert_eq!(
+            summary[0],
+            "read 4 from left (crm), 3 from erp, 1 from third (crm)"
+        );
+        assert!(
+            summary.contains(&"create on erp: 1".to_owned()),
+            "{summary:?}"
+        );
+        assert!(
+            summary.contains(&"create on third (crm): 1".to_owned()),
+            "{summary:?}"
+        );
+        plan.sides.clear();
+        assert_eq!(
+            plan.summary()[0],
+            "read 4 from left, 3 from right, 1 from third"
+        );
+    }
 
     #[test]
     fn a_call_size_halves_when_too_big_and_grows_back_once_calls_go_through() {

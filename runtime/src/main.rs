@@ -1232,7 +1232,7 @@ fn print_dry_run(sync: &str, plan: &DryRun, list: bool) {
         println!(
             "  {} {} {} (link {}): {}",
             w.op,
-            w.side,
+            plan.side_label(w.side),
             w.record.as_deref().unwrap_or("(new)"),
             w.link,
             fields.join(", ")
@@ -1250,7 +1250,12 @@ fn print_dry_run(sync: &str, plan: &DryRun, list: bool) {
         );
     }
     for r in &plan.rejected {
-        println!("  would reject {} {}: {}", r.side, r.record, r.reason);
+        println!(
+            "  would reject {} {}: {}",
+            plan.side_label(r.side),
+            r.record,
+            r.reason
+        );
     }
     if !plan.decided.is_empty() {
         println!(
