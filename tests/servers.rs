@@ -3162,8 +3162,9 @@ async fn created_rows_on_mariadb_answer_with_what_they_store_and_their_versions(
 /// writer's origin, and the version it answered with, which the next conditional write passes.
 /// Its own reader does not get them back, any other reader does; what a person's trigger writes
 /// to another captured table is still logged there; a person's writes after it (on the same
-/// table) are logged by the triggers; a table keyed by a date keeps its triggers; and an insert
-/// trigger installed before (which would log the rows a second time) is installed again first.
+/// table) are logged by the triggers; a table keyed by a date keeps its triggers; an insert
+/// trigger installed before (which would log the rows a second time) is installed again first;
+/// and a write that is a table's first use installs capture before its own transaction.
 #[tokio::test]
 async fn writes_on_mariadb_log_their_rows_once_themselves() {
     use common::TestDb;
@@ -3450,6 +3451,51 @@ async fn writes_on_mariadb_log_their_rows_once_themselves() {
             .as_deref(),
         Some("2"),
         "a table keyed by a date is logged by its trigger, once a row"
+    );
+
+    // A write as the table's first use installs capture before its transaction: MariaDB
+    // commits a transaction at DDL, so installed inside it, the rows written after were each
+    // committed at once, and a batch refused half-way left them made, to be made again op by
+    // op.
+    db.exec("CREATE TABLE firsts (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT); INSERT INTO firsts (name) VALUES ('by hand')")
+        .await;
+    let mut s = plugin.session().await.unwrap();
+    let taken = WriteOp::Create(CreateOp {
+        fields: vec![FieldValue {
+            name: "id".into(),
+            value: Value::Integer(1),
+        }],
+    });
+    let firsts = s
+        .write(
+            &config,
+            "firsts",
+            "sync:a",
+            vec![create("name", "a"), create("name", "b"), taken],
+        )
+        .await
+        .unwrap();
+    assert!(
+        firsts[0].is_ok() && firsts[1].is_ok() && firsts[2].is_err(),
+        "{firsts:?}"
+    );
+    assert_eq!(
+        rows_as_text(&db, "SELECT name FROM firsts ORDER BY id").await,
+        ["by hand", "a", "b"],
+        "each row made once"
+    );
+    assert_eq!(
+        rows_as_text(
+            &db,
+            "SELECT CONCAT(op, ' ', origin) FROM _duplex_changes WHERE tbl = 'firsts' ORDER BY seq"
+        )
+        .await,
+        ["I sync:a", "I sync:a"]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND event_object_table = 'firsts'")
+            .await,
+        3
     );
 }
 

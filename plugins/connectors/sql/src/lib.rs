@@ -1117,9 +1117,12 @@ impl SqlConnector {
         origin: &str,
         ops: &[WriteOp],
     ) -> Result<Vec<Result<Written, Error>>, Error> {
+        // Capture is in place before the write's transaction begins, not installed inside it:
+        // MariaDB commits a transaction at any DDL, which would split the rows written before
+        // from those after, and a write that logs its own rows from its log entries.
+        self.ensure_capture(&self.db, table)?;
         self.dialect.before_write(&self.db)?;
         let fast = self.db.transaction(|db| {
-            self.ensure_capture(db, table)?;
             let own = self.dialect.mark_origin_of_batch(
                 db,
                 origin,
@@ -1151,7 +1154,6 @@ impl SqlConnector {
         }
         self.dialect.before_write(&self.db)?;
         self.db.transaction(|db| {
-            self.ensure_capture(db, table)?;
             self.dialect.mark_origin(db, origin)?;
             let before = self.before_updates(db, table, ops, &BTreeSet::new())?;
             let mut results = Vec::with_capacity(ops.len());
