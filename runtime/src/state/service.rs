@@ -172,10 +172,7 @@ impl State {
             .open_table(REJECTED)?
             .range((sync, 0u8, "")..=(sync, 1u8, "\u{10ffff}"))?
             .count() as u64;
-        let dirty = r
-            .open_table(DIRTY)?
-            .range((sync, 0u64)..=(sync, u64::MAX))?
-            .count() as u64;
+        let dirty = r.open_table(DIRTY)?.range(super::of_sync(sync))?.count() as u64;
         Ok((open, rejected, dirty))
     }
 
@@ -346,7 +343,7 @@ impl State {
             rejected.insert((sync, side_key(side), id), enc(&record)?.as_slice())?;
             let link = w
                 .open_table(super::INDEX)?
-                .get((sync, side_key(side), id))?
+                .get((sync.as_bytes(), side_key(side), id.as_bytes()))?
                 .map(|v| v.value());
             if let Some(link) = link {
                 let d = super::Dirty {
@@ -355,7 +352,7 @@ impl State {
                     reason: format!("retry of {side} record {id} asked for"),
                 };
                 w.open_table(DIRTY)?
-                    .insert((sync, link), enc(&d)?.as_slice())?;
+                    .insert((sync.as_bytes(), link), enc(&d)?.as_slice())?;
             }
             true
         };
