@@ -94,53 +94,43 @@ fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StateError> {
 }
 
 /// Moves a state written before the per-record tables keyed their text as bytes (see `LINKS`)
-/// over to them, in the transaction that opens it: each such table is read whole, dropped and
-/// written again under its own name (the whole table in memory once: about 150 MB for a
-/// million links). An earlier Duplex then refuses the state (its tables are of another type)
-/// instead of starting over with no links and making every record again.
+/// over to them, in the transaction that opens it. redb keeps one type per table name, so each
+/// such table is copied row by row into a temporary table of the new type, dropped, and copied
+/// again under its own name: twice the writes, once, and never a whole table in memory. An
+/// earlier Duplex then refuses the state (its tables are of another type) instead of starting
+/// over with no links and making every record again.
 fn migrate_text_keys(w: &redb::WriteTransaction) -> Result<(), StateError> {
-    const BEFORE: [TableDefinition<(&str, u64), &[u8]>; 3] = [
-        TableDefinition::new("links"),
-        TableDefinition::new("intents"),
-        TableDefinition::new("dirty"),
-    ];
-    for (before, now) in BEFORE.into_iter().zip([LINKS, INTENTS, DIRTY]) {
+    /// Copies every row of `$from` into `$to`, each key (matched by `$old`) as `$new`.
+    macro_rules! copy_rows {
+        ($from:expr, $to:expr, $old:pat => $new:expr) => {{
+            let from = w.open_table($from)?;
+            let mut to = w.open_table($to)?;
+            for row in from.iter()? {
+                let (k, v) = row?;
+                let $old = k.value();
+                to.insert($new, v.value())?;
+            }
+        }};
+    }
+    for (name, now) in [("links", LINKS), ("intents", INTENTS), ("dirty", DIRTY)] {
         if !typed_as_before(w, now)? {
             continue;
         }
-        let rows: Vec<(String, u64, Vec<u8>)> = w
-            .open_table(before)?
-            .iter()?
-            .map(|row| {
-                row.map(|(k, v)| {
-                    let (sync, n) = k.value();
-                    (sync.to_owned(), n, v.value().to_vec())
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let before = TableDefinition::<(&str, u64), &[u8]>::new(name);
+        let moving_name = format!("{name}.moving");
+        let moving = TableDefinition::<(&[u8], u64), &[u8]>::new(&moving_name);
+        copy_rows!(before, moving, (sync, n) => (sync.as_bytes(), n));
         w.delete_table(before)?;
-        let mut t = w.open_table(now)?;
-        for (sync, n, v) in &rows {
-            t.insert((sync.as_bytes(), *n), v.as_slice())?;
-        }
+        copy_rows!(moving, now, k => k);
+        w.delete_table(moving)?;
     }
-    const INDEX_BEFORE: TableDefinition<(&str, u8, &str), u64> = TableDefinition::new("link_index");
     if typed_as_before(w, INDEX)? {
-        let rows: Vec<(String, u8, String, u64)> = w
-            .open_table(INDEX_BEFORE)?
-            .iter()?
-            .map(|row| {
-                row.map(|(k, v)| {
-                    let (sync, side, id) = k.value();
-                    (sync.to_owned(), side, id.to_owned(), v.value())
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        w.delete_table(INDEX_BEFORE)?;
-        let mut t = w.open_table(INDEX)?;
-        for (sync, side, id, link) in &rows {
-            t.insert((sync.as_bytes(), *side, id.as_bytes()), *link)?;
-        }
+        let before = TableDefinition::<(&str, u8, &str), u64>::new("link_index");
+        let moving = TableDefinition::<(&[u8], u8, &[u8]), u64>::new("link_index.moving");
+        copy_rows!(before, moving, (sync, side, id) => (sync.as_bytes(), side, id.as_bytes()));
+        w.delete_table(before)?;
+        copy_rows!(moving, INDEX, k => k);
+        w.delete_table(moving)?;
     }
     Ok(())
 }
@@ -1838,10 +1828,12 @@ mod tests {
     }
 
     /// A state written before its per-record tables keyed their text as bytes is moved over
-    /// when opened: its links, their index, intents and retries read back as they were, and a
-    /// Duplex from before can no longer open those tables (it would start over with none).
+    /// when opened: its links, their index, intents and retries read back as they were, no
+    /// temporary table is left, and a Duplex from before can no longer open those tables (it
+    /// would start over with none).
     #[test]
     fn a_state_keyed_by_text_before_is_moved_over_when_opened() {
+        use redb::TableHandle;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let old = link();
@@ -1894,6 +1886,12 @@ mod tests {
         let state = State::open(&path).unwrap();
         assert_eq!(state.all_links("items").unwrap(), vec![old]);
         let r = state.db.begin_read().unwrap();
+        let tables: Vec<String> = r
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(!tables.iter().any(|t| t.ends_with(".moving")), "{tables:?}");
         let before = r.open_table(TableDefinition::<(&str, u64), &[u8]>::new("links"));
         assert!(
             matches!(before, Err(redb::TableError::TableTypeMismatch { .. })),
