@@ -3212,6 +3212,15 @@ async fn writes_on_mariadb_log_their_rows_once_themselves() {
             }],
         })
     };
+    // A create of a row with key 1, which each table below already has.
+    let taken = || {
+        WriteOp::Create(CreateOp {
+            fields: vec![FieldValue {
+                name: "id".into(),
+                value: Value::Integer(1),
+            }],
+        })
+    };
     let made = s
         .write(
             &config,
@@ -3407,15 +3416,7 @@ async fn writes_on_mariadb_log_their_rows_once_themselves() {
             &config,
             "items",
             "sync:a",
-            vec![
-                create("name", "fine"),
-                WriteOp::Create(CreateOp {
-                    fields: vec![FieldValue {
-                        name: "id".into(),
-                        value: Value::Integer(1),
-                    }],
-                }),
-            ],
+            vec![create("name", "fine"), taken()],
         )
         .await
         .unwrap();
@@ -3460,18 +3461,12 @@ async fn writes_on_mariadb_log_their_rows_once_themselves() {
     db.exec("CREATE TABLE firsts (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT); INSERT INTO firsts (name) VALUES ('by hand')")
         .await;
     let mut s = plugin.session().await.unwrap();
-    let taken = WriteOp::Create(CreateOp {
-        fields: vec![FieldValue {
-            name: "id".into(),
-            value: Value::Integer(1),
-        }],
-    });
     let firsts = s
         .write(
             &config,
             "firsts",
             "sync:a",
-            vec![create("name", "a"), create("name", "b"), taken],
+            vec![create("name", "a"), create("name", "b"), taken()],
         )
         .await
         .unwrap();

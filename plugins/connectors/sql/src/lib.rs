@@ -599,10 +599,13 @@ impl SqlConnector {
         table: &Table,
         records: Vec<Record>,
     ) -> Result<Vec<(String, Vec<FieldValue>, String)>, Error> {
-        let ids: Vec<String> = records.iter().map(|(id, _, _)| id.clone()).collect();
-        let mut versions = match self.log_own(db, table, 'I', &ids)? {
-            Some(versions) => versions,
-            None => self.kept_versions(db, table, &unversioned(&records))?,
+        // Where the triggers logged the rows, only those whose row does not carry its version
+        // are looked up; where the write logs its own, every row is logged.
+        let mut versions = if self.logs_own.get() {
+            let ids: Vec<String> = records.iter().map(|(id, _, _)| id.clone()).collect();
+            self.log_own(db, table, 'I', &ids)?.unwrap_or_default()
+        } else {
+            self.kept_versions(db, table, &unversioned(&records))?
         };
         Ok(records
             .into_iter()
