@@ -711,7 +711,20 @@ async fn run_sync(
         let name = setup.sync.spec.name.clone();
         lock(&control.live).status.cycling = true;
         let started = std::time::Instant::now();
-        let report = runner.cycle(&state, now_micros()).await;
+        // A cycle with a full batch to work through is background work: the runner goes
+        // with it to the background runtime and comes back when it ends.
+        let report = if runner.next_in_background() {
+            let state = state.clone();
+            let (back, report) = crate::background::run(async move {
+                let report = runner.cycle(&state, now_micros()).await;
+                (runner, report)
+            })
+            .await;
+            runner = back;
+            report
+        } else {
+            runner.cycle(&state, now_micros()).await
+        };
         let seconds = started.elapsed().as_secs_f64();
         // What the operations layer sees of the cycle; the lock is not held past here.
         let retry = {

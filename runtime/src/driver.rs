@@ -382,6 +382,10 @@ pub struct SyncRunner<S> {
 /// queued for the state's commits, and the process kept the memory (about 400 MB) once idle.
 /// A first cycle that goes on to wait for a turn gives its start back and its instances up
 /// first, so a small sync's first cycle is never queued behind the loads' turns.
+///
+/// Turns bound how many loads run at once; which thread gets a core is the kernel's. The
+/// cycles that take turns and starts run on the background runtime, at a lower OS priority
+/// (see [`SyncRunner::next_in_background`] and [`crate::background`]).
 #[derive(Clone)]
 pub struct Turns {
     turns: Arc<tokio::sync::Semaphore>,
@@ -1143,6 +1147,14 @@ impl<S: SideIo> SyncRunner<S> {
     }
 
     /// Runs one cycle at time `now` (microseconds since the epoch).
+    /// Whether the next cycle is likely to work through a full batch: a sync's first (it
+    /// cannot tell before reading, and hundreds may start at once) or one after a full batch.
+    /// The caller runs such a cycle as background work (see [`crate::background`]). A cycle
+    /// that finds a full batch where the last found none runs where it is: one cycle a backlog.
+    pub fn next_in_background(&self) -> bool {
+        self.turns.is_some() && (self.loading || !self.started)
+    }
+
     pub async fn cycle(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
         let result = self.cycle_inner(state, now).await;
         self.finish_all();
@@ -1754,8 +1766,14 @@ impl<S: SideIo> SyncRunner<S> {
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (committed, read) = if threaded {
             tokio::task::block_in_place(|| {
+                let lower = crate::background::lowered();
                 std::thread::scope(|scope| {
-                    let committed = scope.spawn(|| state.commit_cycle(&sync, now, commit));
+                    let committed = scope.spawn(|| {
+                        if lower {
+                            crate::background::lower_this_thread();
+                        }
+                        state.commit_cycle(&sync, now, commit)
+                    });
                     let read = tokio::runtime::Handle::current().block_on(reads);
                     let committed = committed
                         .join()

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod background;
 pub(crate) mod bindings;
 pub mod config;
 pub mod demo;

@@ -1,0 +1,195 @@
+//! Background work: the cycles that work through a full batch (a first load, a backlog) run on
+//! a runtime of their own whose threads run at a lower OS priority, so that a sync with a change
+//! or two finds a core as soon as it wakes.
+//!
+//! Turns (see [`crate::driver::Turns`]) keep the loads' steps to one fewer runtime thread than
+//! there are cores, but tokio has no priorities: a realtime sync woken by a change still queued
+//! behind whatever load steps were ready on its thread (a plugin call runs 10 ms before it
+//! yields), and a load's SQLite statements (on the blocking pool) and state commits (on a
+//! thread of their own) took the other cores. On the background runtime all of that runs on
+//! threads [`NICE`] steps nicer: the kernel gives a core to a normal thread first, and the
+//! loads keep the whole machine when nothing else wants it.
+//!
+//! A cycle is moved there whole, the sync's runner with it, and comes back when it ends (see
+//! [`run`]). Only threads made for it are lowered: an unprivileged thread cannot raise its
+//! priority back. Lowering one thread is Linux's (elsewhere `setpriority` lowers the whole
+//! process), so elsewhere, and on a current-thread runtime (the tests'), the work runs where it
+//! is.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::OnceLock;
+
+/// How much background threads are lowered (added to the nice value of the thread that makes
+/// the background runtime, at most 19): the kernel weighs a thread at nice 10 about a tenth
+/// of one at 0.
+pub const NICE: i32 = 10;
+
+thread_local! {
+    /// Whether this thread was lowered (see [`lower_this_thread`]).
+    static LOWERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `work` on the background runtime and gives back what it returns; a panic in it is
+/// resumed here, and dropping this future cancels it. Where there is no background runtime,
+/// or the caller's runtime is a current-thread one, `work` runs in place.
+pub async fn run<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    let threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let Some(runtime) = runtime().filter(|_| threaded) else {
+        return work.await;
+    };
+    let mut task = Cancelled(runtime.spawn(work));
+    match (&mut task.0).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only `Cancelled`'s drop aborts the task, and the runtime is never shut down.
+        Err(e) => unreachable!("background work was cancelled: {e}"),
+    }
+}
+
+/// Aborts the task when dropped: work handed to the background stops with its caller.
+struct Cancelled<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Cancelled<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether the calling thread runs at the background's priority: a thread it starts for the
+/// same work should lower itself too.
+pub fn lowered() -> bool {
+    LOWERED.with(Cell::get)
+}
+
+/// Lowers the calling thread for the rest of its life, where the platform lowers one thread.
+/// For threads made for background work only (see the module's comment).
+pub fn lower_this_thread() {
+    #[cfg(target_os = "linux")]
+    if !lowered() {
+        lower_linux_thread();
+        LOWERED.with(|l| l.set(true));
+    }
+}
+
+/// The nice value of background threads: [`NICE`] above the thread that made the background
+/// runtime (at most 19). Set before the runtime's first thread starts.
+#[cfg(target_os = "linux")]
+static TARGET: OnceLock<i32> = OnceLock::new();
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lower_linux_thread() {
+    let Some(&target) = TARGET.get() else {
+        return;
+    };
+    // SAFETY: getpriority and setpriority take no pointers; with PRIO_PROCESS and 0 Linux
+    // reads and changes the calling thread's nice value only (getpriority cannot fail for it).
+    // A thread inherits its maker's value, so one started by a background thread is already
+    // there. Raising the value needs no privilege; a failure leaves the thread as it was,
+    // which is only slower for others.
+    let done = unsafe {
+        match libc::getpriority(libc::PRIO_PROCESS, 0) {
+            now if now >= target => 0,
+            _ => libc::setpriority(libc::PRIO_PROCESS, 0, target),
+        }
+    };
+    if done != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "a background thread kept its priority");
+    }
+}
+
+/// The calling thread's nice value.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn nice() -> i32 {
+    // SAFETY: no pointers; PRIO_PROCESS with 0 (the calling thread) cannot fail.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// The background runtime: as many threads as cores, and its own blocking pool, each thread
+/// lowered when it starts. None where one thread cannot be lowered, or where the runtime could
+/// not be built (then the work runs at the normal priority).
+fn runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    RUNTIME
+        .get_or_init(|| {
+            #[cfg(target_os = "linux")]
+            TARGET.get_or_init(|| (nice() + NICE).min(19));
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("duplex-background")
+                .on_thread_start(lower_this_thread)
+                .enable_all()
+                .build()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no background runtime: loads run at the normal priority");
+                })
+                .ok()
+        })
+        .as_ref()
+        .map(tokio::runtime::Runtime::handle)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_work_runs_on_lowered_threads_and_comes_back() {
+        let normal = nice();
+        let lower = (normal + NICE).min(19);
+        let (worker, blocking, started) = run(async move {
+            let blocking = tokio::task::spawn_blocking(nice).await.unwrap();
+            // A thread the work starts for itself is lowered too (it inherits its maker's
+            // value; lowering it again changes nothing).
+            assert!(lowered());
+            let started = std::thread::spawn(|| {
+                lower_this_thread();
+                nice()
+            })
+            .join()
+            .unwrap();
+            (nice(), blocking, started)
+        })
+        .await;
+        assert_eq!((worker, blocking, started), (lower, lower, lower));
+        // The caller's threads, and its runtime's blocking pool, are as they were.
+        assert_eq!(nice(), normal);
+        assert!(!lowered());
+        assert_eq!(tokio::task::spawn_blocking(nice).await.unwrap(), normal);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_background_work_is_the_callers() {
+        let panicked = tokio::spawn(run(async { panic!("in the background") }))
+            .await
+            .unwrap_err();
+        let message = panicked.into_panic();
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"in the background"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_work_stops_with_its_caller() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let caller = tokio::spawn(run(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        }));
+        caller.abort();
+        // The work's end drops its sender: the channel closes.
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn on_a_current_thread_runtime_the_work_runs_in_place() {
+        let here = std::thread::current().id();
+        let there = run(async { std::thread::current().id() }).await;
+        assert_eq!(here, there);
+        assert!(!lowered());
+    }
+}
