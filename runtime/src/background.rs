@@ -7,11 +7,13 @@
 //! behind whatever load steps were ready on its thread (a plugin call runs 10 ms before it
 //! yields), and a load's SQLite statements (on the blocking pool) and state commits (on a
 //! thread of their own) took the other cores. On the background runtime all of that runs on
-//! threads [`NICE`] steps nicer: the kernel gives a core to a normal thread first, and the
-//! loads keep the whole machine when nothing else wants it.
+//! threads [`NICE`] steps nicer (a thread started by a lowered one inherits its value): the
+//! kernel gives a core to a normal thread first, and the loads keep the whole machine when
+//! nothing else wants it.
 //!
 //! A cycle is moved there whole, the sync's runner with it, and comes back when it ends (see
-//! [`run`]). Only threads made for it are lowered: an unprivileged thread cannot raise its
+//! [`run`]); pooled connections and long-lived tasks it opens are opened on the runtime it came
+//! from (see [`at_home`]). Only threads made for it are lowered: an unprivileged thread cannot raise its
 //! priority back. Lowering one thread is Linux's (elsewhere `setpriority` lowers the whole
 //! process), so elsewhere, and on a current-thread runtime (the tests'), the work runs where it
 //! is.
@@ -30,6 +32,11 @@ thread_local! {
     static LOWERED: Cell<bool> = const { Cell::new(false) };
 }
 
+tokio::task_local! {
+    /// The runtime background work came from (see [`at_home`]).
+    static HOME: tokio::runtime::Handle;
+}
+
 /// Runs `work` on the background runtime and gives back what it returns; a panic in it is
 /// resumed here, and dropping this future cancels it. Where there is no background runtime,
 /// or the caller's runtime is a current-thread one, `work` runs in place.
@@ -39,11 +46,41 @@ pub async fn run<T: Send + 'static>(work: impl Future<Output = T> + Send + 'stat
     let Some(runtime) = runtime().filter(|_| threaded) else {
         return work.await;
     };
-    let mut task = Cancelled(runtime.spawn(work));
+    let home = tokio::runtime::Handle::current();
+    joined(Cancelled(runtime.spawn(HOME.scope(home, work)))).await
+}
+
+/// Runs `work` on the runtime the current background work came from (in place for any other
+/// work): for what outlives the cycle or serves other syncs. A socket belongs to the runtime
+/// it was opened on, whose threads wake its readers; a pooled database connection opened by a
+/// load would otherwise answer a realtime sync's statements through the background's lowered,
+/// busy threads.
+pub async fn at_home<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    match HOME.try_with(Clone::clone) {
+        Ok(home) => joined(Cancelled(home.spawn(work))).await,
+        Err(_) => work.await,
+    }
+}
+
+/// Spawns `task` as `tokio::spawn` does, on the runtime the current background work came from
+/// (see [`at_home`]).
+pub fn spawn_at_home<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match HOME.try_with(Clone::clone) {
+        Ok(home) => home.spawn(task),
+        Err(_) => tokio::spawn(task),
+    }
+}
+
+/// What a task handed elsewhere returned; its panic is resumed here.
+async fn joined<T>(mut task: Cancelled<T>) -> T {
     match (&mut task.0).await {
         Ok(out) => out,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only `Cancelled`'s drop aborts the task, and the runtime is never shut down.
+        // Only `Cancelled`'s drop aborts the task, and neither runtime is shut down under it.
         Err(e) => unreachable!("background work was cancelled: {e}"),
     }
 }
@@ -57,15 +94,14 @@ impl<T> Drop for Cancelled<T> {
     }
 }
 
-/// Whether the calling thread runs at the background's priority: a thread it starts for the
-/// same work should lower itself too.
-pub fn lowered() -> bool {
+/// Whether the calling thread runs at the background's priority.
+fn lowered() -> bool {
     LOWERED.with(Cell::get)
 }
 
 /// Lowers the calling thread for the rest of its life, where the platform lowers one thread.
 /// For threads made for background work only (see the module's comment).
-pub fn lower_this_thread() {
+fn lower_this_thread() {
     #[cfg(target_os = "linux")]
     if !lowered() {
         lower_linux_thread();
@@ -86,7 +122,7 @@ fn lower_linux_thread() {
     };
     // SAFETY: getpriority and setpriority take no pointers; with PRIO_PROCESS and 0 Linux
     // reads and changes the calling thread's nice value only (getpriority cannot fail for it).
-    // A thread inherits its maker's value, so one started by a background thread is already
+    // A thread inherits its maker's value: one started by a background thread is already
     // there. Raising the value needs no privilege; a failure leaves the thread as it was,
     // which is only slower for others.
     let done = unsafe {
@@ -145,19 +181,22 @@ mod tests {
         let lower = (normal + NICE).min(19);
         let (worker, blocking, started) = run(async move {
             let blocking = tokio::task::spawn_blocking(nice).await.unwrap();
-            // A thread the work starts for itself is lowered too (it inherits its maker's
-            // value; lowering it again changes nothing).
+            // A thread the work starts for itself (a commit's) inherits the value.
             assert!(lowered());
-            let started = std::thread::spawn(|| {
-                lower_this_thread();
-                nice()
-            })
-            .join()
-            .unwrap();
+            let started = std::thread::spawn(nice).join().unwrap();
             (nice(), blocking, started)
         })
         .await;
         assert_eq!((worker, blocking, started), (lower, lower, lower));
+        // What it hands home runs at the caller's priority, there.
+        let (home, spawned) = run(async {
+            let home = at_home(async { (nice(), lowered()) }).await;
+            let spawned = spawn_at_home(async { nice() }).await.unwrap();
+            (home, spawned)
+        })
+        .await;
+        assert_eq!((home, spawned), ((normal, false), normal));
+        assert_eq!(at_home(async { nice() }).await, normal);
         // The caller's threads, and its runtime's blocking pool, are as they were.
         assert_eq!(nice(), normal);
         assert!(!lowered());

@@ -1766,14 +1766,10 @@ impl<S: SideIo> SyncRunner<S> {
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (committed, read) = if threaded {
             tokio::task::block_in_place(|| {
-                let lower = crate::background::lowered();
+                // For background work, the commit's thread inherits the background's lower
+                // priority from the thread that starts it (see `crate::background`).
                 std::thread::scope(|scope| {
-                    let committed = scope.spawn(|| {
-                        if lower {
-                            crate::background::lower_this_thread();
-                        }
-                        state.commit_cycle(&sync, now, commit)
-                    });
+                    let committed = scope.spawn(|| state.commit_cycle(&sync, now, commit));
                     let read = tokio::runtime::Handle::current().block_on(reads);
                     let committed = committed
                         .join()

@@ -15,6 +15,7 @@ pub use server::Pools;
 
 use wasmtime::component::Resource;
 
+use crate::background::at_home;
 use crate::bindings::duplex::plugin::sql::{self as wit, Dialect, Rows};
 use crate::bindings::duplex::plugin::types::{Error, Value};
 use crate::host::{Caller, Capability, HasHost, HostData, HostView, Shared};
@@ -264,17 +265,20 @@ impl Backend {
             Target::Sqlite(path) => {
                 Ok(Backend::Sqlite(sqlite::SqliteConnection::open(path).await?))
             }
+            // A connection the pool opens belongs to the runtime that opened it: not to the
+            // background's (see `crate::background::at_home`).
             Target::Postgres(url) => {
-                let conn = pools
-                    .postgres(&url)
-                    .await?
-                    .acquire()
+                let pool = pools.postgres(&url).await?;
+                let conn = at_home(async move { pool.acquire().await })
                     .await
                     .map_err(acquire)?;
                 Ok(Backend::Postgres(server::ServerConnection::new(conn, url)))
             }
             Target::MySql(url) => {
-                let conn = pools.mysql(&url).await?.acquire().await.map_err(acquire)?;
+                let pool = pools.mysql(&url).await?;
+                let conn = at_home(async move { pool.acquire().await })
+                    .await
+                    .map_err(acquire)?;
                 Ok(Backend::MySql(server::ServerConnection::new(conn, url)))
             }
         }

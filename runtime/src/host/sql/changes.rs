@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::watch;
 
+use crate::background::spawn_at_home;
 use crate::bindings::duplex::plugin::types::Error;
 
 /// How often SQLite's files are looked at.
@@ -143,10 +144,10 @@ impl Changes {
         sources.insert(source.clone(), marks.clone());
         match (source, pool) {
             (Source::Postgres { channel, .. }, Some(pool)) => {
-                tokio::spawn(listen(pool, channel, marks.clone(), self.sources.clone()));
+                spawn_at_home(listen(pool, channel, marks.clone(), self.sources.clone()));
             }
             (Source::Sqlite(_), _) if first_file => {
-                tokio::spawn(look_at_files(self.sources.clone()));
+                spawn_at_home(look_at_files(self.sources.clone()));
             }
             _ => {}
         }
