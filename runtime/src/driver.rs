@@ -1146,7 +1146,6 @@ impl<S: SideIo> SyncRunner<S> {
         outcome
     }
 
-    /// Runs one cycle at time `now` (microseconds since the epoch).
     /// Whether the next cycle is likely to work through a full batch: a sync's first (it
     /// cannot tell before reading, and hundreds may start at once) or one after a full batch.
     /// The caller runs such a cycle as background work (see [`crate::background`]). A cycle
@@ -1155,6 +1154,7 @@ impl<S: SideIo> SyncRunner<S> {
         self.turns.is_some() && (self.loading || !self.started)
     }
 
+    /// Runs one cycle at time `now` (microseconds since the epoch).
     pub async fn cycle(&mut self, state: &State, now: i64) -> Result<CycleReport, CycleError> {
         let result = self.cycle_inner(state, now).await;
         self.finish_all();
