@@ -112,26 +112,27 @@ fn migrate_text_keys(w: &redb::WriteTransaction) -> Result<(), StateError> {
             }
         }};
     }
+    /// Moves the table `$now` defines, if stored with the key `$old_key`, over to its key,
+    /// each key (matched by `$old`) as `$new`.
+    macro_rules! move_over {
+        ($now:expr, $name:expr, $old_key:ty => $new_key:ty, $value:ty, $old:pat => $new:expr) => {{
+            if typed_as_before(w, $now)? {
+                let before = TableDefinition::<$old_key, $value>::new($name);
+                let moving_name = format!("{}.moving", $name);
+                let moving = TableDefinition::<$new_key, $value>::new(&moving_name);
+                copy_rows!(before, moving, $old => $new);
+                w.delete_table(before)?;
+                copy_rows!(moving, $now, k => k);
+                w.delete_table(moving)?;
+            }
+        }};
+    }
     for (name, now) in [("links", LINKS), ("intents", INTENTS), ("dirty", DIRTY)] {
-        if !typed_as_before(w, now)? {
-            continue;
-        }
-        let before = TableDefinition::<(&str, u64), &[u8]>::new(name);
-        let moving_name = format!("{name}.moving");
-        let moving = TableDefinition::<(&[u8], u64), &[u8]>::new(&moving_name);
-        copy_rows!(before, moving, (sync, n) => (sync.as_bytes(), n));
-        w.delete_table(before)?;
-        copy_rows!(moving, now, k => k);
-        w.delete_table(moving)?;
+        move_over!(now, name, (&str, u64) => (&[u8], u64), &[u8],
+            (sync, n) => (sync.as_bytes(), n));
     }
-    if typed_as_before(w, INDEX)? {
-        let before = TableDefinition::<(&str, u8, &str), u64>::new("link_index");
-        let moving = TableDefinition::<(&[u8], u8, &[u8]), u64>::new("link_index.moving");
-        copy_rows!(before, moving, (sync, side, id) => (sync.as_bytes(), side, id.as_bytes()));
-        w.delete_table(before)?;
-        copy_rows!(moving, INDEX, k => k);
-        w.delete_table(moving)?;
-    }
+    move_over!(INDEX, "link_index", (&str, u8, &str) => (&[u8], u8, &[u8]), u64,
+        (sync, side, id) => (sync.as_bytes(), side, id.as_bytes()));
     Ok(())
 }
 
