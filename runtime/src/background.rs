@@ -18,7 +18,6 @@
 //! lowers the whole process), so elsewhere, and on a current-thread runtime (the tests'), the
 //! work runs where it is.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -26,11 +25,6 @@ use std::sync::OnceLock;
 /// the background runtime, at most 19): the kernel weighs a thread at nice 10 about a tenth
 /// of one at 0.
 pub const NICE: i32 = 10;
-
-thread_local! {
-    /// Whether this thread was lowered (see [`lower_this_thread`]).
-    static LOWERED: Cell<bool> = const { Cell::new(false) };
-}
 
 tokio::task_local! {
     /// The runtime background work came from (see [`at_home`]).
@@ -96,20 +90,11 @@ impl<T> Drop for Cancelled<T> {
     }
 }
 
-/// Whether the calling thread runs at the background's priority.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn lowered() -> bool {
-    LOWERED.with(Cell::get)
-}
-
 /// Lowers the calling thread for the rest of its life, where the platform lowers one thread.
 /// For threads made for background work only (see the module's comment).
 fn lower_this_thread() {
     #[cfg(target_os = "linux")]
-    if !lowered() {
-        lower_linux_thread();
-        LOWERED.with(|l| l.set(true));
-    }
+    lower_linux_thread();
 }
 
 /// The nice value of background threads: [`NICE`] above the thread that made the background
@@ -185,7 +170,6 @@ mod tests {
         let (worker, blocking, started) = run(async move {
             let blocking = tokio::task::spawn_blocking(nice).await.unwrap();
             // A thread the work starts for itself (a commit's) inherits the value.
-            assert!(lowered());
             let started = std::thread::spawn(nice).join().unwrap();
             (nice(), blocking, started)
         })
@@ -193,16 +177,15 @@ mod tests {
         assert_eq!((worker, blocking, started), (lower, lower, lower));
         // What it hands home runs at the caller's priority, there.
         let (home, spawned) = run(async {
-            let home = at_home(async { (nice(), lowered()) }).await;
+            let home = at_home(async { nice() }).await;
             let spawned = spawn_at_home(async { nice() }).await.unwrap();
             (home, spawned)
         })
         .await;
-        assert_eq!((home, spawned), ((normal, false), normal));
+        assert_eq!((home, spawned), (normal, normal));
         assert_eq!(at_home(async { nice() }).await, normal);
         // The caller's threads, and its runtime's blocking pool, are as they were.
         assert_eq!(nice(), normal);
-        assert!(!lowered());
         assert_eq!(tokio::task::spawn_blocking(nice).await.unwrap(), normal);
     }
 
@@ -229,9 +212,8 @@ mod tests {
 
     #[tokio::test]
     async fn on_a_current_thread_runtime_the_work_runs_in_place() {
-        let here = std::thread::current().id();
-        let there = run(async { std::thread::current().id() }).await;
-        assert_eq!(here, there);
-        assert!(!lowered());
+        let (here, normal) = (std::thread::current().id(), nice());
+        let there = run(async { (std::thread::current().id(), nice()) }).await;
+        assert_eq!((here, normal), there);
     }
 }
