@@ -723,6 +723,7 @@ async fn run_sync(
             runner = back;
             report
         } else {
+            let _in_flight = crate::background::foreground();
             runner.cycle(&state, now_micros()).await
         };
         let seconds = started.elapsed().as_secs_f64();

@@ -17,9 +17,15 @@
 //! cannot raise its priority back. Lowering one thread is Linux's (elsewhere `setpriority`
 //! lowers the whole process), so elsewhere, and on a current-thread runtime (the tests'), the
 //! work runs where it is.
+//!
+//! The state has one writer at a time, whatever the priority of the thread asking: a realtime
+//! sync's intents and commit queued behind a load's commit of a thousand links (about 9 ms)
+//! in the loads' busiest seconds. So a background thread's state write first gives way to the
+//! foreground cycles in flight (see [`give_way`]), for at most [`GIVE_WAY_MOST`].
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 /// How much background threads are lowered (added to the nice value of the thread that makes
 /// the background runtime, at most 19): the kernel weighs a thread at nice 10 about a tenth
@@ -69,6 +75,68 @@ where
     }
 }
 
+/// The longest a background thread's state write waits for foreground cycles to end: about a
+/// realtime cycle's length beside busy loads, so a load meeting one waits it out, and loads
+/// beside syncs that are never all idle still commit at a bounded pace.
+pub const GIVE_WAY_MOST: Duration = Duration::from_millis(20);
+
+/// How many foreground cycles are in flight, and a signal when the last one ends.
+static IN_FLIGHT: Mutex<usize> = Mutex::new(0);
+static ENDED: Condvar = Condvar::new();
+
+/// A foreground cycle in flight, until dropped: background state writes wait for it (see
+/// [`give_way`]).
+#[must_use = "the cycle counts as in flight only while this lives"]
+pub struct Foreground(());
+
+/// Counts a foreground cycle as in flight until the returned guard is dropped.
+pub fn foreground() -> Foreground {
+    *IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    Foreground(())
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        let mut n = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        *n -= 1;
+        if *n == 0 {
+            ENDED.notify_all();
+        }
+    }
+}
+
+/// On a background thread, waits until no foreground cycle is in flight, or
+/// [`GIVE_WAY_MOST`] has passed; elsewhere returns at once. Called before taking the state's
+/// one writer: a foreground cycle then finds it free for its intents and its commit instead of
+/// held by a load's commit, which took the writer for milliseconds on a lowered thread.
+pub fn give_way() {
+    give_way_for(GIVE_WAY_MOST);
+}
+
+fn give_way_for(most: Duration) {
+    if !on_background_thread() {
+        return;
+    }
+    let n = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    if *n == 0 {
+        return;
+    }
+    let _ = ENDED
+        .wait_timeout_while(n, most, |n| *n > 0)
+        .unwrap_or_else(PoisonError::into_inner);
+}
+
+/// Whether the calling thread is one of the background's (or started by one): its nice value
+/// is the background's and that is lower than the threads it came from.
+fn on_background_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        TARGET.get().is_some_and(|t| t.lowers() && nice() >= t.to)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// What a task handed elsewhere returned; its panic is resumed here.
 async fn joined<T>(mut task: Cancelled<T>) -> T {
     match (&mut task.0).await {
@@ -100,12 +168,29 @@ fn lower_this_thread() {
 /// The nice value of background threads: [`NICE`] above the thread that made the background
 /// runtime (at most 19). Set before the runtime's first thread starts.
 #[cfg(target_os = "linux")]
-static TARGET: OnceLock<i32> = OnceLock::new();
+static TARGET: OnceLock<Target> = OnceLock::new();
+
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct Target {
+    /// The nice value of the thread that made the background runtime.
+    from: i32,
+    /// Background threads'.
+    to: i32,
+}
+
+#[cfg(target_os = "linux")]
+impl Target {
+    /// Whether background threads run lower at all: not when the process already runs at 19.
+    fn lowers(self) -> bool {
+        self.to > self.from
+    }
+}
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn lower_linux_thread() {
-    let Some(&target) = TARGET.get() else {
+    let Some(target) = TARGET.get().map(|t| t.to) else {
         return;
     };
     // SAFETY: getpriority and setpriority take no pointers; with PRIO_PROCESS and 0 Linux
@@ -144,7 +229,13 @@ fn runtime() -> Option<&'static tokio::runtime::Handle> {
     RUNTIME
         .get_or_init(|| {
             #[cfg(target_os = "linux")]
-            TARGET.get_or_init(|| (nice() + NICE).min(19));
+            TARGET.get_or_init(|| {
+                let from = nice();
+                Target {
+                    from,
+                    to: (from + NICE).min(19),
+                }
+            });
             tokio::runtime::Builder::new_multi_thread()
                 .thread_name("duplex-background")
                 .on_thread_start(lower_this_thread)
@@ -208,6 +299,36 @@ mod tests {
         caller.abort();
         // The work's end drops its sender: the channel closes.
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_state_writes_give_way_to_a_foreground_cycle_in_flight() {
+        run(async {}).await; // the background runtime is made
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let cycle = foreground();
+        // The foreground's own writes do not wait for it (were they to, this would take 60 s).
+        let started = std::time::Instant::now();
+        give_way_for(Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let write = {
+            let order = order.clone();
+            run(async move {
+                give_way_for(Duration::from_secs(60));
+                order.lock().unwrap().push("background write");
+            })
+        };
+        let write = tokio::spawn(write);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        order.lock().unwrap().push("foreground cycle ended");
+        drop(cycle);
+        write.await.unwrap();
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["foreground cycle ended", "background write"]
+        );
+        // A cycle that does not end holds background writes for the most only.
+        let _endless = foreground();
+        run(async { give_way_for(Duration::from_millis(10)) }).await;
     }
 
     #[tokio::test]

@@ -1192,6 +1192,8 @@ impl State {
         if left > 0 {
             self.crash_after.store(left - 1, Ordering::SeqCst);
         }
+        // One writer at a time: background work lets a foreground cycle in flight go first.
+        crate::background::give_way();
         Ok(self.db.begin_write()?)
     }
 
