@@ -1351,7 +1351,11 @@ impl<S: SideIo> SyncRunner<S> {
         let mut remaining = Some(0u64);
         // Every side at once: a realtime change waited for both reads one after the other, each
         // a few round trips (about 2 ms alone, up to 8 beside busy loads). A side's own reads
-        // stay in order: a transaction is read on to its end.
+        // stay in order: a transaction is read on to its end. A runner's first read goes one
+        // side after the other: it may install capture on both, and two sessions creating the
+        // log's tables at once in one PostgreSQL database collide (one fails on the
+        // catalogue's unique index).
+        let together = self.started;
         let how = SideRead {
             sync: &sync,
             origin: &origin,
@@ -1367,7 +1371,21 @@ impl<S: SideIo> SyncRunner<S> {
             .zip(self.read_max.iter_mut())
             .zip(Side::all(self.spec.sides()).zip(cursors).zip(ahead))
             .map(|((io, max), ((side, cursor), ahead))| how.read(io, max, side, cursor, ahead));
-        for read in futures_util::future::join_all(reads).await {
+        let reads = if together {
+            futures_util::future::join_all(reads).await
+        } else {
+            let mut done = Vec::with_capacity(self.spec.sides());
+            for read in reads {
+                let read = read.await;
+                let failed = read.is_err();
+                done.push(read);
+                if failed {
+                    break;
+                }
+            }
+            done
+        };
+        for read in reads {
             let read = read?;
             let side = read.side;
             report.read[side.index()] = read.batches.iter().map(|(b, _)| b.changes.len()).sum();
@@ -2723,6 +2741,92 @@ mod tests {
             plan.summary()[0],
             "read 4 from left, 3 from right, 1 from third"
         );
+    }
+
+    /// A side that notes when each of its reads begins and ends, and lets other work run in
+    /// between, as a read waiting on its database does.
+    struct Noted {
+        side: Side,
+        notes: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl SideIo for Noted {
+        fn conditional_writes(&self) -> bool {
+            true
+        }
+
+        async fn read(
+            &mut self,
+            _origin: &str,
+            cursor: Option<&str>,
+            _max: u32,
+        ) -> Result<ChangeBatch, IoError> {
+            let note = |what: &str| {
+                self.notes
+                    .lock()
+                    .unwrap()
+                    .push(format!("{what} {}", self.side))
+            };
+            note("begin");
+            tokio::task::yield_now().await;
+            note("end");
+            Ok(ChangeBatch {
+                changes: Vec::new(),
+                next_cursor: cursor.unwrap_or("0").to_owned(),
+                has_more: false,
+                mid_transaction: false,
+                remaining: Some(0),
+            })
+        }
+
+        async fn write(
+            &mut self,
+            _origin: &str,
+            ops: Vec<WriteOp>,
+        ) -> Result<Vec<Result<plugin::Written, WitError>>, IoError> {
+            assert!(ops.is_empty(), "nothing was read, so nothing is written");
+            Ok(Vec::new())
+        }
+
+        async fn find(&mut self, _key: LookupKey) -> Result<Vec<plugin::Current>, IoError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A runner's first read may install capture on both sides, and two sessions creating the
+    /// log's tables at once in one PostgreSQL database collide: it reads one side after the
+    /// other. Its later reads, on the path of every realtime change, go at once.
+    #[tokio::test]
+    async fn a_runners_first_read_goes_side_after_side_and_later_ones_at_once() {
+        let notes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let side = |side| Noted {
+            side,
+            notes: notes.clone(),
+        };
+        let spec = SyncSpec {
+            name: "people".into(),
+            origin: "duplex:people".into(),
+            left_name: "crm".into(),
+            right_name: "erp".into(),
+            more_names: Vec::new(),
+            fields: Vec::new(),
+            match_key: None,
+            policy: crate::engine::Policy::LastWriterWins,
+            deletes: crate::engine::DeletePolicy::Propagate,
+            scope: Default::default(),
+            stopped: Default::default(),
+        };
+        let (left, right) = (Side::nth(0), Side::nth(1));
+        let mut runner = SyncRunner::new(spec, side(left), side(right), 10, Rules::new());
+        let state = State::in_memory().unwrap();
+        let taken = || std::mem::take(&mut *notes.lock().unwrap());
+        runner.cycle(&state, 1).await.unwrap();
+        let first = taken();
+        runner.cycle(&state, 2).await.unwrap();
+        let second = taken();
+        let (b, e) = (|s| format!("begin {s}"), |s| format!("end {s}"));
+        assert_eq!(first, [b(left), e(left), b(right), e(right)]);
+        assert_eq!(second, [b(left), b(right), e(left), e(right)]);
     }
 
     #[test]
