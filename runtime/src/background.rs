@@ -41,13 +41,18 @@ tokio::task_local! {
 /// resumed here, and dropping this future cancels it. Where there is no background runtime,
 /// or the caller's runtime is a current-thread one, `work` runs in place.
 pub async fn run<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
-    let threaded = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let Some(runtime) = runtime().filter(|_| threaded) else {
+    let Some(runtime) = runtime().filter(|_| on_threaded_runtime()) else {
         return work.await;
     };
     let home = tokio::runtime::Handle::current();
     joined(Cancelled(runtime.spawn(HOME.scope(home, work)))).await
+}
+
+/// Whether the caller runs on a multi-thread tokio runtime (the tests' current-thread runtimes
+/// run background work, and a cycle's commit, in place).
+pub fn on_threaded_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Runs `work` on the runtime the current background work came from (in place for any other
@@ -131,7 +136,7 @@ fn give_way_for(most: Duration) {
 fn on_background_thread() -> bool {
     #[cfg(target_os = "linux")]
     {
-        TARGET.get().is_some_and(|t| t.lowers() && nice() >= t.to)
+        TARGET.get().copied().flatten().is_some_and(|t| nice() >= t)
     }
     #[cfg(not(target_os = "linux"))]
     false
@@ -166,31 +171,15 @@ fn lower_this_thread() {
 }
 
 /// The nice value of background threads: [`NICE`] above the thread that made the background
-/// runtime (at most 19). Set before the runtime's first thread starts.
+/// runtime (at most 19); none where that thread already runs at 19, so nothing is lower. Set
+/// before the runtime's first thread starts.
 #[cfg(target_os = "linux")]
-static TARGET: OnceLock<Target> = OnceLock::new();
-
-#[cfg(target_os = "linux")]
-#[derive(Clone, Copy)]
-struct Target {
-    /// The nice value of the thread that made the background runtime.
-    from: i32,
-    /// Background threads'.
-    to: i32,
-}
-
-#[cfg(target_os = "linux")]
-impl Target {
-    /// Whether background threads run lower at all: not when the process already runs at 19.
-    fn lowers(self) -> bool {
-        self.to > self.from
-    }
-}
+static TARGET: OnceLock<Option<i32>> = OnceLock::new();
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn lower_linux_thread() {
-    let Some(target) = TARGET.get().map(|t| t.to) else {
+    let Some(target) = TARGET.get().copied().flatten() else {
         return;
     };
     // SAFETY: getpriority and setpriority take no pointers; with PRIO_PROCESS and 0 Linux
@@ -231,10 +220,7 @@ fn runtime() -> Option<&'static tokio::runtime::Handle> {
             #[cfg(target_os = "linux")]
             TARGET.get_or_init(|| {
                 let from = nice();
-                Target {
-                    from,
-                    to: (from + NICE).min(19),
-                }
+                Some((from + NICE).min(19)).filter(|&to| to > from)
             });
             tokio::runtime::Builder::new_multi_thread()
                 .thread_name("duplex-background")

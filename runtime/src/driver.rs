@@ -1371,29 +1371,24 @@ impl<S: SideIo> SyncRunner<S> {
             .zip(self.read_max.iter_mut())
             .zip(Side::all(self.spec.sides()).zip(cursors).zip(ahead))
             .map(|((io, max), ((side, cursor), ahead))| how.read(io, max, side, cursor, ahead));
-        let reads = if together {
-            futures_util::future::join_all(reads).await
+        let reads: Vec<SideBatches> = if together {
+            let done = futures_util::future::join_all(reads).await;
+            done.into_iter().collect::<Result<_, _>>()?
         } else {
             let mut done = Vec::with_capacity(self.spec.sides());
             for read in reads {
-                let read = read.await;
-                let failed = read.is_err();
-                done.push(read);
-                if failed {
-                    break;
-                }
+                done.push(read.await?);
             }
             done
         };
         for read in reads {
-            let read = read?;
             let side = read.side;
             report.read[side.index()] = read.batches.iter().map(|(b, _)| b.changes.len()).sum();
             report.whole_transaction |= read.whole_transaction;
-            report.more |= read.waiting;
-            if read.waiting {
+            if let Some((last, _)) = read.batches.last().filter(|(b, _)| b.has_more) {
+                report.more = true;
                 remaining = remaining
-                    .zip(read.left)
+                    .zip(last.remaining)
                     .map(|(sum, n)| sum.saturating_add(n));
             }
             batches.extend(read.batches.into_iter().map(|(b, at)| (side, b, at)));
@@ -1752,9 +1747,7 @@ impl<S: SideIo> SyncRunner<S> {
             }
             read
         };
-        let threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let (committed, read) = if threaded {
+        let (committed, read) = if crate::background::on_threaded_runtime() {
             tokio::task::block_in_place(|| {
                 // For background work, the commit's thread inherits the background's lower
                 // priority from the thread that starts it (see `crate::background`).
@@ -2372,14 +2365,10 @@ struct SideRead<'a> {
     clock: &'a Clock,
 }
 
-/// What a cycle read of one side: its batches in order, and what they say is left.
+/// What a cycle read of one side: its batches in order (the last says whether more wait).
 struct SideBatches {
     side: Side,
     batches: Vec<Read>,
-    /// More changes wait after the last batch.
-    waiting: bool,
-    /// How many, where the side could say.
-    left: Option<u64>,
     /// A transaction was read on past the batch size to its end.
     whole_transaction: bool,
 }
@@ -2397,34 +2386,18 @@ impl SideRead<'_> {
         cursor: Option<String>,
         ahead: Option<(String, Read)>,
     ) -> Result<SideBatches, CycleError> {
-        let failed = |error| CycleError::Read {
-            sync: self.sync.to_owned(),
-            side,
-            error,
-        };
         let first = match ahead {
             Some((from, read)) if cursor.as_deref() == Some(from.as_str()) => read,
-            _ => read_fitting(
-                io,
-                max,
-                self.batch,
-                self.sync,
-                side,
-                self.origin,
-                cursor.as_deref(),
-                self.clock,
-            )
-            .await
-            .map_err(failed)?,
+            _ => {
+                self.fetch(io, max, side, cursor.as_deref(), self.batch)
+                    .await?
+            }
         };
         let mut read = first.0.changes.len();
-        let mut waiting = first.0.has_more;
-        let mut torn = first.0.has_more && first.0.mid_transaction;
-        let mut more = first.0.has_more.then(|| first.0.next_cursor.clone());
-        let mut left = first.0.remaining;
-        let mut whole_transaction = false;
         let mut batches = vec![first];
-        while let Some(cursor) = more.take() {
+        let mut whole_transaction = false;
+        while let Some((last, _)) = batches.last().filter(|(b, _)| b.has_more) {
+            let torn = last.mid_transaction;
             let want = if torn && self.whole && (read as u64) < u64::from(self.max_transaction) {
                 self.max_transaction - read as u32
             } else if self.dry && self.whole && read < DRY_RUN_MOST {
@@ -2437,32 +2410,43 @@ impl SideRead<'_> {
                 }
                 break;
             };
-            let next = read_fitting(
-                io,
-                max,
-                want,
-                self.sync,
-                side,
-                self.origin,
-                Some(&cursor),
-                self.clock,
-            )
-            .await
-            .map_err(failed)?;
+            let from = last.next_cursor.clone();
+            let next = self.fetch(io, max, side, Some(&from), want).await?;
             read += next.0.changes.len();
             whole_transaction |= torn;
-            waiting = next.0.has_more;
-            torn = next.0.has_more && next.0.mid_transaction;
-            more = next.0.has_more.then(|| next.0.next_cursor.clone());
-            left = next.0.remaining;
             batches.push(next);
         }
         Ok(SideBatches {
             side,
             batches,
-            waiting,
-            left,
             whole_transaction,
+        })
+    }
+
+    /// One read of up to `want` changes through [`read_fitting`].
+    async fn fetch<S: SideIo>(
+        &self,
+        io: &mut S,
+        max: &mut CallSize,
+        side: Side,
+        cursor: Option<&str>,
+        want: u32,
+    ) -> Result<Read, CycleError> {
+        read_fitting(
+            io,
+            max,
+            want,
+            self.sync,
+            side,
+            self.origin,
+            cursor,
+            self.clock,
+        )
+        .await
+        .map_err(|error| CycleError::Read {
+            sync: self.sync.to_owned(),
+            side,
+            error,
         })
     }
 }
