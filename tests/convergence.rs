@@ -1454,3 +1454,78 @@ async fn a_source_transaction_bigger_than_max_transaction_is_applied_in_parts() 
         "a transaction of 25 with at most 10 at once was split"
     );
 }
+
+/// A write refused on a stale version is merged again with the record read anew and written
+/// once more (step 7 of a cycle): the link is written twice in the cycle, with an intent each.
+/// When the cycle's commit is lost, recovery settles the confirmed writes onto the copy of the
+/// link the last intent carries, which knows the record read anew. Settled onto the first, the
+/// right's edit the merge had written to the left came back as the left's own edit, and won
+/// over the right's next edit of the field, as the left's record had changed later.
+#[tokio::test]
+async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() {
+    let world = World::new(0);
+    let (left, right) = (
+        Shared::in_world("", world.clone()),
+        Shared::in_world("r", world.clone()),
+    );
+    let mut runner = lww_runner(&left, &right, 10);
+    let state = State::in_memory().unwrap();
+    let id = left.0.borrow_mut().user_create(&[
+        ("email", Value::Text("p@example.com".into())),
+        ("name", Value::Text("P".into())),
+        ("note", Value::Text("a".into())),
+    ]);
+    let mut now = 1_000_000;
+    run_until_idle(&mut runner, &state, &mut now).await;
+    let rid = right.0.borrow().records.keys().next().unwrap().clone();
+
+    // The left renames; the right's note is edited after the cycle read it and before it
+    // writes the name there (its third call), so that write is refused and merged again.
+    left.0
+        .borrow_mut()
+        .user_update(&id, "name", Value::Text("Q".into()));
+    let (edited, calls) = (right.clone(), Rc::new(RefCell::new(0)));
+    let counted = calls.clone();
+    world.set_before_call(move |_| {
+        *counted.borrow_mut() += 1;
+        if *counted.borrow() == 3 {
+            let mut r = edited.0.borrow_mut();
+            r.user_update(&rid, "memo", Value::Text("b".into()));
+        }
+    });
+    // Intents, intents again for the merge, then the commit: lost.
+    state.crash_after_writes(2);
+    now += 1_000_000;
+    let cut = runner.cycle(&state, now).await;
+    world.set_before_call(|_| {});
+    assert!(cut.is_err(), "the commit was lost: {cut:?}");
+    assert_eq!(
+        left.0.borrow().records[&id]["note"],
+        Value::Text("b".into()),
+        "the merge wrote the right's note to the left before the commit was lost"
+    );
+
+    // The right edits the note again, then the left edits another field of the record.
+    let rid = right.0.borrow().records.keys().next().unwrap().clone();
+    right
+        .0
+        .borrow_mut()
+        .user_update(&rid, "memo", Value::Text("c".into()));
+    left.0
+        .borrow_mut()
+        .user_update(&id, "tag", Value::Text("t".into()));
+    run_until_idle(&mut runner, &state, &mut now).await;
+    assert_eq!(
+        left.0.borrow().records[&id]["note"],
+        Value::Text("c".into()),
+        "the right's last edit reached the left"
+    );
+    assert_eq!(
+        right.0.borrow().records[&rid]["memo"],
+        Value::Text("c".into())
+    );
+    assert!(
+        state.conflicts(false).unwrap().is_empty(),
+        "no conflict: one side edited the note"
+    );
+}

@@ -743,6 +743,17 @@ impl<S: SideIo> SyncRunner<S> {
             return Ok(0);
         }
         let mut links: BTreeMap<u64, Link> = BTreeMap::new();
+        // A link written again in the cut-short cycle (a refused write merged once more with
+        // the record read again, a value stored otherwise flowing back) has an intent per
+        // write. The last carries what the cycle knew last of it, which the lost commit would
+        // have stored: the confirmed writes are settled onto that copy. Settled onto the
+        // first, the record read again was forgotten, and its edit, merged and written to the
+        // other side, came back as that side's own, to win over a later edit of the record.
+        let last: std::collections::HashMap<u64, usize> = intents
+            .iter()
+            .enumerate()
+            .map(|(i, intent)| (intent.link.id, i))
+            .collect();
         // Records a create was confirmed by: one record confirms one create only.
         let mut claimed: BTreeSet<(Side, String)> = BTreeSet::new();
         let mut confirmed = 0;
@@ -785,7 +796,7 @@ impl<S: SideIo> SyncRunner<S> {
                     // the total of what both sides show.
                     let link = links
                         .entry(intent.link.id)
-                        .or_insert_with(|| intent.link.clone());
+                        .or_insert_with(|| intents[last[&intent.link.id]].link.clone());
                     let st = link.side_mut(intent.side);
                     for note in &notes {
                         if let Some(v) = note.value(intent.side) {
@@ -810,7 +821,7 @@ impl<S: SideIo> SyncRunner<S> {
                 };
                 let link = links
                     .entry(intent.link.id)
-                    .or_insert_with(|| intent.link.clone());
+                    .or_insert_with(|| intents[last[&intent.link.id]].link.clone());
                 settle(&self.spec, link, intent.side, &op, &outcome);
                 confirmed += 1;
                 tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
