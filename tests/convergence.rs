@@ -180,6 +180,11 @@ struct Sim {
     cycles: u32,
     /// Edits made while a cycle ran.
     edits_in_cycles: u32,
+    /// Whether a cycle follows a wait for announcements, and which are late: a generator of
+    /// its own keeps every seed's edits, cycles and crashes as they were before waits.
+    waits: Rng,
+    /// Sides cycles left unread after a wait heard nothing from them.
+    unread: usize,
 }
 
 impl Sim {
@@ -221,6 +226,8 @@ impl Sim {
             crashes: 0,
             cycles: 0,
             edits_in_cycles: 0,
+            waits: Rng::new(seed ^ 0x3c6e_f372),
+            unread: 0,
         }
     }
 
@@ -477,10 +484,24 @@ impl Sim {
     }
 
     /// One cycle, perhaps with a crash injected at a random step, and perhaps with a person
-    /// editing records while it runs.
+    /// editing records while it runs. Half the cycles follow a wait for announcements, as a
+    /// realtime sync's do (the cycle then leaves a side that announced nothing unread), some
+    /// of the announcements late.
     async fn cycle(&mut self, crashes: bool, step: usize) {
         self.world.advance(1_000);
         self.cycles += 1;
+        if self.waits.chance(50) {
+            for side in [&self.left, &self.right] {
+                side.0.borrow_mut().announce_late = self.waits.chance(25);
+            }
+            let heard = self.runner.watch(std::time::Duration::ZERO).await;
+            if std::env::var("SIM_TRACE").is_ok() {
+                println!("   wait: {heard:?}");
+            }
+            for side in [&self.left, &self.right] {
+                side.0.borrow_mut().announce_late = false;
+            }
+        }
         self.plan_mid_cycle(step);
         if crashes && sim::maybe_crash(&mut self.rng, &self.state, &[&self.left, &self.right]) {
             self.crashes += 1;
@@ -489,6 +510,7 @@ impl Sim {
             }
         }
         let r = self.runner.cycle(&self.state, self.world.tick()).await;
+        self.unread += r.as_ref().map_or(0, |r| r.unread);
         self.record_mid_cycle();
         if std::env::var("SIM_TRACE").is_ok() {
             println!("   cycle: {r:?}");
@@ -798,10 +820,11 @@ async fn run(seed: u64, policy: Policy, steps: usize, crashes: bool) -> Sim {
 }
 
 async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
-    let (mut crashed, mut judged, mut mid, mut decided) = (0, 0, 0, 0);
+    let (mut crashed, mut judged, mut mid, mut decided, mut unread) = (0, 0, 0, 0, 0);
     for seed in 0..schedules {
         let sim = run(seed, policy.clone(), 60, crashes).await;
         sim.check(&policy, seed);
+        unread += sim.unread;
         if policy == Policy::LastWriterWins {
             judged += sim.check_last_writer(seed);
         }
@@ -824,8 +847,10 @@ async fn check_schedules(policy: Policy, crashes: bool, schedules: u64) {
     }
     println!(
         "checked {schedules} schedules ({policy:?}, {crashed} crashes injected, {mid} edits made \
-         while a cycle ran, {decided} last-writer-wins decisions, {judged} outcomes judged)"
+         while a cycle ran, {decided} last-writer-wins decisions, {judged} outcomes judged, \
+         {unread} sides left unread after a wait)"
     );
+    assert!(unread > 0, "no cycle left a side unread after a wait");
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use duplex::driver::{IoError, SideIo};
 use duplex::plugin::{
-    Change, ChangeBatch, ChangeKind, Current, FieldValue, LookupKey, Value, WitError, WriteOp,
-    Written,
+    Change, ChangeBatch, ChangeKind, Current, FieldValue, LookupKey, Value, Watched, WitError,
+    WriteOp, Written,
 };
 
 #[derive(Debug, Clone)]
@@ -124,6 +124,11 @@ pub struct MemorySystem {
     /// Fields this system rewrites on every write, anyone's: text to upper or lower case, as
     /// a trigger or a normalising column would. Writes return the record as stored.
     pub rewrites: Vec<(String, Case)>,
+    /// The last change a wait for announcements answered for (see `SideIo::watch` below).
+    announced: u64,
+    /// The next waits hear nothing of changes since the last announced, as a wait does before
+    /// the database's announcement arrives (a SQLite file is looked at every 250 ms).
+    pub announce_late: bool,
 }
 
 /// How a field is rewritten on write.
@@ -152,6 +157,8 @@ impl MemorySystem {
             writes: 0,
             write_limit: None,
             rewrites: Vec::new(),
+            announced: 0,
+            announce_late: false,
         }
     }
 
@@ -389,6 +396,30 @@ impl Shared {
 impl SideIo for Shared {
     fn conditional_writes(&self) -> bool {
         true
+    }
+
+    /// As the host's waits for a database: an announcement a wait did not answer for is kept
+    /// for the next.
+    fn keeps_announcements(&self) -> bool {
+        true
+    }
+
+    /// Answers at once (simulated time does not pass while waiting): changed when a change
+    /// (anyone's) came since the last wait that said so. A late announcement is not there yet:
+    /// the wait yields once (a wait dropped then, when another side answered first, ends
+    /// there), then times out, and the change is announced to a later wait.
+    async fn watch(&mut self, _timeout_ms: u32) -> Result<Watched, IoError> {
+        if self.0.borrow().announce_late {
+            tokio::task::yield_now().await;
+            return Ok(Watched::Timeout);
+        }
+        let mut s = self.0.borrow_mut();
+        if s.seq > s.announced {
+            s.announced = s.seq;
+            Ok(Watched::Changed)
+        } else {
+            Ok(Watched::Timeout)
+        }
     }
 
     async fn read(

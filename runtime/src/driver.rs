@@ -127,6 +127,9 @@ pub struct CycleReport {
     pub whole_transaction: bool,
     /// Dirty links were retried.
     pub retried: usize,
+    /// Sides left unread: the wait before the cycle heard nothing from them (see
+    /// [`SyncRunner::watch`]).
+    pub unread: usize,
 }
 
 impl CycleReport {
@@ -363,6 +366,9 @@ pub struct SyncRunner<S> {
     started: bool,
     /// Whether the last cycle read a full batch: the next one reads within a turn.
     loading: bool,
+    /// The sides the next cycle leaves unread, by side: set by a [`SyncRunner::watch`] that
+    /// heard from some sides only (see there), used by the next cycle.
+    unannounced: Option<Vec<bool>>,
 }
 
 /// The turns of the cycles with a full batch to work through (a first load, a backlog), shared
@@ -599,6 +605,7 @@ impl<S> SyncRunner<S> {
             turns: None,
             started: false,
             loading: false,
+            unannounced: None,
         }
     }
 
@@ -1134,26 +1141,68 @@ impl<S: SideIo> SyncRunner<S> {
     }
 
     /// Waits up to `timeout` for a side to announce changes (see [`Announced`]).
+    ///
+    /// The next cycle then reads the sides that announced or cannot tell, and leaves unread a
+    /// side that could have announced and did not: a realtime change reads the side it was
+    /// made on, not every side (a read is a few round trips; the change's write wakes the
+    /// other side, whose own cycle reads that one alone). Only a side that loses nothing by
+    /// not being read now is left: its wait keeps an announcement it was cut short before
+    /// making ([`SideIo::keeps_announcements`]: its next wait answers at once), and it honours
+    /// conditional writes, so a change made on it and not yet read refuses the write planned
+    /// without it and is merged (step 7 of a cycle) instead of overwritten.
     pub async fn watch(&mut self, timeout: std::time::Duration) -> Announced {
+        use futures_util::FutureExt;
         use plugin::Watched;
+        self.unannounced = None;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let can_wait: Vec<bool> = self
+            .sides
+            .iter()
+            .map(|io| io.keeps_announcements() && io.conditional_writes())
+            .collect();
+        // The sides to read: those that announced changes or cannot tell.
+        let mut heard = vec![false; self.sides.len()];
         let outcome = {
             use futures_util::StreamExt;
-            let mut waits: futures_util::stream::FuturesUnordered<_> =
-                self.sides.iter_mut().map(|io| io.watch(ms)).collect();
+            let mut waits: futures_util::stream::FuturesUnordered<_> = self
+                .sides
+                .iter_mut()
+                .enumerate()
+                .map(|(i, io)| io.watch(ms).map(move |w| (i, w)))
+                .collect();
             let (mut waited, mut cannot) = (false, false);
             // The first announcement wins; a side that cannot announce answers at once.
-            loop {
+            let outcome = loop {
                 match waits.next().await {
-                    Some(Ok(Watched::Changed)) => break Announced::Changes,
-                    Some(Ok(Watched::Timeout)) => waited = true,
-                    Some(_) => cannot = true,
+                    Some((i, Ok(Watched::Changed))) => {
+                        heard[i] = true;
+                        break Announced::Changes;
+                    }
+                    Some((_, Ok(Watched::Timeout))) => waited = true,
+                    Some((i, _)) => {
+                        heard[i] = true;
+                        cannot = true;
+                    }
                     None if cannot => break Announced::CannotTell { waited },
                     None => break Announced::Quiet,
                 }
+            };
+            // Answers ready with the first (two sides of one database hear one announcement)
+            // are heard too; the waits still running end here, their announcements kept.
+            while let Some(Some((i, w))) = waits.next().now_or_never() {
+                heard[i] |= !matches!(w, Ok(Watched::Timeout));
             }
+            outcome
         };
         self.finish_all();
+        if outcome != Announced::Quiet {
+            let unread: Vec<bool> = heard
+                .iter()
+                .zip(&can_wait)
+                .map(|(heard, can)| !heard && *can)
+                .collect();
+            self.unannounced = unread.contains(&true).then_some(unread);
+        }
         outcome
     }
 
@@ -1328,6 +1377,7 @@ impl<S: SideIo> SyncRunner<S> {
         let se = state_err(&sync);
         let mut report = CycleReport::default();
         let mut lap = Laps::start();
+        let unannounced = std::mem::take(&mut self.unannounced).filter(|_| dry.is_none());
         let mut start = match &self.turns {
             Some(turns) if !self.started && dry.is_none() => Some(turns.start().await),
             _ => None,
@@ -1376,11 +1426,21 @@ impl<S: SideIo> SyncRunner<S> {
             dry: dry.is_some(),
             clock: &self.clock,
         };
+        // A side the last wait heard nothing from is left for its own announcement (see
+        // [`SyncRunner::watch`]), unless a batch read ahead of it waits.
+        let unread = |side: Side, ahead: &Option<_>| {
+            ahead.is_none() && unannounced.as_ref().is_some_and(|u| u[side.index()])
+        };
         let reads = self
             .sides
             .iter_mut()
             .zip(self.read_max.iter_mut())
             .zip(Side::all(self.spec.sides()).zip(cursors).zip(ahead))
+            .filter(|(_, ((side, _), ahead))| {
+                let left = unread(*side, ahead);
+                report.unread += usize::from(left);
+                !left
+            })
             .map(|((io, max), ((side, cursor), ahead))| how.read(io, max, side, cursor, ahead));
         let reads: Vec<SideBatches> = if together {
             let done = futures_util::future::join_all(reads).await;
@@ -2743,11 +2803,42 @@ mod tests {
     struct Noted {
         side: Side,
         notes: Arc<std::sync::Mutex<Vec<String>>>,
+        /// What its wait answers at once; none: it waits out its timeout.
+        watched: Option<plugin::Watched>,
+        keeps: bool,
+        conditional: bool,
+    }
+
+    impl Noted {
+        fn new(side: Side, notes: &Arc<std::sync::Mutex<Vec<String>>>) -> Noted {
+            Noted {
+                side,
+                notes: notes.clone(),
+                watched: None,
+                keeps: true,
+                conditional: true,
+            }
+        }
     }
 
     impl SideIo for Noted {
         fn conditional_writes(&self) -> bool {
-            true
+            self.conditional
+        }
+
+        fn keeps_announcements(&self) -> bool {
+            self.keeps
+        }
+
+        async fn watch(&mut self, timeout_ms: u32) -> Result<plugin::Watched, IoError> {
+            match self.watched {
+                Some(w) => Ok(w),
+                None => {
+                    let wait = std::time::Duration::from_millis(timeout_ms.into());
+                    tokio::time::sleep(wait).await;
+                    Ok(plugin::Watched::Timeout)
+                }
+            }
         }
 
         async fn read(
@@ -2794,10 +2885,20 @@ mod tests {
     #[tokio::test]
     async fn a_runners_first_read_goes_side_after_side_and_later_ones_at_once() {
         let notes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let side = |side| Noted {
-            side,
-            notes: notes.clone(),
-        };
+        let (left, right) = (Side::nth(0), Side::nth(1));
+        let mut runner = noted_runner(Noted::new(left, &notes), Noted::new(right, &notes));
+        let state = State::in_memory().unwrap();
+        let taken = || std::mem::take(&mut *notes.lock().unwrap());
+        runner.cycle(&state, 1).await.unwrap();
+        let first = taken();
+        runner.cycle(&state, 2).await.unwrap();
+        let second = taken();
+        let (b, e) = (|s| format!("begin {s}"), |s| format!("end {s}"));
+        assert_eq!(first, [b(left), e(left), b(right), e(right)]);
+        assert_eq!(second, [b(left), b(right), e(left), e(right)]);
+    }
+
+    fn noted_runner(left: Noted, right: Noted) -> SyncRunner<Noted> {
         let spec = SyncSpec {
             name: "people".into(),
             origin: "duplex:people".into(),
@@ -2811,17 +2912,91 @@ mod tests {
             scope: Default::default(),
             stopped: Default::default(),
         };
+        SyncRunner::new(spec, left, right, 10, Rules::new())
+    }
+
+    /// Which sides the cycle after a wait reads: the ones that announced a change or cannot
+    /// tell, not one that could have announced and did not, unless it loses what it would have
+    /// announced when its wait is dropped, or has no conditional writes to refuse a write
+    /// planned without its unread change. A cycle not after such a wait reads every side.
+    #[tokio::test]
+    async fn a_cycle_after_a_wait_reads_the_sides_that_announced_or_cannot_tell() {
+        use plugin::Watched::{Changed, Unsupported};
         let (left, right) = (Side::nth(0), Side::nth(1));
-        let mut runner = SyncRunner::new(spec, side(left), side(right), 10, Rules::new());
-        let state = State::in_memory().unwrap();
-        let taken = || std::mem::take(&mut *notes.lock().unwrap());
-        runner.cycle(&state, 1).await.unwrap();
-        let first = taken();
-        runner.cycle(&state, 2).await.unwrap();
-        let second = taken();
-        let (b, e) = (|s| format!("begin {s}"), |s| format!("end {s}"));
-        assert_eq!(first, [b(left), e(left), b(right), e(right)]);
-        assert_eq!(second, [b(left), b(right), e(left), e(right)]);
+        let read_after_wait = |left_says, right: fn(Noted) -> Noted| async move {
+            let notes = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut l = Noted::new(left, &notes);
+            l.watched = left_says;
+            let mut runner = noted_runner(l, right(Noted::new(Side::nth(1), &notes)));
+            let state = State::in_memory().unwrap();
+            runner.cycle(&state, 1).await.unwrap();
+            let announced = runner.watch(std::time::Duration::from_millis(20)).await;
+            notes.lock().unwrap().clear();
+            runner.cycle(&state, 2).await.unwrap();
+            let after_wait = std::mem::take(&mut *notes.lock().unwrap());
+            runner.cycle(&state, 3).await.unwrap();
+            let next = std::mem::take(&mut *notes.lock().unwrap());
+            assert_eq!(
+                next.len(),
+                4,
+                "a cycle not after a wait reads both: {next:?}"
+            );
+            let read: BTreeSet<String> = after_wait
+                .iter()
+                .filter_map(|n| n.strip_prefix("begin ").map(str::to_owned))
+                .collect();
+            (announced, read.into_iter().collect::<Vec<_>>())
+        };
+        let (l, r) = (left.to_string(), right.to_string());
+        let same = |n: Noted| n;
+        assert_eq!(
+            read_after_wait(Some(Changed), same).await,
+            (Announced::Changes, vec![l.clone()]),
+            "the side that announced alone"
+        );
+        let answers = |n: Noted| Noted {
+            watched: Some(Changed),
+            ..n
+        };
+        assert_eq!(
+            read_after_wait(Some(Changed), answers).await,
+            (Announced::Changes, vec![l.clone(), r.clone()]),
+            "both announced at once"
+        );
+        let forgets = |n: Noted| Noted { keeps: false, ..n };
+        assert_eq!(
+            read_after_wait(Some(Changed), forgets).await,
+            (Announced::Changes, vec![l.clone(), r.clone()]),
+            "a side whose dropped wait loses its announcement is read"
+        );
+        let blind = |n: Noted| Noted {
+            conditional: false,
+            ..n
+        };
+        assert_eq!(
+            read_after_wait(Some(Changed), blind).await,
+            (Announced::Changes, vec![l.clone(), r.clone()]),
+            "a side without conditional writes is read"
+        );
+        assert_eq!(
+            read_after_wait(Some(Unsupported), same).await,
+            (Announced::CannotTell { waited: true }, vec![l.clone()]),
+            "the side that cannot tell, not the one that waited and heard nothing"
+        );
+        let cannot = |n: Noted| Noted {
+            watched: Some(Unsupported),
+            ..n
+        };
+        assert_eq!(
+            read_after_wait(Some(Changed), cannot).await,
+            (Announced::Changes, vec![l.clone(), r.clone()]),
+            "one announced, the other cannot tell"
+        );
+        assert_eq!(
+            read_after_wait(None, same).await,
+            (Announced::Quiet, vec![l.clone(), r.clone()]),
+            "after a quiet wait (a retry due, the safety cycle) every side"
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub trait SideIo {
         let _ = timeout_ms;
         Ok(Watched::Unsupported)
     }
+    /// Whether a [`SideIo::watch`] dropped before it answered keeps what it would have
+    /// announced for the next wait, which then answers at once. The host's waits for a
+    /// database do (see `host::sql::changes`); a connector's own `watch` promises nothing.
+    fn keeps_announcements(&self) -> bool {
+        false
+    }
     /// Ends a unit of work: the next call starts a fresh store.
     fn finish(&mut self) {}
 }
@@ -218,6 +224,11 @@ impl SideIo for PluginSide {
         let (watched, again) = self.check(r)?;
         self.again = again;
         Ok(watched)
+    }
+
+    /// The next wait is the host's own, made again in the connector's place.
+    fn keeps_announcements(&self) -> bool {
+        self.again.is_some()
     }
 
     fn finish(&mut self) {
