@@ -920,6 +920,9 @@ async fn replay() {
     println!("conflicts: {:#?}", sim.state.conflicts(true).unwrap());
     println!("rejected: {:#?}", sim.state.rejected("people").unwrap());
     sim.check(&policy, seed);
+    if policy == Policy::LastWriterWins {
+        sim.check_last_writer(seed);
+    }
 }
 
 /// A last-writer-wins runner between `left` and `right`, reading `batch` changes a call.
