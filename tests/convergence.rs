@@ -1512,8 +1512,7 @@ async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() 
     left.0
         .borrow_mut()
         .user_update(&id, "name", Value::Text("Q".into()));
-    let (edited, calls) = (right.clone(), Rc::new(RefCell::new(0)));
-    let counted = calls.clone();
+    let (edited, counted) = (right.clone(), Rc::new(RefCell::new(0)));
     world.set_before_call(move |_| {
         *counted.borrow_mut() += 1;
         if *counted.borrow() == 3 {

@@ -1428,20 +1428,22 @@ impl<S: SideIo> SyncRunner<S> {
         };
         // A side the last wait heard nothing from is left for its own announcement (see
         // [`SyncRunner::watch`]), unless a batch read ahead of it waits.
-        let unread = |side: Side, ahead: &Option<_>| {
-            ahead.is_none() && unannounced.as_ref().is_some_and(|u| u[side.index()])
-        };
+        let unread: Vec<bool> = ahead
+            .iter()
+            .enumerate()
+            .map(|(i, ahead)| ahead.is_none() && unannounced.as_ref().is_some_and(|u| u[i]))
+            .collect();
+        report.unread = unread.iter().filter(|u| **u).count();
         let reads = self
             .sides
             .iter_mut()
             .zip(self.read_max.iter_mut())
             .zip(Side::all(self.spec.sides()).zip(cursors).zip(ahead))
-            .filter(|(_, ((side, _), ahead))| {
-                let left = unread(*side, ahead);
-                report.unread += usize::from(left);
-                !left
-            })
-            .map(|((io, max), ((side, cursor), ahead))| how.read(io, max, side, cursor, ahead));
+            .zip(unread)
+            .filter(|(_, unread)| !unread)
+            .map(|(((io, max), ((side, cursor), ahead)), _)| {
+                how.read(io, max, side, cursor, ahead)
+            });
         let reads: Vec<SideBatches> = if together {
             let done = futures_util::future::join_all(reads).await;
             done.into_iter().collect::<Result<_, _>>()?
@@ -2923,11 +2925,11 @@ mod tests {
     async fn a_cycle_after_a_wait_reads_the_sides_that_announced_or_cannot_tell() {
         use plugin::Watched::{Changed, Unsupported};
         let (left, right) = (Side::nth(0), Side::nth(1));
-        let read_after_wait = |left_says, right: fn(Noted) -> Noted| async move {
+        let read_after_wait = |left_says, make_right: fn(Noted) -> Noted| async move {
             let notes = Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut l = Noted::new(left, &notes);
             l.watched = left_says;
-            let mut runner = noted_runner(l, right(Noted::new(Side::nth(1), &notes)));
+            let mut runner = noted_runner(l, make_right(Noted::new(right, &notes)));
             let state = State::in_memory().unwrap();
             runner.cycle(&state, 1).await.unwrap();
             let announced = runner.watch(std::time::Duration::from_millis(20)).await;
