@@ -1488,7 +1488,8 @@ async fn a_source_transaction_bigger_than_max_transaction_is_applied_in_parts() 
 /// When the cycle's commit is lost, recovery settles the confirmed writes onto the copy of the
 /// link the last intent carries, which knows the record read anew. Settled onto the first, the
 /// right's edit the merge had written to the left came back as the left's own edit, and won
-/// over the right's next edit of the field, as the left's record had changed later.
+/// over the right's next edit of the field, as the left's record had changed later. The write
+/// recovery finds made is listed in the activity, as the lost commit would have listed it.
 #[tokio::test]
 async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() {
     let world = World::new(0);
@@ -1555,4 +1556,14 @@ async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() 
         state.conflicts(false).unwrap().is_empty(),
         "no conflict: one side edited the note"
     );
+    // The write of the note recovery found made is in the activity, as the lost commit would
+    // have listed it, before the one that brought the right's last edit.
+    let notes_written = state
+        .activity(Some("people"))
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.side == Side::LEFT && a.record == id && a.op == "update")
+        .filter(|a| a.fields.iter().any(|f| f == "note"))
+        .count();
+    assert_eq!(notes_written, 2, "the recovered write and the last");
 }

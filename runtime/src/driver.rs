@@ -765,6 +765,8 @@ impl<S: SideIo> SyncRunner<S> {
         let mut claimed: BTreeSet<(Side, String)> = BTreeSet::new();
         let mut confirmed = 0;
         let mut unsure = Vec::new();
+        // The writes found made, for the activity log: the lost commit would have listed them.
+        let mut made: Vec<Activity> = Vec::new();
         let mut done = 0;
         while done < intents.len() {
             let lot = &intents[done..intents.len().min(done + RECOVER_BATCH)];
@@ -788,7 +790,7 @@ impl<S: SideIo> SyncRunner<S> {
                         .collect();
                     let links: Vec<Link> = links.into_values().collect();
                     state
-                        .commit_recovered(&sync, now, &links, &unsure, &rest)
+                        .commit_recovered(&sync, now, &links, &unsure, &made, &rest)
                         .map_err(state_err(&sync))?;
                     return Err(CycleError::Recover { sync, side, error });
                 }
@@ -830,6 +832,18 @@ impl<S: SideIo> SyncRunner<S> {
                     .entry(intent.link.id)
                     .or_insert_with(|| intents[last[&intent.link.id]].link.clone());
                 settle(&self.spec, link, intent.side, &op, &outcome);
+                if let Outcome::Written { id, .. } = &outcome {
+                    made.push(Activity {
+                        at: now,
+                        sync: sync.clone(),
+                        link: intent.link.id,
+                        side: intent.side,
+                        op: op_name(&op).into(),
+                        record: id.clone(),
+                        fields: op_fields(&op),
+                        decided: None,
+                    });
+                }
                 confirmed += 1;
                 tracing::info!(sync = %sync, link = intent.link.id, side = %intent.side, op = op_name(&op),
                     "a write cut short by a crash had been made; recorded it");
@@ -838,7 +852,7 @@ impl<S: SideIo> SyncRunner<S> {
         }
         let links: Vec<Link> = links.into_values().collect();
         state
-            .commit_recovered(&sync, now, &links, &unsure, &[])
+            .commit_recovered(&sync, now, &links, &unsure, &made, &[])
             .map_err(state_err(&sync))?;
         Ok(confirmed)
     }

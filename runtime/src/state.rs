@@ -222,6 +222,21 @@ fn read_sync<T, I: IntoIterator<Item = T>>(
     Ok(out)
 }
 
+/// Appends a cycle's activity, numbered on from the last entry.
+fn put_activity(
+    table: &mut redb::Table<u64, &[u8]>,
+    counters: &mut redb::Table<&str, u64>,
+    activity: &[Activity],
+) -> Result<(), StateError> {
+    let mut next = counters.get("activity")?.map_or(1, |v| v.value());
+    for row in ActivityRow::group(activity) {
+        table.insert(next, enc(&row)?.as_slice())?;
+        next += 1;
+    }
+    counters.insert("activity", next)?;
+    Ok(())
+}
+
 /// Stores links and keeps the index of their records' ids in step: ids a link no longer has
 /// are dropped from the index (where they still point at it), ids it gained point at it. Links
 /// from `new_from` on are new: they have nothing stored to replace.
@@ -1486,13 +1501,7 @@ impl State {
                 dirty.insert((sync.as_bytes(), *link), enc(&d)?.as_slice())?;
             }
 
-            let mut activity = w.open_table(ACTIVITY)?;
-            let mut next_activity = counters.get("activity")?.map_or(1, |v| v.value());
-            for row in ActivityRow::group(&c.activity) {
-                activity.insert(next_activity, enc(&row)?.as_slice())?;
-                next_activity += 1;
-            }
-            counters.insert("activity", next_activity)?;
+            put_activity(&mut w.open_table(ACTIVITY)?, &mut counters, &c.activity)?;
 
             let mut intents = w.open_table(INTENTS)?;
             clear_sync(&mut intents, sync)?;
@@ -1508,16 +1517,18 @@ impl State {
         Ok(())
     }
 
-    /// Saves the links recovery settled and keeps only the intents it has not dealt with yet
-    /// (`rest`, none when it finished), in one transaction, without touching cursors. A
-    /// recovery stopped part-way by a failing side keeps what it learnt, so a side that fails
-    /// now and then cannot send it back to the start every time.
+    /// Saves the links recovery settled, with the writes it found made in the activity, and
+    /// keeps only the intents it has not dealt with yet (`rest`, none when it finished), in
+    /// one transaction, without touching cursors. A recovery stopped part-way by a failing side
+    /// keeps what it learnt, so a side that fails now and then cannot send it back to the
+    /// start every time.
     pub fn commit_recovered(
         &self,
         sync: &str,
         now: i64,
         links: &[Link],
         conflicts: &[ConflictNote],
+        activity: &[Activity],
         rest: &[Intent],
     ) -> Result<(), StateError> {
         let w = self.begin_write()?;
@@ -1526,6 +1537,7 @@ impl State {
             let mut index = w.open_table(INDEX)?;
             let mut counters = w.open_table(COUNTERS)?;
             put_links(&mut t, &mut index, &mut counters, sync, links, None)?;
+            put_activity(&mut w.open_table(ACTIVITY)?, &mut counters, activity)?;
             if !conflicts.is_empty() {
                 let mut table = w.open_table(CONFLICTS)?;
                 let mut open = w.open_table(OPEN_CONFLICTS)?;
