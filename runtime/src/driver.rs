@@ -818,7 +818,7 @@ impl<S: SideIo> SyncRunner<S> {
                     unsure.extend(notes);
                 }
                 let (op, outcome) = match self.confirm(intent, &found, &mut claimed) {
-                    Ok(Some(made)) => made,
+                    Ok(Some(write)) => write,
                     Ok(None) => continue,
                     // The connector cannot look the record up (or refuses to): the write can
                     // never be checked, and is planned again as before.
