@@ -1513,12 +1513,12 @@ async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() 
     left.0
         .borrow_mut()
         .user_update(&id, "name", Value::Text("Q".into()));
-    let (edited, counted) = (right.clone(), Rc::new(RefCell::new(0)));
+    let (edited, counted, record) = (right.clone(), Rc::new(RefCell::new(0)), rid.clone());
     world.set_before_call(move |_| {
         *counted.borrow_mut() += 1;
         if *counted.borrow() == 3 {
             let mut r = edited.0.borrow_mut();
-            r.user_update(&rid, "memo", Value::Text("b".into()));
+            r.user_update(&record, "memo", Value::Text("b".into()));
         }
     });
     // Intents, intents again for the merge, then the commit: lost.
@@ -1534,7 +1534,6 @@ async fn an_edit_merged_after_a_refused_write_is_kept_when_the_commit_is_lost() 
     );
 
     // The right edits the note again, then the left edits another field of the record.
-    let rid = right.0.borrow().records.keys().next().unwrap().clone();
     right
         .0
         .borrow_mut()

@@ -1169,7 +1169,8 @@ impl<S: SideIo> SyncRunner<S> {
         use plugin::Watched;
         self.unannounced = None;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        let can_wait: Vec<bool> = self
+        // The sides that may be left unread when they announce nothing (see above).
+        let may_skip: Vec<bool> = self
             .sides
             .iter()
             .map(|io| io.keeps_announcements() && io.conditional_writes())
@@ -1212,8 +1213,8 @@ impl<S: SideIo> SyncRunner<S> {
         if outcome != Announced::Quiet {
             let unread: Vec<bool> = heard
                 .iter()
-                .zip(&can_wait)
-                .map(|(heard, can)| !heard && *can)
+                .zip(&may_skip)
+                .map(|(heard, may)| !heard && *may)
                 .collect();
             self.unannounced = unread.contains(&true).then_some(unread);
         }
